@@ -1,0 +1,255 @@
+"""Save and load models.
+
+Own format: a ``.safetensors`` file with the network's tensors under ``model.`` (and an optional
+SGLD replay buffer under ``replay_buffer``) and one metadata entry ``bench`` holding JSON: arch and
+its arguments, num_classes, dataset, normalisation, input shape, method, recipe, epochs, seed,
+threat model, final metrics, package version.  Loading never unpickles code: safetensors, or
+``torch.load(weights_only=True)`` for foreign files.
+
+Accepted ``--model`` forms:
+    PATH.safetensors        written by ``bench train`` / ``save``
+    PATH.pt / PATH.pth      a plain state dict (``--arch`` required; ``module.`` is stripped),
+                            or a JEM checkpoint (``model_state_dict`` with ``f.*`` and ``class_output.*``)
+    py:module:function      a factory returning an nn.Module (or an EnergyModel); runs only when named
+    rb:NAME                 a RobustBench model zoo entry (needs robustbench and the network)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench import __version__, nets
+from bench.energy import EnergyModel
+from bench.errors import BenchError
+
+FORMAT = 1
+
+
+@dataclass
+class Loaded:
+    """A loaded model: its EnergyModel and what is known about it."""
+
+    model: EnergyModel
+    meta: dict
+    path: str
+    sha256: str | None
+    replay_buffer: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        """The ``model`` block of results.json."""
+        m = self.meta
+        return {"path": self.path, "sha256": self.sha256, "arch": m.get("arch"), "method": m.get("method"),
+                "dataset": m.get("dataset"), "num_classes": m.get("num_classes")}
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write, fsync, rename: a kill never leaves a half-written file under ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(path: str | Path, model: EnergyModel, meta: dict, replay_buffer: torch.Tensor | None = None) -> str:
+    """Write ``model`` with ``meta`` as safetensors; returns the file's sha256."""
+    from safetensors.torch import save as st_save
+
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.net.state_dict().items()}
+    if replay_buffer is not None:
+        tensors["replay_buffer"] = replay_buffer.detach().contiguous().cpu()
+    meta = {"format": FORMAT, "bench_version": __version__, "torch_version": torch.__version__,
+            "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist(), **meta}
+    atomic_write_bytes(path, st_save(tensors, metadata={"bench": json.dumps(meta)}))
+    return sha256(path)
+
+
+def build_model(meta: dict) -> EnergyModel:
+    net = nets.build(meta["arch"], meta["num_classes"], meta["input_shape"][0], **meta.get("arch_kwargs", {}))
+    return EnergyModel(net, meta.get("mean", 0.0), meta.get("std", 1.0), meta["input_shape"], meta["num_classes"])
+
+
+def load(spec: str, arch: str | None = None, num_classes: int | None = None,
+         input_shape: tuple | None = None, arch_kwargs: dict | None = None,
+         mean=None, std=None) -> Loaded:
+    """Load any accepted ``--model`` form (see module docstring).  ``num_classes`` and
+    ``input_shape`` come from the data set for foreign files that do not record them."""
+    if spec.startswith("py:"):
+        return _load_factory(spec, num_classes, input_shape, mean, std)
+    if spec.startswith("rb:"):
+        return _load_robustbench(spec, num_classes, input_shape)
+    path = Path(spec)
+    if not path.exists():
+        raise BenchError(f"model file not found: {spec}")
+    if path.is_dir():
+        raise BenchError(f"model path is a directory, not a checkpoint: {spec}")
+    if path.suffix == ".safetensors" or _is_safetensors(path):
+        return _load_own(path)
+    return _load_torch(path, arch, num_classes, input_shape, arch_kwargs or {}, mean, std)
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _load_own(path: Path) -> Loaded:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("bench")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise BenchError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {_short(e)})") from None
+    if raw is None:
+        raise BenchError(f"{path}: safetensors file without bench metadata; pass a .pt state dict with --arch instead")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise BenchError(f"{path}: corrupt bench metadata") from None
+    model = build_model(meta)
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    _load_state(model.net, state, str(path), meta["arch"])
+    return Loaded(model.eval(), meta, str(path), sha256(path), tensors.get("replay_buffer"))
+
+
+def _load_torch(path: Path, arch, num_classes, input_shape, arch_kwargs, mean, std) -> Loaded:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BenchError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {_short(e)})") from None
+    if not isinstance(obj, dict):
+        raise BenchError(f"{path}: not a checkpoint (holds a {type(obj).__name__}, expected a state dict)")
+    replay = obj.get("replay_buffer") if isinstance(obj.get("replay_buffer"), torch.Tensor) else None
+    state = _unwrap(obj, path)
+    if num_classes is None or input_shape is None:
+        raise BenchError(f"{path}: a foreign checkpoint needs the data set to know num_classes and input shape")
+    is_jem = any(k.startswith("f.") for k in state) and "class_output.weight" in state
+    if is_jem:
+        arch = arch or _jem_arch(state)
+        mean = 0.5 if mean is None else mean  # JEM trains on (x - 0.5) / 0.5
+        std = 0.5 if std is None else std
+        method = "jem"
+    elif arch is None:
+        raise BenchError(f"{path}: a plain state dict needs --arch (one of {', '.join(nets.names())})")
+    else:
+        method = None
+    head = state.get("class_output.weight", state.get("fc.weight", state.get("linear.weight")))
+    if head is not None and head.ndim == 2 and head.shape[0] != num_classes:
+        raise BenchError(f"{path}: the model has {head.shape[0]} classes but the data set has {num_classes}")
+    kwargs = dict(arch_kwargs)
+    if is_jem and "energy_output.weight" not in state:
+        kwargs.setdefault("energy_head", False)
+    meta = {"arch": arch, "arch_kwargs": kwargs, "num_classes": num_classes, "input_shape": list(input_shape),
+            "mean": 0.0 if mean is None else mean, "std": 1.0 if std is None else std, "method": method,
+            "source_format": "jem" if is_jem else "state_dict"}
+    model = build_model(meta)
+    _load_state(model.net, state, str(path), arch)
+    return Loaded(model.eval(), meta, str(path), sha256(path), replay)
+
+
+def _unwrap(obj: dict, path: Path) -> dict:
+    for key in ("model_state_dict", "state_dict", "model"):
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    state = {}
+    for k, v in obj.items():
+        if isinstance(v, torch.Tensor):
+            state[re.sub(r"^(module\.|_orig_mod\.)+", "", k)] = v
+    if not state:
+        raise BenchError(f"{path}: not a checkpoint (no tensors found)")
+    return state
+
+
+def _jem_arch(state: dict) -> str:
+    n_blocks = len({k.split(".")[2] for k in state if k.startswith("f.layer1.")})
+    width = state["f.layer1.0.conv1.weight"].shape[0] // 16
+    return f"jem-wrn-{6 * n_blocks + 4}-{width}"
+
+
+def _load_state(net: nn.Module, state: dict, where: str, arch: str) -> None:
+    own = net.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_few(unexpected)}")
+        raise BenchError(f"{where}: does not match arch {arch!r}: {'; '.join(parts)}")
+    bad = [k for k in state if state[k].shape != own[k].shape]
+    if bad:
+        k = bad[0]
+        raise BenchError(f"{where}: shape mismatch for {arch!r} at {k}: file {tuple(state[k].shape)},"
+                         f" model {tuple(own[k].shape)} ({len(bad)} tensors differ)")
+    net.load_state_dict(state, strict=False)
+
+
+def _load_factory(spec: str, num_classes, input_shape, mean, std) -> Loaded:
+    try:
+        _, module, func = spec.split(":", 2)
+        obj = getattr(importlib.import_module(module), func)()
+    except ValueError:
+        raise BenchError(f"bad factory {spec!r}: expected py:module:function") from None
+    except (ImportError, AttributeError) as e:
+        raise BenchError(f"cannot import factory {spec!r}: {e}") from None
+    if isinstance(obj, EnergyModel):
+        model = obj
+    elif isinstance(obj, nn.Module):
+        model = EnergyModel(obj, 0.0 if mean is None else mean, 1.0 if std is None else std, input_shape, num_classes)
+    else:
+        raise BenchError(f"factory {spec!r} returned {type(obj).__name__}, expected an nn.Module")
+    meta = {"arch": spec, "num_classes": model.num_classes or num_classes,
+            "input_shape": list(model.input_shape or input_shape or []), "method": None, "source_format": "py"}
+    return Loaded(model.eval(), meta, spec, None)
+
+
+def _load_robustbench(spec: str, num_classes, input_shape) -> Loaded:
+    name = spec[3:]
+    try:
+        from robustbench.utils import load_model
+    except Exception as e:
+        raise BenchError(f"rb:{name} needs the robustbench extra (pip install 'jeat-bench[robustbench]'): "
+                         f"{type(e).__name__}: {_short(e)}") from None
+    dataset = "cifar100" if num_classes == 100 else "cifar10"
+    try:
+        net = load_model(model_name=name, dataset=dataset, threat_model="Linf")
+    except Exception as e:
+        raise BenchError(f"cannot load RobustBench model {name!r} (network needed on first use): "
+                         f"{type(e).__name__}: {_short(e)}") from None
+    model = EnergyModel(net, 0.0, 1.0, input_shape, num_classes)  # RobustBench models take [0, 1]
+    meta = {"arch": f"rb:{name}", "num_classes": num_classes, "input_shape": list(input_shape or []),
+            "method": None, "source_format": "robustbench"}
+    return Loaded(model.eval(), meta, spec, None)
+
+
+def _few(keys: list[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def _short(e: Exception) -> str:
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else ""

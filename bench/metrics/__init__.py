@@ -1,0 +1,136 @@
+"""Metric registry.
+
+A metric *group* is a function ``fn(ctx) -> dict[name, Result]`` that computes one or more named
+metrics together (``jfs`` and ``mfs`` share their gradients; ``is_mean``, ``is_std`` and ``fid``
+share their features).  It declares the settings that change its numbers, so the runner can cache
+each group keyed by the model's sha256 and exactly those settings: changing ``eps`` recomputes the
+attacks and nothing else.  Every group runs on CPU and CUDA, batched, through ``ctx.model``
+(an EnergyModel on images in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bench.data import Dataset
+from bench.energy import EnergyModel
+
+
+@dataclass
+class Result:
+    value: float | None
+    std: float | None = None
+    n: int = 0
+    reason: str | None = None
+    seconds: float = 0.0
+    details: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.value is not None:
+            self.value = float(self.value)
+            if not math.isfinite(self.value):
+                self.reason = self.reason or f"non-finite value {self.value}"
+                self.value = None
+        if self.value is None and not self.reason:
+            raise ValueError("a metric without a value needs a reason")
+        if self.std is not None:
+            self.std = float(self.std)
+
+    @classmethod
+    def missing(cls, reason: str, n: int = 0, **details) -> Result:
+        return cls(None, None, n, reason, details=details)
+
+    def to_json(self) -> dict:
+        d = {"value": self.value, "std": self.std, "n": int(self.n), "reason": self.reason,
+             "seconds": round(float(self.seconds), 3)}
+        if self.details:
+            d["details"] = self.details
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Result:
+        return cls(d["value"], d.get("std"), d.get("n", 0), d.get("reason"), d.get("seconds", 0.0), d.get("details", {}))
+
+
+@dataclass
+class Context:
+    """What a metric group sees: the model, the data, where to write figures, and the settings."""
+
+    model: EnergyModel
+    data: Dataset
+    settings: dict
+    device: torch.device
+    out: Path
+    shared: dict = field(default_factory=dict)  # per-run memo, e.g. generated samples
+    progress: Callable | None = None  # progress(iterable, desc=..., total=...) -> iterable
+
+    def generator(self, tag: str) -> torch.Generator:
+        """A generator seeded by (seed, tag) on the model's device: each group draws from its own
+        stream, so running a subset of suites, or resuming, never shifts another group's numbers."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed(_seed_for(self.settings["seed"], tag))
+        return g
+
+    def iterate(self, iterable, desc: str, total: int | None = None):
+        return self.progress(iterable, desc=desc, total=total) if self.progress else iterable
+
+    def figure_path(self, name: str) -> Path:
+        p = self.out / "figures" / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def batches(self, x: torch.Tensor, *others: torch.Tensor, desc: str = ""):
+        """Yield device batches of (x, *others) of ``settings['batch_size']``."""
+        bs = self.settings["batch_size"]
+        n = len(x)
+        starts = range(0, n, bs)
+        for i in self.iterate(starts, desc, total=len(starts)):
+            yield tuple(t[i:i + bs].to(self.device) for t in (x, *others))
+
+
+def _seed_for(seed: int, tag: str) -> int:
+    import zlib
+
+    return (int(seed) * 1_000_003 + zlib.crc32(tag.encode())) % (2**63 - 1)
+
+
+@dataclass
+class Group:
+    name: str
+    suite: str
+    metrics: tuple[str, ...]
+    settings: tuple[str, ...]
+    fn: Callable[[Context], dict[str, Result]]
+
+
+GROUPS: dict[str, Group] = {}
+
+
+def register(name: str, suite: str, metrics: tuple[str, ...], settings: tuple[str, ...]):
+    """Decorator: register ``fn(ctx) -> {metric: Result}`` as group ``name`` of ``suite``."""
+
+    def deco(fn):
+        GROUPS[name] = Group(name, suite, tuple(metrics), tuple(settings), fn)
+        return fn
+
+    return deco
+
+
+_MODULES = ("robustness", "calibration", "generative", "fisher", "ssim", "landscape", "denoise")
+
+
+def load_all() -> dict[str, Group]:
+    """Import every metric module so it registers its groups (missing modules are skipped)."""
+    for m in _MODULES:
+        try:
+            importlib.import_module(f"bench.metrics.{m}")
+        except ModuleNotFoundError as e:
+            if e.name != f"bench.metrics.{m}":
+                raise
+    return GROUPS

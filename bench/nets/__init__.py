@@ -1,0 +1,63 @@
+"""Architectures by name.
+
+    wrn-D-W            WideResNet (RobustBench/TRADES key layout), e.g. wrn-28-10, wrn-16-4
+    jem-wrn-D-W        JEM's WideResNet (no norm by default, leaky ReLU, conv biases)
+    resnet18           ResNet-18 with the CIFAR stem (AutoAttack / RobustBench example keys)
+    preact-resnet18    PreAct ResNet-18 (RobustBench key layout)
+    digits-cnn         a small CNN for 8x8 digits
+
+Every constructor takes ``num_classes`` and ``in_channels``; extra keyword arguments are the
+architecture's own (``norm``, ``act``, ``width`` ...).  ``build`` returns the module and the exact
+arguments used, which checkpoints record so a file rebuilds its own network.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from torch import nn
+
+from bench.errors import BenchError
+from bench.nets.digits_cnn import DigitsCNN
+from bench.nets.resnet import PreActResNet18, ResNet18
+from bench.nets.wrn import JemWideResNet, WideResNet
+
+# name -> (constructor, pattern of the name's own arguments)
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "wrn": WideResNet,
+    "jem-wrn": JemWideResNet,
+    "resnet18": ResNet18,
+    "preact-resnet18": PreActResNet18,
+    "digits-cnn": DigitsCNN,
+}
+_DEPTH_WIDTH = re.compile(r"^(wrn|jem-wrn)-(\d+)-(\d+)$")
+
+
+def register(name: str, constructor: Callable[..., nn.Module]) -> None:
+    """Add an architecture; ``constructor(num_classes=, in_channels=, **kwargs)``."""
+    _REGISTRY[name] = constructor
+
+
+def names() -> list[str]:
+    return ["wrn-28-10", "wrn-D-W", "jem-wrn-28-10", "jem-wrn-D-W"] + [
+        n for n in _REGISTRY if n not in ("wrn", "jem-wrn")
+    ]
+
+
+def parse(name: str) -> tuple[str, dict]:
+    """Arch name -> (registry key, arguments encoded in the name)."""
+    m = _DEPTH_WIDTH.match(name)
+    if m:
+        return m.group(1), {"depth": int(m.group(2)), "widen_factor": int(m.group(3))}
+    if name in _REGISTRY and name not in ("wrn", "jem-wrn"):
+        return name, {}
+    raise BenchError(f"unknown architecture {name!r}; known: {', '.join(names())}")
+
+
+def build(name: str, num_classes: int, in_channels: int = 3, **kwargs) -> nn.Module:
+    key, named = parse(name)
+    try:
+        return _REGISTRY[key](num_classes=num_classes, in_channels=in_channels, **named, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise BenchError(f"cannot build {name!r} with {kwargs}: {e}") from None
