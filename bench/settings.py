@@ -54,3 +54,6 @@ def dataset_defaults(dataset: str) -> dict:
     if dataset in ("cifar10", "cifar100"):
         return {"eps": CIFAR_EPS, "n_gen": 10000}
     return {"eps": DIGITS_EPS}
+
+# settings that change the generated images: every group that reads them declares these
+GEN_SETTINGS = ("seed", "n_gen", "gen_energy", "gen_init", "gen_steps", "gen_step_size", "gen_noise", "gen_clamp")
