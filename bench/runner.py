@@ -1,0 +1,225 @@
+"""Run suites on a model: resolve the model, data and settings, run every metric group once,
+cache each group's results keyed by the model's sha256 and exactly the settings it declares, and
+write results.json atomically after every group, so an interrupted run loses nothing finished."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from bench import __version__, checkpoints, data, progress, suites, zoo
+from bench.errors import BenchError
+from bench.metrics import Context, Group, Result
+from bench.results import Results, read_json, write_json
+from bench.settings import DEFAULTS, dataset_defaults
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError("--device cuda asked for, but no CUDA device is available")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise BenchError(f"unknown device {device!r}; expected auto, cpu or cuda")
+    return torch.device(device)
+
+
+def resolve_model(spec: str | None, dataset: str | None, data_root, arch, download=False):
+    """-> (Loaded, Dataset).  Own files name their data set; foreign ones need --dataset."""
+    spec = spec or str(zoo.released_path())
+    meta = _peek_meta(spec)
+    name = dataset or (meta or {}).get("dataset")
+    if name is None:
+        if not spec.startswith(("py:", "rb:")):
+            checkpoints.load(spec, arch=arch)  # a missing or unreadable file says so first
+        raise BenchError(f"{spec}: the checkpoint does not record its data set; pass --dataset")
+    ds = data.load(name, data_root, download)
+    if len(ds.test) == 0 or len(ds.train) == 0:
+        raise BenchError(f"data set {name} is empty")
+    loaded = checkpoints.load(spec, arch=arch, num_classes=ds.num_classes, input_shape=ds.input_shape)
+    check_compatible(loaded, ds)
+    return loaded, ds
+
+
+def _peek_meta(spec: str) -> dict | None:
+    p = Path(spec)
+    if spec.startswith(("py:", "rb:")) or not p.is_file() or p.suffix != ".safetensors":
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("bench", "null"))
+    except Exception:
+        return None  # checkpoints.load gives the precise error
+
+
+def check_compatible(loaded: checkpoints.Loaded, ds: data.Dataset) -> None:
+    m = loaded.meta
+    if m.get("num_classes") not in (None, ds.num_classes):
+        raise BenchError(f"model has {m['num_classes']} classes but data set {ds.name} has {ds.num_classes}")
+    shape = tuple(m.get("input_shape") or ())
+    if shape and shape[0] != ds.input_shape[0]:
+        raise BenchError(f"model takes {shape[0]}-channel images but {ds.name} has {ds.input_shape[0]} channels")
+    if shape and m.get("source_format") is None and shape != ds.input_shape:
+        raise BenchError(f"model was trained on {shape} images but {ds.name} has {ds.input_shape}")
+    try:
+        with torch.no_grad():
+            out = loaded.model.logits(ds.test.x[:2])
+    except RuntimeError as e:
+        raise BenchError(f"model does not accept {ds.name} images of shape {ds.input_shape}: {str(e)[:150]}") from None
+    if out.ndim != 2 or out.shape[1] != ds.num_classes:
+        raise BenchError(f"model outputs shape {tuple(out.shape)}, expected (N, {ds.num_classes})")
+
+
+def resolve_settings(overrides: dict, loaded: checkpoints.Loaded, ds: data.Dataset) -> dict:
+    s = dict(DEFAULTS)
+    s.update(dataset_defaults(ds.name))
+    tm = loaded.meta.get("threat_model") or {}
+    if tm.get("eps") is not None and loaded.meta.get("dataset") == ds.name:
+        s["eps"] = float(tm["eps"])
+    s.update({k: v for k, v in overrides.items() if v is not None})
+    validate_settings(s)
+    if s["pgd_step_size"] is None:
+        s["pgd_step_size"] = s["eps"] / 4
+    if s["landscape_radius"] is None:
+        s["landscape_radius"] = 2 * s["eps"]
+    return s
+
+
+def validate_settings(s: dict) -> None:
+    unknown = set(s) - set(DEFAULTS)
+    if unknown:
+        raise BenchError(f"unknown setting {sorted(unknown)[0]!r}")
+    eps = s["eps"]
+    if not isinstance(eps, int | float) or not math.isfinite(eps) or eps < 0:
+        raise BenchError(f"eps must be a non-negative number, got {eps}")
+    if eps >= 1:
+        raise BenchError(f"eps {eps:g} is outside [0, 1): inputs live in [0, 1], so give e.g. 8/255, not 8")
+    for k in ("n_gen", "batch_size", "pgd_steps", "probes", "n_score", "ece_bins"):
+        if s[k] is not None and (not isinstance(s[k], int) or s[k] <= 0):
+            raise BenchError(f"{k.replace('_', '-')} must be a positive integer, got {s[k]}")
+    for k in ("n_eval", "n_aa"):
+        if s[k] is not None and (not isinstance(s[k], int) or s[k] <= 0):
+            raise BenchError(f"{k.replace('_', '-')} must be a positive integer, got {s[k]}")
+
+
+def cache_key(group: Group, model_id: str, dataset: str, settings: dict) -> str:
+    keyed = {"group": group.name, "model": model_id, "dataset": dataset, "bench": __version__,
+             "settings": {k: settings.get(k) for k in sorted(group.settings)}}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _check_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise BenchError(f"cannot write to --out {out}: {e.strerror or e}") from None
+
+
+def versions() -> dict:
+    import numpy
+
+    v = {"bench": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+         "python": platform.python_version()}
+    for mod in ("torchvision", "torch_fidelity", "pyautoattack", "skimage"):
+        try:
+            v[mod] = __import__(mod).__version__
+        except Exception:
+            v[mod] = None
+    return v
+
+
+def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/default",
+        dataset: str | None = None, data_root: str | None = None, arch: str | None = None,
+        device: str = "auto", resume: bool = True, download: bool = False,
+        settings: dict | None = None, log=progress.say) -> Results:
+    started = time.time()
+    out = Path(out)
+    suite_names = suites.resolve(suite)
+    groups = suites.groups_for(suite_names)
+    dev = resolve_device(device)
+    loaded, ds = resolve_model(model, dataset, data_root, arch, download)
+    s = resolve_settings(settings or {}, loaded, ds)
+    _check_out(out)
+    torch.manual_seed(s["seed"])
+
+    model_id = loaded.sha256 or loaded.path
+    s_run = dict(s, model_sha256=loaded.sha256)
+    ctx = Context(loaded.model.to(dev).eval(), ds, s_run, dev, out,
+                  shared={"replay_buffer": loaded.replay_buffer, "loaded": loaded}, progress=progress.bar)
+    cache_dir = out / "cache"
+    cache_dir.mkdir(exist_ok=True)
+    res = Results(loaded.describe() | {"dataset": ds.name, "num_classes": ds.num_classes}, {
+        "suites": suite_names, "seed": s["seed"], "device": str(dev), "versions": versions(),
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "seconds": None,
+        "config": s, "cache": {"hits": [], "computed": []}})
+    for g in groups:
+        key = cache_key(g, model_id, ds.name, s)
+        path = cache_dir / f"{g.name}-{key}.json"
+        cached = _read_cache(path, g) if resume else None
+        if cached is not None:
+            res.metrics.update(cached)
+            res.run["cache"]["hits"].append(g.name)
+            log(f"[{g.suite}] {g.name}: cached")
+        else:
+            t0 = time.time()
+            log(f"[{g.suite}] {g.name}: running")
+            computed = _compute(g, ctx)
+            for r in computed.values():
+                r.seconds = r.seconds or time.time() - t0
+            write_json(path, {"key": key, "group": g.name, "metrics": {k: v.to_json() for k, v in computed.items()}})
+            res.metrics.update(computed)
+            res.run["cache"]["computed"].append(g.name)
+            log(f"[{g.suite}] {g.name}: " + ", ".join(_fmt(k, v) for k, v in computed.items()))
+        res.run["seconds"] = round(time.time() - started, 2)
+        res.write(out / "results.json")
+    _write_outputs(res, out, log)
+    res.run["seconds"] = round(time.time() - started, 2)
+    res.write(out / "results.json")
+    return res
+
+
+def _read_cache(path: Path, g: Group) -> dict[str, Result] | None:
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        metrics = {k: Result.from_json(v) for k, v in d["metrics"].items()}
+    except Exception:
+        return None  # unreadable cache is recomputed, never trusted
+    return metrics if set(metrics) == set(g.metrics) else None
+
+
+def _compute(g: Group, ctx: Context) -> dict[str, Result]:
+    try:
+        out = g.fn(ctx)
+    except BenchError:
+        raise
+    except torch.cuda.OutOfMemoryError as e:
+        return {m: Result.missing(f"out of memory: {str(e).splitlines()[0][:160]}") for m in g.metrics}
+    missing = [m for m in g.metrics if m not in out]
+    if missing:
+        raise RuntimeError(f"metric group {g.name} did not return {missing}")
+    return {m: out[m] for m in g.metrics}
+
+
+def _fmt(name: str, r: Result) -> str:
+    return f"{name}={r.value:.4g}" if r.value is not None else f"{name}=null ({r.reason})"
+
+
+def _write_outputs(res: Results, out: Path, log) -> None:
+    from bench import tables
+
+    tables.write_run_tables(res, out / "tables")
+    log(f"results: {out / 'results.json'}")
