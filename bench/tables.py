@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
+from bench import zoo
 from bench.results import Results
 
 PERCENT = {"accuracy", "pgd20", "pgd20_energy", "autoattack", "ece", "ece_fgsm"}
@@ -31,7 +31,7 @@ class Table:
 
 
 def paper(name: str) -> pd.DataFrame:
-    return pd.read_csv(Path(str(resources.files("bench._results"))) / "paper" / f"{name}.csv")
+    return pd.read_csv(zoo.results_dir() / "paper" / f"{name}.csv")
 
 
 def label(res: Results) -> str:

@@ -13,8 +13,21 @@ DEFAULT_METHOD = "jeat"
 DEFAULT_DATASET = "digits"
 
 
+def shipped(package: str, folder: str) -> Path:
+    """A data folder shipped in the wheel as ``bench.<package>`` (see pyproject), or the repository's
+    own folder when ``bench`` is imported from a source tree that has no such mapping."""
+    try:
+        return Path(str(resources.files(f"bench.{package}")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / folder
+
+
 def models_dir() -> Path:
-    return Path(str(resources.files("bench._models")))
+    return shipped("_models", "models")
+
+
+def results_dir() -> Path:
+    return shipped("_results", "results")
 
 
 def recipes_dir() -> Path:

@@ -1,0 +1,88 @@
+import json
+
+import pytest
+import torch
+
+from bench import checkpoints, metrics, runner
+from bench.errors import BenchError
+from bench.metrics import Group, Result
+from tests.conftest import tiny_model
+
+META = {"arch": "digits-cnn", "arch_kwargs": {"width": 4, "act": "silu"}, "num_classes": 10,
+        "input_shape": [1, 8, 8], "dataset": "digits", "method": "normal",
+        "threat_model": {"norm": "Linf", "eps": 0.1}}
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    path = tmp_path / "m.safetensors"
+    checkpoints.save(path, tiny_model(), META)
+    return str(path)
+
+
+@pytest.fixture
+def fake_groups(monkeypatch):
+    calls = []
+
+    def clean(ctx):
+        calls.append("clean")
+        x, y = ctx.data.test.subset(ctx.settings["n_eval"]).x, ctx.data.test.subset(ctx.settings["n_eval"]).y
+        with torch.no_grad():
+            acc = (ctx.model.logits(x.to(ctx.device)).argmax(1).cpu() == y).float().mean()
+        return {"accuracy": Result(acc, n=len(y))}
+
+    def attack(ctx):
+        calls.append("attack")
+        return {"pgd20": Result(ctx.settings["eps"], n=1)}
+
+    groups = {
+        "clean": Group("clean", "robust", ("accuracy",), ("n_eval",), clean),
+        "attack": Group("attack", "robust", ("pgd20",), ("eps", "n_eval", "seed"), attack),
+    }
+    monkeypatch.setattr(metrics, "load_all", lambda: groups)
+    return calls
+
+
+def test_rerun_hits_cache_and_eps_recomputes_only_attacks(tmp_path, ckpt, fake_groups):
+    out = tmp_path / "run"
+    r1 = runner.run(ckpt, "robust", out, settings={"n_eval": 50}, log=lambda m: None)
+    assert r1.run["cache"] == {"hits": [], "computed": ["clean", "attack"]}
+    assert r1.run["config"]["eps"] == 0.1  # from the checkpoint's threat model
+    r2 = runner.run(ckpt, "robust", out, settings={"n_eval": 50}, log=lambda m: None)
+    assert r2.run["cache"] == {"hits": ["clean", "attack"], "computed": []}
+    assert r2.to_json()["metrics"] == r1.to_json()["metrics"]
+    r3 = runner.run(ckpt, "robust", out, settings={"n_eval": 50, "eps": 0.05}, log=lambda m: None)
+    assert r3.run["cache"] == {"hits": ["clean"], "computed": ["attack"]}
+    assert r3.metrics["pgd20"].value == 0.05
+    assert fake_groups == ["clean", "attack", "attack"]
+    r4 = runner.run(ckpt, "robust", out, settings={"n_eval": 50}, resume=False, log=lambda m: None)
+    assert r4.run["cache"]["computed"] == ["clean", "attack"]
+
+
+def test_results_json_schema(tmp_path, ckpt, fake_groups):
+    out = tmp_path / "run"
+    runner.run(ckpt, "robust", out, settings={"n_eval": 20, "seed": 3}, log=lambda m: None)
+    d = json.loads((out / "results.json").read_text())
+    assert d["schema"] == 1
+    assert set(d["model"]) >= {"path", "sha256", "arch", "method", "dataset", "num_classes"}
+    assert d["model"]["sha256"] == checkpoints.sha256(ckpt)
+    assert set(d["run"]) >= {"suites", "seed", "device", "versions", "started", "seconds", "config"}
+    assert d["run"]["seed"] == 3 and d["run"]["versions"]["torch"] == torch.__version__
+    acc = d["metrics"]["accuracy"]
+    assert set(acc) >= {"value", "std", "n", "reason", "seconds"} and acc["n"] == 20
+    assert (out / "tables" / "table3.md").is_file()
+
+
+def test_corrupt_cache_is_recomputed(tmp_path, ckpt, fake_groups):
+    out = tmp_path / "run"
+    runner.run(ckpt, "robust", out, log=lambda m: None)
+    for f in (out / "cache").glob("attack-*.json"):
+        f.write_text('{"metrics": {"pgd20": {"val')  # half-written
+    r = runner.run(ckpt, "robust", out, log=lambda m: None)
+    assert r.run["cache"] == {"hits": ["clean"], "computed": ["attack"]}
+
+
+def test_unwritable_out(tmp_path, ckpt, fake_groups):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BenchError, match="cannot write to --out"):
+        runner.run(ckpt, "robust", tmp_path / "file" / "sub", log=lambda m: None)
