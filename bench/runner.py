@@ -17,7 +17,7 @@ import torch
 from bench import __version__, checkpoints, data, progress, suites, zoo
 from bench.errors import BenchError
 from bench.metrics import Context, Group, Result
-from bench.results import Results, read_json, write_json
+from bench.results import Results, write_json
 from bench.settings import DEFAULTS, dataset_defaults
 
 

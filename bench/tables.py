@@ -114,7 +114,7 @@ def _cells(t: Table, bold) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, body cells (with bold best and footnote marks) and the footnotes."""
     best = _best(t)
     marks, footnotes = {}, []
-    for (i, col), reason in t.notes.items():
+    for reason in t.notes.values():
         if reason not in marks:
             marks[reason] = len(marks) + 1
             footnotes.append(f"[{marks[reason]}] {reason}")

@@ -1,0 +1,316 @@
+import json
+import logging
+import math
+from functools import lru_cache
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchattacks
+from pyautoattack import AutoAttack
+from torch import nn
+
+from bench import data
+from bench.attacks import check_in_ball, pgd, pgd_restarts
+from bench.energy import EnergyModel
+from bench.metrics import Context, load_all
+from bench.metrics import robustness as rob
+from bench.settings import DEFAULTS
+from tests.conftest import tiny_model
+
+EPS = 0.1
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is fastest, and it keeps timings sane on a shared, busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@lru_cache(maxsize=1)
+def trained_model() -> EnergyModel:
+    """digits-cnn width 4, 15 epochs of plain training (about 0.6 s, about 93 % test accuracy)."""
+    ds = data.load("digits")
+    m = tiny_model(width=4).train()
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(15):
+        perm = torch.randperm(len(ds.train), generator=g)
+        for i in range(0, len(perm), 64):
+            b = perm[i:i + 64]
+            loss = F.cross_entropy(m.logits(ds.train.x[b]), ds.train.y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return m.eval().requires_grad_(False)
+
+
+def make_ctx(model, ds, tmp_path, **settings):
+    s = dict(DEFAULTS, eps=EPS, pgd_step_size=EPS / 4, n_eval=120, batch_size=50, model_sha256=None)
+    s.update(settings)
+    return Context(model, ds, s, torch.device("cpu"), tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# PGD against torchattacks
+
+
+def test_pgd_equals_torchattacks_from_the_clean_point(digits):
+    m = trained_model()
+    x, y = digits.test.x[:64], digits.test.y[:64]
+    theirs = torchattacks.PGD(m, eps=EPS, alpha=EPS / 4, steps=20, random_start=False)(x, y)
+    ours = pgd(m, x, y, EPS, steps=20, step_size=EPS / 4, loss="ce", random_start=False)
+    assert torch.equal(ours, theirs)
+    assert (ours != x).any()  # the attack moved
+
+
+def test_pgd_equals_torchattacks_from_the_same_random_start(digits):
+    m = trained_model()
+    x, y = digits.test.x[:50], digits.test.y[:50]
+    torch.manual_seed(11)
+    theirs = torchattacks.PGD(m, eps=EPS, alpha=EPS / 4, steps=20, random_start=True)(x, y)
+    torch.manual_seed(11)  # torchattacks' start, drawn the way torchattacks draws it
+    start = torch.clamp(x + torch.empty_like(x).uniform_(-EPS, EPS), min=0, max=1)
+    ours = pgd(m, x, y, EPS, steps=20, step_size=EPS / 4, loss="ce", x_start=start)
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("loss", ["ce", "energy"])
+def test_attacks_stay_in_the_ball_and_in_range(digits, loss):
+    m = trained_model()
+    x, y = digits.test.x[:100], digits.test.y[:100]
+    g = torch.Generator().manual_seed(0)
+    adv = pgd_restarts(m, x, y, EPS, steps=20, loss=loss, restarts=2, generator=g)
+    check_in_ball(x, adv, EPS)
+    assert (adv - x).abs().max().item() <= EPS + 1e-6
+    assert adv.min().item() >= 0 and adv.max().item() <= 1
+    with torch.no_grad():
+        clean_acc = (m.logits(x).argmax(1) == y).float().mean().item()
+        adv_acc = (m.logits(adv).argmax(1) == y).float().mean().item()
+        e_clean, e_adv = m.energy_joint(x, y), m.energy_joint(adv, y)
+    assert adv_acc < clean_acc - 0.1  # both attacks do damage at eps 0.1 (Table 1)
+    if loss == "energy":
+        assert (e_adv > e_clean).float().mean().item() > 0.95  # Eq. 18 raises E(x, y)
+
+
+def test_check_in_norm_ball_refuses_outside_examples():
+    x = torch.full((2, 1, 2, 2), 0.5)
+    rob.check_in_norm_ball(x, x + 0.1, 0.1)
+    with pytest.raises(rob.RobustnessCheckError):
+        rob.check_in_norm_ball(x, x + 0.11, 0.1)
+    with pytest.raises(rob.RobustnessCheckError):
+        rob.check_in_norm_ball(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2) + 0.05, 0.1)  # leaves [0, 1]
+    assert rob.check_in_norm_ball(x, x + 0.05, 0.1, "L2") == pytest.approx(0.1)  # 4 pixels * 0.05 -> 0.1
+    with pytest.raises(rob.RobustnessCheckError):
+        rob.check_in_norm_ball(x, x + 0.06, 0.1, "L2")
+
+
+# ---------------------------------------------------------------------------------------------
+# metric groups
+
+
+def test_robust_groups_on_a_trained_model(digits, tmp_path):
+    groups = load_all()
+    assert groups["accuracy"].settings == ("n_eval",)
+    for name in ("pgd20", "pgd20_energy"):
+        assert {"eps", "pgd_steps", "pgd_step_size", "pgd_restarts", "seed"} <= set(groups[name].settings)
+    ctx = make_ctx(trained_model(), digits, tmp_path)
+    acc = groups["accuracy"].fn(ctx)["accuracy"]
+    p = acc.value
+    assert acc.n == 120 and 0.85 < p <= 1
+    assert acc.std == pytest.approx(math.sqrt(p * (1 - p) / 120))
+    for name, loss in (("pgd20", "ce"), ("pgd20_energy", "energy")):
+        r = groups[name].fn(ctx)[name]
+        tm = r.details["threat_model"]
+        assert tm == {**tm, "norm": "Linf", "eps": EPS, "steps": 20, "step_size": EPS / 4, "restarts": 1,
+                      "random_start": True, "loss": loss}
+        assert r.n == 120 and r.details["clean_correct"] == round(p * 120)
+        assert r.value < p - 0.1 and r.value == r.details["robust_correct"] / 120
+        assert r.std == pytest.approx(math.sqrt(r.value * (1 - r.value) / 120))
+        assert r.details["max_linf"] <= EPS + 1e-6
+        assert groups[name].fn(ctx)[name].value == r.value  # seeded from ctx.generator
+        json.dumps(r.to_json())
+
+
+def test_eps_zero_gives_clean_accuracy(digits, tmp_path):
+    ctx = make_ctx(trained_model(), digits, tmp_path, eps=0.0, pgd_step_size=0.0, n_eval=60)
+    groups = load_all()
+    assert groups["pgd20"].fn(ctx)["pgd20"].value == groups["accuracy"].fn(ctx)["accuracy"].value
+
+
+def test_other_norms_are_refused_with_a_reason(digits, tmp_path):
+    r = load_all()["pgd20"].fn(make_ctx(trained_model(), digits, tmp_path, norm="L2"))["pgd20"]
+    assert r.value is None and "L2" in r.reason
+
+
+# ---------------------------------------------------------------------------------------------
+# robust <= clean, checked
+
+
+def test_robust_le_clean_check_fires_on_a_doctored_case():
+    rob.check_robust_le_clean(torch.tensor([True, True, False]), torch.tensor([True, False, False]))
+    with pytest.raises(rob.RobustnessCheckError, match="exceeds clean accuracy"):
+        # robust accuracy 2/3 > clean accuracy 1/3
+        rob.check_robust_le_clean(torch.tensor([True, False, False]), torch.tensor([True, True, False]))
+    with pytest.raises(rob.RobustnessCheckError):
+        # same totals, but point 1 is robust while wrong clean
+        rob.check_robust_le_clean(torch.tensor([True, False]), torch.tensor([False, True]))
+
+
+class _RightAfterFirstCall(nn.Module):
+    """Doctored net: the real predictions on its first call, the true labels on every later one,
+    so the attacked points look 'more correct' than the clean ones."""
+
+    def __init__(self, net, labels):
+        super().__init__()
+        self.net, self.labels, self.calls = net, labels, 0
+
+    def forward(self, z):
+        self.calls += 1
+        out = self.net(z)
+        if self.calls == 1:
+            return out
+        return out * 0 + 50 * F.one_hot(self.labels[: len(z)], out.shape[1]).float()
+
+
+def test_pgd_group_raises_when_robust_exceeds_clean(digits, tmp_path):
+    real = trained_model()
+    y = digits.test.y[:120]
+    doctored = EnergyModel(_RightAfterFirstCall(real.net, y), 0.5, 0.5, (1, 8, 8), 10).eval()
+    ctx = make_ctx(doctored, digits, tmp_path, batch_size=120)
+    with pytest.raises(rob.RobustnessCheckError, match="exceeds clean accuracy"):
+        load_all()["pgd20"].fn(ctx)
+
+
+# ---------------------------------------------------------------------------------------------
+# AutoAttack through pyautoattack
+
+
+def test_autoattack_wrapper_equals_pyautoattack_direct(digits, tmp_path):
+    m = trained_model()
+    x, y = digits.test.x[:24], digits.test.y[:24]
+    kw = {"norm": "Linf", "eps": 0.05, "seed": 3}
+    direct = AutoAttack(m, version="custom", attacks=["apgd-ce", "apgd-dlr"], device="cpu", **kw)
+    x_ref, y_ref = direct.run_standard_evaluation(x, y, batch_size=250)
+    out = rob.run_autoattack(m, x, y, version="custom", attacks=["apgd-ce", "apgd-dlr"], batch_size=250,
+                             device="cpu", state_path=tmp_path / "aa.json", **kw)
+    assert torch.equal(out.x_adv, x_ref) and torch.equal(out.y_adv, y_ref)
+    assert torch.equal(out.robust, y_ref == y)
+    assert 0 < out.robust.sum() < (y_ref == y).numel()  # some points fooled, some not
+    assert not list(tmp_path.glob("aa*.json"))  # finished: the state is gone
+    res = rob.evaluate_autoattack(m, x, y, version="custom", attacks=["apgd-ce", "apgd-dlr"], batch_size=250,
+                                  device="cpu", state_dir=tmp_path, model_id="m", **kw)
+    with torch.no_grad():
+        assert res.value == (m.logits(x_ref).argmax(1) == y).double().mean().item()
+    assert res.details["recomputed_disagreements"] == 0 and res.details["warnings"] == []
+
+
+@pytest.mark.slow
+def test_autoattack_standard_equals_pyautoattack_direct(digits):
+    # two points: the first falls to APGD-CE, the second survives all four standard attacks, so
+    # APGD-T, FAB-T and Square all run (about 5 s each way on this CPU)
+    m = trained_model()
+    x, y = digits.test.x[[4, 0]], digits.test.y[[4, 0]]
+    kw = {"norm": "Linf", "eps": 0.08, "seed": 0}
+    x_ref, y_ref = AutoAttack(m, version="standard", device="cpu", **kw).run_standard_evaluation(x, y)
+    out = rob.run_autoattack(m, x, y, version="standard", **kw)
+    assert out.attacks == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert torch.equal(out.x_adv, x_ref) and torch.equal(out.y_adv, y_ref)
+    assert out.robust.tolist() == [False, True]
+
+
+def test_autoattack_group_records_threat_model_and_keys_its_state(digits, tmp_path, monkeypatch):
+    m = trained_model()
+    ctx = make_ctx(m, digits, tmp_path, n_eval=40, n_aa=16, seed=1, model_sha256="abc")
+    seen = []
+    real = rob.run_autoattack
+
+    def spy(*a, **kw):  # the group's call, with 'standard' shortened to APGD-CE for speed
+        seen.append(dict(kw))
+        return real(*a, **{**kw, "version": "custom", "attacks": ["apgd-ce"]})
+
+    monkeypatch.setattr(rob, "run_autoattack", spy)
+    r = load_all()["autoattack"].fn(ctx)["autoattack"]
+    assert seen[0]["version"] == "standard" and seen[0]["eps"] == EPS and seen[0]["seed"] == 1
+    assert r.n == 16 and r.value <= r.details["clean_accuracy"]
+    assert r.details["threat_model"] == {"norm": "Linf", "eps": EPS, "version": "standard",
+                                         "attacks": ["apgd-ce"], "seed": 1, "batch_size": 50}
+    assert r.details["warnings"] == [] and r.std == pytest.approx(math.sqrt(r.value * (1 - r.value) / 16))
+    state = seen[0]["state_path"]
+    assert state.parent == tmp_path / "cache" / "autoattack-state" and not state.exists()
+    x16, y16 = digits.test.x[:16], digits.test.y[:16]
+
+    def key(model_id="abc", **kw):
+        return rob.autoattack_key(model_id, x16, y16, **{"eps": EPS, "norm": "Linf", "version": "standard",
+                                                         "seed": 1, "batch_size": 50, **kw})
+
+    assert state.name == f"state-{key()}.json"
+    keys = {key(), key(eps=0.05), key(seed=2), key(norm="L2"), key(version="plus"), key(batch_size=64),
+            key(model_id="abd"), rob.autoattack_key("abc", x16, digits.test.y[1:17], eps=EPS, norm="Linf",
+                                                    version="standard", seed=1, batch_size=50)}
+    assert len(keys) == 8
+    # without a checkpoint sha256 the key falls back to a digest of the weights
+    assert rob.model_digest(m) == rob.model_digest(m) != rob.model_digest(tiny_model(seed=1))
+    for bad in ({"aa_version": "custom"}, {"norm": "Linf2"}):
+        r = load_all()["autoattack"].fn(make_ctx(m, digits, tmp_path, n_aa=4, **bad))["autoattack"]
+        assert r.value is None and r.reason
+
+
+def test_autoattack_resumes_from_an_interrupted_state(digits, tmp_path):
+    m = trained_model()
+    x, y = digits.test.x[:30], digits.test.y[:30]
+    kw = {"norm": "Linf", "eps": 0.05, "seed": 0, "version": "custom", "attacks": ["apgd-ce", "apgd-dlr"]}
+    state = tmp_path / "aa.json"
+    # interrupt pyautoattack during its second attack: the state file then holds the flags after APGD-CE
+    aa = AutoAttack(m, device="cpu", **kw)
+    perturb = aa.apgd.perturb
+
+    def interrupted(*a, **k):
+        if aa.apgd.loss == "dlr":
+            raise KeyboardInterrupt
+        return perturb(*a, **k)
+
+    aa.apgd.perturb = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        aa.run_standard_evaluation(x, y, batch_size=250, state_path=state)
+    left = json.loads(state.read_text())
+    after_ce = torch.tensor(left["_robust_flags"])
+    assert 0 < after_ce.sum() < len(y)
+    out = rob.run_autoattack(m, x, y, batch_size=250, state_path=state, **kw)
+    assert out.resumed["levels_read"] == 1 and out.resumed["not_robust_before"] == int((~after_ce).sum())
+    assert not (out.robust & ~after_ce).any()  # points fooled before stay fooled
+    full = rob.run_autoattack(m, x, y, batch_size=250, **kw)  # uninterrupted, for comparison
+    assert out.robust.sum() <= after_ce.sum() and abs(int(out.robust.sum()) - int(full.robust.sum())) <= 2
+    assert not list(tmp_path.glob("aa*.json"))
+    # a half-written state is not trusted
+    state.write_text('{"_robust_flags": [true, fal')
+    again = rob.run_autoattack(m, x, y, batch_size=250, state_path=state, **kw)
+    assert again.resumed == {} and torch.equal(again.x_adv, full.x_adv)
+
+
+def test_autoattack_warnings_are_recorded_and_randomness_is_an_error(digits, tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.7), nn.Linear(32, 10))
+    noisy = EnergyModel(net, 0.5, 0.5, (1, 8, 8), 10).train()  # dropout on: a randomised model
+    x, y = digits.test.x[:40], digits.test.y[:40]
+    logger = logging.getLogger(rob.AA_LOGGER)
+    handlers = list(logger.handlers)
+    with pytest.raises(rob.RobustnessCheckError) as err:
+        rob.evaluate_autoattack(noisy, x, y, eps=0.1, version="custom", attacks=["apgd-ce"], batch_size=40,
+                                device="cpu")
+    assert "not deterministic" in str(err.value)
+    assert logger.handlers == handlers  # capture handler removed again
+    out = rob.run_autoattack(noisy, x, y, eps=0.1, version="custom", attacks=["apgd-ce"], batch_size=40)
+    assert any("randomized defense" in w for w in out.warnings)
+
+
+def test_autoattack_leaves_the_global_rng_alone(digits):
+    m = trained_model()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    rob.run_autoattack(m, digits.test.x[:8], digits.test.y[:8], eps=0.05, version="custom", attacks=["apgd-ce"])
+    assert torch.equal(torch.rand(3), expected)
