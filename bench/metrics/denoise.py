@@ -1,0 +1,156 @@
+"""Denoising by Langevin descent on the joint energy (suite ``denoise``; paper App. G.1, Fig. 14, 15).
+
+The first ``denoise_images`` test images x get Gaussian noise of mean 0 and variance
+``denoise_var`` (0.3 as in the paper: standard deviation sqrt(0.3) ~ 0.55), drawn for all images at
+once from the group's own generator (so the noisy images depend on the seed and the noise only); the noisy images are clamped to [0, 1], the model's input domain, and that clamped
+image is "the noisy image" everywhere below (its PSNR and SSIM included).  From it, Langevin
+dynamics on E(x, y) with the image's ground-truth label y (``bench.sampling.sgld``, Eq. 10:
+x <- clamp(x - step/2 grad E(x, y) + noise N(0, I), 0, 1), step ``denoise_step_size``, noise
+``denoise_noise``; 0 is plain gradient descent) runs one chain per image; its state after each
+count of ``denoise_steps`` (10 and 50) is the denoised image at that count.
+
+Metrics, all against the clean image, data range 1:
+
+``denoise_psnr_noisy``   PSNR of the noisy images, 10 log10(1 / MSE) per image, mean over images
+``denoise_psnr``         PSNR of the denoised images after the largest step count (every count in
+                         ``details['by_steps']``)
+``denoise_ssim_noisy``   SSIM (scikit-image's, see ``bench.metrics.ssim``) of the noisy images
+``denoise_ssim``         SSIM of the denoised images after the largest step count
+
+PSNR is averaged per image (the mean of per-image PSNR, as is usual for denoising benchmarks);
+``details['psnr_of_mean_mse']`` gives 10 log10(1 / mean MSE) as well.  ``std`` is the standard
+error over images, sd / sqrt(n).  With ``denoise_noise > 0`` the Langevin noise is drawn batch by
+batch from a second generator, so the denoised numbers then depend on ``batch_size`` (declared).  Figure ``figures/denoise.png``:
+original | noisy | denoised after each step count (Fig. 15), for up to 8 images, classes in turn.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bench.energy import EnergyModel
+from bench.metrics import Context, Result, register
+from bench.metrics.ssim import WIN, show_order, ssim
+from bench.sampling import SGLDConfig, sgld
+
+STD_NOTE = "standard error over images, sd / sqrt(n)"
+N_SHOW = 8
+
+
+def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per-image PSNR in dB, 10 log10(data_range^2 / MSE), images (N, ...) -> (N,) (float64);
+    identical images give inf."""
+    mse = (x.double() - ref.double()).flatten(1).pow(2).mean(1)
+    return 10 * torch.log10(data_range**2 / mse)
+
+
+def add_noise(x: torch.Tensor, var: float, generator: torch.Generator | None = None,
+              clamp: bool = True) -> torch.Tensor:
+    """x + N(0, var I), clamped to [0, 1] unless ``clamp`` is False."""
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    y = x + math.sqrt(var) * noise
+    return y.clamp(0, 1) if clamp else y
+
+
+def langevin_denoise(model: EnergyModel, x_noisy: torch.Tensor, y: torch.Tensor, steps, step_size: float,
+                     noise: float, generator: torch.Generator | None = None) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """One Langevin chain per image on E(x, y) from ``x_noisy``; -> ({count: images after count
+    steps} for every count in ``steps``, finite mask).  A count of 0 is the noisy image itself."""
+    counts = sorted({int(s) for s in steps})
+    if not counts or counts[0] < 0:
+        raise ValueError(f"denoise step counts must be non-negative integers, got {list(steps)}")
+    snaps = {0: x_noisy.detach().clone()} if 0 in counts else {}
+
+    def keep(t, x, e, g):
+        if t + 1 in counts:
+            snaps[t + 1] = x.detach().clone()
+
+    cfg = SGLDConfig(steps=counts[-1], step_size=step_size, noise=noise, energy="joint", clamp=True)
+    _, finite = sgld(model, x_noisy, y, cfg, generator, callback=keep)
+    return {c: snaps[c] for c in counts}, finite
+
+
+def _stats(v: torch.Tensor) -> tuple[float, float | None, float | None]:
+    v = v.double()
+    n = len(v)
+    sd = v.std().item() if n > 1 else None
+    return v.mean().item(), (sd / math.sqrt(n) if sd is not None else None), sd
+
+
+@register("denoise", "denoise",
+          metrics=("denoise_psnr_noisy", "denoise_psnr", "denoise_ssim_noisy", "denoise_ssim"),
+          settings=("seed", "denoise_images", "denoise_var", "denoise_steps", "denoise_step_size",
+                    "denoise_noise", "batch_size"))
+def denoise_group(ctx: Context) -> dict[str, Result]:
+    """Gaussian noise (variance ``denoise_var``) on test images, Langevin descent on E(x, y);
+    PSNR and SSIM before and after ``denoise_steps`` steps, and the Fig. 15 grid."""
+    from bench import plots
+
+    s = ctx.settings
+    split = ctx.data.test.subset(int(s["denoise_images"]))
+    counts = sorted({int(c) for c in (s["denoise_steps"] if isinstance(s["denoise_steps"], list | tuple)
+                                      else [s["denoise_steps"]])})
+    # the noisy images: all at once from their own stream (independent of the batch size and of
+    # the Langevin settings); the chains draw from another
+    g_noise = ctx.generator("denoise/noise")
+    noisy = add_noise(split.x.to(g_noise.device), float(s["denoise_var"]), g_noise).cpu()
+    g_chain = ctx.generator("denoise/langevin")
+    den_all, finite_all = {c: [] for c in counts}, []
+    for xn, y in ctx.batches(noisy, split.y, desc="denoise"):
+        snaps, finite = langevin_denoise(ctx.model, xn, y, counts, float(s["denoise_step_size"]),
+                                         float(s["denoise_noise"] or 0.0), g_chain)
+        finite_all.append(finite.cpu())
+        for c in counts:
+            den_all[c].append(snaps[c].cpu())
+    clean = split.x
+    den = {c: torch.cat(v) for c, v in den_all.items()}
+    finite = torch.cat(finite_all)
+    n = len(clean)
+    last = counts[-1]
+
+    def mse_psnr(a):
+        return 10 * math.log10(1.0 / (a.double() - clean.double()).pow(2).mean().item())
+
+    ssim_ok = min(clean.shape[-2:]) >= WIN
+
+    def ssim_stats(a):
+        return _stats(ssim(a, clean).double()) if ssim_ok else (None, None, None)
+
+    by_steps = {}
+    for c in counts:
+        pv, pse, _ = _stats(psnr(den[c], clean))
+        sv, sse, _ = ssim_stats(den[c])
+        by_steps[str(c)] = {"psnr": pv, "psnr_se": pse, "ssim": sv, "ssim_se": sse,
+                            "psnr_of_mean_mse": mse_psnr(den[c])}
+    common = {"noise_var": float(s["denoise_var"]), "noise_clamped": True, "label": "ground truth y",
+              "langevin": {"steps": counts, "step_size": float(s["denoise_step_size"]),
+                           "noise": float(s["denoise_noise"] or 0.0), "energy": "joint", "clamp": True},
+              "diverged_chains": int((~finite).sum()), "std": STD_NOTE}
+
+    rows = show_order(split.y, N_SHOW)
+    cols = [("original", clean[rows]), ("noisy", noisy[rows])] + [(f"{c} steps", den[c][rows]) for c in counts]
+    plots.image_columns(cols, ctx.figure_path("denoise.png"),
+                        title=f"Langevin denoising on E(x, y), noise variance {float(s['denoise_var']):g}",
+                        row_labels=[f"y={int(split.y[r])}" for r in rows])
+    common["figure"] = "figures/denoise.png"
+
+    out = {}
+    v, se, sd = _stats(psnr(noisy, clean))
+    out["denoise_psnr_noisy"] = Result(v, se, n, details={**common, "sd": sd, "psnr_of_mean_mse": mse_psnr(noisy)})
+    v, se, sd = _stats(psnr(den[last], clean))
+    out["denoise_psnr"] = Result(v, se, n, details={**common, "sd": sd, "steps": last, "by_steps": by_steps,
+                                                   "psnr_of_mean_mse": mse_psnr(den[last])})
+    if not ssim_ok:
+        why = f"SSIM needs images of at least {WIN}x{WIN} (win_size {WIN}); these are {tuple(clean.shape[-2:])}"
+        out["denoise_ssim_noisy"] = Result.missing(why, n)
+        out["denoise_ssim"] = Result.missing(why, n)
+        return out
+    v, se, sd = ssim_stats(noisy)
+    out["denoise_ssim_noisy"] = Result(v, se, n, details={"sd": sd, "std": STD_NOTE})
+    v, se, sd = ssim_stats(den[last])
+    out["denoise_ssim"] = Result(v, se, n, details={"sd": sd, "std": STD_NOTE, "steps": last,
+                                                   "by_steps": {k: {"ssim": d["ssim"], "ssim_se": d["ssim_se"]}
+                                                                for k, d in by_steps.items()}})
+    return out

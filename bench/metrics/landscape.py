@@ -1,0 +1,172 @@
+"""Energy landscape around test images (suite ``landscape``; paper Fig. 2, 13, 14).
+
+For each of the first ``landscape_images`` test images x (label y) two random directions d1, d2
+are drawn (Gaussian, each scaled to unit L-inf norm, from the group's own generator), and the
+joint energy is evaluated on the plane
+
+    E(x + alpha d1 + beta d2, y),   alpha, beta on a regular grid of ``landscape_resolution``
+                                    points in [-radius, radius] (radius: ``landscape_radius``,
+                                    default 2 eps)
+
+all grid points of all images in batches.  Each direction moves every pixel by at most |alpha|
+(|beta|); the perturbed images are not clamped to [0, 1], so the plane is the energy function's
+own neighbourhood of x (as in loss-landscape plots).  An odd resolution puts the image itself at
+the grid's centre (offset exactly 0); the centre energy E(x, y) is evaluated on its own as well.
+
+Figures: ``figures/landscape_<i>.png`` per image and ``figures/landscape.png`` with all of them;
+darker is lower energy, the blue star is the image, the white cross the grid's minimum.
+
+Metrics (additions to DESIGN.md's table; they summarise what the paper reads off the contours:
+"the points with the lowest energy of the normal and the robust classifier deviate from the
+real image ... in the energy of JEAT the real image has the minimum energy and the energy
+function is flat and smooth around the real data", Sec. G.1):
+
+``landscape_flatness``       mean over images of (mean energy over the grid - E(x, y)): how far,
+                             on average, the energy lies above the image's own in its
+                             neighbourhood.  Near 0: flat; large and positive: a steep basin at
+                             x; negative: x lies above its surroundings (lower energy nearby).
+``landscape_center_is_min``  fraction of images whose own energy E(x, y) is the lowest on the
+                             grid (no grid point lower), i.e. x sits at the local minimum.
+``landscape_min_offset``     mean over images of the distance of the grid's lowest point from
+                             the centre in the (alpha, beta) plane, in units of the radius
+                             (0: the minimum is the image; sqrt 2: a corner).
+
+``std`` is the standard error over images (sd / sqrt(n); for the fraction sqrt(p(1-p)/n)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bench.energy import EnergyModel
+from bench.metrics import Context, Result, register
+
+
+def random_directions(n: int, shape, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Two Gaussian directions per image, each scaled to unit L-inf norm: (n, 2, *shape)."""
+    device = generator.device if generator is not None and device is None else device
+    d = torch.randn((n, 2, *shape), generator=generator, device=device)
+    return d / d.flatten(2).abs().amax(2).view(n, 2, *[1] * len(shape))
+
+
+def grid_coords(radius: float, resolution: int) -> torch.Tensor:
+    """``resolution`` evenly spaced offsets in [-radius, radius]; the middle one of an odd
+    resolution is exactly 0."""
+    if resolution < 2:
+        raise ValueError(f"landscape resolution must be at least 2, got {resolution}")
+    half = (resolution - 1) / 2
+    return radius * (torch.arange(resolution, dtype=torch.float64) - half) / half
+
+
+@torch.no_grad()
+def energy_grid(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, directions: torch.Tensor,
+                coords: torch.Tensor, batch_size: int = 250, device=None, progress=None) -> torch.Tensor:
+    """E(x_i + a d1_i + b d2_i, y_i) for every image i and every pair (a, b) of ``coords``:
+    -> (n, R, R) on CPU, first grid axis alpha (d1), second beta (d2).  All n R^2 points are
+    evaluated in batches of ``batch_size``."""
+    device = torch.device(device) if device is not None else x.device
+    n, r = len(x), len(coords)
+    x, y, directions = x.to(device), y.to(device), directions.to(device)
+    c = coords.to(device=device, dtype=x.dtype)
+    total = n * r * r
+    out = torch.empty(total, dtype=x.dtype)
+    starts = range(0, total, batch_size)
+    for s in (progress(starts, desc="landscape", total=len(starts)) if progress else starts):
+        flat = torch.arange(s, min(total, s + batch_size), device=device)
+        img, rest = flat // (r * r), flat % (r * r)
+        a, b = c[rest // r], c[rest % r]
+        view = (-1, *[1] * (x.dim() - 1))
+        pts = x[img] + a.view(view) * directions[img, 0] + b.view(view) * directions[img, 1]
+        out[s:s + len(flat)] = model.energy_joint(pts, y[img]).cpu()
+    return out.view(n, r, r)
+
+
+def landscape_summary(grid: torch.Tensor, centre: torch.Tensor, coords: torch.Tensor, radius: float) -> dict:
+    """Per-image summaries of energy grids (n, R, R) with centre energies (n,): ``flatness``
+    (mean grid energy - centre), ``center_is_min`` (bool), ``min_offset`` (distance of the grid
+    minimum from the centre / radius), ``min_energy`` and the grid minimum's (alpha, beta)."""
+    n, r = grid.shape[:2]
+    flat = grid.flatten(1)
+    mn, arg = flat.min(1)
+    ia, ib = arg // r, arg % r
+    ca, cb = coords.double()[ia], coords.double()[ib]
+    # the centre is compared with every other grid point (the grid's own centre point, present for
+    # an odd resolution, is the image again and may differ from E(x, y) by float rounding)
+    at_centre = ((coords == 0).view(r, 1) & (coords == 0).view(1, r)).flatten()
+    others = flat[:, ~at_centre].min(1).values if (~at_centre).any() else torch.full_like(centre, math.inf)
+    return {
+        "flatness": flat.mean(1) - centre,
+        "center_is_min": centre <= others,
+        "min_offset": torch.sqrt(ca**2 + cb**2) / radius if radius > 0 else torch.zeros(n),
+        "min_energy": mn,
+        "min_alpha": ca,
+        "min_beta": cb,
+    }
+
+
+def _mean_se(v: torch.Tensor) -> tuple[float, float | None, float | None]:
+    v = v.double()
+    n = len(v)
+    sd = v.std().item() if n > 1 else None
+    return v.mean().item(), (sd / math.sqrt(n) if sd is not None else None), sd
+
+
+@register("landscape", "landscape",
+          metrics=("landscape_flatness", "landscape_center_is_min", "landscape_min_offset"),
+          settings=("seed", "eps", "landscape_images", "landscape_radius", "landscape_resolution"))
+def landscape_group(ctx: Context) -> dict[str, Result]:
+    """Energy landscapes E(x + a d1 + b d2, y) around test images: contour figures and summaries."""
+    from bench import plots
+
+    s = ctx.settings
+    radius = s.get("landscape_radius")
+    radius = float(2 * s["eps"] if radius is None else radius)
+    res_n = int(s["landscape_resolution"])
+    split = ctx.data.test.subset(int(s["landscape_images"]))
+    x, y = split.x, split.y
+    n = len(x)
+    if n == 0:
+        return {m: Result.missing("no test images") for m in
+                ("landscape_flatness", "landscape_center_is_min", "landscape_min_offset")}
+    dirs = random_directions(n, x.shape[1:], ctx.generator("landscape"))
+    coords = grid_coords(radius, res_n)
+    prog = lambda it, desc, total: ctx.iterate(it, desc, total)  # noqa: E731
+    grid = energy_grid(ctx.model, x, y, dirs, coords, int(s["batch_size"]), ctx.device, prog)
+    with torch.no_grad():
+        centre = ctx.model.energy_joint(x.to(ctx.device), y.to(ctx.device)).cpu()
+    summ = landscape_summary(grid, centre, coords, radius)
+
+    titles = [f"test #{i} (y={int(y[i])}), E(x,y)={centre[i]:.3g}" for i in range(n)]
+    files = []
+    for i in range(n):
+        p = ctx.figure_path(f"landscape_{i}.png")
+        plots.energy_contour(grid[i], coords, p, x[i], titles[i])
+        files.append(f"figures/landscape_{i}.png")
+    plots.energy_contours(grid, coords, ctx.figure_path("landscape.png"), x, titles,
+                          title=f"E(x + a d1 + b d2, y), |a|, |b| <= {radius:.3g} (L-inf unit directions)")
+    files.append("figures/landscape.png")
+
+    common = {"radius": radius, "resolution": res_n, "images": n, "figures": files,
+              "directions": "Gaussian, each scaled to unit L-inf norm; no clamping to [0, 1]",
+              "per_image": {"centre_energy": centre.tolist(), "grid_mean": grid.flatten(1).mean(1).tolist(),
+                            "grid_min": summ["min_energy"].tolist(),
+                            "grid_max": grid.flatten(1).max(1).values.tolist(),
+                            "min_alpha": summ["min_alpha"].tolist(), "min_beta": summ["min_beta"].tolist()}}
+    out = {}
+    v, se, sd = _mean_se(summ["flatness"])
+    out["landscape_flatness"] = Result(v, se, n, details={
+        **common, "sd": sd, "meaning": "mean over images of (mean grid energy - E(x, y))",
+        "std": "standard error over images, sd / sqrt(n)"})
+    p = summ["center_is_min"].double().mean().item()
+    out["landscape_center_is_min"] = Result(p, math.sqrt(p * (1 - p) / n), n, details={
+        "meaning": "fraction of images whose own energy is the lowest on the grid",
+        "std": "standard error of the proportion, sqrt(p(1-p)/n)",
+        "per_image": summ["center_is_min"].tolist()})
+    v, se, sd = _mean_se(summ["min_offset"])
+    out["landscape_min_offset"] = Result(v, se, n, details={
+        "meaning": "mean over images of the distance of the grid minimum from the image, in radii",
+        "sd": sd, "std": "standard error over images, sd / sqrt(n)",
+        "per_image": summ["min_offset"].tolist()})
+    return out

@@ -1,0 +1,245 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.functional import hessian
+
+from bench.energy import EnergyModel
+from bench.metrics import Context, fisher, load_all
+from bench.metrics.fisher import JetUnsupported, fisher_scores, fisher_terms, jet, rademacher
+from bench.settings import DEFAULTS
+from tests.conftest import tiny_model
+
+
+def _points(digits, n=12):
+    return digits.test.x[:n], digits.test.y[:n]
+
+
+def test_rademacher_signs():
+    r = rademacher((4000,), torch.Generator().manual_seed(0))
+    assert r.dtype == torch.int8 and set(r.unique().tolist()) == {-1, 1}
+    assert abs(r.float().mean().item()) < 0.05
+
+
+def test_hutchinson_within_5_percent_of_exact_trace(digits):
+    m = tiny_model(act="softplus", width=8).requires_grad_(False)
+    x, y = _points(digits, 10)
+    exact = fisher_scores(m, x, y, exact=True)
+    hutch = fisher_scores(m, x, y, probes=400, generator=torch.Generator().manual_seed(0))
+    for kind in ("joint", "marginal"):
+        t_ex, t_hu = exact[kind]["trace"], hutch[kind]["trace"]
+        assert t_ex.abs().mean() > 1e-4  # a smooth net has curvature
+        assert t_hu.mean().item() == pytest.approx(t_ex.mean().item(), rel=0.05)
+        # per point too, on the scale of the traces (joint traces change sign across points)
+        assert (t_hu - t_ex).abs().max() < 0.05 * t_ex.abs().max()
+        # the gradient term does not depend on the trace method
+        torch.testing.assert_close(hutch[kind]["grad"], exact[kind]["grad"])
+        # the probes' own standard error is small and honest: the error lies within 4 of them
+        se = hutch[kind]["trace_probe_var"].sqrt()
+        assert ((t_hu - t_ex).abs() <= 4 * se + 1e-7).all()
+
+
+@pytest.mark.parametrize("method", ["jet", "forward", "reverse"])
+def test_relu_joint_trace_is_exactly_zero(digits, method):
+    m = tiny_model(act="relu", width=8).requires_grad_(False)
+    x, y = _points(digits)
+    for kw in ({"exact": True}, {"probes": 8, "generator": torch.Generator().manual_seed(1)}):
+        t = fisher_scores(m, x, y, method=method, **kw)
+        assert torch.equal(t["joint"]["trace"], torch.zeros(len(x)))
+        assert (t["marginal"]["trace"] != 0).any()  # logsumexp keeps its curvature
+        torch.testing.assert_close(t["joint"]["score"], t["joint"]["grad"])
+
+
+@pytest.mark.parametrize("method", ["jet", "forward", "reverse"])
+def test_exact_trace_equals_autograd_hessian(digits, method):
+    m = tiny_model(act="silu", width=8).requires_grad_(False)
+    x, y = digits.test.x[:1], digits.test.y[:1]
+    info = {}
+    t = fisher_terms(m, x, y, exact=True, chunk=24, method=method, info=info)  # chunks not dividing D = 64
+    assert info["method"] == method
+    hj = hessian(lambda v: m.energy_joint(v.view(1, 1, 8, 8), y).sum(), x.flatten())
+    hm = hessian(lambda v: m.energy_marginal(v.view(1, 1, 8, 8)).sum(), x.flatten())
+    assert t["joint"]["trace"].item() == pytest.approx(hj.trace().item(), rel=1e-5, abs=1e-8)
+    assert t["marginal"]["trace"].item() == pytest.approx(hm.trace().item(), rel=1e-5, abs=1e-8)
+    _, g = m.grad_energy(x, y, "joint")
+    assert t["joint"]["grad"].item() == pytest.approx(0.5 * g.pow(2).sum().item(), rel=1e-6)
+    _, g = m.grad_energy(x, None, "marginal")
+    assert t["marginal"]["grad"].item() == pytest.approx(0.5 * g.pow(2).sum().item(), rel=1e-6)
+
+
+def test_derivatives_are_taken_on_the_unit_range_input(digits):
+    """E is a function of the [0, 1] image through the normalisation: with std 0.5 the input
+    gradient is twice, and the Hessian four times, that of the network on normalised inputs."""
+    m = tiny_model(act="silu", width=8).requires_grad_(False)
+    x, y = digits.test.x[:3], digits.test.y[:3]
+    t = fisher_terms(m, x, y, exact=True)
+    z = ((x - 0.5) / 0.5).requires_grad_(True)
+    plain = tiny_model(act="silu", width=8).requires_grad_(False)
+    plain.mean.zero_()
+    plain.std.fill_(1.0)
+    t_net = fisher_terms(plain, z.detach(), y, exact=True)
+    torch.testing.assert_close(t["joint"]["grad"], 4 * t_net["joint"]["grad"], rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(t["joint"]["trace"], 4 * t_net["joint"]["trace"], rtol=1e-4, atol=1e-9)
+
+
+def test_methods_agree_and_auto_falls_back(digits, monkeypatch):
+    m = tiny_model(act="softplus", width=8).requires_grad_(False)
+    x, y = _points(digits, 9)
+    probes = rademacher((9, 5, 1, 8, 8), torch.Generator().manual_seed(2))
+    info = {}
+    auto = fisher_terms(m, x, y, probes, info=info)
+    assert info["method"] == "jet"
+    rev = fisher_terms(m, x, y, probes, method="reverse", chunk=2)
+    for method in ("jet", "forward"):
+        other = fisher_terms(m, x, y, probes, method=method)
+        for kind in ("joint", "marginal"):
+            for name in ("grad", "trace", "trace_probe_var", "score"):
+                torch.testing.assert_close(other[kind][name], rev[kind][name], rtol=1e-4, atol=1e-9)
+                torch.testing.assert_close(auto[kind][name], other[kind][name], rtol=1e-4, atol=1e-9)
+
+    def unsupported(*a, **k):
+        raise NotImplementedError("no forward-mode rule")
+
+    monkeypatch.setattr(fisher, "_quad_jet", unsupported)
+    fisher_terms(m, x, y, probes, info=info)
+    assert info["method"] == "forward"
+    monkeypatch.setattr(fisher, "_quad_forward", unsupported)
+    fallback = fisher_terms(m, x, y, probes, info=info)
+    assert info["method"] == "reverse"
+    torch.testing.assert_close(fallback["joint"]["trace"], rev["joint"]["trace"])
+    with pytest.raises(NotImplementedError):
+        fisher_terms(m, x, y, probes, method="forward")
+
+
+def test_estimates_do_not_depend_on_batch_size(digits):
+    m = tiny_model(act="softplus", width=4).requires_grad_(False)
+    x, y = _points(digits, 13)
+    a = fisher_scores(m, x, y, probes=6, generator=torch.Generator().manual_seed(3), batch_size=13)
+    b = fisher_scores(m, x, y, probes=6, generator=torch.Generator().manual_seed(3), batch_size=5, chunk=4)
+    for kind in ("joint", "marginal"):
+        torch.testing.assert_close(a[kind]["score"], b[kind]["score"], rtol=1e-5, atol=1e-8)
+
+
+def test_bad_probe_shape_is_refused(digits):
+    m = tiny_model()
+    x, y = _points(digits, 4)
+    with pytest.raises(ValueError, match="probes"):
+        fisher_terms(m, x, y, torch.ones(4, 3, 1, 4, 4))
+    with pytest.raises(ValueError, match="probes"):
+        fisher_terms(m, x, y, None)
+
+
+def test_fisher_group_through_context(digits, tmp_path):
+    g = load_all()["fisher"]
+    assert g.suite == "score" and g.metrics == ("jfs", "mfs")
+    assert {"n_score", "probes", "exact_trace", "seed"} <= set(g.settings) and "batch_size" not in g.settings
+    m = tiny_model(act="softplus", width=4).requires_grad_(False)
+    s = dict(DEFAULTS, eps=0.1, n_score=40, probes=8, batch_size=16)
+    res = g.fn(Context(m, digits, s, torch.device("cpu"), tmp_path))
+    again = g.fn(Context(m, digits, dict(s, batch_size=40), torch.device("cpu"), tmp_path))
+    exact = g.fn(Context(m, digits, dict(s, exact_trace=True), torch.device("cpu"), tmp_path))
+    for name in ("jfs", "mfs"):
+        r = res[name]
+        assert r.n == 40 and r.value is not None and r.std is not None and r.std > 0
+        assert r.value == pytest.approx(r.details["grad_term"] - r.details["trace_term"], rel=1e-6, abs=1e-9)
+        assert r.std == pytest.approx(r.details["sd"] / 40**0.5)
+        assert r.details["trace"].startswith("hutchinson") and r.details["trace_probe_se"] > 0
+        assert r.details["second_derivatives"].startswith("second-order Taylor mode")
+        assert again[name].value == pytest.approx(r.value, rel=1e-5, abs=1e-9)  # seeded, batch-independent
+        assert exact[name].details["trace"] == "exact"
+        assert exact[name].details["grad_term"] == pytest.approx(r.details["grad_term"], rel=1e-6)
+        # Hutchinson's mean agrees with the exact one within a few of its own standard errors
+        assert abs(r.details["trace_term"] - exact[name].details["trace_term"]) < 4 * r.details["trace_probe_se"]
+    direct = fisher_scores(m, digits.test.x[:40], digits.test.y[:40], exact=True)
+    assert exact["jfs"].value == pytest.approx(direct["joint"]["score"].double().mean().item(), rel=1e-6)
+
+
+class Mixed(nn.Module):
+    """Ops beyond the fast rules: products of two derivative-carrying values, group norm, max
+    pooling, indexing, powers, concatenation, shapes read off a value, functional softplus."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.gn = nn.GroupNorm(2, 6)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6 * 4 * 4, 10)
+
+    def forward(self, x):
+        h = self.conv(x)
+        h = self.gn(h) * torch.sigmoid(h) + h.tanh() - 0.5 * h
+        h = F.max_pool2d(self.bn(h), 2)
+        h = torch.cat([h[:, :3], h[:, 3:] ** 2], 1)
+        h = h.view(h.size(0), -1)
+        return self.fc(F.softplus(h, beta=2.0)) / 3.0
+
+
+class Branchy(nn.Module):
+    """Python control flow on a value: cannot be traced."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, 10)
+
+    def forward(self, x):
+        h = x.flatten(1)
+        if h.sum() > 0:
+            h = torch.tanh(h)
+        return self.fc(h)
+
+
+def test_taylor_mode_through_other_ops_and_fallbacks():
+    torch.manual_seed(0)
+    m = EnergyModel(Mixed(), 0.5, 0.25, (3, 8, 8), 10).eval()
+    m.net.bn.running_mean.uniform_(-0.2, 0.2)
+    m.net.bn.running_var.uniform_(0.5, 2.0)
+    x, y = torch.rand(3, 3, 8, 8), torch.tensor([0, 4, 9])
+    probes = rademacher((3, 4, 3, 8, 8), torch.Generator().manual_seed(0))
+    vs = probes.transpose(0, 1).float()
+    f, f1, f2 = jet(m, x, vs)
+    with torch.no_grad():
+        torch.testing.assert_close(f, m.logits(x))
+    # first and second directional derivatives against autograd, for one probe and point
+    g = lambda t: m.logits(x[:1] + t * vs[0, :1])[0]  # noqa: E731
+    t0 = torch.zeros(())
+    torch.testing.assert_close(f1[0, 0], torch.autograd.functional.jacobian(g, t0), rtol=1e-4, atol=1e-6)
+    second = torch.stack([hessian(lambda t, k=k: g(t)[k], t0) for k in range(10)])
+    torch.testing.assert_close(f2[0, 0], second, rtol=1e-3, atol=1e-6)
+    info = {}
+    auto = fisher_terms(m, x, y, probes, info=info)
+    assert info["method"] == "jet"
+    rev = fisher_terms(m, x, y, probes, method="reverse")
+    for kind in ("joint", "marginal"):
+        torch.testing.assert_close(auto[kind]["trace"], rev[kind]["trace"], rtol=1e-4, atol=1e-7)
+    # training mode and untraceable networks fall back to nested forward mode
+    m.train()
+    with pytest.raises(JetUnsupported):
+        jet(m, x, vs)
+    m.eval()
+    b = EnergyModel(Branchy(), 0.5, 0.25, (3, 8, 8), 10).eval()
+    with pytest.raises(JetUnsupported):
+        jet(b, x, vs)
+    fisher_terms(b, x, y, probes, info=info)
+    assert info["method"] == "forward"
+
+
+@pytest.mark.parametrize("arch", ["wrn-10-1", "jem-wrn-10-1"])
+def test_taylor_mode_on_residual_networks(arch):
+    """Residual additions, eval-mode batch norm, functional pooling and flatten, (leaky) ReLU."""
+    from bench import nets
+
+    torch.manual_seed(0)
+    m = EnergyModel(nets.build(arch, 10, 3), 0.5, 0.25, (3, 32, 32), 10).eval()
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.1, 0.1)
+            mod.running_var.uniform_(0.5, 2.0)
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([3, 7])
+    probes = rademacher((2, 3, 3, 32, 32), torch.Generator().manual_seed(0))
+    info = {}
+    t = fisher_terms(m, x, y, probes, info=info)
+    assert info["method"] == "jet"
+    rev = fisher_terms(m, x, y, probes, method="reverse")
+    assert torch.equal(t["joint"]["trace"], torch.zeros(2))  # piecewise linear
+    torch.testing.assert_close(t["marginal"]["trace"], rev["marginal"]["trace"], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(t["marginal"]["grad"], rev["marginal"]["grad"])
