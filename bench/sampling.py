@@ -1,22 +1,53 @@
-"""SGLD / Langevin dynamics on an EnergyModel (paper Eq. 10, 16, 17; Alg. 1).
+"""SGLD / Langevin dynamics on an EnergyModel (paper Eq. 10, 16, 17; Alg. 1) and image generation.
 
     x_{t+1} = x_t - (step_size / 2) * grad_x E(x_t) + noise * N(0, I)
 
 The paper's form takes noise = sqrt(step_size); JEM's practice sets the two apart (JEM's
 ``sgld_lr = 1, sgld_std = 0.01`` is ``step_size = 2, noise = 0.01`` here).  The energy is
 ``joint`` E(x,y) (Eq. 17, default for generation), ``ce`` E(x,y) - E(x) (Eq. 16) or ``marginal``
-E(x) (the JEM/JEAT training term).  A chain that turns NaN or inf is frozen at its last finite
-state and reported in the returned mask, never silently written as an image.
+E(x) (the JEM/JEAT training term).  A chain that turns NaN or inf (its energy, or its unclamped
+update, so an infinite gradient is caught before ``clamp`` would hide it) is frozen at its last
+finite state and reported in the returned mask, never silently written as an image.
+
+Generation (``generate``, and ``generated(ctx)`` for metric groups):
+
+- Labels are balanced over classes: ``y = 0, 1, ..., K-1, 0, 1, ...`` (``n`` images; with ``n``
+  not a multiple of K the first ``n mod K`` classes have one image more).
+- Starts (``init``): ``gaussian`` draws x0 ~ N(mu_y, Sigma_y), the class-conditional Gaussian of
+  the training images (Sec. 2.2, ``bench.data.ClassGaussian``); ``uniform`` draws U(0, 1);
+  ``buffer`` takes distinct samples of the model's SGLD replay buffer (unlabeled: each start is
+  then run as the class-conditional chain of its assigned label).  Every start is clamped to
+  [0, 1] before the first step, whatever ``clamp`` says: the model's domain is [0, 1], and
+  Santurkar et al.'s class-conditional seeds (the start of Sec. 2.2) are clamped the same way.
+  ``clamp`` only governs clamping after each Langevin step.
+- Randomness: one seed is drawn from ``generator``; the starts come from a CPU generator seeded by
+  it (so they do not depend on the device), and the chain noise from one generator per block of
+  ``CHAIN_BLOCK`` consecutive chains on the model's device.  Batches hold whole blocks, so the
+  images do not depend on ``batch_size`` (a batch smaller than a block runs one block).
+- Diverged chains are counted and come back as NaN images (their labels kept), so no frozen
+  half-way state is ever taken for a sample; metrics drop non-finite images and report the count.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from bench.energy import EnergyModel
+from bench.errors import BenchError
+
+CHAIN_BLOCK = 32  # chains per noise generator (the unit of randomness of generate)
+INITS = ("gaussian", "uniform", "buffer")
+ENERGIES = ("joint", "ce", "marginal")
+SAMPLES_FORMAT = 1
 
 
 @dataclass
@@ -31,23 +62,71 @@ class SGLDConfig:
     def noise_std(self) -> float:
         return math.sqrt(self.step_size) if self.noise is None else self.noise
 
+    @classmethod
+    def from_settings(cls, settings: dict) -> SGLDConfig:
+        """The generation chain of a run's settings (``gen_steps``, ``gen_step_size``, ...)."""
+        from bench.settings import DEFAULTS
+
+        s = {k: settings.get(k, DEFAULTS[k]) for k in DEFAULTS}
+        noise = s["gen_noise"]
+        return cls(steps=int(s["gen_steps"]), step_size=float(s["gen_step_size"]),
+                   noise=None if noise is None else float(noise), energy=str(s["gen_energy"]),
+                   clamp=bool(s["gen_clamp"]))
+
+
+class BlockNoise:
+    """Chain noise from one generator per block of ``block`` consecutive chains: chain ``i`` draws
+    from ``generators[i // block]``, so a chain's noise does not depend on how chains are batched."""
+
+    def __init__(self, generators: Sequence[torch.Generator], block: int = CHAIN_BLOCK):
+        self.generators = list(generators)
+        self.block = int(block)
+
+    @classmethod
+    def seeded(cls, seeds: Sequence[int], device, block: int = CHAIN_BLOCK) -> BlockNoise:
+        gens = []
+        for s in seeds:
+            g = torch.Generator(device=device)
+            g.manual_seed(int(s))
+            gens.append(g)
+        return cls(gens, block)
+
+    def draw(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) > self.block * len(self.generators):
+            raise ValueError(f"{len(x)} chains but noise for {self.block * len(self.generators)}")
+        out = torch.empty_like(x)
+        for i, g in enumerate(self.generators):
+            out[i * self.block:(i + 1) * self.block].normal_(generator=g)
+        return out
+
 
 def sgld(model: EnergyModel, x0: torch.Tensor, y: torch.Tensor | None, cfg: SGLDConfig,
-         generator: torch.Generator | None = None, callback=None) -> tuple[torch.Tensor, torch.Tensor]:
+         generator: torch.Generator | BlockNoise | None = None, callback=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``cfg.steps`` Langevin steps from x0; returns (x, finite) where ``finite`` is a bool mask
-    of the chains that stayed finite throughout (diverged chains keep their last finite state)."""
+    of the chains that stayed finite throughout (diverged chains keep their last finite state).
+    ``generator`` is a torch.Generator on x's device, or a ``BlockNoise`` (one per chain block).
+    ``callback(t, x, e, g)`` sees each step's state, energies and gradients."""
+    if cfg.energy not in ENERGIES:
+        raise ValueError(f"unknown energy {cfg.energy!r}; expected one of {', '.join(ENERGIES)}")
     x = x0.detach().clone()
     finite = torch.isfinite(x.flatten(1)).all(1)
     sigma = cfg.noise_std
+    half = 0.5 * cfg.step_size
+    shape = (-1, *[1] * (x.dim() - 1))
     for t in range(cfg.steps):
         e, g = model.grad_energy(x, y, cfg.energy)
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        nxt = x - 0.5 * cfg.step_size * g + sigma * noise
+        if isinstance(generator, BlockNoise):
+            noise = generator.draw(x)
+        else:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        nxt = x - half * g + sigma * noise
+        # one reduction per chain: a sum is finite only if every element is (checked before the
+        # clamp, which would turn -inf into 0)
+        ok = torch.isfinite(nxt.flatten(1).sum(1)) & torch.isfinite(e) & finite
         if cfg.clamp:
             nxt = nxt.clamp(0, 1)
-        ok = torch.isfinite(nxt.flatten(1)).all(1) & torch.isfinite(e) & finite
         finite = ok
-        x = torch.where(ok.view(-1, *[1] * (x.dim() - 1)), nxt, x).detach()
+        x = torch.where(ok.view(shape), nxt, x).detach()
         if callback is not None:
             callback(t, x, e, g)
     return x, finite
@@ -73,3 +152,254 @@ class ReplayBuffer:
 
     def push(self, x: torch.Tensor, idx: torch.Tensor) -> None:
         self.data[idx] = x.detach().to(self.data.device)
+
+
+# --------------------------------------------------------------------------------------------
+# generation
+
+
+class Samples(NamedTuple):
+    """Generated images (N, C, H, W) in [0, 1] on CPU, NaN where the chain diverged; labels (N,);
+    the bool mask of diverged chains."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    diverged: torch.Tensor
+
+    @property
+    def n_diverged(self) -> int:
+        return int(self.diverged.sum())
+
+
+def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
+    """0, 1, ..., K-1, 0, 1, ... (n labels, int64, CPU)."""
+    return torch.arange(int(n), dtype=torch.int64) % int(num_classes)
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+def _base_seed(generator: torch.Generator | int | None) -> int:
+    if isinstance(generator, int):
+        return int(generator)
+    dev = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=dev).item())
+
+
+def buffer_images(replay_buffer) -> torch.Tensor | None:
+    """The images of a replay buffer given as a tensor or a ``ReplayBuffer`` (None passes through)."""
+    if replay_buffer is None:
+        return None
+    return replay_buffer.data if isinstance(replay_buffer, ReplayBuffer) else replay_buffer
+
+
+def initial_images(init: str, y: torch.Tensor, data, generator: torch.Generator | None = None,
+                   replay_buffer=None) -> torch.Tensor:
+    """Chain starts for labels y, on CPU, clamped to [0, 1] (see the module docstring).
+    ``generator`` is a CPU generator."""
+    from bench.data import ClassGaussian
+
+    n = len(y)
+    shape = tuple(data.input_shape)
+    if init == "uniform":
+        x = torch.rand((n, *shape), generator=generator)
+    elif init == "gaussian":
+        x = ClassGaussian(data.train, data.num_classes).sample(y, generator)
+    elif init == "buffer":
+        buf = buffer_images(replay_buffer)
+        if buf is None:
+            raise BenchError("gen_init=buffer needs an SGLD replay buffer, and this model has none "
+                             "(train with the jem or jeat recipe, or use --gen-init gaussian/uniform)")
+        buf = buf.detach().to("cpu", torch.float32)
+        if tuple(buf.shape[1:]) != shape or len(buf) == 0:
+            raise BenchError(f"replay buffer holds images of shape {tuple(buf.shape[1:])} "
+                             f"({len(buf)} of them); the data are {shape}")
+        good = torch.isfinite(buf.flatten(1)).all(1)
+        if not good.all():
+            raise BenchError(f"replay buffer holds {int((~good).sum())} non-finite images")
+        if n <= len(buf):  # distinct buffer samples where there are enough
+            idx = torch.randperm(len(buf), generator=generator)[:n]
+        else:
+            idx = torch.randint(0, len(buf), (n,), generator=generator)
+        x = buf[idx]
+    else:
+        raise BenchError(f"unknown gen_init {init!r}; expected one of {', '.join(INITS)}")
+    return x.clamp(0, 1)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def generate(model: EnergyModel, data, cfg: SGLDConfig | None = None, n: int = 500, init: str = "gaussian",
+             generator: torch.Generator | int | None = None, replay_buffer=None, batch_size: int = 250,
+             progress: Callable | None = None, device: torch.device | str | None = None) -> Samples:
+    """Generate ``n`` images balanced over the ``data.num_classes`` classes by SGLD on the model's
+    energy ``cfg.energy`` (``joint``: Eq. 17; ``ce``: Eq. 16) from ``init`` starts.
+
+    ``data`` is a ``bench.data.Dataset`` (its classes, image shape, and training split for the
+    Gaussian start); ``generator`` a torch.Generator (any device) or an int seed;
+    ``replay_buffer`` a tensor (M, C, H, W) in [0, 1] or a ``ReplayBuffer`` (needed for
+    ``init='buffer'``); ``progress(iterable, desc=, total=)`` wraps the batch loop.  Runs on
+    ``device`` (default: the model's), in eval mode.  Returns ``Samples(x, y, diverged)`` on CPU."""
+    cfg = cfg or SGLDConfig()
+    if not isinstance(n, int) or n <= 0:
+        raise BenchError(f"n-gen must be a positive integer, got {n}")
+    if cfg.energy not in ("joint", "ce"):
+        raise BenchError(f"unknown gen_energy {cfg.energy!r}; expected joint (Eq. 17) or ce (Eq. 16)")
+    if init not in INITS:
+        raise BenchError(f"unknown gen_init {init!r}; expected one of {', '.join(INITS)}")
+    dev = torch.device(device) if device is not None else _model_device(model)
+    base = _base_seed(generator)
+    y = balanced_labels(n, data.num_classes)
+    g_init = torch.Generator().manual_seed(_splitmix64(base))
+    x0 = initial_images(init, y, data, g_init, replay_buffer)
+
+    n_blocks = -(-n // CHAIN_BLOCK)
+    per_batch = max(1, int(batch_size) // CHAIN_BLOCK)
+    out = torch.empty_like(x0)
+    finite = torch.zeros(n, dtype=torch.bool)
+    starts = range(0, n_blocks, per_batch)
+    it = progress(starts, desc="generate (SGLD)", total=len(starts)) if progress else starts
+    was_training = model.training
+    model.eval()
+    try:
+        for b0 in it:
+            b1 = min(b0 + per_batch, n_blocks)
+            a, z = b0 * CHAIN_BLOCK, min(b1 * CHAIN_BLOCK, n)
+            noise = BlockNoise.seeded([_splitmix64(base + 1 + b) for b in range(b0, b1)], dev)
+            xb, ok = sgld(model, x0[a:z].to(dev), y[a:z].to(dev), cfg, noise)
+            out[a:z] = xb.detach().cpu()
+            finite[a:z] = ok.cpu()
+    finally:
+        model.train(was_training)
+    out[~finite] = float("nan")
+    return Samples(out, y, ~finite)
+
+
+# --------------------------------------------------------------------------------------------
+# generated(ctx): the run's generated set, memoised and saved under OUT/samples
+
+
+def generation_key(ctx) -> dict:
+    """What the generated images depend on: the generation settings, the model's sha256 and the
+    data set's identity (name, classes, image shape)."""
+    from bench.settings import DEFAULTS, GEN_SETTINGS
+
+    s = ctx.settings
+    key = {k: s.get(k, DEFAULTS.get(k)) for k in GEN_SETTINGS}
+    key.update(model_sha256=s.get("model_sha256"), dataset=ctx.data.name,
+               num_classes=int(ctx.data.num_classes), input_shape=list(ctx.data.input_shape))
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
+def samples_dir(ctx) -> Path:
+    return Path(ctx.out) / "samples"
+
+
+def load_samples(path: Path, key: dict | None = None):
+    """-> (x, y, meta) from a samples.npz, or None if it is missing, unreadable or (with ``key``)
+    was made with other settings or another model."""
+    if not Path(path).is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            x = torch.from_numpy(z["x"].astype(np.float32, copy=False))
+            y = torch.from_numpy(z["y"].astype(np.int64, copy=False))
+    except Exception:
+        return None  # unreadable: regenerate, never trust
+    if meta.get("format") != SAMPLES_FORMAT or len(x) != len(y):
+        return None
+    if key is not None and meta.get("key") != key:
+        return None
+    return x, y, meta
+
+
+def save_samples(path: Path, x: torch.Tensor, y: torch.Tensor, meta: dict) -> Path:
+    """Write x (float32, NaN for diverged chains), y and the JSON ``meta`` atomically."""
+    import io
+
+    from bench.checkpoints import atomic_write_bytes
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, x=x.detach().cpu().float().numpy(), y=y.detach().cpu().numpy().astype(np.int64),
+             meta=np.array(json.dumps(meta, sort_keys=True)))
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _replay_buffer_for(ctx):
+    """The checkpoint's replay buffer in [0, 1]: JEM files store theirs in JEM's normalised
+    space (x - 0.5) / 0.5, mapped back here with the model's own mean and std."""
+    buf = ctx.shared.get("replay_buffer")
+    loaded = ctx.shared.get("loaded")
+    meta = getattr(loaded, "meta", None) or {}
+    if buf is not None and not isinstance(buf, ReplayBuffer) and meta.get("source_format") == "jem":
+        m = ctx.model
+        buf = buf.to(m.mean.device) * m.std + m.mean
+    return buf
+
+
+def generated(ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's generated images and labels (CPU): made once per run (memoised in
+    ``ctx.shared['generated']``), saved to ``OUT/samples/samples.npz`` with a grid PNG
+    (``OUT/samples/grid.png``, one row per class as in Fig. 6), and reused from that file when it
+    records the same generation settings and model sha256.  Diverged chains are NaN images; their
+    count is ``ctx.shared['n_diverged']``; ``ctx.shared['generation']`` says how the set was made."""
+    from bench.settings import DEFAULTS
+
+    key = generation_key(ctx)
+    memo = ctx.shared.get("generated")
+    if memo is not None and memo.get("key") == key:
+        return memo["x"], memo["y"]
+    s = ctx.settings
+    folder = samples_dir(ctx)
+    npz, grid = folder / "samples.npz", folder / "grid.png"
+    got = load_samples(npz, key) if key.get("model_sha256") else None
+    if got is not None:
+        x, y, meta = got
+        n_div = int(meta.get("n_diverged", int((~torch.isfinite(x.flatten(1)).all(1)).sum())))
+        info = {"reused": True, "file": str(npz), "seconds": meta.get("seconds"), "device": meta.get("device")}
+    else:
+        t0 = time.time()
+        cfg = SGLDConfig.from_settings(s)
+        res = generate(ctx.model, ctx.data, cfg, n=int(s.get("n_gen", DEFAULTS["n_gen"])),
+                       init=str(s.get("gen_init", DEFAULTS["gen_init"])), generator=ctx.generator("generate"),
+                       replay_buffer=_replay_buffer_for(ctx), batch_size=int(s.get("batch_size", DEFAULTS["batch_size"])),
+                       progress=ctx.iterate, device=ctx.device)
+        x, y, n_div = res.x, res.y, res.n_diverged
+        seconds = round(time.time() - t0, 3)
+        from bench import __version__
+
+        meta = {"format": SAMPLES_FORMAT, "key": key, "n_diverged": n_div, "seconds": seconds,
+                "device": str(ctx.device), "bench_version": __version__, "chain_block": CHAIN_BLOCK}
+        save_samples(npz, x, y, meta)
+        info = {"reused": False, "file": str(npz), "seconds": seconds, "device": str(ctx.device)}
+    if not grid.is_file() or not info["reused"]:
+        _grid(ctx, x, y, grid, n_div)
+    info.update(n=len(x), n_diverged=n_div, grid=str(grid))
+    ctx.shared["generated"] = {"key": key, "x": x, "y": y}
+    ctx.shared["n_diverged"] = n_div
+    ctx.shared["generation"] = info
+    return x, y
+
+
+def _grid(ctx, x, y, path: Path, n_div: int) -> None:
+    from bench import plots
+
+    s = ctx.settings
+    eq = "Eq. 17, E(x,y)" if s.get("gen_energy", "joint") == "joint" else "Eq. 16, E(x,y) - E(x)"
+    title = (f"{ctx.data.name}: SGLD samples ({eq}; {s.get('gen_init', 'gaussian')} start, "
+             f"{s.get('gen_steps')} steps)" + (f"; {n_div} diverged" if n_div else ""))
+    plots.sample_grid(x, y, path, class_names=list(ctx.data.classes) or None, title=title)

