@@ -151,7 +151,15 @@ class ReplayBuffer:
         return x, idx
 
     def push(self, x: torch.Tensor, idx: torch.Tensor) -> None:
-        self.data[idx] = x.detach().to(self.data.device)
+        """Write x back to slots idx.  ``sample`` draws slots with replacement, so a slot may come
+        twice: the last write wins, explicitly (a plain ``data[idx] = x`` leaves the winner to the
+        backend, which broke bit-exact resume)."""
+        idx = idx.to(self.data.device)
+        order = torch.arange(len(idx), device=idx.device)
+        last = torch.full((len(self.data),), -1, dtype=torch.long, device=idx.device)
+        last.scatter_reduce_(0, idx, order, reduce="amax")
+        slots = last >= 0
+        self.data[slots] = x.detach().to(self.data.device)[last[slots]]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,245 @@
+"""The shared training loop: every method runs through ``train``.
+
+Determinism and resume: the initial weights come from ``seed``; batches are shuffled by a CPU
+generator and every attack, noise draw and SGLD chain draws from one generator on the device.
+After every epoch the checkpoint (``OUT``, safetensors with metadata) and a resume file
+(``OUT.resume.pt``: weights, optimiser, both generator states, replay buffer, history; loaded with
+``weights_only=True``) are written atomically, so ``--resume`` after a kill continues with the
+same random streams and reaches the same weights as an uninterrupted run.  The resume file is
+removed once training finishes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from bench import checkpoints, nets, progress
+from bench.attacks import pgd
+from bench.data import load as load_data
+from bench.energy import EnergyModel
+from bench.errors import BenchError
+from bench.sampling import ReplayBuffer
+from bench.train.methods import METHODS, TrainState
+from bench.train.monitor import energy_changes
+from bench.train.recipe import Recipe, load_recipe
+
+RESUME_FORMAT = 1
+
+
+def resume_path(out: Path) -> Path:
+    return out.with_name(out.name + ".resume.pt")
+
+
+def make_optimizer_factory(r: Recipe):
+    def make(params):
+        if r.optimizer == "adam":
+            return torch.optim.Adam(params, lr=r.lr, betas=tuple(r.betas), weight_decay=r.weight_decay)
+        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+
+    return make
+
+
+def learning_rate(r: Recipe, epoch: int, iteration: int) -> float:
+    """Multi-step decay by ``gamma`` at each milestone epoch, after a linear warm-up of
+    ``warmup_iters`` iterations (counted over the whole run)."""
+    lr = r.lr * r.gamma ** sum(epoch >= m for m in r.milestones)
+    if r.warmup_iters and iteration < r.warmup_iters:
+        lr *= (iteration + 1) / r.warmup_iters
+    return lr
+
+
+@torch.no_grad()
+def accuracy(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    model.eval()
+    dev = model.mean.device
+    correct = 0
+    for i in range(0, len(y), batch_size):
+        correct += int((model.logits(x[i:i + batch_size].to(dev)).argmax(1).cpu() == y[i:i + batch_size]).sum())
+    return correct / max(1, len(y))
+
+
+def robust_accuracy(model: EnergyModel, x, y, eps: float, seed: int, batch_size: int = 500) -> float:
+    """PGD-20 (cross-entropy, random start, step eps/4) accuracy, as ``bench run`` measures it."""
+    model.eval()
+    dev = model.mean.device
+    gen = torch.Generator(device=dev).manual_seed(int(seed))
+    correct = 0
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+        adv = pgd(model, xb, yb, eps, steps=20, loss="ce", random_start=True, generator=gen)
+        with torch.no_grad():
+            correct += int((model.logits(adv).argmax(1) == yb).sum())
+    return correct / max(1, len(y))
+
+
+def _check_out(out: Path) -> None:
+    if out.suffix != ".safetensors":
+        raise BenchError(f"--out must end in .safetensors, got {out}")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise BenchError(f"output directory does not exist: {parent}")
+    probe = parent / f".{out.name}.probe"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise BenchError(f"cannot write to {parent}: {e.strerror}") from None
+
+
+def _save_resume(path: Path, model, opt, g_data, g_train, buffer, epoch, history, seconds, r: Recipe) -> None:
+    state = {"format": RESUME_FORMAT, "model": model.net.state_dict(), "optimizer": opt.state_dict(),
+             "g_data": g_data.get_state(), "g_train": g_train.get_state(),
+             "buffer": buffer.data if buffer is not None else None, "epoch": epoch,
+             "history": json.dumps(history), "seconds": seconds, "recipe": json.dumps(_identity(r))}
+    bio = io.BytesIO()
+    torch.save(state, bio)
+    checkpoints.atomic_write_bytes(path, bio.getvalue())
+
+
+def _identity(r: Recipe) -> dict:
+    """The recipe fields a resumed run must share with the run it continues (not ``epochs``)."""
+    d = r.to_dict()
+    d.pop("epochs")
+    return d
+
+
+def _load_resume(path: Path, r: Recipe) -> dict:
+    if not path.is_file():
+        raise BenchError(f"--resume: no resume state at {path} (nothing to continue; train without --resume)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BenchError(f"{path}: unreadable resume state ({type(e).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        raise BenchError(f"{path}: not a bench resume state")
+    if json.loads(state["recipe"]) != _identity(r):
+        raise BenchError(f"{path}: was written by another recipe or seed; refusing to mix two runs")
+    return state
+
+
+def train(recipe: str | Path | Recipe, out: str | Path, epochs: int | None = None, device: str = "cpu",
+          seed: int | None = None, resume: bool = False, data_root=None, download: bool = False,
+          show_progress: bool = True, on_epoch=None) -> dict:
+    """Train ``recipe`` into the checkpoint ``out``; returns a summary (accuracies, seconds, sha256).
+    ``on_epoch(entry)`` is called after each epoch's checkpoint and resume state are on disk."""
+    r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    if epochs is not None:
+        if epochs <= 0:
+            raise BenchError("--epochs must be a positive integer")
+        r.epochs = int(epochs)
+    if seed is not None:
+        r.seed = int(seed)
+    out = Path(out)
+    _check_out(out)
+    dev = torch.device(device)
+    data = load_data(r.dataset, data_root, download)
+    method = METHODS[r.method]
+
+    torch.manual_seed(r.seed)  # initial weights
+    net = nets.build(r.arch, data.num_classes, data.input_shape[0], **r.arch_kwargs)
+    model = EnergyModel(net, r.mean, r.std, data.input_shape, data.num_classes).to(dev)
+    make_opt = make_optimizer_factory(r)
+    opt = make_opt(model.parameters())
+    g_data = torch.Generator().manual_seed(r.seed)
+    g_train = torch.Generator(device=dev).manual_seed(r.seed + 1)
+    buffer = (ReplayBuffer(r.buffer_size, data.input_shape, r.reinit, dev, g_train) if method.sgld else None)
+    state = TrainState(model, r, g_train, buffer)
+    start, history, seconds = 0, [], 0.0
+    rpath = resume_path(out)
+    if resume:
+        s = _load_resume(rpath, r)
+        model.net.load_state_dict(s["model"])
+        opt.load_state_dict(s["optimizer"])
+        g_data.set_state(s["g_data"])
+        g_train.set_state(s["g_train"])
+        if buffer is not None:
+            buffer.data = s["buffer"].to(dev)
+        start, history, seconds = int(s["epoch"]), json.loads(s["history"]), float(s["seconds"])
+        if start >= r.epochs:
+            raise BenchError(f"--resume: {rpath} already holds {start} epochs (recipe asks for {r.epochs}); "
+                             "give more --epochs")
+
+    train_split = data.train.subset(r.train_n)
+    xtr, ytr = train_split.x, train_split.y
+    xmon, ymon = xtr[: r.monitor_size].to(dev), ytr[: r.monitor_size].to(dev)
+    n = len(ytr)
+    per_epoch = math.ceil(n / r.batch_size)
+    for epoch in range(start, r.epochs):
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=g_data)
+        loss_sum, correct, seen = 0.0, 0, 0
+        batches = range(per_epoch)
+        it = progress.bar(batches, desc=f"{r.name} epoch {epoch + 1}/{r.epochs}") if show_progress else batches
+        for b in it:
+            idx = perm[b * r.batch_size:(b + 1) * r.batch_size]
+            x, y = xtr[idx].to(dev), ytr[idx].to(dev)
+            for g in opt.param_groups:
+                g["lr"] = learning_rate(r, epoch, epoch * per_epoch + b)
+            x_in = method.inputs(state, x, y)
+            model.train()
+            loss, f = method.loss(state, x_in, x, y)
+            if not torch.isfinite(loss):
+                raise BenchError(f"training diverged: loss {loss.item()} at epoch {epoch + 1}, batch {b + 1} "
+                                 f"(lower the learning rate in the recipe; the last good epoch is in {out})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((f.detach().argmax(1) == y).sum())
+            seen += len(y)
+        entry = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "loss": loss_sum / seen,
+                 "train_accuracy": correct / seen, "test_accuracy": accuracy(model, data.test.x, data.test.y)}
+        if method.sgld:
+            entry["sgld_diverged"] = state.diverged
+        if method.adversarial:
+            entry["energy_changes"] = energy_changes(state, method, make_opt, opt.state_dict(), xmon, ymon,
+                                                     seed=r.seed * 1000 + epoch)
+        seconds += time.perf_counter() - t0
+        entry["seconds"] = seconds
+        history.append(entry)
+        meta = _meta(r, data, epoch + 1, history, seconds)
+        checkpoints.save(out, model, meta, buffer.data if buffer is not None else None)
+        _save_resume(rpath, model, opt, g_data, g_train, buffer, epoch + 1, history, seconds, r)
+        if show_progress:
+            progress.say(_line(r, entry))
+        if on_epoch is not None:
+            on_epoch(entry)
+
+    n_final = r.final_eval_n or len(data.test)
+    xt, yt = data.test.x[:n_final], data.test.y[:n_final]
+    final = {"test_accuracy": accuracy(model, xt, yt), "n": len(yt)}
+    final["test_pgd20"] = robust_accuracy(model, xt, yt, r.eps, seed=r.seed)
+    final["pgd20_eps"] = r.eps
+    meta = _meta(r, data, r.epochs, history, seconds, final)
+    sha = checkpoints.save(out, model, meta, buffer.data if buffer is not None else None)
+    rpath.unlink(missing_ok=True)
+    return {"recipe": r.name, "method": r.method, "epochs": r.epochs, "seed": r.seed, "out": str(out),
+            "sha256": sha, "training_seconds": round(seconds, 2), "test_accuracy": final["test_accuracy"],
+            "test_pgd20": final["test_pgd20"]}
+
+
+def _meta(r: Recipe, data, epochs_done: int, history: list, seconds: float, final: dict | None = None) -> dict:
+    meta = {"arch": r.arch, "arch_kwargs": r.arch_kwargs, "num_classes": data.num_classes,
+            "dataset": data.name, "input_shape": list(data.input_shape), "method": r.method,
+            "recipe": r.name, "recipe_config": r.to_dict(), "epochs": epochs_done, "seed": r.seed,
+            "training_seconds": round(seconds, 3), "history": history, "final_metrics": final or {}}
+    if METHODS[r.method].adversarial:
+        meta["threat_model"] = {"norm": "Linf", "eps": r.eps, "attack": "energy" if r.method != "at" else "ce",
+                                "steps": r.attack_steps, "step_size": r.step_size}
+    return meta
+
+
+def _line(r: Recipe, e: dict) -> str:
+    s = (f"{r.name} epoch {e['epoch']}/{r.epochs}: loss {e['loss']:.4f} train acc {e['train_accuracy']:.4f} "
+         f"test acc {e['test_accuracy']:.4f}")
+    ec = e.get("energy_changes")
+    if ec:
+        s += (f" | dxE(x,y) {ec['dx_joint']['mean']:+.3f} dthE(x,y) {ec['dtheta_joint']['mean']:+.3f} "
+              f"dthE(x) {ec['dtheta_marginal']['mean']:+.3f}")
+    return s + f" ({e['seconds']:.1f} s)"

@@ -1,0 +1,183 @@
+"""The training module: recipes, one step per method, exact resume, released checkpoints."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from bench import checkpoints, zoo
+from bench.cli import main
+from bench.errors import BenchError
+from bench.train import METHODS, load_recipe, train
+from bench.train.loop import learning_rate, resume_path
+from bench.train.methods import TrainState
+from bench.train.monitor import energy_changes
+from bench.train.recipe import Recipe
+
+from .conftest import tiny_model
+
+
+def small(method: str, **kw) -> Recipe:
+    """The digits recipe of ``method`` cut to a few seconds: a narrow net, short SGLD."""
+    r = load_recipe(f"digits-{method}")
+    cut = dict(arch_kwargs={"width": 4}, epochs=2, batch_size=256, sgld_steps=3, buffer_size=64,
+               monitor_size=16, final_eval_n=40, train_n=256)
+    return replace(r, **{**cut, **kw})
+
+
+def test_every_recipe_parses_and_names_a_method():
+    names = zoo.recipe_names()
+    for dataset in ("digits", "cifar10", "cifar100"):
+        for m in METHODS:
+            assert f"{dataset}-{m}" in names
+    for n in names:
+        r = load_recipe(n)
+        assert r.method in METHODS and 0 < r.eps < 1
+
+
+def test_cifar_recipes_carry_table4():
+    jeat, at = load_recipe("cifar10-jeat"), load_recipe("cifar10-at")
+    assert (jeat.optimizer, jeat.lr, jeat.batch_size, jeat.milestones, jeat.epochs, jeat.weight_decay) == \
+        ("adam", 1e-4, 64, [160, 180], 200, 0.0)
+    assert (at.optimizer, at.lr, at.batch_size, at.milestones, at.epochs, at.weight_decay, at.momentum) == \
+        ("sgd", 0.1, 128, [100, 150], 200, 2e-4, 0.9)
+    assert jeat.arch == "wrn-28-10" and abs(jeat.eps - 8 / 255) < 1e-12
+    assert load_recipe("cifar100-jeat").dataset == "cifar100"
+
+
+def test_bad_recipes_are_one_line_errors(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text('method = "jeat"\nlearning_rate = 0.1\n')
+    with pytest.raises(BenchError, match="unknown recipe keys learning_rate"):
+        load_recipe(p)
+    p.write_text('method = "magic"\n')
+    with pytest.raises(BenchError, match="unknown method"):
+        load_recipe(p)
+    p.write_text('method = "at"\neps = 8\n')
+    with pytest.raises(BenchError, match="not on the \\[0,1\\] scale"):
+        load_recipe(p)
+    with pytest.raises(BenchError, match="unknown recipe"):
+        load_recipe("no-such-recipe")
+
+
+def test_learning_rate_schedule():
+    r = Recipe(name="x", method="normal", lr=0.1, milestones=[2, 4], warmup_iters=10)
+    assert learning_rate(r, 0, 0) == pytest.approx(0.01)
+    assert learning_rate(r, 1, 50) == pytest.approx(0.1)
+    assert learning_rate(r, 2, 60) == pytest.approx(0.01)
+    assert learning_rate(r, 5, 99) == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains_and_writes_a_loadable_checkpoint(tmp_path, method):
+    out = tmp_path / f"{method}.safetensors"
+    s = train(small(method), out, show_progress=False)
+    loaded = checkpoints.load(str(out))
+    assert loaded.sha256 == s["sha256"] == checkpoints.sha256(out)
+    meta = loaded.meta
+    assert meta["method"] == method and meta["epochs"] == 2 and len(meta["history"]) == 2
+    assert meta["final_metrics"]["test_accuracy"] == s["test_accuracy"]
+    assert 0 <= s["test_pgd20"] <= 1
+    assert all(torch.isfinite(p).all() for p in loaded.model.parameters())
+    assert (loaded.replay_buffer is not None) == METHODS[method].sgld
+    if METHODS[method].adversarial:
+        assert meta["threat_model"]["eps"] == pytest.approx(0.1)
+        ec = meta["history"][-1]["energy_changes"]
+        assert set(ec) == {"dx_joint", "dtheta_joint", "dx_marginal", "dtheta_marginal"}
+        assert ec["dx_joint"]["var"] >= 0
+    assert not resume_path(out).exists()  # removed once training finished
+
+
+def test_training_improves_a_normal_model(tmp_path):
+    r = replace(small("normal"), arch_kwargs={"width": 8}, epochs=3, batch_size=32, optimizer="adam", lr=3e-3,
+                train_n=None, final_eval_n=200)
+    s = train(r, tmp_path / "n.safetensors", show_progress=False)
+    assert s["test_accuracy"] > 0.5  # chance is 0.1
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_after(epoch):
+    def hook(entry):
+        if entry["epoch"] == epoch:
+            raise Killed
+
+    return hook
+
+
+@pytest.mark.parametrize("method", ["jeat", "at"])
+def test_resume_continues_bit_exactly(tmp_path, method):
+    r = small(method, epochs=2)
+    full = tmp_path / "full.safetensors"
+    train(r, full, show_progress=False)
+    part = tmp_path / "part.safetensors"
+    with pytest.raises(Killed):  # killed after the first epoch's files are on disk
+        train(r, part, show_progress=False, on_epoch=kill_after(1))
+    assert resume_path(part).exists() and checkpoints.load(str(part)).meta["epochs"] == 1
+    train(r, part, resume=True, show_progress=False)
+    a, b = checkpoints.load(str(full)), checkpoints.load(str(part))
+    for (k, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert torch.equal(x, y), k
+    if a.replay_buffer is not None:
+        assert torch.equal(a.replay_buffer, b.replay_buffer)
+    assert a.meta["history"][1]["loss"] == b.meta["history"][1]["loss"]
+    assert a.meta["final_metrics"] == b.meta["final_metrics"]
+
+
+def test_resume_refuses_another_recipe(tmp_path):
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(Killed):
+        train(small("normal"), out, show_progress=False, on_epoch=kill_after(1))
+    with pytest.raises(BenchError, match="another recipe or seed"):
+        train(small("normal", seed=5), out, resume=True, show_progress=False)
+    with pytest.raises(BenchError, match="no resume state"):
+        train(small("normal"), tmp_path / "other.safetensors", resume=True, show_progress=False)
+
+
+def test_energy_monitor_leaves_the_run_untouched():
+    model = tiny_model()
+    r = small("jeat")
+    from bench.sampling import ReplayBuffer
+
+    gen = torch.Generator().manual_seed(0)
+    state = TrainState(model, r, gen, ReplayBuffer(16, (1, 8, 8), 0.05, "cpu", gen))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    buf = state.buffer.data.clone()
+    g_state = gen.get_state()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.rand(8, 1, 8, 8)
+    y = torch.arange(8) % 10
+    ec = energy_changes(state, METHODS["jeat"], lambda p: torch.optim.Adam(p, lr=1e-2), opt.state_dict(), x, y, 0)
+    assert ec["dx_joint"]["mean"] > 0  # the energy attack raises E(x, y) (Fig. 3a)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert torch.equal(state.buffer.data, buf) and torch.equal(gen.get_state(), g_state)
+
+
+def test_cli_train_and_bad_input(tmp_path, capsys):
+    rc = main(["train", "--recipe", "nope", "--out", str(tmp_path / "x.safetensors")])
+    assert rc == 2 and "unknown recipe" in capsys.readouterr().err
+    rc = main(["train", "--recipe", "digits-normal", "--out", str(tmp_path / "x.pt")])
+    assert rc == 2 and "must end in .safetensors" in capsys.readouterr().err
+    rc = main(["train", "--recipe", "digits-normal", "--out", str(tmp_path / "missing" / "x.safetensors")])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_released_checkpoints_match_their_manifest():
+    man = zoo.manifest()
+    assert set(man["models"]) == {f"digits-{m}" for m in METHODS}
+    for name, e in man["models"].items():
+        path = zoo.models_dir() / "digits" / e["file"]
+        assert path.stat().st_size < 2_000_000
+        assert checkpoints.sha256(path) == e["sha256"], name
+        meta = checkpoints.load(str(path)).meta
+        assert meta["method"] == e["method"] and meta["recipe"] == e["recipe"]
+        assert meta["final_metrics"]["test_accuracy"] == pytest.approx(e["clean_test_accuracy"])
+    acc = {e["method"]: e for e in man["models"].values()}
+    assert acc["normal"]["clean_test_accuracy"] >= 0.95
+    for m in ("at", "prejeat", "jeat"):  # adversarial training buys robustness
+        assert acc[m]["pgd20_test_accuracy"] > acc["normal"]["pgd20_test_accuracy"] + 0.2
+    assert json.dumps(man)  # plain JSON
