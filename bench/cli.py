@@ -101,6 +101,41 @@ def train(recipe, out, epochs, device, seed, resume):
 
 
 @cli.command()
+@click.argument("dirs", metavar="DIR...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="directory for the tables and report.html")
+def table(dirs, out):
+    """Tables 1-3 across runs (DIR/results.json), beside the paper's numbers: CSV, LaTeX, Markdown
+    and report.html into OUT; the Markdown is printed."""
+    from bench import tables
+
+    built = tables.build(dirs, out)
+    for t in built.tables:
+        click.echo(tables.to_markdown(t))
+    if built.report_error:
+        click.echo(f"warning: report.html not written: {built.report_error}", err=True)
+    click.echo(f"wrote {len(built.paths)} table files" + (f" and {built.report}" if built.report else "")
+               + f" to {out}")
+
+
+@cli.command()
+@click.argument("run_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--baseline", required=True, type=click.Path(path_type=Path), help="baseline results.json")
+@click.option("--tolerance", "tolerances", multiple=True, metavar="NAME=ABS",
+              help="absolute tolerance for one metric, in results.json units (repeatable)")
+@click.pass_context
+def check(ctx, run_dir, baseline, tolerances):
+    """Compare DIR/results.json with a baseline: exit 0 within tolerance, 1 on regression,
+    2 when the settings differ or the input is bad."""
+    from bench import check as checking
+
+    report = checking.check(run_dir, baseline, tolerances)
+    click.echo(report.format())
+    if report.exit_code:
+        click.echo("regression: " + ", ".join(r.metric for r in report.regressions), err=True)
+        ctx.exit(report.exit_code)
+
+
+@cli.command()
 def models():
     """List released checkpoints and recipes."""
     from bench import zoo
@@ -118,7 +153,7 @@ def models():
 
 def main(argv=None) -> int:
     try:
-        cli.main(args=argv, prog_name="bench", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="bench", standalone_mode=False)
     except BenchError as e:
         click.echo(f"error: {e}", err=True)
         return e.exit_code
@@ -138,7 +173,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted; finished metrics are kept and reused by the next run", err=True)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0  # ctx.exit(N), e.g. 1 from `check`
 
 
 if __name__ == "__main__":

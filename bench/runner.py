@@ -187,6 +187,11 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
     _write_outputs(res, out, log)
     res.run["seconds"] = round(time.time() - started, 2)
     res.write(out / "results.json")
+    try:  # after results.json is written: a failing report page never loses results
+        from bench import report
+        report.write_run_report(res, out)
+    except Exception as e:
+        log(f"report.html not written: {type(e).__name__}: {e}")
     return res
 
 

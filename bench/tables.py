@@ -8,13 +8,16 @@ missing metric shows a dash with its reason as a footnote.
 
 from __future__ import annotations
 
+import html
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from bench import zoo
+from bench import results, zoo
+from bench.errors import BenchError
 from bench.results import Results
 
 PERCENT = {"accuracy", "pgd20", "pgd20_energy", "autoattack", "ece", "ece_fgsm"}
@@ -34,17 +37,50 @@ def paper(name: str) -> pd.DataFrame:
     return pd.read_csv(zoo.results_dir() / "paper" / f"{name}.csv")
 
 
+# the paper's spelling of the training methods (Tables 2, 3)
+METHOD_NAMES = {"normal": "Normal", "noise": "Noise", "at": "AT", "prejeat": "PreJEAT", "jeat": "JEAT",
+                "jem": "JEM"}
+
+
 def label(res: Results) -> str:
+    """A row's name: method and model, e.g. ``JEAT (digits-cnn, digits)``; never the file path."""
     m = res.model
-    return f"{m.get('method') or 'model'} ({m.get('arch')}, {m.get('dataset')})"
+    method = m.get("method")
+    name = METHOD_NAMES.get(str(method).lower(), str(method)) if method else "model"
+    return f"{name} ({m.get('arch')}, {m.get('dataset')})"
+
+
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, list | dict) else str(v)
+
+
+def labels(runs: list[Results]) -> list[str]:
+    """Row names; runs that share method and model are told apart by what differs between them:
+    the checkpoint (sha256) first, else the settings that differ (run.config), else their order."""
+    names = [label(r) for r in runs]
+    out = list(names)
+    for name in {x for x in names if names.count(x) > 1}:
+        idx = [i for i, x in enumerate(names) if x == name]
+        shas = [runs[i].model.get("sha256") for i in idx]
+        cfgs = [runs[i].run.get("config") or {} for i in idx]
+        keys = sorted({k for c in cfgs for k in c if any(c2.get(k) != c.get(k) for c2 in cfgs)})
+        for j, i in enumerate(idx):
+            if len(set(shas)) == len(idx) and all(shas):
+                tag = f"sha256 {shas[j][:8]}"
+            elif keys:
+                tag = ", ".join(f"{k}={_short(cfgs[j].get(k))}" for k in keys[:3])
+            else:
+                tag = f"run {j + 1}"
+            out[i] = f"{name} [{tag}]"
+    for i, x in enumerate(out):  # still equal (e.g. same sha256 and settings): number them
+        if out.count(x) > 1:
+            out[i] = f"{x} #{out[:i].count(x) + 1}"
+    return out
 
 
 def _rows(runs: list[Results], columns: dict[str, str]):
-    labels = [label(r) for r in runs]
-    dup = {x for x in labels if labels.count(x) > 1}
     rows, notes = [], {}
-    for i, r in enumerate(runs):
-        name = labels[i] + (f" [{Path(r.model.get('path') or '').stem}#{i}]" if labels[i] in dup else "")
+    for i, (r, name) in enumerate(zip(runs, labels(runs), strict=True)):
         row = {"Model": name, "source": "ours"}
         for col, metric in columns.items():
             res = r.metrics.get(metric)
@@ -66,7 +102,7 @@ def table1(runs: list[Results]) -> Table:
                      **{c: float(p.loc[m, ds]) for c, m in cols.items()}})
     return Table("table1", "Accuracy (%) under no attack, the normal (cross-entropy) PGD attack and the "
                  "energy attack of Eq. 18 (Table 1).", pd.DataFrame(rows), cols,
-                 {c: "max" if c == "No Attack" else "min" for c in cols}, notes)
+                 {c: "max" for c in cols}, notes)  # best = the most accurate / most robust model
 
 
 def table2(runs: list[Results]) -> Table:
@@ -94,10 +130,11 @@ def all_tables(runs: list[Results]) -> list[Table]:
     return [table1(runs), table2(runs), table3(runs)]
 
 
-def _fmt(v: float) -> str:
+def _fmt(v: float, percent: bool = False) -> str:
+    """Percentages with two decimals; other numbers below 1 to three significant digits."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
-    return f"{v:.3g}" if abs(v) < 1 else f"{v:.2f}"
+    return f"{v:.2f}" if percent or abs(v) >= 1 else f"{v:.3g}"
 
 
 def _best(t: Table) -> dict[str, int]:
@@ -123,7 +160,7 @@ def _cells(t: Table, bold) -> tuple[list[str], list[list[str]], list[str]]:
     for i, row in t.df.iterrows():
         cells = [str(row["Model"])]
         for col in t.columns:
-            s = _fmt(row[col])
+            s = _fmt(row[col], t.columns[col] in PERCENT)
             if best.get(col) == i:
                 s = bold(s)
             if (i, col) in t.notes:
@@ -133,13 +170,40 @@ def _cells(t: Table, bold) -> tuple[list[str], list[list[str]], list[str]]:
     return header, body, footnotes
 
 
+def _md_escape(s: str) -> str:
+    """Text from results files in Markdown: no table breaks, no raw HTML."""
+    return s.replace("|", "\\|").replace("<", "\\<").replace(">", "\\>")
+
+
 def to_markdown(t: Table) -> str:
     header, body, notes = _cells(t, lambda s: f"**{s}**")
     lines = [f"**{t.name}**: {t.caption}", "", "| " + " | ".join(header) + " |",
              "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in body]
     if notes:
-        lines += [""] + notes
+        lines += [""] + [_md_escape(n) for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(t: Table) -> str:
+    """The table as an HTML fragment (all text escaped); best of ours in <strong>, paper rows in
+    class ``paper``, footnotes below."""
+    header, body, notes = _cells(t, lambda s: f"\x00B{s}\x00E")
+
+    def cell(s: str) -> str:
+        return html.escape(s).replace("\x00B", "<strong>").replace("\x00E", "</strong>")
+
+    src = list(t.df["source"])
+    lines = [f'<table class="results" id="{html.escape(t.name)}">',
+             f"<caption><b>{html.escape(t.name)}</b>: {html.escape(t.caption)}</caption>",
+             "<thead><tr>" + "".join(f"<th>{cell(h)}</th>" for h in header) + "</tr></thead>", "<tbody>"]
+    for i, row in enumerate(body):
+        cls = ' class="paper"' if src[i] == "paper" else ""
+        lines.append(f"<tr{cls}><th scope=\"row\">{cell(row[0])}</th>"
+                     + "".join(f"<td>{cell(c)}</td>" for c in row[1:]) + "</tr>")
+    lines.append("</tbody></table>")
+    if notes:
+        lines.append('<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     return "\n".join(lines) + "\n"
 
 
@@ -177,10 +241,70 @@ def write(t: Table, out: Path) -> list[Path]:
     return paths
 
 
+def run_tables(res: Results) -> list[Table]:
+    """The tables of one run that hold any of its metrics (a table with none of ours is skipped)."""
+    return [t for t in all_tables([res]) if any(m in res.metrics for m in t.columns.values())]
+
+
 def write_run_tables(res: Results, out: Path) -> list[Path]:
-    """The tables of one run whose metrics were computed (a table with none of ours is skipped)."""
-    written = []
-    for t in all_tables([res]):
-        if any(m in res.metrics for m in t.columns.values()):
-            written += write(t, out)
-    return written
+    """Write ``run_tables(res)`` into ``out``."""
+    return [p for t in run_tables(res) for p in write(t, out)]
+
+
+@dataclass
+class Built:
+    """What ``build`` made: the runs read, the tables, the files written."""
+
+    runs: list[tuple[Path, Results]]
+    tables: list[Table]
+    paths: list[Path]
+    report: Path | None = None
+    report_error: str | None = None
+
+
+def load_runs(dirs) -> list[tuple[Path, Results]]:
+    """Read ``DIR/results.json`` (or a results file named directly) for each of ``dirs``.
+
+    Bad input raises BenchError with one line: a missing directory, no results.json in it, a
+    file that is not JSON, a results file of another schema or shape."""
+    if not dirs:
+        raise BenchError("no result directories given")
+    runs = []
+    for d in map(Path, dirs):
+        if not d.exists():
+            raise BenchError(f"{d}: no such directory")
+        f = d / "results.json" if d.is_dir() else d
+        if not f.is_file():
+            raise BenchError(f"{d}: no results.json in it (write one with `bench run --out {d}`)")
+        res = results.read(f)
+        if not isinstance(res.model, dict) or not isinstance(res.run, dict):
+            raise BenchError(f"{f}: malformed results file (model and run must be objects)")
+        runs.append((f.parent, res))
+    return runs
+
+
+def build(dirs, out: str | Path, report: bool = True) -> Built:
+    """``bench table``: Tables 1-3 over the runs in ``dirs`` beside the paper's numbers, written as
+    CSV, LaTeX and Markdown into ``out``, with ``out/report.html`` (tables, every run's figures,
+    settings and versions).  All three tables are written, a run without a table's metrics showing
+    dashes with the reason ("not run") in a footnote.  A failing report is recorded in
+    ``report_error``, never losing the tables written before it."""
+    runs = load_runs(dirs)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out} exists and is not a directory")
+    tables = all_tables([r for _, r in runs])
+    try:
+        paths = [p for t in tables for p in write(t, out)]
+    except OSError as e:
+        raise BenchError(f"cannot write to --out {out}: {e.strerror or e}") from None
+    built = Built(runs, tables, paths)
+    if report:
+        from bench import report as _report
+
+        try:
+            built.report = _report.write_report(out / "report.html", runs, tables,
+                                                title=f"JEAT-Bench: {len(runs)} run(s)")
+        except Exception as e:  # the tables above are kept whatever happens to the page
+            built.report_error = f"{type(e).__name__}: {e}"
+    return built

@@ -1,0 +1,163 @@
+"""`bench table`: Tables 1-3 assembled from several results.json fixtures, beside the paper."""
+
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from bench import tables
+from bench.cli import main
+
+CONFIG = {"seed": 0, "eps": 0.1, "n_eval": 360, "n_gen": 100, "pgd_steps": 20, "batch_size": 250}
+VERSIONS = {"bench": "0.1.0", "torch": "2.14.1", "numpy": "2.3.0", "python": "3.12.0"}
+
+
+def metric(value, std=None, n=360, reason=None, **details):
+    d = {"value": value, "std": std, "n": n, "reason": reason, "seconds": 0.5}
+    if details:
+        d["details"] = details
+    return d
+
+
+def make_run(root, name, method="jeat", metrics=None, *, sha=None, config=None, arch="digits-cnn",
+             dataset="digits", suites=("robust",)):
+    """Write ROOT/NAME/results.json (schema 1) and return the directory."""
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    doc = {"schema": 1,
+           "model": {"path": f"/data/ckpts/{name}.safetensors", "sha256": sha or (name.encode().hex() * 64)[:64],
+                     "arch": arch, "method": method, "dataset": dataset, "num_classes": 10},
+           "run": {"suites": list(suites), "seed": 0, "device": "cpu", "versions": dict(VERSIONS),
+                   "started": "2026-11-25T05:00:00+00:00", "seconds": 12.5, "config": dict(config or CONFIG)},
+           "metrics": metrics or {}}
+    (d / "results.json").write_text(json.dumps(doc))
+    return d
+
+
+@pytest.fixture
+def three(tmp_path):
+    jeat = make_run(tmp_path, "run-jeat", "jeat", {
+        "accuracy": metric(0.95), "pgd20": metric(0.40), "pgd20_energy": metric(0.45),
+        "jfs": metric(0.02, 0.001), "mfs": metric(0.15, 0.01), "fid": metric(None, reason="no Inception weights"),
+        "is_mean": metric(2.5, 0.1, 100)})
+    at = make_run(tmp_path, "run-at", "at", {
+        "accuracy": metric(0.90), "pgd20": metric(0.50),
+        "pgd20_energy": metric(None, reason="attack skipped by test"),
+        "jfs": metric(0.5, 0.01), "mfs": metric(1.0, 0.05), "fid": metric(80.0, n=100), "is_mean": metric(2.0, 0.1, 100)})
+    normal = make_run(tmp_path, "run-normal", "normal", {
+        "accuracy": metric(0.97), "pgd20": metric(0.01), "pgd20_energy": metric(0.02)})
+    return [jeat, at, normal]
+
+
+def test_tables_values_names_best_and_footnotes(three, tmp_path):
+    built = tables.build(three, tmp_path / "out", report=False)
+    t1, t2, t3 = built.tables
+    ours = t1.df[t1.df["source"] == "ours"].reset_index(drop=True)
+    assert list(ours["Model"]) == ["JEAT (digits-cnn, digits)", "AT (digits-cnn, digits)",
+                                   "Normal (digits-cnn, digits)"]
+    assert not any("run-" in m or "/" in m for m in t1.df["Model"])  # named by method, not path
+    assert ours["No Attack"].tolist() == pytest.approx([95.0, 90.0, 97.0])  # percent
+    assert ours["Normal Attack"].tolist() == pytest.approx([40.0, 50.0, 1.0])
+    assert pd.isna(ours.loc[1, "Energy Attack"])
+    paper = t1.df[t1.df["source"] == "paper"]
+    assert len(paper) == 2 and paper["No Attack"].tolist() == pytest.approx([94.39, 78.54])
+    # Table 2: the paper's rows from results/paper/table2.csv (PreJEAT's IS/FID from Fig. 6)
+    p2 = t2.df[t2.df["source"] == "paper"].set_index("Model")
+    assert p2.loc["paper: JEAT, CIFAR-10 (Table 2)", "FID"] == pytest.approx(38.24)
+    assert p2.loc["paper: PreJEAT, CIFAR-10 (Fig. 6)", "IS"] == pytest.approx(7.91)
+    assert t2.df.loc[0, "JFS"] == pytest.approx(0.02) and t2.df.loc[1, "FID"] == pytest.approx(80.0)
+    assert len(t3.df[t3.df["source"] == "paper"]) == 4
+
+    md1 = tables.to_markdown(t1)
+    rows = {line.split("|")[1].strip(): line for line in md1.splitlines() if line.startswith("| ")}
+    # best of ours per column in bold (paper rows never): most accurate, most robust
+    assert "**97.00**" in rows["Normal (digits-cnn, digits)"]
+    assert "**50.00**" in rows["AT (digits-cnn, digits)"]
+    assert "**45.00**" in rows["JEAT (digits-cnn, digits)"]
+    assert "**94.39**" not in md1
+    assert md1.count("**") == 2 * 3 + 2  # three bold cells + the bold table name
+    # the missing metric: a dash with its reason as a footnote
+    assert "– [1]" in rows["AT (digits-cnn, digits)"]
+    assert "[1] attack skipped by test" in md1
+    md2 = tables.to_markdown(t2)
+    assert "[1] no Inception weights" in md2 and "] not run" in md2  # the normal run has no Table 2 metrics
+    nrow = [line for line in md2.splitlines() if line.startswith("| Normal")][0]
+    assert nrow.count("–") == 4
+    # lower Fisher scores are better
+    jrow = [line for line in md2.splitlines() if line.startswith("| JEAT (digits")][0]
+    assert "**0.02**" in jrow and "**0.15**" in jrow
+
+
+def test_latex_is_balanced_booktabs_and_escaped(three, tmp_path):
+    make_run(tmp_path, "odd", "my_method", {"accuracy": metric(0.5), "pgd20": metric(0.25)}, arch="wrn_28_10")
+    built = tables.build([*three, tmp_path / "odd"], tmp_path / "out", report=False)
+    for t in built.tables:
+        tex = (tmp_path / "out" / f"{t.name}.tex").read_text()
+        begins, ends = re.findall(r"\\begin\{(\w+)\}", tex), re.findall(r"\\end\{(\w+)\}", tex)
+        assert begins == ["table", "tabular"] and ends == ["tabular", "table"]
+        assert tex.count(r"\toprule") == 1 and tex.count(r"\bottomrule") == 1
+        assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
+        assert tex.count("{") == tex.count("}")
+        body = tex[tex.index(r"\toprule"):tex.index(r"\bottomrule")]
+        ncols = len(t.columns) + 1
+        for line in body.splitlines():
+            if line.endswith(r"\\"):
+                assert len(re.findall(r"(?<!\\)&", line)) == ncols - 1, line
+        assert not re.search(r"(?<!\\)[_%#]", tex.replace(r"\textbackslash{}", "")), "unescaped LaTeX specials"
+    tex1 = (tmp_path / "out" / "table1.tex").read_text()
+    assert r"my\_method (wrn\_28\_10, digits)" in tex1
+    assert r"\textbf{97.00}" in tex1
+    assert "Accuracy (\\%)" in tex1 and r"\footnotesize {[}1{]} attack skipped by test" in tex1
+
+
+def test_csv_round_trips_through_pandas(three, tmp_path):
+    built = tables.build(three, tmp_path / "out", report=False)
+    for t in built.tables:
+        back = pd.read_csv(tmp_path / "out" / f"{t.name}.csv")
+        assert list(back.columns) == ["Model", "source", *t.columns]
+        pd.testing.assert_frame_equal(back, t.df, check_dtype=False)
+    assert sorted(p.name for p in built.paths) == sorted(
+        f"table{i}.{ext}" for i in (1, 2, 3) for ext in ("csv", "tex", "md"))
+
+
+def test_same_method_and_model_told_apart_without_paths(tmp_path):
+    a = make_run(tmp_path, "a", "jeat", {"accuracy": metric(0.9)}, sha="1" * 64)
+    b = make_run(tmp_path, "b", "jeat", {"accuracy": metric(0.8)}, sha="2" * 64)
+    c = make_run(tmp_path, "c", "jeat", {"accuracy": metric(0.7)}, sha="2" * 64, config=dict(CONFIG, eps=0.2))
+    names = tables.labels([tables.load_runs([d])[0][1] for d in (a, b)])
+    assert names == ["JEAT (digits-cnn, digits) [sha256 11111111]", "JEAT (digits-cnn, digits) [sha256 22222222]"]
+    names = tables.labels([tables.load_runs([d])[0][1] for d in (b, c)])
+    assert names == ["JEAT (digits-cnn, digits) [eps=0.1]", "JEAT (digits-cnn, digits) [eps=0.2]"]
+    names = tables.labels([tables.load_runs([d])[0][1] for d in (a, a)])
+    assert len(set(names)) == 2
+
+
+def test_cli_table_prints_markdown_and_writes_files(three, tmp_path, capsys):
+    out = tmp_path / "tables"
+    assert main(["table", *map(str, three), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("table1", "table2", "table3"):
+        assert f"**{name}**" in printed
+        assert (out / f"{name}.md").read_text() in printed
+    assert "| JEAT (digits-cnn, digits) |" in printed and "paper: JEAT, CIFAR-10" in printed
+    assert (out / "report.html").is_file()
+
+
+@pytest.mark.parametrize("case", ["missing-dir", "no-results", "corrupt", "other-schema", "not-object"])
+def test_cli_table_bad_input_exit_2(case, three, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    if case != "missing-dir":
+        bad.mkdir()
+    if case == "corrupt":
+        (bad / "results.json").write_text('{"schema": 1, "model": ')
+    elif case == "other-schema":
+        (bad / "results.json").write_text(json.dumps({"schema": 2, "model": {}, "run": {}, "metrics": {}}))
+    elif case == "not-object":
+        (bad / "results.json").write_text(json.dumps({"schema": 1, "model": [], "run": {}, "metrics": {}}))
+    assert main(["table", str(three[0]), str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and str(bad) in err
+    expect = {"missing-dir": "no such directory", "no-results": "no results.json", "corrupt": "not valid JSON",
+              "other-schema": "schema 2", "not-object": "malformed"}[case]
+    assert expect in err
