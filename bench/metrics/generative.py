@@ -27,7 +27,10 @@ Feature extractor (setting ``fid_extractor``, weights ``inception_weights``):
 - ``inception``: torch-fidelity's InceptionV3 only; as ``auto`` but, with neither file at hand,
   downloads torch-fidelity's weights into torch hub's cache (the explicit request for network).
 - ``fid-helper``: always the fid-helper network (FID only).
-- any other name registered with ``torch_fidelity.register_feature_extractor`` is used as is.
+- any other name registered with ``torch_fidelity.register_feature_extractor`` is used as is:
+  FID on its ``get_default_feature_layer_for_metric('fid')`` feature, IS when it provides
+  ``logits_unbiased``; its cache identity is the name and class, plus ``cls.identity()`` when the
+  class defines one (tests register a small random-weight extractor through this hook).
 
 torch-fidelity's own InceptionV3 calls ``torch.load(weights_only=False)``; here its weights are
 loaded with ``weights_only=True`` and handed to it (``SafeInceptionV3``), never unpickled unsafely.
@@ -220,7 +223,9 @@ def register_extractors() -> dict:
 @dataclass
 class Extractor:
     """A resolved feature extractor: torch-fidelity registry ``name``, constructor ``kwargs``, and
-    an ``identity`` (name + weights sha256) that keys cached reference statistics."""
+    an ``identity`` (name + weights sha256) that keys cached reference statistics.  ``fid_layer``
+    is the feature FID is computed on (``2048``, pool3, for the Inception networks; for any other
+    registered extractor, its ``get_default_feature_layer_for_metric('fid')``)."""
 
     name: str
     identity: str
@@ -228,6 +233,7 @@ class Extractor:
     has_logits: bool = False
     weights: str | None = None
     source: str = ""
+    fid_layer: str = FID_LAYER
 
 
 class ExtractorUnavailable(Exception):
@@ -286,13 +292,19 @@ def resolve_extractor(fid_extractor: str | None = "auto", inception_weights: str
         kwargs, ident, weights = {}, f"{choice}:{cls.__module__}.{cls.__qualname__}", None
         if inception_weights:
             weights = str(Path(inception_weights).expanduser())
+            if not Path(weights).is_file():
+                raise BenchError(f"feature extractor weights file not found: {weights}")
             kwargs["feature_extractor_weights_path"] = weights
             ident += ":" + file_digests(weights)["sha256"]
         extra = getattr(cls, "identity", None)
         if callable(extra):
             ident += ":" + str(extra())
+        try:
+            layer = str(cls.get_default_feature_layer_for_metric("fid"))
+        except (ValueError, KeyError, NotImplementedError) as e:
+            raise BenchError(f"feature extractor {choice!r} names no feature for FID ({e})") from None
         return Extractor(choice, ident, kwargs, ISC_LAYER in cls.get_provided_features_list(), weights,
-                         "torch-fidelity registry")
+                         "torch-fidelity registry", layer)
     raise BenchError(f"unknown fid_extractor {choice!r}; expected auto, inception, fid-helper or a "
                      "feature extractor registered with torch-fidelity")
 
@@ -309,7 +321,7 @@ def feature_extractor(ext: Extractor, device: torch.device):
     """A torch-fidelity feature extractor instance for ``ext`` on ``device`` (memoised)."""
     from torch_fidelity.utils import create_feature_extractor
 
-    feats = [FID_LAYER, ISC_LAYER] if ext.has_logits else [FID_LAYER]
+    feats = list(dict.fromkeys([ext.fid_layer, ISC_LAYER] if ext.has_logits else [ext.fid_layer]))
     k = (ext.name, ext.identity, tuple(feats), str(device))
     if k not in _FE:
         if len(_FE) >= 2:
@@ -385,7 +397,7 @@ def reference_statistics(x: torch.Tensor, ext: Extractor, name: str, split: str 
 
     u8 = to_uint8_rgb(x)
     key = {"dataset": name, "split": split, "n": len(u8), "images_sha256": images_sha256(u8),
-           "extractor": ext.identity, "layer": FID_LAYER, "torch_fidelity": tf_version, "pipeline": PIPELINE}
+           "extractor": ext.identity, "layer": ext.fid_layer, "torch_fidelity": tf_version, "pipeline": PIPELINE}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "fid-ref" / f"{_slug(name)}-{split}-{_slug(ext.name)}-{digest}.npz"
     info = {"cache": "off", "file": str(path), "key": key}
@@ -397,7 +409,7 @@ def reference_statistics(x: torch.Tensor, ext: Extractor, name: str, split: str 
                     return {"mu": z["mu"], "sigma": z["sigma"]}, info
         except Exception:
             pass  # unreadable: recompute and overwrite
-    feats = extract_features(u8, ext, device, batch_size, verbose)[FID_LAYER]
+    feats = extract_features(u8, ext, device, batch_size, verbose)[ext.fid_layer]
     stats = fid_features_to_statistics(feats)
     if cache:
         import io
@@ -428,7 +440,7 @@ def fid_is(x_gen: torch.Tensor, x_ref: torch.Tensor, ext: Extractor, ref_name: s
     ref, info = reference_statistics(x_ref, ext, ref_name, ref_split, device, batch_size, cache, verbose)
     t1 = time.perf_counter()
     feats = extract_features(to_uint8_rgb(x_gen), ext, device, batch_size, verbose)
-    gen = fid_features_to_statistics(feats[FID_LAYER])
+    gen = fid_features_to_statistics(feats[ext.fid_layer])
     fid = fid_statistics_to_metric(gen, ref, False)["frechet_inception_distance"]
     out = {"fid": float(fid), "is_mean": None, "is_std": None, "reference": info,
            "seconds_reference": t1 - t0, "seconds_generated": time.perf_counter() - t1}
@@ -464,7 +476,7 @@ def generative_group(ctx: Context) -> dict[str, Result]:
     n_gen, n_ok = len(gx), int(finite.sum())
     n_div = int(ctx.shared.get("n_diverged", n_gen - n_ok))
     details = {"extractor": ext.name, "extractor_identity": ext.identity, "extractor_source": ext.source,
-               "weights": ext.weights, "feature_layer": FID_LAYER, "n_generated": n_gen, "n_finite": n_ok,
+               "weights": ext.weights, "feature_layer": ext.fid_layer, "n_generated": n_gen, "n_finite": n_ok,
                "n_diverged": n_div, "reference": f"{ctx.data.name}:train", "n_reference": len(ctx.data.train),
                "samples": "samples/samples.npz", "grid": "samples/grid.png",
                "samples_reused": bool(gen_info.get("reused", False)),
