@@ -175,10 +175,12 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
         else:
             t0 = time.time()
             log(f"[{g.suite}] {g.name}: running")
-            computed = _compute(g, ctx)
+            computed, cacheable = _compute(g, ctx)
             for r in computed.values():
                 r.seconds = r.seconds or time.time() - t0
-            write_json(path, {"key": key, "group": g.name, "metrics": {k: v.to_json() for k, v in computed.items()}})
+            if cacheable:  # a transient fault (out of memory) is retried by the next run, not reused
+                write_json(path, {"key": key, "group": g.name,
+                                  "metrics": {k: v.to_json() for k, v in computed.items()}})
             res.metrics.update(computed)
             res.run["cache"]["computed"].append(g.name)
             log(f"[{g.suite}] {g.name}: " + ", ".join(_fmt(k, v) for k, v in computed.items()))
@@ -206,17 +208,66 @@ def _read_cache(path: Path, g: Group) -> dict[str, Result] | None:
     return metrics if set(metrics) == set(g.metrics) else None
 
 
-def _compute(g: Group, ctx: Context) -> dict[str, Result]:
+def _compute(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
+    """-> (results, cacheable).  Out of memory gives nulls with the reason (not cached: a rerun,
+    say with a smaller --batch-size, retries); non-finite logits of the model on finite inputs give
+    nulls with their count, and the run goes on.  Groups on generated samples (they declare n_gen)
+    count diverged chains themselves and are not watched."""
+    watch = None if "n_gen" in g.settings else _NonFiniteLogits(ctx.model)
+    error = None
     try:
         out = g.fn(ctx)
     except BenchError:
         raise
-    except torch.cuda.OutOfMemoryError as e:
-        return {m: Result.missing(f"out of memory: {str(e).splitlines()[0][:160]}") for m in g.metrics}
+    except torch.cuda.OutOfMemoryError as e:  # torch.OutOfMemoryError (CUDA, MPS)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return {m: Result.missing(f"out of memory: {str(e).splitlines()[0][:160] if str(e) else 'no message'}")
+                for m in g.metrics}, False
+    except Exception as e:  # re-raised below unless non-finite logits explain it
+        error = e
+    finally:
+        bad, rows = watch.close() if watch else (0, 0)
+    if bad:
+        reason = (f"the model returned non-finite logits (NaN or inf) for {bad} of the {rows} finite inputs "
+                  f"this metric gave it")
+        n = {m: (out[m].n if error is None and m in out else 0) for m in g.metrics}
+        return {m: Result.missing(reason, n[m], non_finite_logits=bad, inputs=rows) for m in g.metrics}, True
+    if error is not None:
+        raise error
     missing = [m for m in g.metrics if m not in out]
     if missing:
         raise RuntimeError(f"metric group {g.name} did not return {missing}")
-    return {m: out[m] for m in g.metrics}
+    return {m: out[m] for m in g.metrics}, True
+
+
+class _NonFiniteLogits:
+    """Counts, through a forward hook on the network, the finite input rows whose logits are not
+    all finite (kept on the device until read: no synchronisation per forward).  Calls inside
+    torch.func transforms (vmap, jvp) are skipped: their values are not plain tensors."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.bad = self.rows = 0
+        net = getattr(model, "net", model)
+        self.handle = net.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, out) -> None:
+        if not (isinstance(out, torch.Tensor) and out.ndim == 2 and args and isinstance(args[0], torch.Tensor)
+                and len(args[0]) == len(out)) or _wrapped(out) or _wrapped(args[0]):
+            return
+        with torch.no_grad():
+            ok_in = torch.isfinite(args[0].detach().flatten(1)).all(1)
+            self.bad = self.bad + (ok_in & ~torch.isfinite(out.detach()).all(1)).sum()
+            self.rows = self.rows + ok_in.sum()
+
+    def close(self) -> tuple[int, int]:
+        self.handle.remove()
+        return int(self.bad), int(self.rows)
+
+
+def _wrapped(t: torch.Tensor) -> bool:
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(check and check(t))
 
 
 def _fmt(name: str, r: Result) -> str:
