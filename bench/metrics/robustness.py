@@ -120,8 +120,9 @@ def check_in_norm_ball(x: torch.Tensor, adv: torch.Tensor, eps: float, norm: str
 
 def _split(ctx: Context, key: str = "n_eval"):
     n = ctx.settings.get(key)
-    if key == "n_aa" and n is None:
-        n = ctx.settings.get("n_eval")
+    if key == "n_aa":  # AutoAttack runs on the first n_aa of the evaluation points
+        n_eval = ctx.settings.get("n_eval")
+        n = n_eval if n is None else (n if n_eval is None else min(n, n_eval))
     return ctx.data.test.subset(n)
 
 
