@@ -90,13 +90,15 @@ def run(model, suite, out, dataset, data_root, download, arch, device, resume, *
 @click.option("--device", default="auto", type=DEVICE, show_default=True)
 @click.option("--seed", default=None, type=int, help="default: the recipe's seed")
 @click.option("--resume", is_flag=True, help="continue from OUT's resume state, exactly")
-def train(recipe, out, epochs, device, seed, resume):
+@click.option("--data-root", default=None, help="directory holding CIFAR data")
+@click.option("--download", is_flag=True, help="download CIFAR if missing (needs network)")
+def train(recipe, out, epochs, device, seed, resume, data_root, download):
     """Train a model from a recipe (normal, noise, at, prejeat, jeat, jem)."""
     from bench import runner
     from bench import train as training
 
     summary = training.train(recipe, out, epochs=epochs, device=str(runner.resolve_device(device)),
-                             seed=seed, resume=resume)
+                             seed=seed, resume=resume, data_root=data_root, download=download)
     click.echo(" ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list)))
 
 
@@ -144,8 +146,10 @@ def models():
     click.echo(f"released checkpoints ({zoo.models_dir() / 'digits'}):")
     for name, e in sorted(man.get("models", man).items()) if isinstance(man, dict) else []:
         if isinstance(e, dict):
-            acc = e.get("clean_test_accuracy", e.get("accuracy"))
-            click.echo(f"  {name:<22} method={e.get('method', '?'):<8} acc={acc}  sha256={str(e.get('sha256'))[:12]}")
+            acc, rob = e.get("clean_test_accuracy"), e.get("pgd20_test_accuracy")
+            shown = " ".join(f"{k}={v:.4f}" for k, v in (("acc", acc), ("pgd20", rob)) if isinstance(v, float))
+            click.echo(f"  {name:<16} method={e.get('method', '?'):<8} {shown}  "
+                       f"trained {e.get('training_seconds', '?')} s  sha256={str(e.get('sha256'))[:12]}")
     click.echo("recipes:")
     for r in zoo.recipe_names():
         click.echo(f"  {r}")
