@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 regression found by ``check``, 2 bad input or usage (on
 
 from __future__ import annotations
 
+import os
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -76,6 +77,8 @@ def run(model, suite, out, dataset, data_root, download, arch, device, resume, *
         raise BenchError(f"--inception-weights file not found: {settings['inception_weights']}")
     res = runner.run(model=model, suite=suite, out=out, dataset=dataset, data_root=data_root, arch=arch,
                      device=device, resume=resume, download=download, settings=settings)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
+        return
     width = max(len(k) for k in res.metrics) if res.metrics else 0
     for k, r in res.metrics.items():
         val = f"{r.value:.4f}" if r.value is not None else f"null  ({r.reason})"

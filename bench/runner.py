@@ -9,12 +9,14 @@ import hashlib
 import json
 import math
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from bench import __version__, checkpoints, data, progress, suites, zoo
+from bench import __version__, checkpoints, data, distributed, progress, suites, zoo
 from bench.errors import BenchError
 from bench.metrics import Context, Group, Result
 from bench.results import Results, write_json
@@ -148,10 +150,15 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
     out = Path(out)
     suite_names = suites.resolve(suite)
     groups = suites.groups_for(suite_names)
-    dev = resolve_device(device)
+    dev = distributed.init(resolve_device(device))
     loaded, ds = resolve_model(model, dataset, data_root, arch, download)
     s = resolve_settings(settings or {}, loaded, ds)
-    _check_out(out)
+    main = distributed.is_main()
+    if main:
+        _check_out(out)
+    else:  # other torchrun ranks write nothing under --out: their figures go to a scratch folder
+        log = _quiet
+        out = Path(tempfile.mkdtemp(prefix=f"bench-rank{distributed.rank()}-"))
     torch.manual_seed(s["seed"])
 
     model_id = loaded.sha256 or loaded.path
@@ -164,10 +171,13 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
         "suites": suite_names, "seed": s["seed"], "device": str(dev), "versions": versions(),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "seconds": None,
         "config": s, "cache": {"hits": [], "computed": []}})
+    if distributed.active():
+        res.run["processes"] = distributed.world()
     for g in groups:
         key = cache_key(g, model_id, ds.name, s)
         path = cache_dir / f"{g.name}-{key}.json"
-        cached = _read_cache(path, g) if resume else None
+        cached = _read_cache(path, g) if resume and main else None
+        cached = distributed.broadcast(cached)  # every rank takes the same path through the groups
         if cached is not None:
             res.metrics.update(cached)
             res.run["cache"]["hits"].append(g.name)
@@ -175,17 +185,22 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
         else:
             t0 = time.time()
             log(f"[{g.suite}] {g.name}: running")
-            computed, cacheable = _compute(g, ctx)
+            computed, cacheable = _compute_distributed(g, ctx)
             for r in computed.values():
                 r.seconds = r.seconds or time.time() - t0
-            if cacheable:  # a transient fault (out of memory) is retried by the next run, not reused
+            if cacheable and main:  # a transient fault (out of memory) is retried by the next run
                 write_json(path, {"key": key, "group": g.name,
                                   "metrics": {k: v.to_json() for k, v in computed.items()}})
             res.metrics.update(computed)
             res.run["cache"]["computed"].append(g.name)
             log(f"[{g.suite}] {g.name}: " + ", ".join(_fmt(k, v) for k, v in computed.items()))
         res.run["seconds"] = round(time.time() - started, 2)
-        res.write(out / "results.json")
+        if main:
+            res.write(out / "results.json")
+    if not main:
+        shutil.rmtree(out, ignore_errors=True)
+        distributed.close()
+        return res
     _write_outputs(res, out, log)
     res.run["seconds"] = round(time.time() - started, 2)
     res.write(out / "results.json")
@@ -194,7 +209,32 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
         report.write_run_report(res, out)
     except Exception as e:
         log(f"report.html not written: {type(e).__name__}: {e}")
+    distributed.close()
     return res
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _compute_distributed(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
+    """``_compute`` in one process; under torchrun a sharded group runs on every rank (each on its
+    share, results gathered), any other group on rank 0 with its results broadcast.  Groups on
+    generated images first make the generated set together (sharded over chain blocks)."""
+    if not distributed.active():
+        return _compute(g, ctx)
+    if "n_gen" in g.settings:
+        from bench.sampling import generated
+
+        generated(ctx)
+    if g.sharded:
+        ctx.sharded = True
+        try:
+            return _compute(g, ctx)
+        finally:
+            ctx.sharded = False
+    got = _compute(g, ctx) if distributed.is_main() else None
+    return distributed.broadcast(got)
 
 
 def _read_cache(path: Path, g: Group) -> dict[str, Result] | None:
@@ -228,6 +268,8 @@ def _compute(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
         error = e
     finally:
         bad, rows = watch.close() if watch else (0, 0)
+        if ctx.sharded:  # every rank must take the same branch below
+            bad, rows = (int(v) for v in distributed.gather(torch.tensor([[bad, rows]])).sum(0))
     if bad:
         reason = (f"the model returned non-finite logits (NaN or inf) for {bad} of the {rows} finite inputs "
                   f"this metric gave it")

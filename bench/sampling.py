@@ -249,7 +249,8 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 def generate(model: EnergyModel, data, cfg: SGLDConfig | None = None, n: int = 500, init: str = "gaussian",
              generator: torch.Generator | int | None = None, replay_buffer=None, batch_size: int = 250,
-             progress: Callable | None = None, device: torch.device | str | None = None) -> Samples:
+             progress: Callable | None = None, device: torch.device | str | None = None,
+             sharded: bool = False) -> Samples:
     """Generate ``n`` images balanced over the ``data.num_classes`` classes by SGLD on the model's
     energy ``cfg.energy`` (``joint``: Eq. 17; ``ce``: Eq. 16) from ``init`` starts.
 
@@ -257,7 +258,9 @@ def generate(model: EnergyModel, data, cfg: SGLDConfig | None = None, n: int = 5
     Gaussian start); ``generator`` a torch.Generator (any device) or an int seed;
     ``replay_buffer`` a tensor (M, C, H, W) in [0, 1] or a ``ReplayBuffer`` (needed for
     ``init='buffer'``); ``progress(iterable, desc=, total=)`` wraps the batch loop.  Runs on
-    ``device`` (default: the model's), in eval mode.  Returns ``Samples(x, y, diverged)`` on CPU."""
+    ``device`` (default: the model's), in eval mode.  Returns ``Samples(x, y, diverged)`` on CPU.
+    ``sharded`` (under torchrun): each rank runs its contiguous share of the chain blocks and the
+    images are gathered, identical to one process's (noise is drawn per block)."""
     cfg = cfg or SGLDConfig()
     if not isinstance(n, int) or n <= 0:
         raise BenchError(f"n-gen must be a positive integer, got {n}")
@@ -275,13 +278,16 @@ def generate(model: EnergyModel, data, cfg: SGLDConfig | None = None, n: int = 5
     per_batch = max(1, int(batch_size) // CHAIN_BLOCK)
     out = torch.empty_like(x0)
     finite = torch.zeros(n, dtype=torch.bool)
-    starts = range(0, n_blocks, per_batch)
+    from bench import distributed
+
+    mine = distributed.shard(n_blocks) if sharded else range(n_blocks)
+    starts = range(mine.start, mine.stop, per_batch)
     it = progress(starts, desc="generate (SGLD)", total=len(starts)) if progress else starts
     was_training = model.training
     model.eval()
     try:
         for b0 in it:
-            b1 = min(b0 + per_batch, n_blocks)
+            b1 = min(b0 + per_batch, mine.stop)
             a, z = b0 * CHAIN_BLOCK, min(b1 * CHAIN_BLOCK, n)
             noise = BlockNoise.seeded([_splitmix64(base + 1 + b) for b in range(b0, b1)], dev)
             xb, ok = sgld(model, x0[a:z].to(dev), y[a:z].to(dev), cfg, noise)
@@ -289,6 +295,9 @@ def generate(model: EnergyModel, data, cfg: SGLDConfig | None = None, n: int = 5
             finite[a:z] = ok.cpu()
     finally:
         model.train(was_training)
+    if sharded:
+        lo, hi = min(mine.start * CHAIN_BLOCK, n), min(mine.stop * CHAIN_BLOCK, n)
+        out, finite = distributed.gather(out[lo:hi]), distributed.gather(finite[lo:hi])
     out[~finite] = float("nan")
     return Samples(out, y, ~finite)
 
@@ -374,7 +383,10 @@ def generated(ctx) -> tuple[torch.Tensor, torch.Tensor]:
     s = ctx.settings
     folder = samples_dir(ctx)
     npz, grid = folder / "samples.npz", folder / "grid.png"
-    got = load_samples(npz, key) if key.get("model_sha256") else None
+    from bench import distributed
+
+    got = load_samples(npz, key) if key.get("model_sha256") and distributed.is_main() else None
+    got = distributed.broadcast(got)  # under torchrun every rank reuses, or every rank generates
     if got is not None:
         x, y, meta = got
         n_div = int(meta.get("n_diverged", int((~torch.isfinite(x.flatten(1)).all(1)).sum())))
@@ -385,7 +397,7 @@ def generated(ctx) -> tuple[torch.Tensor, torch.Tensor]:
         res = generate(ctx.model, ctx.data, cfg, n=int(s.get("n_gen", DEFAULTS["n_gen"])),
                        init=str(s.get("gen_init", DEFAULTS["gen_init"])), generator=ctx.generator("generate"),
                        replay_buffer=_replay_buffer_for(ctx), batch_size=int(s.get("batch_size", DEFAULTS["batch_size"])),
-                       progress=ctx.iterate, device=ctx.device)
+                       progress=ctx.iterate, device=ctx.device, sharded=distributed.active())
         x, y, n_div = res.x, res.y, res.n_diverged
         seconds = round(time.time() - t0, 3)
         from bench import __version__

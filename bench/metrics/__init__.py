@@ -69,6 +69,7 @@ class Context:
     out: Path
     shared: dict = field(default_factory=dict)  # per-run memo, e.g. generated samples
     progress: Callable | None = None  # progress(iterable, desc=..., total=...) -> iterable
+    sharded: bool = False  # set by the runner while a sharded group runs under torchrun
 
     def generator(self, tag: str) -> torch.Generator:
         """A generator seeded by (seed, tag) on the model's device: each group draws from its own
@@ -85,13 +86,26 @@ class Context:
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
-    def batches(self, x: torch.Tensor, *others: torch.Tensor, desc: str = ""):
-        """Yield device batches of (x, *others) of ``settings['batch_size']``."""
+    def batches(self, x: torch.Tensor, *others: torch.Tensor, desc: str = "", indexed: bool = False):
+        """Yield device batches of (x, *others) of ``settings['batch_size']`` (with ``indexed``:
+        ``(i, x, *others)``, i the batch's global index, for per-batch random streams that do not
+        depend on how batches are spread over processes).  In a sharded group under torchrun each
+        rank gets its contiguous share of the batches; ``gather`` reassembles per-point results."""
+        from bench import distributed
+
         bs = self.settings["batch_size"]
-        n = len(x)
-        starts = range(0, n, bs)
-        for i in self.iterate(starts, desc, total=len(starts)):
-            yield tuple(t[i:i + bs].to(self.device) for t in (x, *others))
+        n_batches = -(-len(x) // bs)
+        mine = distributed.shard(n_batches) if self.sharded else range(n_batches)
+        for i in self.iterate(mine, desc, total=len(mine)):
+            batch = tuple(t[i * bs:(i + 1) * bs].to(self.device) for t in (x, *others))
+            yield (i, *batch) if indexed else batch
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-point results of this rank's batches -> those of all batches, in order (identity in
+        one process or outside a sharded group)."""
+        from bench import distributed
+
+        return distributed.gather(t) if self.sharded else t
 
 
 def _seed_for(seed: int, tag: str) -> int:
@@ -107,16 +121,19 @@ class Group:
     metrics: tuple[str, ...]
     settings: tuple[str, ...]
     fn: Callable[[Context], dict[str, Result]]
+    sharded: bool = False  # under torchrun: every rank runs it on its share (else rank 0 alone)
 
 
 GROUPS: dict[str, Group] = {}
 
 
-def register(name: str, suite: str, metrics: tuple[str, ...], settings: tuple[str, ...]):
-    """Decorator: register ``fn(ctx) -> {metric: Result}`` as group ``name`` of ``suite``."""
+def register(name: str, suite: str, metrics: tuple[str, ...], settings: tuple[str, ...], sharded: bool = False):
+    """Decorator: register ``fn(ctx) -> {metric: Result}`` as group ``name`` of ``suite``.
+    A ``sharded`` group takes its points through ``ctx.batches`` and reassembles per-point results
+    with ``ctx.gather``, so under torchrun every rank works on its share."""
 
     def deco(fn):
-        GROUPS[name] = Group(name, suite, tuple(metrics), tuple(settings), fn)
+        GROUPS[name] = Group(name, suite, tuple(metrics), tuple(settings), fn, sharded)
         return fn
 
     return deco

@@ -100,7 +100,7 @@ def _collect(ctx: Context, adversarial: bool, tag: str) -> tuple[torch.Tensor, t
     s = ctx.settings
     split = ctx.data.test.subset(s["n_eval"])
     eps = float(s["eps"]) if adversarial else 0.0
-    confs, oks = [], []
+    confs, oks = [torch.zeros(0, dtype=torch.float64)], [torch.zeros(0, dtype=torch.bool)]
     max_dist = 0.0
     for x, y in ctx.batches(split.x, split.y, desc=tag):
         if adversarial:
@@ -112,8 +112,9 @@ def _collect(ctx: Context, adversarial: bool, tag: str) -> tuple[torch.Tensor, t
         conf, pred = p.max(dim=1)
         confs.append(conf.cpu())
         oks.append((pred == y).cpu())
+    max_dist = float(ctx.gather(torch.tensor([max_dist], dtype=torch.float64)).max())
     info = {"max_linf": max_dist} if adversarial else {}
-    return torch.cat(confs), torch.cat(oks), info
+    return ctx.gather(torch.cat(confs)), ctx.gather(torch.cat(oks)), info
 
 
 def _ece_result(ctx: Context, adversarial: bool) -> Result:
@@ -146,13 +147,14 @@ def _relative(path, out) -> str:
         return str(path)
 
 
-@register("ece", "calibration", metrics=("ece",), settings=("n_eval", "ece_bins"))
+@register("ece", "calibration", metrics=("ece",), settings=("n_eval", "ece_bins"), sharded=True)
 def ece_group(ctx: Context) -> dict[str, Result]:
     """ECE of the clean evaluation points (20 bins by default) and their reliability diagram."""
     return {"ece": _ece_result(ctx, adversarial=False)}
 
 
-@register("ece_fgsm", "calibration", metrics=("ece_fgsm",), settings=("n_eval", "ece_bins", "norm", "eps"))
+@register("ece_fgsm", "calibration", metrics=("ece_fgsm",), settings=("n_eval", "ece_bins", "norm", "eps"),
+          sharded=True)
 def ece_fgsm_group(ctx: Context) -> dict[str, Result]:
     """ECE of the evaluation points after FGSM (eps, cross-entropy) and their reliability diagram."""
     return {"ece_fgsm": _ece_result(ctx, adversarial=True)}

@@ -130,14 +130,14 @@ def _split(ctx: Context, key: str = "n_eval"):
 # clean accuracy and PGD
 
 
-@register("accuracy", "robust", metrics=("accuracy",), settings=("n_eval",))
+@register("accuracy", "robust", metrics=("accuracy",), settings=("n_eval",), sharded=True)
 def accuracy_group(ctx: Context) -> dict[str, Result]:
     split = _split(ctx)
-    flags = []
+    flags = [torch.zeros(0, dtype=torch.bool)]
     with torch.no_grad():
         for x, y in ctx.batches(split.x, split.y, desc="accuracy"):
             flags.append((ctx.model.logits(x).argmax(1) == y).cpu())
-    flags = torch.cat(flags)
+    flags = ctx.gather(torch.cat(flags))
     p, se, n = proportion(flags)
     return {"accuracy": Result(p, se, n, details={"correct": int(flags.sum()), "std": STD_NOTE})}
 
@@ -156,11 +156,11 @@ def pgd_robustness(ctx: Context, loss: str, tag: str) -> Result:
     steps = int(s["pgd_steps"])
     step = float(s["pgd_step_size"]) if s.get("pgd_step_size") is not None else eps / 4
     restarts = max(1, int(s.get("pgd_restarts") or 1))
-    gen = ctx.generator(tag)
     split = _split(ctx)
-    clean_all, robust_all = [], []
+    clean_all, robust_all = [torch.zeros(0, dtype=torch.bool)], [torch.zeros(0, dtype=torch.bool)]
     max_dist = 0.0
-    for x, y in ctx.batches(split.x, split.y, desc=tag):
+    for i, x, y in ctx.batches(split.x, split.y, desc=tag, indexed=True):
+        gen = ctx.generator(f"{tag}/batch{i}")  # random starts per batch: the same under torchrun
         with torch.no_grad():
             clean = ctx.model.logits(x).argmax(1) == y
         adv = x.clone()
@@ -172,7 +172,8 @@ def pgd_robustness(ctx: Context, loss: str, tag: str) -> Result:
             robust = ctx.model.logits(adv).argmax(1) == y
         clean_all.append(clean.cpu())
         robust_all.append(robust.cpu())
-    clean, robust = torch.cat(clean_all), torch.cat(robust_all)
+    clean, robust = ctx.gather(torch.cat(clean_all)), ctx.gather(torch.cat(robust_all))
+    max_dist = float(ctx.gather(torch.tensor([max_dist], dtype=torch.float64)).max())
     check_robust_le_clean(clean, robust, tag)
     p, se, n = proportion(robust)
     details = {
@@ -185,12 +186,12 @@ def pgd_robustness(ctx: Context, loss: str, tag: str) -> Result:
     return Result(p, se, n, details=details)
 
 
-@register("pgd20", "robust", metrics=("pgd20",), settings=PGD_SETTINGS)
+@register("pgd20", "robust", metrics=("pgd20",), settings=PGD_SETTINGS, sharded=True)
 def pgd20_group(ctx: Context) -> dict[str, Result]:
     return {"pgd20": pgd_robustness(ctx, "ce", "pgd20")}
 
 
-@register("pgd20_energy", "robust", metrics=("pgd20_energy",), settings=PGD_SETTINGS)
+@register("pgd20_energy", "robust", metrics=("pgd20_energy",), settings=PGD_SETTINGS, sharded=True)
 def pgd20_energy_group(ctx: Context) -> dict[str, Result]:
     return {"pgd20_energy": pgd_robustness(ctx, "energy", "pgd20_energy")}
 

@@ -223,7 +223,8 @@ def show_order(y: torch.Tensor, n: int) -> list[int]:
     return order
 
 
-@register("ssim_nn", "memorization", metrics=("ssim_nn",), settings=(*GEN_SETTINGS, "ssim_k", "ssim_n_show"))
+@register("ssim_nn", "memorization", metrics=("ssim_nn",), settings=(*GEN_SETTINGS, "ssim_k", "ssim_n_show"),
+          sharded=True)
 def ssim_group(ctx: Context) -> dict[str, Result]:
     """SSIM of each generated image to its nearest training image (whole training split), and the
     Fig. 7 neighbour grid."""
@@ -242,8 +243,15 @@ def ssim_group(ctx: Context) -> dict[str, Result]:
         return {"ssim_nn": Result.missing(f"SSIM needs images of at least {WIN}x{WIN} (win_size {WIN}); "
                                           f"these are {tuple(train.shape[-2:])}", n=len(gx))}
     k = int(s["ssim_k"])
-    vals, idx = nearest_neighbours(gx, train, k, device=ctx.device,
-                                   progress=lambda it, desc, total: ctx.iterate(it, desc, total))
+    from bench import distributed
+
+    mine = distributed.shard(len(gx)) if ctx.sharded else range(len(gx))  # torchrun: a share of the queries
+    if len(mine):
+        vals, idx = nearest_neighbours(gx[mine.start:mine.stop], train, k, device=ctx.device,
+                                       progress=lambda it, desc, total: ctx.iterate(it, desc, total))
+    else:  # more processes than generated images
+        vals, idx = torch.zeros(0, min(k, len(train))), torch.zeros(0, min(k, len(train)), dtype=torch.long)
+    vals, idx = ctx.gather(vals), ctx.gather(idx)
     nn = vals[:, 0].double()
     n = len(nn)
     sd = nn.std().item() if n > 1 else None

@@ -1,0 +1,55 @@
+"""torchrun sharding: two gloo processes give exactly the numbers of one process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bench import checkpoints, distributed
+from tests.conftest import tiny_model
+from tests.test_runner import META
+
+
+@pytest.mark.parametrize("n,w", [(10, 3), (7, 2), (1, 4), (450, 2)])
+def test_shards_partition_in_order(n, w):
+    parts = [distributed.shard(n, r, w) for r in range(w)]
+    assert [i for p in parts for i in p] == list(range(n))
+
+
+def test_single_process_helpers_are_identities():
+    import torch
+
+    t = torch.arange(5)
+    assert distributed.world() == 1 and distributed.is_main() and not distributed.active()
+    assert distributed.gather(t) is t and distributed.broadcast({"a": 1}) == {"a": 1}
+
+
+def _run(cmd, out, tmp_path):
+    env = {**os.environ, "CI": "true", "OMP_NUM_THREADS": "1", "JEAT_BENCH_CACHE": str(tmp_path / "cache")}
+    args = ["--suite", "robust,calibration,memorization", "--n-eval", "60", "--n-aa", "12", "--n-gen", "40",
+            "--gen-steps", "5", "--batch-size", "16", "--out", str(out)]
+    p = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads((out / "results.json").read_text())
+
+
+def test_two_gloo_processes_equal_one(tmp_path):
+    model = tmp_path / "m.safetensors"
+    checkpoints.save(model, tiny_model(), META)
+    bench = [sys.executable, "-m", "bench", "run", "--model", str(model)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "bench", "run", "--model", str(model)]
+    one = _run(bench, tmp_path / "one", tmp_path)
+    two = _run(torchrun, tmp_path / "two", tmp_path)
+    assert two["run"]["processes"] == 2 and "processes" not in one["run"]
+    assert set(one["metrics"]) == set(two["metrics"]) >= {"accuracy", "pgd20", "ece", "autoattack", "ssim_nn"}
+    for name, a in one["metrics"].items():
+        b = two["metrics"][name]
+        assert (a["value"], a["std"], a["n"]) == (b["value"], b["std"], b["n"]), name
+    # 60 points in batches of 16: the second rank really worked (4 batches, 2 each)
+    sa, sb = np.load(tmp_path / "one/samples/samples.npz"), np.load(tmp_path / "two/samples/samples.npz")
+    assert np.array_equal(sa["x"], sb["x"], equal_nan=True) and np.array_equal(sa["y"], sb["y"])
+    assert not list(tmp_path.glob("two/**/*rank1*"))  # rank 1 wrote nothing under --out
