@@ -222,7 +222,7 @@ def _compute_distributed(g: Group, ctx: Context) -> tuple[dict[str, Result], boo
     share, results gathered), any other group on rank 0 with its results broadcast.  Groups on
     generated images first make the generated set together (sharded over chain blocks)."""
     if not distributed.active():
-        return _compute(g, ctx)
+        return _compute_halving(g, ctx)
     if "n_gen" in g.settings:
         from bench.sampling import generated
 
@@ -246,6 +246,36 @@ def _read_cache(path: Path, g: Group) -> dict[str, Result] | None:
     except Exception:
         return None  # unreadable cache is recomputed, never trusted
     return metrics if set(metrics) == set(g.metrics) else None
+
+
+def _compute_halving(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
+    """``_compute``, retried with half the batch size after an out-of-memory error, down to 1.
+    The batch sizes that ran out of memory, and the one that worked, go into every metric's
+    ``details`` in results.json (a smaller batch changes no metric beyond its per-batch random
+    streams: PGD starts and denoising noise are drawn per batch)."""
+    original = ctx.settings["batch_size"]
+    failed = []
+    try:
+        while True:
+            results, cacheable = _compute(g, ctx)
+            if cacheable or ctx.settings["batch_size"] <= 1:
+                break
+            failed.append(ctx.settings["batch_size"])
+            ctx.settings["batch_size"] = max(1, ctx.settings["batch_size"] // 2)
+            if ctx.progress is not None:
+                progress.say(f"[{g.suite}] {g.name}: out of memory at batch size {failed[-1]}; "
+                             f"retrying with {ctx.settings['batch_size']}")
+    finally:
+        used = ctx.settings["batch_size"]
+        ctx.settings["batch_size"] = original
+    if failed:
+        for r in results.values():
+            r.details["out_of_memory_at_batch_sizes"] = failed + ([] if cacheable else [used])
+            if cacheable:
+                r.details["batch_size_used"] = used
+            else:
+                r.reason += f" (at every batch size down to {used})"
+    return results, cacheable
 
 
 def _compute(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:

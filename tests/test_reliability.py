@@ -343,13 +343,39 @@ def test_out_of_memory_reported_and_retried_next_run(tmp_path, ckpt, use_groups,
     d = json.loads((out / "results.json").read_text())
     for name in ("big1", "big2"):
         assert d["metrics"][name]["value"] is None and d["metrics"][name]["n"] == 0
-        assert d["metrics"][name]["reason"] == "out of memory: CUDA out of memory. Tried to allocate 20.00 GiB (simulated)"
+        assert d["metrics"][name]["reason"] == ("out of memory: CUDA out of memory. Tried to allocate 20.00 GiB "
+                                                "(simulated) (at every batch size down to 1)")
+        assert d["metrics"][name]["details"]["out_of_memory_at_batch_sizes"] == HALVINGS
     assert d["metrics"]["const"]["value"] == 1.0
     shown = capsys.readouterr().out.splitlines()  # what `bench run` prints
-    assert shown[0] == "big1   null  (out of memory: CUDA out of memory. Tried to allocate 20.00 GiB (simulated))"
+    assert shown[0].startswith("big1   null  (out of memory: CUDA out of memory. Tried to allocate 20.00 GiB")
     assert main(args) == 0  # not cached: a transient fault is retried
     assert json.loads((out / "results.json").read_text())["run"]["cache"] == {"hits": ["const"], "computed": ["oom"]}
-    assert calls == ["oom", "oom"]
+    assert calls == ["oom"] * (2 * len(HALVINGS))
+
+
+HALVINGS = [250, 125, 62, 31, 15, 7, 3, 1]  # the default batch size, halved down to 1
+
+
+def test_out_of_memory_halves_the_batch_size_and_notes_it(tmp_path, ckpt, use_groups, capsys):
+    sizes = []
+
+    def big(ctx):
+        sizes.append(ctx.settings["batch_size"])
+        if ctx.settings["batch_size"] > 40:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return {"big1": Result(0.5, n=20), "big2": Result(0.25, n=20)}
+
+    use_groups({"big": Group("big", "robust", ("big1", "big2"), ("n_eval",), big)})
+    out = tmp_path / "out"
+    assert main(["run", "--model", str(ckpt), "--suite", "robust", "--n-eval", "20", "--out", str(out)]) == 0
+    d = json.loads((out / "results.json").read_text())
+    assert sizes == [250, 125, 62, 31]
+    for name, value in (("big1", 0.5), ("big2", 0.25)):
+        m = d["metrics"][name]
+        assert m["value"] == value and m["details"] == {"out_of_memory_at_batch_sizes": [250, 125, 62],
+                                                        "batch_size_used": 31}
+    assert d["run"]["config"]["batch_size"] == 250  # the setting itself is unchanged
 
 
 # --------------------------------------------------------------------------------------------
