@@ -108,6 +108,15 @@ class Context:
         return distributed.gather(t) if self.sharded else t
 
 
+def mean_se(v: torch.Tensor) -> tuple[float, float | None, float | None]:
+    """(mean, standard error sd / sqrt(n), sample sd) of per-point values; the last two are None
+    for a single point."""
+    v = v.double()
+    n = len(v)
+    sd = v.std().item() if n > 1 else None
+    return v.mean().item(), (sd / math.sqrt(n) if sd is not None else None), sd
+
+
 def _seed_for(seed: int, tag: str) -> int:
     import zlib
 

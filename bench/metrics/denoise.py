@@ -31,7 +31,7 @@ import math
 import torch
 
 from bench.energy import EnergyModel
-from bench.metrics import Context, Result, register
+from bench.metrics import Context, Result, mean_se, register
 from bench.metrics.ssim import WIN, show_order, ssim
 from bench.sampling import SGLDConfig, sgld
 
@@ -72,12 +72,6 @@ def langevin_denoise(model: EnergyModel, x_noisy: torch.Tensor, y: torch.Tensor,
     return {c: snaps[c] for c in counts}, finite
 
 
-def _stats(v: torch.Tensor) -> tuple[float, float | None, float | None]:
-    v = v.double()
-    n = len(v)
-    sd = v.std().item() if n > 1 else None
-    return v.mean().item(), (sd / math.sqrt(n) if sd is not None else None), sd
-
 
 @register("denoise", "denoise",
           metrics=("denoise_psnr_noisy", "denoise_psnr", "denoise_ssim_noisy", "denoise_ssim"),
@@ -115,13 +109,13 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
 
     ssim_ok = min(clean.shape[-2:]) >= WIN
 
-    def ssim_stats(a):
-        return _stats(ssim(a, clean).double()) if ssim_ok else (None, None, None)
+    def ssimmean_se(a):
+        return mean_se(ssim(a, clean).double()) if ssim_ok else (None, None, None)
 
     by_steps = {}
     for c in counts:
-        pv, pse, _ = _stats(psnr(den[c], clean))
-        sv, sse, _ = ssim_stats(den[c])
+        pv, pse, _ = mean_se(psnr(den[c], clean))
+        sv, sse, _ = ssimmean_se(den[c])
         by_steps[str(c)] = {"psnr": pv, "psnr_se": pse, "ssim": sv, "ssim_se": sse,
                             "psnr_of_mean_mse": mse_psnr(den[c])}
     common = {"noise_var": float(s["denoise_var"]), "noise_clamped": True, "label": "ground truth y",
@@ -137,9 +131,9 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
     common["figure"] = "figures/denoise.png"
 
     out = {}
-    v, se, sd = _stats(psnr(noisy, clean))
+    v, se, sd = mean_se(psnr(noisy, clean))
     out["denoise_psnr_noisy"] = Result(v, se, n, details={**common, "sd": sd, "psnr_of_mean_mse": mse_psnr(noisy)})
-    v, se, sd = _stats(psnr(den[last], clean))
+    v, se, sd = mean_se(psnr(den[last], clean))
     out["denoise_psnr"] = Result(v, se, n, details={**common, "sd": sd, "steps": last, "by_steps": by_steps,
                                                    "psnr_of_mean_mse": mse_psnr(den[last])})
     if not ssim_ok:
@@ -147,9 +141,9 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
         out["denoise_ssim_noisy"] = Result.missing(why, n)
         out["denoise_ssim"] = Result.missing(why, n)
         return out
-    v, se, sd = ssim_stats(noisy)
+    v, se, sd = ssimmean_se(noisy)
     out["denoise_ssim_noisy"] = Result(v, se, n, details={"sd": sd, "std": STD_NOTE})
-    v, se, sd = ssim_stats(den[last])
+    v, se, sd = ssimmean_se(den[last])
     out["denoise_ssim"] = Result(v, se, n, details={"sd": sd, "std": STD_NOTE, "steps": last,
                                                    "by_steps": {k: {"ssim": d["ssim"], "ssim_se": d["ssim_se"]}
                                                                 for k, d in by_steps.items()}})

@@ -62,7 +62,7 @@ import torch
 import torch.fx
 
 from bench.energy import EnergyModel
-from bench.metrics import Context, Result, register
+from bench.metrics import Context, Result, mean_se, register
 
 KINDS = ("joint", "marginal")
 STD_NOTE = "standard error of the mean over points, sd / sqrt(n), of the per-point estimates"
@@ -673,19 +673,18 @@ def fisher_scores(model: EnergyModel, x: torch.Tensor, y: torch.Tensor | None, p
 def _summary(terms: dict[str, torch.Tensor], exact: bool, probes: int) -> Result:
     s = terms["score"].double()
     n = len(s)
-    sd = s.std(unbiased=True).item() if n > 1 else math.nan
-    se = sd / math.sqrt(n) if n > 1 else None
+    mean, se, sd = mean_se(s)
     details = {
         "grad_term": terms["grad"].double().mean().item(),
         "trace_term": terms["trace"].double().mean().item(),
-        "sd": sd if n > 1 else None,
+        "sd": sd,
         "median": s.median().item(),
         "trace": "exact" if exact else f"hutchinson ({probes} rademacher probes)",
         "std": STD_NOTE,
     }
     if not exact and "trace_probe_var" in terms and probes > 1:
         details["trace_probe_se"] = math.sqrt(terms["trace_probe_var"].double().sum().item()) / n
-    return Result(s.mean().item(), se, n, details=details)
+    return Result(mean, se, n, details=details)
 
 
 @register("fisher", "score", metrics=("jfs", "mfs"), settings=("seed", "n_score", "probes", "exact_trace"))

@@ -41,7 +41,7 @@ import math
 import torch
 
 from bench.energy import EnergyModel
-from bench.metrics import Context, Result, register
+from bench.metrics import Context, Result, mean_se, register
 
 
 def random_directions(n: int, shape, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -106,12 +106,6 @@ def landscape_summary(grid: torch.Tensor, centre: torch.Tensor, coords: torch.Te
     }
 
 
-def _mean_se(v: torch.Tensor) -> tuple[float, float | None, float | None]:
-    v = v.double()
-    n = len(v)
-    sd = v.std().item() if n > 1 else None
-    return v.mean().item(), (sd / math.sqrt(n) if sd is not None else None), sd
-
 
 @register("landscape", "landscape",
           metrics=("landscape_flatness", "landscape_center_is_min", "landscape_min_offset"),
@@ -155,7 +149,7 @@ def landscape_group(ctx: Context) -> dict[str, Result]:
                             "grid_max": grid.flatten(1).max(1).values.tolist(),
                             "min_alpha": summ["min_alpha"].tolist(), "min_beta": summ["min_beta"].tolist()}}
     out = {}
-    v, se, sd = _mean_se(summ["flatness"])
+    v, se, sd = mean_se(summ["flatness"])
     out["landscape_flatness"] = Result(v, se, n, details={
         **common, "sd": sd, "meaning": "mean over images of (mean grid energy - E(x, y))",
         "std": "standard error over images, sd / sqrt(n)"})
@@ -164,7 +158,7 @@ def landscape_group(ctx: Context) -> dict[str, Result]:
         "meaning": "fraction of images whose own energy is the lowest on the grid",
         "std": "standard error of the proportion, sqrt(p(1-p)/n)",
         "per_image": summ["center_is_min"].tolist()})
-    v, se, sd = _mean_se(summ["min_offset"])
+    v, se, sd = mean_se(summ["min_offset"])
     out["landscape_min_offset"] = Result(v, se, n, details={
         "meaning": "mean over images of the distance of the grid minimum from the image, in radii",
         "sd": sd, "std": "standard error over images, sd / sqrt(n)",

@@ -38,7 +38,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from bench.metrics import Context, Result, register
+from bench.metrics import Context, Result, mean_se, register
 from bench.settings import GEN_SETTINGS
 
 K1, K2 = 0.01, 0.03
@@ -254,7 +254,7 @@ def ssim_group(ctx: Context) -> dict[str, Result]:
     vals, idx = ctx.gather(vals), ctx.gather(idx)
     nn = vals[:, 0].double()
     n = len(nn)
-    sd = nn.std().item() if n > 1 else None
+    mean, se, sd = mean_se(nn)
     details = {
         "median": nn.median().item(),
         "max": nn.max().item(),
@@ -278,4 +278,4 @@ def ssim_group(ctx: Context) -> dict[str, Result]:
         details["figure"] = "figures/ssim_neighbours.png"
         details["shown"] = {"generated": rows, "neighbours": idx[rows].tolist(),
                             "ssim": [[round(v, 5) for v in r] for r in vals[rows].tolist()]}
-    return {"ssim_nn": Result(nn.mean().item(), sd / math.sqrt(n) if sd is not None else None, n, details=details)}
+    return {"ssim_nn": Result(mean, se, n, details=details)}
