@@ -1,4 +1,3 @@
-from functools import lru_cache
 
 import numpy as np
 import pytest
@@ -6,38 +5,15 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassCalibrationError
 
-from bench import data, plots
+from bench import plots
 from bench.metrics import Context, load_all
 from bench.metrics.calibration import expected_calibration_error
 from bench.settings import DEFAULTS
-from tests.conftest import tiny_model
+from tests.conftest import trained_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest, and it keeps timings sane on a shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@lru_cache(maxsize=1)
-def trained_model():
-    """digits-cnn width 4, 15 epochs of plain training (about 0.6 s)."""
-    ds = data.load("digits")
-    m = tiny_model(width=4).train()
-    opt = torch.optim.Adam(m.parameters(), 1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(15):
-        perm = torch.randperm(len(ds.train), generator=g)
-        for i in range(0, len(perm), 64):
-            b = perm[i:i + 64]
-            loss = F.cross_entropy(m.logits(ds.train.x[b]), ds.train.y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return m.eval().requires_grad_(False)
 
 
 def test_ece_by_hand():

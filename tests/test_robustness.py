@@ -1,7 +1,6 @@
 import json
 import logging
 import math
-from functools import lru_cache
 
 import pytest
 import torch
@@ -10,42 +9,19 @@ import torchattacks
 from pyautoattack import AutoAttack
 from torch import nn
 
-from bench import data
 from bench.attacks import check_in_ball, pgd, pgd_restarts
 from bench.energy import EnergyModel
 from bench.metrics import Context, load_all
 from bench.metrics import robustness as rob
 from bench.settings import DEFAULTS
-from tests.conftest import tiny_model
+from tests.conftest import tiny_model, trained_model
 
 EPS = 0.1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest, and it keeps timings sane on a shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@lru_cache(maxsize=1)
-def trained_model() -> EnergyModel:
-    """digits-cnn width 4, 15 epochs of plain training (about 0.6 s, about 93 % test accuracy)."""
-    ds = data.load("digits")
-    m = tiny_model(width=4).train()
-    opt = torch.optim.Adam(m.parameters(), 1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(15):
-        perm = torch.randperm(len(ds.train), generator=g)
-        for i in range(0, len(perm), 64):
-            b = perm[i:i + 64]
-            loss = F.cross_entropy(m.logits(ds.train.x[b]), ds.train.y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return m.eval().requires_grad_(False)
 
 
 def make_ctx(model, ds, tmp_path, **settings):
