@@ -15,12 +15,11 @@ accuracy.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
+from timing import alternate
 
 
 def trained_model(width: int, epochs: int, device: torch.device):
@@ -44,10 +43,6 @@ def trained_model(width: int, epochs: int, device: torch.device):
             opt.step()
     return model.eval().requires_grad_(False), ds
 
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv=None) -> float:
@@ -88,15 +83,7 @@ def main(argv=None) -> float:
                seed=0).run_standard_evaluation(x[:4].to(device), y[:4].to(device))
     evaluate_autoattack(model, x[:4], y[:4], device=device, norm="Linf", eps=args.eps, version="custom",
                         attacks=["apgd-ce"], seed=0)
-    t_ours, t_direct = [], []
-    for _ in range(args.repeats):
-        for fn, times in ((ours, t_ours), (direct, t_direct)):
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times.append(time.perf_counter() - t0)
-    mo, md = statistics.median(t_ours), statistics.median(t_direct)
+    mo, md, t_ours, t_direct = alternate(ours, direct, args.repeats, device)
     overhead = mo / md - 1
     print(f"device {device}, digits-cnn width {args.width}, {args.n} points, eps {args.eps}, "
           f"version {args.version}, {args.repeats} alternating repeats, {torch.get_num_threads()} threads")

@@ -20,15 +20,9 @@ picks ours' second-order method (auto, jet, forward, reverse) to compare them.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from timing import alternate, sync
 
 
 def per_sample_loop(model, x, y, probes):
@@ -102,15 +96,7 @@ def main(argv=None) -> float:
             worst = max(worst, ((mine - ref).abs().max() / scale).item())
     same = worst <= 1e-4
 
-    t_ours, t_peer = [], []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        ours()
-        t_ours.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        peer()
-        t_peer.append(time.perf_counter() - t0)
-    mo, mp = statistics.median(t_ours), statistics.median(t_peer)
+    mo, mp, _, _ = alternate(ours, peer, args.repeats, device)
     ratio = mp / mo
     print(f"device {device}, digits-cnn width {args.width} ({args.act}), {len(x)} points, {args.probes} probes, "
           f"batch {args.batch_size}, joint + marginal, {args.repeats} alternating repeats, "

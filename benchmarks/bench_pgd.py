@@ -12,10 +12,9 @@ both are run from the same start and must give identical adversarial examples.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import alternate
 
 
 def build(arch: str, width: int, device: torch.device):
@@ -30,17 +29,6 @@ def build(arch: str, width: int, device: torch.device):
     return model, ds
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
 
 
 def main(argv=None) -> float:
@@ -85,11 +73,7 @@ def main(argv=None) -> float:
     same = torch.equal(pgd(model, x[:bs], y[:bs], eps, args.steps, alpha, "ce", x_start=start), ref)
 
     ours(), theirs()  # warm-up
-    t_ours, t_theirs = [], []
-    for _ in range(args.repeats):
-        t_ours.append(timed(ours, device))
-        t_theirs.append(timed(theirs, device))
-    mo, mt = statistics.median(t_ours), statistics.median(t_theirs)
+    mo, mt, _, _ = alternate(ours, theirs, args.repeats, device)
     ratio = mt / mo  # throughput ours / theirs
     print(f"device {device}, {args.arch} width {args.width}, {args.n} images, batch {bs}, {args.steps} steps, "
           f"eps {eps}, {args.repeats} alternating repeats, {torch.get_num_threads()} threads")

@@ -14,10 +14,9 @@ peer's gradient.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import alternate
 
 # (architecture, input shape, batch, steps): the digits CNN on 8x8 digits, a small WideResNet on 32x32
 CASES = (("digits-cnn", (1, 8, 8), 250, 20), ("wrn-16-2", (3, 32, 32), 32, 5))
@@ -32,17 +31,6 @@ def build(arch: str, shape: tuple, device: torch.device):
     return EnergyModel(net, 0.5, 0.5, shape, 10).to(device).eval()  # parameters keep requires_grad, as loaded
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
 
 
 def run_case(arch, shape, n, steps, repeats, device) -> float:
@@ -72,11 +60,7 @@ def run_case(arch, shape, n, steps, repeats, device) -> float:
     same = torch.allclose(x1, x0 - 0.5 * cfg.step_size * grad, rtol=1e-5, atol=1e-6)
 
     ours(), peer()  # warm-up
-    t_ours, t_peer = [], []
-    for _ in range(repeats):
-        t_ours.append(timed(ours, device))
-        t_peer.append(timed(peer, device))
-    mo, mp = statistics.median(t_ours), statistics.median(t_peer)
+    mo, mp, _, _ = alternate(ours, peer, repeats, device)
     ratio = mp / mo  # throughput ours / peer
     work = n * steps
     print(f"{arch} {'x'.join(map(str, shape))}, batch {n}, {steps} steps; same step as x - a/2 grad: {same}")

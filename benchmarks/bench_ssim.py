@@ -17,16 +17,10 @@ are random 3 x 32 x 32 (CIFAR-shaped) instead, ``--n-train`` of them.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from timing import alternate, sync
 
 
 def workload(args) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -89,15 +83,7 @@ def main(argv=None) -> float:
     ok = max_diff <= 1e-5 and same_vals <= 1e-5 and same_idx
 
     ours()  # warm-up (the peer ran above)
-    t_ours, t_peer = [], []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        ours()
-        t_ours.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        peer()
-        t_peer.append(time.perf_counter() - t0)
-    mo, mp = statistics.median(t_ours), statistics.median(t_peer)
+    mo, mp, _, _ = alternate(ours, peer, args.repeats, device)
     ratio = mp / mo
     print(f"device {device}, {what}, {len(gen)} queries, k {args.k}, {pairs} pairs, "
           f"{args.repeats} alternating repeats, {torch.get_num_threads()} threads")

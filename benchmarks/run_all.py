@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the benchmarks import their shared `timing` module
 
 # (module, what it compares, target ratio, extra argv)
 BENCHMARKS = [
