@@ -41,6 +41,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from bench import distributed
 from bench.energy import EnergyModel
 from bench.errors import BenchError
 
@@ -278,8 +279,6 @@ def generate(model: EnergyModel, data, cfg: SGLDConfig | None = None, n: int = 5
     per_batch = max(1, int(batch_size) // CHAIN_BLOCK)
     out = torch.empty_like(x0)
     finite = torch.zeros(n, dtype=torch.bool)
-    from bench import distributed
-
     mine = distributed.shard(n_blocks) if sharded else range(n_blocks)
     starts = range(mine.start, mine.stop, per_batch)
     it = progress(starts, desc="generate (SGLD)", total=len(starts)) if progress else starts
@@ -383,8 +382,6 @@ def generated(ctx) -> tuple[torch.Tensor, torch.Tensor]:
     s = ctx.settings
     folder = samples_dir(ctx)
     npz, grid = folder / "samples.npz", folder / "grid.png"
-    from bench import distributed
-
     got = load_samples(npz, key) if key.get("model_sha256") and distributed.is_main() else None
     got = distributed.broadcast(got)  # under torchrun every rank reuses, or every rank generates
     if got is not None:

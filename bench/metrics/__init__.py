@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from bench import distributed
 from bench.data import Dataset
 from bench.energy import EnergyModel
 
@@ -91,8 +92,6 @@ class Context:
         ``(i, x, *others)``, i the batch's global index, for per-batch random streams that do not
         depend on how batches are spread over processes).  In a sharded group under torchrun each
         rank gets its contiguous share of the batches; ``gather`` reassembles per-point results."""
-        from bench import distributed
-
         bs = self.settings["batch_size"]
         n_batches = -(-len(x) // bs)
         mine = distributed.shard(n_batches) if self.sharded else range(n_batches)
@@ -103,8 +102,6 @@ class Context:
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         """Per-point results of this rank's batches -> those of all batches, in order (identity in
         one process or outside a sharded group)."""
-        from bench import distributed
-
         return distributed.gather(t) if self.sharded else t
 
 

@@ -38,6 +38,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from bench import distributed
 from bench.metrics import Context, Result, mean_se, register
 from bench.settings import GEN_SETTINGS
 
@@ -243,8 +244,6 @@ def ssim_group(ctx: Context) -> dict[str, Result]:
         return {"ssim_nn": Result.missing(f"SSIM needs images of at least {WIN}x{WIN} (win_size {WIN}); "
                                           f"these are {tuple(train.shape[-2:])}", n=len(gx))}
     k = int(s["ssim_k"])
-    from bench import distributed
-
     mine = distributed.shard(len(gx)) if ctx.sharded else range(len(gx))  # torchrun: a share of the queries
     if len(mine):
         vals, idx = nearest_neighbours(gx[mine.start:mine.stop], train, k, device=ctx.device,

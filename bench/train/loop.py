@@ -65,7 +65,9 @@ def accuracy(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, batch_size: i
 
 
 def robust_accuracy(model: EnergyModel, x, y, eps: float, seed: int, batch_size: int = 500) -> float:
-    """PGD-20 (cross-entropy, random start, step eps/4) accuracy, as ``bench run`` measures it."""
+    """PGD-20 accuracy (cross-entropy, random start, step eps/4: ``bench run``'s attack), with one
+    random stream for the whole set; ``bench run`` draws its starts per batch, so the two numbers
+    agree within sampling error, not digit for digit."""
     model.eval()
     dev = model.mean.device
     gen = torch.Generator(device=dev).manual_seed(int(seed))
