@@ -4,8 +4,11 @@ Only comparable runs are compared: the settings that change a number must match 
 ``model.sha256`` (the checkpoint), ``model.dataset`` and every key of ``run.config`` (what the
 runner records as "every setting that changes a number": seed, eps, n_eval, n_gen, ...).  Where
 they differ, ``check`` names the differing settings and stops with exit code 2: a mismatch is bad
-input, not a regression.  Library versions and the device may differ; they are what the
-tolerances below absorb.
+input, not a regression.  Library versions, the device and the fast paths (``channels_last``,
+``amp``, ``compile``: bench.fastpath) may differ, and are noted; they are what the tolerances below
+absorb, so ``bench check`` of a fast-path run against a plain baseline is the check that the fast
+path moves no metric beyond its tolerance.  A setting newer than the baseline (absent from its
+``run.config``) is compared as its default value, which is what the older run used.
 
 Rule.  A metric fails when ``|current - baseline| > tolerance``, in either direction.  With the
 settings (seed included) equal, a rerun of unchanged code reproduces the baseline up to
@@ -52,10 +55,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import results
+from bench import fastpath, results
 from bench.errors import BenchError
 from bench.metrics import Result
 from bench.results import Results
+from bench.settings import DEFAULTS
 
 K = 3.0
 DIFF = math.sqrt(2.0)  # standard error of a difference of two independent estimates, per unit SE
@@ -151,10 +155,12 @@ def setting_differences(base: Results, cur: Results) -> list[str]:
     bc, cc = base.run.get("config") or {}, cur.run.get("config") or {}
     if not isinstance(bc, dict) or not isinstance(cc, dict):
         return diffs + ["run.config is not an object"]
-    for key in sorted(set(bc) | set(cc)):
-        b, c = bc.get(key, "<absent>"), cc.get(key, "<absent>")
+    for key in sorted((set(bc) | set(cc)) - set(fastpath.SETTINGS)):
+        b, c = (d.get(key, DEFAULTS.get(key, "<absent>")) for d in (bc, cc))
         if b != c:
-            diffs.append(f"run.config.{key} (baseline {_show(b)}, current {_show(c)})")
+            shown = [_show(v) + (" (absent: its default)" if key not in d and key in DEFAULTS else "")
+                     for v, d in ((b, bc), (c, cc))]
+            diffs.append(f"run.config.{key} (baseline {shown[0]}, current {shown[1]})")
     return diffs
 
 
@@ -250,6 +256,12 @@ def compare(base: Results, cur: Results, tolerances: dict[str, float] | None = N
         dv = [f"{k} {bv.get(k)} -> {cv.get(k)}" for k in sorted(set(bv) | set(cv)) if bv.get(k) != cv.get(k)]
         if dv:
             notes.append("versions differ (allowed): " + ", ".join(dv))
+    bc, cc = base.run.get("config") or {}, cur.run.get("config") or {}
+    if isinstance(bc, dict) and isinstance(cc, dict):
+        df = [f"{k} {b!r} -> {c!r}" for k in fastpath.SETTINGS
+              if (b := bc.get(k, DEFAULTS[k])) != (c := cc.get(k, DEFAULTS[k]))]
+        if df:
+            notes.append("fast paths differ (allowed): " + ", ".join(df))
     return Report(rows, notes)
 
 

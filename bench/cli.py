@@ -68,6 +68,11 @@ def cli():
               help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (enables Inception Score offline)")
 @click.option("--probes", default=None, type=int, help="Hutchinson probes per point")
 @click.option("--exact-trace/--hutchinson", "exact_trace", default=None, help="exact Hessian trace (small inputs)")
+@click.option("--channels-last/--no-channels-last", "channels_last", default=None,
+              help="fast path: channels-last memory format (default off)")
+@click.option("--amp", default=None, type=click.Choice(["off", "bf16"]),
+              help="fast path: bf16 autocast for forward passes without gradient (never attack gradients; default off)")
+@click.option("--compile/--no-compile", "compile", default=None, help="fast path: torch.compile the network (default off)")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="reuse finished metrics in --out")
 def run(model, suite, out, dataset, data_root, download, arch, device, resume, **settings):
     """Evaluate a model; writes OUT/results.json, OUT/tables, OUT/figures, OUT/samples."""

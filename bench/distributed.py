@@ -63,11 +63,16 @@ def shard(n: int, r: int | None = None, w: int | None = None) -> range:
 
 def gather(t: torch.Tensor) -> torch.Tensor:
     """Concatenate each rank's tensor (first dimension may differ) in rank order, on every rank."""
+    return torch.cat(gather_objects(t.detach().cpu())).to(t.device) if active() else t
+
+
+def gather_objects(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
     if not active():
-        return t
+        return [obj]
     parts = [None] * world()
-    dist.all_gather_object(parts, t.detach().cpu())
-    return torch.cat(parts).to(t.device)
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 def broadcast(obj, src: int = 0):

@@ -11,6 +11,7 @@ metrics never need to know it.  With logits f(x):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -32,12 +33,32 @@ class EnergyModel(nn.Module):
         self.register_buffer("std", _per_channel(std, channels), persistent=False)
         self.input_shape = tuple(input_shape) if input_shape else None
         self.num_classes = num_classes
+        self._fast = None  # bench.fastpath.Forward, or None: the plain network
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits f(x) of images x in [0, 1], shape (N, C, H, W) -> (N, num_classes)."""
-        return self.net((x - self.mean) / self.std)
+        z = (x - self.mean) / self.std
+        return self.net(z) if self._fast is None else self._fast(z)
 
     forward = logits
+
+    @property
+    def fast_path(self):
+        return self._fast
+
+    def set_fast_path(self, forward) -> None:
+        """Route ``logits`` through ``forward`` (see ``bench.fastpath``), or the plain network (None)."""
+        self._fast = forward
+
+    @contextmanager
+    def plain(self):
+        """The plain float32 eager network inside the block, whatever fast path is set (for
+        computations a fast path cannot take, e.g. the double backward of Fisher scores)."""
+        fast, self._fast = self._fast, None
+        try:
+            yield self
+        finally:
+            self._fast = fast
 
     def energy_joint(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """E(x, y) = -f(x)[y], one value per image."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench import __version__, checkpoints, data, distributed, progress, suites, zoo
+from bench import __version__, checkpoints, data, distributed, fastpath, progress, suites, zoo
 from bench.errors import BenchError
 from bench.metrics import Context, Group, Result
 from bench.results import Results, write_json
@@ -108,14 +108,16 @@ def validate_settings(s: dict) -> None:
     for k in ("n_gen", "batch_size", "pgd_steps", "probes", "n_score", "ece_bins"):
         if s[k] is not None and (not isinstance(s[k], int) or s[k] <= 0):
             raise BenchError(f"{k.replace('_', '-')} must be a positive integer, got {s[k]}")
+    fastpath.FastPath.from_settings(s)  # an unknown amp mode is an error
     for k in ("n_eval", "n_aa"):
         if s[k] is not None and (not isinstance(s[k], int) or s[k] <= 0):
             raise BenchError(f"{k.replace('_', '-')} must be a positive integer, got {s[k]}")
 
 
 def cache_key(group: Group, model_id: str, dataset: str, settings: dict) -> str:
+    names = sorted(set(group.settings) | set(fastpath.SETTINGS))  # fast paths may move any number
     keyed = {"group": group.name, "model": model_id, "dataset": dataset, "bench": __version__,
-             "settings": {k: settings.get(k) for k in sorted(group.settings)}}
+             "settings": {k: settings.get(k) for k in names}}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -163,7 +165,8 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
 
     model_id = loaded.sha256 or loaded.path
     s_run = dict(s, model_sha256=loaded.sha256)
-    ctx = Context(loaded.model.to(dev).eval(), ds, s_run, dev, out,
+    model = fastpath.apply(loaded.model.to(dev).eval(), fastpath.FastPath.from_settings(s))
+    ctx = Context(model, ds, s_run, dev, out,
                   shared={"replay_buffer": loaded.replay_buffer, "loaded": loaded}, progress=progress.bar)
     cache_dir = out / "cache"
     cache_dir.mkdir(exist_ok=True)

@@ -10,6 +10,10 @@ DIGITS_N_AA = 100
 DEFAULTS: dict = {
     "seed": 0,
     "batch_size": 250,
+    # fast paths of the classifier's forward pass (bench.fastpath; every group's cache key)
+    "channels_last": False,
+    "amp": "off",  # off, bf16 (autocast for forward passes without gradient only)
+    "compile": False,
     "n_eval": None,  # evaluation points: the first n of the test split (None: all)
     # threat model (robust, calibration)
     "norm": "Linf",

@@ -119,12 +119,12 @@ def test_null_now_is_a_regression_missing_is_not(tmp_path, baseline, capsys):
 @pytest.mark.parametrize("what,expect", [
     ("eps", "run.config.eps (baseline 0.1, current 0.05)"),
     ("sha", "model.sha256 (baseline abababababababab..., current cdcdcdcdcdcdcdcd...)"),
-    ("new-setting", "run.config.probes (baseline <absent>, current 16)"),
+    ("new-setting", "run.config.probes (baseline 16 (absent: its default), current 8)"),
 ])
 def test_mismatched_settings_are_refused(tmp_path, baseline, capsys, what, expect):
     cur = {"eps": lambda: current(tmp_path, config=dict(CONFIG, eps=0.05)),
            "sha": lambda: current(tmp_path, sha="cd" * 32),
-           "new-setting": lambda: current(tmp_path, config=dict(CONFIG, probes=16))}[what]()
+           "new-setting": lambda: current(tmp_path, config=dict(CONFIG, probes=8))}[what]()
     code, out, err = run([cur, "--baseline", str(baseline)], capsys)
     assert code == 2 and out == ""
     assert err.startswith("error: not compared: 1 setting(s) differ") and err.count("\n") == 1
@@ -168,3 +168,12 @@ def test_run_dir_without_results_exit_2(tmp_path, baseline, capsys):
     assert code == 2 and "no results.json" in err
     code, _, err = run([str(tmp_path / "nowhere"), "--baseline", str(baseline)], capsys)
     assert code == 2 and "no such file or directory" in err
+
+
+def test_fast_paths_and_newer_settings_at_their_defaults_are_compared(tmp_path, baseline, capsys):
+    """A setting the baseline predates counts as its default; a fast path may differ (noted):
+    checking a fast-path run against a plain baseline is how a fast path is checked."""
+    cur = current(tmp_path, config=dict(CONFIG, probes=16, amp="bf16", channels_last=True))
+    code, out, err = run([cur, "--baseline", str(baseline)], capsys)
+    assert code == 0, err
+    assert "fast paths differ (allowed): channels_last False -> True, amp 'off' -> 'bf16'" in out

@@ -93,11 +93,16 @@ class Context:
         depend on how batches are spread over processes).  In a sharded group under torchrun each
         rank gets its contiguous share of the batches; ``gather`` reassembles per-point results."""
         bs = self.settings["batch_size"]
-        n_batches = -(-len(x) // bs)
-        mine = distributed.shard(n_batches) if self.sharded else range(n_batches)
+        mine = self.my_batches(len(x))
         for i in self.iterate(mine, desc, total=len(mine)):
             batch = tuple(t[i * bs:(i + 1) * bs].to(self.device) for t in (x, *others))
             yield (i, *batch) if indexed else batch
+
+    def my_batches(self, n: int) -> range:
+        """Indices of the batches (of ``settings['batch_size']``) of n points that this process
+        computes: all of them, or in a sharded group under torchrun this rank's contiguous share."""
+        n_batches = -(-n // self.settings["batch_size"])
+        return distributed.shard(n_batches) if self.sharded else range(n_batches)
 
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         """Per-point results of this rank's batches -> those of all batches, in order (identity in

@@ -61,6 +61,7 @@ import weakref
 import torch
 import torch.fx
 
+from bench import distributed
 from bench.energy import EnergyModel
 from bench.metrics import Context, Result, mean_se, register
 
@@ -637,14 +638,16 @@ def fisher_terms(model: EnergyModel, x: torch.Tensor, y: torch.Tensor | None, pr
 def fisher_scores(model: EnergyModel, x: torch.Tensor, y: torch.Tensor | None, probes: int = 16,
                   exact: bool = False, generator: torch.Generator | None = None, batch_size: int = 250,
                   kinds=KINDS, chunk: int | None = None, device=None, progress=None, method: str = "auto",
-                  info: dict | None = None) -> dict[str, dict[str, torch.Tensor]]:
+                  info: dict | None = None, batches=None) -> dict[str, dict[str, torch.Tensor]]:
     """Per-point Fisher-score terms (see ``fisher_terms``) of all of ``x``, batched; results on CPU.
 
     The Rademacher probes of all points, (N, probes, C, H, W), are drawn up front from
     ``generator`` (on its device), so the estimates do not depend on ``batch_size``.  ``chunk``
     (probes or basis vectors per pass) defaults to about ``PASS_IMAGES_CPU`` points x probes per
     pass on a CPU and ``PASS_BATCHES_CUDA`` batches' worth on a GPU.  ``info``,
-    if given, receives the set of methods used (``forward`` / ``reverse``)."""
+    if given, receives the set of methods used (``forward`` / ``reverse``).  ``batches``: the
+    indices of the batches to compute (default all; a torchrun rank passes its share), whose
+    points' terms are returned, in order."""
     device = torch.device(device) if device is not None else x.device
     n = len(x)
     if chunk is None:  # probes per pass: a small working set is fastest on a CPU (cache)
@@ -655,7 +658,7 @@ def fisher_scores(model: EnergyModel, x: torch.Tensor, y: torch.Tensor | None, p
         gdev = generator.device if generator is not None else device
         probe_all = rademacher((n, probes, *x.shape[1:]), generator, gdev)
     parts = {k: {} for k in kinds}
-    starts = range(0, n, batch_size)
+    starts = [b * batch_size for b in (range(-(-n // batch_size)) if batches is None else batches)]
     for i in (progress(starts, desc="fisher", total=len(starts)) if progress else starts):
         xb = x[i:i + batch_size].to(device)
         yb = y[i:i + batch_size].to(device) if y is not None else None
@@ -667,7 +670,8 @@ def fisher_scores(model: EnergyModel, x: torch.Tensor, y: torch.Tensor | None, p
         for k in kinds:
             for name, v in t[k].items():
                 parts[k].setdefault(name, []).append(v.cpu())
-    return {k: {name: torch.cat(v) for name, v in parts[k].items()} for k in kinds}
+    names = ("grad", "trace", "score") + (() if exact else ("trace_probe_var",))  # also with no batch
+    return {k: {name: torch.cat(parts[k].get(name) or [torch.empty(0)]) for name in names} for k in kinds}
 
 
 def _summary(terms: dict[str, torch.Tensor], exact: bool, probes: int) -> Result:
@@ -687,19 +691,28 @@ def _summary(terms: dict[str, torch.Tensor], exact: bool, probes: int) -> Result
     return Result(mean, se, n, details=details)
 
 
-@register("fisher", "score", metrics=("jfs", "mfs"), settings=("seed", "n_score", "probes", "exact_trace"))
+@register("fisher", "score", metrics=("jfs", "mfs"), settings=("seed", "n_score", "probes", "exact_trace"),
+          sharded=True)
 def fisher_group(ctx: Context) -> dict[str, Result]:
     """``jfs`` (Eq. 23, ground-truth labels) and ``mfs`` (Eq. 24) on the first ``n_score`` test
-    points; Hutchinson with ``probes`` Rademacher probes, or the exact trace (``exact_trace``)."""
+    points; Hutchinson with ``probes`` Rademacher probes, or the exact trace (``exact_trace``).
+    Always on the plain float32 eager network (no fast path: double backward, torch.fx trace).
+    Under torchrun every rank takes its share of the batches (the probes of all points are drawn
+    up front, identically on every rank) and the per-point terms are gathered."""
     s = ctx.settings
     split = ctx.data.test.subset(s["n_score"])
     exact = bool(s.get("exact_trace"))
     probes = int(s["probes"])
+    bs = int(s["batch_size"])
     info = {}
-    terms = fisher_scores(ctx.model, split.x, split.y, probes=probes, exact=exact,
-                          generator=None if exact else ctx.generator("fisher"),
-                          batch_size=int(s["batch_size"]), device=ctx.device,
-                          progress=lambda it, desc, total: ctx.iterate(it, desc, total), info=info)
+    with ctx.model.plain():
+        terms = fisher_scores(ctx.model, split.x, split.y, probes=probes, exact=exact,
+                              generator=None if exact else ctx.generator("fisher"), batch_size=bs,
+                              device=ctx.device, progress=lambda it, desc, total: ctx.iterate(it, desc, total),
+                              info=info, batches=ctx.my_batches(len(split.x)))
+    terms = {k: {name: ctx.gather(v) for name, v in t.items()} for k, t in terms.items()}
+    if ctx.sharded:  # a rank may have had no batch
+        info["methods"] = set().union(*distributed.gather_objects(info.get("methods", set())))
     how = {"jet": "second-order Taylor mode through the torch.fx-traced network",
            "forward": "forward-over-forward (nested torch.func.jvp, vmap over probes)",
            "reverse": "double backward (autograd.grad, is_grads_batched over probes)"}

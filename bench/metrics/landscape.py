@@ -40,6 +40,7 @@ import math
 
 import torch
 
+from bench import fastpath
 from bench.energy import EnergyModel
 from bench.metrics import Context, Result, mean_se, register
 
@@ -127,8 +128,8 @@ def landscape_group(ctx: Context) -> dict[str, Result]:
     dirs = random_directions(n, x.shape[1:], ctx.generator("landscape"))
     coords = grid_coords(radius, res_n)
     prog = lambda it, desc, total: ctx.iterate(it, desc, total)  # noqa: E731
-    grid = energy_grid(ctx.model, x, y, dirs, coords, int(s["batch_size"]), ctx.device, prog)
-    with torch.no_grad():
+    with fastpath.without_amp(ctx.model), torch.no_grad():  # float32: see bench.fastpath
+        grid = energy_grid(ctx.model, x, y, dirs, coords, int(s["batch_size"]), ctx.device, prog)
         centre = ctx.model.energy_joint(x.to(ctx.device), y.to(ctx.device)).cpu()
     summ = landscape_summary(grid, centre, coords, radius)
 
