@@ -27,29 +27,39 @@ def test_single_process_helpers_are_identities():
     assert distributed.gather(t) is t and distributed.broadcast({"a": 1}) == {"a": 1}
 
 
-def _run(cmd, out, tmp_path):
+def _run(cmd, out, tmp_path, data):
     env = {**os.environ, "CI": "true", "OMP_NUM_THREADS": "1", "JEAT_BENCH_CACHE": str(tmp_path / "cache")}
-    args = ["--suite", "robust,calibration,memorization", "--n-eval", "60", "--n-aa", "12", "--n-gen", "40",
-            "--gen-steps", "5", "--batch-size", "16", "--out", str(out)]
-    p = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=300)
+    args = ["--suite", "all", "--dataset", f"npz:{data}", "--n-aa", "40", "--n-gen", "20", "--gen-steps", "5",
+            "--probes", "4", "--batch-size", "16", "--out", str(out)]
+    p = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     return json.loads((out / "results.json").read_text())
 
 
-def test_two_gloo_processes_equal_one(tmp_path):
+def test_two_gloo_processes_equal_one_on_every_suite(tmp_path, digits):
+    """Every group is sharded: 2 gloo processes give exactly (value, std, n) of one process for
+    every metric, FID included (same threads; the second run finds the reference statistics in
+    the cache, the first computes them sharded or not: both orders are covered by the suite)."""
     model = tmp_path / "m.safetensors"
     checkpoints.save(model, tiny_model(), META)
-    bench = [sys.executable, "-m", "bench", "run", "--model", str(model)]
+    data = tmp_path / "small.npz"  # a small reference set keeps the Inception features cheap
+    np.savez(data, x_train=digits.train.x[:40, 0].numpy(), y_train=digits.train.y[:40].numpy(),
+             x_test=digits.test.x[:60, 0].numpy(), y_test=digits.test.y[:60].numpy())
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 "-m", "bench", "run", "--model", str(model)]
-    one = _run(bench, tmp_path / "one", tmp_path)
-    two = _run(torchrun, tmp_path / "two", tmp_path)
+    two = _run(torchrun, tmp_path / "two", tmp_path, data)  # computes the FID reference, sharded
+    one = _run([sys.executable, "-m", "bench", "run", "--model", str(model)], tmp_path / "one", tmp_path, data)
     assert two["run"]["processes"] == 2 and "processes" not in one["run"]
-    assert set(one["metrics"]) == set(two["metrics"]) >= {"accuracy", "pgd20", "ece", "autoattack", "ssim_nn"}
+    assert two["metrics"]["fid"]["details"]["reference_cache"] == "miss"
+    assert one["metrics"]["fid"]["details"]["reference_cache"] == "hit"
+    assert set(one["metrics"]) == set(two["metrics"]) >= {"accuracy", "pgd20", "ece", "autoattack", "ssim_nn",
+                                                          "fid", "jfs", "mfs", "landscape_flatness", "denoise_psnr"}
     for name, a in one["metrics"].items():
         b = two["metrics"][name]
         assert (a["value"], a["std"], a["n"]) == (b["value"], b["std"], b["n"]), name
-    # 60 points in batches of 16: the second rank really worked (4 batches, 2 each)
+    # the work was really split: 60 points in batches of 16 (4 batches, 2 per rank), 40 AutoAttack
+    # points in 3 blocks
+    assert one["metrics"]["autoattack"]["details"]["blocks"] == "3 pyautoattack calls of up to 16 points"
     sa, sb = np.load(tmp_path / "one/samples/samples.npz"), np.load(tmp_path / "two/samples/samples.npz")
     assert np.array_equal(sa["x"], sb["x"], equal_nan=True) and np.array_equal(sa["y"], sb["y"])
     assert not list(tmp_path.glob("two/**/*rank1*"))  # rank 1 wrote nothing under --out

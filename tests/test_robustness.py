@@ -290,3 +290,34 @@ def test_autoattack_leaves_the_global_rng_alone(digits):
     torch.manual_seed(123)
     rob.run_autoattack(m, digits.test.x[:8], digits.test.y[:8], eps=0.05, version="custom", attacks=["apgd-ce"])
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_autoattack_runs_in_blocks_and_an_interrupted_run_keeps_finished_blocks(digits, tmp_path):
+    """Blocks of batch_size points, one pyautoattack call each (the layout torchrun ranks share):
+    equal to calling pyautoattack on each block; after an interruption the finished blocks come
+    from their state files and the value equals an uninterrupted run's."""
+    m = trained_model()
+    x, y = digits.test.x[:30], digits.test.y[:30]
+    kw = {"norm": "Linf", "eps": 0.05, "seed": 0, "version": "custom", "attacks": ["apgd-ce"]}
+    res = rob.evaluate_autoattack(m, x, y, batch_size=12, device="cpu", state_dir=tmp_path, model_id="m", **kw)
+    direct = torch.cat([AutoAttack(m, device="cpu", **kw).run_standard_evaluation(x[i:i + 12], y[i:i + 12],
+                                                                                  batch_size=12)[1] == y[i:i + 12]
+                        for i in (0, 12, 24)])
+    assert res.n == 30 and res.details["robust_correct"] == int(direct.sum())
+    assert res.details["blocks"] == "3 pyautoattack calls of up to 12 points"
+    assert not list(tmp_path.glob("state-*"))
+
+    def interrupt_third(it, desc, total):
+        for k, b in enumerate(it):
+            if k == 2:
+                raise KeyboardInterrupt
+            yield b
+
+    with pytest.raises(KeyboardInterrupt):
+        rob.evaluate_autoattack(m, x, y, batch_size=12, device="cpu", state_dir=tmp_path, model_id="m",
+                                progress=interrupt_third, **kw)
+    assert len(list(tmp_path.glob("state-*.json"))) == 2  # the two finished blocks
+    again = rob.evaluate_autoattack(m, x, y, batch_size=12, device="cpu", state_dir=tmp_path, model_id="m", **kw)
+    assert again.value == res.value and len(again.details["resumed"]) == 2
+    assert all(r["run_now"] == [] for r in again.details["resumed"])
+    assert not list(tmp_path.glob("state-*"))

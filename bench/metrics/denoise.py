@@ -19,8 +19,10 @@ Metrics, all against the clean image, data range 1:
 
 PSNR is averaged per image (the mean of per-image PSNR, as is usual for denoising benchmarks);
 ``details['psnr_of_mean_mse']`` gives 10 log10(1 / mean MSE) as well.  ``std`` is the standard
-error over images, sd / sqrt(n).  With ``denoise_noise > 0`` the Langevin noise is drawn batch by
-batch from a second generator, so the denoised numbers then depend on ``batch_size`` (declared).  Figure ``figures/denoise.png``:
+error over images, sd / sqrt(n).  With ``denoise_noise > 0`` the Langevin noise is drawn from a
+stream of its own per batch (seeded by the batch's index, so torchrun ranks, each denoising its
+share of the batches, draw what one process draws), and the denoised numbers then depend on
+``batch_size`` (declared).  Figure ``figures/denoise.png``:
 original | noisy | denoised after each step count (Fig. 15), for up to 8 images, classes in turn.
 """
 
@@ -76,7 +78,7 @@ def langevin_denoise(model: EnergyModel, x_noisy: torch.Tensor, y: torch.Tensor,
 @register("denoise", "denoise",
           metrics=("denoise_psnr_noisy", "denoise_psnr", "denoise_ssim_noisy", "denoise_ssim"),
           settings=("seed", "denoise_images", "denoise_var", "denoise_steps", "denoise_step_size",
-                    "denoise_noise", "batch_size"))
+                    "denoise_noise", "batch_size"), sharded=True)
 def denoise_group(ctx: Context) -> dict[str, Result]:
     """Gaussian noise (variance ``denoise_var``) on test images, Langevin descent on E(x, y);
     PSNR and SSIM before and after ``denoise_steps`` steps, and the Fig. 15 grid."""
@@ -90,17 +92,16 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
     # the Langevin settings); the chains draw from another
     g_noise = ctx.generator("denoise/noise")
     noisy = add_noise(split.x.to(g_noise.device), float(s["denoise_var"]), g_noise).cpu()
-    g_chain = ctx.generator("denoise/langevin")
-    den_all, finite_all = {c: [] for c in counts}, []
-    for xn, y in ctx.batches(noisy, split.y, desc="denoise"):
+    den_all, finite_all = {c: [noisy[:0]] for c in counts}, [torch.zeros(0, dtype=torch.bool)]
+    for i, xn, y in ctx.batches(noisy, split.y, desc="denoise", indexed=True):
         snaps, finite = langevin_denoise(ctx.model, xn, y, counts, float(s["denoise_step_size"]),
-                                         float(s["denoise_noise"] or 0.0), g_chain)
+                                         float(s["denoise_noise"] or 0.0), ctx.generator(f"denoise/langevin{i}"))
         finite_all.append(finite.cpu())
         for c in counts:
             den_all[c].append(snaps[c].cpu())
     clean = split.x
-    den = {c: torch.cat(v) for c, v in den_all.items()}
-    finite = torch.cat(finite_all)
+    den = {c: ctx.gather(torch.cat(v)) for c, v in den_all.items()}
+    finite = ctx.gather(torch.cat(finite_all))
     n = len(clean)
     last = counts[-1]
 

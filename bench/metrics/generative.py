@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import distributed
 from bench.errors import BenchError
 from bench.metrics import Context, Result, register
 from bench.settings import GEN_SETTINGS
@@ -365,15 +366,24 @@ class _Images(torch.utils.data.Dataset):
 
 
 def extract_features(u8: torch.Tensor, ext: Extractor, device: torch.device | str = "cpu",
-                     batch_size: int = FEATURE_BATCH, verbose: bool = False) -> dict[str, torch.Tensor]:
-    """torch-fidelity's features (``get_featuresdict_from_dataset``) of uint8 (N, 3, H, W) images."""
+                     batch_size: int = FEATURE_BATCH, verbose: bool = False,
+                     sharded: bool = False) -> dict[str, torch.Tensor]:
+    """torch-fidelity's features (``get_featuresdict_from_dataset``) of uint8 (N, 3, H, W) images.
+    ``sharded`` (under torchrun): this rank extracts its contiguous share of the batches, and the
+    features of all batches are gathered in order (the same batches as in one process)."""
     from torch_fidelity.utils import get_featuresdict_from_dataset
 
     device = torch.device(device)
     fe = feature_extractor(ext, device)
+    bs = int(batch_size)
+    mine = distributed.shard(-(-len(u8) // bs)) if sharded else range(-(-len(u8) // bs))
+    part = u8[mine.start * bs:mine.stop * bs]
     with _on(device):
-        return get_featuresdict_from_dataset(_Images(u8), fe, int(batch_size), device.type == "cuda",
-                                             True, verbose)
+        feats = get_featuresdict_from_dataset(_Images(part if len(part) else u8[:1]), fe, bs,
+                                              device.type == "cuda", True, verbose)
+    if not len(part):  # a rank without a batch: no features (shapes kept for the gather)
+        feats = {k: v[:0] for k, v in feats.items()}
+    return {k: distributed.gather(v) for k, v in feats.items()} if sharded else feats
 
 
 def images_sha256(u8: torch.Tensor) -> str:
@@ -388,28 +398,51 @@ def _slug(s: str) -> str:
 
 def reference_statistics(x: torch.Tensor, ext: Extractor, name: str, split: str = "train",
                          device: torch.device | str = "cpu", batch_size: int = FEATURE_BATCH,
-                         cache: bool = True, verbose: bool = False) -> tuple[dict, dict]:
+                         cache: bool = True, verbose: bool = False, sharded: bool = False) -> tuple[dict, dict]:
     """FID statistics {mu, sigma} (torch-fidelity's ``fid_features_to_statistics``) of the
     reference images x ([0, 1] floats), from the disk cache when it holds them; -> (stats, info)
-    with info['cache'] in 'hit', 'miss' (computed and written) or 'off'."""
+    with info['cache'] in 'hit', 'miss' (computed and written) or 'off'.  ``sharded`` (torchrun):
+    rank 0 reads the cache and shares what it found; on a miss every rank extracts its share of
+    the features and rank 0 writes the cache."""
+    if sharded:
+        hit = distributed.broadcast(_cached_reference(x, ext, name, split, cache) if distributed.is_main() else None)
+        if hit is not None:
+            return hit
+        return _compute_reference(x, ext, name, split, device, batch_size, cache and distributed.is_main(),
+                                  verbose, sharded=True)
+    return _cached_reference(x, ext, name, split, cache) or \
+        _compute_reference(x, ext, name, split, device, batch_size, cache, verbose)
+
+
+def _reference_key(x: torch.Tensor, ext: Extractor, name: str, split: str) -> tuple[dict, Path]:
     from torch_fidelity import __version__ as tf_version
-    from torch_fidelity.metric_fid import fid_features_to_statistics
 
     u8 = to_uint8_rgb(x)
     key = {"dataset": name, "split": split, "n": len(u8), "images_sha256": images_sha256(u8),
            "extractor": ext.identity, "layer": ext.fid_layer, "torch_fidelity": tf_version, "pipeline": PIPELINE}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir() / "fid-ref" / f"{_slug(name)}-{split}-{_slug(ext.name)}-{digest}.npz"
-    info = {"cache": "off", "file": str(path), "key": key}
+    return key, cache_dir() / "fid-ref" / f"{_slug(name)}-{split}-{_slug(ext.name)}-{digest}.npz"
+
+
+def _cached_reference(x, ext, name, split, cache: bool) -> tuple[dict, dict] | None:
+    key, path = _reference_key(x, ext, name, split)
     if cache and path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
                 if json.loads(str(z["meta"])) == key:
-                    info["cache"] = "hit"
-                    return {"mu": z["mu"], "sigma": z["sigma"]}, info
+                    return {"mu": z["mu"], "sigma": z["sigma"]}, {"cache": "hit", "file": str(path), "key": key}
         except Exception:
             pass  # unreadable: recompute and overwrite
-    feats = extract_features(u8, ext, device, batch_size, verbose)[ext.fid_layer]
+    return None
+
+
+def _compute_reference(x, ext, name, split, device, batch_size, cache: bool, verbose: bool,
+                       sharded: bool = False) -> tuple[dict, dict]:
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    key, path = _reference_key(x, ext, name, split)
+    info = {"cache": "off", "file": str(path), "key": key}
+    feats = extract_features(to_uint8_rgb(x), ext, device, batch_size, verbose, sharded)[ext.fid_layer]
     stats = fid_features_to_statistics(feats)
     if cache:
         import io
@@ -426,20 +459,21 @@ def reference_statistics(x: torch.Tensor, ext: Extractor, name: str, split: str 
 
 def fid_is(x_gen: torch.Tensor, x_ref: torch.Tensor, ext: Extractor, ref_name: str, ref_split: str = "train",
            device: torch.device | str = "cpu", batch_size: int = FEATURE_BATCH, cache: bool = True,
-           verbose: bool = False) -> dict:
+           verbose: bool = False, sharded: bool = False) -> dict:
     """FID of x_gen against x_ref and, when the extractor has logits, the Inception Score of
     x_gen (torch-fidelity's ``isc_features_to_metric``, ``fid_statistics_to_metric``).  Images are
     [0, 1] floats (N, 1 or 3, H, W).  -> {'fid', 'is_mean', 'is_std' (None without logits),
-    'reference': info of ``reference_statistics``, 'seconds_reference', 'seconds_generated'}."""
+    'reference': info of ``reference_statistics``, 'seconds_reference', 'seconds_generated'}.
+    ``sharded`` (torchrun): the Inception features are extracted batch-sharded over the ranks."""
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_isc import isc_features_to_metric
 
     if len(x_gen) < 2:
         raise ValueError(f"FID needs at least 2 generated images, got {len(x_gen)}")
     t0 = time.perf_counter()
-    ref, info = reference_statistics(x_ref, ext, ref_name, ref_split, device, batch_size, cache, verbose)
+    ref, info = reference_statistics(x_ref, ext, ref_name, ref_split, device, batch_size, cache, verbose, sharded)
     t1 = time.perf_counter()
-    feats = extract_features(to_uint8_rgb(x_gen), ext, device, batch_size, verbose)
+    feats = extract_features(to_uint8_rgb(x_gen), ext, device, batch_size, verbose, sharded)
     gen = fid_features_to_statistics(feats[ext.fid_layer])
     fid = fid_statistics_to_metric(gen, ref, False)["frechet_inception_distance"]
     out = {"fid": float(fid), "is_mean": None, "is_std": None, "reference": info,
@@ -455,7 +489,7 @@ def fid_is(x_gen: torch.Tensor, x_ref: torch.Tensor, ext: Extractor, ref_name: s
 
 
 @register("is_fid", "generative", metrics=("is_mean", "is_std", "fid"),
-          settings=(*GEN_SETTINGS, "inception_weights", "fid_extractor"))
+          settings=(*GEN_SETTINGS, "inception_weights", "fid_extractor"), sharded=True)
 def generative_group(ctx: Context) -> dict[str, Result]:
     """IS and FID of the run's generated images against the training split (Sec. 4.2)."""
     from bench import progress
@@ -486,7 +520,7 @@ def generative_group(ctx: Context) -> dict[str, Result]:
                                   n=n_ok, **details) for m in names}
     bs = min(int(s.get("batch_size") or FEATURE_BATCH), FEATURE_BATCH)
     r = fid_is(gx[finite], ctx.data.train.x, ext, ctx.data.name, "train", ctx.device, bs,
-               verbose=progress.interactive() and ctx.progress is not None)
+               verbose=progress.interactive() and ctx.progress is not None, sharded=ctx.sharded)
     details.update(reference_cache=r["reference"]["cache"], reference_cache_file=r["reference"]["file"],
                    seconds_reference=round(r["seconds_reference"], 3),
                    seconds_generated_features=round(r["seconds_generated"], 3))

@@ -21,7 +21,11 @@ that is misclassified clean, so robust accuracy never exceeds clean accuracy on 
 a violation raises ``RobustnessCheckError`` (a non-deterministic model or a broken attack gives
 no number).
 
-AutoAttack resumes: pyautoattack records its progress (per-point robust flags, finished attacks)
+AutoAttack runs in blocks of ``batch_size`` consecutive points, one pyautoattack call per block
+(so that its per-batch reseeding, and the numbers, do not depend on how blocks are spread over
+torchrun ranks; up to ``batch_size`` points it is one call, exactly pyautoattack's evaluation).
+
+AutoAttack resumes, block by block: pyautoattack records its progress (per-point robust flags, finished attacks)
 in ``state_path``.  We key that file by the model's sha256 (or a digest of its weights), the
 threat model, the seed, the points and the batch size
 (``OUT/cache/autoattack-state/state-<key>[.L<level>].json``), so a resumed run never mixes two
@@ -29,8 +33,9 @@ settings.  pyautoattack 0.2.0 cannot restore its own state file (it writes the a
 Python repr string that never compares equal on reading, and its restore path leaves ``y_adv``
 unbound), so a resumed run reads the recorded flags itself and runs the attacks not yet recorded
 as finished, through pyautoattack, on the points still robust, under a fresh state file of the
-next level.  The state files are removed once the evaluation completes (the runner caches the
-result).
+next level.  A finished block's state is kept until every block is done, so an interrupted run
+repeats no finished block; the state files are removed once the evaluation completes (the runner
+caches the result).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from pathlib import Path
 
 import torch
 
+from bench import distributed
 from bench.attacks import check_in_ball, pgd_restarts
 from bench.energy import EnergyModel
 from bench.metrics import Context, Result, register
@@ -214,13 +220,14 @@ class AutoAttackOutcome:
 def run_autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
                    version: str = "standard", seed: int | None = 0, batch_size: int = 250,
                    device: torch.device | str | None = None, state_path: str | Path | None = None,
-                   attacks: list[str] | None = None) -> AutoAttackOutcome:
+                   attacks: list[str] | None = None, keep_state: bool = False) -> AutoAttackOutcome:
     """``pyautoattack.AutoAttack(model, norm=, eps=, version=, seed=, device=)
     .run_standard_evaluation(x, y, batch_size=, state_path=)``, with its warnings captured, the
     global RNG left as it was, and resumption from ``state_path`` made to work (module docstring).
 
     Without a state left by an interrupted run the adversarial examples and labels are exactly
     pyautoattack's.  ``state_path`` names level 0; later levels add ``.L<k>`` before the suffix.
+    The state files are removed at the end unless ``keep_state`` (the caller removes them).
     """
     from pyautoattack import AutoAttack
 
@@ -259,9 +266,15 @@ def run_autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
                                                     state_path=_level_path(state_path, used))
                 x_adv[idx], y_adv[idx] = xs, ys
                 robust[idx] = ys == y[idx]
-    for p in _existing_levels(state_path):
-        p.unlink(missing_ok=True)  # finished: a later run starts afresh
+    if not keep_state:
+        remove_state(state_path)
     return AutoAttackOutcome(x_adv, y_adv, robust, order, _summarise(messages), resumed, notes)
+
+
+def remove_state(state_path) -> None:
+    """Remove every level of a finished evaluation's state: a later run starts afresh."""
+    for p in _existing_levels(state_path):
+        p.unlink(missing_ok=True)
 
 
 def _level_path(state_path: str | Path | None, level: int) -> Path | None:
@@ -387,48 +400,90 @@ def autoattack_key(model_id: str, x: torch.Tensor, y: torch.Tensor, *, eps: floa
 def evaluate_autoattack(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
                         version: str = "standard", seed: int | None = 0, batch_size: int = 250,
                         device: torch.device | str | None = None, state_dir: str | Path | None = None,
-                        model_id: str | None = None, attacks: list[str] | None = None) -> Result:
+                        model_id: str | None = None, attacks: list[str] | None = None,
+                        sharded: bool = False, progress=None) -> Result:
     """Robust accuracy under AutoAttack, checked: the fraction of points whose adversarial example
     the model still classifies correctly (recomputed here, batched), every example inside the
-    ``norm`` ball and [0, 1], and no point robust that is wrong clean."""
+    ``norm`` ball and [0, 1], and no point robust that is wrong clean.
+
+    The points go to pyautoattack in blocks of ``batch_size`` consecutive points, one call (and one
+    resumable state file) per block: pyautoattack reseeds before every batch it attacks, so its
+    result depends on which points share a batch, and fixed blocks make that independent of how
+    the blocks are spread over torchrun ranks (``sharded``: this rank runs its share of the blocks
+    and the per-point results are gathered).  With at most ``batch_size`` points this is exactly one
+    pyautoattack call.  An interrupted run keeps the finished blocks' states until all are done."""
     device = torch.device(device) if device is not None else x.device
-    state_path = None
-    if state_dir is not None:
-        key = autoattack_key(model_id or model_digest(model), x, y, eps=eps, norm=norm, version=version,
-                             seed=seed, batch_size=batch_size, attacks=attacks)
-        Path(state_dir).mkdir(parents=True, exist_ok=True)
-        state_path = Path(state_dir) / f"state-{key}.json"
-    out = run_autoattack(model, x, y, eps=eps, norm=norm, version=version, seed=seed, batch_size=batch_size,
-                         device=device, state_path=state_path, attacks=attacks)
-    xd, yd = x.to(device), y.to(device)
-    dist = check_in_norm_ball(xd, out.x_adv, eps, norm)
-    clean = predict(model, xd, batch_size) == yd
-    robust = predict(model, out.x_adv, batch_size) == yd
-    if out.resumed:
-        robust &= out.robust  # examples fooled before an interruption are gone; they stay fooled
+    n_blocks = -(-len(y) // batch_size)
+    mine = distributed.shard(n_blocks) if sharded else range(n_blocks)
+    blocks, states = [], []
+    for b in (progress(mine, desc="autoattack", total=len(mine)) if progress else mine):
+        xb, yb = x[b * batch_size:(b + 1) * batch_size], y[b * batch_size:(b + 1) * batch_size]
+        state_path = None
+        if state_dir is not None:
+            key = autoattack_key(model_id or model_digest(model), xb, yb, eps=eps, norm=norm, version=version,
+                                 seed=seed, batch_size=batch_size, attacks=attacks)
+            Path(state_dir).mkdir(parents=True, exist_ok=True)
+            state_path = Path(state_dir) / f"state-{key}.json"
+            states.append(state_path)
+        blocks.append(_autoattack_block(model, xb, yb, eps=eps, norm=norm, version=version, seed=seed,
+                                        batch_size=batch_size, device=device, state_path=state_path,
+                                        attacks=attacks))
+    for p in states:
+        remove_state(p)
+    flags = {k: torch.cat([bl[k] for bl in blocks]) if blocks else torch.zeros(0, dtype=torch.bool)
+             for k in ("clean", "robust", "pyautoattack")}
+    infos = [bl["info"] for bl in blocks]
+    if sharded:
+        flags = {k: distributed.gather(v) for k, v in flags.items()}
+        infos = [i for part in distributed.gather_objects(infos) for i in part]
+    clean, robust = flags["clean"], flags["robust"]
     check_robust_le_clean(clean, robust, "autoattack")
     p, se, n = proportion(robust)
+    attacks_run = infos[0]["attacks"] if infos else list(attacks or [])
     details = {
-        "threat_model": {"norm": norm, "eps": float(eps), "version": version, "attacks": out.attacks,
+        "threat_model": {"norm": norm, "eps": float(eps), "version": version, "attacks": attacks_run,
                          "seed": seed, "batch_size": int(batch_size)},
         "n": n, "clean_correct": int(clean.sum()), "robust_correct": int(robust.sum()),
         "clean_accuracy": clean.double().mean().item(),
-        "pyautoattack_robust_accuracy": out.robust.double().mean().item(),
-        "recomputed_disagreements": int((robust != out.robust).sum()),
-        f"max_{norm.lower()}": dist, "warnings": out.warnings, "std": STD_NOTE,
+        "pyautoattack_robust_accuracy": flags["pyautoattack"].double().mean().item(),
+        "recomputed_disagreements": int((robust != flags["pyautoattack"]).sum()),
+        f"max_{norm.lower()}": max((i["dist"] for i in infos), default=0.0),
+        "warnings": _summarise([w for i in infos for w in i["warnings"]]), "std": STD_NOTE,
         "implementation": "pyautoattack (reference AutoAttack)",
     }
-    if out.notes:
-        details["notes"] = out.notes
-    if out.resumed:
-        details["resumed"] = out.resumed
-    if state_path is not None:
-        details["state_key"] = state_path.stem
+    if n_blocks > 1:
+        details["blocks"] = f"{n_blocks} pyautoattack calls of up to {batch_size} points"
+    notes = sorted({m for i in infos for m in i["notes"]})
+    if notes:
+        details["notes"] = notes
+    resumed = [dict(i["resumed"], state_key=i["state_key"]) for i in infos if i["resumed"]]
+    if resumed:
+        details["resumed"] = resumed
+    keys = [i["state_key"] for i in infos if i["state_key"]]
+    if keys:
+        details["state_key"] = keys[0] if n_blocks == 1 else keys
     return Result(p, se, n, details=details)
 
 
+def _autoattack_block(model, x, y, *, state_path, device, **kw) -> dict:
+    """One pyautoattack call on one block: per-point clean, robust (recomputed) and pyautoattack
+    flags, and what the summary needs (picklable, to gather across ranks)."""
+    out = run_autoattack(model, x, y, device=device, state_path=state_path, keep_state=True, **kw)
+    xd, yd = x.to(device), y.to(device)
+    bs = kw["batch_size"]
+    dist = check_in_norm_ball(xd, out.x_adv, kw["eps"], kw["norm"])
+    clean = predict(model, xd, bs) == yd
+    robust = predict(model, out.x_adv, bs) == yd
+    if out.resumed:
+        robust &= out.robust  # examples fooled before an interruption are gone; they stay fooled
+    check_robust_le_clean(clean, robust, "autoattack")
+    info = {"attacks": out.attacks, "dist": dist, "warnings": out.warnings, "notes": out.notes,
+            "resumed": out.resumed, "state_key": state_path.stem if state_path is not None else None}
+    return {"clean": clean.cpu(), "robust": robust.cpu(), "pyautoattack": out.robust.cpu(), "info": info}
+
+
 @register("autoattack", "robust", metrics=("autoattack",),
-          settings=("n_eval", "n_aa", "norm", "eps", "aa_version", "seed", "batch_size"))
+          settings=("n_eval", "n_aa", "norm", "eps", "aa_version", "seed", "batch_size"), sharded=True)
 def autoattack_group(ctx: Context) -> dict[str, Result]:
     s = ctx.settings
     norm, version = s.get("norm", "Linf"), s.get("aa_version", "standard")
@@ -442,5 +497,6 @@ def autoattack_group(ctx: Context) -> dict[str, Result]:
                               seed=s.get("seed", 0),
                               batch_size=int(s["batch_size"]), device=ctx.device,
                               state_dir=ctx.out / "cache" / "autoattack-state",
-                              model_id=s.get("model_sha256"))
+                              model_id=s.get("model_sha256"), sharded=ctx.sharded,
+                              progress=lambda it, desc, total: ctx.iterate(it, desc, total))
     return {"autoattack": res}
