@@ -101,12 +101,15 @@ def run(model, suite, out, dataset, data_root, download, arch, device, resume, *
 @click.option("--data-root", default=None, help="directory holding CIFAR data")
 @click.option("--download", is_flag=True, help="download CIFAR if missing (needs network)")
 def train(recipe, out, epochs, device, seed, resume, data_root, download):
-    """Train a model from a recipe (normal, noise, at, prejeat, jeat, jem)."""
+    """Train a model from a recipe (normal, noise, at, prejeat, jeat, jem).  Under torchrun
+    (``torchrun --nproc_per_node=N -m bench train ...``) it trains data-parallel on N processes."""
     from bench import runner
     from bench import train as training
 
     summary = training.train(recipe, out, epochs=epochs, device=str(runner.resolve_device(device)),
                              seed=seed, resume=resume, data_root=data_root, download=download)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
+        return
     click.echo(" ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list)))
 
 

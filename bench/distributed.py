@@ -87,3 +87,29 @@ def broadcast(obj, src: int = 0):
 def barrier() -> None:
     if active():
         dist.barrier()
+
+
+def on_main(fn):
+    """``fn()`` on rank 0 only (a check that touches files); its result, or the BenchError it
+    raised, reaches every rank, so all ranks go on or stop together."""
+    from bench.errors import BenchError
+
+    if not active():
+        return fn()
+    result = error = None
+    if is_main():
+        try:
+            result = fn()
+        except BenchError as e:
+            error = str(e)
+    result, error = broadcast((result, error))
+    if error is not None:
+        raise BenchError(error)
+    return result
+
+
+def abandon() -> None:
+    """Leave the process group on an error path: no barrier (the other ranks may be inside a
+    collective that never completes); their next collective then fails instead of hanging."""
+    if active():
+        dist.destroy_process_group()

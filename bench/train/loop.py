@@ -7,6 +7,11 @@ After every epoch the checkpoint (``OUT``, safetensors with metadata) and a resu
 ``weights_only=True``) are written atomically, so ``--resume`` after a kill continues with the
 same random streams and reaches the same weights as an uninterrupted run.  The resume file is
 removed once training finishes.
+
+Under torchrun (``torchrun --nproc_per_node=N -m bench train ...``) the same loop trains
+data-parallel: each rank takes its share of every global batch and the gradients are summed over
+ranks (``bench.train.parallel``: batches, random streams, the shared replay buffer, batch norm).
+Only rank 0 evaluates, writes files and prints; a resume must use the same number of processes.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ from pathlib import Path
 
 import torch
 
-from bench import checkpoints, nets, progress
+from bench import checkpoints, distributed, nets, progress
 from bench.attacks import pgd
 from bench.data import load as load_data
 from bench.energy import EnergyModel
 from bench.errors import BenchError
 from bench.sampling import ReplayBuffer
+from bench.train import parallel
 from bench.train.methods import METHODS, TrainState
 from bench.train.monitor import energy_changes
 from bench.train.recipe import Recipe, load_recipe
@@ -94,11 +100,13 @@ def _check_out(out: Path) -> None:
         raise BenchError(f"cannot write to {parent}: {e.strerror}") from None
 
 
-def _save_resume(path: Path, model, opt, g_data, g_train, buffer, epoch, history, seconds, r: Recipe) -> None:
+def _save_resume(path: Path, model, opt, g_data, g_train, buffer, epoch, history, seconds, r: Recipe,
+                 extra: dict) -> None:
+    """``extra``: what a torchrun run adds (``parallel.generator_states``); empty in one process."""
     state = {"format": RESUME_FORMAT, "model": model.net.state_dict(), "optimizer": opt.state_dict(),
              "g_data": g_data.get_state(), "g_train": g_train.get_state(),
              "buffer": buffer.data if buffer is not None else None, "epoch": epoch,
-             "history": json.dumps(history), "seconds": seconds, "recipe": json.dumps(_identity(r))}
+             "history": json.dumps(history), "seconds": seconds, "recipe": json.dumps(_identity(r)), **extra}
     bio = io.BytesIO()
     torch.save(state, bio)
     checkpoints.atomic_write_bytes(path, bio.getvalue())
@@ -122,6 +130,7 @@ def _load_resume(path: Path, r: Recipe) -> dict:
         raise BenchError(f"{path}: not a bench resume state")
     if json.loads(state["recipe"]) != _identity(r):
         raise BenchError(f"{path}: was written by another recipe or seed; refusing to mix two runs")
+    parallel.check_processes(state, path)
     return state
 
 
@@ -129,7 +138,20 @@ def train(recipe: str | Path | Recipe, out: str | Path, epochs: int | None = Non
           seed: int | None = None, resume: bool = False, data_root=None, download: bool = False,
           show_progress: bool = True, on_epoch=None) -> dict:
     """Train ``recipe`` into the checkpoint ``out``; returns a summary (accuracies, seconds, sha256).
-    ``on_epoch(entry)`` is called after each epoch's checkpoint and resume state are on disk."""
+    ``on_epoch(entry)`` is called after each epoch's checkpoint and resume state are on disk.
+    Under torchrun every rank trains its share, calls ``on_epoch`` and returns rank 0's summary;
+    the process group is left at the end, and on an error without waiting for the other ranks."""
+    dev = distributed.init(torch.device(device))
+    try:
+        summary = _train(recipe, out, epochs, dev, seed, resume, data_root, download, show_progress, on_epoch)
+    except BaseException:
+        distributed.abandon()
+        raise
+    distributed.close()
+    return summary
+
+
+def _train(recipe, out, epochs, dev, seed, resume, data_root, download, show_progress, on_epoch) -> dict:
     r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     if epochs is not None:
         if epochs <= 0:
@@ -138,20 +160,28 @@ def train(recipe: str | Path | Recipe, out: str | Path, epochs: int | None = Non
     if seed is not None:
         r.seed = int(seed)
     out = Path(out)
-    _check_out(out)
-    dev = torch.device(device)
-    data = load_data(r.dataset, data_root, download)
+    distributed.on_main(lambda: _check_out(out))
+    ddp, main, rank = distributed.active(), distributed.is_main(), distributed.rank()
+    show_progress = show_progress and main
+    if download and ddp:  # one rank downloads, the others then read its files
+        distributed.on_main(lambda: _download(r, data_root))
+    data = load_data(r.dataset, data_root, download and not ddp)
     method = METHODS[r.method]
 
     torch.manual_seed(r.seed)  # initial weights
     net = nets.build(r.arch, data.num_classes, data.input_shape[0], **r.arch_kwargs)
+    if ddp:
+        net = parallel.sync_batchnorm(net, dev)
+        torch.manual_seed(parallel.rank_seed(r.seed, rank))  # dropout masks (the global stream) per rank
     model = EnergyModel(net, r.mean, r.std, data.input_shape, data.num_classes).to(dev)
     make_opt = make_optimizer_factory(r)
     opt = make_opt(model.parameters())
     g_data = torch.Generator().manual_seed(r.seed)
-    g_train = torch.Generator(device=dev).manual_seed(r.seed + 1)
-    buffer = (ReplayBuffer(r.buffer_size, data.input_shape, r.reinit, dev, g_train) if method.sgld else None)
-    state = TrainState(model, r, g_train, buffer)
+    g_train = torch.Generator(device=dev).manual_seed(parallel.rank_seed(r.seed, rank))
+    shared = torch.Generator(device=dev).manual_seed(parallel.shared_seed(r.seed)) if ddp else None
+    buffer = (ReplayBuffer(r.buffer_size, data.input_shape, r.reinit, dev, shared or g_train)
+              if method.sgld else None)
+    state = TrainState(model, r, g_train, buffer, shared=shared)
     start, history, seconds = 0, [], 0.0
     rpath = resume_path(out)
     if resume:
@@ -159,7 +189,7 @@ def train(recipe: str | Path | Recipe, out: str | Path, epochs: int | None = Non
         model.net.load_state_dict(s["model"])
         opt.load_state_dict(s["optimizer"])
         g_data.set_state(s["g_data"])
-        g_train.set_state(s["g_train"])
+        parallel.restore_generators(s, g_train, shared)
         if buffer is not None:
             buffer.data = s["buffer"].to(dev)
         start, history, seconds = int(s["epoch"]), json.loads(s["history"]), float(s["seconds"])
@@ -180,39 +210,64 @@ def train(recipe: str | Path | Recipe, out: str | Path, epochs: int | None = Non
         it = progress.bar(batches, desc=f"{r.name} epoch {epoch + 1}/{r.epochs}") if show_progress else batches
         for b in it:
             idx = perm[b * r.batch_size:(b + 1) * r.batch_size]
-            x, y = xtr[idx].to(dev), ytr[idx].to(dev)
+            mine = parallel.share(idx)  # the whole batch in one process
+            x, y = xtr[mine].to(dev), ytr[mine].to(dev)
             for g in opt.param_groups:
                 g["lr"] = learning_rate(r, epoch, epoch * per_epoch + b)
             x_in = method.inputs(state, x, y)
             model.train()
             loss, f = method.loss(state, x_in, x, y)
-            if not torch.isfinite(loss):
-                raise BenchError(f"training diverged: loss {loss.item()} at epoch {epoch + 1}, batch {b + 1} "
-                                 f"(lower the learning rate in the recipe; the last good epoch is in {out})")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            value = parallel.backward(model, loss, len(y), len(idx)) if ddp else _backward(loss)
+            if not math.isfinite(value):
+                raise BenchError(f"training diverged: loss {value} at epoch {epoch + 1}, batch {b + 1} "
+                                 f"(lower the learning rate in the recipe; the last good epoch is in {out})")
             opt.step()
-            loss_sum += float(loss.detach()) * len(y)
+            loss_sum += float(loss.detach()) * len(y) if len(y) else 0.0  # an empty share's mean is NaN
             correct += int((f.detach().argmax(1) == y).sum())
             seen += len(y)
+        loss_sum, correct, seen, diverged = parallel.sum_over_ranks([loss_sum, correct, seen, state.diverged])
+        if ddp:
+            parallel.average_batchnorm_stats(model)
+            parallel.check_in_sync(model, epoch + 1)
         entry = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "loss": loss_sum / seen,
-                 "train_accuracy": correct / seen, "test_accuracy": accuracy(model, data.test.x, data.test.y)}
+                 "train_accuracy": correct / seen,
+                 "test_accuracy": accuracy(model, data.test.x, data.test.y) if main else None}
         if method.sgld:
-            entry["sgld_diverged"] = state.diverged
-        if method.adversarial:
+            entry["sgld_diverged"] = int(diverged)
+        if method.adversarial:  # on every rank: its optimiser step is a collective under SyncBatchNorm
             entry["energy_changes"] = energy_changes(state, method, make_opt, opt.state_dict(), xmon, ymon,
                                                      seed=r.seed * 1000 + epoch)
         seconds += time.perf_counter() - t0
         entry["seconds"] = seconds
+        entry = distributed.broadcast(entry)  # rank 0's numbers everywhere
         history.append(entry)
-        meta = _meta(r, data, epoch + 1, history, seconds)
-        checkpoints.save(out, model, meta, buffer.data if buffer is not None else None)
-        _save_resume(rpath, model, opt, g_data, g_train, buffer, epoch + 1, history, seconds, r)
-        if show_progress:
-            progress.say(_line(r, entry))
+        extra = parallel.generator_states(g_train, shared) if ddp else {}  # gathered from every rank
+        if main:
+            meta = _meta(r, data, epoch + 1, history, seconds)
+            checkpoints.save(out, model, meta, buffer.data if buffer is not None else None)
+            _save_resume(rpath, model, opt, g_data, g_train, buffer, epoch + 1, history, seconds, r, extra)
+            if show_progress:
+                progress.say(_line(r, entry))
+        distributed.barrier()  # the files are on disk before any rank's on_epoch
         if on_epoch is not None:
             on_epoch(entry)
 
+    summary = _finish(r, model, data, history, seconds, buffer, out, rpath) if main else None
+    return distributed.broadcast(summary)
+
+
+def _download(r: Recipe, data_root) -> None:
+    load_data(r.dataset, data_root, True)
+
+
+def _backward(loss: torch.Tensor) -> float:
+    loss.backward()
+    return float(loss.detach())
+
+
+def _finish(r: Recipe, model, data, history, seconds, buffer, out: Path, rpath: Path) -> dict:
+    """The final evaluation (recorded in the checkpoint), the last save and the summary (rank 0)."""
     n_final = r.final_eval_n or len(data.test)
     xt, yt = data.test.x[:n_final], data.test.y[:n_final]
     final = {"test_accuracy": accuracy(model, xt, yt), "n": len(yt)}
@@ -221,9 +276,12 @@ def train(recipe: str | Path | Recipe, out: str | Path, epochs: int | None = Non
     meta = _meta(r, data, r.epochs, history, seconds, final)
     sha = checkpoints.save(out, model, meta, buffer.data if buffer is not None else None)
     rpath.unlink(missing_ok=True)
-    return {"recipe": r.name, "method": r.method, "epochs": r.epochs, "seed": r.seed, "out": str(out),
-            "sha256": sha, "training_seconds": round(seconds, 2), "test_accuracy": final["test_accuracy"],
-            "test_pgd20": final["test_pgd20"]}
+    summary = {"recipe": r.name, "method": r.method, "epochs": r.epochs, "seed": r.seed, "out": str(out),
+               "sha256": sha, "training_seconds": round(seconds, 2), "test_accuracy": final["test_accuracy"],
+               "test_pgd20": final["test_pgd20"]}
+    if distributed.world() > 1:
+        summary["processes"] = distributed.world()
+    return summary
 
 
 def _meta(r: Recipe, data, epochs_done: int, history: list, seconds: float, final: dict | None = None) -> dict:
@@ -231,6 +289,8 @@ def _meta(r: Recipe, data, epochs_done: int, history: list, seconds: float, fina
             "dataset": data.name, "input_shape": list(data.input_shape), "method": r.method,
             "recipe": r.name, "recipe_config": r.to_dict(), "epochs": epochs_done, "seed": r.seed,
             "training_seconds": round(seconds, 3), "history": history, "final_metrics": final or {}}
+    if distributed.world() > 1:  # absent in one process: those checkpoints stay as they were
+        meta["processes"] = distributed.world()
     if METHODS[r.method].adversarial:
         meta["threat_model"] = {"norm": "Linf", "eps": r.eps, "attack": "energy" if r.method != "at" else "ce",
                                 "steps": r.attack_steps, "step_size": r.step_size}

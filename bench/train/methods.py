@@ -13,7 +13,9 @@ adversarial) and ``loss(state, x_in, x, y)`` returns (loss, logits of x_in).
 - ``jem``: JEM: CE(x) + E(x) - E(x~_K) with the same SGLD and buffer.
 
 All randomness comes from ``state.generator`` (on the model's device), so a resumed run that
-restores it continues exactly.
+restores it continues exactly.  Under torchrun (``state.shared`` set) ``state.generator`` is this
+rank's own stream and the replay buffer's draws come from ``state.shared``; see
+``bench.train.parallel``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from bench.attacks import pgd
 from bench.energy import EnergyModel
 from bench.sampling import ReplayBuffer, SGLDConfig, sgld
+from bench.train import parallel
 from bench.train.recipe import Recipe
 
 
@@ -37,6 +40,7 @@ class TrainState:
     generator: torch.Generator
     buffer: ReplayBuffer | None = None
     diverged: int = 0  # SGLD chains that turned non-finite (dropped from the loss, not buffered)
+    shared: torch.Generator | None = None  # torchrun: the buffer's generator, the same on every rank
 
     @property
     def sgld_config(self) -> SGLDConfig:
@@ -88,8 +92,13 @@ def cross_entropy(state: TrainState, x_in, x, y):
 
 def sgld_negatives(state: TrainState, n: int) -> torch.Tensor:
     """x~_K: K SGLD steps on E(x) from the replay buffer (reinit prob rho); finished chains go back
-    into the buffer.  Chains that turned non-finite are counted and dropped."""
-    x0, idx = state.buffer.sample(n, state.generator)
+    into the buffer.  Chains that turned non-finite are counted (on this rank) and dropped.
+    Under torchrun the starts are this rank's part of the global batch's and every rank's chains
+    go back, so the buffer stays the same on every rank."""
+    if state.shared is None:
+        x0, idx = state.buffer.sample(n, state.generator)
+    else:
+        x0, idx = parallel.buffer_starts(state.buffer, n, state.shared)
     was_training = state.model.training
     state.model.eval()
     try:
@@ -97,7 +106,10 @@ def sgld_negatives(state: TrainState, n: int) -> torch.Tensor:
     finally:
         state.model.train(was_training)
     state.diverged += int((~ok).sum())
-    state.buffer.push(xk[ok], idx[ok])
+    if state.shared is None:
+        state.buffer.push(xk[ok], idx[ok])
+    else:
+        parallel.buffer_push(state.buffer, xk[ok], idx[ok])
     return xk[ok]
 
 

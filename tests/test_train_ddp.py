@@ -1,0 +1,180 @@
+"""Data-parallel ``bench train`` on two gloo processes: the same training as one process, one
+replay buffer, bit-identical weights on every rank, exact resume, and a refused resume across
+process counts.
+
+Two launchers: ``torch.multiprocessing.spawn`` calls ``train`` in each process (so a test can kill
+a run after an epoch and look at what every rank holds), and ``torchrun`` runs the command line.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from bench import checkpoints
+from bench.cli import main
+from bench.train import load_recipe, parallel, train
+from bench.train.loop import resume_path
+
+from .test_train import Killed, kill_after, small
+
+ENV = {**os.environ, "CI": "true", "OMP_NUM_THREADS": "1"}
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "bench"]
+
+
+class KillAfter:
+    """``kill_after`` that pickles (spawned ranks get it as an argument)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def __call__(self, entry: dict) -> None:
+        if entry["epoch"] == self.epoch:
+            raise Killed
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank, world, port, recipe, out, held, kwargs):
+    """One spawned rank: joins the group through torchrun's variables and trains; it saves the
+    state dict it holds after every epoch (spying on the loop's own sync check) to ``held``."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), CI="true")
+    torch.set_num_threads(1)
+    check = parallel.check_in_sync
+
+    def spy(model, epoch):
+        torch.save(model.state_dict(), held / f"epoch{epoch}-rank{rank}.pt")
+        check(model, epoch)
+
+    parallel.check_in_sync = spy
+    try:
+        train(recipe, out, show_progress=False, **kwargs)
+    except Killed:
+        pass
+
+
+def spawn_train(recipe, out: Path, held: Path, **kwargs) -> None:
+    held.mkdir(exist_ok=True)
+    mp.spawn(_rank, args=(2, _free_port(), recipe, out, held, kwargs), nprocs=2, join=True)
+
+
+def assert_ranks_identical(held: Path, epoch: int) -> None:
+    a, b = (torch.load(held / f"epoch{epoch}-rank{r}.pt") for r in (0, 1))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def weights(path: Path) -> dict:
+    return checkpoints.load(str(path)).model.state_dict()
+
+
+def test_two_processes_train_like_one(tmp_path):
+    """``normal`` has no randomness but the shuffle, so two processes must reach one process's weights
+    up to the summation order of the gradient all-reduce.  181 points in batches of 45: shares of
+    22 and 23 (the loss weighting matters), and a last batch of 1 (rank 0's share is empty)."""
+    r = small("normal", epochs=2, batch_size=45, train_n=181)
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    train(r, one, show_progress=False)
+    spawn_train(r, two, tmp_path / "held")
+    for epoch in (1, 2):
+        assert_ranks_identical(tmp_path / "held", epoch)
+    a, b = weights(one), weights(two)
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    print(f"max |w_1proc - w_2proc| = {diff:.3g}")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    ma, mb = checkpoints.load(str(one)).meta, checkpoints.load(str(two)).meta
+    assert "processes" not in ma and mb["processes"] == 2
+    for ea, eb in zip(ma["history"], mb["history"], strict=True):
+        assert eb["loss"] == pytest.approx(ea["loss"], rel=1e-5)
+        assert (eb["train_accuracy"], eb["test_accuracy"]) == (ea["train_accuracy"], ea["test_accuracy"])
+    assert not resume_path(two).exists()
+
+
+def test_two_process_resume_continues_exactly(tmp_path):
+    """jeat (attack, SGLD, replay buffer) under two processes: killed after epoch 1 and resumed, it
+    reaches the uninterrupted run's weights and buffer bit for bit (every rank's random stream and
+    the shared buffer stream are in the resume file); both ranks hold the same weights throughout,
+    batch-norm running statistics included (per rank on CPU, averaged after every epoch)."""
+    r = small("jeat", epochs=2, batch_size=64, train_n=200, arch_kwargs={"width": 4, "norm": "batch"})
+    full, part = tmp_path / "full.safetensors", tmp_path / "part.safetensors"
+    spawn_train(r, full, tmp_path / "full")
+    spawn_train(r, part, tmp_path / "part", on_epoch=KillAfter(1))
+    state = torch.load(resume_path(part), weights_only=True)
+    assert state["processes"] == 2 and state["g_train_ranks"].shape[0] == 2
+    spawn_train(r, part, tmp_path / "part", resume=True)
+    for epoch in (1, 2):
+        assert_ranks_identical(tmp_path / "full", epoch)
+    assert_ranks_identical(tmp_path / "part", 2)
+    a, b = checkpoints.load(str(full)), checkpoints.load(str(part))
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
+    assert torch.equal(a.replay_buffer, b.replay_buffer)
+    assert a.meta["history"][1]["loss"] == b.meta["history"][1]["loss"]
+    assert a.meta["final_metrics"] == b.meta["final_metrics"]
+
+
+TINY_JEAT = """method = "jeat"
+arch_kwargs = {width = 4}
+epochs = 2
+optimizer = "adam"
+lr = 1e-3
+batch_size = 64
+eps = 0.1
+sgld_steps = 3
+buffer_size = 64
+train_n = 200
+final_eval_n = 40
+monitor_size = 16
+"""
+
+
+def test_jeat_trains_under_torchrun(tmp_path):
+    recipe = tmp_path / "tiny-jeat.toml"
+    recipe.write_text(TINY_JEAT)
+    out = tmp_path / "m.safetensors"
+    p = subprocess.run([*TORCHRUN, "train", "--recipe", str(recipe), "--out", str(out), "--device", "cpu"],
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.count("sha256=") == 1 and "processes=2" in p.stdout  # rank 0 reports, once
+    assert p.stderr.count("tiny-jeat epoch 2/2") == 1
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.safetensors", "tiny-jeat.toml"]
+    loaded = checkpoints.load(str(out))
+    meta = loaded.meta
+    assert meta["processes"] == 2 and meta["method"] == "jeat" and meta["epochs"] == 2
+    assert loaded.replay_buffer is not None and loaded.replay_buffer.shape == (64, 1, 8, 8)
+    assert torch.isfinite(loaded.replay_buffer).all()
+    for e in meta["history"]:
+        assert all(torch.isfinite(torch.tensor(e[k])) for k in ("loss", "train_accuracy", "test_accuracy"))
+        assert e["sgld_diverged"] == 0 and set(e["energy_changes"]) >= {"dx_joint", "dtheta_joint"}
+
+
+def test_resume_with_another_number_of_processes_is_refused(tmp_path, capsys):
+    recipe = tmp_path / "tiny-normal.toml"
+    recipe.write_text('method = "normal"\narch_kwargs = {width = 4}\nepochs = 2\ntrain_n = 100\nfinal_eval_n = 20\n')
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(Killed):
+        train(load_recipe(recipe), out, show_progress=False, on_epoch=kill_after(1))
+    args = ["train", "--recipe", str(recipe), "--out", str(out), "--device", "cpu", "--resume"]
+    p = subprocess.run([*TORCHRUN, *args], env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "exitcode  : 2" in p.stderr  # each rank exits 2; torchrun itself 1
+    assert "error: --resume: " in p.stderr and "written by 1 process(es), this run has 2; resume in one " \
+        "process (no torchrun)" in p.stderr
+    state = torch.load(resume_path(out), weights_only=True)  # the same file, as if two processes wrote it
+    torch.save({**state, "processes": 2}, resume_path(out))
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "written by 2 process(es), this run has 1; resume with torchrun " \
+        "--nproc_per_node=2" in err
