@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from bench import checkpoints, distributed
 from tests.conftest import tiny_model
@@ -29,8 +30,8 @@ def test_single_process_helpers_are_identities():
 
 def _run(cmd, out, tmp_path, data):
     env = {**os.environ, "CI": "true", "OMP_NUM_THREADS": "1", "JEAT_BENCH_CACHE": str(tmp_path / "cache")}
-    args = ["--suite", "all", "--dataset", f"npz:{data}", "--n-aa", "40", "--n-gen", "20", "--gen-steps", "5",
-            "--probes", "4", "--batch-size", "16", "--out", str(out)]
+    args = ["--suite", "all", "--dataset", f"npz:{data}", "--n-aa", "12", "--n-gen", "10", "--gen-steps", "5",
+            "--probes", "4", "--batch-size", "8", "--out", str(out)]
     p = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     return json.loads((out / "results.json").read_text())
@@ -43,8 +44,9 @@ def test_two_gloo_processes_equal_one_on_every_suite(tmp_path, digits):
     model = tmp_path / "m.safetensors"
     checkpoints.save(model, tiny_model(), META)
     data = tmp_path / "small.npz"  # a small reference set keeps the Inception features cheap
-    np.savez(data, x_train=digits.train.x[:40, 0].numpy(), y_train=digits.train.y[:40].numpy(),
-             x_test=digits.test.x[:60, 0].numpy(), y_test=digits.test.y[:60].numpy())
+    two_per_class = torch.cat([(digits.train.y == c).nonzero()[:2, 0] for c in range(10)])  # for the Gaussian init
+    np.savez(data, x_train=digits.train.x[two_per_class, 0].numpy(), y_train=digits.train.y[two_per_class].numpy(),
+             x_test=digits.test.x[:40, 0].numpy(), y_test=digits.test.y[:40].numpy())
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 "-m", "bench", "run", "--model", str(model)]
     two = _run(torchrun, tmp_path / "two", tmp_path, data)  # computes the FID reference, sharded
@@ -57,9 +59,9 @@ def test_two_gloo_processes_equal_one_on_every_suite(tmp_path, digits):
     for name, a in one["metrics"].items():
         b = two["metrics"][name]
         assert (a["value"], a["std"], a["n"]) == (b["value"], b["std"], b["n"]), name
-    # the work was really split: 60 points in batches of 16 (4 batches, 2 per rank), 40 AutoAttack
-    # points in 3 blocks
-    assert one["metrics"]["autoattack"]["details"]["blocks"] == "3 pyautoattack calls of up to 16 points"
+    # the work was really split: 40 points in batches of 8 (5 batches: 2 and 3 per rank), 12
+    # AutoAttack points in 2 blocks, 20 reference and 10 generated images in 3 and 2 feature batches
+    assert one["metrics"]["autoattack"]["details"]["blocks"] == "2 pyautoattack calls of up to 8 points"
     sa, sb = np.load(tmp_path / "one/samples/samples.npz"), np.load(tmp_path / "two/samples/samples.npz")
     assert np.array_equal(sa["x"], sb["x"], equal_nan=True) and np.array_equal(sa["y"], sb["y"])
     assert not list(tmp_path.glob("two/**/*rank1*"))  # rank 1 wrote nothing under --out
