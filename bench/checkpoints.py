@@ -61,14 +61,19 @@ def sha256(path: str | Path) -> str:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write, fsync, rename: a kill never leaves a half-written file under ``path``."""
+    """Write, fsync, rename: a kill never leaves a half-written file under ``path``, and a failed
+    write or rename leaves no temporary file behind."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save(path: str | Path, model: EnergyModel, meta: dict, replay_buffer: torch.Tensor | None = None) -> str:

@@ -284,6 +284,7 @@ def test_results_and_caches_written_atomically(tmp_path, ckpt, use_groups, monke
     (_, synced), (_, src, dst) = events[-2:]
     assert synced == src and Path(src).parent == Path(dst).parent and Path(src).name != Path(dst).name
     assert target in (Path(dst).name, Path(dst).parent.name)
+    assert not Path(src).exists()  # the failed write left no temporary file behind
     monkeypatch.setattr(os, "replace", real_replace)
     assert main(args) == 0 and _metrics(out / "results.json") == _metrics(before[out / "results.json"])
 
