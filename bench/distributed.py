@@ -61,6 +61,13 @@ def shard(n: int, r: int | None = None, w: int | None = None) -> range:
     return range(n * r // w, n * (r + 1) // w)
 
 
+def batch_share(n: int, batch_size: int, sharded: bool = True) -> range:
+    """Indices of the batches of ``batch_size`` of n items that this process computes: all of
+    them, or (``sharded``) this rank's contiguous share of them."""
+    n_batches = -(-n // batch_size)
+    return shard(n_batches) if sharded else range(n_batches)
+
+
 def gather(t: torch.Tensor) -> torch.Tensor:
     """Concatenate each rank's tensor (first dimension may differ) in rank order, on every rank."""
     return torch.cat(gather_objects(t.detach().cpu())).to(t.device) if active() else t

@@ -101,8 +101,7 @@ class Context:
     def my_batches(self, n: int) -> range:
         """Indices of the batches (of ``settings['batch_size']``) of n points that this process
         computes: all of them, or in a sharded group under torchrun this rank's contiguous share."""
-        n_batches = -(-n // self.settings["batch_size"])
-        return distributed.shard(n_batches) if self.sharded else range(n_batches)
+        return distributed.batch_share(n, self.settings["batch_size"], self.sharded)
 
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         """Per-point results of this rank's batches -> those of all batches, in order (identity in

@@ -658,7 +658,7 @@ def fisher_scores(model: EnergyModel, x: torch.Tensor, y: torch.Tensor | None, p
         gdev = generator.device if generator is not None else device
         probe_all = rademacher((n, probes, *x.shape[1:]), generator, gdev)
     parts = {k: {} for k in kinds}
-    starts = [b * batch_size for b in (range(-(-n // batch_size)) if batches is None else batches)]
+    starts = [b * batch_size for b in (distributed.batch_share(n, batch_size, False) if batches is None else batches)]
     for i in (progress(starts, desc="fisher", total=len(starts)) if progress else starts):
         xb = x[i:i + batch_size].to(device)
         yb = y[i:i + batch_size].to(device) if y is not None else None

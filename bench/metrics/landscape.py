@@ -40,7 +40,7 @@ import math
 
 import torch
 
-from bench import fastpath
+from bench import distributed, fastpath
 from bench.energy import EnergyModel
 from bench.metrics import Context, Result, mean_se, register
 
@@ -74,7 +74,7 @@ def energy_grid(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, directions
     x, y, directions = x.to(device), y.to(device), directions.to(device)
     c = coords.to(device=device, dtype=x.dtype)
     total = n * r * r
-    mine = range(-(-total // batch_size)) if batches is None else batches
+    mine = distributed.batch_share(total, batch_size, False) if batches is None else batches
     out = [torch.empty(0, dtype=x.dtype)]
     for k in (progress(mine, desc="landscape", total=len(mine)) if progress else mine):
         flat = torch.arange(k * batch_size, min(total, (k + 1) * batch_size), device=device)

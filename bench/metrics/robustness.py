@@ -413,8 +413,8 @@ def evaluate_autoattack(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, *,
     and the per-point results are gathered).  With at most ``batch_size`` points this is exactly one
     pyautoattack call.  An interrupted run keeps the finished blocks' states until all are done."""
     device = torch.device(device) if device is not None else x.device
+    mine = distributed.batch_share(len(y), batch_size, sharded)
     n_blocks = -(-len(y) // batch_size)
-    mine = distributed.shard(n_blocks) if sharded else range(n_blocks)
     blocks, states = [], []
     for b in (progress(mine, desc="autoattack", total=len(mine)) if progress else mine):
         xb, yb = x[b * batch_size:(b + 1) * batch_size], y[b * batch_size:(b + 1) * batch_size]
