@@ -376,7 +376,7 @@ def extract_features(u8: torch.Tensor, ext: Extractor, device: torch.device | st
     device = torch.device(device)
     fe = feature_extractor(ext, device)
     bs = int(batch_size)
-    mine = distributed.shard(-(-len(u8) // bs)) if sharded else range(-(-len(u8) // bs))
+    mine = distributed.batch_share(len(u8), bs, sharded)
     part = u8[mine.start * bs:mine.stop * bs]
     with _on(device):
         feats = get_featuresdict_from_dataset(_Images(part if len(part) else u8[:1]), fe, bs,
@@ -404,57 +404,54 @@ def reference_statistics(x: torch.Tensor, ext: Extractor, name: str, split: str 
     with info['cache'] in 'hit', 'miss' (computed and written) or 'off'.  ``sharded`` (torchrun):
     rank 0 reads the cache and shares what it found; on a miss every rank extracts its share of
     the features and rank 0 writes the cache."""
-    if sharded:
-        hit = distributed.broadcast(_cached_reference(x, ext, name, split, cache) if distributed.is_main() else None)
-        if hit is not None:
-            return hit
-        return _compute_reference(x, ext, name, split, device, batch_size, cache and distributed.is_main(),
-                                  verbose, sharded=True)
-    return _cached_reference(x, ext, name, split, cache) or \
-        _compute_reference(x, ext, name, split, device, batch_size, cache, verbose)
-
-
-def _reference_key(x: torch.Tensor, ext: Extractor, name: str, split: str) -> tuple[dict, Path]:
-    from torch_fidelity import __version__ as tf_version
+    from torch_fidelity.metric_fid import fid_features_to_statistics
 
     u8 = to_uint8_rgb(x)
+    key, path = _reference_key(u8, ext, name, split)
+    info = {"cache": "off", "file": str(path), "key": key}
+    writer = cache and (not sharded or distributed.is_main())
+    stats = _read_reference(key, path) if writer else None
+    if sharded:
+        stats = distributed.broadcast(stats)
+    if stats is not None:
+        return stats, dict(info, cache="hit")
+    stats = fid_features_to_statistics(extract_features(u8, ext, device, batch_size, verbose, sharded)[ext.fid_layer])
+    if writer:
+        _write_reference(key, path, stats)
+        info["cache"] = "miss"
+    return stats, info
+
+
+def _reference_key(u8: torch.Tensor, ext: Extractor, name: str, split: str) -> tuple[dict, Path]:
+    from torch_fidelity import __version__ as tf_version
+
     key = {"dataset": name, "split": split, "n": len(u8), "images_sha256": images_sha256(u8),
            "extractor": ext.identity, "layer": ext.fid_layer, "torch_fidelity": tf_version, "pipeline": PIPELINE}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return key, cache_dir() / "fid-ref" / f"{_slug(name)}-{split}-{_slug(ext.name)}-{digest}.npz"
 
 
-def _cached_reference(x, ext, name, split, cache: bool) -> tuple[dict, dict] | None:
-    key, path = _reference_key(x, ext, name, split)
-    if cache and path.is_file():
+def _read_reference(key: dict, path: Path) -> dict | None:
+    """The cached statistics written under ``key``, or None (missing, unreadable or another key)."""
+    if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
                 if json.loads(str(z["meta"])) == key:
-                    return {"mu": z["mu"], "sigma": z["sigma"]}, {"cache": "hit", "file": str(path), "key": key}
+                    return {"mu": z["mu"], "sigma": z["sigma"]}
         except Exception:
             pass  # unreadable: recompute and overwrite
     return None
 
 
-def _compute_reference(x, ext, name, split, device, batch_size, cache: bool, verbose: bool,
-                       sharded: bool = False) -> tuple[dict, dict]:
-    from torch_fidelity.metric_fid import fid_features_to_statistics
+def _write_reference(key: dict, path: Path, stats: dict) -> None:
+    import io
 
-    key, path = _reference_key(x, ext, name, split)
-    info = {"cache": "off", "file": str(path), "key": key}
-    feats = extract_features(to_uint8_rgb(x), ext, device, batch_size, verbose, sharded)[ext.fid_layer]
-    stats = fid_features_to_statistics(feats)
-    if cache:
-        import io
+    from bench.checkpoints import atomic_write_bytes
 
-        from bench.checkpoints import atomic_write_bytes
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        np.savez(buf, mu=stats["mu"], sigma=stats["sigma"], meta=np.array(json.dumps(key, sort_keys=True)))
-        atomic_write_bytes(path, buf.getvalue())
-        info["cache"] = "miss"
-    return stats, info
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, mu=stats["mu"], sigma=stats["sigma"], meta=np.array(json.dumps(key, sort_keys=True)))
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def fid_is(x_gen: torch.Tensor, x_ref: torch.Tensor, ext: Extractor, ref_name: str, ref_split: str = "train",
