@@ -156,12 +156,17 @@ def setting_differences(base: Results, cur: Results) -> list[str]:
     if not isinstance(bc, dict) or not isinstance(cc, dict):
         return diffs + ["run.config is not an object"]
     for key in sorted((set(bc) | set(cc)) - set(fastpath.SETTINGS)):
-        b, c = (d.get(key, DEFAULTS.get(key, "<absent>")) for d in (bc, cc))
+        b, c = _setting(bc, key), _setting(cc, key)
         if b != c:
             shown = [_show(v) + (" (absent: its default)" if key not in d and key in DEFAULTS else "")
                      for v, d in ((b, bc), (c, cc))]
             diffs.append(f"run.config.{key} (baseline {shown[0]}, current {shown[1]})")
     return diffs
+
+
+def _setting(config: dict, key: str):
+    """A run's setting; one the run predates counts as its default (what that run used)."""
+    return config.get(key, DEFAULTS.get(key, "<absent>"))
 
 
 def _show(v) -> str:
@@ -259,7 +264,7 @@ def compare(base: Results, cur: Results, tolerances: dict[str, float] | None = N
     bc, cc = base.run.get("config") or {}, cur.run.get("config") or {}
     if isinstance(bc, dict) and isinstance(cc, dict):
         df = [f"{k} {b!r} -> {c!r}" for k in fastpath.SETTINGS
-              if (b := bc.get(k, DEFAULTS[k])) != (c := cc.get(k, DEFAULTS[k]))]
+              if (b := _setting(bc, k)) != (c := _setting(cc, k))]
         if df:
             notes.append("fast paths differ (allowed): " + ", ".join(df))
     return Report(rows, notes)

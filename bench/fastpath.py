@@ -10,13 +10,14 @@
   computed in reduced precision.  Logits come back as float32.  The energy landscape runs in
   float32 too (``without_amp``): bf16 rounding moved the position of its minimum beyond
   tolerance in the check against the plain path.
-- ``compile``: the network through ``torch.compile`` (eager fallback where compilation fails is
-  torch's own behaviour).  Fisher scores never use it (torch.compile has no double backward, and
-  the Taylor-mode trace needs the eager network): they run inside ``EnergyModel.plain()``.
+- ``compile``: the network through ``torch.compile``; a compilation failure is a one-line error
+  (run without ``--compile``), never a silent fallback.  Fisher scores never use it
+  (torch.compile has no double backward, and the Taylor-mode trace needs the eager network): they
+  run inside ``EnergyModel.plain()``.
 
-``benchmarks/bench_fastpaths.py`` runs every suite with each fast path and with none, and prints
-the change of every metric beside its standard error and the speed ratio; the tests check each
-path against the plain one on the trained digits model.
+``tests/test_fastpath.py`` checks each path against the plain one (logits, attack gradients, and
+``bench check`` of a fast run against a plain run); ``benchmarks/bench_fastpaths.py`` prints each
+path's speed ratio against the plain path and its logit and PGD changes.
 """
 
 from __future__ import annotations
@@ -49,9 +50,6 @@ class FastPath:
     @property
     def active(self) -> bool:
         return self.channels_last or self.amp != "off" or self.compile
-
-    def describe(self) -> dict:
-        return {"channels_last": self.channels_last, "amp": self.amp, "compile": self.compile}
 
 
 class Forward:

@@ -76,14 +76,22 @@ def _sum_gradients(model: nn.Module, value: float) -> float:
     """All-reduce (sum) every parameter's gradient and ``value`` in one flat tensor.  A parameter
     without a gradient counts as zero (and gets one), so every rank sends the same layout."""
     params = [p for p in model.parameters() if p.requires_grad]
-    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-    flat = torch.cat([g.reshape(-1).float() for g in grads] + [torch.tensor([value], device=params[0].device)])
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    total = torch.tensor([value], device=params[0].device)
+    _all_reduce_sum_([*(p.grad for p in params), total])
+    return float(total)
+
+
+def _all_reduce_sum_(tensors: list[torch.Tensor]) -> None:
+    """Sum each tensor over ranks, in place, with one all-reduce of them packed flat (float32)."""
+    flat = torch.cat([t.reshape(-1).float() for t in tensors])
     dist.all_reduce(flat)
     offset = 0
-    for p in params:
-        p.grad = flat[offset:offset + p.numel()].view_as(p).to(p.dtype)
-        offset += p.numel()
-    return float(flat[-1])
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
 
 
 def sum_over_ranks(values: list[float]) -> list[float]:
@@ -117,13 +125,9 @@ def average_batchnorm_stats(model: nn.Module) -> None:
              and not isinstance(m, nn.SyncBatchNorm) for t in (m.running_mean, m.running_var) if t is not None]
     if not stats or not distributed.active():
         return
-    flat = torch.cat([t.reshape(-1) for t in stats])
-    dist.all_reduce(flat)
-    flat /= distributed.world()
-    offset = 0
+    _all_reduce_sum_(stats)
     for t in stats:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
-        offset += t.numel()
+        t /= distributed.world()
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -139,8 +143,7 @@ def check_in_sync(model: nn.Module, epoch: int) -> None:
     """Every rank must hold bit-identical weights; a difference is a bug, never a result."""
     if not distributed.active():
         return
-    digests = [None] * distributed.world()
-    dist.all_gather_object(digests, weights_digest(model))
+    digests = distributed.gather_objects(weights_digest(model))
     if len(set(digests)) > 1:
         raise BenchError(f"the {len(digests)} processes hold different weights after epoch {epoch} "
                          "(data-parallel training lost sync; please report this)")
