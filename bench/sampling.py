@@ -2,14 +2,16 @@
 
     x_{t+1} = x_t - (step_size / 2) * grad_x E(x_t) + noise * N(0, I)
 
-The paper's form takes noise = sqrt(step_size); JEM's practice sets the two apart (JEM's
-``sgld_lr = 1, sgld_std = 0.01`` is ``step_size = 2, noise = 0.01`` here).  The energy is
+The chain lives in [0, 1] pixel space, whatever the model's normalisation (docs/CONVENTIONS.md).
+The paper's form takes noise = sqrt(step_size); JEM's practice sets the two apart.  JEM quotes
+``sgld_lr = 1, sgld_std = 0.01`` on z = (x - 0.5) / 0.5, which is ``step_size = 0.5,
+noise = 0.005`` here (``bench.settings.sgld_from_normalised``, the one conversion).  The energy is
 ``joint`` E(x,y) (Eq. 17, default for generation), ``ce`` E(x,y) - E(x) (Eq. 16) or ``marginal``
 E(x) (the JEM/JEAT training term).  A chain that turns NaN or inf (its energy, or its unclamped
 update, so an infinite gradient is caught before ``clamp`` would hide it) is frozen at its last
 finite state and reported in the returned mask, never silently written as an image.
 
-Generation (``generate``, and ``generated(ctx)`` for metric groups):
+Generation (``generate``; the run's generated set, ``bench.generation.generated(ctx)``, is made by it):
 
 - Labels are balanced over classes: ``y = 0, 1, ..., K-1, 0, 1, ...`` (``n`` images; with ``n``
   not a multiple of K the first ``n mod K`` classes have one image more).
@@ -30,32 +32,28 @@ Generation (``generate``, and ``generated(ctx)`` for metric groups):
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from bench import distributed
-from bench.energy import EnergyModel
+from bench.energy import EnergyModel, evaluates
 from bench.errors import BenchError
+from bench.settings import JEM_SGLD_NOISE, JEM_SGLD_STEP_SIZE
 
 CHAIN_BLOCK = 32  # chains per noise generator (the unit of randomness of generate)
 INITS = ("gaussian", "uniform", "buffer")
 ENERGIES = ("joint", "ce", "marginal")
-SAMPLES_FORMAT = 1
 
 
 @dataclass
 class SGLDConfig:
     steps: int = 20
-    step_size: float = 2.0
-    noise: float | None = 0.01  # None: sqrt(step_size), the paper's Eq. 10
+    step_size: float = JEM_SGLD_STEP_SIZE  # pixel space: JEM's sgld_lr = 1 on (x - 0.5) / 0.5
+    noise: float | None = JEM_SGLD_NOISE  # JEM's sgld_std = 0.01; None: sqrt(step_size), Eq. 10
     energy: str = "joint"
     clamp: bool = True
 
@@ -101,6 +99,7 @@ class BlockNoise:
         return out
 
 
+@evaluates
 def sgld(model: EnergyModel, x0: torch.Tensor, y: torch.Tensor | None, cfg: SGLDConfig,
          generator: torch.Generator | BlockNoise | None = None, callback=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``cfg.steps`` Langevin steps from x0; returns (x, finite) where ``finite`` is a bool mask
@@ -248,6 +247,7 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+@evaluates
 def generate(model: EnergyModel, data, cfg: SGLDConfig | None = None, n: int = 500, init: str = "gaussian",
              generator: torch.Generator | int | None = None, replay_buffer=None, batch_size: int = 250,
              progress: Callable | None = None, device: torch.device | str | None = None,
@@ -282,141 +282,15 @@ def generate(model: EnergyModel, data, cfg: SGLDConfig | None = None, n: int = 5
     mine = distributed.shard(n_blocks) if sharded else range(n_blocks)
     starts = range(mine.start, mine.stop, per_batch)
     it = progress(starts, desc="generate (SGLD)", total=len(starts)) if progress else starts
-    was_training = model.training
-    model.eval()
-    try:
-        for b0 in it:
-            b1 = min(b0 + per_batch, mine.stop)
-            a, z = b0 * CHAIN_BLOCK, min(b1 * CHAIN_BLOCK, n)
-            noise = BlockNoise.seeded([_splitmix64(base + 1 + b) for b in range(b0, b1)], dev)
-            xb, ok = sgld(model, x0[a:z].to(dev), y[a:z].to(dev), cfg, noise)
-            out[a:z] = xb.detach().cpu()
-            finite[a:z] = ok.cpu()
-    finally:
-        model.train(was_training)
+    for b0 in it:  # in eval mode (@evaluates)
+        b1 = min(b0 + per_batch, mine.stop)
+        a, z = b0 * CHAIN_BLOCK, min(b1 * CHAIN_BLOCK, n)
+        noise = BlockNoise.seeded([_splitmix64(base + 1 + b) for b in range(b0, b1)], dev)
+        xb, ok = sgld(model, x0[a:z].to(dev), y[a:z].to(dev), cfg, noise)
+        out[a:z] = xb.detach().cpu()
+        finite[a:z] = ok.cpu()
     if sharded:
         lo, hi = min(mine.start * CHAIN_BLOCK, n), min(mine.stop * CHAIN_BLOCK, n)
         out, finite = distributed.gather(out[lo:hi]), distributed.gather(finite[lo:hi])
     out[~finite] = float("nan")
     return Samples(out, y, ~finite)
-
-
-# --------------------------------------------------------------------------------------------
-# generated(ctx): the run's generated set, memoised and saved under OUT/samples
-
-
-def generation_key(ctx) -> dict:
-    """What the generated images depend on: the generation settings, the model's sha256 and the
-    data set's identity (name, classes, image shape)."""
-    from bench.settings import DEFAULTS, GEN_SETTINGS
-
-    s = ctx.settings
-    key = {k: s.get(k, DEFAULTS.get(k)) for k in GEN_SETTINGS}
-    key.update(model_sha256=s.get("model_sha256"), dataset=ctx.data.name,
-               num_classes=int(ctx.data.num_classes), input_shape=list(ctx.data.input_shape))
-    return json.loads(json.dumps(key, sort_keys=True, default=str))
-
-
-def samples_dir(ctx) -> Path:
-    return Path(ctx.out) / "samples"
-
-
-def load_samples(path: Path, key: dict | None = None):
-    """-> (x, y, meta) from a samples.npz, or None if it is missing, unreadable or (with ``key``)
-    was made with other settings or another model."""
-    if not Path(path).is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            x = torch.from_numpy(z["x"].astype(np.float32, copy=False))
-            y = torch.from_numpy(z["y"].astype(np.int64, copy=False))
-    except Exception:
-        return None  # unreadable: regenerate, never trust
-    if meta.get("format") != SAMPLES_FORMAT or len(x) != len(y):
-        return None
-    if key is not None and meta.get("key") != key:
-        return None
-    return x, y, meta
-
-
-def save_samples(path: Path, x: torch.Tensor, y: torch.Tensor, meta: dict) -> Path:
-    """Write x (float32, NaN for diverged chains), y and the JSON ``meta`` atomically."""
-    import io
-
-    from bench.checkpoints import atomic_write_bytes
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.savez(buf, x=x.detach().cpu().float().numpy(), y=y.detach().cpu().numpy().astype(np.int64),
-             meta=np.array(json.dumps(meta, sort_keys=True)))
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
-def _replay_buffer_for(ctx):
-    """The checkpoint's replay buffer in [0, 1]: JEM files store theirs in JEM's normalised
-    space (x - 0.5) / 0.5, mapped back here with the model's own mean and std."""
-    buf = ctx.shared.get("replay_buffer")
-    loaded = ctx.shared.get("loaded")
-    meta = getattr(loaded, "meta", None) or {}
-    if buf is not None and not isinstance(buf, ReplayBuffer) and meta.get("source_format") == "jem":
-        m = ctx.model
-        buf = buf.to(m.mean.device) * m.std + m.mean
-    return buf
-
-
-def generated(ctx) -> tuple[torch.Tensor, torch.Tensor]:
-    """The run's generated images and labels (CPU): made once per run (memoised in
-    ``ctx.shared['generated']``), saved to ``OUT/samples/samples.npz`` with a grid PNG
-    (``OUT/samples/grid.png``, one row per class as in Fig. 6), and reused from that file when it
-    records the same generation settings and model sha256.  Diverged chains are NaN images; their
-    count is ``ctx.shared['n_diverged']``; ``ctx.shared['generation']`` says how the set was made."""
-    from bench.settings import DEFAULTS
-
-    key = generation_key(ctx)
-    memo = ctx.shared.get("generated")
-    if memo is not None and memo.get("key") == key:
-        return memo["x"], memo["y"]
-    s = ctx.settings
-    folder = samples_dir(ctx)
-    npz, grid = folder / "samples.npz", folder / "grid.png"
-    got = load_samples(npz, key) if key.get("model_sha256") and distributed.is_main() else None
-    got = distributed.broadcast(got)  # under torchrun every rank reuses, or every rank generates
-    if got is not None:
-        x, y, meta = got
-        n_div = int(meta.get("n_diverged", int((~torch.isfinite(x.flatten(1)).all(1)).sum())))
-        info = {"reused": True, "file": str(npz), "seconds": meta.get("seconds"), "device": meta.get("device")}
-    else:
-        t0 = time.time()
-        cfg = SGLDConfig.from_settings(s)
-        res = generate(ctx.model, ctx.data, cfg, n=int(s.get("n_gen", DEFAULTS["n_gen"])),
-                       init=str(s.get("gen_init", DEFAULTS["gen_init"])), generator=ctx.generator("generate"),
-                       replay_buffer=_replay_buffer_for(ctx), batch_size=int(s.get("batch_size", DEFAULTS["batch_size"])),
-                       progress=ctx.iterate, device=ctx.device, sharded=distributed.active())
-        x, y, n_div = res.x, res.y, res.n_diverged
-        seconds = round(time.time() - t0, 3)
-        from bench import __version__
-
-        meta = {"format": SAMPLES_FORMAT, "key": key, "n_diverged": n_div, "seconds": seconds,
-                "device": str(ctx.device), "bench_version": __version__, "chain_block": CHAIN_BLOCK}
-        save_samples(npz, x, y, meta)
-        info = {"reused": False, "file": str(npz), "seconds": seconds, "device": str(ctx.device)}
-    if not grid.is_file() or not info["reused"]:
-        _grid(ctx, x, y, grid, n_div)
-    info.update(n=len(x), n_diverged=n_div, grid=str(grid))
-    ctx.shared["generated"] = {"key": key, "x": x, "y": y}
-    ctx.shared["n_diverged"] = n_div
-    ctx.shared["generation"] = info
-    return x, y
-
-
-def _grid(ctx, x, y, path: Path, n_div: int) -> None:
-    from bench import plots
-
-    s = ctx.settings
-    eq = "Eq. 17, E(x,y)" if s.get("gen_energy", "joint") == "joint" else "Eq. 16, E(x,y) - E(x)"
-    title = (f"{ctx.data.name}: SGLD samples ({eq}; {s.get('gen_init', 'gaussian')} start, "
-             f"{s.get('gen_steps')} steps)" + (f"; {n_div} diverged" if n_div else ""))
-    plots.sample_grid(x, y, path, class_names=list(ctx.data.classes) or None, title=title)

@@ -94,7 +94,7 @@ def operations(model, device, batch: int, small: bool):
             model.logits(adv)
 
     def sgld_gen():
-        sgld(model, x, y, SGLDConfig(steps=sgld_steps, step_size=2.0, noise=0.01), g)
+        sgld(model, x, y, SGLDConfig(steps=sgld_steps), g)
 
     vs = rademacher((fb, probes, 3, 32, 32), g, device)
 

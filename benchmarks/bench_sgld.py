@@ -2,7 +2,7 @@
 
 The peer is the least any Langevin sampler must do per step: a loop of logits -> E(x, y) ->
 torch.autograd.grad, with no update, noise or divergence check.  Ours is ``sgld`` as ``generate``
-runs it (joint energy, JEM's step 2 and noise 0.01, clamp, per-block noise generators, the
+runs it (joint energy, JEM's step 0.5 and noise 0.005 in pixels, clamp, per-block noise generators, the
 NaN/inf check).  Throughput is images x steps per second; runs alternate (ours, peer, ours, ...)
 after a warm-up and the median time per arm is reported, with the ratio ours / peer (target
 >= 0.9x).  Before timing, one noiseless unclamped step of ``sgld`` must equal x - step/2 * the
@@ -40,7 +40,7 @@ def run_case(arch, shape, n, steps, repeats, device) -> float:
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand((n, *shape), generator=g).to(device)
     y = (torch.arange(n) % 10).to(device)
-    cfg = SGLDConfig(steps=steps)  # generate's defaults: joint energy, step 2, noise 0.01, clamp
+    cfg = SGLDConfig(steps=steps)  # generate's defaults: joint energy, step 0.5, noise 0.005 (pixels), clamp
     n_blocks = -(-n // CHAIN_BLOCK)
 
     def ours():

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.settings import JEM_SGLD_NOISE, JEM_SGLD_STEP_SIZE
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,8 +52,8 @@ class Recipe:
     noise_sigma: float = 24 / 255
     # SGLD on E(x) with a replay buffer (jeat, jem)
     sgld_steps: int = 20
-    sgld_step_size: float = 2.0
-    sgld_noise: float = 0.01
+    sgld_step_size: float = JEM_SGLD_STEP_SIZE  # pixel space (docs/CONVENTIONS.md): JEM's sgld_lr 1
+    sgld_noise: float = JEM_SGLD_NOISE  # JEM's sgld_std 0.01 on (x - 0.5) / 0.5
     buffer_size: int = 10000
     reinit: float = 0.05
     energy_weight: float = 1.0  # weight of the generative term E(x) - E(x~)
