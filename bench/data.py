@@ -4,11 +4,17 @@
                   75/25 train/test split, scaled to [0, 1]; runs anywhere, no download
     cifar10       torchvision CIFAR-10 from ``--data-root`` (downloads only when asked)
     cifar100      torchvision CIFAR-100 likewise
+    fashion-mnist Fashion-MNIST (60,000 + 10,000 28x28 grey images, the official split) from the
+                  IDX files (gzipped or not) under ``--data-root``, else Debian's
+                  ``dataset-fashion-mnist`` package (/usr/share/datasets/fashion-mnist), else
+                  torchvision's ``FashionMNIST/raw`` layout; ``--download`` through torchvision
     folder:PATH   one subfolder per class (PATH/train and PATH/test if both exist)
     npz:PATH      arrays x, y (or x_train, y_train, x_test, y_test)
 
 uint8 images are scaled by 1/255 (digits by 1/16, its own range); float images outside [0, 1] are
-refused rather than silently rescaled.
+refused rather than silently rescaled.  An npz with only x, y and a folder without train/ and test/
+have no held-out split: their training and test sets are the same images (``Dataset.train_is_test``),
+and the metrics that compare with the training set (FID, SSIM neighbours) refuse them.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from bench.errors import BenchError
 
 DIGITS_TEST_FRACTION = 0.25
 DIGITS_SPLIT_SEED = 0
+TRAIN_IS_TEST = ("the training and test sets are the same images (no separate test split), so this "
+                 "comparison with the training set would compare with the evaluated images themselves")
 
 
 @dataclass
@@ -52,6 +60,22 @@ class Dataset:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.x.shape[1:])
 
+    @property
+    def train_is_test(self) -> bool:
+        """True when training and test sets are the same images (npz with only x, y; folder without
+        train/ and test/; or identical splits): metrics comparing with the training set refuse."""
+        return bool(self.info.get("train_is_test")) or self.train is self.test
+
+
+def split_sha256(split: Split) -> str:
+    """sha256 of a split's images and labels as evaluated (float32 and int64 bytes, with shapes)."""
+    h = hashlib.sha256()
+    for t in (split.x, split.y):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
 
 def load(name: str, data_root: str | Path | None = None, download: bool = False) -> Dataset:
     """Load a data set by name (see module docstring)."""
@@ -59,11 +83,13 @@ def load(name: str, data_root: str | Path | None = None, download: bool = False)
         return load_digits()
     if name in ("cifar10", "cifar100"):
         return load_cifar(name, data_root, download)
+    if name == "fashion-mnist":
+        return load_fashion_mnist(data_root, download)
     if name.startswith("folder:"):
         return load_folder(Path(name[len("folder:"):]))
     if name.startswith("npz:"):
         return load_npz(Path(name[len("npz:"):]))
-    raise BenchError(f"unknown dataset {name!r}; expected digits, cifar10, cifar100, folder:PATH or npz:PATH")
+    raise BenchError(f"unknown dataset {name!r}; expected digits, fashion-mnist, cifar10, cifar100, folder:PATH or npz:PATH")
 
 
 def digits_split(y: np.ndarray, test_fraction=DIGITS_TEST_FRACTION, seed=DIGITS_SPLIT_SEED):
@@ -135,6 +161,69 @@ def load_cifar(name: str, data_root, download: bool) -> Dataset:
                    {"root": str(root), "official_md5": official})
 
 
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot"]
+
+
+def fashion_mnist_dirs(data_root) -> list[Path]:
+    """Where the Fashion-MNIST IDX files are looked for, in order."""
+    dirs = []
+    if data_root:
+        root = Path(data_root).expanduser()
+        dirs += [root, root / "FashionMNIST" / "raw"]
+    dirs.append(FASHION_MNIST_DEBIAN)
+    dirs.append(Path("data") / "FashionMNIST" / "raw")  # torchvision's layout under its default root
+    return dirs
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for p in (folder / stem, folder / f"{stem}.gz"):
+        if p.is_file():
+            return p
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzipped or not; unsigned-byte data, as MNIST and Fashion-MNIST use)."""
+    import gzip
+
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise BenchError(f"{path}: not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise BenchError(f"{path}: IDX header says {tuple(dims)} but holds {body.size} values (truncated?)")
+    return body.reshape(tuple(dims)).copy()  # writable, independent of the file buffer
+
+
+def load_fashion_mnist(data_root=None, download: bool = False) -> Dataset:
+    dirs = fashion_mnist_dirs(data_root)
+    found = next((d for d in dirs if all(_idx_file(d, f) for f in FASHION_MNIST_FILES)), None)
+    if found is None and download:
+        import torchvision
+
+        root = Path(data_root or "data").expanduser()
+        try:
+            torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
+            torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
+        except Exception as e:
+            raise BenchError(f"cannot download fashion-mnist to {root}: {type(e).__name__}: {e}") from None
+        found = root / "FashionMNIST" / "raw"
+    if found is None:
+        raise BenchError("fashion-mnist not found: install it (apt-get install dataset-fashion-mnist) or give "
+                         "--data-root DIR holding " + ", ".join(f"{f}[.gz]" for f in FASHION_MNIST_FILES[:2])
+                         + ", ... (or DIR/FashionMNIST/raw/; --download where online)")
+    xtr, ytr, xte, yte = (read_idx(_idx_file(found, f)) for f in FASHION_MNIST_FILES)
+    train = _split(xtr, ytr, f"{found}/train")
+    test = _split(xte, yte, f"{found}/t10k")
+    return Dataset("fashion-mnist", train, test, 10, list(FASHION_MNIST_CLASSES), {"root": str(found)})
+
+
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
@@ -154,7 +243,9 @@ def load_npz(path: Path) -> Dataset:
         train = test = _split(arrays["x"], arrays["y"], str(path))
     else:
         raise BenchError(f"{path} needs arrays x, y (or x_train, y_train, x_test, y_test); found {sorted(arrays)}")
-    return _dataset(f"npz:{path}", train, test)
+    ds = _dataset(f"npz:{path}", train, test)
+    ds.info["train_is_test"] = train is test  # x, y only: no held-out split
+    return ds
 
 
 def load_folder(path: Path) -> Dataset:
@@ -166,7 +257,9 @@ def load_folder(path: Path) -> Dataset:
     if any(s[2] != classes for s in splits):
         raise BenchError(f"{path}: train and test have different class folders")
     train, test = Split(*splits[0][:2]), Split(*splits[-1][:2])
-    return _dataset(f"folder:{path}", train, test, classes)
+    ds = _dataset(f"folder:{path}", train, test, classes)
+    ds.info["train_is_test"] = len(splits) == 1  # no train/ and test/: no held-out split
+    return ds
 
 
 def _read_folder(path: Path):

@@ -11,6 +11,8 @@ from bench.errors import BenchError
 
 DEFAULT_METHOD = "jeat"
 DEFAULT_DATASET = "digits"
+ZOOS = {"digits": "digits", "fmnist": "fashion-mnist"}  # released-model prefix -> data set
+METHODS = ("normal", "noise", "at", "prejeat", "jeat", "jem")
 
 
 def shipped(package: str, folder: str) -> Path:
@@ -34,18 +36,27 @@ def recipes_dir() -> Path:
     return models_dir() / "recipes"
 
 
-def manifest(dataset: str = DEFAULT_DATASET) -> dict:
-    path = models_dir() / dataset / "manifest.json"
+def manifest(zoo: str = DEFAULT_DATASET) -> dict:
+    path = models_dir() / zoo / "manifest.json"
     if not path.is_file():
         return {}
     return json.loads(path.read_text())
 
 
-def released_path(method: str = DEFAULT_METHOD, dataset: str = DEFAULT_DATASET) -> Path:
-    path = models_dir() / dataset / f"{dataset}-{method}.safetensors"
+def released_path(method: str = DEFAULT_METHOD, zoo: str = DEFAULT_DATASET) -> Path:
+    path = models_dir() / zoo / f"{zoo}-{method}.safetensors"
     if not path.is_file():
-        raise BenchError(f"no released {dataset} checkpoint for method {method!r} at {path}")
+        raise BenchError(f"no released {zoo} checkpoint for method {method!r} at {path}")
     return path
+
+
+def resolve_spec(spec: str) -> str:
+    """A released name (``fmnist-jeat``, ``digits-at``) -> its file; anything else unchanged.
+    A file of that name in the working directory wins."""
+    zoo, _, method = spec.partition("-")
+    if zoo in ZOOS and method in METHODS and not Path(spec).exists():
+        return str(released_path(method, zoo))
+    return spec
 
 
 def recipe_names() -> list[str]:
