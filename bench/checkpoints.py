@@ -12,6 +12,11 @@ Accepted ``--model`` forms:
                             or a JEM checkpoint (``model_state_dict`` with ``f.*`` and ``class_output.*``)
     py:module:function      a factory returning an nn.Module (or an EnergyModel); runs only when named
     rb:NAME                 a RobustBench model zoo entry (needs robustbench and the network)
+
+Normalisation (the model's mean and std, applied to [0, 1] inputs): the own format records it; a JEM
+checkpoint takes JEM's (x - 0.5) / 0.5; anything else takes ``normalize`` (``--normalize``: a
+preset of ``NORMALIZE_PRESETS`` or ``M1,M2,M3/S1,S2,S3``), else mean 0 and std 1, which for a plain
+state dict is a guess and says so (``meta['normalization']['warning']``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +35,22 @@ from torch import nn
 from bench import __version__, nets
 from bench.energy import EnergyModel
 from bench.errors import BenchError
+from bench.fileio import atomic_write_bytes, sha256
 
 FORMAT = 1
+
+# --normalize presets: (mean, std) per channel.  CIFAR-10/100: the per-channel mean and standard
+# deviation of the training images' pixels in [0, 1]; imagenet: torchvision's ImageNet constants.
+NORMALIZE_PRESETS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "none": ((0.0,), (1.0,)),
+    "half": ((0.5,), (0.5,)),
+}
+PLAIN_STATE_DICT_WARNING = ("a plain state dict records no normalisation: using mean 0, std 1 (the network sees "
+                            "[0, 1] pixels); if it was trained on normalised inputs pass --normalize "
+                            "(e.g. cifar10, imagenet or M1,M2,M3/S1,S2,S3)")
 
 
 @dataclass
@@ -45,35 +64,55 @@ class Loaded:
     replay_buffer: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
 
+    weights_sha256: str | None = None  # weights_sha256(model), set by ``load`` (and by the runner after
+    # the first forward pass, which initialises lazy modules)
+
     def describe(self) -> dict:
         """The ``model`` block of results.json."""
         m = self.meta
-        return {"path": self.path, "sha256": self.sha256, "arch": m.get("arch"), "method": m.get("method"),
-                "dataset": m.get("dataset"), "num_classes": m.get("num_classes")}
+        return {"path": self.path, "sha256": self.sha256, "weights_sha256": self.weights_sha256,
+                "arch": m.get("arch"), "method": m.get("method"), "dataset": m.get("dataset"),
+                "num_classes": m.get("num_classes"), "normalization": m.get("normalization")}
 
 
-def sha256(path: str | Path) -> str:
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 of every tensor of ``model`` as it will run (parameters and buffers, the EnergyModel's
+    non-persistent mean and std included), by name in sorted order, each with its dtype and shape:
+    the identity of what is evaluated, whatever file or factory it came from."""
+    tensors = dict(model.state_dict())
+    tensors.update(dict(model.named_buffers()))
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for name in sorted(tensors):
+        if isinstance(tensors[name], nn.parameter.UninitializedTensorMixin):  # a lazy module before its first call
+            h.update(f"{name}|uninitialized|".encode())
+            continue
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write, fsync, rename: a kill never leaves a half-written file under ``path``, and a failed
-    write or rename leaves no temporary file behind."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+def parse_normalize(spec: str) -> tuple[list[float], list[float]]:
+    """``--normalize``: a preset name (``NORMALIZE_PRESETS``) or ``M1,M2,M3/S1,S2,S3`` (one value or
+    one per channel each) -> (mean, std).  Bad input is a one-line BenchError."""
+    text = str(spec).strip()
+    if text.lower() in NORMALIZE_PRESETS:
+        mean, std = NORMALIZE_PRESETS[text.lower()]
+        return list(mean), list(std)
+    hint = f"expected one of {', '.join(NORMALIZE_PRESETS)} or MEAN/STD such as 0.4914,0.4822,0.4465/0.2470,0.2435,0.2616"
+    if text.count("/") != 1:
+        raise BenchError(f"--normalize {spec!r}: {hint}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        mean, std = ([float(v) for v in part.split(",")] for part in text.split("/"))
+    except ValueError:
+        raise BenchError(f"--normalize {spec!r}: not numbers; {hint}") from None
+    if not all(math.isfinite(v) for v in mean + std):
+        raise BenchError(f"--normalize {spec!r}: values must be finite")
+    if any(v <= 0 for v in std):
+        raise BenchError(f"--normalize {spec!r}: std must be positive")
+    if len(mean) != len(std) and 1 not in (len(mean), len(std)):
+        raise BenchError(f"--normalize {spec!r}: {len(mean)} means but {len(std)} stds")
+    return mean, std
 
 
 def save(path: str | Path, model: EnergyModel, meta: dict, replay_buffer: torch.Tensor | None = None) -> str:
@@ -96,21 +135,51 @@ def build_model(meta: dict) -> EnergyModel:
 
 def load(spec: str, arch: str | None = None, num_classes: int | None = None,
          input_shape: tuple | None = None, arch_kwargs: dict | None = None,
-         mean=None, std=None) -> Loaded:
+         mean=None, std=None, normalize: str | None = None) -> Loaded:
     """Load any accepted ``--model`` form (see module docstring).  ``num_classes`` and
-    ``input_shape`` come from the data set for foreign files that do not record them."""
+    ``input_shape`` come from the data set for foreign files that do not record them.
+    ``normalize`` (``--normalize``, see ``parse_normalize``) or ``mean``/``std`` set the
+    normalisation of a foreign model; ``meta['normalization']`` records what was used and why."""
+    given = None
+    if normalize is not None:
+        mean, std = parse_normalize(normalize)
+        given = f"--normalize {normalize}"
+    elif mean is not None or std is not None:
+        mean, std = 0.0 if mean is None else mean, 1.0 if std is None else std
+        given = "given mean/std"
+    if given and input_shape:
+        n = max(len(_floats(mean)), len(_floats(std)))
+        if n not in (1, input_shape[0]):
+            raise BenchError(f"{given}: {n} channel values but the images have {input_shape[0]} channels")
     if spec.startswith("py:"):
-        return _load_factory(spec, num_classes, input_shape, mean, std)
-    if spec.startswith("rb:"):
-        return _load_robustbench(spec, num_classes, input_shape)
-    path = Path(spec)
-    if not path.exists():
-        raise BenchError(f"model file not found: {spec}")
-    if path.is_dir():
-        raise BenchError(f"model path is a directory, not a checkpoint: {spec}")
-    if path.suffix == ".safetensors" or _is_safetensors(path):
-        return _load_own(path)
-    return _load_torch(path, arch, num_classes, input_shape, arch_kwargs or {}, mean, std)
+        loaded = _load_factory(spec, num_classes, input_shape, mean, std, given)
+    elif spec.startswith("rb:"):
+        loaded = _load_robustbench(spec, num_classes, input_shape, mean, std, given)
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise BenchError(f"model file not found: {spec}")
+        if path.is_dir():
+            raise BenchError(f"model path is a directory, not a checkpoint: {spec}")
+        if path.suffix == ".safetensors" or _is_safetensors(path):
+            if given:
+                raise BenchError(f"{given}: {spec} records its own normalisation; --normalize is for plain "
+                                 "state dicts, JEM checkpoints and py:/rb: models")
+            loaded = _load_own(path)
+            loaded.meta["normalization"] = _normalization(loaded.model, "checkpoint metadata")
+        else:
+            loaded = _load_torch(path, arch, num_classes, input_shape, arch_kwargs or {}, mean, std, given)
+    loaded.weights_sha256 = weights_sha256(loaded.model)
+    return loaded
+
+
+def _floats(v) -> list[float]:
+    return torch.as_tensor(v, dtype=torch.float32).flatten().tolist()
+
+
+def _normalization(model: EnergyModel, source: str, warning: str | None = None) -> dict:
+    """The ``model.normalization`` record of results.json: the mean and std used, and where from."""
+    return {"mean": _floats(model.mean), "std": _floats(model.std), "source": source, "warning": warning}
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -140,7 +209,7 @@ def _load_own(path: Path) -> Loaded:
     return Loaded(model.eval(), meta, str(path), sha256(path), tensors.get("replay_buffer"))
 
 
-def _load_torch(path: Path, arch, num_classes, input_shape, arch_kwargs, mean, std) -> Loaded:
+def _load_torch(path: Path, arch, num_classes, input_shape, arch_kwargs, mean, std, given=None) -> Loaded:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
@@ -172,6 +241,12 @@ def _load_torch(path: Path, arch, num_classes, input_shape, arch_kwargs, mean, s
             "source_format": "jem" if is_jem else "state_dict"}
     model = build_model(meta)
     _load_state(model.net, state, str(path), arch)
+    if given:
+        meta["normalization"] = _normalization(model, given)
+    elif is_jem:
+        meta["normalization"] = _normalization(model, "JEM checkpoint: JEM's (x - 0.5) / 0.5 input scaling")
+    else:
+        meta["normalization"] = _normalization(model, "default (mean 0, std 1)", PLAIN_STATE_DICT_WARNING)
     return Loaded(model.eval(), meta, str(path), sha256(path), replay)
 
 
@@ -214,7 +289,7 @@ def _load_state(net: nn.Module, state: dict, where: str, arch: str) -> None:
     net.load_state_dict(state, strict=False)
 
 
-def _load_factory(spec: str, num_classes, input_shape, mean, std) -> Loaded:
+def _load_factory(spec: str, num_classes, input_shape, mean, std, given=None) -> Loaded:
     try:
         _, module, func = spec.split(":", 2)
         obj = getattr(importlib.import_module(module), func)()
@@ -223,17 +298,21 @@ def _load_factory(spec: str, num_classes, input_shape, mean, std) -> Loaded:
     except (ImportError, AttributeError) as e:
         raise BenchError(f"cannot import factory {spec!r}: {e}") from None
     if isinstance(obj, EnergyModel):
-        model = obj
+        if given:
+            raise BenchError(f"{given}: factory {spec!r} returned an EnergyModel, which sets its own normalisation")
+        model, source = obj, "the factory's EnergyModel"
     elif isinstance(obj, nn.Module):
         model = EnergyModel(obj, 0.0 if mean is None else mean, 1.0 if std is None else std, input_shape, num_classes)
+        source = given or "default (mean 0, std 1: the factory's module takes [0, 1] images)"
     else:
         raise BenchError(f"factory {spec!r} returned {type(obj).__name__}, expected an nn.Module")
     meta = {"arch": spec, "num_classes": model.num_classes or num_classes,
-            "input_shape": list(model.input_shape or input_shape or []), "method": None, "source_format": "py"}
+            "input_shape": list(model.input_shape or input_shape or []), "method": None, "source_format": "py",
+            "normalization": _normalization(model, source)}
     return Loaded(model.eval(), meta, spec, None)
 
 
-def _load_robustbench(spec: str, num_classes, input_shape) -> Loaded:
+def _load_robustbench(spec: str, num_classes, input_shape, mean=None, std=None, given=None) -> Loaded:
     name = spec[3:]
     try:
         from robustbench.utils import load_model
@@ -246,9 +325,11 @@ def _load_robustbench(spec: str, num_classes, input_shape) -> Loaded:
     except Exception as e:
         raise BenchError(f"cannot load RobustBench model {name!r} (network needed on first use): "
                          f"{type(e).__name__}: {_short(e)}") from None
-    model = EnergyModel(net, 0.0, 1.0, input_shape, num_classes)  # RobustBench models take [0, 1]
+    # RobustBench models take [0, 1] and normalise inside: mean 0, std 1 unless --normalize says otherwise
+    model = EnergyModel(net, 0.0 if mean is None else mean, 1.0 if std is None else std, input_shape, num_classes)
     meta = {"arch": f"rb:{name}", "num_classes": num_classes, "input_shape": list(input_shape or []),
-            "method": None, "source_format": "robustbench"}
+            "method": None, "source_format": "robustbench",
+            "normalization": _normalization(model, given or "default (mean 0, std 1: RobustBench models take [0, 1])")}
     return Loaded(model.eval(), meta, spec, None)
 
 

@@ -10,6 +10,7 @@ metrics never need to know it.  With logits f(x):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -90,6 +91,32 @@ class EnergyModel(nn.Module):
             e = self.energy(x, y, kind)
             (g,) = torch.autograd.grad(e.sum(), x, create_graph=create_graph)
         return e, g
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """``model`` (every submodule) in eval mode inside the block, each submodule's own mode restored
+    after: a metric, attack or sampler never updates batch-norm statistics or draws dropout masks,
+    whatever mode its caller left the model in."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def evaluates(fn):
+    """Decorator: run ``fn(model_or_ctx, ...)`` under ``eval_mode`` of its first argument (an
+    nn.Module, or a metric Context whose ``model`` it is)."""
+
+    @functools.wraps(fn)
+    def wrapper(first, *args, **kwargs):
+        with eval_mode(first if isinstance(first, nn.Module) else first.model):
+            return fn(first, *args, **kwargs)
+
+    return wrapper
 
 
 def _per_channel(value: Sequence[float] | float, channels: int | None) -> torch.Tensor:

@@ -1,11 +1,14 @@
 """Run suites on a model: resolve the model, data and settings, run every metric group once,
-cache each group's results keyed by the model's sha256 and exactly the settings it declares, and
-write results.json atomically after every group, so an interrupted run loses nothing finished."""
+cache each group's results keyed by what its numbers come from (the weights as loaded, the images
+of both splits, the group's code and the library versions, and exactly the settings it declares),
+and write results.json atomically after every group, so an interrupted run loses nothing finished."""
 
 from __future__ import annotations
 
+import ast
 import datetime as _dt
 import hashlib
+import importlib.util
 import json
 import math
 import platform
@@ -19,8 +22,8 @@ import torch
 from bench import __version__, checkpoints, data, distributed, fastpath, progress, suites, zoo
 from bench.errors import BenchError
 from bench.metrics import Context, Group, Result
-from bench.results import Results, write_json
-from bench.settings import DEFAULTS, dataset_defaults
+from bench.results import Results, platform_record, write_json
+from bench.settings import DEFAULTS, NORMS, dataset_defaults
 
 
 def resolve_device(device: str) -> torch.device:
@@ -33,9 +36,9 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_model(spec: str | None, dataset: str | None, data_root, arch, download=False):
+def resolve_model(spec: str | None, dataset: str | None, data_root, arch, download=False, normalize=None):
     """-> (Loaded, Dataset).  Own files name their data set; foreign ones need --dataset."""
-    spec = spec or str(zoo.released_path())
+    spec = zoo.resolve_spec(spec) if spec else str(zoo.released_path())
     meta = _peek_meta(spec)
     name = dataset or (meta or {}).get("dataset")
     if name is None:
@@ -45,8 +48,10 @@ def resolve_model(spec: str | None, dataset: str | None, data_root, arch, downlo
     ds = data.load(name, data_root, download)
     if len(ds.test) == 0 or len(ds.train) == 0:
         raise BenchError(f"data set {name} is empty")
-    loaded = checkpoints.load(spec, arch=arch, num_classes=ds.num_classes, input_shape=ds.input_shape)
+    loaded = checkpoints.load(spec, arch=arch, num_classes=ds.num_classes, input_shape=ds.input_shape,
+                              normalize=normalize)
     check_compatible(loaded, ds)
+    loaded.weights_sha256 = checkpoints.weights_sha256(loaded.model)  # lazy modules are initialised now
     return loaded, ds
 
 
@@ -85,26 +90,37 @@ def resolve_settings(overrides: dict, loaded: checkpoints.Loaded, ds: data.Datas
     s = dict(DEFAULTS)
     s.update(dataset_defaults(ds.name))
     tm = loaded.meta.get("threat_model") or {}
-    if tm.get("eps") is not None and loaded.meta.get("dataset") == ds.name:
+    if tm.get("eps") is not None and loaded.meta.get("dataset") == ds.name and tm.get("norm", "Linf") == "Linf":
         s["eps"] = float(tm["eps"])
+    linf_eps = s["eps"]  # the landscape's default radius stays L-inf sized under --norm L2
+    if overrides.get("norm") not in (None, "Linf"):  # the eps default follows the norm
+        s["eps"] = dataset_defaults(ds.name, overrides["norm"]).get("eps", s["eps"])
+        if tm.get("eps") is not None and loaded.meta.get("dataset") == ds.name and tm.get("norm") == overrides["norm"]:
+            s["eps"] = float(tm["eps"])
     s.update({k: v for k, v in overrides.items() if v is not None})
-    validate_settings(s)
+    validate_settings(s, ds.input_shape)
     if s["pgd_step_size"] is None:
         s["pgd_step_size"] = s["eps"] / 4
     if s["landscape_radius"] is None:
-        s["landscape_radius"] = 2 * s["eps"]
+        s["landscape_radius"] = 2 * (s["eps"] if s["norm"] == "Linf" else linf_eps)
     return s
 
 
-def validate_settings(s: dict) -> None:
+def validate_settings(s: dict, input_shape=None) -> None:
     unknown = set(s) - set(DEFAULTS)
     if unknown:
         raise BenchError(f"unknown setting {sorted(unknown)[0]!r}")
+    if s["norm"] not in NORMS:
+        raise BenchError(f"unknown norm {s['norm']!r}; expected one of {', '.join(NORMS)}")
     eps = s["eps"]
     if not isinstance(eps, int | float) or not math.isfinite(eps) or eps < 0:
         raise BenchError(f"eps must be a non-negative number, got {eps}")
-    if eps >= 1:
+    if s["norm"] == "Linf" and eps >= 1:
         raise BenchError(f"eps {eps:g} is outside [0, 1): inputs live in [0, 1], so give e.g. 8/255, not 8")
+    if s["norm"] == "L2" and input_shape is not None and eps > math.sqrt(math.prod(input_shape)):
+        d = math.prod(input_shape)
+        raise BenchError(f"L2 eps {eps:g} exceeds sqrt({d}) = {math.sqrt(d):.4g}, the diameter of [0, 1]^{d} "
+                         f"for {'x'.join(map(str, input_shape))} images: such a ball holds every image")
     for k in ("n_gen", "batch_size", "pgd_steps", "probes", "n_score", "ece_bins"):
         if s[k] is not None and (not isinstance(s[k], int) or s[k] <= 0):
             raise BenchError(f"{k.replace('_', '-')} must be a positive integer, got {s[k]}")
@@ -114,11 +130,90 @@ def validate_settings(s: dict) -> None:
             raise BenchError(f"{k.replace('_', '-')} must be a positive integer, got {s[k]}")
 
 
-def cache_key(group: Group, model_id: str, dataset: str, settings: dict) -> str:
+def cache_key(group: Group, model_id: str, dataset: str, settings: dict, identity: dict | None = None) -> str:
+    """The cache key of one group: its name, the model, the data set and its settings, and the
+    ``identity`` of what it evaluates: the weights digest, the digests of both splits, the group's
+    code digest and the library versions (see ``run``)."""
     names = sorted(set(group.settings) | set(fastpath.SETTINGS))  # fast paths may move any number
     keyed = {"group": group.name, "model": model_id, "dataset": dataset, "bench": __version__,
-             "settings": {k: settings.get(k) for k in names}}
+             "settings": {k: settings.get(k) for k in names}, "identity": identity}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def code_sha256(module: str, memo: dict | None = None) -> str:
+    """sha256 of the source of ``module`` and of every ``bench`` module it imports, directly or
+    through others, at top level or inside functions: the code a metric group's numbers come from."""
+    memo = {} if memo is None else memo
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name not in memo:
+            memo[name] = _module_source(name)
+        todo += [m for m in memo[name][1] if m not in seen]
+    h = hashlib.sha256()
+    for name in sorted(seen):
+        h.update(f"{name}|{len(memo[name][0])}|".encode())
+        h.update(memo[name][0])
+    return h.hexdigest()
+
+
+def _module_source(name: str) -> tuple[bytes, list[str]]:
+    """(source bytes, the bench modules it imports) of a module; no source: (b"", [])."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return b"", []
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return b"", []
+    src = Path(spec.origin).read_bytes()
+    package = name if spec.submodule_search_locations is not None else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) \
+                if node.level else node.module or ""
+            found += [base] + [f"{base}.{a.name}" for a in node.names]
+    return src, sorted({m for m in found if (m == "bench" or m.startswith("bench.")) and _is_module(m)})
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def data_record(ds: data.Dataset) -> dict:
+    """``run.data`` of results.json: the digests of the splits actually evaluated (whatever
+    --dataset and --data-root say), their sizes, whether they are the same images, and for CIFAR
+    whether the files are the official release (md5; null for other data sets)."""
+    train, test = data.split_sha256(ds.train), data.split_sha256(ds.test)
+    return {"name": ds.name, "train_sha256": train, "test_sha256": test, "n_train": len(ds.train),
+            "n_test": len(ds.test), "train_is_test": ds.train_is_test or train == test,
+            "official_md5": ds.info.get("official_md5")}
+
+
+def _announce(loaded: checkpoints.Loaded, ds: data.Dataset, record: dict, log) -> None:
+    """The run's console lines on what is evaluated: normalisation and its source, and warnings."""
+    norm = loaded.meta.get("normalization") or {}
+    if norm:
+        log(f"normalisation: mean {_vals(norm['mean'])} std {_vals(norm['std'])} (from {norm['source']})")
+        if norm.get("warning"):
+            log(f"warning: {norm['warning']}")
+    if record["train_is_test"]:
+        log(f"warning: data set {ds.name}: {data.TRAIN_IS_TEST}; the metrics comparing with the training set "
+            "(FID, SSIM neighbours) are refused (null)")
+    if record["official_md5"] is False:
+        log(f"warning: the {ds.name} files under {ds.info.get('root')} are not the official release (md5 differs)")
+
+
+def _vals(v: list[float]) -> str:
+    return "[" + ", ".join(f"{x:.4g}" for x in v) + "]"
 
 
 def _check_out(out: Path) -> None:
@@ -153,8 +248,11 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
     suite_names = suites.resolve(suite)
     groups = suites.groups_for(suite_names)
     dev = distributed.init(resolve_device(device))
-    loaded, ds = resolve_model(model, dataset, data_root, arch, download)
+    loaded, ds = resolve_model(model, dataset, data_root, arch, download, (settings or {}).get("normalize"))
     s = resolve_settings(settings or {}, loaded, ds)
+    # metric names that depend on the settings (the OOD group: one per --ood set) are fixed here,
+    # before any cache is read (bench.metrics.Group.for_settings); a bad --ood fails here, early
+    groups = [g.for_settings(s) for g in groups]
     main = distributed.is_main()
     if main:
         _check_out(out)
@@ -164,20 +262,33 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
     torch.manual_seed(s["seed"])
 
     model_id = loaded.sha256 or loaded.path
-    s_run = dict(s, model_sha256=loaded.sha256)
+    data_rec = data_record(ds)
+    ds.info["train_is_test"] = data_rec["train_is_test"]  # identical splits count too
+    _announce(loaded, ds, data_rec, log)
+    vers = versions()
+    memo: dict = {}
+    code = {g.name: code_sha256(g.fn.__module__, memo) for g in groups}
+    identity = {"weights": loaded.weights_sha256, "data": [data_rec["train_sha256"], data_rec["test_sha256"]],
+                "versions": vers}
+    s_run = dict(s, model_sha256=loaded.sha256, weights_sha256=loaded.weights_sha256,
+                 data_sha256=identity["data"],
+                 generation_code_sha256=code_sha256("bench.generation", memo))  # keys samples.npz
     model = fastpath.apply(loaded.model.to(dev).eval(), fastpath.FastPath.from_settings(s))
     ctx = Context(model, ds, s_run, dev, out,
-                  shared={"replay_buffer": loaded.replay_buffer, "loaded": loaded}, progress=progress.bar)
+                  shared={"replay_buffer": loaded.replay_buffer, "loaded": loaded, "data_root": data_root},  # data_root: --ood sets
+                  progress=progress.bar)
     cache_dir = out / "cache"
     cache_dir.mkdir(exist_ok=True)
     res = Results(loaded.describe() | {"dataset": ds.name, "num_classes": ds.num_classes}, {
-        "suites": suite_names, "seed": s["seed"], "device": str(dev), "versions": versions(),
+        "suites": suite_names, "seed": s["seed"], "device": str(dev), "versions": vers, "data": data_rec,
+        "code_sha256": code,
+        "platform": platform_record(dev),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "seconds": None,
         "config": s, "cache": {"hits": [], "computed": []}})
     if distributed.active():
         res.run["processes"] = distributed.world()
     for g in groups:
-        key = cache_key(g, model_id, ds.name, s)
+        key = cache_key(g, model_id, ds.name, s, dict(identity, code=code[g.name]))
         path = cache_dir / f"{g.name}-{key}.json"
         cached = _read_cache(path, g) if resume and main else None
         cached = distributed.broadcast(cached)  # every rank takes the same path through the groups
@@ -227,7 +338,7 @@ def _compute_distributed(g: Group, ctx: Context) -> tuple[dict[str, Result], boo
     if not distributed.active():
         return _compute_halving(g, ctx)
     if "n_gen" in g.settings:
-        from bench.sampling import generated
+        from bench.generation import generated
 
         generated(ctx)
     if g.sharded:
@@ -313,6 +424,9 @@ def _compute(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
     missing = [m for m in g.metrics if m not in out]
     if missing:
         raise RuntimeError(f"metric group {g.name} did not return {missing}")
+    undeclared = [m for m in out if m not in g.metrics]
+    if undeclared:  # every metric declares its facts at registration (bench.metrics.register)
+        raise RuntimeError(f"metric group {g.name} returned undeclared metric(s) {undeclared}")
     return {m: out[m] for m in g.metrics}, True
 
 
