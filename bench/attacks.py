@@ -2,8 +2,11 @@
 
 ``pgd`` ascends either the cross-entropy E(x,y) - E(x) (Eq. 3, 14: the normal attack) or the joint
 energy E(x,y) alone (Eq. 18: the energy attack) inside an L-inf ball, with the same update and
-projection as Madry et al. and torchattacks' PGD.  ``fgsm`` is one full step from x.  AutoAttack
-runs through the reference implementation, pyautoattack (see ``metrics.robustness``).
+projection as Madry et al. and torchattacks' PGD, or (``norm="L2"``) inside an L2 ball with the
+update and projection of torchattacks' PGDL2: step along g / ||g||_2, rescale the perturbation
+into the ball, then clamp to [0, 1].  ``fgsm`` is one full step from x (FGM, x + eps g / ||g||_2,
+under L2).  AutoAttack runs through the reference implementation, pyautoattack (see
+``metrics.robustness``).
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bench.energy import EnergyModel
+from bench.energy import EnergyModel, evaluates
 
 LOSSES = ("ce", "energy")
+NORMS = ("Linf", "L2")
 
 
 def attack_loss(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
@@ -25,16 +29,56 @@ def attack_loss(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, loss: str)
     raise ValueError(f"unknown attack loss {loss!r}; expected one of {LOSSES}")
 
 
-def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """x + U(-eps, eps), clipped to [0, 1]."""
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return (x + (2 * u - 1) * eps).clamp(0, 1)
+def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None = None,
+                  norm: str = "Linf") -> torch.Tensor:
+    """A uniform point of the ``norm`` ball of radius eps around x, clipped to [0, 1]: L-inf
+    x + U(-eps, eps); L2 x + eps * u^(1/d) * z / ||z||_2 (z Gaussian, u uniform, d = pixels per
+    image).  Clipping only shrinks the perturbation, so the start stays in the ball."""
+    if norm == "Linf":
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return (x + (2 * u - 1) * eps).clamp(0, 1)
+    if norm == "L2":
+        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        u = torch.rand((len(x),) + (1,) * (x.dim() - 1), generator=generator, device=x.device, dtype=x.dtype)
+        d = x[0].numel() if len(x) else 1
+        return (x + eps * u ** (1 / d) * z / _l2(z).clamp_min(1e-12)).clamp(0, 1)
+    raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
 
 
+def _l2(t: torch.Tensor) -> torch.Tensor:
+    """Per-image L2 norm, shaped to broadcast against t."""
+    return t.flatten(1).norm(p=2, dim=1).view(-1, *[1] * (t.dim() - 1))
+
+
+def _step(g: torch.Tensor, norm: str) -> torch.Tensor:
+    """The steepest-ascent direction of unit ``norm``: sign(g) (L-inf), g / ||g||_2 (L2)."""
+    if norm == "Linf":
+        return g.sign()
+    if norm == "L2":
+        return g / _l2(g).clamp_min(1e-12)
+    raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+
+
+def project(x: torch.Tensor, adv: torch.Tensor, eps: float, norm: str = "Linf") -> torch.Tensor:
+    """adv projected onto the ``norm`` ball of radius eps around x (L-inf: clip each pixel; L2:
+    rescale the perturbation by min(1, eps / ||adv - x||_2)), then clamped to [0, 1]."""
+    d = adv - x
+    if norm == "Linf":
+        d = d.clamp(-eps, eps)
+    elif norm == "L2":
+        d = d * torch.clamp(eps / _l2(d).clamp_min(1e-30), max=1.0)  # d = 0 stays 0, also at eps = 0
+    else:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+    return (x + d).clamp(0, 1)
+
+
+@evaluates
 def pgd(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 20,
         step_size: float | None = None, loss: str = "ce", random_start: bool = True,
-        generator: torch.Generator | None = None, x_start: torch.Tensor | None = None) -> torch.Tensor:
-    """L-inf PGD: x_{n+1} = clip_{x0,eps}(x_n + step * sign(grad loss)), kept in [0, 1].
+        generator: torch.Generator | None = None, x_start: torch.Tensor | None = None,
+        norm: str = "Linf") -> torch.Tensor:
+    """PGD: x_{n+1} = clip_{x0,eps}(x_n + step * sign(grad loss)) under L-inf, kept in [0, 1];
+    under L2 the step is along grad / ||grad||_2 and the projection rescales into the L2 ball.
 
     ``x_start`` overrides the starting point (for comparisons against other implementations);
     otherwise the start is x, or a uniform point in the ball when ``random_start``."""
@@ -43,29 +87,32 @@ def pgd(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, eps: float, steps:
     if x_start is not None:
         adv = x_start.detach().clone()
     elif random_start:
-        adv = uniform_start(x, eps, generator)
+        adv = uniform_start(x, eps, generator, norm)
     else:
         adv = x.clone()
     for _ in range(steps):
         adv.requires_grad_(True)
         with torch.enable_grad():
             (g,) = torch.autograd.grad(attack_loss(model, adv, y, loss), adv)
-        adv = adv.detach() + step_size * g.sign()
-        adv = (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)
+        adv = project(x, adv.detach() + step_size * _step(g, norm), eps, norm)
     return adv.detach()
 
 
-def fgsm(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, eps: float, loss: str = "ce") -> torch.Tensor:
-    """x + eps * sign(grad loss) (Eq. 2), clipped to [0, 1]."""
-    return pgd(model, x, y, eps, steps=1, step_size=eps, loss=loss, random_start=False)
+@evaluates
+def fgsm(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, eps: float, loss: str = "ce",
+         norm: str = "Linf") -> torch.Tensor:
+    """x + eps * sign(grad loss) (Eq. 2), clipped to [0, 1]; under L2 the fast gradient method
+    x + eps * grad / ||grad||_2."""
+    return pgd(model, x, y, eps, steps=1, step_size=eps, loss=loss, random_start=False, norm=norm)
 
 
+@evaluates
 def pgd_restarts(model: EnergyModel, x, y, eps, steps=20, step_size=None, loss="ce", restarts=1,
-                 generator=None) -> torch.Tensor:
+                 generator=None, norm: str = "Linf") -> torch.Tensor:
     """PGD with random restarts: per point, the first restart that fools the model wins."""
     best = None
     for _ in range(max(1, restarts)):
-        adv = pgd(model, x, y, eps, steps, step_size, loss, True, generator)
+        adv = pgd(model, x, y, eps, steps, step_size, loss, True, generator, norm=norm)
         if best is None:
             best = adv
         else:
@@ -75,9 +122,18 @@ def pgd_restarts(model: EnergyModel, x, y, eps, steps=20, step_size=None, loss="
     return best
 
 
-def check_in_ball(x: torch.Tensor, adv: torch.Tensor, eps: float, tol: float = 1e-6) -> None:
-    """Raise if any adversarial example leaves the eps ball or [0, 1] (checked, not assumed)."""
-    dist = (adv - x).abs().amax().item()
-    if dist > eps + tol or adv.min().item() < -tol or adv.max().item() > 1 + tol:
-        raise RuntimeError(f"adversarial example outside the threat model: Linf {dist:.6g} > eps {eps:.6g}"
+def check_in_ball(x: torch.Tensor, adv: torch.Tensor, eps: float, tol: float = 1e-6, norm: str = "Linf") -> float:
+    """Raise if any adversarial example leaves the ``norm`` ball of radius eps or [0, 1] (checked,
+    not assumed); return the largest perturbation norm.  The L2 tolerance is relative as well:
+    the norm of a float32 perturbation carries rounding of about 1e-7 of its size."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+    if not len(x):
+        return 0.0
+    d = (adv - x).flatten(1)
+    dist = (d.abs().amax() if norm == "Linf" else d.norm(p=2, dim=1).max()).item()
+    limit = eps + tol if norm == "Linf" else eps * (1 + 1e-5) + tol
+    if dist > limit or adv.min().item() < -tol or adv.max().item() > 1 + tol:
+        raise RuntimeError(f"adversarial example outside the threat model: {norm} {dist:.6g} > eps {eps:.6g}"
                            f" or range [{adv.min().item():.4g}, {adv.max().item():.4g}]")
+    return dist
