@@ -4,79 +4,89 @@ Only comparable runs are compared: the settings that change a number must match 
 ``model.sha256`` (the checkpoint), ``model.dataset`` and every key of ``run.config`` (what the
 runner records as "every setting that changes a number": seed, eps, n_eval, n_gen, ...).  Where
 they differ, ``check`` names the differing settings and stops with exit code 2: a mismatch is bad
-input, not a regression.  Library versions, the device and the fast paths (``channels_last``,
-``amp``, ``compile``: bench.fastpath) may differ, and are noted; they are what the tolerances below
-absorb, so ``bench check`` of a fast-path run against a plain baseline is the check that the fast
-path moves no metric beyond its tolerance.  A setting newer than the baseline (absent from its
-``run.config``) is compared as its default value, which is what the older run used.
+input, not a regression.  A setting newer than the baseline (absent from its ``run.config``) is
+compared as its default value, which is what the older run used.
 
-Rule.  A metric fails when ``|current - baseline| > tolerance``, in either direction.  With the
-settings (seed included) equal, a rerun of unchanged code reproduces the baseline up to
-floating-point noise; a change beyond sampling error either way means the computation changed,
-and an improvement is flagged as well, so that a baseline is renewed deliberately rather than
-drifting.  A metric the baseline has a value for but the current run records as null (for
-example after an error or out of memory) fails too.  A metric absent from one side (its suite was
-not run) is reported as ``missing``; one null in the baseline is reported as ``null``; neither
-fails.
+Two modes.
 
-Default tolerances (in the units of results.json: accuracies and ECE as fractions), grounded in
+Exact (``--exact``): for a rerun on the baseline's own platform (``run.platform``: machine, OS,
+Python, torch, CPU or GPU model, torch threads) with the same library versions (``run.versions``)
+and fast paths.  Every metric is deterministic there (same seed, same random streams, same
+kernels, same summation order), so every metric must reproduce the baseline to 1e-6 relative
+(``EXACT_REL``; a baseline value of 0 must stay exactly 0).  Any real change to the computation
+moves some digit and fails.  A run or baseline without a platform record (made before bench
+recorded one), or a platform, version or fast path that differs, is refused with exit code 2: the
+numbers may legitimately differ in their last digits there, so exact mode cannot decide.
+
+Statistical (the default; other machines, other versions, fast paths): versions, platform and the
+fast paths (``channels_last``, ``amp``, ``compile``: bench.fastpath) may differ and are noted; a
+metric fails when ``|current - baseline| > tolerance``, either way, with tolerances grounded in
 sampling error.  K = 3 standard errors *of the difference* of two independent estimates, which is
 sqrt(2) x the standard error of one run: a code change that only redraws the randomness (other
 attack starts, other SGLD chains) leaves each metric inside its tolerance with probability about
 99.7%, so a dozen metrics raise a false alarm about 3% of the time.
 
-- accuracy, pgd20, pgd20_energy, autoattack (and landscape_center_is_min, also a proportion):
+Each metric declares its rule where its group is registered (``bench.metrics.Metric``: its
+``tolerance`` and ``range``); this module applies the rules.  Today's declarations:
+
+- ``proportion``: accuracy, pgd20, pgd20_energy, autoattack, accuracy_aa, pgd20_aa, landscape_center_is_min,
+  diverged_fraction (proportions):
   K sqrt(2) sqrt(p(1-p)/n) at the baseline's p and n, with p smoothed to (np + 1)/(n + 2) so
   that a proportion at 0 or 1 (pgd20 of an undefended model) still tolerates a few examples;
   floor 0.001.
-- ece, ece_fgsm: the delta-method standard error of ECE = sum_b |sum_{i in b}(ok_i - conf_i)| / n
+- ``ece``: ece, ece_fgsm: the delta-method standard error of ECE = sum_b |sum_{i in b}(ok_i - conf_i)| / n
   with the confidences fixed: sqrt(sum_b n_b a_b (1 - a_b)) / n from the per-bin counts n_b and
   accuracies a_b the run records (a_b smoothed as above); without bins, sqrt(a(1-a)/n) at the
   overall accuracy a (0.5 if unknown, the worst case).  Times K sqrt(2); floor 0.002.
-- fid, is_mean: 10% relative; is_std (itself the spread of a few splits): 25% relative.
+- ``relative``: fid, is_mean: 10% relative; is_std (itself the spread of a few splits): 25% relative.
   FID and IS have no simple closed-form standard error and FID's bias depends on n, which the
   settings check holds fixed.
-- jfs, mfs: K sqrt(2) std.  The ``std`` bench records for them is already the standard error of
+- ``standard-error``: jfs, mfs: K sqrt(2) std.  The ``std`` bench records for them is already the standard error of
   the mean over points, sd / sqrt(n) (``bench.metrics.fisher.STD_NOTE``), Hutchinson probe
   noise included, so it is not divided by sqrt(n) again.  Floor 1% of |baseline|; without a
   recorded std, 10% relative.
-- ssim_nn: 0.02 absolute; denoise_psnr, denoise_psnr_noisy: 0.5 dB; denoise_ssim,
+- ``standard-error`` (no floor): landscape_flatness, landscape_min_offset, nll, brier (and their ``_ts``, ``_fgsm`` variants):
+  means over points, K sqrt(2) std (the recorded standard error of the mean).
+- ``absolute``: ssim_nn: 0.02 absolute; denoise_psnr, denoise_psnr_noisy: 0.5 dB; denoise_ssim,
   denoise_ssim_noisy: 0.02; each widened to K sqrt(2) std where the recorded standard error
   (sd / sqrt(n)) makes that larger.
-- any other metric: K sqrt(2) std where a std is recorded, else 10% relative.
 
-``--tolerance NAME=ABS`` replaces a metric's default by an absolute tolerance in the same units.
+A metric such a tolerance cannot bound is "not checkable" (reported and counted, neither ok nor a
+failure): one computed on fewer than ``MIN_N`` points (a standard error from a handful of points is
+itself too uncertain: the default landscape's 4 images), one whose tolerance spans half its whole
+range or more (a proportion's tolerance >= 0.5: it would pass anything), and a metric whose rule is
+``none`` or that no group declares (no loose default is invented for it; exact mode compares it
+like any other).
+
+Both modes: a metric null in both runs is ok (its reason noted); null in one only is a regression
+(a value lost, e.g. after an error or out of memory, or one that appeared).  A metric absent from
+one side (its suite was not run) is reported as ``missing`` and does not fail.
+``--tolerance NAME=ABS`` replaces a metric's tolerance, in either mode, by an absolute tolerance
+in the same units.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import fastpath, results
+from bench import fastpath, registry, results
 from bench.errors import BenchError
-from bench.metrics import Result
-from bench.results import Results
+from bench.fileio import atomic_write_bytes
+from bench.results import Result, Results
 from bench.settings import DEFAULTS
 
+EXACT_REL = 1e-6
 K = 3.0
 DIFF = math.sqrt(2.0)  # standard error of a difference of two independent estimates, per unit SE
+MIN_N = 30  # fewer points: a standard error (or a normal approximation) bounds nothing
 
-PROPORTIONS = ("accuracy", "pgd20", "pgd20_energy", "autoattack", "landscape_center_is_min")
-PROPORTION_FLOOR = 0.001
-ECE = ("ece", "ece_fgsm")
-ECE_FLOOR = 0.002
-RELATIVE = {"fid": 0.10, "is_mean": 0.10, "is_std": 0.25}
-FISHER = ("jfs", "mfs")
-FISHER_FLOOR_REL = 0.01
-ABSOLUTE = {"ssim_nn": 0.02, "denoise_psnr": 0.5, "denoise_psnr_noisy": 0.5, "denoise_ssim": 0.02,
-            "denoise_ssim_noisy": 0.02}
-OTHER_REL = 0.10
-# the metric names of DESIGN.md (valid in --tolerance even when neither run has them)
-KNOWN = ("accuracy", "pgd20", "pgd20_energy", "autoattack", "ece", "ece_fgsm", "is_mean", "is_std", "fid",
-         "jfs", "mfs", "ssim_nn", "denoise_psnr_noisy", "denoise_psnr")
+def known() -> set[str]:
+    """Every metric with a statistical rule (also valid in --tolerance when neither run has it)."""
+    return {sp.name for sp in registry.declared() if not sp.is_pattern and sp.tolerance.rule != "none"}
 
 
 def _smoothed(p: float, n: int) -> float:
@@ -96,29 +106,56 @@ def _ece_se(r: Result) -> float:
     return math.sqrt(a * (1 - a) / n)
 
 
-def default_tolerance(name: str, base: Result) -> tuple[float, str]:
-    """(tolerance, how it was derived) for metric ``name`` from the baseline's record."""
+def _has_std(std) -> bool:
+    return std is not None and math.isfinite(std)
+
+
+def _rule(name: str, base: Result) -> tuple[float | None, str]:
+    """The statistical tolerance of ``name`` by its declared rule (bench.metrics.Tolerance),
+    before the checkability test."""
     v, n, std = base.value, int(base.n or 0), base.std
-    if v is None:
-        return math.nan, "no baseline value"
-    if name in PROPORTIONS and n > 0 and 0 <= v <= 1:
+    t = registry.spec(name).tolerance
+    if t.rule == "proportion" and n > 0 and 0 <= v <= 1:
         p = _smoothed(v, n)
-        return max(K * DIFF * math.sqrt(p * (1 - p) / n), PROPORTION_FLOOR), f"3 SE of a proportion at n={n}"
-    if name in ECE and n > 0:
-        return max(K * DIFF * _ece_se(base), ECE_FLOOR), f"3 SE of ECE at n={n}"
-    if name in RELATIVE:
-        return RELATIVE[name] * abs(v) + 1e-9, f"{RELATIVE[name]:.0%} relative"
-    if name in FISHER:
-        if std is not None and math.isfinite(std):
-            return max(K * DIFF * std, FISHER_FLOOR_REL * abs(v), 1e-9), "3 SE from the recorded std"
-        return OTHER_REL * abs(v) + 1e-9, f"{OTHER_REL:.0%} relative (no std recorded)"
-    if name in ABSOLUTE:
-        if std is not None and math.isfinite(std) and K * DIFF * std > ABSOLUTE[name]:
+        return max(K * DIFF * math.sqrt(p * (1 - p) / n), t.floor), f"3 SE of a proportion at n={n}"
+    if t.rule == "ece" and n > 0:
+        return max(K * DIFF * _ece_se(base), t.floor), f"3 SE of ECE at n={n}"
+    if t.rule == "relative":
+        return t.margin * abs(v) + 1e-9, f"{t.margin:.0%} relative"
+    if t.rule == "standard-error":
+        if _has_std(std):
+            return max(K * DIFF * std, t.floor_rel * abs(v), 1e-9), "3 SE from the recorded std"
+        if t.margin is not None:
+            return t.margin * abs(v) + 1e-9, f"{t.margin:.0%} relative (no std recorded)"
+        return None, "no standard error recorded"
+    if t.rule == "absolute":
+        if _has_std(std) and K * DIFF * std > t.margin:
             return K * DIFF * std, "3 SE from the recorded std"
-        return ABSOLUTE[name], "absolute"
-    if std is not None and math.isfinite(std) and std > 0:
-        return K * DIFF * std, "3 SE from the recorded std"
-    return OTHER_REL * abs(v) + 1e-9, f"{OTHER_REL:.0%} relative"
+        return t.margin, "absolute"
+    if t.rule == "proportion":
+        return None, f"not a proportion at n={n}"
+    return None, "no statistical tolerance is defined for this metric (--exact compares it; or give --tolerance)"
+
+
+def default_tolerance(name: str, base: Result) -> tuple[float | None, str]:
+    """(tolerance, how it was derived) for metric ``name`` in statistical mode, from the baseline's
+    record; (None, why) for a metric that is not checkable (see the module docstring)."""
+    if base.value is None:
+        return None, "no baseline value"
+    n = int(base.n or 0)
+    tol, how = _rule(name, base)
+    if tol is None:
+        return None, how
+    if n < MIN_N:
+        return None, f"at n={n}: fewer than {MIN_N} points (tolerance would be {tol:.3g})"
+    width = registry.spec(name).range
+    if width is not None and tol >= width / 2:
+        return None, f"at n={n}: the tolerance {tol:.3g} spans half the metric's range or more"
+    return tol, how
+
+
+def exact_tolerance(base: Result) -> tuple[float, str]:
+    return EXACT_REL * abs(base.value), f"exact ({EXACT_REL:g} relative)"
 
 
 _TOL = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*=\s*(\S+)\s*$")
@@ -126,7 +163,7 @@ _TOL = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*=\s*(\S+)\s*$")
 
 def parse_tolerances(items, names) -> dict[str, float]:
     """``NAME=ABS`` strings -> {name: abs}.  Bad syntax, a negative or non-finite tolerance and a
-    name that is no metric (of DESIGN.md or of either run) raise BenchError."""
+    name that is no metric (of ``known()`` or of either run) raise BenchError."""
     out = {}
     for item in items or ():
         m = _TOL.match(item)
@@ -175,6 +212,39 @@ def _show(v) -> str:
     return repr(v)
 
 
+def _record(run: dict, key: str) -> dict:
+    v = run.get(key)
+    return v if isinstance(v, dict) else {}
+
+
+def environment_differences(base: Results, cur: Results) -> list[str]:
+    """Platform, versions and fast paths that differ (``platform.threads 1 -> 2``)."""
+    out = []
+    for key in ("platform", "versions"):
+        b, c = _record(base.run, key), _record(cur.run, key)
+        out += [f"{key}.{k} {b.get(k)!r} -> {c.get(k)!r}" for k in sorted(set(b) | set(c)) if b.get(k) != c.get(k)]
+    bc, cc = base.run.get("config") or {}, cur.run.get("config") or {}
+    if isinstance(bc, dict) and isinstance(cc, dict):
+        out += [f"{k} {b!r} -> {c!r}" for k in fastpath.SETTINGS if (b := _setting(bc, k)) != (c := _setting(cc, k))]
+    return out
+
+
+def exact_refusal(base: Results, cur: Results) -> str | None:
+    """Why exact mode cannot compare these two runs (None: it can)."""
+    for res, what, fix in ((base, "the baseline", "regenerate the baseline (bench run) with this version of bench"),
+                           (cur, "the run", "rerun it with this version of bench")):
+        if not _record(res.run, "platform"):
+            return f"--exact: {what} has no platform record (made before bench recorded one): {fix}"
+    diffs = environment_differences(base, cur)
+    if diffs:
+        return (f"--exact needs the baseline's platform, versions and fast paths; {len(diffs)} differ: "
+                + ", ".join(diffs) + " (compare without --exact across machines)")
+    return None
+
+
+OK, REGRESSION, NOT_CHECKABLE, MISSING = "ok", "REGRESSION", "not checkable", "missing"
+
+
 @dataclass
 class Row:
     metric: str
@@ -182,18 +252,20 @@ class Row:
     current: float | None
     delta: float | None
     tolerance: float | None
-    status: str  # ok | REGRESSION | missing | null
+    status: str  # ok | REGRESSION | not checkable | missing
     note: str = ""
 
     @property
     def failed(self) -> bool:
-        return self.status == "REGRESSION"
+        return self.status == REGRESSION
 
 
 @dataclass
 class Report:
     rows: list[Row]
     notes: list[str] = field(default_factory=list)  # e.g. differing versions (not compared)
+    mode: str = "statistical"  # or "exact"
+    label: str = "run"  # what was checked, e.g. digits-jeat
 
     @property
     def regressions(self) -> list[Row]:
@@ -203,17 +275,87 @@ class Report:
     def exit_code(self) -> int:
         return 1 if self.regressions else 0
 
+    def counts(self) -> dict[str, int]:
+        return {s: sum(r.status == s for r in self.rows) for s in (OK, REGRESSION, NOT_CHECKABLE, MISSING)}
+
+    def summary(self) -> str:
+        c = self.counts()
+        return (f"{c[OK]} ok, {c[REGRESSION]} regression(s), {c[NOT_CHECKABLE]} not checkable, "
+                f"{c[MISSING]} missing ({self.mode} mode)")
+
+    def _cells(self, r: Row) -> tuple[str, ...]:
+        return (r.metric, _f(r.baseline), _f(r.current), _f(r.delta, sign=True), _f(r.tolerance), r.status)
+
     def format(self) -> str:
         head = ("metric", "baseline", "current", "delta", "tolerance", "status")
-        body = [(r.metric, _f(r.baseline), _f(r.current), _f(r.delta, sign=True), _f(r.tolerance),
-                 r.status + (f"  ({r.note})" if r.note else "")) for r in self.rows]
+        body = [self._cells(r)[:5] + (r.status + (f"  ({r.note})" if r.note else ""),) for r in self.rows]
         widths = [max(len(x[i]) for x in [head, *body]) for i in range(5)]
         lines = ["  ".join(x[i].ljust(widths[i]) if i == 0 else x[i].rjust(widths[i]) for i in range(5))
                  + "  " + x[5] for x in [head, *body]]
-        counts = {s: sum(r.status == s for r in self.rows) for s in ("ok", "REGRESSION", "missing", "null")}
-        lines.append(f"{counts['ok']} ok, {counts['REGRESSION']} regression(s), {counts['missing']} missing, "
-                     f"{counts['null']} null")
-        return "\n".join(self.notes + lines)
+        return "\n".join(self.notes + lines + [self.summary()])
+
+    def to_markdown(self) -> str:
+        """A Markdown section (heading, table, summary), e.g. for ``$GITHUB_STEP_SUMMARY``."""
+        verdict = f"{len(self.regressions)} regression(s)" if self.regressions else "passed"
+        lines = [f"### bench check {self.label}: {verdict}", "",
+                 "| metric | baseline | current | delta | tolerance | status | note |",
+                 "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
+        for r in self.rows:
+            cells = list(self._cells(r)) + [r.note]
+            if r.failed:
+                cells[5] = f"**{r.status}**"
+            lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+        lines += ["", self.summary()]
+        lines += [f"- {_md(n)}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def to_junit(self) -> bytes:
+        """JUnit XML: one test case per metric; a regression is a failure, a metric not checkable or
+        missing is skipped (with its reason)."""
+        c = self.counts()
+        suite = _junit_suite(self.label, self.mode, len(self.rows), c[REGRESSION], c[NOT_CHECKABLE] + c[MISSING], 0)
+        for note in self.notes:
+            ET.SubElement(ET.SubElement(suite, "properties"), "property", name="note", value=note)
+        for r in self.rows:
+            case = ET.SubElement(suite, "testcase", classname=f"bench.check.{self.label}", name=r.metric, time="0")
+            detail = (f"baseline {_f(r.baseline)}, current {_f(r.current)}, delta {_f(r.delta, sign=True)}, "
+                      f"tolerance {_f(r.tolerance)}" + (f" ({r.note})" if r.note else ""))
+            if r.failed:
+                ET.SubElement(case, "failure", message=detail, type="regression").text = detail
+            elif r.status in (NOT_CHECKABLE, MISSING):
+                ET.SubElement(case, "skipped", message=f"{r.status}: {r.note}")
+            else:
+                ET.SubElement(case, "system-out").text = detail
+        return _junit_bytes(suite)
+
+
+def junit_error(label: str, mode: str, message: str) -> bytes:
+    """JUnit XML for a check that could not compare at all (exit code 2): one erroring case."""
+    suite = _junit_suite(label, mode, 1, 0, 0, 1)
+    case = ET.SubElement(suite, "testcase", classname=f"bench.check.{label}", name="compare", time="0")
+    ET.SubElement(case, "error", message=message, type="not compared").text = message
+    return _junit_bytes(suite)
+
+
+def markdown_error(label: str, message: str) -> str:
+    return f"### bench check {label}: not compared\n\nerror: {_md(message)}\n"
+
+
+def _junit_suite(label, mode, tests, failures, skipped, errors) -> ET.Element:
+    return ET.Element("testsuite", name=f"bench check {label} ({mode})", tests=str(tests), failures=str(failures),
+                      skipped=str(skipped), errors=str(errors), time="0")
+
+
+def _junit_bytes(suite: ET.Element) -> bytes:
+    root = ET.Element("testsuites", name="bench check", tests=suite.get("tests"), failures=suite.get("failures"),
+                      skipped=suite.get("skipped"), errors=suite.get("errors"))
+    root.append(suite)
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+def _md(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
 
 
 def _f(v, sign: bool = False) -> str:
@@ -236,46 +378,71 @@ def _read(path, what: str) -> Results:
     return res
 
 
-def compare(base: Results, cur: Results, tolerances: dict[str, float] | None = None) -> Report:
-    """Compare metric by metric (the caller has checked the settings match)."""
+def label(res: Results, fallback: str = "run") -> str:
+    """A short name for what was checked: ``digits-jeat`` (data set and method), else ``fallback``."""
+    parts = [str(res.model.get(k)) for k in ("dataset", "method") if res.model.get(k)]
+    return "-".join(parts) or fallback
+
+
+def compare(base: Results, cur: Results, tolerances: dict[str, float] | None = None,
+            exact: bool = False) -> Report:
+    """Compare metric by metric (the caller has checked the settings, and for ``exact`` the
+    platform, match)."""
     tolerances = tolerances or {}
     rows = []
     for name in list(base.metrics) + [m for m in cur.metrics if m not in base.metrics]:
         b, c = base.metrics.get(name), cur.metrics.get(name)
         if b is None or c is None:
-            rows.append(Row(name, b and b.value, c and c.value, None, None, "missing",
+            rows.append(Row(name, b and b.value, c and c.value, None, None, MISSING,
                             "not in the baseline" if b is None else "not in this run"))
             continue
-        if b.value is None:
-            rows.append(Row(name, None, c.value, None, None, "null", f"baseline: {b.reason}"))
+        if b.value is None or c.value is None:
+            if b.value is None and c.value is None:
+                rows.append(Row(name, None, None, None, None, OK, f"null in both: {c.reason}"))
+            else:
+                why = f"null now: {c.reason}" if c.value is None else f"a value now; baseline null: {b.reason}"
+                rows.append(Row(name, b.value, c.value, None, None, REGRESSION, why))
             continue
-        tol, how = (tolerances[name], "given") if name in tolerances else default_tolerance(name, b)
-        if c.value is None:
-            rows.append(Row(name, b.value, None, None, tol, "REGRESSION", f"null now: {c.reason}"))
-            continue
+        if name in tolerances:
+            tol, how = tolerances[name], "given"
+        else:
+            tol, how = exact_tolerance(b) if exact else default_tolerance(name, b)
         delta = c.value - b.value
-        rows.append(Row(name, b.value, c.value, delta, tol, "REGRESSION" if abs(delta) > tol else "ok", how))
+        if tol is None:
+            rows.append(Row(name, b.value, c.value, delta, None, NOT_CHECKABLE, how))
+            continue
+        rows.append(Row(name, b.value, c.value, delta, tol, REGRESSION if abs(delta) > tol else OK, how))
     notes = []
-    bv, cv = base.run.get("versions") or {}, cur.run.get("versions") or {}
-    if isinstance(bv, dict) and isinstance(cv, dict):
-        dv = [f"{k} {bv.get(k)} -> {cv.get(k)}" for k in sorted(set(bv) | set(cv)) if bv.get(k) != cv.get(k)]
-        if dv:
-            notes.append("versions differ (allowed): " + ", ".join(dv))
-    bc, cc = base.run.get("config") or {}, cur.run.get("config") or {}
-    if isinstance(bc, dict) and isinstance(cc, dict):
-        df = [f"{k} {b!r} -> {c!r}" for k in fastpath.SETTINGS
-              if (b := _setting(bc, k)) != (c := _setting(cc, k))]
-        if df:
-            notes.append("fast paths differ (allowed): " + ", ".join(df))
-    return Report(rows, notes)
+    diffs = environment_differences(base, cur)
+    if diffs:
+        notes.append("platform, versions or fast paths differ (allowed): " + ", ".join(diffs))
+    return Report(rows, notes, "exact" if exact else "statistical", label(cur))
 
 
-def check(run_dir, baseline, tolerance_items=()) -> Report:
-    """``bench check``: read both, parse --tolerance, refuse differing settings, compare."""
+def check(run_dir, baseline, tolerance_items=(), exact: bool = False) -> Report:
+    """``bench check``: read both, parse --tolerance, refuse differing settings (and, for
+    ``exact``, a differing platform), compare."""
     base = _read(baseline, "baseline")
     cur = _read(run_dir, "run")
-    tolerances = parse_tolerances(tolerance_items, set(KNOWN) | set(base.metrics) | set(cur.metrics))
+    tolerances = parse_tolerances(tolerance_items, known() | set(base.metrics) | set(cur.metrics))
     diffs = setting_differences(base, cur)
     if diffs:
         raise BenchError(f"not compared: {len(diffs)} setting(s) differ from the baseline's: " + "; ".join(diffs))
-    return compare(base, cur, tolerances)
+    if exact and (why := exact_refusal(base, cur)):
+        raise BenchError(why)
+    return compare(base, cur, tolerances, exact)
+
+
+def write_outputs(report_or_error: Report | str, junit=None, markdown=None, label_: str = "run",
+                  mode: str = "statistical") -> None:
+    """``--junit FILE`` (written) and ``--markdown FILE`` (appended, as ``$GITHUB_STEP_SUMMARY``
+    expects) for a report, or for the one-line error of a check that could not compare."""
+    rep = report_or_error if isinstance(report_or_error, Report) else None
+    try:
+        if junit:
+            atomic_write_bytes(junit, rep.to_junit() if rep else junit_error(label_, mode, report_or_error))
+        if markdown:
+            with open(markdown, "a", encoding="utf-8") as f:
+                f.write(rep.to_markdown() if rep else markdown_error(label_, report_or_error))
+    except OSError as e:
+        raise BenchError(f"cannot write {e.filename}: {e.strerror or e}") from None

@@ -1,17 +1,55 @@
-"""The results record (results.json, schema 1; see DESIGN.md) and atomic JSON I/O."""
+"""The results record (results.json, schema 1; see docs/CONVENTIONS.md) and atomic JSON I/O."""
 
 from __future__ import annotations
 
 import json
 import math
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.checkpoints import atomic_write_bytes
 from bench.errors import BenchError
-from bench.metrics import Result
+from bench.fileio import atomic_write_bytes
 
 SCHEMA = 1
+
+
+@dataclass
+class Result:
+    """One metric: its value (None only with a ``reason``), standard error, n, seconds, details."""
+
+    value: float | None
+    std: float | None = None
+    n: int = 0
+    reason: str | None = None
+    seconds: float = 0.0
+    details: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.value is not None:
+            self.value = float(self.value)
+            if not math.isfinite(self.value):
+                self.reason = self.reason or f"non-finite value {self.value}"
+                self.value = None
+        if self.value is None and not self.reason:
+            raise ValueError("a metric without a value needs a reason")
+        if self.std is not None:
+            self.std = float(self.std)
+
+    @classmethod
+    def missing(cls, reason: str, n: int = 0, **details) -> Result:
+        return cls(None, None, n, reason, details=details)
+
+    def to_json(self) -> dict:
+        d = {"value": self.value, "std": self.std, "n": int(self.n), "reason": self.reason,
+             "seconds": round(float(self.seconds), 3)}
+        if self.details:
+            d["details"] = self.details
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Result:
+        return cls(d["value"], d.get("std"), d.get("n", 0), d.get("reason"), d.get("seconds", 0.0), d.get("details", {}))
 
 
 @dataclass
@@ -41,6 +79,29 @@ class Results:
             return cls(d["model"], d["run"], metrics)
         except (KeyError, TypeError, ValueError) as e:
             raise BenchError(f"{where}: malformed results file ({type(e).__name__}: {e})") from None
+
+
+def platform_record(device) -> dict:
+    """Where a run's numbers were computed (results.json ``run.platform``): ``bench check --exact``
+    compares only runs made on the same platform, since the last digits of a float depend on the
+    CPU or GPU model, the build and the thread count (the order of summation)."""
+    import torch
+
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
+    return {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
+            "torch": torch.__version__, "device": dev.type, "device_name": name,
+            "threads": torch.get_num_threads()}
+
+
+def _cpu_name() -> str:
+    try:  # Linux: platform.processor() is often empty or just the architecture
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def read(path: str | Path) -> Results:
