@@ -5,9 +5,11 @@ from torch import nn
 from torch.autograd.functional import hessian
 
 from bench.energy import EnergyModel
+from bench.errors import BenchError
 from bench.metrics import Context, fisher, load_all
-from bench.metrics.fisher import JetUnsupported, fisher_scores, fisher_terms, jet, rademacher
+from bench.metrics.fisher import fisher_scores, fisher_terms, rademacher
 from bench.settings import DEFAULTS
+from bench.taylor import JetUnsupported, jet
 from tests.conftest import tiny_model
 
 
@@ -211,10 +213,11 @@ def test_taylor_mode_through_other_ops_and_fallbacks():
     rev = fisher_terms(m, x, y, probes, method="reverse")
     for kind in ("joint", "marginal"):
         torch.testing.assert_close(auto[kind]["trace"], rev[kind]["trace"], rtol=1e-4, atol=1e-7)
-    # training mode and untraceable networks fall back to nested forward mode
+    # a model left in training mode is differentiated in eval mode (bench.energy.evaluates) and
+    # handed back in training mode; untraceable networks fall back to nested forward mode
     m.train()
-    with pytest.raises(JetUnsupported):
-        jet(m, x, vs)
+    torch.testing.assert_close(jet(m, x, vs)[2], f2)
+    assert m.training and m.net.bn.training
     m.eval()
     b = EnergyModel(Branchy(), 0.5, 0.25, (3, 8, 8), 10).eval()
     with pytest.raises(JetUnsupported):
@@ -243,3 +246,55 @@ def test_taylor_mode_on_residual_networks(arch):
     assert torch.equal(t["joint"]["trace"], torch.zeros(2))  # piecewise linear
     torch.testing.assert_close(t["marginal"]["trace"], rev["marginal"]["trace"], rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(t["marginal"]["grad"], rev["marginal"]["grad"])
+
+
+class QuadNet(nn.Module):
+    """f(z)_k = -a_k ||z||^2 / 2 + b_k . z: every derivative known in closed form."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor):
+        super().__init__()
+        self.register_buffer("a", a)
+        self.register_buffer("b", b)
+
+    def forward(self, z):
+        h = z.flatten(1)
+        return -0.5 * h.pow(2).sum(1, keepdim=True) * self.a + h @ self.b.T
+
+
+def test_fisher_space_model_is_s_squared_times_pixel_by_hand(digits, tmp_path):
+    """On z = (x - m)/s with f(z)_k = -a_k ||z||^2/2 + b_k.z, by hand (float64), per point:
+    joint: grad_z E = a_y z - b_y, tr Hess_z E = a_y D; marginal (E = -logsumexp f, p = softmax f,
+    g_k = grad_z f_k = -a_k z + b_k): grad_z E = -sum_k p_k g_k and tr Hess_z E =
+    sum_k p_k a_k D - (sum_k p_k ||g_k||^2 - ||sum_k p_k g_k||^2).  In pixels grad_x = grad_z / s
+    and Hess_x = Hess_z / s^2: the pixel-space scores are the model-space ones over s^2."""
+    k, d, s_, m_ = 10, 64, 0.5, 0.5
+    g = torch.Generator().manual_seed(0)
+    a = torch.linspace(0.5, 2.0, k)
+    b = 0.3 * torch.randn(k, d, generator=g)
+    model = EnergyModel(QuadNet(a, b), m_, s_, (1, 8, 8), k).eval().requires_grad_(False)
+    n = 6
+    x, y = digits.test.x[:n], digits.test.y[:n]
+    z = ((x.double() - m_) / s_).flatten(1)
+    a64, b64 = a.double(), b.double()
+    f = -0.5 * z.pow(2).sum(1, keepdim=True) * a64 + z @ b64.T
+    gy = a64[y, None] * z - b64[y]
+    jfs_hand = (0.5 * gy.pow(2).sum(1) - a64[y] * d).mean().item()
+    p = torch.softmax(f, 1)
+    gk = -a64[None, :, None] * z[:, None, :] + b64[None]  # (n, K, D)
+    gbar = (p[:, :, None] * gk).sum(1)
+    tr = (p * a64).sum(1) * d - ((p * gk.pow(2).sum(2)).sum(1) - gbar.pow(2).sum(1))
+    mfs_hand = (0.5 * gbar.pow(2).sum(1) - tr).mean().item()
+
+    grp = load_all()["fisher"]
+    assert "fisher_space" in grp.settings
+    base = dict(DEFAULTS, eps=0.1, n_score=n, exact_trace=True, batch_size=4)
+    res = {sp: grp.fn(Context(model, digits, dict(base, fisher_space=sp), torch.device("cpu"), tmp_path))
+           for sp in ("pixel", "model")}
+    for name, hand in (("jfs", jfs_hand), ("mfs", mfs_hand)):
+        assert res["model"][name].value == pytest.approx(hand, rel=1e-4)
+        assert res["pixel"][name].value == pytest.approx(hand / s_**2, rel=1e-4)
+        assert res["model"][name].details["fisher_space"] == "model"
+        assert res["pixel"][name].details["fisher_space"] == "pixel"
+        assert res["model"][name].details["normalisation"] == {"mean": [m_], "std": [s_]}
+    with pytest.raises(BenchError, match="fisher-space"):
+        grp.fn(Context(model, digits, dict(base, fisher_space="latent"), torch.device("cpu"), tmp_path))

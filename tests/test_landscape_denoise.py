@@ -6,6 +6,7 @@ from torch import nn
 
 from bench.data import Dataset, Split
 from bench.energy import EnergyModel
+from bench.errors import BenchError
 from bench.metrics import Context, load_all
 from bench.metrics.denoise import add_noise, langevin_denoise, psnr
 from bench.metrics.landscape import energy_grid, grid_coords, landscape_summary, random_directions
@@ -150,11 +151,14 @@ def test_denoise_group_on_a_model_whose_energy_knows_the_images(tmp_path):
     assert g.suite == "denoise"
     assert set(g.metrics) == {"denoise_psnr_noisy", "denoise_psnr", "denoise_ssim_noisy", "denoise_ssim"}
     assert {"denoise_images", "denoise_var", "denoise_steps", "denoise_step_size", "denoise_noise"} <= set(g.settings)
+    assert "denoise_label" in g.settings
     ctx = _ctx(model, ds, tmp_path, denoise_images=10, denoise_steps=[10, 50], denoise_step_size=0.05,
-               denoise_noise=0.0, batch_size=4)
+               denoise_noise=0.0, batch_size=4, denoise_label="oracle")
     res = g.fn(ctx)
     noisy_psnr, den = res["denoise_psnr_noisy"], res["denoise_psnr"]
     assert noisy_psnr.n == 10 and den.n == 10
+    assert den.details["label_setting"] == "oracle" and den.details["label"].startswith("oracle")
+    assert den.details["label_accuracy"] == 1.0
     # redo it by hand: the same noise stream, then x <- x - 0.025 (x - clean) per step
     noisy = add_noise(clean, 0.3, ctx.generator("denoise/noise"))
     assert noisy_psnr.value == pytest.approx(psnr(noisy, clean).mean().item(), abs=1e-9)
@@ -171,13 +175,79 @@ def test_denoise_group_on_a_model_whose_energy_knows_the_images(tmp_path):
     assert (tmp_path / "figures" / "denoise.png").read_bytes()[:4] == b"\x89PNG"
     # the noisy images do not depend on the batch size, nor on the Langevin settings
     other = g.fn(_ctx(model, ds, tmp_path, denoise_images=10, denoise_steps=[5], denoise_step_size=0.05,
-                      denoise_noise=0.0, batch_size=3))
+                      denoise_noise=0.0, batch_size=3, denoise_label="oracle"))
     assert other["denoise_psnr_noisy"].value == noisy_psnr.value
     assert other["denoise_psnr"].value == pytest.approx(psnr(clean + (noisy - clean) * 0.975**5, clean).mean().item(),
                                                         abs=1e-4)
 
 
-def test_denoise_group_runs_on_a_tiny_cnn(digits, tmp_path):
-    res = load_all()["denoise"].fn(_ctx(tiny_model(width=4), digits, tmp_path, denoise_images=12))
-    assert all(r.value is not None and r.n == 12 for r in res.values())
-    assert res["denoise_psnr"].details["diverged_chains"] == 0
+def test_denoise_default_label_is_the_prediction_on_the_noisy_image(tmp_path):
+    """Templates close together (0.5 + small offsets), so heavy noise moves many images nearer
+    another class's template: by default the chain descends E(x, y_hat) with y_hat the nearest
+    template to the noisy image (the model's argmax, by hand here), not the true class."""
+    g = torch.Generator().manual_seed(1)
+    clean = 0.5 + 0.15 * (torch.rand(40, 1, 8, 8, generator=g) - 0.5)
+    ys = torch.arange(40) % 10
+    templates = torch.stack([clean[ys == k].mean(0) for k in range(10)])
+    ds = Dataset("toy", Split(clean, ys), Split(clean, ys), 10)
+    model = EnergyModel(Templates(templates), 0.0, 1.0, (1, 8, 8), 10)
+    grp = load_all()["denoise"]
+    kw = dict(denoise_images=40, denoise_steps=[20], denoise_step_size=0.05, denoise_noise=0.0, batch_size=16)
+    ctx = _ctx(model, ds, tmp_path, **kw)
+    assert ctx.settings["denoise_label"] == "predicted"  # the default
+    res = grp.fn(ctx)["denoise_psnr"]
+    noisy = add_noise(clean, 0.3, ctx.generator("denoise/noise"))
+    d2 = (noisy.flatten(1)[:, None] - templates.flatten(1)[None]).pow(2).sum(2)
+    y_hat = d2.argmin(1)  # the nearest template
+    assert 0 < (y_hat == ys).sum() < 40  # the test can tell the two labels apart
+    assert res.details["label_setting"] == "predicted" and res.details["label"].startswith("predicted")
+    assert res.details["label_accuracy"] == pytest.approx((y_hat == ys).double().mean().item())
+
+    def hand(labels):  # x <- x - 0.025 (x - t_label) per step, a convex combination (no clamp needed)
+        t = templates[labels]
+        return psnr(t + (noisy - t) * 0.975**20, clean).mean().item()
+
+    assert res.value == pytest.approx(hand(y_hat), abs=1e-4)
+    oracle = grp.fn(_ctx(model, ds, tmp_path, denoise_label="oracle", **kw))["denoise_psnr"]
+    assert oracle.value == pytest.approx(hand(ys), abs=1e-4)
+    assert abs(hand(ys) - hand(y_hat)) > 0.01  # far beyond the tolerance above
+    assert oracle.details["label_setting"] == "oracle" and oracle.details["label_accuracy"] == 1.0
+    with pytest.raises(BenchError, match="denoise-label"):
+        grp.fn(_ctx(model, ds, tmp_path, denoise_label="truth", **kw))
+
+
+def test_denoise_group_on_a_tiny_cnn_equals_a_hand_descent(digits, tmp_path):
+    """The group's numbers on a CNN against a re-typed descent: the same noisy images, labels
+    argmax f(x_noisy), x <- clamp(x - step/2 grad_x E(x, y), 0, 1) with autograd; PSNR by hand and
+    SSIM by scikit-image."""
+    from skimage.metrics import structural_similarity
+
+    m = tiny_model(width=4)
+    ctx = _ctx(m, digits, tmp_path, denoise_images=12, denoise_steps=[3, 10], denoise_step_size=0.5,
+               batch_size=5)
+    res = load_all()["denoise"].fn(ctx)
+    clean = digits.test.x[:12]
+    x = add_noise(clean, 0.3, ctx.generator("denoise/noise"))
+    with torch.no_grad():
+        y = m.logits(x).argmax(1)
+    assert (y != digits.test.y[:12]).any()  # an untrained net: its labels are not the truth
+
+    def psnr_hand(a):
+        mse = (a.double() - clean.double()).pow(2).flatten(1).mean(1)
+        return (10 * torch.log10(1 / mse)).mean().item()
+
+    noisy_psnr = psnr_hand(x)
+    for step in range(1, 11):
+        x = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(-m.logits(x).gather(1, y[:, None]).sum(), x)
+        x = (x - 0.25 * grad).clamp(0, 1).detach()
+        if step == 3:
+            assert res["denoise_psnr"].details["by_steps"]["3"]["psnr"] == pytest.approx(psnr_hand(x), abs=1e-4)
+    assert res["denoise_psnr_noisy"].value == pytest.approx(noisy_psnr, abs=1e-9)
+    den = res["denoise_psnr"]
+    assert den.value == pytest.approx(psnr_hand(x), abs=1e-4) and den.n == 12
+    assert den.value != pytest.approx(noisy_psnr, abs=1e-3)  # the descent moved the images
+    sk = [structural_similarity(a[0].double().numpy(), b[0].double().numpy(), win_size=7, data_range=1.0)
+          for a, b in zip(x, clean, strict=True)]
+    assert res["denoise_ssim"].value == pytest.approx(sum(sk) / 12, abs=1e-4)
+    assert den.details["diverged_chains"] == 0

@@ -9,6 +9,7 @@ import torchattacks
 from pyautoattack import AutoAttack
 from torch import nn
 
+from bench import aa_adapter
 from bench.attacks import check_in_ball, pgd, pgd_restarts
 from bench.energy import EnergyModel
 from bench.metrics import Context, load_all
@@ -52,6 +53,54 @@ def test_pgd_equals_torchattacks_from_the_same_random_start(digits):
     start = torch.clamp(x + torch.empty_like(x).uniform_(-EPS, EPS), min=0, max=1)
     ours = pgd(m, x, y, EPS, steps=20, step_size=EPS / 4, loss="ce", x_start=start)
     assert torch.equal(ours, theirs)
+
+
+def test_random_start_is_distributed_as_torchattacks_start(digits):
+    """Our uniform start against torchattacks' (PGD with 0 steps returns its clamped random start),
+    statistically: both perturbations U(-eps, eps) (KS against each other and against the uniform
+    law, mean 0, variance eps^2 / 3) inside [0, 1], and both clamped the same way at the edges."""
+    from scipy import stats
+
+    from bench.attacks import uniform_start
+
+    m = tiny_model()
+    n = 200
+    y = torch.zeros(n, dtype=torch.long)
+    mid = torch.full((n, 1, 8, 8), 0.5)
+    torch.manual_seed(5)
+    theirs = torchattacks.PGD(m, eps=EPS, alpha=EPS / 4, steps=0, random_start=True)(mid, y) - mid
+    ours = uniform_start(mid, EPS, torch.Generator().manual_seed(6)) - mid
+    a, b = ours.flatten().double().numpy(), theirs.flatten().double().numpy()
+    assert stats.ks_2samp(a, b).pvalue > 1e-3
+    assert stats.kstest(a, "uniform", args=(-EPS, 2 * EPS)).pvalue > 1e-3
+    assert abs(a.mean()) < 4 * EPS / math.sqrt(3 * a.size)
+    assert a.var() == pytest.approx(EPS**2 / 3, rel=0.03)
+    assert a.min() >= -EPS and a.max() <= EPS
+    # at the edges of [0, 1] both clip: about half of the start sits on the edge
+    edge = torch.cat([torch.zeros(n // 2, 1, 8, 8), torch.ones(n // 2, 1, 8, 8)])
+    torch.manual_seed(7)
+    t_edge = torchattacks.PGD(m, eps=EPS, alpha=EPS / 4, steps=0, random_start=True)(edge, y)
+    o_edge = uniform_start(edge, EPS, torch.Generator().manual_seed(8))
+    for start in (t_edge, o_edge):
+        on_edge = (start == edge).double().mean().item()
+        assert on_edge == pytest.approx(0.5, abs=0.02) and start.min() >= 0 and start.max() <= 1
+    assert stats.ks_2samp((o_edge - edge).abs().flatten().numpy(),
+                          (t_edge - edge).abs().flatten().numpy()).pvalue > 1e-3
+
+
+def retyped_pgd(model, x, y, eps, step, steps, loss, start):
+    """L-inf PGD typed out here (as torchattacks.PGD) from ``start``, ascending the summed
+    cross-entropy or the joint energy -f_y."""
+    adv = start.clone()
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        f = model.logits(adv)
+        f_y = f.gather(1, y[:, None]).squeeze(1)
+        obj = (torch.logsumexp(f, 1) - f_y).sum() if loss == "ce" else (-f_y).sum()
+        (g,) = torch.autograd.grad(obj, adv)
+        adv = adv.detach() + step * g.sign()
+        adv = (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)
+    return adv.detach()
 
 
 @pytest.mark.parametrize("loss", ["ce", "energy"])
@@ -109,6 +158,23 @@ def test_robust_groups_on_a_trained_model(digits, tmp_path):
         assert r.details["max_linf"] <= EPS + 1e-6
         assert groups[name].fn(ctx)[name].value == r.value  # seeded from ctx.generator
         json.dumps(r.to_json())
+        # the robust count, recomputed: per batch of 50 its own stream "<name>/batch<i>", a uniform
+        # start x + (2u - 1) eps for the clean-correct points, re-typed steps on the loss (2 steps:
+        # there the start decides many points, so a missing random start shows)
+        short = groups[name].fn(make_ctx(ctx.model, digits, tmp_path, pgd_steps=2))[name]
+        robust = {"random": 0, "clean start": 0}
+        for i in range(3):
+            x, y = digits.test.x[50 * i:min(50 * (i + 1), 120)], digits.test.y[50 * i:min(50 * (i + 1), 120)]
+            with torch.no_grad():
+                ok = ctx.model.logits(x).argmax(1) == y
+            x, y = x[ok], y[ok]
+            u = torch.rand(x.shape, generator=ctx.generator(f"{name}/batch{i}"))
+            for how, start in (("random", (x + (2 * u - 1) * EPS).clamp(0, 1)), ("clean start", x)):
+                adv = retyped_pgd(ctx.model, x, y, EPS, EPS / 4, 2, loss, start)
+                with torch.no_grad():
+                    robust[how] += int((ctx.model.logits(adv).argmax(1) == y).sum())
+        assert short.details["robust_correct"] == robust["random"]
+        assert abs(robust["clean start"] - robust["random"]) >= 3  # the start decides points here
 
 
 def test_eps_zero_gives_clean_accuracy(digits, tmp_path):
@@ -118,8 +184,8 @@ def test_eps_zero_gives_clean_accuracy(digits, tmp_path):
 
 
 def test_other_norms_are_refused_with_a_reason(digits, tmp_path):
-    r = load_all()["pgd20"].fn(make_ctx(trained_model(), digits, tmp_path, norm="L2"))["pgd20"]
-    assert r.value is None and "L2" in r.reason
+    r = load_all()["pgd20"].fn(make_ctx(trained_model(), digits, tmp_path, norm="L1"))["pgd20"]
+    assert r.value is None and "L1" in r.reason
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,8 +237,8 @@ def test_autoattack_wrapper_equals_pyautoattack_direct(digits, tmp_path):
     kw = {"norm": "Linf", "eps": 0.05, "seed": 3}
     direct = AutoAttack(m, version="custom", attacks=["apgd-ce", "apgd-dlr"], device="cpu", **kw)
     x_ref, y_ref = direct.run_standard_evaluation(x, y, batch_size=250)
-    out = rob.run_autoattack(m, x, y, version="custom", attacks=["apgd-ce", "apgd-dlr"], batch_size=250,
-                             device="cpu", state_path=tmp_path / "aa.json", **kw)
+    out = aa_adapter.run_autoattack(m, x, y, version="custom", attacks=["apgd-ce", "apgd-dlr"],
+                                    batch_size=250, device="cpu", state_path=tmp_path / "aa.json", **kw)
     assert torch.equal(out.x_adv, x_ref) and torch.equal(out.y_adv, y_ref)
     assert torch.equal(out.robust, y_ref == y)
     assert 0 < out.robust.sum() < (y_ref == y).numel()  # some points fooled, some not
@@ -192,7 +258,7 @@ def test_autoattack_standard_equals_pyautoattack_direct(digits):
     x, y = digits.test.x[[4, 0]], digits.test.y[[4, 0]]
     kw = {"norm": "Linf", "eps": 0.08, "seed": 0}
     x_ref, y_ref = AutoAttack(m, version="standard", device="cpu", **kw).run_standard_evaluation(x, y)
-    out = rob.run_autoattack(m, x, y, version="standard", **kw)
+    out = aa_adapter.run_autoattack(m, x, y, version="standard", **kw)
     assert out.attacks == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert torch.equal(out.x_adv, x_ref) and torch.equal(out.y_adv, y_ref)
     assert out.robust.tolist() == [False, True]
@@ -220,16 +286,26 @@ def test_autoattack_group_records_threat_model_and_keys_its_state(digits, tmp_pa
     x16, y16 = digits.test.x[:16], digits.test.y[:16]
 
     def key(model_id="abc", **kw):
-        return rob.autoattack_key(model_id, x16, y16, **{"eps": EPS, "norm": "Linf", "version": "standard",
-                                                         "seed": 1, "batch_size": 50, **kw})
+        return aa_adapter.autoattack_key(model_id, x16, y16, **{"eps": EPS, "norm": "Linf", "version": "standard",
+                                                                "seed": 1, "batch_size": 50, **kw})
 
     assert state.name == f"state-{key()}.json"
     keys = {key(), key(eps=0.05), key(seed=2), key(norm="L2"), key(version="plus"), key(batch_size=64),
-            key(model_id="abd"), rob.autoattack_key("abc", x16, digits.test.y[1:17], eps=EPS, norm="Linf",
-                                                    version="standard", seed=1, batch_size=50)}
+            key(model_id="abd"), aa_adapter.autoattack_key("abc", x16, digits.test.y[1:17], eps=EPS,
+                                                           norm="Linf", version="standard", seed=1, batch_size=50)}
     assert len(keys) == 8
     # without a checkpoint sha256 the key falls back to a digest of the weights
-    assert rob.model_digest(m) == rob.model_digest(m) != rob.model_digest(tiny_model(seed=1))
+    import copy
+
+    twin = copy.deepcopy(m)  # another object, the same weights: the same digest
+    digest = aa_adapter.model_digest
+    assert digest(twin) == digest(m) != digest(tiny_model(seed=1))
+    with torch.no_grad():
+        next(twin.parameters()).view(-1)[0] += 1e-6  # one weight moved
+    assert aa_adapter.model_digest(twin) != aa_adapter.model_digest(m)
+    twin = copy.deepcopy(m)
+    twin.std.fill_(0.25)  # the normalisation is part of the model
+    assert aa_adapter.model_digest(twin) != aa_adapter.model_digest(m)
     for bad in ({"aa_version": "custom"}, {"norm": "Linf2"}):
         r = load_all()["autoattack"].fn(make_ctx(m, digits, tmp_path, n_aa=4, **bad))["autoattack"]
         assert r.value is None and r.reason
@@ -255,31 +331,36 @@ def test_autoattack_resumes_from_an_interrupted_state(digits, tmp_path):
     left = json.loads(state.read_text())
     after_ce = torch.tensor(left["_robust_flags"])
     assert 0 < after_ce.sum() < len(y)
-    out = rob.run_autoattack(m, x, y, batch_size=250, state_path=state, **kw)
+    out = aa_adapter.run_autoattack(m, x, y, batch_size=250, state_path=state, **kw)
     assert out.resumed["levels_read"] == 1 and out.resumed["not_robust_before"] == int((~after_ce).sum())
     assert not (out.robust & ~after_ce).any()  # points fooled before stay fooled
-    full = rob.run_autoattack(m, x, y, batch_size=250, **kw)  # uninterrupted, for comparison
+    full = aa_adapter.run_autoattack(m, x, y, batch_size=250, **kw)  # uninterrupted, for comparison
     assert out.robust.sum() <= after_ce.sum() and abs(int(out.robust.sum()) - int(full.robust.sum())) <= 2
     assert not list(tmp_path.glob("aa*.json"))
     # a half-written state is not trusted
     state.write_text('{"_robust_flags": [true, fal')
-    again = rob.run_autoattack(m, x, y, batch_size=250, state_path=state, **kw)
+    again = aa_adapter.run_autoattack(m, x, y, batch_size=250, state_path=state, **kw)
     assert again.resumed == {} and torch.equal(again.x_adv, full.x_adv)
 
 
 def test_autoattack_warnings_are_recorded_and_randomness_is_an_error(digits, tmp_path):
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.7), nn.Linear(32, 10))
-    noisy = EnergyModel(net, 0.5, 0.5, (1, 8, 8), 10).train()  # dropout on: a randomised model
+
+    class Randomised(nn.Module):  # noise on the logits in eval mode too: a randomised defence
+        def forward(self, h):
+            return h + torch.randn_like(h)
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10), Randomised())
+    noisy = EnergyModel(net, 0.5, 0.5, (1, 8, 8), 10).eval()
     x, y = digits.test.x[:40], digits.test.y[:40]
-    logger = logging.getLogger(rob.AA_LOGGER)
+    logger = logging.getLogger(aa_adapter.AA_LOGGER)
     handlers = list(logger.handlers)
     with pytest.raises(rob.RobustnessCheckError) as err:
         rob.evaluate_autoattack(noisy, x, y, eps=0.1, version="custom", attacks=["apgd-ce"], batch_size=40,
                                 device="cpu")
     assert "not deterministic" in str(err.value)
     assert logger.handlers == handlers  # capture handler removed again
-    out = rob.run_autoattack(noisy, x, y, eps=0.1, version="custom", attacks=["apgd-ce"], batch_size=40)
+    out = aa_adapter.run_autoattack(noisy, x, y, eps=0.1, version="custom", attacks=["apgd-ce"], batch_size=40)
     assert any("randomized defense" in w for w in out.warnings)
 
 
@@ -288,7 +369,8 @@ def test_autoattack_leaves_the_global_rng_alone(digits):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    rob.run_autoattack(m, digits.test.x[:8], digits.test.y[:8], eps=0.05, version="custom", attacks=["apgd-ce"])
+    aa_adapter.run_autoattack(m, digits.test.x[:8], digits.test.y[:8], eps=0.05, version="custom",
+                              attacks=["apgd-ce"])
     assert torch.equal(torch.rand(3), expected)
 
 

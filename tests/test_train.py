@@ -8,6 +8,7 @@ import torch
 
 from bench import checkpoints, zoo
 from bench.cli import main
+from bench.energy import EnergyModel
 from bench.errors import BenchError
 from bench.train import METHODS, load_recipe, train
 from bench.train.loop import learning_rate, resume_path
@@ -69,8 +70,44 @@ def test_learning_rate_schedule():
     assert learning_rate(r, 5, 99) == pytest.approx(0.001)
 
 
+def retyped_pgd20(model, x, y, eps: float, seed: int, batch_size: int = 500) -> float:
+    """PGD-20 accuracy typed out here: per batch (one generator seeded by ``seed`` for the whole
+    set), start x + (2u - 1) eps, u ~ U(0, 1), clipped to [0, 1]; 20 steps of eps/4 along the sign
+    of the summed cross-entropy's gradient, each projected onto the eps box around x and [0, 1]."""
+    model = model.eval()
+    gen = torch.Generator().manual_seed(int(seed))
+    correct = 0
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        adv = (xb + (2 * torch.rand(xb.shape, generator=gen) - 1) * eps).clamp(0, 1)
+        for _ in range(20):
+            adv.requires_grad_(True)
+            f = model.logits(adv)
+            loss = (torch.logsumexp(f, 1) - f.gather(1, yb[:, None]).squeeze(1)).sum()
+            (g,) = torch.autograd.grad(loss, adv)
+            adv = torch.min(torch.max(adv.detach() + eps / 4 * g.sign(), xb - eps), xb + eps).clamp(0, 1)
+        with torch.no_grad():
+            correct += int((model.logits(adv).argmax(1) == yb).sum())
+    return correct / len(y)
+
+
+def test_robust_accuracy_equals_a_retyped_pgd20(digits):
+    """On a trained net (the released normal model) at an eps where PGD-20 neither wins nor
+    fails everywhere, over several batches sharing one random stream."""
+    from bench.train.loop import robust_accuracy
+
+    torch.manual_seed(0)
+    m = checkpoints.load(str(zoo.models_dir() / "digits" / "digits-normal.safetensors")).model.eval()
+    x, y = digits.test.x[:90], digits.test.y[:90]
+    ours = robust_accuracy(m, x, y, 0.1, seed=3, batch_size=40)
+    assert ours == retyped_pgd20(m, x, y, 0.1, 3, batch_size=40)
+    with torch.no_grad():
+        clean = (m.logits(x).argmax(1) == y).double().mean().item()
+    assert 0.05 < ours < clean - 0.05  # the attack does something, and not everything
+
+
 @pytest.mark.parametrize("method", METHODS)
-def test_each_method_trains_and_writes_a_loadable_checkpoint(tmp_path, method):
+def test_each_method_trains_and_writes_a_loadable_checkpoint(tmp_path, method, digits):
     out = tmp_path / f"{method}.safetensors"
     s = train(small(method), out, show_progress=False)
     loaded = checkpoints.load(str(out))
@@ -78,7 +115,11 @@ def test_each_method_trains_and_writes_a_loadable_checkpoint(tmp_path, method):
     meta = loaded.meta
     assert meta["method"] == method and meta["epochs"] == 2 and len(meta["history"]) == 2
     assert meta["final_metrics"]["test_accuracy"] == s["test_accuracy"]
-    assert 0 <= s["test_pgd20"] <= 1
+    # the recorded PGD-20 equals a re-typed PGD-20 on the same points and random start
+    r = small(method)
+    xt, yt = digits.test.x[:r.final_eval_n], digits.test.y[:r.final_eval_n]
+    assert s["test_pgd20"] == meta["final_metrics"]["test_pgd20"] == retyped_pgd20(loaded.model, xt, yt, r.eps, r.seed)
+    assert s["test_pgd20"] <= s["test_accuracy"]
     assert all(torch.isfinite(p).all() for p in loaded.model.parameters())
     assert (loaded.replay_buffer is not None) == METHODS[method].sgld
     if METHODS[method].adversarial:
@@ -229,3 +270,82 @@ def test_one_step_of_each_method_changes_the_parameters(method, digits):
     loss.backward()
     opt.step()
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+# a linear model on 2 x 2 images with two classes and fixed weights: every loss and every attack
+# is worked out by hand below (float64 throughout)
+W = torch.tensor([[1.0, -2.0, 0.5, -1.0], [-1.0, 1.0, 2.0, -0.5]], dtype=torch.float64)
+B = torch.tensor([0.1, -0.2], dtype=torch.float64)
+X = torch.tensor([[0.3, 0.5, 0.6, 0.4], [0.7, 0.35, 0.45, 0.55], [0.5, 0.5, 0.3, 0.6]],
+                 dtype=torch.float64).view(3, 1, 2, 2)
+Y = torch.tensor([0, 1, 0])
+
+
+def linear_model() -> EnergyModel:
+    lin = torch.nn.Linear(4, 2).double()
+    with torch.no_grad():
+        lin.weight.copy_(W)
+        lin.bias.copy_(B)
+    net = torch.nn.Sequential(torch.nn.Flatten(), lin)
+    return EnergyModel(net, 0.0, 1.0, (1, 2, 2), 2).double().eval()
+
+
+def hand_logits(x):
+    return x.flatten(1) @ W.T + B
+
+
+def hand_ce(x, y):
+    f = hand_logits(x)
+    return torch.log(torch.exp(f).sum(1)) - f[torch.arange(len(y)), y]  # per point
+
+
+def hand_marginal(x):
+    return -torch.log(torch.exp(hand_logits(x)).sum(1))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_loss_and_attack_by_hand(method, monkeypatch):
+    """Per method: the points it trains on (clean; x + sigma N clamped; the corner of the eps box
+    that the attack's linear objective points to) and its loss, against formulas typed out here.
+    With two classes the cross-entropy attack ascends CE = softplus(f_other - f_y), along
+    sign(W_other - W_y); the energy attack ascends E(x, y) = -f_y, along -sign(W_y): the two differ
+    in a pixel of each point, so the test tells which one each method runs.  10 steps of eps/4
+    reach the corner from any start in the box."""
+    from bench.train import methods as M
+
+    eps, sigma, weight = 0.1, 0.2, 0.7
+    r = Recipe(name="hand", method=method, eps=eps, attack_steps=10, attack_step_size=eps / 4,
+               noise_sigma=sigma, energy_weight=weight, sgld_steps=2)
+    model = linear_model()
+    gen = torch.Generator().manual_seed(0)
+    m = METHODS[method]
+    state = TrainState(model, r, gen, None)
+    x_in = m.inputs(state, X, Y)
+    other = 1 - Y
+    ce_dir = torch.sign(W[other] - W[Y]).view(3, 1, 2, 2)
+    energy_dir = -torch.sign(W[Y]).view(3, 1, 2, 2)
+    assert (ce_dir != energy_dir).flatten(1).any(1).all()
+    if method in ("normal", "jem"):
+        expected = X
+    elif method == "noise":
+        expected = (X + sigma * torch.randn(X.shape, generator=torch.Generator().manual_seed(0),
+                                            dtype=X.dtype)).clamp(0, 1)
+    elif method == "at":
+        expected = X + eps * ce_dir
+        assert (hand_ce(x_in, Y) > hand_ce(X, Y)).all()  # ascends the cross-entropy
+    else:  # prejeat, jeat: the energy attack of Eq. 18
+        expected = X + eps * energy_dir
+        assert (-hand_logits(x_in)[torch.arange(3), Y] > -hand_logits(X)[torch.arange(3), Y]).all()
+    torch.testing.assert_close(x_in, expected, rtol=0, atol=1e-12)
+
+    neg = torch.tensor([[0.9, 0.1, 0.2, 0.8], [0.2, 0.3, 0.9, 0.1]], dtype=torch.float64).view(2, 1, 2, 2)
+    monkeypatch.setattr(M, "sgld_negatives", lambda st, n: neg)  # fixed SGLD samples x~
+    loss, logits = m.loss(state, x_in, X, Y)
+    torch.testing.assert_close(logits, hand_logits(x_in), rtol=0, atol=1e-12)
+    ce = hand_ce(x_in, Y).mean()
+    if m.sgld:  # Alg. 1 / JEM: CE(x_in) + w (mean E(x_in) - mean E(x~)), E the marginal energy
+        expected_loss = ce + weight * (hand_marginal(x_in).mean() - hand_marginal(neg).mean())
+        assert state.sgld_config.energy == "marginal"
+    else:
+        expected_loss = ce
+    assert loss.item() == pytest.approx(expected_loss.item(), abs=1e-12)

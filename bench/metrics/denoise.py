@@ -4,10 +4,17 @@ The first ``denoise_images`` test images x get Gaussian noise of mean 0 and vari
 ``denoise_var`` (0.3 as in the paper: standard deviation sqrt(0.3) ~ 0.55), drawn for all images at
 once from the group's own generator (so the noisy images depend on the seed and the noise only); the noisy images are clamped to [0, 1], the model's input domain, and that clamped
 image is "the noisy image" everywhere below (its PSNR and SSIM included).  From it, Langevin
-dynamics on E(x, y) with the image's ground-truth label y (``bench.sampling.sgld``, Eq. 10:
+dynamics on E(x, y) (``bench.sampling.sgld``, Eq. 10:
 x <- clamp(x - step/2 grad E(x, y) + noise N(0, I), 0, 1), step ``denoise_step_size``, noise
 ``denoise_noise``; 0 is plain gradient descent) runs one chain per image; its state after each
 count of ``denoise_steps`` (10 and 50) is the denoised image at that count.
+
+The label y of the energy (``denoise_label``): ``predicted`` (default) is the model's own
+prediction on the noisy image, argmax_y f(x_noisy)[y], fixed for the whole chain, so the
+denoiser uses nothing a real denoiser would not have; ``oracle`` is the image's ground-truth
+label (the paper's App. G.1 reading, which hands the model the answer).  ``details['label']``
+names the one used and ``details['label_accuracy']`` is the share of noisy images whose
+predicted label is the true one (1 for ``oracle``).
 
 Metrics, all against the clean image, data range 1:
 
@@ -32,13 +39,16 @@ import math
 
 import torch
 
-from bench.energy import EnergyModel
-from bench.metrics import Context, Result, mean_se, register
+from bench.energy import EnergyModel, evaluates
+from bench.errors import BenchError
+from bench.metrics import Context, Metric, Result, absolute, mean_se, register
 from bench.metrics.ssim import WIN, show_order, ssim
 from bench.sampling import SGLDConfig, sgld
 
 STD_NOTE = "standard error over images, sd / sqrt(n)"
 N_SHOW = 8
+LABELS = {"predicted": "predicted: argmax_y f(x_noisy)[y], the model's label for the noisy image",
+          "oracle": "oracle: the image's ground-truth label y"}
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -56,6 +66,7 @@ def add_noise(x: torch.Tensor, var: float, generator: torch.Generator | None = N
     return y.clamp(0, 1) if clamp else y
 
 
+@evaluates
 def langevin_denoise(model: EnergyModel, x_noisy: torch.Tensor, y: torch.Tensor, steps, step_size: float,
                      noise: float, generator: torch.Generator | None = None) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """One Langevin chain per image on E(x, y) from ``x_noisy``; -> ({count: images after count
@@ -76,15 +87,22 @@ def langevin_denoise(model: EnergyModel, x_noisy: torch.Tensor, y: torch.Tensor,
 
 
 @register("denoise", "denoise",
-          metrics=("denoise_psnr_noisy", "denoise_psnr", "denoise_ssim_noisy", "denoise_ssim"),
+          metrics=(Metric("denoise_psnr_noisy", "dB", True, tolerance=absolute(0.5)),
+                   Metric("denoise_psnr", "dB", True, tolerance=absolute(0.5)),
+                   Metric("denoise_ssim_noisy", "ssim", True, tolerance=absolute(0.02), range=2.0),
+                   Metric("denoise_ssim", "ssim", True, tolerance=absolute(0.02), range=2.0)),
           settings=("seed", "denoise_images", "denoise_var", "denoise_steps", "denoise_step_size",
-                    "denoise_noise", "batch_size"), sharded=True)
+                    "denoise_noise", "denoise_label", "batch_size"), sharded=True)
 def denoise_group(ctx: Context) -> dict[str, Result]:
-    """Gaussian noise (variance ``denoise_var``) on test images, Langevin descent on E(x, y);
-    PSNR and SSIM before and after ``denoise_steps`` steps, and the Fig. 15 grid."""
+    """Gaussian noise (variance ``denoise_var``) on test images, Langevin descent on E(x, y) with
+    y the predicted (or, ``denoise_label`` oracle, the true) label; PSNR and SSIM before and after
+    ``denoise_steps`` steps, and the Fig. 15 grid."""
     from bench import plots
 
     s = ctx.settings
+    label = s.get("denoise_label") or "predicted"
+    if label not in LABELS:
+        raise BenchError(f"denoise-label must be predicted or oracle, got {label!r}")
     split = ctx.data.test.subset(int(s["denoise_images"]))
     counts = sorted({int(c) for c in (s["denoise_steps"] if isinstance(s["denoise_steps"], list | tuple)
                                       else [s["denoise_steps"]])})
@@ -93,7 +111,12 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
     g_noise = ctx.generator("denoise/noise")
     noisy = add_noise(split.x.to(g_noise.device), float(s["denoise_var"]), g_noise).cpu()
     den_all, finite_all = {c: [noisy[:0]] for c in counts}, [torch.zeros(0, dtype=torch.bool)]
+    used_all = [torch.zeros(0, dtype=torch.long)]
     for i, xn, y in ctx.batches(noisy, split.y, desc="denoise", indexed=True):
+        if label == "predicted":
+            with torch.no_grad():
+                y = ctx.model.logits(xn).argmax(1)
+        used_all.append(y.cpu())
         snaps, finite = langevin_denoise(ctx.model, xn, y, counts, float(s["denoise_step_size"]),
                                          float(s["denoise_noise"] or 0.0), ctx.generator(f"denoise/langevin{i}"))
         finite_all.append(finite.cpu())
@@ -102,6 +125,7 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
     clean = split.x
     den = {c: ctx.gather(torch.cat(v)) for c, v in den_all.items()}
     finite = ctx.gather(torch.cat(finite_all))
+    used = ctx.gather(torch.cat(used_all))
     n = len(clean)
     last = counts[-1]
 
@@ -119,7 +143,8 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
         sv, sse, _ = ssimmean_se(den[c])
         by_steps[str(c)] = {"psnr": pv, "psnr_se": pse, "ssim": sv, "ssim_se": sse,
                             "psnr_of_mean_mse": mse_psnr(den[c])}
-    common = {"noise_var": float(s["denoise_var"]), "noise_clamped": True, "label": "ground truth y",
+    common = {"noise_var": float(s["denoise_var"]), "noise_clamped": True, "label": LABELS[label],
+              "label_setting": label, "label_accuracy": (used == split.y).double().mean().item(),
               "langevin": {"steps": counts, "step_size": float(s["denoise_step_size"]),
                            "noise": float(s["denoise_noise"] or 0.0), "energy": "joint", "clamp": True},
               "diverged_chains": int((~finite).sum()), "std": STD_NOTE}
@@ -146,6 +171,7 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
     out["denoise_ssim_noisy"] = Result(v, se, n, details={"sd": sd, "std": STD_NOTE})
     v, se, sd = ssimmean_se(den[last])
     out["denoise_ssim"] = Result(v, se, n, details={"sd": sd, "std": STD_NOTE, "steps": last,
+                                                   "label": common["label"], "label_setting": label,
                                                    "by_steps": {k: {"ssim": d["ssim"], "ssim_se": d["ssim_se"]}
                                                                 for k, d in by_steps.items()}})
     return out
