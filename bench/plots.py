@@ -283,3 +283,43 @@ def sample_grid(x, y, path: str | Path, class_names=None, per_class: int = 10, t
     if title:
         ax.set_title(title, fontsize=8)
     return save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# OOD detection (JEM's Fig. 5)
+
+
+def ood_histograms(in_scores, out_scores: Mapping, path: str | Path, score: str = "score", title: str = "") -> Path:
+    """Histograms of one OOD score: the in-distribution scores ``in_scores`` (N,) against each set
+    of ``out_scores`` ({set name: (M,)}), one panel per set, shared bins over both, densities."""
+    import numpy as np
+
+    def arr(v):
+        return np.asarray(v.detach().cpu() if hasattr(v, "detach") else v, dtype=np.float64).ravel()
+
+    a = arr(in_scores)
+    sets = {k: arr(v) for k, v in out_scores.items()}
+    n = max(1, len(sets))
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig = new_figure(3.4 * cols, 2.6 * rows + (0.3 if title else 0))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i in range(rows * cols):
+        ax = axes[i // cols][i % cols]
+        if i >= len(sets):
+            ax.set_axis_off()
+            continue
+        name, b = list(sets.items())[i]
+        both = np.r_[a, b]
+        both = both[np.isfinite(both)]
+        lo, hi = (both.min(), both.max()) if len(both) else (0.0, 1.0)
+        edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, 41)
+        ax.hist(a[np.isfinite(a)], bins=edges, density=True, alpha=0.55, color="#1f77b4", label="in-distribution")
+        ax.hist(b[np.isfinite(b)], bins=edges, density=True, alpha=0.55, color="#d62728", label=name)
+        ax.set_xlabel(score, fontsize=7)
+        ax.set_ylabel("density", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=7, framealpha=0.7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return save(fig, path)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from bench.attacks import check_in_ball, fgsm
-from bench.metrics import Context, Result, register
+from bench.metrics import ECE, MEAN, Context, Metric, Result, mean_se, register
 
 STD_NOTE = "null: ECE has no closed-form standard error (not bootstrapped)"
 
@@ -90,38 +90,24 @@ def _numpy(a) -> np.ndarray:
     return np.asarray(a)
 
 
-@torch.no_grad()
-def _probs(model, x: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(model.logits(x).double(), dim=1)
-
-
 def _collect(ctx: Context, adversarial: bool, tag: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Top-class confidence and correctness of the first n_eval test points, clean or after FGSM."""
-    s = ctx.settings
-    split = ctx.data.test.subset(s["n_eval"])
-    eps = float(s["eps"]) if adversarial else 0.0
-    confs, oks = [torch.zeros(0, dtype=torch.float64)], [torch.zeros(0, dtype=torch.bool)]
-    max_dist = 0.0
-    for x, y in ctx.batches(split.x, split.y, desc=tag):
-        if adversarial:
-            adv = fgsm(ctx.model, x, y, eps, loss="ce")
-            check_in_ball(x, adv, eps)  # checked, not assumed
-            max_dist = max(max_dist, (adv - x).abs().amax().item())
-            x = adv
-        p = _probs(ctx.model, x)
-        conf, pred = p.max(dim=1)
-        confs.append(conf.cpu())
-        oks.append((pred == y).cpu())
-    max_dist = float(ctx.gather(torch.tensor([max_dist], dtype=torch.float64)).max())
-    info = {"max_linf": max_dist} if adversarial else {}
-    return ctx.gather(torch.cat(confs)), ctx.gather(torch.cat(oks)), info
+    split = ctx.data.test.subset(ctx.settings["n_eval"])
+    z, y, max_dist = _logits_of(ctx, split.x, split.y, adversarial, tag)
+    conf, pred = torch.softmax(z, dim=1).max(dim=1)
+    return conf, pred == y, ({"max_dist": max_dist} if adversarial else {})
+
+
+def _fgsm_threat(s: dict, max_dist: float) -> dict:
+    """results.json's record of the FGSM (FGM under L2) inputs: norm, eps and the largest distance."""
+    norm = s.get("norm", "Linf")
+    return {"attack": "FGSM" if norm == "Linf" else "FGM", "norm": norm, "eps": float(s["eps"]), "loss": "ce",
+            f"max_{norm.lower()}": max_dist}
 
 
 def _ece_result(ctx: Context, adversarial: bool) -> Result:
     s = ctx.settings
     tag = "ece_fgsm" if adversarial else "ece"
-    if adversarial and s.get("norm", "Linf") != "Linf":
-        return Result.missing(f"FGSM is an L-inf attack; norm {s['norm']!r} was asked for")
     from bench import plots  # matplotlib only when a diagram is drawn
 
     conf, ok, info = _collect(ctx, adversarial, tag)
@@ -129,14 +115,13 @@ def _ece_result(ctx: Context, adversarial: bool) -> Result:
     ece, stats = expected_calibration_error(conf, ok, bins)
     name = "reliability_fgsm.png" if adversarial else "reliability_clean.png"
     fig = ctx.figure_path(name)
-    title = (f"FGSM data (L-inf eps = {float(s['eps']):.4g})" if adversarial else "Clean data") + \
+    title = (f"FGSM data ({s.get('norm', 'Linf')} eps = {float(s['eps']):.4g})" if adversarial else "Clean data") + \
         f", {ctx.data.name}, n = {len(ok)}"
     plots.reliability_diagram(stats, fig, title)
     details = {"bins": stats, "figure": _relative(fig, ctx.out), "n_bins": bins,
                "binning": "equal-width (lo, hi] bins on the top-class softmax confidence", "std": STD_NOTE}
     if adversarial:
-        details["threat_model"] = {"attack": "FGSM", "norm": "Linf", "eps": float(s["eps"]), "loss": "ce",
-                                   "max_linf": info["max_linf"]}
+        details["threat_model"] = _fgsm_threat(s, info["max_dist"])
     return Result(ece, None, len(ok), details=details)
 
 
@@ -147,14 +132,203 @@ def _relative(path, out) -> str:
         return str(path)
 
 
-@register("ece", "calibration", metrics=("ece",), settings=("n_eval", "ece_bins"), sharded=True)
+@register("ece", "calibration", metrics=(Metric("ece", "ECE", False, "percent", ECE, 1.0),),
+          settings=("n_eval", "ece_bins"), sharded=True)
 def ece_group(ctx: Context) -> dict[str, Result]:
     """ECE of the clean evaluation points (20 bins by default) and their reliability diagram."""
     return {"ece": _ece_result(ctx, adversarial=False)}
 
 
-@register("ece_fgsm", "calibration", metrics=("ece_fgsm",), settings=("n_eval", "ece_bins", "norm", "eps"),
+@register("ece_fgsm", "calibration", metrics=(Metric("ece_fgsm", "ECE", False, "percent", ECE, 1.0),),
+          settings=("n_eval", "ece_bins", "norm", "eps"),
           sharded=True)
 def ece_fgsm_group(ctx: Context) -> dict[str, Result]:
     """ECE of the evaluation points after FGSM (eps, cross-entropy) and their reliability diagram."""
     return {"ece_fgsm": _ece_result(ctx, adversarial=True)}
+
+
+# --------------------------------------------------------------------------------------------
+# beyond ECE: NLL, Brier, MCE, adaptive ECE and temperature scaling (Guo et al. 2017)
+#
+# nll           mean -log softmax(f(x))_y
+# brier         mean over points of sum_k (softmax(f(x))_k - [k = y])^2 (multi-class, in [0, 2])
+# mce           max over non-empty bins of |acc_b - conf_b|, the ECE's equal-width (lo, hi] bins
+# ece_adaptive  ECE over ``ece_bins`` equal-mass bins: the points sorted by confidence (ties by
+#               index) cut into contiguous groups whose sizes differ by at most one
+#               (``numpy.array_split``), sum_b (n_b / N) |acc_b - conf_b|
+# temperature   T > 0 minimising the mean NLL of softmax(f(x) / T) on a held-out calibration
+#               split: the last 10 % of the training split (never test points).  Caution: a model
+#               trained on the whole training split (the released digits models are) has seen
+#               these points, so T is fitted on training data and tends to be too small.
+# *_ts          ece, nll and brier of softmax(f(x) / T) on the test points
+# *_fgsm        the same on the FGSM inputs of ``ece_fgsm`` (T is fitted on the clean held-out
+#               points and applied to the FGSM ones, as a deployed model would be)
+#
+# ``std``: the standard error of the mean for nll and brier (and their _ts forms); null for the
+# binned errors and the temperature.  Reliability diagrams after scaling:
+# ``figures/reliability_clean_ts.png``, ``figures/reliability_fgsm_ts.png``.
+
+CALIBRATION_FRACTION = 0.1  # the last 10 % of the training split fits the temperature
+TEMPERATURE_BOUNDS = (1e-2, 1e2)
+EXTRA = ("nll", "brier", "mce", "ece_adaptive", "temperature", "ece_ts", "nll_ts", "brier_ts")
+EXTRA_FGSM = tuple(f"{m}_fgsm" for m in EXTRA if m != "temperature")
+
+
+def extra_spec(name: str) -> Metric:
+    """The facts of an ``EXTRA`` or ``EXTRA_FGSM`` metric: NLL and Brier (and their scaled and
+    FGSM variants) are means over points whose std is their standard error; Brier lies in [0, 2];
+    MCE, adaptive ECE, the scaled ECE and the temperature have no statistical tolerance."""
+    base = name.removesuffix("_fgsm").removesuffix("_ts")
+    if base == "nll":
+        return Metric(name, "nats", False, tolerance=MEAN)
+    if base == "brier":
+        return Metric(name, "brier", False, tolerance=MEAN, range=2.0)
+    if base == "temperature":
+        return Metric(name, "temperature")
+    return Metric(name, "ECE", False)  # mce, ece_adaptive, ece_ts
+
+
+def nll_per_point(logits, y) -> torch.Tensor:
+    """-log softmax(logits)_y per point, float64."""
+    z = torch.as_tensor(logits).double()
+    return -torch.log_softmax(z, dim=1).gather(1, torch.as_tensor(y).long().view(-1, 1)).squeeze(1)
+
+
+def brier_per_point(probs, y) -> torch.Tensor:
+    """sum_k (p_k - [k = y])^2 per point, float64."""
+    p = torch.as_tensor(probs).double()
+    onehot = torch.nn.functional.one_hot(torch.as_tensor(y).long(), p.shape[1]).double()
+    return ((p - onehot) ** 2).sum(1)
+
+
+def max_calibration_error(probs_or_conf, correct, bins: int = 20) -> float:
+    """max over the non-empty equal-width (lo, hi] bins of |acc_b - conf_b|."""
+    _, stats = expected_calibration_error(probs_or_conf, correct, bins)
+    gaps = [abs(a - c) for a, c in zip(stats["accuracy"], stats["confidence"], strict=True) if a is not None]
+    return float(max(gaps))
+
+
+def adaptive_calibration_error(probs_or_conf, correct, bins: int = 20) -> tuple[float, dict]:
+    """ECE over equal-mass bins (see above); returns (value, per-bin counts and edges)."""
+    p = _numpy(probs_or_conf).astype(np.float64)
+    conf = p.max(axis=1) if p.ndim == 2 else p
+    ok = _numpy(correct).astype(np.float64)
+    if len(conf) == 0 or len(ok) != len(conf):
+        raise ValueError("adaptive calibration error needs as many (non-zero) correctness flags as confidences")
+    order = np.argsort(conf, kind="stable")
+    groups = [g for g in np.array_split(order, min(int(bins), len(conf))) if len(g)]
+    ace = sum(abs(ok[g].sum() - conf[g].sum()) for g in groups) / len(conf)
+    return float(ace), {"count": [len(g) for g in groups],
+                        "upper_confidence": [float(conf[g].max()) for g in groups]}
+
+
+def fit_temperature(logits, y, bounds=TEMPERATURE_BOUNDS) -> float:
+    """argmin_T mean NLL(softmax(logits / T), y) over T in ``bounds`` (bounded Brent on log T; the
+    NLL is convex in 1/T, so it has one minimum)."""
+    from scipy.optimize import minimize_scalar
+
+    z = torch.as_tensor(logits).double()
+    y = torch.as_tensor(y).long()
+
+    def loss(log_t: float) -> float:
+        return float(nll_per_point(z / np.exp(log_t), y).mean())
+
+    res = minimize_scalar(loss, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
+                          options={"xatol": 1e-9})
+    return float(np.exp(res.x))
+
+
+def _logits_of(ctx: Context, x_all: torch.Tensor, y_all: torch.Tensor, adversarial: bool, tag: str):
+    """(logits float64, labels, largest perturbation in the run's norm) of the points, clean or after
+    FGSM (the fast gradient method x + eps g / ||g||_2 under ``--norm L2``)."""
+    eps, norm = float(ctx.settings["eps"]), ctx.settings.get("norm", "Linf")
+    k = ctx.data.num_classes
+    out, labels, max_dist = [torch.zeros(0, k, dtype=torch.float64)], [torch.zeros(0, dtype=torch.long)], 0.0
+    for x, y in ctx.batches(x_all, y_all, desc=tag):
+        if adversarial:
+            adv = fgsm(ctx.model, x, y, eps, loss="ce", norm=norm)
+            max_dist = max(max_dist, check_in_ball(x, adv, eps, norm=norm))  # checked, not assumed
+            x = adv
+        with torch.no_grad():
+            out.append(ctx.model.logits(x).double().cpu())
+        labels.append(y.cpu())
+    max_dist = float(ctx.gather(torch.tensor([max_dist], dtype=torch.float64)).max())
+    return ctx.gather(torch.cat(out)), ctx.gather(torch.cat(labels)), max_dist
+
+
+def _temperature(ctx: Context) -> tuple[float, dict]:
+    """The temperature fitted on the held-out calibration split (memoised per run)."""
+    if "temperature" not in ctx.shared:
+        train = ctx.data.train
+        n = max(1, int(round(CALIBRATION_FRACTION * len(train))))
+        z, y, _ = _logits_of(ctx, train.x[-n:], train.y[-n:], False, "temperature")
+        t = fit_temperature(z, y)
+        info = {"split": f"the last {n} of the {len(train)} training points ({CALIBRATION_FRACTION:.0%})",
+                "n": n, "bounds": list(TEMPERATURE_BOUNDS), "nll_before": float(nll_per_point(z, y).mean()),
+                "nll_after": float(nll_per_point(z / t, y).mean()),
+                "accuracy": float((z.argmax(1) == y).double().mean()),
+                "at_bound": bool(min(abs(np.log(t / b)) for b in TEMPERATURE_BOUNDS) < 1e-3)}
+        ctx.shared["temperature"] = (t, info)
+    return ctx.shared["temperature"]
+
+
+def _extra_results(ctx: Context, adversarial: bool) -> dict[str, Result]:
+    from bench import plots
+
+    s = ctx.settings
+    suffix = "_fgsm" if adversarial else ""
+    bins = int(s.get("ece_bins") or 20)
+    t, t_info = _temperature(ctx)
+    split = ctx.data.test.subset(s["n_eval"])
+    z, y, max_dist = _logits_of(ctx, split.x, split.y, adversarial, "calibration" + suffix)
+    n = len(y)
+    base = {"temperature": t, "temperature_fit": t_info}
+    if adversarial:
+        base["threat_model"] = _fgsm_threat(s, max_dist)
+        base["temperature_note"] = "fitted on the clean held-out points, applied to the FGSM inputs"
+    out = {}
+    for scaled in (False, True):
+        p = torch.softmax(z / t if scaled else z, dim=1)
+        conf, pred = p.max(1)
+        ok = pred == y
+        tag = "_ts" if scaled else ""
+        for name, per_point in (("nll", nll_per_point(z / t if scaled else z, y)), ("brier", brier_per_point(p, y))):
+            mean, se, _ = mean_se(per_point)
+            out[f"{name}{tag}{suffix}"] = Result(mean, se, n, details=dict(base))
+        if scaled:
+            ece, stats = expected_calibration_error(conf, ok, bins)
+            fig = ctx.figure_path(f"reliability_{'fgsm' if adversarial else 'clean'}_ts.png")
+            title = (f"FGSM data (eps = {float(s['eps']):.4g})" if adversarial else "Clean data") + \
+                f", temperature {t:.3g}, n = {n}"
+            plots.reliability_diagram(stats, fig, title)
+            out[f"ece_ts{suffix}"] = Result(ece, None, n, details={**base, "bins": stats, "n_bins": bins,
+                                                                 "figure": _relative(fig, ctx.out), "std": STD_NOTE})
+        else:
+            mce = max_calibration_error(conf, ok, bins)
+            out[f"mce{suffix}"] = Result(mce, None, n, details={**base, "n_bins": bins, "std": STD_NOTE,
+                                                              "binning": "equal-width (lo, hi] bins"})
+            ace, ace_bins = adaptive_calibration_error(conf, ok, bins)
+            out[f"ece_adaptive{suffix}"] = Result(ace, None, n, details={**base, "bins": ace_bins, "std": STD_NOTE,
+                                                                         "binning": "equal-mass bins"})
+    if not adversarial:
+        out["temperature"] = Result(t, None, t_info["n"], details={**t_info, "std": "null: a fitted parameter"})
+    if ctx.data.train_is_test:  # the "held-out" split would be evaluated points: refused
+        from bench.data import TRAIN_IS_TEST
+
+        reason = f"refused: {TRAIN_IS_TEST}, so the temperature would be fitted on evaluated points"
+        out.update({m: Result.missing(reason, n) for m in out if m == "temperature" or "_ts" in m})
+    return out
+
+
+@register("calibration_extra", "calibration", metrics=tuple(map(extra_spec, EXTRA)), settings=("n_eval", "ece_bins"),
+          sharded=True)
+def calibration_extra_group(ctx: Context) -> dict[str, Result]:
+    """NLL, Brier, MCE, adaptive ECE, the fitted temperature and the scaled ECE, NLL and Brier."""
+    return _extra_results(ctx, adversarial=False)
+
+
+@register("calibration_extra_fgsm", "calibration", metrics=tuple(map(extra_spec, EXTRA_FGSM)),
+          settings=("n_eval", "ece_bins", "norm", "eps"), sharded=True)
+def calibration_extra_fgsm_group(ctx: Context) -> dict[str, Result]:
+    """The same on the FGSM inputs (temperature from the clean held-out points)."""
+    return _extra_results(ctx, adversarial=True)

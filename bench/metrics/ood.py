@@ -1,0 +1,329 @@
+"""OOD detection (suite ``ood``): does the classifier, read as an energy model, tell its test data
+from out-of-distribution data?  (JEM, Grathwohl et al. 2020, Table 3 and Fig. 5.)
+
+Scores, higher meaning "in-distribution", from the logits f(x) of images in [0, 1]:
+
+    px      log p(x) up to a constant: logsumexp_y f(x)[y] = -E(x)
+    py      max_y softmax(f(x))_y, the classifier's confidence
+    pxgrad  -|| d log p(x) / dx ||_2, minus the L2 norm of the input gradient of logsumexp f(x)
+            (JEM's sign; the gradient is taken in [0, 1] pixel space, so it is half JEM's on
+            [-1, 1] inputs: a constant factor that leaves every ranking measure unchanged)
+
+In-distribution points: the first ``n_eval`` test points.  OOD sets (``--ood``, see
+``bench.ood_data``): each its first ``n_ood`` points (default ``n_eval``).  Per (score, set),
+with the in-distribution points as the positive class:
+
+    auroc     area under the ROC curve, P(s_in > s_out) + P(s_in = s_out) / 2; ``std``: DeLong's
+              standard error (DeLong et al. 1988, from the placement values)
+    aupr_in   average precision (scikit-learn's step-wise sum, no interpolation), in-distribution
+              positive; ``std`` null (no closed form)
+    aupr_out  the same with the OOD points positive and the scores negated; ``std`` null
+    fpr95     the false-positive rate (share of OOD points accepted) at the first threshold, from
+              the highest down, where the true-positive rate reaches 95 %; ``std``: that of a
+              proportion over the OOD points (the threshold taken as fixed)
+
+Ties count as in scikit-learn (``roc_auc_score``, ``average_precision_score``, ``roc_curve`` with
+``drop_intermediate=False``); the tests check all four against it.  Metric names:
+``ood_<measure>_<score>_<set>``, e.g. ``ood_auroc_py_uniform``.
+
+Robust OOD detection (group ``ood_adv``, names ``ood_adv_<measure>_<score>_<set>``): each OOD
+point is pushed, inside the L-inf ball of radius ``eps`` and [0, 1], by PGD (``pgd_steps`` steps of
+``pgd_step_size``, default 20 of eps / 4, uniform random start, the update and projection of
+``bench.attacks.pgd``) to *raise* the score under test, so it looks in-distribution; the
+in-distribution points stay clean.  Attacking ``pxgrad`` needs the gradient of a gradient norm
+(a double backward, always on the plain float32 network).  Random starts are drawn per (score,
+set, batch), so the numbers do not depend on the number of torchrun processes.
+
+Figures: ``figures/ood_<score>.png`` (and ``ood_adv_<score>.png``), histograms of the score on the
+in-distribution points against each set, in the style of JEM's Fig. 5.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from bench import ood_data
+from bench.attacks import check_in_ball, uniform_start
+from bench.errors import BenchError
+from bench.metrics import Context, Metric, Result, _seed_for, register
+
+SCORES = ("px", "py", "pxgrad")
+MEASURES = ("auroc", "aupr_in", "aupr_out", "fpr95")
+TPR_LEVEL = 0.95
+SCORE_MEANING = {"px": "logsumexp f(x) = -E(x) (log p(x) up to a constant)",
+                 "py": "max softmax probability",
+                 "pxgrad": "-||d log p(x) / dx||_2 (pixel space)"}
+OOD_SETTINGS = ("seed", "n_eval", "ood", "n_ood", "ood_scores")
+ADV_SETTINGS = OOD_SETTINGS + ("norm", "eps", "pgd_steps", "pgd_step_size", "batch_size")
+
+
+# --------------------------------------------------------------------------------------------
+# the measures
+
+
+def _arrays(s_in, s_out) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(s_in.detach().cpu() if isinstance(s_in, torch.Tensor) else s_in, dtype=np.float64).ravel()
+    b = np.asarray(s_out.detach().cpu() if isinstance(s_out, torch.Tensor) else s_out, dtype=np.float64).ravel()
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError("OOD measures need at least one in-distribution and one OOD score")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("OOD scores must be finite")
+    return a, b
+
+
+def auroc(s_in, s_out) -> tuple[float, float | None]:
+    """(AUROC, DeLong standard error) with the in-distribution scores positive; ties count 1/2."""
+    a, b = _arrays(s_in, s_out)
+    b_sorted, a_sorted = np.sort(b), np.sort(a)
+    # placement values: each positive's share of negatives below it (ties 1/2), and vice versa
+    v10 = (np.searchsorted(b_sorted, a, "left") + np.searchsorted(b_sorted, a, "right")) / (2.0 * len(b))
+    v01 = (len(a) - (np.searchsorted(a_sorted, b, "left") + np.searchsorted(a_sorted, b, "right")) / 2.0) / len(a)
+    auc = float(v10.mean())
+    if len(a) < 2 or len(b) < 2:
+        return auc, None
+    var = v10.var(ddof=1) / len(a) + v01.var(ddof=1) / len(b)
+    return auc, math.sqrt(max(var, 0.0))
+
+
+def _curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative true and false positives at each distinct threshold, from the highest score down
+    (scikit-learn's ``_binary_clf_curve``: tied scores enter together)."""
+    order = np.argsort(-scores, kind="mergesort")
+    s, pos = scores[order], positive[order].astype(np.float64)
+    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # last index of each tie group
+    tps = np.cumsum(pos)[last]
+    fps = (last + 1) - tps
+    return tps, fps
+
+
+def average_precision(scores, positive) -> float:
+    """scikit-learn's average precision: sum_k (R_k - R_{k-1}) P_k over the distinct thresholds."""
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    tps, fps = _curve(scores, positive)
+    precision = tps / (tps + fps)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def fpr_at_tpr(s_in, s_out, level: float = TPR_LEVEL) -> float:
+    """The FPR at the first threshold (highest down) whose TPR reaches ``level``."""
+    a, b = _arrays(s_in, s_out)
+    tps, fps = _curve(np.r_[a, b], np.r_[np.ones(len(a), bool), np.zeros(len(b), bool)])
+    k = int(np.argmax(tps / len(a) >= level))  # the last point has TPR 1, so one exists
+    return float(fps[k] / len(b))
+
+
+def ood_measures(s_in, s_out) -> dict[str, tuple[float, float | None]]:
+    """{measure: (value, std)} for in-distribution scores ``s_in`` (positive) and OOD ``s_out``."""
+    a, b = _arrays(s_in, s_out)
+    scores = np.r_[a, b]
+    is_in = np.r_[np.ones(len(a), bool), np.zeros(len(b), bool)]
+    fpr = fpr_at_tpr(a, b)
+    return {"auroc": auroc(a, b),
+            "aupr_in": (average_precision(scores, is_in), None),
+            "aupr_out": (average_precision(-scores, ~is_in), None),
+            "fpr95": (fpr, math.sqrt(fpr * (1 - fpr) / len(b)))}
+
+
+# --------------------------------------------------------------------------------------------
+# the scores
+
+
+def scores(model, x: torch.Tensor, which=SCORES) -> dict[str, torch.Tensor]:
+    """{score: (N,) float64} of a batch; ``pxgrad`` takes one input gradient of logsumexp f."""
+    out = {}
+    if "pxgrad" in which:
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            f = model.logits(xg)
+            lse = torch.logsumexp(f, dim=1)
+            (g,) = torch.autograd.grad(lse.sum(), xg)
+        out["pxgrad"] = -g.flatten(1).double().norm(dim=1)
+        f = f.detach()
+    else:
+        with torch.no_grad():
+            f = model.logits(x)
+    f = f.double()
+    if "px" in which:
+        out["px"] = torch.logsumexp(f, dim=1)
+    if "py" in which:
+        out["py"] = torch.softmax(f, dim=1).amax(dim=1)
+    return {k: out[k] for k in which}
+
+
+def score_objective(model, x: torch.Tensor, score: str) -> torch.Tensor:
+    """The summed score of a batch as a differentiable function of x (what the OOD attack raises)."""
+    f = model.logits(x)
+    if score == "px":
+        return torch.logsumexp(f, dim=1).sum()
+    if score == "py":
+        return torch.softmax(f, dim=1).amax(dim=1).sum()
+    if score == "pxgrad":
+        (g,) = torch.autograd.grad(torch.logsumexp(f, dim=1).sum(), x, create_graph=True)
+        return -g.flatten(1).norm(dim=1).sum()
+    raise ValueError(f"unknown OOD score {score!r}; expected one of {SCORES}")
+
+
+def raise_score(model, x: torch.Tensor, score: str, eps: float, steps: int, step_size: float,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """L-inf PGD that ascends ``score`` from a uniform start in the eps ball (the update and
+    projection of ``bench.attacks.pgd``: step * sign(grad), clip to the ball and to [0, 1])."""
+    x = x.detach()
+    adv = uniform_start(x, eps, generator)
+    for _ in range(steps):
+        with torch.enable_grad():
+            adv.requires_grad_(True)
+            (g,) = torch.autograd.grad(score_objective(model, adv, score), adv)
+        adv = adv.detach() + step_size * g.sign()
+        adv = (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)
+    return adv.detach()
+
+
+# --------------------------------------------------------------------------------------------
+# settings -> metric names
+
+
+def score_list(s: dict) -> list[str]:
+    items = [p.strip() for p in str(s.get("ood_scores") or ",".join(SCORES)).split(",") if p.strip()]
+    bad = [p for p in items if p not in SCORES]
+    if bad or not items:
+        raise BenchError(f"--ood-scores: unknown score {bad[0] if bad else ''!r}; expected some of {', '.join(SCORES)}")
+    return [p for p in SCORES if p in items]
+
+
+def ood_sets(s: dict) -> list[ood_data.OODSpec]:
+    n = s.get("n_ood")
+    if n is not None and (not isinstance(n, int) or n <= 0):
+        raise BenchError(f"n-ood must be a positive integer, got {n}")
+    return ood_data.parse(s.get("ood"))
+
+
+def metric_names(s: dict, adversarial: bool = False) -> tuple[str, ...]:
+    prefix = "ood_adv" if adversarial else "ood"
+    return tuple(f"{prefix}_{m}_{sc}_{o.name}" for o in ood_sets(s) for sc in score_list(s) for m in MEASURES)
+
+
+def specs(prefix: str) -> tuple[Metric, ...]:
+    """The facts of ``{prefix}_{measure}_{score}_{set}``, one pattern per measure: higher AUROC and
+    AUPR are better, a lower FPR95 is better; none has a statistical tolerance in bench check."""
+    return tuple(Metric(f"{prefix}_{m}_*", "proportion", m != "fpr95") for m in MEASURES)
+
+
+# --------------------------------------------------------------------------------------------
+# the groups
+
+
+def _n_ood(ctx: Context) -> int:
+    s = ctx.settings
+    n = s.get("n_ood") or s.get("n_eval") or len(ctx.data.test)
+    return int(n)
+
+
+def _sets(ctx: Context) -> list[tuple[ood_data.OODSpec, torch.Tensor, dict]]:
+    """The OOD sets of the run (memoised per run: the clean and the adversarial group share them)."""
+    s = ctx.settings
+    key = ("ood_sets", s.get("ood"), _n_ood(ctx), s["seed"])
+    if key not in ctx.shared:
+        out = []
+        for spec in ood_sets(s):
+            g = torch.Generator().manual_seed(_seed_for(s["seed"], f"ood/{spec.name}"))  # CPU: same on any device
+            x, info = ood_data.load(spec, ctx.data, _n_ood(ctx), g, ctx.shared.get("data_root"))
+            out.append((spec, x, info))
+        ctx.shared[key] = out
+    return ctx.shared[key]
+
+
+def _score_points(ctx: Context, x: torch.Tensor, which: list[str], desc: str) -> dict[str, torch.Tensor]:
+    parts = {k: [torch.zeros(0, dtype=torch.float64)] for k in which}
+    for (xb,) in ctx.batches(x, desc=desc):
+        for k, v in scores(ctx.model, xb, which).items():
+            parts[k].append(v.cpu())
+    return {k: ctx.gather(torch.cat(v)) for k, v in parts.items()}
+
+
+def _results(prefix: str, s_in: dict, s_out: dict, specs, infos, extra: dict) -> dict[str, Result]:
+    out = {}
+    for spec, info in zip(specs, infos, strict=True):
+        for sc, a in s_in.items():
+            b = s_out[spec.name][sc]
+            for m, (v, se) in ood_measures(a, b).items():
+                details = {"score": sc, "score_meaning": SCORE_MEANING[sc], "set": info, "n_in": len(a),
+                           "n_out": len(b), "positive": "in-distribution", **extra}
+                if se is None:
+                    details["std"] = "null: no closed-form standard error (not bootstrapped)"
+                out[f"{prefix}_{m}_{sc}_{spec.name}"] = Result(v, se, len(b), details=details)
+    return out
+
+
+def _histograms(ctx: Context, prefix: str, s_in: dict, s_out: dict, specs, title: str) -> dict[str, str]:
+    from bench import plots  # matplotlib only when a figure is drawn
+
+    figs = {}
+    for sc, a in s_in.items():
+        path = ctx.figure_path(f"{prefix}_{sc}.png")
+        plots.ood_histograms(a, {spec.name: s_out[spec.name][sc] for spec in specs}, path,
+                             score=f"{sc}: {SCORE_MEANING[sc]}", title=title)
+        figs[sc] = path.relative_to(ctx.out).as_posix() if path.is_relative_to(ctx.out) else str(path)
+    return figs
+
+
+@register("ood", "ood", metrics=specs("ood"), settings=OOD_SETTINGS, sharded=True, names=metric_names)
+def ood_group(ctx: Context) -> dict[str, Result]:
+    """AUROC, AUPR-in, AUPR-out and FPR95 of every score against every OOD set."""
+    which = score_list(ctx.settings)
+    split = ctx.data.test.subset(ctx.settings["n_eval"])
+    sets = _sets(ctx)
+    s_in = _score_points(ctx, split.x, which, "ood in-distribution")
+    s_out = {spec.name: _score_points(ctx, x, which, f"ood {spec.name}") for spec, x, _ in sets}
+    specs, infos = [s for s, _, _ in sets], [i for _, _, i in sets]
+    figs = _histograms(ctx, "ood", s_in, s_out, specs, f"{ctx.data.name} test (n = {len(split)}) vs OOD sets")
+    out = _results("ood", s_in, s_out, specs, infos, {})
+    for r in out.values():
+        r.details["figure"] = figs[r.details["score"]]
+    return out
+
+
+@register("ood_adv", "ood", metrics=specs("ood_adv"), settings=ADV_SETTINGS, sharded=True,
+          names=lambda s: metric_names(s, adversarial=True))
+def ood_adv_group(ctx: Context) -> dict[str, Result]:
+    """The same measures after PGD has pushed every OOD point to raise the score under test."""
+    s = ctx.settings
+    names = metric_names(s, adversarial=True)
+    if s.get("norm", "Linf") != "Linf":
+        return {k: Result.missing(f"the OOD attack is L-inf; norm {s['norm']!r} was asked for") for k in names}
+    eps = float(s["eps"])
+    steps = int(s["pgd_steps"])
+    step = float(s["pgd_step_size"]) if s.get("pgd_step_size") is not None else eps / 4
+    which = score_list(s)
+    split = ctx.data.test.subset(s["n_eval"])
+    sets = _sets(ctx)
+    s_in = _score_points(ctx, split.x, which, "ood_adv in-distribution")
+    s_out, max_dist = {}, 0.0
+    for spec, x, _ in sets:
+        s_out[spec.name] = {}
+        for sc in which:
+            parts = [torch.zeros(0, dtype=torch.float64)]
+            for i, xb in ctx.batches(x, desc=f"ood_adv {sc} {spec.name}", indexed=True):
+                gen = ctx.generator(f"ood_adv/{sc}/{spec.name}/batch{i}")
+                if sc == "pxgrad":  # a double backward: never through a compiled or autocast network
+                    with ctx.model.plain():
+                        adv = raise_score(ctx.model, xb, sc, eps, steps, step, gen)
+                else:
+                    adv = raise_score(ctx.model, xb, sc, eps, steps, step, gen)
+                check_in_ball(xb, adv, eps)  # checked, not assumed
+                max_dist = max(max_dist, (adv - xb).abs().amax().item())
+                parts.append(scores(ctx.model, adv, [sc])[sc].cpu())
+            s_out[spec.name][sc] = ctx.gather(torch.cat(parts))
+    max_dist = float(ctx.gather(torch.tensor([max_dist], dtype=torch.float64)).max())
+    specs, infos = [s for s, _, _ in sets], [i for _, _, i in sets]
+    figs = _histograms(ctx, "ood_adv", s_in, s_out, specs,
+                       f"{ctx.data.name} test vs OOD sets after PGD (L-inf eps = {eps:.4g}) raising the score")
+    threat = {"attack": "PGD raising the score on the OOD points", "norm": "Linf", "eps": eps, "steps": steps,
+              "step_size": step, "random_start": True, "max_linf": max_dist}
+    out = _results("ood_adv", s_in, s_out, specs, infos, {"threat_model": threat})
+    for r in out.values():
+        r.details["figure"] = figs[r.details["score"]]
+    return out
