@@ -1,4 +1,4 @@
-"""SGLD generation (bench.sampling) and IS/FID through torch-fidelity (bench.metrics.generative)."""
+"""SGLD generation (bench.sampling, bench.generation) and IS/FID through torch-fidelity (bench.metrics.generative)."""
 
 import json
 import socket
@@ -11,7 +11,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from bench import checkpoints, data, runner, sampling
+from bench import checkpoints, data, generation, runner
 from bench.energy import EnergyModel
 from bench.errors import BenchError
 from bench.metrics import Context
@@ -267,7 +267,7 @@ def test_diverging_chains_are_counted_and_never_written(net_cls, tmp_path):
     assert torch.isfinite(res2.x[~res2.diverged]).all()
     # generated(ctx): NaN rows in samples.npz, the count in ctx.shared and the file's meta
     ctx = ctx_for(model, ds, tmp_path, n_gen=n, gen_steps=4, gen_step_size=0.1, gen_noise=0.0, gen_init="uniform")
-    gx, gy = sampling.generated(ctx)
+    gx, gy = generation.generated(ctx)
     assert ctx.shared["n_diverged"] == int(torch.isnan(gx.flatten(1)).all(1).sum()) > 0
     with np.load(tmp_path / "samples" / "samples.npz") as z:
         xs = z["x"]
@@ -358,21 +358,21 @@ def test_inits(digits):
 def test_generated_is_saved_and_reused(digits, tmp_path):
     model = tiny_model()
     ctx = ctx_for(model, digits, tmp_path, n_gen=20, gen_steps=2)
-    x, y = sampling.generated(ctx)
+    x, y = generation.generated(ctx)
     assert ctx.shared["generation"]["reused"] is False
     npz, grid = tmp_path / "samples" / "samples.npz", tmp_path / "samples" / "grid.png"
     assert npz.is_file() and grid.is_file()
-    assert sampling.generated(ctx)[0] is x  # memoised within a run
+    assert generation.generated(ctx)[0] is x  # memoised within a run
     ctx2 = ctx_for(model, digits, tmp_path, n_gen=20, gen_steps=2)
-    x2, y2 = sampling.generated(ctx2)
+    x2, y2 = generation.generated(ctx2)
     assert ctx2.shared["generation"]["reused"] is True
     assert torch.equal(x, x2) and torch.equal(y, y2)
     ctx3 = ctx_for(model, digits, tmp_path, n_gen=20, gen_steps=3)  # other settings: made again
-    x3, _ = sampling.generated(ctx3)
+    x3, _ = generation.generated(ctx3)
     assert ctx3.shared["generation"]["reused"] is False and not torch.equal(x, x3)
     npz.write_bytes(b"garbage")  # unreadable: regenerated, never trusted
     ctx4 = ctx_for(model, digits, tmp_path, n_gen=20, gen_steps=3)
-    assert torch.equal(sampling.generated(ctx4)[0], x3) and ctx4.shared["generation"]["reused"] is False
+    assert torch.equal(generation.generated(ctx4)[0], x3) and ctx4.shared["generation"]["reused"] is False
 
 
 # --------------------------------------------------------------------------------------------
@@ -660,3 +660,78 @@ def test_runner_is_fid_and_ssim_nn_end_to_end(tmp_path, tiny_fe):
     assert d3["samples_reused"] is True and d3["reference_cache"] == "hit"
     assert r3.metrics["fid"].value == m["fid"].value and r3.metrics["ssim_nn"].value == m["ssim_nn"].value
     assert r3.metrics["is_mean"].value == m["is_mean"].value
+
+
+class NaNForClasses(nn.Module):
+    """Linear logits, NaN in the columns of the classes ``bad``: the chains of those labels (and
+    only those) diverge, so the diverged share of a class-balanced set is known by hand."""
+
+    def __init__(self, d: int, k: int, bad=(0,)):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(d, k)
+        mask = torch.zeros(k, dtype=torch.bool)
+        mask[list(bad)] = True
+        self.register_buffer("mask", mask)
+
+    def forward(self, x):
+        f = self.lin(x.flatten(1))
+        return torch.where(self.mask, torch.full_like(f, float("nan")), f)  # no NaN in the gradient
+
+
+def test_diverged_fraction_is_reported_and_nulls_is_fid_above_the_threshold(tmp_path, tiny_fe):
+    from bench import tables
+    from bench.metrics import load_all
+    from bench.results import Results
+
+    g = load_all()["is_fid"]
+    assert "diverged_fraction" in g.metrics and "max_diverged" in g.settings
+    assert DEFAULTS["max_diverged"] == 0.1
+    ds = fake_data(shape=(1, 4, 4), k=4, n_per_class=6)
+    model = energy_model(NaNForClasses(16, 4, bad=(0,)), (1, 4, 4), 4)
+    kw = dict(n_gen=40, gen_steps=3, gen_init="uniform", fid_extractor=TINY)
+    res = G.generative_group(ctx_for(model, ds, tmp_path / "a", **kw))  # default max_diverged 0.1
+    div = res["diverged_fraction"]
+    # by hand: labels 0, 1, 2, 3, 0, ... -> the 10 chains of class 0 of 40 diverge
+    assert div.value == 0.25 and div.n == 40
+    assert div.std == pytest.approx((0.25 * 0.75 / 40) ** 0.5)
+    assert div.details["n_diverged"] == 10 and div.details["max_diverged"] == 0.1
+    for m in ("is_mean", "is_std", "fid"):
+        assert res[m].value is None
+        assert "10 of 40 SGLD chains diverged" in res[m].reason and "max_diverged 0.1" in res[m].reason
+    # above the share: IS and FID of the 30 surviving chains, the share still beside them
+    ok = G.generative_group(ctx_for(model, ds, tmp_path / "b", max_diverged=0.3, **kw))
+    assert ok["fid"].value is not None and ok["fid"].n == 30 and ok["is_mean"].value is not None
+    assert ok["diverged_fraction"].value == 0.25 and ok["fid"].details["n_diverged"] == 10
+    # no divergence: 0, and IS/FID as ever
+    clean = G.generative_group(ctx_for(energy_model(NaNForClasses(16, 4, bad=()), (1, 4, 4), 4), ds,
+                                       tmp_path / "c", **kw))
+    assert clean["diverged_fraction"].value == 0.0 and clean["fid"].value is not None
+    for bad in (1.5, -0.1, "x"):
+        with pytest.raises(BenchError, match="max-diverged"):
+            G.generative_group(ctx_for(model, ds, tmp_path / "d", max_diverged=bad, **kw))
+    # Table 2 shows the share (in %) beside IS and FID
+    run = Results({"method": "jeat", "arch": "toy", "dataset": "fake"}, {"config": {}}, res)
+    t2 = tables.table2([run])
+    assert t2.columns["Diverged (%)"] == "diverged_fraction"
+    assert t2.df.loc[0, "Diverged (%)"] == pytest.approx(25.0)
+    md = tables.to_markdown(t2)
+    assert "| 25.00 |" in md and "10 of 40 SGLD chains diverged" in md
+
+
+def test_table2_footnotes_the_fisher_space(tmp_path):
+    from bench import tables
+    from bench.metrics import Result
+    from bench.results import Results
+
+    def run(space):
+        return Results({"method": "jeat", "arch": "toy", "dataset": "fake"}, {"config": {"fisher_space": space}},
+                       {"jfs": Result(0.5, 0.01, 10, details={"fisher_space": space}),
+                        "mfs": Result(1.5, 0.01, 10, details={"fisher_space": space})})
+
+    md = tables.to_markdown(tables.table2([run("pixel"), run("model")]))
+    assert tables.FISHER_SPACE_NOTES["paper"] in md  # beside the paper's JFS/MFS
+    assert tables.FISHER_SPACE_NOTES["pixel"] in md and tables.FISHER_SPACE_NOTES["model"] in md
+    paper_jeat = [line for line in md.splitlines() if line.startswith("| paper: JEAT")][0]
+    mark = md[md.index(tables.FISHER_SPACE_NOTES["paper"]) - 4:].split("]")[0].split("[")[-1]
+    assert f"0.023 [{mark}]" in paper_jeat

@@ -3,7 +3,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from bench import sampling
+from bench import generation
 from bench.metrics import Context, load_all
 from bench.metrics.ssim import nearest_neighbours, show_order, ssim, ssim_matrix, window_stats
 from bench.settings import DEFAULTS
@@ -113,7 +113,7 @@ def test_ssim_group_through_context(digits, tmp_path, monkeypatch):
     assert {"n_gen", "gen_steps", "seed", "ssim_k", "ssim_n_show"} <= set(g.settings)
     gen = torch.cat([digits.test.x[:20], digits.train.x[40:41]])
     gy = torch.cat([digits.test.y[:20], digits.train.y[40:41]])
-    monkeypatch.setattr(sampling, "generated", lambda ctx: (gen, gy), raising=False)
+    monkeypatch.setattr(generation, "generated", lambda ctx: (gen, gy))
     s = dict(DEFAULTS, eps=0.1, ssim_k=3, ssim_n_show=4)
     r = g.fn(Context(tiny_model(), digits, s, torch.device("cpu"), tmp_path))["ssim_nn"]
     vals, idx = nearest_neighbours(gen, digits.train.x, 3)

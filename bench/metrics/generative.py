@@ -7,8 +7,24 @@ Metrics (group ``is_fid``, suite ``generative``):
     is_std    that spread, as its own number (the paper reports IS as mean and std)
     fid       Frechet Inception Distance between the generated images and the training split
 
-The generated set is ``bench.sampling.generated(ctx)`` (balanced over classes, SGLD by the run's
-``gen_*`` settings); diverged chains (NaN images) are left out and counted in ``details``.
+    diverged_fraction   the share of the SGLD chains that diverged (NaN or inf), of ``n_gen``;
+              ``std`` is the standard error of the proportion, sqrt(p (1 - p) / n)
+    kid_mean, kid_std   Kernel Inception Distance (torch-fidelity's ``kid_features_to_metric`` on the
+              FID's features: 100 subsets of size min(1000, n_generated, n_reference), seed 2020)
+    precision, recall   torch-fidelity's ``prc_features_to_metric`` on the same features (k = 3)
+    diversity_ssim      mean pairwise SSIM within each class (over the whole set without labels);
+              lower is more diverse, 1 for one image repeated; the training set's value in details
+
+FID, KID and precision/recall share one reference (``reference_features``): a ``--ref-stats`` file
+(setting ``ref_stats``, ``bench.refstats``), else the statistics shipped for the bundled training
+split when they match the images and the extractor, else the disk cache, else computed.  Below
+10,000 generated images the FID's details note its upward small-sample bias.
+
+The generated set is ``bench.generation.generated(ctx)`` (balanced over classes, SGLD by the run's
+``gen_*`` settings); diverged chains (NaN images) are left out and counted in ``details``.  IS and
+FID of the surviving chains alone flatter a sampler that loses many chains (the hardest classes,
+the wildest chains go first), so above ``max_diverged`` (default 0.1) diverged chains IS and FID
+are null with that reason; ``diverged_fraction`` is always reported (Table 2 shows it beside them).
 
 Images go to torch-fidelity as it expects them: uint8 (N, 3, H, W), ``round(255 x)`` of the [0, 1]
 floats, grey images repeated to three channels.  Its extractors resize to 299 x 299 with its own
@@ -57,8 +73,9 @@ import numpy as np
 import torch
 
 from bench import distributed
+from bench.data import TRAIN_IS_TEST
 from bench.errors import BenchError
-from bench.metrics import Context, Result, register
+from bench.metrics import Context, Metric, Result, register, relative
 from bench.settings import GEN_SETTINGS
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -71,6 +88,12 @@ ISC_LAYER = "logits_unbiased"
 ISC_SPLITS = 10
 FEATURE_BATCH = 64  # images per feature-extractor batch (299 x 299 activations; torch-fidelity's default)
 PIPELINE = 1  # bumps the reference cache when the preprocessing here changes
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # torch-fidelity's defaults; the size never exceeds either set's n
+PRC_NEIGHBORHOOD, PRC_BATCH = 3, 10000  # torch-fidelity's defaults (k of the k-NN balls; cdist block)
+TF_SEED = 2020  # torch-fidelity's default rng_seed (KID subsets, IS split shuffling)
+FID_UNBIASED_N = 10000  # below this many generated images the FID's details note its upward bias
+DIVERSITY_MAX = 2000  # images per set in the pairwise SSIM of diversity_ssim (evenly spread)
+FEATURE_METRICS = ("kid_mean", "kid_std", "precision", "recall")
 NO_LOGITS = ("no Inception logits offline: the fid-helper FID Inception ends at pool3 (no classifier head); "
              "pass --inception-weights weights-inception-2015-12-05-6726825d.pth for the Inception Score")
 
@@ -400,26 +423,53 @@ def reference_statistics(x: torch.Tensor, ext: Extractor, name: str, split: str 
                          device: torch.device | str = "cpu", batch_size: int = FEATURE_BATCH,
                          cache: bool = True, verbose: bool = False, sharded: bool = False) -> tuple[dict, dict]:
     """FID statistics {mu, sigma} (torch-fidelity's ``fid_features_to_statistics``) of the
-    reference images x ([0, 1] floats), from the disk cache when it holds them; -> (stats, info)
-    with info['cache'] in 'hit', 'miss' (computed and written) or 'off'.  ``sharded`` (torchrun):
-    rank 0 reads the cache and shares what it found; on a miss every rank extracts its share of
-    the features and rank 0 writes the cache."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics
+    reference images x ([0, 1] floats); -> (stats, info), see ``reference_features``."""
+    stats, _, info = reference_features(x, ext, name, split, device, batch_size, cache, verbose, sharded)
+    return stats, info
 
+
+def reference_features(x: torch.Tensor, ext: Extractor, name: str, split: str = "train",
+                       device: torch.device | str = "cpu", batch_size: int = FEATURE_BATCH,
+                       cache: bool = True, verbose: bool = False, sharded: bool = False,
+                       ref_stats: str | None = None, shipped: bool = True) -> tuple[dict, torch.Tensor | None, dict]:
+    """The reference of FID, KID and precision/recall: -> (stats {mu, sigma}, features (N, D)
+    float32 or None, info).  Looked up in this order (``info['cache']`` says which):
+
+    - ``file``: a ``--ref-stats`` file (``bench.refstats.read_file``: refused when its extractor is
+      not ``ext``; features None when it holds mu/sigma only); x is not touched;
+    - ``shipped``: a file under ``models/refstats/`` made from exactly these images with this
+      extractor (``bench.refstats.find_shipped``);
+    - ``hit``: the disk cache (``$JEAT_BENCH_CACHE/fid-ref``, features float32 and mu/sigma);
+    - ``miss`` (computed and written to the cache) or ``off`` (computed, ``cache=False``).
+
+    ``sharded`` (torchrun): rank 0 reads the cache and shares what it found; on a miss every rank
+    extracts its share of the features and rank 0 writes the cache."""
+    from bench import refstats
+
+    if ref_stats:
+        return refstats.read_file(ref_stats, ext.identity, ext.fid_layer)
     u8 = to_uint8_rgb(x)
     key, path = _reference_key(u8, ext, name, split)
     info = {"cache": "off", "file": str(path), "key": key}
+    found = refstats.find_shipped(key) if shipped else None
+    if found is not None and found[1] is not None:
+        return found[0], found[1], dict(info, cache="shipped", file=str(found[2]))
     writer = cache and (not sharded or distributed.is_main())
-    stats = _read_reference(key, path) if writer else None
+    got = _read_reference(key, path) if writer else None
     if sharded:
-        stats = distributed.broadcast(stats)
-    if stats is not None:
-        return stats, dict(info, cache="hit")
-    stats = fid_features_to_statistics(extract_features(u8, ext, device, batch_size, verbose, sharded)[ext.fid_layer])
-    if writer:
-        _write_reference(key, path, stats)
-        info["cache"] = "miss"
-    return stats, info
+        got = distributed.broadcast(got)
+    if got is not None:
+        stats, feats = got
+        info["cache"] = "hit"
+    else:
+        feats = extract_features(u8, ext, device, batch_size, verbose, sharded)[ext.fid_layer].to(torch.float32)
+        stats = refstats.statistics(feats)
+        if writer:
+            _write_reference(key, path, stats, feats)
+            info["cache"] = "miss"
+    if found is not None:  # shipped mu/sigma without features: FID from them, the features from above
+        stats, info = found[0], dict(info, cache="shipped", file=str(found[2]), features_from=info["cache"])
+    return stats, feats, info
 
 
 def _reference_key(u8: torch.Tensor, ext: Extractor, name: str, split: str) -> tuple[dict, Path]:
@@ -431,36 +481,40 @@ def _reference_key(u8: torch.Tensor, ext: Extractor, name: str, split: str) -> t
     return key, cache_dir() / "fid-ref" / f"{_slug(name)}-{split}-{_slug(ext.name)}-{digest}.npz"
 
 
-def _read_reference(key: dict, path: Path) -> dict | None:
-    """The cached statistics written under ``key``, or None (missing, unreadable or another key)."""
+def _read_reference(key: dict, path: Path) -> tuple[dict, torch.Tensor] | None:
+    """(stats, features) cached under ``key``, or None (missing, unreadable, another key, or an
+    older cache file without features)."""
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
                 if json.loads(str(z["meta"])) == key:
-                    return {"mu": z["mu"], "sigma": z["sigma"]}
+                    return {"mu": z["mu"], "sigma": z["sigma"]}, torch.from_numpy(z["features"])
         except Exception:
             pass  # unreadable: recompute and overwrite
     return None
 
 
-def _write_reference(key: dict, path: Path, stats: dict) -> None:
+def _write_reference(key: dict, path: Path, stats: dict, features: torch.Tensor) -> None:
     import io
 
-    from bench.checkpoints import atomic_write_bytes
+    from bench.fileio import atomic_write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    np.savez(buf, mu=stats["mu"], sigma=stats["sigma"], meta=np.array(json.dumps(key, sort_keys=True)))
+    np.savez(buf, mu=stats["mu"], sigma=stats["sigma"], features=features.detach().cpu().numpy(),
+             meta=np.array(json.dumps(key, sort_keys=True)))
     atomic_write_bytes(path, buf.getvalue())
 
 
 def fid_is(x_gen: torch.Tensor, x_ref: torch.Tensor, ext: Extractor, ref_name: str, ref_split: str = "train",
            device: torch.device | str = "cpu", batch_size: int = FEATURE_BATCH, cache: bool = True,
-           verbose: bool = False, sharded: bool = False) -> dict:
+           verbose: bool = False, sharded: bool = False, ref_stats: str | None = None) -> dict:
     """FID of x_gen against x_ref and, when the extractor has logits, the Inception Score of
     x_gen (torch-fidelity's ``isc_features_to_metric``, ``fid_statistics_to_metric``).  Images are
     [0, 1] floats (N, 1 or 3, H, W).  -> {'fid', 'is_mean', 'is_std' (None without logits),
-    'reference': info of ``reference_statistics``, 'seconds_reference', 'seconds_generated'}.
+    'reference': info of ``reference_features``, 'seconds_reference', 'seconds_generated',
+    'features_generated', 'features_reference' (None when a mu/sigma-only ``ref_stats`` file is used)}.
+    ``ref_stats``: a reference statistics file instead of x_ref (``bench.refstats``).
     ``sharded`` (torchrun): the Inception features are extracted batch-sharded over the ranks."""
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_isc import isc_features_to_metric
@@ -468,66 +522,296 @@ def fid_is(x_gen: torch.Tensor, x_ref: torch.Tensor, ext: Extractor, ref_name: s
     if len(x_gen) < 2:
         raise ValueError(f"FID needs at least 2 generated images, got {len(x_gen)}")
     t0 = time.perf_counter()
-    ref, info = reference_statistics(x_ref, ext, ref_name, ref_split, device, batch_size, cache, verbose, sharded)
+    ref, ref_feats, info = reference_features(x_ref, ext, ref_name, ref_split, device, batch_size, cache, verbose,
+                                              sharded, ref_stats)
     t1 = time.perf_counter()
     feats = extract_features(to_uint8_rgb(x_gen), ext, device, batch_size, verbose, sharded)
-    gen = fid_features_to_statistics(feats[ext.fid_layer])
+    gen_feats = feats[ext.fid_layer].to(torch.float32)
+    if gen_feats.shape[1] != len(ref["mu"]):
+        raise BenchError(f"reference statistics have dimension {len(ref['mu'])}, the extractor's {ext.fid_layer} "
+                         f"features {gen_feats.shape[1]}")
+    gen = fid_features_to_statistics(gen_feats)
+    ref = {"mu": ref["mu"].astype(gen["mu"].dtype), "sigma": ref["sigma"].astype(gen["sigma"].dtype)}
     fid = fid_statistics_to_metric(gen, ref, False)["frechet_inception_distance"]
     out = {"fid": float(fid), "is_mean": None, "is_std": None, "reference": info,
-           "seconds_reference": t1 - t0, "seconds_generated": time.perf_counter() - t1}
+           "seconds_reference": t1 - t0, "seconds_generated": time.perf_counter() - t1,
+           "features_generated": gen_feats, "features_reference": ref_feats}
     if ext.has_logits and len(x_gen) >= ISC_SPLITS:
         isc = isc_features_to_metric(feats[ISC_LAYER], ISC_SPLITS, True, 2020)
         out["is_mean"], out["is_std"] = isc["inception_score_mean"], isc["inception_score_std"]
     return out
 
 
+def fid_bias_note(n: int) -> str | None:
+    """The FID's small-sample note: FID is biased upward at small n (Binkowski et al. 2018;
+    Chong and Forsyth 2020), so FIDs are comparable only at equal n; None from 10,000 on."""
+    if n >= FID_UNBIASED_N:
+        return None
+    return (f"FID is biased upward at n = {n} generated images (the bias falls roughly as 1/n; "
+            f"the usual n is {FID_UNBIASED_N}+): compare FIDs only at equal n")
+
+
+def kid_prc(gen: torch.Tensor, ref: torch.Tensor, device: torch.device | str = "cpu") -> dict:
+    """KID (torch-fidelity's ``kid_features_to_metric``: unbiased MMD^2 with the cubic polynomial
+    kernel, mean and std over ``KID_SUBSETS`` random subsets of size m = min(1000, n_gen, n_ref),
+    seed 2020) and precision/recall (its ``prc_features_to_metric``: Kynkaanniemi et al. 2019,
+    k = 3 nearest-neighbour balls; precision: share of generated features inside a real ball,
+    recall: share of real features inside a generated ball) of the features gen (generated) and
+    ref (real).  PR runs on ``device``; values are None (with 'reason_kid'/'reason_prc') when a set
+    is too small."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    gen, ref = gen.detach().cpu().float(), ref.detach().cpu().float()
+    m = min(KID_SUBSET_SIZE, len(gen), len(ref))
+    out = {"kid_subset_size": m, "kid_subsets": KID_SUBSETS, "prc_neighborhood": PRC_NEIGHBORHOOD,
+           "n_generated": len(gen), "n_reference": len(ref)}
+    if m >= 2:
+        kid = kid_features_to_metric(gen, ref, kid_subsets=KID_SUBSETS, kid_subset_size=m, rng_seed=TF_SEED,
+                                     kid_kernel="poly", kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None,
+                                     kid_kernel_poly_coef0=1, verbose=False)
+        out["kid_mean"], out["kid_std"] = kid["kernel_inception_distance_mean"], kid["kernel_inception_distance_std"]
+    else:
+        out["kid_mean"] = out["kid_std"] = None
+        out["reason_kid"] = f"KID needs 2 images on each side; got {len(gen)} generated, {len(ref)} reference"
+    if min(len(gen), len(ref)) > PRC_NEIGHBORHOOD:
+        dev = torch.device(device)
+        prc = prc_features_to_metric(gen.to(dev), ref.to(dev), prc_neighborhood=PRC_NEIGHBORHOOD,
+                                     prc_batch_size=PRC_BATCH, save_cpu_ram=True, verbose=False)
+        out["precision"], out["recall"] = prc["precision"], prc["recall"]
+    else:
+        out["precision"] = out["recall"] = None
+        out["reason_prc"] = (f"precision/recall need more than {PRC_NEIGHBORHOOD} images on each side (k-NN balls); "
+                             f"got {len(gen)} generated, {len(ref)} reference")
+    return out
+
+
+def feature_results(r: dict, details: dict, device: torch.device | str = "cpu") -> dict[str, Result]:
+    """``kid_mean``, ``kid_std``, ``precision``, ``recall`` from ``fid_is``'s output ``r`` (its
+    features), with ``details`` (the FID's) plus their own."""
+    names = ("kid_mean", "kid_std", "precision", "recall")
+    n_gen = len(r["features_generated"])
+    if r["features_reference"] is None:
+        reason = (f"the reference statistics file {r['reference'].get('file')} holds mu/sigma only; KID and "
+                  "precision/recall need the reference features (write the file with `bench ref-stats`, "
+                  "which stores them)")
+        return {m: Result.missing(reason, n=n_gen, **details) for m in names}
+    k = kid_prc(r["features_generated"], r["features_reference"], device)
+    kd = dict(details, **{a: k[a] for a in ("kid_subset_size", "kid_subsets", "n_reference")},
+              kid="torch-fidelity kid_features_to_metric: unbiased MMD^2, polynomial kernel (x.y/d + 1)^3, "
+                  f"seed {TF_SEED}", std="standard deviation of the MMD^2 over the subsets")
+    pd_ = dict(details, prc_neighborhood=k["prc_neighborhood"], n_reference=k["n_reference"],
+               prc="torch-fidelity prc_features_to_metric (Kynkaanniemi et al. 2019), generated = input1",
+               std="standard error of the proportion, sqrt(p(1-p)/n)")
+    out = {}
+    if k["kid_mean"] is None:
+        out["kid_mean"] = Result.missing(k["reason_kid"], n=n_gen, **kd)
+        out["kid_std"] = Result.missing(k["reason_kid"], n=n_gen, **kd)
+    else:
+        out["kid_mean"] = Result(k["kid_mean"], k["kid_std"], k["kid_subset_size"], details=kd)
+        out["kid_std"] = Result(k["kid_std"], None, k["kid_subset_size"], details=kd)
+    for m, n in (("precision", n_gen), ("recall", k["n_reference"])):
+        v = k[m]
+        out[m] = (Result.missing(k["reason_prc"], n=n, **pd_) if v is None
+                  else Result(v, (v * (1 - v) / n) ** 0.5, n, details=pd_))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# diversity: mean pairwise SSIM
+
+
+def _spread(n: int, cap: int) -> torch.Tensor:
+    """``cap`` indices evenly spread over range(n) (all of them when n <= cap)."""
+    if n <= cap:
+        return torch.arange(n)
+    return torch.linspace(0, n - 1, cap).round().long()
+
+
+def pairwise_ssim(x: torch.Tensor, y: torch.Tensor | None, device: torch.device | str = "cpu",
+                  cap: int = DIVERSITY_MAX) -> dict:
+    """Mean SSIM over the distinct pairs of images x (N, C, H, W) in [0, 1] (the project's batched
+    SSIM, ``bench.metrics.ssim``), overall and, with labels y, within each class.  At most ``cap``
+    images, evenly spread over x, are used.  -> {'overall', 'per_class' {label: mean} (classes with
+    2+ images), 'within_class' (mean of the per-class means) or None without labels, 'n'}."""
+    from bench.metrics.ssim import ssim_matrix
+
+    idx = _spread(len(x), cap)
+    x = x[idx]
+    n = len(x)
+    s = ssim_matrix(x, x, device=device).double().cpu()
+    off = ~torch.eye(n, dtype=torch.bool)
+    out = {"overall": (s[off].mean().item() if n > 1 else None), "per_class": {}, "within_class": None, "n": n}
+    if y is not None:
+        y = y[idx].cpu().long()
+        same = (y[:, None] == y[None, :]) & off
+        sums = torch.zeros(int(y.max()) + 1, dtype=torch.float64).index_add_(0, y, (s * same).sum(1))
+        counts = torch.bincount(y).double()
+        pairs = counts * (counts - 1)
+        ok = pairs > 0
+        per = sums[ok] / pairs[ok]
+        out["per_class"] = {int(c): v for c, v in zip(ok.nonzero().flatten().tolist(), per.tolist(), strict=True)}
+        out["within_class"] = per.mean().item() if len(per) else None
+    return out
+
+
+def diversity_result(x: torch.Tensor, y: torch.Tensor | None, ref_x: torch.Tensor, ref_y: torch.Tensor | None,
+                     device: torch.device | str = "cpu") -> Result:
+    """``diversity_ssim``: the mean pairwise SSIM within each class averaged over classes when
+    labels are known, else over the whole set (lower: more diverse; one image repeated gives 1);
+    details hold both, the per-class values and the training set's values computed the same way
+    (for scale)."""
+    from bench.metrics.ssim import WIN
+
+    if min(x.shape[-2:]) < WIN:
+        return Result.missing(f"SSIM needs images of at least {WIN}x{WIN}; these are {tuple(x.shape[-2:])}", n=len(x))
+    if len(x) < 2:
+        return Result.missing(f"diversity needs 2 images; got {len(x)}", n=len(x))
+    g = pairwise_ssim(x, y, device)
+    t = pairwise_ssim(ref_x, ref_y if y is not None else None, device)
+    by_class = y is not None and g["within_class"] is not None
+    value = g["within_class"] if by_class else g["overall"]
+    details = {"definition": ("mean over classes of the mean SSIM over distinct same-class pairs" if by_class
+                              else "mean SSIM over distinct pairs of the whole set") + "; lower is more diverse",
+               "overall": g["overall"], "within_class": g["within_class"],
+               "per_class": {str(c): v for c, v in g["per_class"].items()}, "n_used": g["n"],
+               "train": t["within_class"] if by_class else t["overall"], "train_overall": t["overall"],
+               "train_within_class": t["within_class"], "n_train_used": t["n"], "max_images": DIVERSITY_MAX,
+               "subset": f"at most {DIVERSITY_MAX} images, evenly spread over the set",
+               "std": "none: pairs are not independent"}
+    return Result(value, None, g["n"], details=details)
+
+
 # --------------------------------------------------------------------------------------------
 # the metric group
 
 
-@register("is_fid", "generative", metrics=("is_mean", "is_std", "fid"),
-          settings=(*GEN_SETTINGS, "inception_weights", "fid_extractor"), sharded=True)
+def max_diverged(settings: dict) -> float:
+    """The ``max_diverged`` setting as a fraction in [0, 1] (BenchError otherwise)."""
+    from bench.settings import DEFAULTS
+
+    v = settings.get("max_diverged")
+    v = DEFAULTS["max_diverged"] if v is None else v
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
+        raise BenchError(f"max-diverged must be a fraction in [0, 1], got {v!r}")
+    return float(v)
+
+
+def diverged_result(n_gen: int, n_div: int, limit: float) -> tuple[Result, str | None]:
+    """(``diverged_fraction``, the reason to null sample-quality metrics or None): a metric of
+    the surviving chains is null when more than ``limit`` of the ``n_gen`` chains diverged."""
+    frac = n_div / n_gen if n_gen else 0.0
+    reason = None
+    if frac > limit:
+        reason = (f"{n_div} of {n_gen} SGLD chains diverged ({frac:.1%} > max_diverged {limit:g}); "
+                  "a score of the surviving chains alone would flatter the sampler")
+    se = (frac * (1 - frac) / n_gen) ** 0.5 if n_gen else None
+    details = {"n_generated": n_gen, "n_diverged": n_div, "max_diverged": limit, "sample_metrics_null": bool(reason),
+               "std": "standard error of the proportion, sqrt(p(1-p)/n)"}
+    return Result(frac, se, n_gen, details=details), reason
+
+
+def _refuse_train_is_test(x_gen: torch.Tensor, ext: Extractor, ctx: Context, batch_size: int,
+                          details: dict) -> dict[str, Result]:
+    """FID null with the reason (the data set's training and test sets are the same images,
+    ``Dataset.train_is_test``); the Inception Score, which needs no reference, as usual."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    from bench.metrics import GROUPS
+
+    n = len(x_gen)
+    refused = Result.missing(f"refused: {TRAIN_IS_TEST}", n=n, **details)  # FID and any other comparison
+    out = {m: refused for m in GROUPS["is_fid"].metrics if m not in ("is_mean", "is_std", "diverged_fraction")}
+    if not ext.has_logits or n < ISC_SPLITS:
+        reason = NO_LOGITS if not ext.has_logits else f"Inception Score needs {ISC_SPLITS} images (splits); got {n}"
+        return out | {m: Result.missing(reason, n=n, **details) for m in ("is_mean", "is_std")}
+    feats = extract_features(to_uint8_rgb(x_gen), ext, ctx.device, batch_size, sharded=ctx.sharded)
+    isc = isc_features_to_metric(feats[ISC_LAYER], ISC_SPLITS, True, 2020)
+    isd = dict(details, isc_splits=ISC_SPLITS, std="standard deviation of the IS over the splits")
+    return out | {"is_mean": Result(isc["inception_score_mean"], isc["inception_score_std"], n, details=isd),
+                  "is_std": Result(isc["inception_score_std"], None, n, details=isd)}
+
+
+@register("is_fid", "generative",
+          metrics=(Metric("is_mean", "score", True, tolerance=relative(0.10)),
+                   Metric("is_std", "score", tolerance=relative(0.25)),
+                   Metric("fid", "fid", False, tolerance=relative(0.10)),
+                   Metric.proportion("diverged_fraction", higher_is_better=False),
+                   Metric("kid_mean", "kid", False), Metric("kid_std", "kid"),
+                   Metric("precision", "proportion", True), Metric("recall", "proportion", True),
+                   Metric("diversity_ssim", "ssim")),
+          settings=(*GEN_SETTINGS, "inception_weights", "fid_extractor", "max_diverged", "ref_stats"), sharded=True)
 def generative_group(ctx: Context) -> dict[str, Result]:
-    """IS and FID of the run's generated images against the training split (Sec. 4.2)."""
+    """IS and FID of the run's generated images against the training split (Sec. 4.2), and the
+    share of diverged chains (IS/FID null above ``max_diverged``)."""
     from bench import progress
-    from bench.sampling import generated
+    from bench.generation import generated
 
     s = ctx.settings
-    names = ("is_mean", "is_std", "fid")
-    if ctx.data.input_shape[0] not in (1, 3):
-        return {m: Result.missing(f"IS/FID need grey or RGB images; {ctx.data.name} has "
-                                  f"{ctx.data.input_shape[0]} channels") for m in names}
-    try:
-        ext = resolve_extractor(s.get("fid_extractor") or "auto", s.get("inception_weights"))
-    except ExtractorUnavailable as e:
-        return {m: Result.missing(str(e)) for m in names}
+    names = ("is_mean", "is_std", "fid", *FEATURE_METRICS, "diversity_ssim")
+    limit = max_diverged(s)
     gx, gy = generated(ctx)
-    gen_info = ctx.shared.get("generation", {})
     finite = torch.isfinite(gx.flatten(1)).all(1)
     n_gen, n_ok = len(gx), int(finite.sum())
     n_div = int(ctx.shared.get("n_diverged", n_gen - n_ok))
+    div, too_many = diverged_result(n_gen, n_div, limit)
+    div = {"diverged_fraction": div}
+    if ctx.data.input_shape[0] not in (1, 3):
+        return {m: Result.missing(f"IS/FID need grey or RGB images; {ctx.data.name} has "
+                                  f"{ctx.data.input_shape[0]} channels") for m in names} | div
+    if too_many:
+        return {m: Result.missing(too_many, n=n_ok, n_generated=n_gen, n_diverged=n_div, max_diverged=limit)
+                for m in names} | div
+    diversity = {"diversity_ssim": diversity_result(gx[finite], gy[finite], ctx.data.train.x, ctx.data.train.y,
+                                                    ctx.device)}
+    names = names[:-1]
+    div = div | diversity
+    try:
+        ext = resolve_extractor(s.get("fid_extractor") or "auto", s.get("inception_weights"))
+    except ExtractorUnavailable as e:
+        return {m: Result.missing(str(e)) for m in names} | div
+    gen_info = ctx.shared.get("generation", {})
     details = {"extractor": ext.name, "extractor_identity": ext.identity, "extractor_source": ext.source,
                "weights": ext.weights, "feature_layer": ext.fid_layer, "n_generated": n_gen, "n_finite": n_ok,
-               "n_diverged": n_div, "reference": f"{ctx.data.name}:train", "n_reference": len(ctx.data.train),
+               "n_diverged": n_div, "max_diverged": limit, "reference": f"{ctx.data.name}:train",
+               "n_reference": len(ctx.data.train),
                "samples": "samples/samples.npz", "grid": "samples/grid.png",
                "samples_reused": bool(gen_info.get("reused", False)),
                "preprocessing": "uint8 round(255x), grey->RGB, torch-fidelity TF1 bilinear to 299, (x-128)/128"}
     if n_ok < 2:
         return {m: Result.missing(f"{n_ok} finite generated images ({n_div} chains diverged); FID needs 2",
-                                  n=n_ok, **details) for m in names}
+                                  n=n_ok, **details) for m in names} | div
     bs = min(int(s.get("batch_size") or FEATURE_BATCH), FEATURE_BATCH)
+    if ctx.data.train_is_test:  # FID would compare with the evaluated images themselves: refused
+        return _refuse_train_is_test(gx[finite], ext, ctx, bs, details) | div
     r = fid_is(gx[finite], ctx.data.train.x, ext, ctx.data.name, "train", ctx.device, bs,
-               verbose=progress.interactive() and ctx.progress is not None, sharded=ctx.sharded)
-    details.update(reference_cache=r["reference"]["cache"], reference_cache_file=r["reference"]["file"],
+               verbose=progress.interactive() and ctx.progress is not None, sharded=ctx.sharded,
+               ref_stats=s.get("ref_stats"))
+    return fid_is_results(r, ext, n_ok, details, ctx.device) | div
+
+
+def fid_is_results(r: dict, ext: Extractor, n: int, details: dict, device: torch.device | str = "cpu") -> dict[str, Result]:
+    """``fid``, ``is_mean``, ``is_std``, ``kid_mean``, ``kid_std``, ``precision``, ``recall`` as
+    Results from ``fid_is``'s output ``r`` on n images; ``details`` gain the reference's source
+    (cache, shipped file or ``--ref-stats`` file), timings and the FID's small-n note."""
+    ref = r["reference"]
+    details = dict(details, reference_cache=ref["cache"], reference_cache_file=ref["file"],
                    seconds_reference=round(r["seconds_reference"], 3),
                    seconds_generated_features=round(r["seconds_generated"], 3))
-    out = {"fid": Result(r["fid"], None, n_ok, details=dict(details))}
+    if ref["cache"] == "file":
+        details.update(reference=f"file:{ref['file']}", reference_sha256=ref["sha256"], n_reference=ref["n"])
+        if ref.get("note"):
+            details["reference_note"] = ref["note"]
+    fid_details = dict(details)
+    if fid_bias_note(n):
+        fid_details["bias"] = fid_bias_note(n)
+    out = {"fid": Result(r["fid"], None, n, details=fid_details)}
     if r["is_mean"] is None:
-        reason = NO_LOGITS if not ext.has_logits else f"Inception Score needs {ISC_SPLITS} images (splits); got {n_ok}"
-        out["is_mean"] = Result.missing(reason, n=n_ok, **details)
-        out["is_std"] = Result.missing(reason, n=n_ok, **details)
+        reason = NO_LOGITS if not ext.has_logits else f"Inception Score needs {ISC_SPLITS} images (splits); got {n}"
+        out["is_mean"] = Result.missing(reason, n=n, **details)
+        out["is_std"] = Result.missing(reason, n=n, **details)
     else:
         isd = dict(details, isc_splits=ISC_SPLITS, std="standard deviation of the IS over the splits")
-        out["is_mean"] = Result(r["is_mean"], r["is_std"], n_ok, details=isd)
-        out["is_std"] = Result(r["is_std"], None, n_ok, details=isd)
-    return out
+        out["is_mean"] = Result(r["is_mean"], r["is_std"], n, details=isd)
+        out["is_std"] = Result(r["is_std"], None, n, details=isd)
+    return out | feature_results(r, details, device)

@@ -1,0 +1,181 @@
+"""Reference statistics files: what ``bench ref-stats`` writes, what ``--ref-stats FILE`` reads,
+and the statistics shipped for the bundled training splits (``models/refstats/``).
+
+A reference statistics file is an ``.npz`` with any of
+
+    mu, sigma   the FID statistics of the reference features (torch-fidelity's
+                ``fid_features_to_statistics``: mu float32, sigma float64), under the names
+                pytorch-fid and clean-fid read
+    features    the reference features themselves (N, D), float32 or float16 (``--precision``):
+                KID and precision/recall need them, mu/sigma alone do not suffice
+    meta        JSON: the reference's identity as the FID cache keys it (data set, split, n, sha256
+                of the uint8 images, extractor identity = name + weights sha256, feature layer,
+                torch-fidelity version, pipeline), plus ``features_dtype`` and ``source``
+    extractor   the extractor identity again, as a plain string
+
+``--ref-stats FILE`` (``bench run`` setting ``ref_stats``, and ``bench samples``): a file whose
+``meta`` names another extractor or feature layer than the run's is refused (one-line error).  A
+file without ``meta`` (a plain pytorch-fid/clean-fid ``mu``/``sigma`` file) is accepted; the FID's
+details then say its extractor is not recorded.  FID uses the file's mu/sigma (or, for a
+features-only file, the statistics of its features); KID and precision/recall use the file's
+features, and are null with that reason when the file holds mu/sigma only (nothing is computed
+from the training images when a file is given).
+
+Shipped statistics: every ``models/refstats/*.npz`` is a reference file as above.  The runner
+(``generative.reference_features``) uses one automatically when its ``meta`` matches the run's
+reference exactly in split, n, image sha256, extractor identity, feature layer and pipeline (the
+data set's name and torch-fidelity's version are recorded but not compared); otherwise the
+reference is read from the disk cache or computed.  The digits file holds the 1347 training
+features of fid-helper's Inception (the offline default extractor) in float16 (5.5 MB; mu/sigma
+float32 would be 16.8 MB for sigma alone): each feature is within a relative 2^-11 (float16's
+rounding; features below float16's normal range, 6.1e-5, within 3e-8 absolute) of the float32
+value, and mu/sigma are recomputed from them.  Adding another data set is one command, e.g.
+
+    bench ref-stats --dataset fashion-mnist --no-mu-sigma --precision float16 \\
+        --out models/refstats/fashion-mnist-train.npz
+
+(no code changes: the folder is searched; mind the size, N x D x 2 bytes of features).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.errors import BenchError
+
+# what must agree between a shipped file's meta and a run's reference key
+MATCH_FIELDS = ("split", "n", "images_sha256", "extractor", "layer", "pipeline")
+PRECISIONS = ("float32", "float16")
+NO_EXTRACTOR_NOTE = ("the reference statistics file's extractor is not recorded (a plain mu/sigma file): it is "
+                     "assumed to be this run's; statistics of another network give a meaningless FID")
+
+
+def shipped_dir() -> Path:
+    from bench import zoo
+
+    return zoo.models_dir() / "refstats"
+
+
+def statistics(features: torch.Tensor) -> dict:
+    """torch-fidelity's FID statistics {mu (float32), sigma (float64)} of float32 features."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    return fid_features_to_statistics(features.detach().cpu().to(torch.float32))
+
+
+def _read(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:
+        raise BenchError(f"reference statistics {path}: not a readable .npz ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:100] if str(e) else ''})") from None
+
+
+def _meta(arrays: dict, path: Path) -> dict | None:
+    if "meta" not in arrays:
+        return None
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except (ValueError, TypeError):
+        raise BenchError(f"reference statistics {path}: its meta is not JSON") from None
+    if not isinstance(meta, dict):
+        raise BenchError(f"reference statistics {path}: its meta is not a JSON object")
+    return meta
+
+
+def _unpack(arrays: dict, path: Path) -> tuple[dict | None, torch.Tensor | None]:
+    """(stats or None, features float32 or None) of a file's arrays, shapes checked."""
+    feats = None
+    if "features" in arrays:
+        f = arrays["features"]
+        if f.ndim != 2 or not np.issubdtype(f.dtype, np.floating) or len(f) < 2:
+            raise BenchError(f"reference statistics {path}: features must be a float array (N >= 2, D), "
+                             f"got {f.shape} {f.dtype}")
+        feats = torch.from_numpy(f.astype(np.float32))
+    stats = None
+    if "mu" in arrays or "sigma" in arrays:
+        if not {"mu", "sigma"} <= arrays.keys():
+            raise BenchError(f"reference statistics {path}: needs both mu and sigma")
+        mu, sigma = arrays["mu"], arrays["sigma"]
+        if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+            raise BenchError(f"reference statistics {path}: mu {mu.shape} and sigma {sigma.shape} do not fit "
+                             "(expected (D,) and (D, D))")
+        stats = {"mu": mu.astype(np.float32), "sigma": sigma.astype(np.float64)}
+    if stats is None and feats is None:
+        raise BenchError(f"reference statistics {path}: holds neither mu/sigma nor features "
+                         f"(found {', '.join(sorted(arrays)) or 'nothing'})")
+    if stats is not None and feats is not None and feats.shape[1] != len(stats["mu"]):
+        raise BenchError(f"reference statistics {path}: features of dimension {feats.shape[1]} but mu of {len(stats['mu'])}")
+    if stats is None:
+        stats = statistics(feats)
+    return stats, feats
+
+
+def read_file(path: str | Path, extractor_identity: str, layer: str) -> tuple[dict, torch.Tensor | None, dict]:
+    """A ``--ref-stats`` file -> (stats, features or None, info).  Refuses (BenchError) a file
+    whose recorded extractor or layer differs from the run's."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise BenchError(f"reference statistics file not found: {p}")
+    arrays = _read(p)
+    meta = _meta(arrays, p)
+    if meta is not None and (meta.get("extractor"), str(meta.get("layer"))) != (extractor_identity, str(layer)):
+        raise BenchError(f"reference statistics {p} were made with extractor {meta.get('extractor')} (layer "
+                         f"{meta.get('layer')}), this run uses {extractor_identity} (layer {layer}); "
+                         "write matching ones with `bench ref-stats` or choose that --fid-extractor")
+    stats, feats = _unpack(arrays, p)
+    from bench.metrics.generative import file_digests
+
+    info = {"cache": "file", "file": str(p), "sha256": file_digests(p)["sha256"], "key": meta,
+            "has_features": feats is not None, "n": len(feats) if feats is not None else (meta or {}).get("n")}
+    if meta is None:
+        info["note"] = NO_EXTRACTOR_NOTE
+    return stats, feats, info
+
+
+def find_shipped(key: dict, folder: Path | None = None) -> tuple[dict, torch.Tensor | None, Path] | None:
+    """The shipped reference whose meta matches ``key`` on ``MATCH_FIELDS`` -> (stats, features
+    or None, file), or None."""
+    folder = shipped_dir() if folder is None else folder
+    if not folder.is_dir():
+        return None
+    for p in sorted(folder.glob("*.npz")):
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"])) if "meta" in z.files else None
+        except Exception:
+            continue  # a broken shipped file is never used
+        if isinstance(meta, dict) and all(meta.get(k) == key.get(k) for k in MATCH_FIELDS):
+            stats, feats = _unpack(_read(p), p)
+            return stats, feats, p
+    return None
+
+
+def write_file(path: str | Path, key: dict, stats: dict, features: torch.Tensor | None, mu_sigma: bool = True,
+               precision: str = "float32", source: str = "") -> Path:
+    """Write a reference statistics file (module docstring); -> its path."""
+    from bench.fileio import atomic_write_bytes
+
+    if precision not in PRECISIONS:
+        raise BenchError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not mu_sigma and features is None:
+        raise BenchError("a reference statistics file needs mu/sigma or features (or both)")
+    arrays = {}
+    if mu_sigma:
+        arrays.update(mu=np.asarray(stats["mu"], np.float32), sigma=np.asarray(stats["sigma"], np.float64))
+    if features is not None:
+        arrays["features"] = features.detach().cpu().numpy().astype(precision)
+    meta = dict(key, features_dtype=precision if features is not None else None, source=source)
+    arrays.update(meta=np.array(json.dumps(meta, sort_keys=True)), extractor=np.array(str(key.get("extractor"))))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
