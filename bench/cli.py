@@ -43,16 +43,22 @@ def cli():
 @click.option("--model", "model", default=None, help="checkpoint: .safetensors, .pt/.pth (+ --arch), JEM file, "
               "py:module:function, rb:NAME. Default: the released digits JEAT model.")
 @click.option("--suite", default="all", show_default=True,
-              help="all, or a comma list of robust,calibration,generative,score,memorization,landscape,denoise")
+              help="all, or a comma list of robust,calibration,generative,score,memorization,landscape,denoise,ood")
 @click.option("--out", default="runs/default", show_default=True, type=click.Path(path_type=Path))
 @click.option("--dataset", default=None, help="digits, cifar10, cifar100, folder:PATH, npz:PATH (default: the checkpoint's)")
 @click.option("--data-root", default=None, help="directory holding CIFAR data")
 @click.option("--download", is_flag=True, help="download CIFAR if missing (needs network)")
 @click.option("--arch", default=None, help="architecture of a plain state dict, e.g. wrn-28-10, resnet18")
+@click.option("--normalize", default=None, metavar="PRESET|M/S",
+              help="input normalisation of a foreign model: cifar10, cifar100, imagenet, none (0/1), half "
+                   "(0.5/0.5), or MEANS/STDS e.g. 0.4914,0.4822,0.4465/0.2470,0.2435,0.2616 (default: the "
+                   "checkpoint's; JEM's 0.5/0.5; else mean 0, std 1 with a warning for plain state dicts)")
 @click.option("--device", default="auto", type=DEVICE, show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--eps", default=None, type=NUMBER, help="L-inf radius in [0,1] units (default: the checkpoint's; "
-              "8/255 for CIFAR, 0.1 for digits)")
+@click.option("--norm", default=None, type=click.Choice(["Linf", "L2"]),
+              help="threat model of PGD, FGSM (FGM under L2) and AutoAttack (default Linf)")
+@click.option("--eps", default=None, type=NUMBER, help="attack radius in [0,1] pixel units (default: the checkpoint's; "
+              "L-inf 8/255 for CIFAR, 0.1 for digits; L2 0.5 for CIFAR and digits, 1.5 for Fashion-MNIST)")
 @click.option("--n-eval", default=None, type=int, help="evaluation points (first n of the test split; default all)")
 @click.option("--n-aa", default=None, type=int, help="AutoAttack points (default: n-eval)")
 @click.option("--n-gen", default=None, type=int, help="generated images, balanced over classes")
@@ -66,13 +72,29 @@ def cli():
 @click.option("--gen-noise", default=None, type=NUMBER)
 @click.option("--inception-weights", default=None, type=click.Path(dir_okay=False),
               help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (enables Inception Score offline)")
+@click.option("--ref-stats", "ref_stats", default=None, type=click.Path(dir_okay=False),
+              help="FID/KID/PR reference statistics file (bench ref-stats) instead of the training split's")
 @click.option("--probes", default=None, type=int, help="Hutchinson probes per point")
 @click.option("--exact-trace/--hutchinson", "exact_trace", default=None, help="exact Hessian trace (small inputs)")
+@click.option("--fisher-space", default=None, type=click.Choice(["pixel", "model"]),
+              help="JFS/MFS derivatives w.r.t. the [0,1] image (pixel, default) or the network's normalised "
+                   "input (model: the paper's convention; differs by 1/s^2)")
+@click.option("--max-diverged", default=None, type=NUMBER,
+              help="IS/FID are null above this fraction of diverged SGLD chains (default 0.1)")
+@click.option("--denoise-label", default=None, type=click.Choice(["predicted", "oracle"]),
+              help="label of the denoising energy E(x, y): the model's prediction on the noisy image "
+                   "(default) or the true label (oracle)")
 @click.option("--channels-last/--no-channels-last", "channels_last", default=None,
               help="fast path: channels-last memory format (default off)")
 @click.option("--amp", default=None, type=click.Choice(["off", "bf16"]),
               help="fast path: bf16 autocast for forward passes without gradient (never attack gradients; default off)")
 @click.option("--compile/--no-compile", "compile", default=None, help="fast path: torch.compile the network (default off)")
+@click.option("--ood", default=None, callback=lambda c, p, v: None if v is None else ",".join(
+              s.strip() for s in v.split(",") if s.strip()),
+              help="OOD sets for --suite ood, comma list: uniform, gaussian, constant, inverted, vflip, interp, "
+              "digits, fashion-mnist, cifar10, cifar100, svhn, npz:PATH, folder:PATH (default uniform,interp)")
+@click.option("--n-ood", default=None, type=int, help="points per OOD set (default: n-eval)")
+@click.option("--ood-scores", default=None, help="OOD scores, comma list of px, py, pxgrad (default all three)")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="reuse finished metrics in --out")
 def run(model, suite, out, dataset, data_root, download, arch, device, resume, **settings):
     """Evaluate a model; writes OUT/results.json, OUT/tables, OUT/figures, OUT/samples."""
@@ -80,6 +102,8 @@ def run(model, suite, out, dataset, data_root, download, arch, device, resume, *
 
     if settings.get("inception_weights") and not Path(settings["inception_weights"]).is_file():
         raise BenchError(f"--inception-weights file not found: {settings['inception_weights']}")
+    if settings.get("ref_stats") and not Path(settings["ref_stats"]).is_file():
+        raise BenchError(f"--ref-stats file not found: {settings['ref_stats']}")
     res = runner.run(model=model, suite=suite, out=out, dataset=dataset, data_root=data_root, arch=arch,
                      device=device, resume=resume, download=download, settings=settings)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
@@ -135,13 +159,25 @@ def table(dirs, out):
 @click.option("--baseline", required=True, type=click.Path(path_type=Path), help="baseline results.json")
 @click.option("--tolerance", "tolerances", multiple=True, metavar="NAME=ABS",
               help="absolute tolerance for one metric, in results.json units (repeatable)")
+@click.option("--exact", is_flag=True, help="same platform and versions as the baseline: every metric must "
+              "match to 1e-6 relative (refused, exit 2, on another platform)")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="write JUnit XML here "
+              "(one test case per metric)")
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="append a Markdown "
+              "summary here, e.g. $GITHUB_STEP_SUMMARY")
 @click.pass_context
-def check(ctx, run_dir, baseline, tolerances):
+def check(ctx, run_dir, baseline, tolerances, exact, junit, markdown):
     """Compare DIR/results.json with a baseline: exit 0 within tolerance, 1 on regression,
-    2 when the settings differ or the input is bad."""
+    2 when the settings (or, with --exact, the platform) differ or the input is bad."""
     from bench import check as checking
 
-    report = checking.check(run_dir, baseline, tolerances)
+    try:
+        report = checking.check(run_dir, baseline, tolerances, exact=exact)
+    except BenchError as e:  # not compared: CI still gets a file that says why
+        where = run_dir.parent if run_dir.name == "results.json" else run_dir
+        checking.write_outputs(str(e), junit, markdown, where.name or "run", "exact" if exact else "statistical")
+        raise
+    checking.write_outputs(report, junit, markdown)
     click.echo(report.format())
     if report.exit_code:
         click.echo("regression: " + ", ".join(r.metric for r in report.regressions), err=True)
@@ -149,14 +185,78 @@ def check(ctx, run_dir, baseline, tolerances):
 
 
 @cli.command()
+@click.argument("path", metavar="PATH", type=click.Path(path_type=Path))
+@click.option("--dataset", required=True, help="the data set whose training split is the reference: digits, "
+              "fashion-mnist, cifar10, cifar100, folder:PATH, npz:PATH")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="default: runs/samples-<PATH name>")
+@click.option("--ref-stats", "ref_stats", default=None, type=click.Path(dir_okay=False),
+              help="reference statistics file (bench ref-stats) instead of the training split's")
+@click.option("--data-root", default=None, help="directory holding CIFAR / Fashion-MNIST data")
+@click.option("--fid-extractor", default="auto", show_default=True, help="auto, inception, fid-helper")
+@click.option("--inception-weights", default=None, type=click.Path(dir_okay=False),
+              help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (Inception Score)")
+@click.option("--device", default="auto", type=DEVICE, show_default=True)
+def samples(path, dataset, out, ref_stats, data_root, fid_extractor, inception_weights, device):
+    """Sample quality of any generator's images (an .npz with x [and y], a folder of PNGs, a .pt
+    tensor): FID, KID, precision/recall, IS, SSIM nearest neighbours and diversity against the
+    training split of DATASET; writes OUT/results.json, OUT/tables, OUT/report.html."""
+    from bench import samples_io
+
+    out = out or Path("runs") / f"samples-{Path(path).stem or 'samples'}"
+    res = samples_io.evaluate(path, dataset, out, data_root=data_root, ref_stats=ref_stats,
+                              fid_extractor=fid_extractor, inception_weights=inception_weights, device=device)
+    width = max(len(k) for k in res.metrics)
+    for k, r in res.metrics.items():
+        click.echo(f"{k:<{width}}  " + (f"{r.value:.4f}" if r.value is not None else f"null  ({r.reason})"))
+    click.echo(f"wrote {out / 'results.json'} in {res.run['seconds']:.1f} s")
+
+
+@cli.command("ref-stats")
+@click.option("--dataset", required=True, help="digits, fashion-mnist, cifar10, cifar100, folder:PATH, npz:PATH")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="output .npz")
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
+@click.option("--data-root", default=None, help="directory holding CIFAR / Fashion-MNIST data")
+@click.option("--fid-extractor", default="auto", show_default=True, help="auto, inception, fid-helper")
+@click.option("--inception-weights", default=None, type=click.Path(dir_okay=False))
+@click.option("--features/--no-features", default=True, show_default=True,
+              help="store the reference features (KID and precision/recall need them)")
+@click.option("--mu-sigma/--no-mu-sigma", "mu_sigma", default=True, show_default=True,
+              help="store mu/sigma (what pytorch-fid and clean-fid read)")
+@click.option("--precision", default="float32", show_default=True, type=click.Choice(["float32", "float16"]),
+              help="dtype of the stored features")
+@click.option("--device", default="auto", type=DEVICE, show_default=True)
+def ref_stats(dataset, out, split, data_root, fid_extractor, inception_weights, features, mu_sigma, precision, device):
+    """Write the FID reference statistics (mu, sigma), the features and the extractor's identity
+    of a data set's split to OUT (.npz; read by --ref-stats, pytorch-fid and clean-fid)."""
+    from bench import data, refstats, runner
+    from bench.metrics import generative as G
+
+    ds = data.load(dataset, data_root)
+    try:
+        ext = G.resolve_extractor(fid_extractor, inception_weights)
+    except G.ExtractorUnavailable as e:
+        raise BenchError(str(e)) from None
+    x = (ds.train if split == "train" else ds.test).x
+    if x.shape[1] not in (1, 3):
+        raise BenchError(f"FID features need grey or RGB images; {ds.name} has {x.shape[1]} channels")
+    stats, feats, info = G.reference_features(x, ext, ds.name, split, runner.resolve_device(device))
+    path = refstats.write_file(out, info["key"], stats, feats if features else None, mu_sigma, precision,
+                               source=info["cache"])
+    click.echo(f"wrote {path} ({len(feats)} {ext.fid_layer}-d features of {ds.name}:{split}, extractor "
+               f"{ext.identity}, from {info['cache']}; {path.stat().st_size / 1e6:.1f} MB)")
+
+
+@cli.command()
 def models():
     """List released checkpoints and recipes."""
     from bench import zoo
 
-    man = zoo.manifest()
-    click.echo(f"released checkpoints ({zoo.models_dir() / 'digits'}):")
-    for name, e in sorted(man.get("models", man).items()) if isinstance(man, dict) else []:
-        if isinstance(e, dict):
+    for name_of_zoo in zoo.ZOOS:
+        man = zoo.manifest(name_of_zoo)
+        if not man:
+            continue
+        click.echo(f"released checkpoints ({zoo.models_dir() / name_of_zoo}; --model NAME):")
+        for name, e in sorted(man.get("models", {}).items()):
             acc, rob = e.get("clean_test_accuracy"), e.get("pgd20_test_accuracy")
             shown = " ".join(f"{k}={v:.4f}" for k, v in (("acc", acc), ("pgd20", rob)) if isinstance(v, float))
             click.echo(f"  {name:<16} method={e.get('method', '?'):<8} {shown}  "

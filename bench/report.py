@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 
 from bench import tables as _tables
-from bench.checkpoints import atomic_write_bytes
+from bench.fileio import atomic_write_bytes
 from bench.results import Results
 
 FIGURE_DIRS = ("figures", "samples")

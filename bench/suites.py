@@ -1,29 +1,39 @@
-"""Suite names -> metric groups.  A suite is the set of registered groups that name it."""
+"""Suite names -> metric groups.  A suite is the set of registered groups that name it: a group
+registered with a new suite name makes that suite exist.  Suites come in the order of their metric
+modules (``bench.registry._MODULES``), then of registration."""
 
 from __future__ import annotations
 
-from bench import metrics
+from bench import registry
 from bench.errors import BenchError
 
-SUITES = ("robust", "calibration", "generative", "score", "memorization", "landscape", "denoise")
+
+def names() -> list[str]:
+    """Every suite, in order: robust, calibration, generative, score, memorization, landscape,
+    denoise, ood, then any suite a group registered elsewhere names."""
+    groups = {**registry.load_all()}  # the groups the runner may run (a test may narrow them) ...
+    groups.update({k: g for k, g in registry.GROUPS.items() if k not in groups})  # ... and the registry
+    ordered = sorted(groups.values(), key=registry.module_rank)  # stable: registration order within
+    return list(dict.fromkeys(g.suite for g in ordered))
 
 
 def resolve(spec: str | list[str]) -> list[str]:
     """'all' or 'robust,calibration' -> ordered list of suite names; unknown names are an error."""
-    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    if not names:
-        raise BenchError("no suite given; choose all or some of: " + ", ".join(SUITES))
-    if "all" in names:
-        return list(SUITES)
-    unknown = [s for s in names if s not in SUITES]
+    known = names()
+    asked = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if not asked:
+        raise BenchError("no suite given; choose all or some of: " + ", ".join(known))
+    if "all" in asked:
+        return known
+    unknown = [s for s in asked if s not in known]
     if unknown:
-        raise BenchError(f"unknown suite {unknown[0]!r}; choose all or some of: {', '.join(SUITES)}")
-    return [s for s in SUITES if s in names]
+        raise BenchError(f"unknown suite {unknown[0]!r}; choose all or some of: {', '.join(known)}")
+    return [s for s in known if s in asked]
 
 
-def groups_for(suites: list[str]) -> list[metrics.Group]:
+def groups_for(suites: list[str]) -> list[registry.Group]:
     """The registered groups of the given suites, in suite order."""
-    groups = metrics.load_all()
+    groups = registry.load_all()
     return [g for s in suites for g in groups.values() if g.suite == s]
 
 

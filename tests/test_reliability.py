@@ -111,7 +111,7 @@ def install_kill_groups() -> None:
 @pytest.fixture
 def use_groups(monkeypatch):
     def use(groups: dict[str, Group]):
-        monkeypatch.setattr(metrics, "load_all", lambda: groups)
+        monkeypatch.setattr("bench.registry.load_all", lambda: groups)
         return groups
 
     return use

@@ -100,7 +100,6 @@ META = {"arch": "digits-cnn", "arch_kwargs": {"width": 4, "act": "silu"}, "num_c
 @pytest.fixture
 def quick_run(tmp_path, monkeypatch):
     """runner.run on a tiny checkpoint with one fake metric group that writes a figure."""
-    from bench import metrics
     from bench.metrics import Group, Result
     from tests.conftest import tiny_model
 
@@ -111,7 +110,7 @@ def quick_run(tmp_path, monkeypatch):
         png(ctx.out / "figures" / "fake.png")
         return {"accuracy": Result(0.5, n=10)}
 
-    monkeypatch.setattr(metrics, "load_all", lambda: {"clean": Group("clean", "robust", ("accuracy",), (), clean)})
+    monkeypatch.setattr("bench.registry.load_all", lambda: {"clean": Group("clean", "robust", ("accuracy",), (), clean)})
     return str(ckpt)
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from bench import checkpoints, metrics, runner
+from bench import checkpoints, runner
 from bench.errors import BenchError
 from bench.metrics import Group, Result
 from tests.conftest import tiny_model
@@ -39,7 +39,7 @@ def fake_groups(monkeypatch):
         "clean": Group("clean", "robust", ("accuracy",), ("n_eval",), clean),
         "attack": Group("attack", "robust", ("pgd20",), ("eps", "n_eval", "seed"), attack),
     }
-    monkeypatch.setattr(metrics, "load_all", lambda: groups)
+    monkeypatch.setattr("bench.registry.load_all", lambda: groups)
     return calls
 
 

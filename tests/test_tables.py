@@ -83,7 +83,7 @@ def test_tables_values_names_best_and_footnotes(three, tmp_path):
     md2 = tables.to_markdown(t2)
     assert "[1] no Inception weights" in md2 and "] not run" in md2  # the normal run has no Table 2 metrics
     nrow = [line for line in md2.splitlines() if line.startswith("| Normal")][0]
-    assert nrow.count("–") == 4
+    assert nrow.count("–") == 5  # JFS, MFS, IS, FID, Diverged (%)
     # lower Fisher scores are better
     jrow = [line for line in md2.splitlines() if line.startswith("| JEAT (digits")][0]
     assert "**0.02**" in jrow and "**0.15**" in jrow

@@ -10,7 +10,6 @@ attacks and nothing else.  Every group runs on CPU and CUDA, batched, through ``
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,42 +20,7 @@ import torch
 from bench import distributed
 from bench.data import Dataset
 from bench.energy import EnergyModel
-
-
-@dataclass
-class Result:
-    value: float | None
-    std: float | None = None
-    n: int = 0
-    reason: str | None = None
-    seconds: float = 0.0
-    details: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.value is not None:
-            self.value = float(self.value)
-            if not math.isfinite(self.value):
-                self.reason = self.reason or f"non-finite value {self.value}"
-                self.value = None
-        if self.value is None and not self.reason:
-            raise ValueError("a metric without a value needs a reason")
-        if self.std is not None:
-            self.std = float(self.std)
-
-    @classmethod
-    def missing(cls, reason: str, n: int = 0, **details) -> Result:
-        return cls(None, None, n, reason, details=details)
-
-    def to_json(self) -> dict:
-        d = {"value": self.value, "std": self.std, "n": int(self.n), "reason": self.reason,
-             "seconds": round(float(self.seconds), 3)}
-        if self.details:
-            d["details"] = self.details
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> Result:
-        return cls(d["value"], d.get("std"), d.get("n", 0), d.get("reason"), d.get("seconds", 0.0), d.get("details", {}))
+from bench.results import Result  # noqa: F401  (re-exported: metric modules import it from here)
 
 
 @dataclass
@@ -124,40 +88,24 @@ def _seed_for(seed: int, tag: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(tag.encode())) % (2**63 - 1)
 
 
-@dataclass
-class Group:
-    name: str
-    suite: str
-    metrics: tuple[str, ...]
-    settings: tuple[str, ...]
-    fn: Callable[[Context], dict[str, Result]]
-    sharded: bool = False  # under torchrun: every rank runs it on its share (else rank 0 alone)
-
-
-GROUPS: dict[str, Group] = {}
-
-
-def register(name: str, suite: str, metrics: tuple[str, ...], settings: tuple[str, ...], sharded: bool = False):
-    """Decorator: register ``fn(ctx) -> {metric: Result}`` as group ``name`` of ``suite``.
-    A ``sharded`` group takes its points through ``ctx.batches`` and reassembles per-point results
-    with ``ctx.gather``, so under torchrun every rank works on its share."""
-
-    def deco(fn):
-        GROUPS[name] = Group(name, suite, tuple(metrics), tuple(settings), fn, sharded)
-        return fn
-
-    return deco
-
-
-_MODULES = ("robustness", "calibration", "generative", "fisher", "ssim", "landscape", "denoise")
-
-
-def load_all() -> dict[str, Group]:
-    """Import every metric module so it registers its groups (missing modules are skipped)."""
-    for m in _MODULES:
-        try:
-            importlib.import_module(f"bench.metrics.{m}")
-        except ModuleNotFoundError as e:
-            if e.name != f"bench.metrics.{m}":
-                raise
-    return GROUPS
+# the registry lives in bench.registry (declarations only); metric modules import it from here
+from bench.registry import (  # noqa: E402,F401
+    DISPLAYS,
+    ECE,
+    GROUPS,
+    MEAN,
+    NOT_CHECKABLE,
+    PROPORTION,
+    TOLERANCE_RULES,
+    Group,
+    Metric,
+    Tolerance,
+    absolute,
+    declared,
+    load_all,
+    module_rank,
+    register,
+    relative,
+    spec,
+    standard_error,
+)

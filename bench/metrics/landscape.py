@@ -16,7 +16,7 @@ the grid's centre (offset exactly 0); the centre energy E(x, y) is evaluated on 
 Figures: ``figures/landscape_<i>.png`` per image and ``figures/landscape.png`` with all of them;
 darker is lower energy, the blue star is the image, the white cross the grid's minimum.
 
-Metrics (additions to DESIGN.md's table; they summarise what the paper reads off the contours:
+Metrics (see docs/CONVENTIONS.md, "Metric names"; they summarise what the paper reads off the contours:
 "the points with the lowest energy of the normal and the robust classifier deviate from the
 real image ... in the energy of JEAT the real image has the minimum energy and the energy
 function is flat and smooth around the real data", Sec. G.1):
@@ -41,8 +41,8 @@ import math
 import torch
 
 from bench import distributed, fastpath
-from bench.energy import EnergyModel
-from bench.metrics import Context, Result, mean_se, register
+from bench.energy import EnergyModel, evaluates
+from bench.metrics import MEAN, Context, Metric, Result, mean_se, register
 
 
 def random_directions(n: int, shape, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -62,6 +62,7 @@ def grid_coords(radius: float, resolution: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+@evaluates
 def energy_grid(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, directions: torch.Tensor,
                 coords: torch.Tensor, batch_size: int = 250, device=None, progress=None,
                 batches=None, gather=None) -> torch.Tensor:
@@ -112,7 +113,9 @@ def landscape_summary(grid: torch.Tensor, centre: torch.Tensor, coords: torch.Te
 
 
 @register("landscape", "landscape",
-          metrics=("landscape_flatness", "landscape_center_is_min", "landscape_min_offset"),
+          metrics=(Metric("landscape_flatness", "energy", tolerance=MEAN),
+                   Metric.proportion("landscape_center_is_min", higher_is_better=None, display="float"),
+                   Metric("landscape_min_offset", "radius", tolerance=MEAN, range=math.sqrt(2.0))),
           settings=("seed", "eps", "landscape_images", "landscape_radius", "landscape_resolution"), sharded=True)
 def landscape_group(ctx: Context) -> dict[str, Result]:
     """Energy landscapes E(x + a d1 + b d2, y) around test images: contour figures and summaries."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench import checkpoints, distributed, nets, progress
+from bench import checkpoints, distributed, fileio, nets, progress
 from bench.attacks import pgd
 from bench.data import load as load_data
 from bench.energy import EnergyModel
@@ -109,7 +109,7 @@ def _save_resume(path: Path, model, opt, g_data, g_train, buffer, epoch, history
              "history": json.dumps(history), "seconds": seconds, "recipe": json.dumps(_identity(r)), **extra}
     bio = io.BytesIO()
     torch.save(state, bio)
-    checkpoints.atomic_write_bytes(path, bio.getvalue())
+    fileio.atomic_write_bytes(path, bio.getvalue())
 
 
 def _identity(r: Recipe) -> dict:

@@ -1,0 +1,242 @@
+"""The metric registry: each metric group's declaration (its metrics' facts, the settings that key
+its cache, its suite) and the lookups that bench check, bench table and bench.suites derive from.
+
+It holds declarations only, no metric code: ``load_all`` imports the metric modules (by name) so
+they register themselves.  ``bench.check`` and ``bench.tables`` read facts through this module
+and never import ``bench.metrics`` (docs/ARCHITECTURE.md, "Layers").
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from bench.energy import evaluates
+
+if TYPE_CHECKING:
+    from bench.metrics import Context
+    from bench.results import Result
+
+# --------------------------------------------------------------------------------------------
+# metric facts: each metric declares what bench check, bench table and the report need to know
+
+
+TOLERANCE_RULES = ("proportion", "ece", "standard-error", "relative", "absolute", "none")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How ``bench check`` bounds a metric in statistical mode (bench.check applies the rule; its
+    module docstring gives the statistics):
+
+    - ``proportion``: 3 standard errors of the difference of two proportions at the baseline's
+      smoothed p and n, at least ``floor``;
+    - ``ece``: 3 standard errors of the difference of two ECEs from the recorded bins, at least ``floor``;
+    - ``standard-error``: 3 standard errors of the difference from the recorded ``std`` (already the
+      standard error of the mean), at least ``floor_rel`` x |baseline|; without a recorded std,
+      ``margin`` x |baseline| (``margin`` None: not checkable);
+    - ``relative``: ``margin`` x |baseline|;
+    - ``absolute``: ``margin``, widened to 3 standard errors where the recorded std makes that larger;
+    - ``none``: not checkable statistically (exact mode and ``--tolerance`` still compare it)."""
+
+    rule: str = "none"
+    margin: float | None = None
+    floor: float = 0.0
+    floor_rel: float = 0.0
+
+    def __post_init__(self):
+        if self.rule not in TOLERANCE_RULES:
+            raise ValueError(f"tolerance rule {self.rule!r}: expected one of {', '.join(TOLERANCE_RULES)}")
+        if self.rule in ("relative", "absolute") and self.margin is None:
+            raise ValueError(f"a {self.rule} tolerance needs a margin")
+
+
+PROPORTION = Tolerance("proportion", floor=0.001)
+ECE = Tolerance("ece", floor=0.002)
+MEAN = Tolerance("standard-error")  # a mean over points whose std is its standard error (mean_se)
+NOT_CHECKABLE = Tolerance("none")
+
+
+def standard_error(floor_rel: float = 0.0, without_std: float | None = None) -> Tolerance:
+    """``standard-error``, at least ``floor_rel`` x |baseline|; ``without_std`` x |baseline| when no std
+    was recorded (None: not checkable then)."""
+    return Tolerance("standard-error", without_std, floor_rel=floor_rel)
+
+
+def relative(fraction: float) -> Tolerance:
+    return Tolerance("relative", fraction)
+
+
+def absolute(margin: float) -> Tolerance:
+    return Tolerance("absolute", margin)
+
+
+DISPLAYS = ("float", "percent")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The facts of one metric, declared where its group is registered.  ``name`` is the metric's
+    name, or for a group whose names depend on the settings (``names``) a prefix ending in ``*``
+    (``ood_auroc_*``).  ``display``: ``percent`` (x 100, two decimals in tables) or ``float``;
+    ``range``: the width of the metric's possible values where it is bounded (a tolerance of half
+    of it or more bounds nothing); ``column``: its column label in its suite's table
+    (``bench.tables.suite_tables``; Tables 1-3 and the OOD tables have their own layouts)."""
+
+    name: str
+    unit: str = ""
+    higher_is_better: bool | None = None
+    display: str = "float"
+    tolerance: Tolerance = NOT_CHECKABLE
+    range: float | None = None
+    column: str | None = None
+
+    def __post_init__(self):
+        if self.display not in DISPLAYS:
+            raise ValueError(f"metric {self.name}: display {self.display!r}: expected one of {', '.join(DISPLAYS)}")
+        if "*" in self.name[:-1]:
+            raise ValueError(f"metric {self.name}: a pattern is a prefix ending in '*'")
+
+    @property
+    def is_pattern(self) -> bool:
+        return self.name.endswith("*")
+
+    def matches(self, name: str) -> bool:
+        return name.startswith(self.name[:-1]) if self.is_pattern else name == self.name
+
+    @classmethod
+    def proportion(cls, name: str, higher_is_better: bool | None = True, display: str = "percent",
+                   **kw) -> Metric:
+        """A share of points in [0, 1] (accuracy, robust accuracy, diverged chains)."""
+        return cls(name, "proportion", higher_is_better, display, PROPORTION, 1.0, **kw)
+
+
+@dataclass
+class Group:
+    name: str
+    suite: str
+    metrics: tuple[str, ...]
+    settings: tuple[str, ...]
+    fn: Callable[[Context], dict[str, Result]]
+    sharded: bool = False  # under torchrun: every rank runs it on its share (else rank 0 alone)
+    # a group whose metric names depend on the settings (the OOD group: one name per --ood set)
+    # declares pattern specs (Metric("ood_auroc_*")) and names(settings) -> names; the runner fixes
+    # the names per run (for_settings)
+    names: Callable[[dict], tuple[str, ...]] | None = None
+    specs: tuple[Metric, ...] = ()  # the declared facts of its metrics (names or patterns)
+
+    def for_settings(self, settings: dict) -> Group:
+        """This group with its metric names for a run's settings: itself unless it declares
+        ``names``.  The runner calls it once, before the cache check, so the cache comparison
+        (a cached file must hold exactly ``metrics``) and the computation see the run's names.
+        A name that none of the group's patterns declares is refused (ValueError)."""
+        if self.names is None:
+            return self
+        names = tuple(self.names(settings))
+        undeclared = [m for m in names if not any(sp.matches(m) for sp in self.specs)]
+        if self.specs and undeclared:
+            raise ValueError(f"group {self.name}: names(settings) gave undeclared metric(s) {undeclared}")
+        return replace(self, metrics=names)
+
+
+GROUPS: dict[str, Group] = {}
+
+
+def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings: tuple[str, ...],
+             sharded: bool = False, names: Callable[[dict], tuple[str, ...]] | None = None):
+    """Decorator: register ``fn(ctx) -> {metric: Result}`` as group ``name`` of ``suite`` (a new
+    suite name makes a new suite: bench.suites).  ``metrics`` declares every metric the group
+    returns, each a ``Metric`` (a bare name is a ``Metric`` with no facts: plain float, not
+    checkable).  With ``names(settings)`` the names depend on the settings and ``metrics`` holds
+    the ``*`` patterns that declare them (see ``Group.for_settings``).  A metric name (or pattern)
+    another group already declares is refused (ValueError), as is a pattern without ``names``.
+    A ``sharded`` group takes its points through ``ctx.batches`` and reassembles per-point results
+    with ``ctx.gather``, so under torchrun every rank works on its share."""
+    specs = tuple(m if isinstance(m, Metric) else Metric(m) for m in metrics or ())
+    if not specs:
+        raise ValueError(f"group {name}: declare its metrics")
+    patterns = [sp.name for sp in specs if sp.is_pattern]
+    if patterns and names is None:
+        raise ValueError(f"group {name}: metric patterns {patterns} need names(settings)")
+    if names is not None and len(patterns) != len(specs):
+        raise ValueError(f"group {name}: with names(settings) declare patterns (ending in '*') only")
+    _refuse_duplicates(name, specs)
+
+    def deco(fn):
+        fn = evaluates(fn)  # ctx.model in eval mode while the group runs, its mode restored after
+        exact = tuple(sp.name for sp in specs if not sp.is_pattern)
+        GROUPS[name] = Group(name, suite, exact, tuple(settings), fn, sharded, names, specs)
+        return fn
+
+    return deco
+
+
+def _overlap(a: Metric, b: Metric) -> bool:
+    """Could one metric name be declared by both?"""
+    if a.is_pattern and b.is_pattern:
+        return a.name[:-1].startswith(b.name[:-1]) or b.name[:-1].startswith(a.name[:-1])
+    return a.matches(b.name) if a.is_pattern else b.matches(a.name)
+
+
+def _refuse_duplicates(group: str, specs: tuple[Metric, ...]) -> None:
+    """A metric name is declared once: within the group and across groups (a group registered
+    again under its own name, as on a module reload, replaces itself)."""
+    seen = [sp.name for sp in specs]
+    dup = sorted({m for m in seen if seen.count(m) > 1})
+    if dup:
+        raise ValueError(f"group {group}: metric {dup[0]!r} declared twice")
+    for other in GROUPS.values():
+        if other.name == group:
+            continue
+        for sp in specs:
+            for theirs in other.specs:
+                if _overlap(sp, theirs):
+                    raise ValueError(f"group {group}: metric {sp.name!r} is already declared by group "
+                                     f"{other.name} ({theirs.name!r})")
+
+
+def spec(name: str) -> Metric:
+    """The declared facts of metric ``name``: its exact declaration, else the longest pattern that
+    matches it; a name no registered group declares (an old results file's) gets ``Metric(name)``:
+    plain float, no direction, not checkable."""
+    _import_modules()
+    found = [sp for g in GROUPS.values() for sp in g.specs if sp.matches(name)]
+    exact = [sp for sp in found if not sp.is_pattern]
+    if exact:
+        return exact[0]
+    return max(found, key=lambda sp: len(sp.name)) if found else Metric(name)
+
+
+def declared() -> list[Metric]:
+    """Every declared metric and pattern of the registered groups, in registration order."""
+    _import_modules()
+    return [sp for g in GROUPS.values() for sp in g.specs]
+
+
+# the metric modules; their order is the suite order (bench.suites: --suite all runs robust,
+# calibration, generative, score, memorization, landscape, denoise, ood in this order)
+_MODULES = ("robustness", "calibration", "generative", "fisher", "ssim", "landscape", "denoise", "ood")
+
+
+def _import_modules() -> None:
+    """Import every metric module so it registers its groups (missing modules are skipped)."""
+    for m in _MODULES:
+        try:
+            importlib.import_module(f"bench.metrics.{m}")
+        except ModuleNotFoundError as e:
+            if e.name != f"bench.metrics.{m}":
+                raise
+
+
+def load_all() -> dict[str, Group]:
+    """Every registered group, by name (the groups the runner may run)."""
+    _import_modules()
+    return GROUPS
+
+
+def module_rank(g: Group) -> int:
+    """The place of a group's module in ``_MODULES`` (a module not listed, say a test's, comes after)."""
+    mod = g.fn.__module__.rpartition(".")[2] if g.fn.__module__.startswith("bench.metrics.") else ""
+    return _MODULES.index(mod) if mod in _MODULES else len(_MODULES)

@@ -1,0 +1,153 @@
+"""The package's layering: every module imports alone, and the top-level imports between bench
+modules form no cycle (read from the sources with ast, so an import inside a function, made at
+call time, does not count)."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bench
+
+ROOT = Path(bench.__file__).parent
+
+
+def modules() -> dict[str, Path]:
+    """bench module name -> source file, for every module of the package."""
+    out = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = path.relative_to(ROOT.parent).with_suffix("").parts
+        if parts[-1] == "__main__":  # runs the command line when imported
+            continue
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def imports(name: str, path: Path, known, top_level: bool) -> set[str]:
+    """The bench modules ``name`` imports (``from bench.x import y`` counts bench.x.y when that is a
+    module, else bench.x); with ``top_level`` only the statements run at import time (module body,
+    including ``if``/``try`` blocks, not function or class bodies)."""
+    tree = ast.parse(path.read_text())
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    nodes = []
+    todo = list(tree.body) if top_level else list(ast.walk(tree))
+    while todo:
+        node = todo.pop()
+        if top_level and isinstance(node, ast.If | ast.Try | ast.With):
+            todo += [n for field in ("body", "orelse", "finalbody", "handlers") for n in getattr(node, field, [])]
+        elif top_level and isinstance(node, ast.ExceptHandler):
+            todo += node.body
+        nodes.append(node)
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            for a in node.names:
+                found.add(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base)
+    # importing bench.a.b runs bench.a's __init__ first: the packages above count too (bench's own
+    # __init__ holds only the version), except the module's own packages, whose __init__ is running
+    # or done by the time the module runs
+    own = {".".join(name.split(".")[:k]) for k in range(1, name.count(".") + 1)}
+    found |= {".".join(m.split(".")[:k]) for m in found for k in range(2, m.count(".") + 1)} - own
+    return {m for m in found if m in known and m != name}
+
+
+def graph(top_level: bool = True) -> dict[str, set[str]]:
+    known = modules()
+    return {name: imports(name, path, known, top_level) for name, path in known.items()}
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(g[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    g = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert cycles(g) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_imports_reads_relative_and_from_imports(tmp_path):
+    known = {"bench", "bench.metrics", "bench.metrics.fisher", "bench.energy", "bench.plots", "bench.nets",
+             "bench.nets.wrn", "bench.metrics.x"}
+    src = tmp_path / "x.py"
+    src.write_text("import math\nfrom bench.energy import EnergyModel\nfrom .. import plots\n"
+                   "if True:\n    from bench.nets.wrn import WRN\n"
+                   "def f():\n    from . import fisher\n")
+    top = {"bench.energy", "bench.plots", "bench.nets.wrn", "bench.nets"}  # bench.nets: wrn's package
+    assert imports("bench.metrics.x", src, known, top_level=True) == top
+    assert imports("bench.metrics.x", src, known, top_level=False) == top | {"bench.metrics.fisher"}
+
+
+FRESH_IMPORTS = """
+import importlib, sys
+for name in sys.argv[1:]:
+    for m in [m for m in sys.modules if m == "bench" or m.startswith("bench.")]:
+        del sys.modules[m]  # each module is imported first, before any other bench module
+    try:
+        importlib.import_module(name)
+    except Exception as e:
+        print(f"{name}: {type(e).__name__}: {e}")
+"""
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    """One fresh interpreter (third-party libraries imported once); before each module every bench
+    module is dropped from sys.modules, so a module that imports only after another one fails."""
+    proc = subprocess.run([sys.executable, "-c", FRESH_IMPORTS, *sorted(modules())], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == ""
+
+
+def test_no_cycle_among_top_level_imports():
+    assert cycles(graph(top_level=True)) == []
+
+
+@pytest.mark.parametrize("module, forbidden", [
+    ("bench.sampling", ("bench.plots", "bench.checkpoints")),  # the sampler: no figures, no files
+    ("bench.results", ("bench.metrics",)),  # the record of results: no metric code
+    ("bench.check", ("bench.metrics",)),
+])
+def test_layer_boundaries(module, forbidden):
+    """Anywhere in the module (top level or inside a function), no import of a forbidden module or
+    of one inside a forbidden package."""
+    known = modules()
+    got = imports(module, known[module], known, top_level=False)
+    bad = sorted(m for m in got for f in forbidden if m == f or m.startswith(f + "."))
+    assert bad == [], f"{module} imports {bad}"
