@@ -11,13 +11,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from bench.energy import evaluates
-
-if TYPE_CHECKING:
-    from bench.metrics import Context
-    from bench.results import Result
 
 # --------------------------------------------------------------------------------------------
 # metric facts: each metric declares what bench check, bench table and the report need to know
@@ -119,7 +114,7 @@ class Group:
     suite: str
     metrics: tuple[str, ...]
     settings: tuple[str, ...]
-    fn: Callable[[Context], dict[str, Result]]
+    fn: Callable[..., dict]  # fn(ctx: bench.metrics.Context) -> {metric: bench.results.Result}
     sharded: bool = False  # under torchrun: every rank runs it on its share (else rank 0 alone)
     # a group whose metric names depend on the settings (the OOD group: one name per --ood set)
     # declares pattern specs (Metric("ood_auroc_*")) and names(settings) -> names; the runner fixes

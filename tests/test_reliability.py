@@ -104,8 +104,10 @@ def kill_groups() -> dict[str, Group]:
 
 def install_kill_groups() -> None:
     """Used by the subprocess in test_kill_9_then_rerun (python -c ...)."""
+    from bench import registry
+
     groups = kill_groups()
-    metrics.load_all = lambda: groups
+    registry.load_all = lambda: groups
 
 
 @pytest.fixture
@@ -413,7 +415,9 @@ def test_checkpoint_sha256_recorded_and_no_network(offline_run, ckpt):
     assert code == 0 and attempts == []
     d = json.loads((out / "results.json").read_text())
     assert d["model"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    assert set(d["metrics"]) == {"accuracy", "pgd20", "pgd20_energy", "autoattack", "ece", "ece_fgsm"}
+    extra = ("nll", "brier", "mce", "ece_adaptive", "ece_ts", "nll_ts", "brier_ts")
+    assert set(d["metrics"]) == {"accuracy", "pgd20", "pgd20_energy", "autoattack", "accuracy_aa", "pgd20_aa",
+                                 "ece", "ece_fgsm", "temperature", *extra, *(f"{m}_fgsm" for m in extra)}
     assert all(r["value"] is not None for r in d["metrics"].values()), d["metrics"]
 
 
