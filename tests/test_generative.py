@@ -735,3 +735,26 @@ def test_table2_footnotes_the_fisher_space(tmp_path):
     paper_jeat = [line for line in md.splitlines() if line.startswith("| paper: JEAT")][0]
     mark = md[md.index(tables.FISHER_SPACE_NOTES["paper"]) - 4:].split("]")[0].split("[")[-1]
     assert f"0.023 [{mark}]" in paper_jeat
+
+
+def tiny_extractors():
+    """The two random-weight tiny extractors (TINY seed 0, TINY1 seed 1), registered once with
+    torch-fidelity, resolved as bench extractors."""
+    from torch_fidelity import register_feature_extractor
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    for name, seed in ((TINY, 0), (TINY1, 1)):
+        if name not in FEATURE_EXTRACTORS_REGISTRY:
+            register_feature_extractor(name, _tiny_fe_class(seed))
+    return G.resolve_extractor(TINY), G.resolve_extractor(TINY1)
+
+
+def digits_npz(folder, per_class: int):
+    """A digits training split of ``per_class`` images per class (and 20 test images) as an npz
+    data set: (path, Dataset)."""
+    ds = data.load("digits")
+    idx = torch.cat([(ds.train.y == c).nonzero()[:per_class, 0] for c in range(10)])
+    path = folder / "small.npz"
+    np.savez(path, x_train=ds.train.x[idx].numpy(), y_train=ds.train.y[idx].numpy(),
+             x_test=ds.test.x[:20].numpy(), y_test=ds.test.y[:20].numpy())
+    return str(path), data.load(f"npz:{path}")

@@ -7,41 +7,26 @@ import numpy as np
 import pytest
 import torch
 
-from bench import checkpoints, cli, data, refstats, runner
+from bench import checkpoints, cli, refstats, runner
 from bench.errors import BenchError
 from bench.metrics import generative as G
 from tests.conftest import tiny_model
-from tests.test_generative import META, TINY, TINY1, _tiny_fe_class
+from tests.test_generative import META, TINY, digits_npz, tiny_extractors
 
 
 @pytest.fixture(autouse=True)
-def _cache_and_threads(tmp_path, monkeypatch):
-    monkeypatch.setenv("JEAT_BENCH_CACHE", str(tmp_path / "jeat-cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _cache_and_threads(fid_cache_one_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from torch_fidelity import register_feature_extractor
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-
-    for name, seed in ((TINY, 0), (TINY1, 1)):
-        if name not in FEATURE_EXTRACTORS_REGISTRY:
-            register_feature_extractor(name, _tiny_fe_class(seed))
-    return G.resolve_extractor(TINY), G.resolve_extractor(TINY1)
+    return tiny_extractors()
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    ds = data.load("digits")
-    idx = torch.cat([(ds.train.y == c).nonzero()[:10, 0] for c in range(10)])
-    path = tmp_path_factory.mktemp("small") / "small.npz"
-    np.savez(path, x_train=ds.train.x[idx].numpy(), y_train=ds.train.y[idx].numpy(),
-             x_test=ds.test.x[:20].numpy(), y_test=ds.test.y[:20].numpy())
-    return str(path), data.load(f"npz:{path}")
+    return digits_npz(tmp_path_factory.mktemp("small"), 10)
 
 
 def _shipped_digits() -> Path:

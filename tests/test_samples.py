@@ -10,40 +10,27 @@ import numpy as np
 import pytest
 import torch
 
-from bench import cli, data, samples_io
+from bench import cli, samples_io
 from bench.errors import BenchError
 from bench.metrics import generative as G
-from tests.test_generative import TINY, _tiny_fe_class
+from tests.test_generative import TINY, digits_npz, tiny_extractors
 
 
 @pytest.fixture(autouse=True)
-def _cache_and_threads(tmp_path, monkeypatch):
-    monkeypatch.setenv("JEAT_BENCH_CACHE", str(tmp_path / "jeat-cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _cache_and_threads(fid_cache_one_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from torch_fidelity import register_feature_extractor
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-
-    if TINY not in FEATURE_EXTRACTORS_REGISTRY:
-        register_feature_extractor(TINY, _tiny_fe_class(0))
-    return G.resolve_extractor(TINY)
+    return tiny_extractors()[0]
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A 200-image training split of digits (20 per class) as an npz data set."""
-    ds = data.load("digits")
-    idx = torch.cat([(ds.train.y == c).nonzero()[:20, 0] for c in range(10)])
-    path = tmp_path_factory.mktemp("small") / "small.npz"
-    np.savez(path, x_train=ds.train.x[idx].numpy(), y_train=ds.train.y[idx].numpy(),
-             x_test=ds.test.x[:20].numpy(), y_test=ds.test.y[:20].numpy())
-    return f"npz:{path}", data.load(f"npz:{path}")
+    path, ds = digits_npz(tmp_path_factory.mktemp("small"), 20)
+    return f"npz:{path}", ds
 
 
 def _hand_mmd2(x: np.ndarray, y: np.ndarray) -> float:
