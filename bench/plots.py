@@ -24,6 +24,18 @@ def new_figure(width: float, height: float) -> Figure:
     return fig
 
 
+def panel_grid(n: int, max_cols: int, width: float, height: float, title: str = "") -> tuple[Figure, list]:
+    """A figure of ``n`` panels in rows of at most ``max_cols`` (each ``width`` x ``height`` inches,
+    room for a suptitle when ``title``): the n axes in reading order; spare cells are switched off."""
+    cols = min(n, max_cols)
+    rows = -(-n // cols)
+    fig = new_figure(width * cols, height * rows + (0.3 if title else 0))
+    axes = [ax for row in fig.subplots(rows, cols, squeeze=False) for ax in row]
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    return fig, axes[:n]
+
+
 def save(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as PNG to ``path`` (parent folders created) and return the path."""
     path = Path(path)
@@ -188,16 +200,8 @@ def energy_contour(energies, coords, path: str | Path, image=None, title: str = 
 def energy_contours(energies, coords, path: str | Path, images=None, titles=None, title: str = "") -> Path:
     """Several energy landscapes side by side: ``energies`` (n, R, R), ``coords`` (R,), one panel
     each (own colour scale), images as insets."""
-    n = int(energies.shape[0])
-    cols = min(n, 4)
-    rows = -(-n // cols)
-    fig = new_figure(3.3 * cols, 3.1 * rows + (0.3 if title else 0))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i in range(rows * cols):
-        ax = axes[i // cols][i % cols]
-        if i >= n:
-            ax.set_axis_off()
-            continue
+    fig, axes = panel_grid(int(energies.shape[0]), 4, 3.3, 3.1, title)
+    for i, ax in enumerate(axes):
         cs = _contour(ax, energies[i], coords, None if images is None else images[i],
                       titles[i] if titles else "")
         fig.colorbar(cs, ax=ax, shrink=0.8).ax.tick_params(labelsize=6)
@@ -299,17 +303,10 @@ def ood_histograms(in_scores, out_scores: Mapping, path: str | Path, score: str 
 
     a = arr(in_scores)
     sets = {k: arr(v) for k, v in out_scores.items()}
-    n = max(1, len(sets))
-    cols = min(n, 3)
-    rows = -(-n // cols)
-    fig = new_figure(3.4 * cols, 2.6 * rows + (0.3 if title else 0))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i in range(rows * cols):
-        ax = axes[i // cols][i % cols]
-        if i >= len(sets):
-            ax.set_axis_off()
-            continue
-        name, b = list(sets.items())[i]
+    fig, axes = panel_grid(max(1, len(sets)), 3, 3.4, 2.6, title)
+    for ax in axes[len(sets):]:  # no OOD set: one empty panel, switched off
+        ax.set_axis_off()
+    for ax, (name, b) in zip(axes, sets.items(), strict=False):
         both = np.r_[a, b]
         both = both[np.isfinite(both)]
         lo, hi = (both.min(), both.max()) if len(both) else (0.0, 1.0)
