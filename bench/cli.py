@@ -31,6 +31,7 @@ class _Number(click.ParamType):
 
 NUMBER = _Number()
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
+N_REF_HELP = "FID/KID/precision-recall reference: the first N training images (default: all; 2000 for Fashion-MNIST)"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,6 +75,7 @@ def cli():
               help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (enables Inception Score offline)")
 @click.option("--ref-stats", "ref_stats", default=None, type=click.Path(dir_okay=False),
               help="FID/KID/PR reference statistics file (bench ref-stats) instead of the training split's")
+@click.option("--n-ref", default=None, type=int, help=N_REF_HELP)
 @click.option("--probes", default=None, type=int, help="Hutchinson probes per point")
 @click.option("--exact-trace/--hutchinson", "exact_trace", default=None, help="exact Hessian trace (small inputs)")
 @click.option("--fisher-space", default=None, type=click.Choice(["pixel", "model"]),
@@ -195,8 +197,9 @@ def check(ctx, run_dir, baseline, tolerances, exact, junit, markdown):
 @click.option("--fid-extractor", default="auto", show_default=True, help="auto, inception, fid-helper")
 @click.option("--inception-weights", default=None, type=click.Path(dir_okay=False),
               help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (Inception Score)")
+@click.option("--n-ref", default=None, type=int, help=N_REF_HELP)
 @click.option("--device", default="auto", type=DEVICE, show_default=True)
-def samples(path, dataset, out, ref_stats, data_root, fid_extractor, inception_weights, device):
+def samples(path, dataset, out, ref_stats, data_root, fid_extractor, inception_weights, n_ref, device):
     """Sample quality of any generator's images (an .npz with x [and y], a folder of PNGs, a .pt
     tensor): FID, KID, precision/recall, IS, SSIM nearest neighbours and diversity against the
     training split of DATASET; writes OUT/results.json, OUT/tables, OUT/report.html."""
@@ -204,7 +207,8 @@ def samples(path, dataset, out, ref_stats, data_root, fid_extractor, inception_w
 
     out = out or Path("runs") / f"samples-{Path(path).stem or 'samples'}"
     res = samples_io.evaluate(path, dataset, out, data_root=data_root, ref_stats=ref_stats,
-                              fid_extractor=fid_extractor, inception_weights=inception_weights, device=device)
+                              fid_extractor=fid_extractor, inception_weights=inception_weights, n_ref=n_ref,
+                              device=device)
     width = max(len(k) for k in res.metrics)
     for k, r in res.metrics.items():
         click.echo(f"{k:<{width}}  " + (f"{r.value:.4f}" if r.value is not None else f"null  ({r.reason})"))
@@ -224,19 +228,22 @@ def samples(path, dataset, out, ref_stats, data_root, fid_extractor, inception_w
               help="store mu/sigma (what pytorch-fid and clean-fid read)")
 @click.option("--precision", default="float32", show_default=True, type=click.Choice(["float32", "float16"]),
               help="dtype of the stored features")
+@click.option("--n-ref", default=None, type=int, help=N_REF_HELP.replace("training", "split's"))
 @click.option("--device", default="auto", type=DEVICE, show_default=True)
-def ref_stats(dataset, out, split, data_root, fid_extractor, inception_weights, features, mu_sigma, precision, device):
+def ref_stats(dataset, out, split, data_root, fid_extractor, inception_weights, features, mu_sigma, precision, n_ref,
+              device):
     """Write the FID reference statistics (mu, sigma), the features and the extractor's identity
     of a data set's split to OUT (.npz; read by --ref-stats, pytorch-fid and clean-fid)."""
     from bench import data, refstats, runner
     from bench.metrics import generative as G
+    from bench.settings import reference_size
 
     ds = data.load(dataset, data_root)
     try:
         ext = G.resolve_extractor(fid_extractor, inception_weights)
     except G.ExtractorUnavailable as e:
         raise BenchError(str(e)) from None
-    x = (ds.train if split == "train" else ds.test).x
+    x = (ds.train if split == "train" else ds.test).subset(reference_size(ds.name, n_ref)).x
     if x.shape[1] not in (1, 3):
         raise BenchError(f"FID features need grey or RGB images; {ds.name} has {x.shape[1]} channels")
     stats, feats, info = G.reference_features(x, ext, ds.name, split, runner.resolve_device(device))

@@ -125,7 +125,7 @@ def validate_settings(s: dict, input_shape=None) -> None:
         if s[k] is not None and (not isinstance(s[k], int) or s[k] <= 0):
             raise BenchError(f"{k.replace('_', '-')} must be a positive integer, got {s[k]}")
     fastpath.FastPath.from_settings(s)  # an unknown amp mode is an error
-    for k in ("n_eval", "n_aa"):
+    for k in ("n_eval", "n_aa", "n_ref"):
         if s[k] is not None and (not isinstance(s[k], int) or s[k] <= 0):
             raise BenchError(f"{k.replace('_', '-')} must be a positive integer, got {s[k]}")
 

@@ -179,7 +179,8 @@ def read_samples(path: str | Path, shape: tuple | None = None, num_classes: int 
 
 def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | None = None,
              ref_stats: str | None = None, fid_extractor: str = "auto", inception_weights: str | None = None,
-             device: str = "auto", batch_size: int | None = None, ssim_k: int = 10, log=None):
+             device: str = "auto", batch_size: int | None = None, ssim_k: int = 10, n_ref: int | None = None,
+             log=None):
     """Sample-quality metrics of the images at ``path`` against the training split of ``dataset``;
     writes OUT/results.json, OUT/tables and OUT/report.html; -> Results."""
     from bench import data, progress, runner, tables
@@ -187,6 +188,7 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
     from bench.metrics import generative as G
     from bench.metrics.ssim import WIN, nearest_neighbours
     from bench.results import Results
+    from bench.settings import reference_size
 
     log = log or progress.say
     started = time.time()
@@ -196,9 +198,10 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
     samples = read_samples(path, ds.input_shape, ds.num_classes)
     runner._check_out(out)
     x, y, n = samples.x, samples.y, len(samples.x)
+    ref = ds.train.subset(reference_size(ds.name, n_ref))  # FID/KID/PR/diversity reference
     bs = min(int(batch_size or G.FEATURE_BATCH), G.FEATURE_BATCH)
     config = {"dataset": ds.name, "fid_extractor": fid_extractor, "inception_weights": inception_weights,
-              "ref_stats": ref_stats, "batch_size": bs, "ssim_k": ssim_k}
+              "ref_stats": ref_stats, "batch_size": bs, "ssim_k": ssim_k, "n_ref": len(ref)}
     metrics: dict[str, Result] = {}
     feature_names = ("fid", "is_mean", "is_std", *G.FEATURE_METRICS)
 
@@ -215,11 +218,11 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
             metrics.update({m: Result.missing(str(e), n=n) for m in feature_names})
         else:
             log(f"[samples] features of {n} images ({ext.name})")
-            r = G.fid_is(x, ds.train.x, ext, ds.name, "train", dev, bs, verbose=progress.interactive(),
+            r = G.fid_is(x, ref.x, ext, ds.name, "train", dev, bs, verbose=progress.interactive(),
                          ref_stats=ref_stats)
             details = {"extractor": ext.name, "extractor_identity": ext.identity, "extractor_source": ext.source,
                        "weights": ext.weights, "feature_layer": ext.fid_layer, "n_generated": n,
-                       "reference": f"{ds.name}:train", "n_reference": len(ds.train), "samples": samples.info["path"],
+                       "reference": f"{ds.name}:train", "n_reference": len(ref), "samples": samples.info["path"],
                        "preprocessing": "uint8 round(255x), grey->RGB, torch-fidelity TF1 bilinear to 299, (x-128)/128"}
             metrics.update(G.fid_is_results(r, ext, n, details, dev))
     for m in feature_names:
@@ -238,7 +241,7 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
             "std": "standard error of the mean over generated images, sd / sqrt(n)"})
     metrics["ssim_nn"].seconds = time.time() - t0
     t0 = time.time()
-    metrics["diversity_ssim"] = G.diversity_result(x, y, ds.train.x, ds.train.y, dev)
+    metrics["diversity_ssim"] = G.diversity_result(x, y, ref.x, ref.y, dev)
     metrics["diversity_ssim"].seconds = time.time() - t0
 
     model = {"path": samples.info["path"], "sha256": samples.info["sha256"], "arch": Path(samples.info["path"]).name,

@@ -8,6 +8,10 @@ CIFAR_EPS = 8 / 255
 FMNIST_EPS = 0.1  # the usual L-inf radius for (Fashion-)MNIST robustness (25.5 of 255 grey levels)
 FMNIST_N_EVAL = 1000  # CPU-sized default: the first 1,000 of the 10,000 test points (--n-eval raises it)
 FMNIST_N_AA = 200  # AutoAttack's share of those (see _dataset_defaults; --n-aa raises it)
+# FID/KID/precision-recall reference: the first 2,000 of the 60,000 training images (194-216 per class).
+# The Inception network costs about 0.28 s of one CPU core per image, so the whole split would take
+# about 4.6 hours once; 2,000 take about 9 minutes (shipped in models/refstats/, so a run reads them).
+FMNIST_N_REF = 2000
 DIGITS_N_AA = 100
 # L2 radii (--norm L2), in [0, 1] pixel units like the L-inf ones.  CIFAR: 0.5, the RobustBench
 # standard.  Fashion-MNIST: 1.5, common for 28x28 (MNIST) images.  Digits (8x8, 64 pixels): 0.5,
@@ -66,6 +70,7 @@ DEFAULTS: dict = {
     "inception_weights": None,
     "fid_extractor": "auto",  # auto: torch-fidelity's Inception if its weights are at hand, else fid-helper
     "ref_stats": None,  # a reference statistics file (bench ref-stats) instead of the training split's
+    "n_ref": None,  # FID/KID/precision-recall reference: the first n_ref training images (None: all)
     "max_diverged": 0.1,  # IS/FID are null when more than this fraction of the SGLD chains diverged
     # Fisher scores (score)
     "n_score": 500,
@@ -98,11 +103,21 @@ def dataset_defaults(dataset: str, norm: str = "Linf") -> dict:
     return out
 
 
+def reference_size(dataset: str, n_ref: int | None) -> int | None:
+    """The FID/KID/precision-recall reference size: ``n_ref`` if given, else the data set's
+    default (None: the whole training split); a non-positive size is an error."""
+    from bench.errors import BenchError
+
+    if n_ref is not None and (not isinstance(n_ref, int) or n_ref <= 0):
+        raise BenchError(f"n-ref must be a positive integer, got {n_ref}")
+    return n_ref if n_ref is not None else _dataset_defaults(dataset).get("n_ref")
+
+
 def _dataset_defaults(dataset: str) -> dict:
     if dataset in ("cifar10", "cifar100"):
         return {"eps": CIFAR_EPS, "n_gen": 10000}
     if dataset == "fashion-mnist":
-        return {"eps": FMNIST_EPS, "n_eval": FMNIST_N_EVAL, "n_aa": FMNIST_N_AA}
+        return {"eps": FMNIST_EPS, "n_eval": FMNIST_N_EVAL, "n_aa": FMNIST_N_AA, "n_ref": FMNIST_N_REF}
     # AutoAttack standard costs about 0.6 s of one CPU core per robust digits point, all of it the
     # network's own forward and backward passes (Square's 5000 queries about half, FAB-T's and
     # APGD-T's 9 targets x 100 steps the rest; 450 points would take about 4 minutes): the default takes

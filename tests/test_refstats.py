@@ -150,3 +150,27 @@ def test_ref_stats_file_of_another_extractor_is_refused_and_plain_mu_sigma_accep
     with pytest.raises(BenchError, match="not a readable"):
         G.fid_is(gen, ds.train.x, ext, "small", ref_stats=str(tmp_path / "junk.npz"))
     assert cli.main(["run", "--ref-stats", str(tmp_path / "missing.npz")]) == 2
+
+
+def test_n_ref_takes_the_first_training_images_as_the_reference(tmp_path, tiny, capsys, digits):
+    """--n-ref N: FID/KID/PR/diversity against the first N training images, i.e. the numbers of
+    fid_is on the generated images and train.x[:N] given explicitly, not the whole split's."""
+    ckpt = tmp_path / "m.safetensors"
+    checkpoints.save(ckpt, tiny_model(), META)
+    full = _run(ckpt, tmp_path / "full").metrics
+    sub = _run(ckpt, tmp_path / "sub", n_ref=300).metrics
+    assert sub["fid"].details["n_reference"] == 300 and full["fid"].details["n_reference"] == 1347
+    with np.load(tmp_path / "sub" / "samples" / "samples.npz") as z:
+        gen = torch.from_numpy(z["x"]).float()
+    ext = tiny[0]
+    explicit = G.fid_is(gen, digits.train.x[:300], ext, "digits", device="cpu")
+    assert sub["fid"].value == pytest.approx(explicit["fid"], rel=1e-6)
+    assert abs(sub["fid"].value - full["fid"].value) > 1e-3  # really another reference
+    f = tmp_path / "s300.npz"
+    assert cli.main(["ref-stats", "--dataset", "digits", "--out", str(f), "--fid-extractor", TINY,
+                     "--n-ref", "300", "--device", "cpu"]) == 0
+    with np.load(f) as z:
+        assert z["features"].shape == (300, 32)
+    capsys.readouterr()
+    assert cli.main(["run", "--n-ref", "0", "--suite", "generative", "--out", str(tmp_path / "bad")]) == 2
+    assert "n-ref must be a positive integer" in capsys.readouterr().err

@@ -740,7 +740,7 @@ def _refuse_train_is_test(x_gen: torch.Tensor, ext: Extractor, ctx: Context, bat
                    Metric("kid_mean", "kid", False), Metric("kid_std", "kid"),
                    Metric("precision", "proportion", True), Metric("recall", "proportion", True),
                    Metric("diversity_ssim", "ssim")),
-          settings=(*GEN_SETTINGS, "inception_weights", "fid_extractor", "max_diverged", "ref_stats"), sharded=True)
+          settings=(*GEN_SETTINGS, "inception_weights", "fid_extractor", "max_diverged", "ref_stats", "n_ref"), sharded=True)
 def generative_group(ctx: Context) -> dict[str, Result]:
     """IS and FID of the run's generated images against the training split (Sec. 4.2), and the
     share of diverged chains (IS/FID null above ``max_diverged``)."""
@@ -762,8 +762,8 @@ def generative_group(ctx: Context) -> dict[str, Result]:
     if too_many:
         return {m: Result.missing(too_many, n=n_ok, n_generated=n_gen, n_diverged=n_div, max_diverged=limit)
                 for m in names} | div
-    diversity = {"diversity_ssim": diversity_result(gx[finite], gy[finite], ctx.data.train.x, ctx.data.train.y,
-                                                    ctx.device)}
+    ref = ctx.data.train.subset(s.get("n_ref"))  # the reference: the first n_ref training images
+    diversity = {"diversity_ssim": diversity_result(gx[finite], gy[finite], ref.x, ref.y, ctx.device)}
     names = names[:-1]
     div = div | diversity
     try:
@@ -774,7 +774,7 @@ def generative_group(ctx: Context) -> dict[str, Result]:
     details = {"extractor": ext.name, "extractor_identity": ext.identity, "extractor_source": ext.source,
                "weights": ext.weights, "feature_layer": ext.fid_layer, "n_generated": n_gen, "n_finite": n_ok,
                "n_diverged": n_div, "max_diverged": limit, "reference": f"{ctx.data.name}:train",
-               "n_reference": len(ctx.data.train),
+               "n_reference": len(ref), "n_train": len(ctx.data.train),
                "samples": "samples/samples.npz", "grid": "samples/grid.png",
                "samples_reused": bool(gen_info.get("reused", False)),
                "preprocessing": "uint8 round(255x), grey->RGB, torch-fidelity TF1 bilinear to 299, (x-128)/128"}
@@ -784,7 +784,7 @@ def generative_group(ctx: Context) -> dict[str, Result]:
     bs = min(int(s.get("batch_size") or FEATURE_BATCH), FEATURE_BATCH)
     if ctx.data.train_is_test:  # FID would compare with the evaluated images themselves: refused
         return _refuse_train_is_test(gx[finite], ext, ctx, bs, details) | div
-    r = fid_is(gx[finite], ctx.data.train.x, ext, ctx.data.name, "train", ctx.device, bs,
+    r = fid_is(gx[finite], ref.x, ext, ctx.data.name, "train", ctx.device, bs,
                verbose=progress.interactive() and ctx.progress is not None, sharded=ctx.sharded,
                ref_stats=s.get("ref_stats"))
     return fid_is_results(r, ext, n_ok, details, ctx.device) | div
