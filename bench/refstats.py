@@ -1,5 +1,6 @@
-"""Reference statistics files: what ``bench ref-stats`` writes, what ``--ref-stats FILE`` reads,
-and the statistics shipped for the bundled training splits (``models/refstats/``).
+"""The reference of FID, KID and precision/recall: reference statistics files (what ``bench
+ref-stats`` writes, what ``--ref-stats FILE`` reads), the statistics shipped for the bundled training
+splits (``models/refstats/``) and the disk cache (``reference_features`` looks in that order).
 
 A reference statistics file is an ``.npz`` with any of
 
@@ -22,7 +23,7 @@ features, and are null with that reason when the file holds mu/sigma only (nothi
 from the training images when a file is given).
 
 Shipped statistics: every ``models/refstats/*.npz`` is a reference file as above.  The runner
-(``generative.reference_features``) uses one automatically when its ``meta`` matches the run's
+(``reference_features``) uses one automatically when its ``meta`` matches the run's
 reference exactly in split, n, image sha256, extractor identity, feature layer and pipeline (the
 data set's name and torch-fidelity's version are recorded but not compared); otherwise the
 reference is read from the disk cache or computed.  The digits file holds the 1347 training
@@ -35,18 +36,31 @@ value, and mu/sigma are recomputed from them.  Adding another data set is one co
         --out models/refstats/fashion-mnist-train.npz
 
 (no code changes: the folder is searched; mind the size, N x D x 2 bytes of features).
+
+The disk cache: reference statistics (mu and sigma of the training split's features) and the
+features are cached under ``$JEAT_BENCH_CACHE`` (default ``~/.cache/jeat-bench``) in ``fid-ref/``,
+keyed by the data set's name, split, a sha256 of its uint8 images, the extractor's identity (name +
+sha256 of its weights), the feature layer and torch-fidelity's version: a second run skips the
+training set entirely (``details['reference_cache'] == 'hit'``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench import distributed, features
 from bench.errors import BenchError
+from bench.features import FEATURE_BATCH
+
+PIPELINE = 1  # bumps the reference cache when the preprocessing (bench.features) changes
 
 # what must agree between a shipped file's meta and a run's reference key
 MATCH_FIELDS = ("split", "n", "images_sha256", "extractor", "layer", "pipeline")
@@ -130,9 +144,7 @@ def read_file(path: str | Path, extractor_identity: str, layer: str) -> tuple[di
                          f"{meta.get('layer')}), this run uses {extractor_identity} (layer {layer}); "
                          "write matching ones with `bench ref-stats` or choose that --fid-extractor")
     stats, feats = _unpack(arrays, p)
-    from bench.metrics.generative import file_digests
-
-    info = {"cache": "file", "file": str(p), "sha256": file_digests(p)["sha256"], "key": meta,
+    info = {"cache": "file", "file": str(p), "sha256": features.file_digests(p)["sha256"], "key": meta,
             "has_features": feats is not None, "n": len(feats) if feats is not None else (meta or {}).get("n")}
     if meta is None:
         info["note"] = NO_EXTRACTOR_NOTE
@@ -179,3 +191,109 @@ def write_file(path: str | Path, key: dict, stats: dict, features: torch.Tensor 
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# the reference of a run: a --ref-stats file, the shipped statistics, the disk cache
+
+
+def cache_dir() -> Path:
+    """``$JEAT_BENCH_CACHE`` or ``~/.cache/jeat-bench``."""
+    return Path(os.environ.get("JEAT_BENCH_CACHE") or Path.home() / ".cache" / "jeat-bench").expanduser()
+
+
+def images_sha256(u8: torch.Tensor) -> str:
+    h = hashlib.sha256(str(tuple(u8.shape)).encode())
+    h.update(u8.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)[:40].strip("_") or "data"
+
+
+def reference_statistics(x: torch.Tensor, ext: features.Extractor, name: str, split: str = "train",
+                         device: torch.device | str = "cpu", batch_size: int = FEATURE_BATCH,
+                         cache: bool = True, verbose: bool = False, sharded: bool = False) -> tuple[dict, dict]:
+    """FID statistics {mu, sigma} (torch-fidelity's ``fid_features_to_statistics``) of the
+    reference images x ([0, 1] floats); -> (stats, info), see ``reference_features``."""
+    stats, _, info = reference_features(x, ext, name, split, device, batch_size, cache, verbose, sharded)
+    return stats, info
+
+
+def reference_features(x: torch.Tensor, ext: features.Extractor, name: str, split: str = "train",
+                       device: torch.device | str = "cpu", batch_size: int = FEATURE_BATCH,
+                       cache: bool = True, verbose: bool = False, sharded: bool = False,
+                       ref_stats: str | None = None, shipped: bool = True) -> tuple[dict, torch.Tensor | None, dict]:
+    """The reference of FID, KID and precision/recall: -> (stats {mu, sigma}, features (N, D)
+    float32 or None, info).  Looked up in this order (``info['cache']`` says which):
+
+    - ``file``: a ``--ref-stats`` file (``read_file``: refused when its extractor is
+      not ``ext``; features None when it holds mu/sigma only); x is not touched;
+    - ``shipped``: a file under ``models/refstats/`` made from exactly these images with this
+      extractor (``find_shipped``);
+    - ``hit``: the disk cache (``$JEAT_BENCH_CACHE/fid-ref``, features float32 and mu/sigma);
+    - ``miss`` (computed and written to the cache) or ``off`` (computed, ``cache=False``).
+
+    ``sharded`` (torchrun): rank 0 reads the cache and shares what it found; on a miss every rank
+    extracts its share of the features and rank 0 writes the cache."""
+    if ref_stats:
+        return read_file(ref_stats, ext.identity, ext.fid_layer)
+    u8 = features.to_uint8_rgb(x)
+    key, path = _reference_key(u8, ext, name, split)
+    info = {"cache": "off", "file": str(path), "key": key}
+    found = find_shipped(key) if shipped else None
+    if found is not None and found[1] is not None:
+        return found[0], found[1], dict(info, cache="shipped", file=str(found[2]))
+    writer = cache and (not sharded or distributed.is_main())
+    got = _read_reference(key, path) if writer else None
+    if sharded:
+        got = distributed.broadcast(got)
+    if got is not None:
+        stats, feats = got
+        info["cache"] = "hit"
+    else:
+        feats = features.extract_features(u8, ext, device, batch_size, verbose, sharded)[ext.fid_layer]
+        feats = feats.to(torch.float32)
+        stats = statistics(feats)
+        if writer:
+            _write_reference(key, path, stats, feats)
+            info["cache"] = "miss"
+    if found is not None:  # shipped mu/sigma without features: FID from them, the features from above
+        stats, info = found[0], dict(info, cache="shipped", file=str(found[2]), features_from=info["cache"])
+    return stats, feats, info
+
+
+def _reference_key(u8: torch.Tensor, ext: features.Extractor, name: str, split: str) -> tuple[dict, Path]:
+    from torch_fidelity import __version__ as tf_version
+
+    key = {"dataset": name, "split": split, "n": len(u8), "images_sha256": images_sha256(u8),
+           "extractor": ext.identity, "layer": ext.fid_layer, "torch_fidelity": tf_version, "pipeline": PIPELINE}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return key, cache_dir() / "fid-ref" / f"{_slug(name)}-{split}-{_slug(ext.name)}-{digest}.npz"
+
+
+def _read_reference(key: dict, path: Path) -> tuple[dict, torch.Tensor] | None:
+    """(stats, features) cached under ``key``, or None (missing, unreadable, another key, or an
+    older cache file without features)."""
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if json.loads(str(z["meta"])) == key:
+                    return {"mu": z["mu"], "sigma": z["sigma"]}, torch.from_numpy(z["features"])
+        except Exception:
+            pass  # unreadable: recompute and overwrite
+    return None
+
+
+def _write_reference(key: dict, path: Path, stats: dict, features: torch.Tensor) -> None:
+    import io
+
+    from bench.fileio import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, mu=stats["mu"], sigma=stats["sigma"], features=features.detach().cpu().numpy(),
+             meta=np.array(json.dumps(key, sort_keys=True)))
+    atomic_write_bytes(path, buf.getvalue())
+

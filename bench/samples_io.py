@@ -15,7 +15,7 @@ are equal.  Anything else is a one-line error.
 
 Evaluating (``evaluate``), against the training split of the data set: ``fid``, ``kid_mean`` /
 ``kid_std``, ``precision`` / ``recall``, ``is_mean`` / ``is_std`` (null without Inception logits),
-exactly as ``bench run --suite generative`` computes them (``bench.metrics.generative``), plus
+exactly as ``bench run --suite generative`` computes them (``bench.sample_quality``), plus
 ``ssim_nn`` (mean SSIM to the nearest training image, ``bench.metrics.ssim``) and
 ``diversity_ssim``.  Output as ``bench run``: OUT/results.json (schema 1; its model section
 describes the sample file and its sha256), OUT/tables, OUT/report.html.
@@ -184,10 +184,11 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
     """Sample-quality metrics of the images at ``path`` against the training split of ``dataset``;
     writes OUT/results.json, OUT/tables and OUT/report.html; -> Results."""
     from bench import data, progress, runner, tables
+    from bench.features import FEATURE_BATCH, ExtractorUnavailable, resolve_extractor
     from bench.metrics import Result, mean_se
-    from bench.metrics import generative as G
     from bench.metrics.ssim import WIN, nearest_neighbours
     from bench.results import Results
+    from bench.sample_quality import FEATURE_METRICS, diversity_result, fid_is, fid_is_results
     from bench.settings import reference_size
 
     log = log or progress.say
@@ -199,11 +200,11 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
     runner._check_out(out)
     x, y, n = samples.x, samples.y, len(samples.x)
     ref = ds.train.subset(reference_size(ds.name, n_ref))  # FID/KID/PR/diversity reference
-    bs = min(int(batch_size or G.FEATURE_BATCH), G.FEATURE_BATCH)
+    bs = min(int(batch_size or FEATURE_BATCH), FEATURE_BATCH)
     config = {"dataset": ds.name, "fid_extractor": fid_extractor, "inception_weights": inception_weights,
               "ref_stats": ref_stats, "batch_size": bs, "ssim_k": ssim_k, "n_ref": len(ref)}
     metrics: dict[str, Result] = {}
-    feature_names = ("fid", "is_mean", "is_std", *G.FEATURE_METRICS)
+    feature_names = ("fid", "is_mean", "is_std", *FEATURE_METRICS)
 
     t0 = time.time()
     if ds.input_shape[0] not in (1, 3):
@@ -213,18 +214,17 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
         metrics.update({m: Result.missing(f"{n} images; FID needs 2", n=n) for m in feature_names})
     else:
         try:
-            ext = G.resolve_extractor(fid_extractor, inception_weights)
-        except G.ExtractorUnavailable as e:
+            ext = resolve_extractor(fid_extractor, inception_weights)
+        except ExtractorUnavailable as e:
             metrics.update({m: Result.missing(str(e), n=n) for m in feature_names})
         else:
             log(f"[samples] features of {n} images ({ext.name})")
-            r = G.fid_is(x, ref.x, ext, ds.name, "train", dev, bs, verbose=progress.interactive(),
-                         ref_stats=ref_stats)
+            r = fid_is(x, ref.x, ext, ds.name, "train", dev, bs, verbose=progress.interactive(), ref_stats=ref_stats)
             details = {"extractor": ext.name, "extractor_identity": ext.identity, "extractor_source": ext.source,
                        "weights": ext.weights, "feature_layer": ext.fid_layer, "n_generated": n,
                        "reference": f"{ds.name}:train", "n_reference": len(ref), "samples": samples.info["path"],
                        "preprocessing": "uint8 round(255x), grey->RGB, torch-fidelity TF1 bilinear to 299, (x-128)/128"}
-            metrics.update(G.fid_is_results(r, ext, n, details, dev))
+            metrics.update(fid_is_results(r, ext, n, details, dev))
     for m in feature_names:
         metrics[m].seconds = time.time() - t0
 
@@ -241,7 +241,7 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
             "std": "standard error of the mean over generated images, sd / sqrt(n)"})
     metrics["ssim_nn"].seconds = time.time() - t0
     t0 = time.time()
-    metrics["diversity_ssim"] = G.diversity_result(x, y, ref.x, ref.y, dev)
+    metrics["diversity_ssim"] = diversity_result(x, y, ref.x, ref.y, dev)
     metrics["diversity_ssim"].seconds = time.time() - t0
 
     model = {"path": samples.info["path"], "sha256": samples.info["sha256"], "arch": Path(samples.info["path"]).name,

@@ -1,6 +1,6 @@
 """IS/FID with and without the reference-statistics cache: two consecutive computations.
 
-Both calls are ``bench.metrics.generative.fid_is`` on the same SGLD-generated digits (an untrained
+Both calls are ``bench.sample_quality.fid_is`` on the same SGLD-generated digits (an untrained
 digits CNN, class-conditional Gaussian starts) against the digits training split, with the
 offline fid-helper FID Inception behind torch-fidelity's resizing (or ``--extractor``).  The
 reference cache starts empty (a fresh ``$JEAT_BENCH_CACHE``): the first call extracts the training
@@ -43,8 +43,9 @@ def main(argv=None) -> float:
     os.environ["JEAT_BENCH_CACHE"] = tempfile.mkdtemp(prefix="jeat-fid-cache-")
 
     from bench import data, nets
+    from bench import features as F
+    from bench import sample_quality as Q
     from bench.energy import EnergyModel
-    from bench.metrics import generative as G
     from bench.sampling import SGLDConfig, generate
 
     device = torch.device(args.device)
@@ -56,13 +57,13 @@ def main(argv=None) -> float:
     gen = generate(model, ds, SGLDConfig(steps=args.gen_steps), n=args.n_gen, generator=0, device=device)
     x_gen = gen.x[~gen.diverged]
 
-    ext = G.resolve_extractor(args.extractor)
-    G.extract_features(G.to_uint8_rgb(x_gen[:2]), ext, device)  # load and warm up the extractor
+    ext = F.resolve_extractor(args.extractor)
+    F.extract_features(F.to_uint8_rgb(x_gen[:2]), ext, device)  # load and warm up the extractor
 
     t0 = time.perf_counter()
-    first = G.fid_is(x_gen, ref, ext, ref_name, "train", device)
+    first = Q.fid_is(x_gen, ref, ext, ref_name, "train", device)
     t1 = time.perf_counter()
-    second = G.fid_is(x_gen, ref, ext, ref_name, "train", device)
+    second = Q.fid_is(x_gen, ref, ext, ref_name, "train", device)
     t2 = time.perf_counter()
     a, b = t1 - t0, t2 - t1
     ratio = a / b

@@ -117,7 +117,7 @@ def operations(model, device, batch: int, small: bool):
 
 
 def inception_op(device, batch: int):
-    from bench.metrics.generative import feature_extractor, resolve_extractor
+    from bench.features import feature_extractor, resolve_extractor
 
     ext = resolve_extractor("fid-helper")
     fe = feature_extractor(ext, device)

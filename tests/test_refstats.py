@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from bench import checkpoints, cli, refstats, runner
+from bench import features as F
+from bench import sample_quality as Q
 from bench.errors import BenchError
-from bench.metrics import generative as G
 from tests.conftest import tiny_model
 from tests.test_generative import META, TINY, digits_npz, tiny_extractors
 
@@ -39,28 +40,28 @@ def test_shipped_digits_statistics_equal_a_recomputation_within_float16(digits):
     """The shipped features of the digits training split are fid-helper's Inception features of
     exactly those images: 16 rows recomputed here agree to float16's rounding (2^-11 relative)."""
     path = _shipped_digits()
-    ext = G.resolve_extractor("fid-helper")
+    ext = F.resolve_extractor("fid-helper")
     with np.load(path, allow_pickle=False) as z:
         meta, feats = json.loads(str(z["meta"])), z["features"]
-    u8 = G.to_uint8_rgb(digits.train.x)
-    key, _ = G._reference_key(u8, ext, "digits", "train")
+    u8 = F.to_uint8_rgb(digits.train.x)
+    key, _ = refstats._reference_key(u8, ext, "digits", "train")
     assert all(meta[k] == key[k] for k in refstats.MATCH_FIELDS)  # images, extractor, layer, pipeline
     assert feats.dtype == np.float16 and feats.shape == (len(digits.train), 2048)
     assert path.stat().st_size < 6e6
     rows = torch.linspace(0, len(u8) - 1, 16).round().long()
-    fresh = G.extract_features(u8[rows], ext, "cpu", 16)[ext.fid_layer].double()
+    fresh = F.extract_features(u8[rows], ext, "cpu", 16)[ext.fid_layer].double()
     shipped = torch.from_numpy(feats[rows.numpy()].astype(np.float64))
     err = (shipped - fresh).abs()
     # float16 rounding (half an ulp: 2^-11 relative) plus float32 differences between batchings
     assert (err <= 2.0**-11 * fresh.abs() + 1e-5 * fresh.abs().max() + 3e-8).all(), err.max()
     # and the statistics the runner takes from them: the shipped file, no feature extraction
     calls = []
-    real = G.extract_features
-    G.extract_features = lambda x, *a, **k: calls.append(len(x)) or real(x, *a, **k)
+    real = F.extract_features
+    F.extract_features = lambda x, *a, **k: calls.append(len(x)) or real(x, *a, **k)
     try:
-        stats, ref_feats, info = G.reference_features(digits.train.x, ext, "digits", "train")
+        stats, ref_feats, info = refstats.reference_features(digits.train.x, ext, "digits", "train")
     finally:
-        G.extract_features = real
+        F.extract_features = real
     assert info["cache"] == "shipped" and Path(info["file"]) == path and calls == []
     assert torch.equal(ref_feats, torch.from_numpy(feats.astype(np.float32)))
     np.testing.assert_allclose(stats["mu"], feats.astype(np.float64).mean(0), rtol=1e-5, atol=1e-7)
@@ -70,16 +71,16 @@ def test_shipped_statistics_used_only_for_the_same_images_and_extractor(tmp_path
     ext, ext1 = tiny
     _, ds = small
     x = ds.train.x
-    stats, feats, info = G.reference_features(x, ext, "small", "train")
+    stats, feats, info = refstats.reference_features(x, ext, "small", "train")
     assert info["cache"] == "miss"
     ship = tmp_path / "ship"
     refstats.write_file(ship / "small-train.npz", info["key"], stats, feats, mu_sigma=False, precision="float16")
     monkeypatch.setattr(refstats, "shipped_dir", lambda: ship)
-    s2, f2, i2 = G.reference_features(x, ext, "renamed", "train")  # the name is not compared
+    s2, f2, i2 = refstats.reference_features(x, ext, "renamed", "train")  # the name is not compared
     assert i2["cache"] == "shipped" and torch.equal(f2, feats.half().float())
-    assert G.reference_features(x.flip(-1), ext, "small", "train")[2]["cache"] == "miss"  # other images
-    assert G.reference_features(x, ext1, "small", "train")[2]["cache"] == "miss"  # other extractor
-    assert G.reference_features(x, ext, "small", "test")[2]["cache"] == "miss"  # other split
+    assert refstats.reference_features(x.flip(-1), ext, "small", "train")[2]["cache"] == "miss"  # other images
+    assert refstats.reference_features(x, ext1, "small", "train")[2]["cache"] == "miss"  # other extractor
+    assert refstats.reference_features(x, ext, "small", "test")[2]["cache"] == "miss"  # other split
 
 
 def _run(model, out, **settings):
@@ -107,7 +108,7 @@ def test_ref_stats_file_gives_the_same_numbers_as_the_cache_path(tmp_path, tiny,
     for m in ("fid", "kid_mean", "kid_std", "precision", "recall", "is_mean"):
         assert viafile.metrics[m].value == cached[m].value, m
     d = viafile.metrics["fid"].details
-    assert d["reference_cache"] == "file" and d["reference_sha256"] == G.file_digests(f)["sha256"]
+    assert d["reference_cache"] == "file" and d["reference_sha256"] == F.file_digests(f)["sha256"]
     assert "reference_note" not in d
     # the setting keys the cache: a run into the same directory without it recomputes the group
     again = _run(ckpt, tmp_path / "b")
@@ -119,36 +120,36 @@ def test_ref_stats_file_of_another_extractor_is_refused_and_plain_mu_sigma_accep
     ext, ext1 = tiny
     _, ds = small
     other = tmp_path / "other.npz"
-    stats1, feats1, info1 = G.reference_features(ds.train.x, ext1, "small", "train")
+    stats1, feats1, info1 = refstats.reference_features(ds.train.x, ext1, "small", "train")
     refstats.write_file(other, info1["key"], stats1, feats1)
     gen = ds.train.x[:30]
     with pytest.raises(BenchError, match="were made with extractor .*seed1.* this run uses .*seed0") as e:
-        G.fid_is(gen, ds.train.x, ext, "small", ref_stats=str(other))
+        Q.fid_is(gen, ds.train.x, ext, "small", ref_stats=str(other))
     assert "\n" not in str(e.value)
     # a plain mu/sigma file (pytorch-fid's keys): FID as from the cache, a note; KID/PR null with the reason
-    stats, _, _ = G.reference_features(ds.train.x, ext, "small", "train")
+    stats, _, _ = refstats.reference_features(ds.train.x, ext, "small", "train")
     plain = tmp_path / "plain.npz"
     np.savez(plain, mu=stats["mu"].astype(np.float64), sigma=stats["sigma"])
-    r = G.fid_is(gen, ds.train.x, ext, "small", ref_stats=str(plain))
-    base = G.fid_is(gen, ds.train.x, ext, "small")
+    r = Q.fid_is(gen, ds.train.x, ext, "small", ref_stats=str(plain))
+    base = Q.fid_is(gen, ds.train.x, ext, "small")
     assert base["reference"]["cache"] == "hit"
     assert r["fid"] == pytest.approx(base["fid"], rel=1e-6) and r["features_reference"] is None
-    res = G.fid_is_results(r, ext, len(gen), {})
+    res = Q.fid_is_results(r, ext, len(gen), {})
     assert "not recorded" in res["fid"].details["reference_note"]
-    for m in G.FEATURE_METRICS:
+    for m in Q.FEATURE_METRICS:
         assert res[m].value is None and "mu/sigma only" in res[m].reason
     # bad files: one line each
     bad = tmp_path / "bad.npz"
     np.savez(bad, mu=np.zeros(3), sigma=np.zeros((2, 2)))
     with pytest.raises(BenchError, match="do not fit"):
-        G.fid_is(gen, ds.train.x, ext, "small", ref_stats=str(bad))
+        Q.fid_is(gen, ds.train.x, ext, "small", ref_stats=str(bad))
     wrong_dim = tmp_path / "dim.npz"
     np.savez(wrong_dim, mu=np.zeros(5), sigma=np.eye(5))
     with pytest.raises(BenchError, match="dimension 5"):
-        G.fid_is(gen, ds.train.x, ext, "small", ref_stats=str(wrong_dim))
+        Q.fid_is(gen, ds.train.x, ext, "small", ref_stats=str(wrong_dim))
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(BenchError, match="not a readable"):
-        G.fid_is(gen, ds.train.x, ext, "small", ref_stats=str(tmp_path / "junk.npz"))
+        Q.fid_is(gen, ds.train.x, ext, "small", ref_stats=str(tmp_path / "junk.npz"))
     assert cli.main(["run", "--ref-stats", str(tmp_path / "missing.npz")]) == 2
 
 
@@ -163,7 +164,7 @@ def test_n_ref_takes_the_first_training_images_as_the_reference(tmp_path, tiny, 
     with np.load(tmp_path / "sub" / "samples" / "samples.npz") as z:
         gen = torch.from_numpy(z["x"]).float()
     ext = tiny[0]
-    explicit = G.fid_is(gen, digits.train.x[:300], ext, "digits", device="cpu")
+    explicit = Q.fid_is(gen, digits.train.x[:300], ext, "digits", device="cpu")
     assert sub["fid"].value == pytest.approx(explicit["fid"], rel=1e-6)
     assert abs(sub["fid"].value - full["fid"].value) > 1e-3  # really another reference
     f = tmp_path / "s300.npz"

@@ -1,4 +1,4 @@
-"""`bench samples` (bench.samples_io), KID / precision-recall and diversity (bench.metrics.generative).
+"""`bench samples` (bench.samples_io), KID / precision-recall and diversity (bench.sample_quality).
 
 Features come from the small random-weight extractor of tests/test_generative.py (registered with
 torch-fidelity), never from Inception: every test takes seconds."""
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench import cli, samples_io
+from bench import cli, refstats, samples_io
+from bench import sample_quality as Q
 from bench.errors import BenchError
-from bench.metrics import generative as G
 from tests.test_generative import TINY, digits_npz, tiny_extractors
 
 
@@ -49,7 +49,7 @@ def test_kid_and_precision_recall_equal_torch_fidelity_on_the_same_features():
 
     g = torch.Generator().manual_seed(0)
     gen, ref = torch.randn(70, 12, generator=g) + 0.3, torch.randn(90, 12, generator=g)
-    ours = G.kid_prc(gen, ref)
+    ours = Q.kid_prc(gen, ref)
     assert ours["kid_subset_size"] == 70  # min(1000, n_gen, n_ref): never above n
     kid = kid_features_to_metric(gen, ref, kid_subset_size=70, verbose=False)  # torch-fidelity's defaults otherwise
     assert ours["kid_mean"] == kid["kernel_inception_distance_mean"]
@@ -57,7 +57,7 @@ def test_kid_and_precision_recall_equal_torch_fidelity_on_the_same_features():
     prc = prc_features_to_metric(gen, ref, verbose=False)  # its in-memory variant (ours runs the blockwise one)
     assert (ours["precision"], ours["recall"]) == (prc["precision"], prc["recall"])
     # equal sizes: every subset is the whole set permuted, so KID is the full-set MMD^2 by hand
-    eq = G.kid_prc(gen[:60], ref[:60])
+    eq = Q.kid_prc(gen[:60], ref[:60])
     assert eq["kid_mean"] == pytest.approx(_hand_mmd2(gen[:60].numpy(), ref[:60].numpy()), rel=1e-4)
     assert eq["kid_std"] < 1e-4 * abs(eq["kid_mean"])
     # precision/recall by hand: generated point i is precise when it lies within the 3rd-nearest-
@@ -66,7 +66,7 @@ def test_kid_and_precision_recall_equal_torch_fidelity_on_the_same_features():
     r_gen, r_ref = dgg.sort(1).values[:, 3], drr.sort(1).values[:, 3]
     assert ours["precision"] == pytest.approx((dgr <= r_ref[None]).any(1).double().mean().item(), abs=1e-6)
     assert ours["recall"] == pytest.approx((dgr.T <= r_gen[None]).any(1).double().mean().item(), abs=1e-6)
-    tiny_sets = G.kid_prc(gen[:3], ref)
+    tiny_sets = Q.kid_prc(gen[:3], ref)
     assert tiny_sets["precision"] is None and "more than 3" in tiny_sets["reason_prc"]
     assert tiny_sets["kid_subset_size"] == 3 and tiny_sets["kid_mean"] is not None
 
@@ -82,7 +82,7 @@ def test_pairwise_ssim_is_scikit_image_over_pairs():
         for j in range(i + 1, 7):
             ref[(i, j)] = structural_similarity(x[i, 0].double().numpy(), x[j, 0].double().numpy(), data_range=1.0,
                                                 win_size=7, gaussian_weights=False, use_sample_covariance=True)
-    got = G.pairwise_ssim(x, y)
+    got = Q.pairwise_ssim(x, y)
     assert got["overall"] == pytest.approx(np.mean(list(ref.values())), abs=1e-6)
     cls0 = np.mean([ref[p] for p in ((0, 1), (0, 2), (1, 2))])
     cls1 = np.mean([ref[p] for p in ((3, 4), (3, 6), (4, 6))])
@@ -90,7 +90,7 @@ def test_pairwise_ssim_is_scikit_image_over_pairs():
     assert got["per_class"][1] == pytest.approx(cls1, abs=1e-6)
     assert 2 not in got["per_class"]  # one image: no pair
     assert got["within_class"] == pytest.approx((cls0 + cls1) / 2, abs=1e-6)
-    sub = G.pairwise_ssim(x, None, cap=4)  # evenly spread subset: images 0, 2, 4, 6
+    sub = Q.pairwise_ssim(x, None, cap=4)  # evenly spread subset: images 0, 2, 4, 6
     assert sub["n"] == 4 and sub["overall"] == pytest.approx(
         np.mean([ref[p] for p in ((0, 2), (0, 4), (0, 6), (2, 4), (2, 6), (4, 6))]), abs=1e-6)
 
@@ -140,7 +140,7 @@ def test_identical_sets_and_a_collapsed_sampler(tmp_path, tiny, small):
     np.savez(same, x=ds.train.x.numpy(), y=ds.train.y.numpy())
     r = samples_io.evaluate(same, name, tmp_path / "same", fid_extractor=TINY, device="cpu", log=lambda m: None)
     m = r.metrics
-    scale = float(np.trace(G.reference_statistics(ds.train.x, tiny, "x", cache=False)[0]["sigma"]))
+    scale = float(np.trace(refstats.reference_statistics(ds.train.x, tiny, "x", cache=False)[0]["sigma"]))
     assert m["precision"].value == 1.0 and m["recall"].value == 1.0
     assert abs(m["fid"].value) < 1e-6 * scale
     assert abs(m["kid_mean"].value) < 1e-2 * m["kid_std"].value + 1e-3
