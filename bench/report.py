@@ -16,9 +16,10 @@ import json
 import math
 from pathlib import Path
 
-from bench import tables as _tables
+from bench import paper_tables
 from bench.fileio import atomic_write_bytes
 from bench.results import Results
+from bench.table_format import to_html
 
 FIGURE_DIRS = ("figures", "samples")
 
@@ -128,8 +129,8 @@ def run_section(run_dir: Path, res: Results, name: str, open_: bool = True) -> s
         "</details>"])
 
 
-def render(runs: list[tuple[Path, Results]], tables: list[_tables.Table], title: str = "JEAT-Bench report") -> str:
-    names = _tables.labels([r for _, r in runs])
+def render(runs: list[tuple[Path, Results]], tables: list[paper_tables.Table], title: str = "JEAT-Bench report") -> str:
+    names = paper_tables.labels([r for _, r in runs])
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -138,7 +139,7 @@ def render(runs: list[tuple[Path, Results]], tables: list[_tables.Table], title:
              f'<p class="meta">Written {e(now)} by bench; {len(runs)} run(s). In the tables accuracies and ECE are in % (raw fractions in the metric lists), '
              "best of our rows per column in bold, the paper's rows shaded.</p>",
              "<h2>Tables</h2>"]
-    parts += [_tables.to_html(t) for t in tables] or ['<p class="meta">No table metrics in this run.</p>']
+    parts += [to_html(t) for t in tables] or ['<p class="meta">No table metrics in this run.</p>']
     parts.append("<h2>Runs</h2>")
     parts += [run_section(d, r, n, open_=len(runs) == 1 or i == 0)
               for i, ((d, r), n) in enumerate(zip(runs, names, strict=True))]
@@ -146,7 +147,7 @@ def render(runs: list[tuple[Path, Results]], tables: list[_tables.Table], title:
     return "\n".join(parts) + "\n"
 
 
-def write_report(path: str | Path, runs: list[tuple[Path, Results]], tables: list[_tables.Table],
+def write_report(path: str | Path, runs: list[tuple[Path, Results]], tables: list[paper_tables.Table],
                  title: str = "JEAT-Bench report") -> Path:
     """Write the page (atomically) to ``path`` and return it."""
     path = Path(path)
@@ -158,5 +159,5 @@ def write_report(path: str | Path, runs: list[tuple[Path, Results]], tables: lis
 def write_run_report(res: Results, out: str | Path) -> Path:
     """``bench run``'s page: ``out/report.html`` for the run in ``out``."""
     out = Path(out)
-    return write_report(out / "report.html", [(out, res)], _tables.run_tables(res),
-                        title=f"JEAT-Bench: {_tables.label(res)}")
+    return write_report(out / "report.html", [(out, res)], paper_tables.run_tables(res),
+                        title=f"JEAT-Bench: {paper_tables.label(res)}")

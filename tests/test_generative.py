@@ -683,7 +683,7 @@ class NaNForClasses(nn.Module):
 
 
 def test_diverged_fraction_is_reported_and_nulls_is_fid_above_the_threshold(tmp_path, tiny_fe):
-    from bench import tables
+    from bench import paper_tables, tables
     from bench.metrics import load_all
     from bench.results import Results
 
@@ -715,7 +715,7 @@ def test_diverged_fraction_is_reported_and_nulls_is_fid_above_the_threshold(tmp_
             G.generative_group(ctx_for(model, ds, tmp_path / "d", max_diverged=bad, **kw))
     # Table 2 shows the share (in %) beside IS and FID
     run = Results({"method": "jeat", "arch": "toy", "dataset": "fake"}, {"config": {}}, res)
-    t2 = tables.table2([run])
+    t2 = paper_tables.table2([run])
     assert t2.columns["Diverged (%)"] == "diverged_fraction"
     assert t2.df.loc[0, "Diverged (%)"] == pytest.approx(25.0)
     md = tables.to_markdown(t2)
@@ -723,7 +723,7 @@ def test_diverged_fraction_is_reported_and_nulls_is_fid_above_the_threshold(tmp_
 
 
 def test_table2_footnotes_the_fisher_space(tmp_path):
-    from bench import tables
+    from bench import paper_tables, tables
     from bench.metrics import Result
     from bench.results import Results
 
@@ -732,11 +732,11 @@ def test_table2_footnotes_the_fisher_space(tmp_path):
                        {"jfs": Result(0.5, 0.01, 10, details={"fisher_space": space}),
                         "mfs": Result(1.5, 0.01, 10, details={"fisher_space": space})})
 
-    md = tables.to_markdown(tables.table2([run("pixel"), run("model")]))
-    assert tables.FISHER_SPACE_NOTES["paper"] in md  # beside the paper's JFS/MFS
-    assert tables.FISHER_SPACE_NOTES["pixel"] in md and tables.FISHER_SPACE_NOTES["model"] in md
+    md = tables.to_markdown(paper_tables.table2([run("pixel"), run("model")]))
+    assert paper_tables.FISHER_SPACE_NOTES["paper"] in md  # beside the paper's JFS/MFS
+    assert paper_tables.FISHER_SPACE_NOTES["pixel"] in md and paper_tables.FISHER_SPACE_NOTES["model"] in md
     paper_jeat = [line for line in md.splitlines() if line.startswith("| paper: JEAT")][0]
-    mark = md[md.index(tables.FISHER_SPACE_NOTES["paper"]) - 4:].split("]")[0].split("[")[-1]
+    mark = md[md.index(paper_tables.FISHER_SPACE_NOTES["paper"]) - 4:].split("]")[0].split("[")[-1]
     assert f"0.023 [{mark}]" in paper_jeat
 
 

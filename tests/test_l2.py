@@ -12,7 +12,7 @@ import torchattacks
 from pyautoattack import AutoAttack
 from scipy import stats
 
-from bench import checkpoints, runner, tables, zoo
+from bench import checkpoints, paper_tables, runner, tables, zoo
 from bench.attacks import check_in_ball, fgsm, pgd, uniform_start
 from bench.cli import main
 from bench.errors import BenchError
@@ -180,10 +180,10 @@ def _run(root, name, norm, eps):
 
 
 def test_table3_columns_name_the_norm(tmp_path):
-    t = tables.table3([r for _, r in tables.load_runs([_run(tmp_path, "a", "L2", 0.5)])])
+    t = paper_tables.table3([r for _, r in tables.load_runs([_run(tmp_path, "a", "L2", 0.5)])])
     assert list(t.columns) == ["Standard Accuracy", "Robustness (PGD-20, L2)", "AutoAttack (L2)"]
     assert "paper: Linf, eps 8/255" in tables.to_markdown(t)  # the paper's rows are L-inf
-    mixed = tables.table3([r for _, r in tables.load_runs([tmp_path / "a", _run(tmp_path, "b", "Linf", 0.1)])])
+    mixed = paper_tables.table3([r for _, r in tables.load_runs([tmp_path / "a", _run(tmp_path, "b", "Linf", 0.1)])])
     assert list(mixed.columns) == ["Standard Accuracy", "Robustness (PGD-20)", "AutoAttack"]
     md = tables.to_markdown(mixed)
     assert "L2, eps 0.5" in md and "Linf, eps 0.1" in md

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from bench import checkpoints, metrics, suites, tables
+from bench import checkpoints, metrics, paper_tables, suites
 from bench.check import default_tolerance
 from bench.cli import main
 from bench.metrics import PROPORTION, Metric, Result, register, relative
@@ -98,6 +98,6 @@ def test_a_new_group_with_a_new_suite_is_one_module(registry, ckpt, tmp_path, ca
     # tables: its suite's table, the share in percent, best by its declared direction
     md = (out / "tables" / "gadgetry.md").read_text()
     assert "| Model | Widgets | Size |" in md and "| 25.00 | 3.00 |" in md
-    t = tables.suite_tables([res, res])[0]
+    t = paper_tables.suite_tables([res, res])[0]
     assert t.better == {"Widgets": "max", "Size": "min"}
     assert json.loads((out / "results.json").read_text())["metrics"]["widget_share"]["value"] == 0.25

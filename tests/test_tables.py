@@ -6,7 +6,7 @@ import re
 import pandas as pd
 import pytest
 
-from bench import tables
+from bench import paper_tables, tables
 from bench.cli import main
 
 CONFIG = {"seed": 0, "eps": 0.1, "n_eval": 360, "n_gen": 100, "pgd_steps": 20, "batch_size": 250}
@@ -125,11 +125,11 @@ def test_same_method_and_model_told_apart_without_paths(tmp_path):
     a = make_run(tmp_path, "a", "jeat", {"accuracy": metric(0.9)}, sha="1" * 64)
     b = make_run(tmp_path, "b", "jeat", {"accuracy": metric(0.8)}, sha="2" * 64)
     c = make_run(tmp_path, "c", "jeat", {"accuracy": metric(0.7)}, sha="2" * 64, config=dict(CONFIG, eps=0.2))
-    names = tables.labels([tables.load_runs([d])[0][1] for d in (a, b)])
+    names = paper_tables.labels([tables.load_runs([d])[0][1] for d in (a, b)])
     assert names == ["JEAT (digits-cnn, digits) [sha256 11111111]", "JEAT (digits-cnn, digits) [sha256 22222222]"]
-    names = tables.labels([tables.load_runs([d])[0][1] for d in (b, c)])
+    names = paper_tables.labels([tables.load_runs([d])[0][1] for d in (b, c)])
     assert names == ["JEAT (digits-cnn, digits) [eps=0.1]", "JEAT (digits-cnn, digits) [eps=0.2]"]
-    names = tables.labels([tables.load_runs([d])[0][1] for d in (a, a)])
+    names = paper_tables.labels([tables.load_runs([d])[0][1] for d in (a, a)])
     assert len(set(names)) == 2
 
 
