@@ -11,22 +11,33 @@ under L2).  AutoAttack runs through the reference implementation, pyautoattack (
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import torch
 import torch.nn.functional as F
 
 from bench.energy import EnergyModel, evaluates
+from bench.settings import Norm
 
-LOSSES = ("ce", "energy")
-NORMS = ("Linf", "L2")
+
+class Loss(StrEnum):
+    """What an attack ascends."""
+
+    CE = "ce"  # E(x,y) - E(x), the cross-entropy
+    ENERGY = "energy"  # E(x,y), the joint energy (Eq. 18)
+
+
+LOSSES = tuple(Loss)
+NORMS = tuple(Norm)
 
 
 def attack_loss(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
     """Summed loss to ascend: ``ce`` = E(x,y) - E(x) (cross-entropy), ``energy`` = E(x,y)."""
-    if loss == "ce":
+    if loss == Loss.CE:
         return F.cross_entropy(model.logits(x), y, reduction="sum")
-    if loss == "energy":
+    if loss == Loss.ENERGY:
         return model.energy_joint(x, y).sum()
-    raise ValueError(f"unknown attack loss {loss!r}; expected one of {LOSSES}")
+    raise ValueError(f"unknown attack loss {loss!r}; expected one of {', '.join(LOSSES)}")
 
 
 def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None = None,
@@ -42,7 +53,7 @@ def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None
         u = torch.rand((len(x),) + (1,) * (x.dim() - 1), generator=generator, device=x.device, dtype=x.dtype)
         d = x[0].numel() if len(x) else 1
         return (x + eps * u ** (1 / d) * z / _l2(z).clamp_min(1e-12)).clamp(0, 1)
-    raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+    raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
 
 
 def _l2(t: torch.Tensor) -> torch.Tensor:
@@ -56,7 +67,7 @@ def _step(g: torch.Tensor, norm: str) -> torch.Tensor:
         return g.sign()
     if norm == "L2":
         return g / _l2(g).clamp_min(1e-12)
-    raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+    raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
 
 
 def project(x: torch.Tensor, adv: torch.Tensor, eps: float, norm: str = "Linf") -> torch.Tensor:
@@ -68,7 +79,7 @@ def project(x: torch.Tensor, adv: torch.Tensor, eps: float, norm: str = "Linf") 
     elif norm == "L2":
         d = d * torch.clamp(eps / _l2(d).clamp_min(1e-30), max=1.0)  # d = 0 stays 0, also at eps = 0
     else:
-        raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+        raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
     return (x + d).clamp(0, 1)
 
 
@@ -127,7 +138,7 @@ def check_in_ball(x: torch.Tensor, adv: torch.Tensor, eps: float, tol: float = 1
     not assumed); return the largest perturbation norm.  The L2 tolerance is relative as well:
     the norm of a float32 perturbation carries rounding of about 1e-7 of its size."""
     if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+        raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
     if not len(x):
         return 0.0
     d = (adv - x).flatten(1)

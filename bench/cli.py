@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from bench.errors import BenchError
+from bench.settings import DEFAULTS, SETTINGS, SPECS
 
 
 class _Number(click.ParamType):
@@ -30,8 +31,48 @@ class _Number(click.ParamType):
 
 
 NUMBER = _Number()
+
+
+class _Counts(click.ParamType):
+    """Positive integers as a comma list, e.g. 10,50."""
+
+    name = "counts"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list | tuple):
+            return list(value)
+        try:
+            return [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            self.fail(f"{value!r} is not a comma list of integers (e.g. 10,50)", param, ctx)
+
+
+def _strip_commas(ctx, param, value):
+    return None if value is None else ",".join(v.strip() for v in value.split(",") if v.strip())
+
+
+def _option(st):
+    """The ``bench run`` option of one declared setting (bench.settings.SETTINGS); every option
+    defaults to None, so an unset setting takes the data set's, the checkpoint's or the declared default."""
+    shown = (None if "default" in st.help else f"default: {st.derived_from}" if st.derived_from
+             else None if st.default is None else f"default: {DEFAULTS[st.name]}")
+    help_ = f"{st.help} ({shown})" if shown else st.help
+    if st.kind == "bool":
+        return click.option(f"{st.flag}/--no-{st.flag[2:]}", st.name, default=None, help=help_)
+    types = {"int": int, "count": int, "number": NUMBER, "fraction": NUMBER, "text": str, "counts": _Counts(),
+             "file": click.Path(dir_okay=False),
+             "choice": click.Choice([c.value for c in st.choices]) if st.choices else None}
+    return click.option(st.flag, st.name, default=None, type=types[st.kind], help=help_,
+                        callback=_strip_commas if st.kind == "text" else None)
+
+
+def setting_options(fn):
+    """Every declared setting with ``option`` as a ``bench run`` option, in the table's order."""
+    for st in reversed([st for st in SETTINGS if st.option]):
+        fn = _option(st)(fn)
+    return fn
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
-N_REF_HELP = "FID/KID/precision-recall reference: the first N training images (default: all; 2000 for Fashion-MNIST)"
+N_REF_HELP = SPECS["n_ref"].help
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,66 +87,18 @@ def cli():
 @click.option("--suite", default="all", show_default=True,
               help="all, or a comma list of robust,calibration,generative,score,memorization,landscape,denoise,ood")
 @click.option("--out", default="runs/default", show_default=True, type=click.Path(path_type=Path))
-@click.option("--dataset", default=None, help="digits, cifar10, cifar100, folder:PATH, npz:PATH (default: the checkpoint's)")
-@click.option("--data-root", default=None, help="directory holding CIFAR data")
-@click.option("--download", is_flag=True, help="download CIFAR if missing (needs network)")
+@click.option("--dataset", default=None, help="digits, fashion-mnist, cifar10, cifar100, folder:PATH, npz:PATH "
+              "(default: the checkpoint's)")
+@click.option("--data-root", default=None, help="directory holding CIFAR / Fashion-MNIST data")
+@click.option("--download", is_flag=True, help="download CIFAR / Fashion-MNIST if missing (needs network)")
 @click.option("--arch", default=None, help="architecture of a plain state dict, e.g. wrn-28-10, resnet18")
-@click.option("--normalize", default=None, metavar="PRESET|M/S",
-              help="input normalisation of a foreign model: cifar10, cifar100, imagenet, none (0/1), half "
-                   "(0.5/0.5), or MEANS/STDS e.g. 0.4914,0.4822,0.4465/0.2470,0.2435,0.2616 (default: the "
-                   "checkpoint's; JEM's 0.5/0.5; else mean 0, std 1 with a warning for plain state dicts)")
 @click.option("--device", default="auto", type=DEVICE, show_default=True)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--norm", default=None, type=click.Choice(["Linf", "L2"]),
-              help="threat model of PGD, FGSM (FGM under L2) and AutoAttack (default Linf)")
-@click.option("--eps", default=None, type=NUMBER, help="attack radius in [0,1] pixel units (default: the checkpoint's; "
-              "L-inf 8/255 for CIFAR, 0.1 for digits; L2 0.5 for CIFAR and digits, 1.5 for Fashion-MNIST)")
-@click.option("--n-eval", default=None, type=int, help="evaluation points (first n of the test split; default all)")
-@click.option("--n-aa", default=None, type=int, help="AutoAttack points (default: n-eval)")
-@click.option("--n-gen", default=None, type=int, help="generated images, balanced over classes")
-@click.option("--batch-size", default=None, type=int)
-@click.option("--pgd-steps", default=None, type=int)
-@click.option("--pgd-step-size", default=None, type=NUMBER, help="default eps/4")
-@click.option("--gen-energy", default=None, type=click.Choice(["joint", "ce"]), help="joint: Eq. 17; ce: Eq. 16")
-@click.option("--gen-init", default=None, type=click.Choice(["gaussian", "uniform", "buffer"]))
-@click.option("--gen-steps", default=None, type=int)
-@click.option("--gen-step-size", default=None, type=NUMBER)
-@click.option("--gen-noise", default=None, type=NUMBER)
-@click.option("--inception-weights", default=None, type=click.Path(dir_okay=False),
-              help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (enables Inception Score offline)")
-@click.option("--ref-stats", "ref_stats", default=None, type=click.Path(dir_okay=False),
-              help="FID/KID/PR reference statistics file (bench ref-stats) instead of the training split's")
-@click.option("--n-ref", default=None, type=int, help=N_REF_HELP)
-@click.option("--probes", default=None, type=int, help="Hutchinson probes per point")
-@click.option("--exact-trace/--hutchinson", "exact_trace", default=None, help="exact Hessian trace (small inputs)")
-@click.option("--fisher-space", default=None, type=click.Choice(["pixel", "model"]),
-              help="JFS/MFS derivatives w.r.t. the [0,1] image (pixel, default) or the network's normalised "
-                   "input (model: the paper's convention; differs by 1/s^2)")
-@click.option("--max-diverged", default=None, type=NUMBER,
-              help="IS/FID are null above this fraction of diverged SGLD chains (default 0.1)")
-@click.option("--denoise-label", default=None, type=click.Choice(["predicted", "oracle"]),
-              help="label of the denoising energy E(x, y): the model's prediction on the noisy image "
-                   "(default) or the true label (oracle)")
-@click.option("--channels-last/--no-channels-last", "channels_last", default=None,
-              help="fast path: channels-last memory format (default off)")
-@click.option("--amp", default=None, type=click.Choice(["off", "bf16"]),
-              help="fast path: bf16 autocast for forward passes without gradient (never attack gradients; default off)")
-@click.option("--compile/--no-compile", "compile", default=None, help="fast path: torch.compile the network (default off)")
-@click.option("--ood", default=None, callback=lambda c, p, v: None if v is None else ",".join(
-              s.strip() for s in v.split(",") if s.strip()),
-              help="OOD sets for --suite ood, comma list: uniform, gaussian, constant, inverted, vflip, interp, "
-              "digits, fashion-mnist, cifar10, cifar100, svhn, npz:PATH, folder:PATH (default uniform,interp)")
-@click.option("--n-ood", default=None, type=int, help="points per OOD set (default: n-eval)")
-@click.option("--ood-scores", default=None, help="OOD scores, comma list of px, py, pxgrad (default all three)")
+@setting_options
 @click.option("--resume/--no-resume", default=True, show_default=True, help="reuse finished metrics in --out")
 def run(model, suite, out, dataset, data_root, download, arch, device, resume, **settings):
     """Evaluate a model; writes OUT/results.json, OUT/tables, OUT/figures, OUT/samples."""
     from bench import runner
 
-    if settings.get("inception_weights") and not Path(settings["inception_weights"]).is_file():
-        raise BenchError(f"--inception-weights file not found: {settings['inception_weights']}")
-    if settings.get("ref_stats") and not Path(settings["ref_stats"]).is_file():
-        raise BenchError(f"--ref-stats file not found: {settings['ref_stats']}")
     res = runner.run(model=model, suite=suite, out=out, dataset=dataset, data_root=data_root, arch=arch,
                      device=device, resume=resume, download=download, settings=settings)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports

@@ -13,9 +13,18 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from contextlib import contextmanager
+from enum import StrEnum
 
 import torch
 from torch import nn
+
+
+class Energy(StrEnum):
+    """The energies a classifier's logits f(x) define (docs/CONVENTIONS.md)."""
+
+    JOINT = "joint"  # E(x, y) = -f(x)[y]
+    MARGINAL = "marginal"  # E(x) = -logsumexp_y f(x)[y]
+    CE = "ce"  # E(x, y) - E(x) = cross-entropy
 
 
 class EnergyModel(nn.Module):
@@ -70,17 +79,17 @@ class EnergyModel(nn.Module):
         return -torch.logsumexp(self.logits(x), dim=1)
 
     def energy(self, x: torch.Tensor, y: torch.Tensor | None = None, kind: str = "joint") -> torch.Tensor:
-        """Energy by name: ``joint`` E(x,y), ``marginal`` E(x), ``ce`` E(x,y) - E(x) (Eq. 13, 16)."""
-        if kind == "marginal":
+        """Energy by name (``Energy``): ``joint`` E(x,y), ``marginal`` E(x), ``ce`` E(x,y) - E(x) (Eq. 13, 16)."""
+        if kind not in tuple(Energy):
+            raise ValueError(f"unknown energy {kind!r}; expected one of {', '.join(Energy)}")
+        if kind == Energy.MARGINAL:
             return self.energy_marginal(x)
         if y is None:
             raise ValueError(f"energy {kind!r} needs labels y")
-        if kind == "joint":
+        if kind == Energy.JOINT:
             return self.energy_joint(x, y)
-        if kind == "ce":
-            f = self.logits(x)
-            return torch.logsumexp(f, dim=1) - f.gather(1, y.view(-1, 1)).squeeze(1)
-        raise ValueError(f"unknown energy {kind!r}; expected joint, marginal or ce")
+        f = self.logits(x)  # Energy.CE
+        return torch.logsumexp(f, dim=1) - f.gather(1, y.view(-1, 1)).squeeze(1)
 
     def grad_energy(self, x: torch.Tensor, y: torch.Tensor | None = None, kind: str = "joint",
                     create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

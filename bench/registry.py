@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from bench.energy import evaluates
+from bench.settings import SPECS
 
 # --------------------------------------------------------------------------------------------
 # metric facts: each metric declares what bench check, bench table and the report need to know
@@ -158,6 +159,9 @@ def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings:
     if names is not None and len(patterns) != len(specs):
         raise ValueError(f"group {name}: with names(settings) declare patterns (ending in '*') only")
     _refuse_duplicates(name, specs)
+    undeclared = [k for k in settings if k not in SPECS]
+    if undeclared:
+        raise ValueError(f"group {name}: setting {undeclared[0]!r} is not declared in bench.settings.SETTINGS")
 
     def deco(fn):
         fn = evaluates(fn)  # ctx.model in eval mode while the group runs, its mode restored after

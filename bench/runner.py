@@ -10,7 +10,6 @@ import datetime as _dt
 import hashlib
 import importlib.util
 import json
-import math
 import platform
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ from bench import __version__, checkpoints, data, distributed, fastpath, progres
 from bench.errors import BenchError
 from bench.metrics import Context, Group, Result
 from bench.results import Results, platform_record, write_json
-from bench.settings import DEFAULTS, NORMS, dataset_defaults
+from bench.settings import DEFAULTS, Norm, complete, dataset_defaults, validate
 
 
 def resolve_device(device: str) -> torch.device:
@@ -99,35 +98,13 @@ def resolve_settings(overrides: dict, loaded: checkpoints.Loaded, ds: data.Datas
             s["eps"] = float(tm["eps"])
     s.update({k: v for k, v in overrides.items() if v is not None})
     validate_settings(s, ds.input_shape)
-    if s["pgd_step_size"] is None:
-        s["pgd_step_size"] = s["eps"] / 4
-    if s["landscape_radius"] is None:
-        s["landscape_radius"] = 2 * (s["eps"] if s["norm"] == "Linf" else linf_eps)
-    return s
+    return complete(s, linf_eps=s["eps"] if s["norm"] == Norm.LINF else linf_eps)
 
 
 def validate_settings(s: dict, input_shape=None) -> None:
-    unknown = set(s) - set(DEFAULTS)
-    if unknown:
-        raise BenchError(f"unknown setting {sorted(unknown)[0]!r}")
-    if s["norm"] not in NORMS:
-        raise BenchError(f"unknown norm {s['norm']!r}; expected one of {', '.join(NORMS)}")
-    eps = s["eps"]
-    if not isinstance(eps, int | float) or not math.isfinite(eps) or eps < 0:
-        raise BenchError(f"eps must be a non-negative number, got {eps}")
-    if s["norm"] == "Linf" and eps >= 1:
-        raise BenchError(f"eps {eps:g} is outside [0, 1): inputs live in [0, 1], so give e.g. 8/255, not 8")
-    if s["norm"] == "L2" and input_shape is not None and eps > math.sqrt(math.prod(input_shape)):
-        d = math.prod(input_shape)
-        raise BenchError(f"L2 eps {eps:g} exceeds sqrt({d}) = {math.sqrt(d):.4g}, the diameter of [0, 1]^{d} "
-                         f"for {'x'.join(map(str, input_shape))} images: such a ball holds every image")
-    for k in ("n_gen", "batch_size", "pgd_steps", "probes", "n_score", "ece_bins"):
-        if s[k] is not None and (not isinstance(s[k], int) or s[k] <= 0):
-            raise BenchError(f"{k.replace('_', '-')} must be a positive integer, got {s[k]}")
+    """Every setting against its declaration (``settings.validate``) and the fast paths."""
+    validate(s, input_shape)
     fastpath.FastPath.from_settings(s)  # an unknown amp mode is an error
-    for k in ("n_eval", "n_aa", "n_ref"):
-        if s[k] is not None and (not isinstance(s[k], int) or s[k] <= 0):
-            raise BenchError(f"{k.replace('_', '-')} must be a positive integer, got {s[k]}")
 
 
 def cache_key(group: Group, model_id: str, dataset: str, settings: dict, identity: dict | None = None) -> str:

@@ -40,13 +40,13 @@ from typing import NamedTuple
 import torch
 
 from bench import distributed
-from bench.energy import EnergyModel, evaluates
+from bench.energy import Energy, EnergyModel, evaluates
 from bench.errors import BenchError
-from bench.settings import JEM_SGLD_NOISE, JEM_SGLD_STEP_SIZE
+from bench.settings import JEM_SGLD_NOISE, JEM_SGLD_STEP_SIZE, GenEnergy, GenInit
 
 CHAIN_BLOCK = 32  # chains per noise generator (the unit of randomness of generate)
-INITS = ("gaussian", "uniform", "buffer")
-ENERGIES = ("joint", "ce", "marginal")
+INITS = tuple(GenInit)
+ENERGIES = tuple(Energy)
 
 
 @dataclass
@@ -265,7 +265,7 @@ def generate(model: EnergyModel, data, cfg: SGLDConfig | None = None, n: int = 5
     cfg = cfg or SGLDConfig()
     if not isinstance(n, int) or n <= 0:
         raise BenchError(f"n-gen must be a positive integer, got {n}")
-    if cfg.energy not in ("joint", "ce"):
+    if cfg.energy not in tuple(GenEnergy):
         raise BenchError(f"unknown gen_energy {cfg.energy!r}; expected joint (Eq. 17) or ce (Eq. 16)")
     if init not in INITS:
         raise BenchError(f"unknown gen_init {init!r}; expected one of {', '.join(INITS)}")

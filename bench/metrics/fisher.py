@@ -64,12 +64,12 @@ import math
 import torch
 
 from bench import distributed
-from bench.energy import EnergyModel, evaluates
+from bench.energy import Energy, EnergyModel, evaluates
 from bench.errors import BenchError
 from bench.metrics import Context, Metric, Result, mean_se, register, standard_error
 from bench.taylor import JetUnsupported, forward_over_forward, hvp_batched, jet
 
-KINDS = ("joint", "marginal")
+KINDS = (Energy.JOINT, Energy.MARGINAL)
 SPACES = {"pixel": "pixel: derivatives w.r.t. the image x in [0, 1] (the model's normalisation is part of E)",
           "model": "model: derivatives w.r.t. the network's input z = (x - mean) / std (the paper's convention)"}
 STD_NOTE = "standard error of the mean over points, sd / sqrt(n), of the per-point estimates"

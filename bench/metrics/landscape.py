@@ -40,7 +40,7 @@ import math
 
 import torch
 
-from bench import distributed, fastpath
+from bench import distributed, fastpath, settings
 from bench.energy import EnergyModel, evaluates
 from bench.metrics import MEAN, Context, Metric, Result, mean_se, register
 
@@ -122,8 +122,7 @@ def landscape_group(ctx: Context) -> dict[str, Result]:
     from bench import plots
 
     s = ctx.settings
-    radius = s.get("landscape_radius")
-    radius = float(2 * s["eps"] if radius is None else radius)
+    radius = float(settings.value(s, "landscape_radius"))
     res_n = int(s["landscape_resolution"])
     split = ctx.data.test.subset(int(s["landscape_images"]))
     x, y = split.x, split.y

@@ -45,7 +45,7 @@ import math
 import numpy as np
 import torch
 
-from bench import ood_data
+from bench import ood_data, settings
 from bench.attacks import check_in_ball, uniform_start
 from bench.errors import BenchError
 from bench.metrics import Context, Metric, Result, _seed_for, register
@@ -296,7 +296,7 @@ def ood_adv_group(ctx: Context) -> dict[str, Result]:
         return {k: Result.missing(f"the OOD attack is L-inf; norm {s['norm']!r} was asked for") for k in names}
     eps = float(s["eps"])
     steps = int(s["pgd_steps"])
-    step = float(s["pgd_step_size"]) if s.get("pgd_step_size") is not None else eps / 4
+    step = float(settings.value(s, "pgd_step_size"))
     which = score_list(s)
     split = ctx.data.test.subset(s["n_eval"])
     sets = _sets(ctx)

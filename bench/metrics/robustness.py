@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from bench import distributed
+from bench import distributed, settings
 from bench.aa_adapter import float32_input_grads, run_autoattack, run_blocks, summarise
 from bench.attacks import NORMS, check_in_ball, pgd_restarts
 from bench.energy import EnergyModel, evaluates
@@ -159,7 +159,7 @@ def pgd_flags(ctx: Context, loss: str, tag: str, points: str = "n_eval",
         return Result.missing(f"PGD supports the norms {', '.join(NORMS)}; norm {norm!r} was asked for"), None
     eps = float(s["eps"])
     steps = int(s["pgd_steps"])
-    step = float(s["pgd_step_size"]) if s.get("pgd_step_size") is not None else eps / 4
+    step = float(settings.value(s, "pgd_step_size"))
     restarts = max(1, int(s.get("pgd_restarts") or 1))
     split = _split(ctx, points)
     clean_all, robust_all = [torch.zeros(0, dtype=torch.bool)], [torch.zeros(0, dtype=torch.bool)]
