@@ -61,7 +61,7 @@ class Loaded:
     meta: dict
     path: str
     sha256: str | None
-    replay_buffer: torch.Tensor | None = None
+    replay_buffer: torch.Tensor | None = None  # SGLD replay buffer, images in [0, 1] whatever the file format
     extra: dict = field(default_factory=dict)
 
     weights_sha256: str | None = None  # weights_sha256(model), set by ``load`` (and by the runner after
@@ -245,6 +245,8 @@ def _load_torch(path: Path, arch, num_classes, input_shape, arch_kwargs, mean, s
         meta["normalization"] = _normalization(model, given)
     elif is_jem:
         meta["normalization"] = _normalization(model, "JEM checkpoint: JEM's (x - 0.5) / 0.5 input scaling")
+        if replay is not None:  # JEM stores its buffer in its normalised space: handed over in [0, 1]
+            replay = replay.float() * model.std + model.mean
     else:
         meta["normalization"] = _normalization(model, "default (mean 0, std 1)", PLAIN_STATE_DICT_WARNING)
     return Loaded(model.eval(), meta, str(path), sha256(path), replay)

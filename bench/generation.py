@@ -1,5 +1,5 @@
 """The run's generated set: ``generated(ctx)`` makes it once per run with the SGLD sampler
-(``bench.sampling.generate``, the run's generation settings), memoises it in ``ctx.shared``, saves
+(``bench.sampling.generate``, the run's generation settings), memoises it in ``ctx.generation``, saves
 it to ``OUT/samples/samples.npz`` with a grid PNG, and reuses that file when it records the same
 generation key (``generation_key``: settings, model, data, code)."""
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,23 @@ import torch
 
 from bench import __version__, distributed
 from bench.fileio import atomic_write_bytes
-from bench.sampling import CHAIN_BLOCK, ReplayBuffer, SGLDConfig, generate
+from bench.sampling import CHAIN_BLOCK, SGLDConfig, generate
 from bench.settings import DEFAULTS, GEN_SETTINGS
 
 SAMPLES_FORMAT = 1
+
+
+@dataclass
+class Generated:
+    """The run's generated set (on the CPU): images (a diverged chain is a NaN image), labels, the
+    count of diverged chains, the key it was made under (``generation_key``) and how it was made
+    (``info``: reused from samples.npz or generated, seconds, device, grid path)."""
+
+    key: dict
+    x: torch.Tensor
+    y: torch.Tensor
+    n_diverged: int
+    info: dict = field(default_factory=dict)
 
 
 def generation_key(ctx) -> dict:
@@ -69,28 +83,15 @@ def save_samples(path: Path, x: torch.Tensor, y: torch.Tensor, meta: dict) -> Pa
     return path
 
 
-def _replay_buffer_for(ctx):
-    """The checkpoint's replay buffer in [0, 1]: JEM files store theirs in JEM's normalised
-    space (x - 0.5) / 0.5, mapped back here with the model's own mean and std."""
-    buf = ctx.shared.get("replay_buffer")
-    loaded = ctx.shared.get("loaded")
-    meta = getattr(loaded, "meta", None) or {}
-    if buf is not None and not isinstance(buf, ReplayBuffer) and meta.get("source_format") == "jem":
-        m = ctx.model
-        buf = buf.to(m.mean.device) * m.std + m.mean
-    return buf
-
-
-def generated(ctx) -> tuple[torch.Tensor, torch.Tensor]:
-    """The run's generated images and labels (CPU): made once per run (memoised in
-    ``ctx.shared['generated']``), saved to ``OUT/samples/samples.npz`` with a grid PNG
-    (``OUT/samples/grid.png``, one row per class as in Fig. 6), and reused from that file when it
-    records the same generation settings and model sha256.  Diverged chains are NaN images; their
-    count is ``ctx.shared['n_diverged']``; ``ctx.shared['generation']`` says how the set was made."""
+def generated(ctx) -> Generated:
+    """The run's generated set: made once per run (memoised in ``ctx.generation``), saved to
+    ``OUT/samples/samples.npz`` with a grid PNG (``OUT/samples/grid.png``, one row per class as in
+    Fig. 6), and reused from that file when it records the same generation key.  SGLD chains that
+    start from the replay buffer take ``ctx.replay_buffer`` (in [0, 1], as the checkpoint loader
+    hands it over)."""
     key = generation_key(ctx)
-    memo = ctx.shared.get("generated")
-    if memo is not None and memo.get("key") == key:
-        return memo["x"], memo["y"]
+    if ctx.generation is not None and ctx.generation.key == key:
+        return ctx.generation
     s = ctx.settings
     folder = samples_dir(ctx)
     npz, grid = folder / "samples.npz", folder / "grid.png"
@@ -105,7 +106,7 @@ def generated(ctx) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = SGLDConfig.from_settings(s)
         res = generate(ctx.model, ctx.data, cfg, n=int(s.get("n_gen", DEFAULTS["n_gen"])),
                        init=str(s.get("gen_init", DEFAULTS["gen_init"])), generator=ctx.generator("generate"),
-                       replay_buffer=_replay_buffer_for(ctx), batch_size=int(s.get("batch_size", DEFAULTS["batch_size"])),
+                       replay_buffer=ctx.replay_buffer, batch_size=int(s.get("batch_size", DEFAULTS["batch_size"])),
                        progress=ctx.iterate, device=ctx.device, sharded=distributed.active())
         x, y, n_div = res.x, res.y, res.n_diverged
         seconds = round(time.time() - t0, 3)
@@ -116,10 +117,8 @@ def generated(ctx) -> tuple[torch.Tensor, torch.Tensor]:
     if not grid.is_file() or not info["reused"]:
         _grid(ctx, x, y, grid, n_div)
     info.update(n=len(x), n_diverged=n_div, grid=str(grid))
-    ctx.shared["generated"] = {"key": key, "x": x, "y": y}
-    ctx.shared["n_diverged"] = n_div
-    ctx.shared["generation"] = info
-    return x, y
+    ctx.generation = Generated(key, x, y, n_div, info)
+    return ctx.generation
 
 
 def _grid(ctx, x, y, path: Path, n_div: int) -> None:

@@ -122,6 +122,7 @@ class Group:
     # the names per run (for_settings)
     names: Callable[[dict], tuple[str, ...]] | None = None
     specs: tuple[Metric, ...] = ()  # the declared facts of its metrics (names or patterns)
+    needs: tuple[str, ...] = ()  # run-wide inputs beyond model and data (NEEDS), made before it runs
 
     def for_settings(self, settings: dict) -> Group:
         """This group with its metric names for a run's settings: itself unless it declares
@@ -140,8 +141,14 @@ class Group:
 GROUPS: dict[str, Group] = {}
 
 
+# run-wide inputs a group may declare: "generated", the run's SGLD set (bench.generation.generated),
+# made once before the group runs (under torchrun by every rank together) and shared by the groups
+NEEDS = ("generated",)
+
+
 def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings: tuple[str, ...],
-             sharded: bool = False, names: Callable[[dict], tuple[str, ...]] | None = None):
+             sharded: bool = False, names: Callable[[dict], tuple[str, ...]] | None = None,
+             needs: tuple[str, ...] = ()):
     """Decorator: register ``fn(ctx) -> {metric: Result}`` as group ``name`` of ``suite`` (a new
     suite name makes a new suite: bench.suites).  ``metrics`` declares every metric the group
     returns, each a ``Metric`` (a bare name is a ``Metric`` with no facts: plain float, not
@@ -149,7 +156,9 @@ def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings:
     the ``*`` patterns that declare them (see ``Group.for_settings``).  A metric name (or pattern)
     another group already declares is refused (ValueError), as is a pattern without ``names``.
     A ``sharded`` group takes its points through ``ctx.batches`` and reassembles per-point results
-    with ``ctx.gather``, so under torchrun every rank works on its share."""
+    with ``ctx.collect``/``ctx.gather``, so under torchrun every rank works on its share.  ``needs``
+    names the run-wide inputs it reads (``NEEDS``); every setting it reads is listed in ``settings``
+    (declared in ``bench.settings.SETTINGS``), which keys its cache."""
     specs = tuple(m if isinstance(m, Metric) else Metric(m) for m in metrics or ())
     if not specs:
         raise ValueError(f"group {name}: declare its metrics")
@@ -159,6 +168,9 @@ def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings:
     if names is not None and len(patterns) != len(specs):
         raise ValueError(f"group {name}: with names(settings) declare patterns (ending in '*') only")
     _refuse_duplicates(name, specs)
+    unknown = [k for k in needs if k not in NEEDS]
+    if unknown:
+        raise ValueError(f"group {name}: needs {unknown[0]!r}; a group may need {', '.join(NEEDS)}")
     undeclared = [k for k in settings if k not in SPECS]
     if undeclared:
         raise ValueError(f"group {name}: setting {undeclared[0]!r} is not declared in bench.settings.SETTINGS")
@@ -166,7 +178,7 @@ def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings:
     def deco(fn):
         fn = evaluates(fn)  # ctx.model in eval mode while the group runs, its mode restored after
         exact = tuple(sp.name for sp in specs if not sp.is_pattern)
-        GROUPS[name] = Group(name, suite, exact, tuple(settings), fn, sharded, names, specs)
+        GROUPS[name] = Group(name, suite, exact, tuple(settings), fn, sharded, names, specs, tuple(needs))
         return fn
 
     return deco

@@ -251,9 +251,8 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
                  data_sha256=identity["data"],
                  generation_code_sha256=code_sha256("bench.generation", memo))  # keys samples.npz
     model = fastpath.apply(loaded.model.to(dev).eval(), fastpath.FastPath.from_settings(s))
-    ctx = Context(model, ds, s_run, dev, out,
-                  shared={"replay_buffer": loaded.replay_buffer, "loaded": loaded, "data_root": data_root},  # data_root: --ood sets
-                  progress=progress.bar)
+    ctx = Context(model, ds, s_run, dev, out, progress=progress.bar,
+                  replay_buffer=loaded.replay_buffer, data_root=data_root)
     cache_dir = out / "cache"
     cache_dir.mkdir(exist_ok=True)
     res = Results(loaded.describe() | {"dataset": ds.name, "num_classes": ds.num_classes}, {
@@ -314,7 +313,7 @@ def _compute_distributed(g: Group, ctx: Context) -> tuple[dict[str, Result], boo
     generated images first make the generated set together (sharded over chain blocks)."""
     if not distributed.active():
         return _compute_halving(g, ctx)
-    if "n_gen" in g.settings:
+    if "generated" in g.needs:
         from bench.generation import generated
 
         generated(ctx)
@@ -372,9 +371,9 @@ def _compute_halving(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
 def _compute(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
     """-> (results, cacheable).  Out of memory gives nulls with the reason (not cached: a rerun,
     say with a smaller --batch-size, retries); non-finite logits of the model on finite inputs give
-    nulls with their count, and the run goes on.  Groups on generated samples (they declare n_gen)
+    nulls with their count, and the run goes on.  Groups on generated samples (needs=("generated",))
     count diverged chains themselves and are not watched."""
-    watch = None if "n_gen" in g.settings else _NonFiniteLogits(ctx.model)
+    watch = None if "generated" in g.needs else _NonFiniteLogits(ctx.model)
     error = None
     try:
         out = g.fn(ctx)

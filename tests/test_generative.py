@@ -268,16 +268,17 @@ def test_diverging_chains_are_counted_and_never_written(net_cls, tmp_path):
     assert (res2.diverged | ~bad).all()  # every chain that started bad diverged
     assert torch.equal(torch.isnan(res2.x.flatten(1)).all(1), res2.diverged)
     assert torch.isfinite(res2.x[~res2.diverged]).all()
-    # generated(ctx): NaN rows in samples.npz, the count in ctx.shared and the file's meta
+    # generated(ctx): NaN rows in samples.npz, the count in ctx.generation and the file's meta
     ctx = ctx_for(model, ds, tmp_path, n_gen=n, gen_steps=4, gen_step_size=0.1, gen_noise=0.0, gen_init="uniform")
-    gx, gy = generation.generated(ctx)
-    assert ctx.shared["n_diverged"] == int(torch.isnan(gx.flatten(1)).all(1).sum()) > 0
+    gen = generation.generated(ctx)
+    gx = gen.x
+    assert ctx.generation.n_diverged == int(torch.isnan(gx.flatten(1)).all(1).sum()) > 0
     with np.load(tmp_path / "samples" / "samples.npz") as z:
         xs = z["x"]
         meta = json.loads(str(z["meta"]))
     rows = np.isnan(xs.reshape(n, -1))
     assert (rows.all(1) | ~rows.any(1)).all()  # a row is all NaN or all finite
-    assert rows.all(1).sum() == meta["n_diverged"] == ctx.shared["n_diverged"]
+    assert rows.all(1).sum() == meta["n_diverged"] == ctx.generation.n_diverged
     assert (tmp_path / "samples" / "grid.png").stat().st_size > 0
 
 
@@ -361,21 +362,23 @@ def test_inits(digits):
 def test_generated_is_saved_and_reused(digits, tmp_path):
     model = tiny_model()
     ctx = ctx_for(model, digits, tmp_path, n_gen=20, gen_steps=2)
-    x, y = generation.generated(ctx)
-    assert ctx.shared["generation"]["reused"] is False
+    gen = generation.generated(ctx)
+    x, y = gen.x, gen.y
+    assert ctx.generation.info["reused"] is False
     npz, grid = tmp_path / "samples" / "samples.npz", tmp_path / "samples" / "grid.png"
     assert npz.is_file() and grid.is_file()
-    assert generation.generated(ctx)[0] is x  # memoised within a run
+    assert generation.generated(ctx).x is x  # memoised within a run
     ctx2 = ctx_for(model, digits, tmp_path, n_gen=20, gen_steps=2)
-    x2, y2 = generation.generated(ctx2)
-    assert ctx2.shared["generation"]["reused"] is True
+    gen2 = generation.generated(ctx2)
+    x2, y2 = gen2.x, gen2.y
+    assert ctx2.generation.info["reused"] is True
     assert torch.equal(x, x2) and torch.equal(y, y2)
     ctx3 = ctx_for(model, digits, tmp_path, n_gen=20, gen_steps=3)  # other settings: made again
-    x3, _ = generation.generated(ctx3)
-    assert ctx3.shared["generation"]["reused"] is False and not torch.equal(x, x3)
+    x3 = generation.generated(ctx3).x
+    assert ctx3.generation.info["reused"] is False and not torch.equal(x, x3)
     npz.write_bytes(b"garbage")  # unreadable: regenerated, never trusted
     ctx4 = ctx_for(model, digits, tmp_path, n_gen=20, gen_steps=3)
-    assert torch.equal(generation.generated(ctx4)[0], x3) and ctx4.shared["generation"]["reused"] is False
+    assert torch.equal(generation.generated(ctx4).x, x3) and ctx4.generation.info["reused"] is False
 
 
 # --------------------------------------------------------------------------------------------

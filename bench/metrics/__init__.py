@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,6 +22,9 @@ from bench import distributed
 from bench.data import Dataset
 from bench.energy import EnergyModel
 from bench.results import Result  # noqa: F401  (re-exported: metric modules import it from here)
+
+if TYPE_CHECKING:
+    from bench.generation import Generated
 
 
 @dataclass
@@ -32,9 +36,19 @@ class Context:
     settings: dict
     device: torch.device
     out: Path
-    shared: dict = field(default_factory=dict)  # per-run memo, e.g. generated samples
+    replay_buffer: torch.Tensor | None = None  # the checkpoint's SGLD replay buffer, images in [0, 1]
+    data_root: str | None = None  # where data sets live (--data-root): OOD sets load from it
+    generation: Generated | None = None  # the run's generated set, once made (bench.generation.generated)
     progress: Callable | None = None  # progress(iterable, desc=..., total=...) -> iterable
     sharded: bool = False  # set by the runner while a sharded group runs under torchrun
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    def once(self, key, make: Callable[[], Any]) -> Any:
+        """``make()`` computed once per run under ``key`` (groups that share an input, e.g. the
+        fitted temperature or the OOD sets, compute it once)."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     def generator(self, tag: str) -> torch.Generator:
         """A generator seeded by (seed, tag) on the model's device: each group draws from its own
@@ -71,6 +85,18 @@ class Context:
         """Per-point results of this rank's batches -> those of all batches, in order (identity in
         one process or outside a sharded group)."""
         return distributed.gather(t) if self.sharded else t
+
+    def collect(self, parts: list[torch.Tensor], empty: torch.Tensor | torch.dtype = torch.float64) -> torch.Tensor:
+        """The per-point results of this rank's batches (``parts``, one tensor per batch)
+        concatenated, then gathered over ranks: those of all points, in order.  A rank with no
+        batch contributes ``empty`` (a dtype, or a tensor of shape (0, ...) for per-point rows)."""
+        if not parts:
+            parts = [empty if isinstance(empty, torch.Tensor) else torch.zeros(0, dtype=empty)]
+        return self.gather(torch.cat(parts))
+
+    def gather_max(self, value: float) -> float:
+        """The largest of one number per rank (e.g. the largest perturbation any rank measured)."""
+        return float(self.gather(torch.tensor([value], dtype=torch.float64)).max())
 
 
 def mean_se(v: torch.Tensor) -> tuple[float, float | None, float | None]:

@@ -243,7 +243,7 @@ def _logits_of(ctx: Context, x_all: torch.Tensor, y_all: torch.Tensor, adversari
     FGSM (the fast gradient method x + eps g / ||g||_2 under ``--norm L2``)."""
     eps, norm = float(ctx.settings["eps"]), ctx.settings.get("norm", "Linf")
     k = ctx.data.num_classes
-    out, labels, max_dist = [torch.zeros(0, k, dtype=torch.float64)], [torch.zeros(0, dtype=torch.long)], 0.0
+    out, labels, max_dist = [], [], 0.0
     for x, y in ctx.batches(x_all, y_all, desc=tag):
         if adversarial:
             adv = fgsm(ctx.model, x, y, eps, loss="ce", norm=norm)
@@ -252,13 +252,13 @@ def _logits_of(ctx: Context, x_all: torch.Tensor, y_all: torch.Tensor, adversari
         with torch.no_grad():
             out.append(ctx.model.logits(x).double().cpu())
         labels.append(y.cpu())
-    max_dist = float(ctx.gather(torch.tensor([max_dist], dtype=torch.float64)).max())
-    return ctx.gather(torch.cat(out)), ctx.gather(torch.cat(labels)), max_dist
+    return (ctx.collect(out, torch.zeros(0, k, dtype=torch.float64)), ctx.collect(labels, torch.long),
+            ctx.gather_max(max_dist))
 
 
 def _temperature(ctx: Context) -> tuple[float, dict]:
     """The temperature fitted on the held-out calibration split (memoised per run)."""
-    if "temperature" not in ctx.shared:
+    def fit() -> tuple[float, dict]:
         train = ctx.data.train
         n = max(1, int(round(CALIBRATION_FRACTION * len(train))))
         z, y, _ = _logits_of(ctx, train.x[-n:], train.y[-n:], False, "temperature")
@@ -268,8 +268,9 @@ def _temperature(ctx: Context) -> tuple[float, dict]:
                 "nll_after": float(nll_per_point(z / t, y).mean()),
                 "accuracy": float((z.argmax(1) == y).double().mean()),
                 "at_bound": bool(min(abs(np.log(t / b)) for b in TEMPERATURE_BOUNDS) < 1e-3)}
-        ctx.shared["temperature"] = (t, info)
-    return ctx.shared["temperature"]
+        return t, info
+
+    return ctx.once("temperature", fit)
 
 
 def _extra_results(ctx: Context, adversarial: bool) -> dict[str, Result]:

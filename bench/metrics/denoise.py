@@ -110,8 +110,7 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
     # the Langevin settings); the chains draw from another
     g_noise = ctx.generator("denoise/noise")
     noisy = add_noise(split.x.to(g_noise.device), float(s["denoise_var"]), g_noise).cpu()
-    den_all, finite_all = {c: [noisy[:0]] for c in counts}, [torch.zeros(0, dtype=torch.bool)]
-    used_all = [torch.zeros(0, dtype=torch.long)]
+    den_all, finite_all, used_all = {c: [] for c in counts}, [], []
     for i, xn, y in ctx.batches(noisy, split.y, desc="denoise", indexed=True):
         if label == "predicted":
             with torch.no_grad():
@@ -123,9 +122,9 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
         for c in counts:
             den_all[c].append(snaps[c].cpu())
     clean = split.x
-    den = {c: ctx.gather(torch.cat(v)) for c, v in den_all.items()}
-    finite = ctx.gather(torch.cat(finite_all))
-    used = ctx.gather(torch.cat(used_all))
+    den = {c: ctx.collect(v, noisy[:0]) for c, v in den_all.items()}
+    finite = ctx.collect(finite_all, torch.bool)
+    used = ctx.collect(used_all, torch.long)
     n = len(clean)
     last = counts[-1]
 

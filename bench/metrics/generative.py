@@ -109,7 +109,8 @@ def _refuse_train_is_test(x_gen: torch.Tensor, ext: features.Extractor, ctx: Con
                    Metric("kid_mean", "kid", False), Metric("kid_std", "kid"),
                    Metric("precision", "proportion", True), Metric("recall", "proportion", True),
                    Metric("diversity_ssim", "ssim")),
-          settings=(*GEN_SETTINGS, "inception_weights", "fid_extractor", "max_diverged", "ref_stats", "n_ref"), sharded=True)
+          settings=(*GEN_SETTINGS, "inception_weights", "fid_extractor", "max_diverged", "ref_stats", "n_ref"), sharded=True,
+          needs=("generated",))
 def generative_group(ctx: Context) -> dict[str, Result]:
     """IS and FID of the run's generated images against the training split (Sec. 4.2), and the
     share of diverged chains (IS/FID null above ``max_diverged``)."""
@@ -119,10 +120,11 @@ def generative_group(ctx: Context) -> dict[str, Result]:
     s = ctx.settings
     names = ("is_mean", "is_std", "fid", *FEATURE_METRICS, "diversity_ssim")
     limit = max_diverged(s)
-    gx, gy = generated(ctx)
+    gen = generated(ctx)
+    gx, gy = gen.x, gen.y
     finite = torch.isfinite(gx.flatten(1)).all(1)
     n_gen, n_ok = len(gx), int(finite.sum())
-    n_div = int(ctx.shared.get("n_diverged", n_gen - n_ok))
+    n_div = gen.n_diverged
     div, too_many = diverged_result(n_gen, n_div, limit)
     div = {"diverged_fraction": div}
     if ctx.data.input_shape[0] not in (1, 3):
@@ -139,7 +141,7 @@ def generative_group(ctx: Context) -> dict[str, Result]:
         ext = features.resolve_extractor(s.get("fid_extractor") or "auto", s.get("inception_weights"))
     except features.ExtractorUnavailable as e:
         return {m: Result.missing(str(e)) for m in names} | div
-    gen_info = ctx.shared.get("generation", {})
+    gen_info = gen.info
     details = {"extractor": ext.name, "extractor_identity": ext.identity, "extractor_source": ext.source,
                "weights": ext.weights, "feature_layer": ext.fid_layer, "n_generated": n_gen, "n_finite": n_ok,
                "n_diverged": n_div, "max_diverged": limit, "reference": f"{ctx.data.name}:train",

@@ -225,23 +225,23 @@ def _n_ood(ctx: Context) -> int:
 def _sets(ctx: Context) -> list[tuple[ood_data.OODSpec, torch.Tensor, dict]]:
     """The OOD sets of the run (memoised per run: the clean and the adversarial group share them)."""
     s = ctx.settings
-    key = ("ood_sets", s.get("ood"), _n_ood(ctx), s["seed"])
-    if key not in ctx.shared:
+    def load() -> list[tuple[ood_data.OODSpec, torch.Tensor, dict]]:
         out = []
         for spec in ood_sets(s):
             g = torch.Generator().manual_seed(_seed_for(s["seed"], f"ood/{spec.name}"))  # CPU: same on any device
-            x, info = ood_data.load(spec, ctx.data, _n_ood(ctx), g, ctx.shared.get("data_root"))
+            x, info = ood_data.load(spec, ctx.data, _n_ood(ctx), g, ctx.data_root)
             out.append((spec, x, info))
-        ctx.shared[key] = out
-    return ctx.shared[key]
+        return out
+
+    return ctx.once(("ood_sets", s.get("ood"), _n_ood(ctx), s["seed"]), load)
 
 
 def _score_points(ctx: Context, x: torch.Tensor, which: list[str], desc: str) -> dict[str, torch.Tensor]:
-    parts = {k: [torch.zeros(0, dtype=torch.float64)] for k in which}
+    parts = {k: [] for k in which}
     for (xb,) in ctx.batches(x, desc=desc):
         for k, v in scores(ctx.model, xb, which).items():
             parts[k].append(v.cpu())
-    return {k: ctx.gather(torch.cat(v)) for k, v in parts.items()}
+    return {k: ctx.collect(v) for k, v in parts.items()}
 
 
 def _results(prefix: str, s_in: dict, s_out: dict, specs, infos, extra: dict) -> dict[str, Result]:
@@ -305,7 +305,7 @@ def ood_adv_group(ctx: Context) -> dict[str, Result]:
     for spec, x, _ in sets:
         s_out[spec.name] = {}
         for sc in which:
-            parts = [torch.zeros(0, dtype=torch.float64)]
+            parts = []
             for i, xb in ctx.batches(x, desc=f"ood_adv {sc} {spec.name}", indexed=True):
                 gen = ctx.generator(f"ood_adv/{sc}/{spec.name}/batch{i}")
                 if sc == "pxgrad":  # a double backward: never through a compiled or autocast network
@@ -316,8 +316,8 @@ def ood_adv_group(ctx: Context) -> dict[str, Result]:
                 check_in_ball(xb, adv, eps)  # checked, not assumed
                 max_dist = max(max_dist, (adv - xb).abs().amax().item())
                 parts.append(scores(ctx.model, adv, [sc])[sc].cpu())
-            s_out[spec.name][sc] = ctx.gather(torch.cat(parts))
-    max_dist = float(ctx.gather(torch.tensor([max_dist], dtype=torch.float64)).max())
+            s_out[spec.name][sc] = ctx.collect(parts)
+    max_dist = ctx.gather_max(max_dist)
     specs, infos = [s for s, _, _ in sets], [i for _, _, i in sets]
     figs = _histograms(ctx, "ood_adv", s_in, s_out, specs,
                        f"{ctx.data.name} test vs OOD sets after PGD (L-inf eps = {eps:.4g}) raising the score")

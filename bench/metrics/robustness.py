@@ -128,11 +128,11 @@ def _split(ctx: Context, key: str = "n_eval"):
 @register("accuracy", "robust", metrics=(Metric.proportion("accuracy"),), settings=("n_eval",), sharded=True)
 def accuracy_group(ctx: Context) -> dict[str, Result]:
     split = _split(ctx)
-    flags = [torch.zeros(0, dtype=torch.bool)]
+    flags = []
     with torch.no_grad():
         for x, y in ctx.batches(split.x, split.y, desc="accuracy"):
             flags.append((ctx.model.logits(x).argmax(1) == y).cpu())
-    flags = ctx.gather(torch.cat(flags))
+    flags = ctx.collect(flags, torch.bool)
     p, se, n = proportion(flags)
     return {"accuracy": Result(p, se, n, details={"correct": int(flags.sum()), "std": STD_NOTE})}
 
@@ -162,7 +162,7 @@ def pgd_flags(ctx: Context, loss: str, tag: str, points: str = "n_eval",
     step = float(settings.value(s, "pgd_step_size"))
     restarts = max(1, int(s.get("pgd_restarts") or 1))
     split = _split(ctx, points)
-    clean_all, robust_all = [torch.zeros(0, dtype=torch.bool)], [torch.zeros(0, dtype=torch.bool)]
+    clean_all, robust_all = [], []
     max_dist = 0.0
     for i, x, y in ctx.batches(split.x, split.y, desc=desc or tag, indexed=True):
         gen = ctx.generator(f"{tag}/batch{i}")  # random starts per batch: the same under torchrun
@@ -177,8 +177,8 @@ def pgd_flags(ctx: Context, loss: str, tag: str, points: str = "n_eval",
             robust = ctx.model.logits(adv).argmax(1) == y
         clean_all.append(clean.cpu())
         robust_all.append(robust.cpu())
-    clean, robust = ctx.gather(torch.cat(clean_all)), ctx.gather(torch.cat(robust_all))
-    max_dist = float(ctx.gather(torch.tensor([max_dist], dtype=torch.float64)).max())
+    clean, robust = ctx.collect(clean_all, torch.bool), ctx.collect(robust_all, torch.bool)
+    max_dist = ctx.gather_max(max_dist)
     check_robust_le_clean(clean, robust, tag)
     p, se, n = proportion(robust)
     details = {

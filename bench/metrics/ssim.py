@@ -226,8 +226,7 @@ def show_order(y: torch.Tensor, n: int) -> list[int]:
 
 
 @register("ssim_nn", "memorization", metrics=(Metric("ssim_nn", "ssim", tolerance=absolute(0.02), range=2.0),),
-          settings=(*GEN_SETTINGS, "ssim_k", "ssim_n_show"),
-          sharded=True)
+          settings=(*GEN_SETTINGS, "ssim_k", "ssim_n_show"), sharded=True, needs=("generated",))
 def ssim_group(ctx: Context) -> dict[str, Result]:
     """SSIM of each generated image to its nearest training image (whole training split), and the
     Fig. 7 neighbour grid."""
@@ -237,7 +236,8 @@ def ssim_group(ctx: Context) -> dict[str, Result]:
     s = ctx.settings
     if ctx.data.train_is_test:  # the nearest "training" images would be the evaluated images themselves
         return {"ssim_nn": Result.missing(f"refused: {TRAIN_IS_TEST}")}
-    gx, gy = generated(ctx)
+    gen = generated(ctx)
+    gx, gy = gen.x, gen.y
     gx = gx.detach().cpu()
     finite = torch.isfinite(gx.flatten(1)).all(1)
     if not finite.any():
