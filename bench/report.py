@@ -1,10 +1,13 @@
 """report.html: one self-contained page a person opens instead of reading results.json.
 
-The page holds the paper-style tables, every PNG under each run's ``figures/`` and ``samples/``
-(sample grids, reliability diagrams, energy contours, SSIM neighbour grids: whatever the run
-wrote), each embedded as a base64 ``data:`` URI so the file can be mailed or archived alone, and
-each run's model (sha256 included), metrics, settings (``run.config``) and versions.  Plain HTML
-with inline CSS, no scripts; every piece of text from the results is HTML-escaped.
+The page holds the paper-style tables, every figure each run's results record (sample grids,
+reliability diagrams, energy contours, SSIM neighbour grids, OOD histograms: the PNG paths a
+metric's ``details`` name under ``figure``, ``figures`` or ``grid``, relative to the run's folder),
+each embedded as a base64 ``data:`` URI so the file can be mailed or archived alone, and each run's
+model (sha256 included), metrics, settings (``run.config``) and versions.  A figure is found from
+``results.json``, never by searching folders: a stale PNG that no result names is not shown, and
+a recorded path outside the run's folder is ignored.  Plain HTML with inline CSS, no scripts;
+every piece of text from the results is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from bench.fileio import atomic_write_bytes
 from bench.results import Results
 from bench.table_format import to_html
 
-FIGURE_DIRS = ("figures", "samples")
+FIGURE_KEYS = ("figure", "figures", "grid")  # the details keys under which groups record the figures they wrote
+FIGURE_DIRS = ("figures", "samples")  # the order figures are shown in: figures/ first, then samples/
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto;
@@ -55,15 +59,36 @@ def data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def figures(run_dir: Path) -> list[Path]:
-    """Every PNG under ``run_dir/figures`` and ``run_dir/samples`` (recursively), in name order."""
-    run_dir = Path(run_dir)
+def recorded_figures(res: Results) -> list[str]:
+    """The figure paths the metrics' details record (``FIGURE_KEYS``), each once, in metric order."""
     found = []
-    for sub in FIGURE_DIRS:
-        d = run_dir / sub
-        if d.is_dir():
-            found += sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() == ".png")
+    for r in res.metrics.values():
+        details = r.details if isinstance(r.details, dict) else {}
+        for key in FIGURE_KEYS:
+            v = details.get(key)
+            for path in ([v] if isinstance(v, str) else v if isinstance(v, list) else []):
+                if isinstance(path, str) and path and path not in found:
+                    found.append(path)
     return found
+
+
+def figures(run_dir: Path, res: Results) -> list[Path]:
+    """The PNG files that ``res`` records (``recorded_figures``) and that exist inside ``run_dir``,
+    each once, as ``run_dir / relative path``: those under ``figures/``, then ``samples/``, then any
+    other folder, each in name order."""
+    run_dir = Path(run_dir)
+    root = run_dir.resolve()
+    found = set()
+    for rec in recorded_figures(res):
+        p = (run_dir / rec).resolve()
+        if p.suffix.lower() == ".png" and p.is_relative_to(root) and p.is_file():
+            found.add(run_dir / p.relative_to(root))
+
+    def order(p: Path):
+        top = p.relative_to(run_dir).parts[0]
+        return (FIGURE_DIRS.index(top) if top in FIGURE_DIRS else len(FIGURE_DIRS), p)
+
+    return sorted(found, key=order)
 
 
 def _num(v) -> str:
@@ -94,10 +119,10 @@ def _metrics(res: Results) -> str:
     return f'<table class="metrics"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def _figures(run_dir: Path) -> str:
-    figs = figures(run_dir)
+def _figures(run_dir: Path, res: Results) -> str:
+    figs = figures(run_dir, res)
     if not figs:
-        return '<p class="meta">No figures in figures/ or samples/.</p>'
+        return '<p class="meta">No figures recorded in results.json.</p>'
     items = []
     for p in figs:
         rel = p.relative_to(run_dir).as_posix()
@@ -121,7 +146,7 @@ def run_section(run_dir: Path, res: Results, name: str, open_: bool = True) -> s
         f"<details{' open' if open_ else ''}><summary>{e(name)}</summary>",
         f'<p class="meta">model sha256: <code>{e(m.get("sha256") or "unknown")}</code></p>',
         "<h3>Metrics</h3>", _metrics(res),
-        "<h3>Figures</h3>", _figures(run_dir),
+        "<h3>Figures</h3>", _figures(run_dir, res),
         "<h3>Model</h3>", _kv(model),
         "<h3>Run</h3>", _kv(run),
         "<h3>Settings (run.config)</h3>", _kv(config) if config else '<p class="meta">none recorded</p>',

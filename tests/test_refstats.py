@@ -94,6 +94,9 @@ def test_ref_stats_file_gives_the_same_numbers_as_the_cache_path(tmp_path, tiny,
     checkpoints.save(ckpt, tiny_model(), META)
     cached = _run(ckpt, tmp_path / "a").metrics
     assert cached["fid"].details["reference_cache"] == "miss"
+    # the samples' grid is recorded with the results, whence report.html takes it
+    assert cached["diverged_fraction"].details["grid"] == "samples/grid.png"
+    assert 'alt="samples/grid.png"' in (tmp_path / "a" / "report.html").read_text()
     for m in ("fid", "kid_mean", "kid_std", "precision", "recall", "diversity_ssim"):
         assert cached[m].value is not None, m
     f = tmp_path / "stats.npz"

@@ -2,6 +2,7 @@
 written by `bench run` and `bench table`; rendered in headless Chromium where one is installed."""
 
 import base64
+import json
 import re
 import shutil
 import struct
@@ -39,14 +40,24 @@ def reliability_png(path):
 
 @pytest.fixture
 def run_dir(tmp_path):
+    """A run whose results record four figures (details ``figure``, ``figures``, ``grid``, one of
+    them twice) beside files no result names, a path outside the run and a missing file."""
     d = make_run(tmp_path, "run-jeat", "jeat", {
         "accuracy": metric(0.95), "pgd20": metric(0.4), "pgd20_energy": metric(None, reason=HOSTILE),
-        "ece": metric(0.03), "jfs": metric(0.02, 0.001, 100)}, suites=("robust", "calibration", "score"))
+        "ece": metric(0.03, figure="figures/reliability_clean.png"), "jfs": metric(0.02, 0.001, 100),
+        "landscape_flatness": metric(0.1, figures=["figures/landscape_0.png", "figures/missing.png"]),
+        "ssim_nn": metric(0.5, figure="figures/sub/ssim_neighbours.png", grid="samples/grid.png",
+                          samples="samples/samples.npz"),
+        "diverged_fraction": metric(0.0, grid="samples/grid.png"),
+        "fid": metric(None, reason="outside", figure="../outside.png", grid=str(tmp_path / "outside.png"))},
+        suites=("robust", "calibration", "score"))
     figs = [reliability_png(d / "figures" / "reliability_clean.png"),
             png(d / "figures" / "landscape_0.png", colour=(0, 90, 200)),
             png(d / "figures" / "sub" / "ssim_neighbours.png", colour=(20, 160, 20)),
             png(d / "samples" / "grid.png", 12, 12, (250, 250, 0))]
     (d / "figures" / "notes.txt").write_text("not an image")
+    png(d / "figures" / "stale.png", colour=(9, 9, 9))  # on disk, named by no result: not shown
+    png(tmp_path / "outside.png", colour=(7, 7, 7))  # named, but outside the run's folder: not shown
     return d, figs
 
 
@@ -64,6 +75,9 @@ def test_run_report_is_self_contained_with_tables_settings_and_versions(run_dir)
     for f in figs:  # every figure, embedded byte for byte
         assert "data:image/png;base64," + base64.b64encode(f.read_bytes()).decode() in srcs
         assert f'alt="{f.relative_to(d).as_posix()}"' in page
+    assert [s.split('alt="')[1] for s in re.findall(r'<img [^>]*alt="[^"]*', page)] == [
+        "figures/landscape_0.png", "figures/reliability_clean.png", "figures/sub/ssim_neighbours.png",
+        "samples/grid.png"]  # figures/ then samples/, each in name order
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing outside the file
     assert '<table class="results" id="table1">' in page and 'id="table3"' in page and 'id="table2"' in page
@@ -82,6 +96,9 @@ def test_table_report_holds_every_runs_figures(run_dir, tmp_path, capsys):
     d, figs = run_dir
     other = make_run(tmp_path, "run-at", "at", {"accuracy": metric(0.9), "pgd20": metric(0.5)})
     extra = png(other / "samples" / "grid.png", 8, 8, (1, 2, 3))
+    doc = json.loads((other / "results.json").read_text())
+    doc["metrics"]["accuracy"]["details"] = {"grid": "samples/grid.png"}  # what results.json records is shown
+    (other / "results.json").write_text(json.dumps(doc))
     assert main(["table", str(d), str(other), "--out", str(tmp_path / "out")]) == 0
     page = (tmp_path / "out" / "report.html").read_text()
     srcs = _srcs(page)
@@ -108,7 +125,7 @@ def quick_run(tmp_path, monkeypatch):
 
     def clean(ctx):
         png(ctx.out / "figures" / "fake.png")
-        return {"accuracy": Result(0.5, n=10)}
+        return {"accuracy": Result(0.5, n=10, details={"figure": "figures/fake.png"})}
 
     monkeypatch.setattr("bench.registry.load_all", lambda: {"clean": Group("clean", "robust", ("accuracy",), (), clean)})
     return str(ckpt)

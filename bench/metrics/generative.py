@@ -51,6 +51,8 @@ from bench.sample_quality import (
 )
 from bench.settings import GEN_SETTINGS
 
+GRID = "samples/grid.png"  # the generated set's grid (bench.generation.generated), relative to the run's folder
+
 # --------------------------------------------------------------------------------------------
 # the metric group
 
@@ -126,6 +128,7 @@ def generative_group(ctx: Context) -> dict[str, Result]:
     n_gen, n_ok = len(gx), int(finite.sum())
     n_div = gen.n_diverged
     div, too_many = diverged_result(n_gen, n_div, limit)
+    div.details["grid"] = GRID  # generated(ctx) wrote it: the report finds it here
     div = {"diverged_fraction": div}
     if ctx.data.input_shape[0] not in (1, 3):
         return {m: Result.missing(f"IS/FID need grey or RGB images; {ctx.data.name} has "
@@ -146,7 +149,7 @@ def generative_group(ctx: Context) -> dict[str, Result]:
                "weights": ext.weights, "feature_layer": ext.fid_layer, "n_generated": n_gen, "n_finite": n_ok,
                "n_diverged": n_div, "max_diverged": limit, "reference": f"{ctx.data.name}:train",
                "n_reference": len(ref), "n_train": len(ctx.data.train),
-               "samples": "samples/samples.npz", "grid": "samples/grid.png",
+               "samples": "samples/samples.npz", "grid": GRID,
                "samples_reused": bool(gen_info.get("reused", False)),
                "preprocessing": "uint8 round(255x), grey->RGB, torch-fidelity TF1 bilinear to 299, (x-128)/128"}
     if n_ok < 2:

@@ -46,6 +46,7 @@ from bench.settings import GEN_SETTINGS
 K1, K2 = 0.01, 0.03
 WIN = 7
 STD_NOTE = "standard error of the mean over generated images, sd / sqrt(n)"
+GRID = "samples/grid.png"  # the generated set's grid (bench.generation.generated), relative to the run's folder
 # elements of one (windows, A-rows, B-rows) block of the elementwise SSIM (about 4 such live at
 # once): small blocks stay in cache, which makes them faster than large ones
 BLOCK_ELEMENTS = 1 << 22
@@ -241,12 +242,12 @@ def ssim_group(ctx: Context) -> dict[str, Result]:
     gx = gx.detach().cpu()
     finite = torch.isfinite(gx.flatten(1)).all(1)
     if not finite.any():
-        return {"ssim_nn": Result.missing("no finite generated images", n=len(gx))}
+        return {"ssim_nn": Result.missing("no finite generated images", n=len(gx), grid=GRID)}
     gx, gy = gx[finite], gy.cpu()[finite]
     train = ctx.data.train.x
     if min(train.shape[-2:]) < WIN:
         return {"ssim_nn": Result.missing(f"SSIM needs images of at least {WIN}x{WIN} (win_size {WIN}); "
-                                          f"these are {tuple(train.shape[-2:])}", n=len(gx))}
+                                          f"these are {tuple(train.shape[-2:])}", n=len(gx), grid=GRID)}
     k = int(s["ssim_k"])
     mine = distributed.shard(len(gx)) if ctx.sharded else range(len(gx))  # torchrun: a share of the queries
     if len(mine):
@@ -270,6 +271,7 @@ def ssim_group(ctx: Context) -> dict[str, Result]:
         "sd": sd,
         "std": STD_NOTE,
         "ssim": {"win_size": WIN, "data_range": 1.0, "gaussian_weights": False, "use_sample_covariance": True},
+        "grid": GRID,  # generated(ctx) wrote it: the report finds it here
     }
     n_show = int(s.get("ssim_n_show") or 0)
     if n_show > 0:
