@@ -1,6 +1,7 @@
-"""The package's layering: every module imports alone, and the top-level imports between bench
+"""The package's layering: every module imports alone, the top-level imports between bench
 modules form no cycle (read from the sources with ast, so an import inside a function, made at
-call time, does not count)."""
+call time, does not count), nor do all imports, those inside functions included; the outputs
+(results, check, tables, report) depend one way; no module is longer than ``MAX_LINES``."""
 
 import ast
 import subprocess
@@ -151,3 +152,34 @@ def test_layer_boundaries(module, forbidden):
     got = imports(module, known[module], known, top_level=False)
     bad = sorted(m for m in got for f in forbidden if m == f or m.startswith(f + "."))
     assert bad == [], f"{module} imports {bad}"
+
+
+def test_no_cycle_among_all_imports():
+    """Imports inside functions too: a lazy import hides a cycle from import time, not from the
+    design (tables -> report -> tables was one)."""
+    assert cycles(graph(top_level=False)) == []
+
+
+OUTPUTS = ("bench.results", "bench.check", "bench.check_output", "bench.paper_tables", "bench.table_format",
+           "bench.tables", "bench.report")
+
+
+def test_outputs_depend_one_way():
+    """report.html is built from the tables' content and formats (paper_tables, table_format);
+    ``bench table`` (tables.build) writes the report: report never imports tables, anywhere."""
+    g = graph(top_level=False)
+    assert "bench.report" in g["bench.tables"] and "bench.tables" not in g["bench.report"]
+    assert cycles({m: g[m] & set(OUTPUTS) for m in OUTPUTS}) == []
+
+
+MAX_LINES = 400
+# modules still over MAX_LINES, each to be split (this list only shrinks)
+OVER_THE_LIMIT = {"bench.runner"}
+
+
+def test_no_module_is_longer_than_max_lines():
+    known = modules()
+    assert OVER_THE_LIMIT <= set(known)
+    long = {name: n for name, path in known.items() if name not in OVER_THE_LIMIT
+            and (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert long == {}, f"over {MAX_LINES} lines: {long}"
