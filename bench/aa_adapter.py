@@ -35,8 +35,8 @@ from pathlib import Path
 
 import torch
 
-from bench import distributed
 from bench.energy import evaluates
+from bench.execution import Execution
 from bench.fastpath import without_amp
 
 AA_LOGGER = "auto-attack"
@@ -247,33 +247,46 @@ def model_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def autoattack_key(model_id: str, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, version: str,
-                   seed, batch_size: int, attacks=None) -> str:
+@dataclass(frozen=True)
+class AAConfig:
+    """What AutoAttack runs: the threat model, the version (or a custom attack list) and the seed."""
+
+    eps: float
+    norm: str = "Linf"
+    version: str = "standard"
+    seed: int | None = 0
+    attacks: list[str] | None = None
+
+    def kwargs(self) -> dict:
+        return {"eps": float(self.eps), "norm": self.norm, "version": self.version, "seed": self.seed,
+                "attacks": self.attacks}
+
+
+def autoattack_key(model_id: str, x: torch.Tensor, y: torch.Tensor, aa: AAConfig, batch_size: int) -> str:
     """The state file's key: model, threat model, seed, points and batch size."""
     import pyautoattack
 
-    keyed = {"model": model_id, "norm": norm, "eps": float(eps), "version": version, "attacks": attacks,
-             "seed": seed, "batch_size": int(batch_size), "n": len(y), "points": tensor_digest(x, y),
+    keyed = {"model": model_id, "norm": aa.norm, "eps": float(aa.eps), "version": aa.version, "attacks": aa.attacks,
+             "seed": aa.seed, "batch_size": int(batch_size), "n": len(y), "points": tensor_digest(x, y),
              "pyautoattack": getattr(pyautoattack, "__version__", None)}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def run_blocks(attack: Callable, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-               norm: str, version: str, seed, attacks, batch_size: int, sharded: bool = False, progress=None,
-               state_dir: str | Path | None = None, model_id: str | None = None) -> list:
-    """``attack(xb, yb, state_path)`` on each of this process's blocks of ``batch_size`` consecutive
-    points (all blocks, or with ``sharded`` this torchrun rank's share), in order; returns its
+def run_blocks(attack: Callable, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, aa: AAConfig,
+               run: Execution = Execution(), state_dir: str | Path | None = None, model_id: str | None = None) -> list:
+    """``attack(xb, yb, state_path)`` on each of this process's blocks of ``run.batch_size``
+    consecutive points (all blocks, or when sharded this torchrun rank's share), in order; returns its
     results.  ``state_path``: ``state_dir/state-<autoattack_key>.json`` (the model's ``model_id``,
     else a digest of its weights), None without ``state_dir``.  Every block's state files are kept
     until all blocks are done, then removed: an interrupted run repeats no finished block."""
-    mine = distributed.batch_share(len(y), batch_size, sharded)
+    batch_size = run.batch_size
+    mine = run.my_batches(len(y))
     out, states = [], []
-    for b in (progress(mine, desc="autoattack", total=len(mine)) if progress else mine):
+    for b in run.iterate(mine, "autoattack", len(mine)):
         xb, yb = x[b * batch_size:(b + 1) * batch_size], y[b * batch_size:(b + 1) * batch_size]
         state_path = None
         if state_dir is not None:
-            key = autoattack_key(model_id or model_digest(model), xb, yb, eps=eps, norm=norm, version=version,
-                                 seed=seed, batch_size=batch_size, attacks=attacks)
+            key = autoattack_key(model_id or model_digest(model), xb, yb, aa, batch_size)
             Path(state_dir).mkdir(parents=True, exist_ok=True)
             state_path = Path(state_dir) / f"state-{key}.json"
             states.append(state_path)

@@ -12,6 +12,7 @@ from torch import nn
 from bench import aa_adapter
 from bench.attacks import check_in_ball, pgd, pgd_restarts
 from bench.energy import EnergyModel
+from bench.execution import Execution
 from bench.metrics import Context, load_all
 from bench.metrics import robustness as rob
 from bench.settings import DEFAULTS
@@ -243,8 +244,10 @@ def test_autoattack_wrapper_equals_pyautoattack_direct(digits, tmp_path):
     assert torch.equal(out.robust, y_ref == y)
     assert 0 < out.robust.sum() < (y_ref == y).numel()  # some points fooled, some not
     assert not list(tmp_path.glob("aa*.json"))  # finished: the state is gone
-    res = rob.evaluate_autoattack(m, x, y, version="custom", attacks=["apgd-ce", "apgd-dlr"], batch_size=250,
-                                  device="cpu", state_dir=tmp_path, model_id="m", **kw)
+    aa = aa_adapter.AAConfig(version="custom", attacks=["apgd-ce", "apgd-dlr"], **kw)
+    res, _ = rob.autoattack_flags(m, x, y, aa, Execution("cpu", 250), state_dir=tmp_path, model_id="m")
+    assert res.value == rob.evaluate_autoattack(m, x, y, version="custom", attacks=["apgd-ce", "apgd-dlr"],
+                                                device="cpu", **kw).value
     with torch.no_grad():
         assert res.value == (m.logits(x_ref).argmax(1) == y).double().mean().item()
     assert res.details["recomputed_disagreements"] == 0 and res.details["warnings"] == []
@@ -285,14 +288,13 @@ def test_autoattack_group_records_threat_model_and_keys_its_state(digits, tmp_pa
     assert state.parent == tmp_path / "cache" / "autoattack-state" and not state.exists()
     x16, y16 = digits.test.x[:16], digits.test.y[:16]
 
-    def key(model_id="abc", **kw):
-        return aa_adapter.autoattack_key(model_id, x16, y16, **{"eps": EPS, "norm": "Linf", "version": "standard",
-                                                                "seed": 1, "batch_size": 50, **kw})
+    def key(model_id="abc", batch_size=50, y=y16, **kw):
+        aa = aa_adapter.AAConfig(**{"eps": EPS, "norm": "Linf", "version": "standard", "seed": 1, **kw})
+        return aa_adapter.autoattack_key(model_id, x16, y, aa, batch_size)
 
     assert state.name == f"state-{key()}.json"
     keys = {key(), key(eps=0.05), key(seed=2), key(norm="L2"), key(version="plus"), key(batch_size=64),
-            key(model_id="abd"), aa_adapter.autoattack_key("abc", x16, digits.test.y[1:17], eps=EPS,
-                                                           norm="Linf", version="standard", seed=1, batch_size=50)}
+            key(model_id="abd"), key(y=digits.test.y[1:17])}
     assert len(keys) == 8
     # without a checkpoint sha256 the key falls back to a digest of the weights
     import copy
@@ -396,8 +398,8 @@ def test_autoattack_runs_in_blocks_and_an_interrupted_run_keeps_finished_blocks(
             yield b
 
     with pytest.raises(KeyboardInterrupt):
-        rob.evaluate_autoattack(m, x, y, batch_size=12, device="cpu", state_dir=tmp_path, model_id="m",
-                                progress=interrupt_third, **kw)
+        rob.autoattack_flags(m, x, y, aa_adapter.AAConfig(**kw), Execution("cpu", 12, progress=interrupt_third),
+                             state_dir=tmp_path, model_id="m")
     assert len(list(tmp_path.glob("state-*.json"))) == 2  # the two finished blocks
     again = rob.evaluate_autoattack(m, x, y, batch_size=12, device="cpu", state_dir=tmp_path, model_id="m", **kw)
     assert again.value == res.value and len(again.details["resumed"]) == 2

@@ -113,7 +113,8 @@ def test_ssim_group_through_context(digits, tmp_path, monkeypatch):
     assert {"n_gen", "gen_steps", "seed", "ssim_k", "ssim_n_show"} <= set(g.settings)
     gen = torch.cat([digits.test.x[:20], digits.train.x[40:41]])
     gy = torch.cat([digits.test.y[:20], digits.train.y[40:41]])
-    monkeypatch.setattr(generation, "generated", lambda ctx: (gen, gy))
+    monkeypatch.setattr(generation, "generated",
+                        lambda ctx: generation.Generated(key={}, x=gen, y=gy, n_diverged=0))
     s = dict(DEFAULTS, eps=0.1, ssim_k=3, ssim_n_show=4)
     r = g.fn(Context(tiny_model(), digits, s, torch.device("cpu"), tmp_path))["ssim_nn"]
     vals, idx = nearest_neighbours(gen, digits.train.x, 3)

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bench import distributed
 from bench.data import Dataset
 from bench.energy import EnergyModel
+from bench.execution import Execution
 from bench.results import Result  # noqa: F401  (re-exported: metric modules import it from here)
 
 if TYPE_CHECKING:
@@ -57,8 +57,14 @@ class Context:
         g.manual_seed(_seed_for(self.settings["seed"], tag))
         return g
 
+    @property
+    def execution(self) -> Execution:
+        """How this group computes: the run's device, batch size and progress, and whether it is
+        sharded (``bench.execution``); engines take it instead of four parameters."""
+        return Execution(self.device, int(self.settings["batch_size"]), self.progress, self.sharded)
+
     def iterate(self, iterable, desc: str, total: int | None = None):
-        return self.progress(iterable, desc=desc, total=total) if self.progress else iterable
+        return self.execution.iterate(iterable, desc, total)
 
     def figure_path(self, name: str) -> Path:
         p = self.out / "figures" / name
@@ -69,7 +75,7 @@ class Context:
         """Yield device batches of (x, *others) of ``settings['batch_size']`` (with ``indexed``:
         ``(i, x, *others)``, i the batch's global index, for per-batch random streams that do not
         depend on how batches are spread over processes).  In a sharded group under torchrun each
-        rank gets its contiguous share of the batches; ``gather`` reassembles per-point results."""
+        rank gets its contiguous share of the batches; ``collect``/``gather`` reassemble per-point results."""
         bs = self.settings["batch_size"]
         mine = self.my_batches(len(x))
         for i in self.iterate(mine, desc, total=len(mine)):
@@ -77,26 +83,16 @@ class Context:
             yield (i, *batch) if indexed else batch
 
     def my_batches(self, n: int) -> range:
-        """Indices of the batches (of ``settings['batch_size']``) of n points that this process
-        computes: all of them, or in a sharded group under torchrun this rank's contiguous share."""
-        return distributed.batch_share(n, self.settings["batch_size"], self.sharded)
+        return self.execution.my_batches(n)
 
     def gather(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-point results of this rank's batches -> those of all batches, in order (identity in
-        one process or outside a sharded group)."""
-        return distributed.gather(t) if self.sharded else t
+        return self.execution.gather(t)
 
     def collect(self, parts: list[torch.Tensor], empty: torch.Tensor | torch.dtype = torch.float64) -> torch.Tensor:
-        """The per-point results of this rank's batches (``parts``, one tensor per batch)
-        concatenated, then gathered over ranks: those of all points, in order.  A rank with no
-        batch contributes ``empty`` (a dtype, or a tensor of shape (0, ...) for per-point rows)."""
-        if not parts:
-            parts = [empty if isinstance(empty, torch.Tensor) else torch.zeros(0, dtype=empty)]
-        return self.gather(torch.cat(parts))
+        return self.execution.collect(parts, empty)
 
     def gather_max(self, value: float) -> float:
-        """The largest of one number per rank (e.g. the largest perturbation any rank measured)."""
-        return float(self.gather(torch.tensor([value], dtype=torch.float64)).max())
+        return self.execution.gather_max(value)
 
 
 def mean_se(v: torch.Tensor) -> tuple[float, float | None, float | None]:

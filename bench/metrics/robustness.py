@@ -37,14 +37,16 @@ The calls, their resumable state files, warnings, RNG and float32 guards: ``benc
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from bench import distributed, settings
-from bench.aa_adapter import float32_input_grads, run_autoattack, run_blocks, summarise
+from bench import settings
+from bench.aa_adapter import AAConfig, float32_input_grads, run_autoattack, run_blocks, summarise
 from bench.attacks import NORMS, check_in_ball, pgd_restarts
 from bench.energy import EnergyModel, evaluates
+from bench.execution import Execution
 from bench.metrics import Context, Metric, Result, register
 
 STD_NOTE = "standard error of the proportion, sqrt(p(1-p)/n)"
@@ -205,60 +207,54 @@ def pgd20_energy_group(ctx: Context) -> dict[str, Result]:
 # AutoAttack through pyautoattack
 
 
-def evaluate_autoattack(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, **kw) -> Result:
-    """Robust accuracy under AutoAttack (``autoattack_flags`` without the per-point flags)."""
-    return autoattack_flags(model, x, y, **kw)[0]
+def evaluate_autoattack(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 250,
+                        device: torch.device | str | None = None, state_dir: str | Path | None = None,
+                        model_id: str | None = None, **aa) -> Result:
+    """Robust accuracy under AutoAttack on its own (``autoattack_flags`` without the per-point
+    flags); ``aa``: the fields of ``AAConfig`` (eps, norm, version, seed, attacks)."""
+    return autoattack_flags(model, x, y, AAConfig(**aa), Execution(device, batch_size), state_dir, model_id)[0]
 
 
 @evaluates
-def autoattack_flags(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
-                     version: str = "standard", seed: int | None = 0, batch_size: int = 250,
-                     device: torch.device | str | None = None, state_dir: str | Path | None = None,
-                     model_id: str | None = None, attacks: list[str] | None = None,
-                     sharded: bool = False, progress=None) -> tuple[Result, dict[str, torch.Tensor]]:
+def autoattack_flags(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, aa: AAConfig,
+                     run: Execution = Execution(), state_dir: str | Path | None = None,
+                     model_id: str | None = None) -> tuple[Result, dict[str, torch.Tensor]]:
     """Robust accuracy under AutoAttack, checked: the fraction of points whose adversarial example
     the model still classifies correctly (recomputed here, batched, in float32 like the attack),
     every example inside the ``norm`` ball and [0, 1], and no point robust that is wrong clean.
     Returns the Result and the per-point flags ``clean``, ``robust`` (recomputed) and
     ``pyautoattack`` (on the CPU).
 
-    The points go to pyautoattack in blocks of ``batch_size`` consecutive points, one call (and one
-    resumable state file) per block: pyautoattack reseeds before every batch it attacks, so its
+    The points go to pyautoattack in blocks of ``run.batch_size`` consecutive points, one call (and
+    one resumable state file) per block: pyautoattack reseeds before every batch it attacks, so its
     result depends on which points share a batch, and fixed blocks make that independent of how
-    the blocks are spread over torchrun ranks (``sharded``: this rank runs its share of the blocks
-    and the per-point results are gathered).  With at most ``batch_size`` points this is exactly one
-    pyautoattack call.  An interrupted run keeps the finished blocks' states until all are done."""
-    device = torch.device(device) if device is not None else x.device
+    the blocks are spread over torchrun ranks (``run.sharded``: this rank runs its share of the
+    blocks and the per-point results are gathered).  With at most ``batch_size`` points this is
+    exactly one pyautoattack call.  An interrupted run keeps the finished blocks' states until all
+    are done."""
     with float32_input_grads(model):
-        return _autoattack_flags(model, x, y, eps=eps, norm=norm, version=version, seed=seed,
-                                 batch_size=batch_size, device=device, state_dir=state_dir, model_id=model_id,
-                                 attacks=attacks, sharded=sharded, progress=progress)
+        return _autoattack_flags(model, x, y, aa, replace(run, device=run.on(x)), state_dir, model_id)
 
 
-def _autoattack_flags(model, x, y, *, eps, norm, version, seed, batch_size, device, state_dir, model_id, attacks,
-                      sharded, progress) -> tuple[Result, dict[str, torch.Tensor]]:
+def _autoattack_flags(model, x, y, aa: AAConfig, run: Execution, state_dir, model_id
+                      ) -> tuple[Result, dict[str, torch.Tensor]]:
+    batch_size, norm, eps = run.batch_size, aa.norm, aa.eps
     n_blocks = -(-len(y) // batch_size)
 
     def attack(xb, yb, state_path):
-        return _autoattack_block(model, xb, yb, eps=eps, norm=norm, version=version, seed=seed,
-                                 batch_size=batch_size, device=device, state_path=state_path, attacks=attacks)
+        return _autoattack_block(model, xb, yb, state_path=state_path, device=run.device, batch_size=batch_size,
+                                 **aa.kwargs())
 
-    blocks = run_blocks(attack, model, x, y, eps=eps, norm=norm, version=version, seed=seed, attacks=attacks,
-                        batch_size=batch_size, sharded=sharded, progress=progress, state_dir=state_dir,
-                        model_id=model_id)
-    flags = {k: torch.cat([bl[k] for bl in blocks]) if blocks else torch.zeros(0, dtype=torch.bool)
-             for k in ("clean", "robust", "pyautoattack")}
-    infos = [bl["info"] for bl in blocks]
-    if sharded:
-        flags = {k: distributed.gather(v) for k, v in flags.items()}
-        infos = [i for part in distributed.gather_objects(infos) for i in part]
+    blocks = run_blocks(attack, model, x, y, aa, run, state_dir, model_id)
+    flags = {k: run.collect([bl[k] for bl in blocks], torch.bool) for k in ("clean", "robust", "pyautoattack")}
+    infos = run.gather_objects([bl["info"] for bl in blocks])
     clean, robust = flags["clean"], flags["robust"]
     check_robust_le_clean(clean, robust, "autoattack")
     p, se, n = proportion(robust)
-    attacks_run = infos[0]["attacks"] if infos else list(attacks or [])
+    attacks_run = infos[0]["attacks"] if infos else list(aa.attacks or [])
     details = {
-        "threat_model": {"norm": norm, "eps": float(eps), "version": version, "attacks": attacks_run,
-                         "seed": seed, "batch_size": int(batch_size)},
+        "threat_model": {"norm": norm, "eps": float(eps), "version": aa.version, "attacks": attacks_run,
+                         "seed": aa.seed, "batch_size": int(batch_size)},
         "n": n, "clean_correct": int(clean.sum()), "robust_correct": int(robust.sum()),
         "clean_accuracy": clean.double().mean().item(),
         "pyautoattack_robust_accuracy": flags["pyautoattack"].double().mean().item(),
@@ -322,11 +318,9 @@ def autoattack_group(ctx: Context) -> dict[str, Result]:
     if why:
         return {m: Result.missing(why) for m in AA_METRICS}
     split = _split(ctx, "n_aa")
-    aa, flags = autoattack_flags(ctx.model, split.x, split.y, eps=float(s["eps"]), norm=norm, version=version,
-                                 seed=s.get("seed", 0), batch_size=int(s["batch_size"]), device=ctx.device,
-                                 state_dir=ctx.out / "cache" / "autoattack-state",
-                                 model_id=s.get("model_sha256"), sharded=ctx.sharded,
-                                 progress=lambda it, desc, total: ctx.iterate(it, desc, total))
+    aa, flags = autoattack_flags(ctx.model, split.x, split.y,
+                                 AAConfig(float(s["eps"]), norm, version, s.get("seed", 0)), ctx.execution,
+                                 state_dir=ctx.out / "cache" / "autoattack-state", model_id=s.get("model_sha256"))
     clean = flags["clean"]
     p, se, n = proportion(clean)
     acc = Result(p, se, n, details={"correct": int(clean.sum()), "std": STD_NOTE,
