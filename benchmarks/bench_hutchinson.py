@@ -58,6 +58,7 @@ def main(argv=None) -> float:
     torch.set_num_threads(args.threads)
     from bench import data, nets
     from bench.energy import EnergyModel
+    from bench.execution import Execution
     from bench.metrics.fisher import fisher_scores, rademacher
 
     device = torch.device(args.device)
@@ -77,8 +78,8 @@ def main(argv=None) -> float:
     info = {}
 
     def ours():
-        r = fisher_scores(model, x, y, probes=args.probes, generator=gen(), batch_size=args.batch_size,
-                          device=device, method=args.method, info=info)
+        r = fisher_scores(model, x, y, probes=args.probes, generator=gen(),
+                          run=Execution(device, args.batch_size), method=args.method, info=info)
         sync(device)
         return r
 

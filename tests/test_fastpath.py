@@ -8,6 +8,7 @@ import torch
 from bench import check, fastpath, runner, zoo
 from bench.attacks import pgd
 from bench.errors import BenchError
+from bench.execution import Execution
 from bench.metrics.fisher import fisher_scores
 from bench.results import read as read_results
 from tests.conftest import trained_model
@@ -82,7 +83,7 @@ def test_fisher_scores_ignore_fast_paths(fast_model, digits):
     x, y = _batch(digits, 20)
 
     def scores():
-        return fisher_scores(fast_model, x, y, probes=4, generator=torch.Generator().manual_seed(1), batch_size=8)
+        return fisher_scores(fast_model, x, y, probes=4, generator=torch.Generator().manual_seed(1), run=Execution(batch_size=8))
 
     ref = scores()
     fastpath.apply(fast_model, fastpath.FastPath(amp="bf16", channels_last=True))

@@ -6,6 +6,7 @@ from torch.autograd.functional import hessian
 
 from bench.energy import EnergyModel
 from bench.errors import BenchError
+from bench.execution import Execution
 from bench.metrics import Context, fisher, load_all
 from bench.metrics.fisher import fisher_scores, fisher_terms, rademacher
 from bench.settings import DEFAULTS
@@ -116,8 +117,8 @@ def test_methods_agree_and_auto_falls_back(digits, monkeypatch):
 def test_estimates_do_not_depend_on_batch_size(digits):
     m = tiny_model(act="softplus", width=4).requires_grad_(False)
     x, y = _points(digits, 13)
-    a = fisher_scores(m, x, y, probes=6, generator=torch.Generator().manual_seed(3), batch_size=13)
-    b = fisher_scores(m, x, y, probes=6, generator=torch.Generator().manual_seed(3), batch_size=5, chunk=4)
+    a = fisher_scores(m, x, y, probes=6, generator=torch.Generator().manual_seed(3), run=Execution(batch_size=13))
+    b = fisher_scores(m, x, y, probes=6, generator=torch.Generator().manual_seed(3), run=Execution(batch_size=5), chunk=4)
     for kind in ("joint", "marginal"):
         torch.testing.assert_close(a[kind]["score"], b[kind]["score"], rtol=1e-5, atol=1e-8)
 

@@ -7,6 +7,7 @@ from torch import nn
 from bench.data import Dataset, Split
 from bench.energy import EnergyModel
 from bench.errors import BenchError
+from bench.execution import Execution
 from bench.metrics import Context, load_all
 from bench.metrics.denoise import add_noise, langevin_denoise, psnr
 from bench.metrics.landscape import energy_grid, grid_coords, landscape_summary, random_directions
@@ -43,7 +44,7 @@ def test_grid_at_offset_zero_is_the_image_energy(digits):
     x, y = digits.test.x[:3], digits.test.y[:3]
     d = random_directions(3, x.shape[1:], torch.Generator().manual_seed(0))
     c = grid_coords(0.2, 5)
-    grid = energy_grid(m, x, y, d, c, batch_size=7)  # batches straddle images
+    grid = energy_grid(m, x, y, d, c, Execution(batch_size=7))  # batches straddle images
     assert grid.shape == (3, 5, 5)
     with torch.no_grad():
         e = m.energy_joint(x, y)

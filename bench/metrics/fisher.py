@@ -63,9 +63,9 @@ import math
 
 import torch
 
-from bench import distributed
 from bench.energy import Energy, EnergyModel, evaluates
 from bench.errors import BenchError
+from bench.execution import Execution
 from bench.metrics import Context, Metric, Result, mean_se, register, standard_error
 from bench.taylor import JetUnsupported, forward_over_forward, hvp_batched, jet
 
@@ -240,19 +240,21 @@ def fisher_terms(model: EnergyModel, x: torch.Tensor, y: torch.Tensor | None, pr
 
 @evaluates
 def fisher_scores(model: EnergyModel, x: torch.Tensor, y: torch.Tensor | None, probes: int = 16,
-                  exact: bool = False, generator: torch.Generator | None = None, batch_size: int = 250,
-                  kinds=KINDS, chunk: int | None = None, device=None, progress=None, method: str = "auto",
-                  info: dict | None = None, batches=None) -> dict[str, dict[str, torch.Tensor]]:
-    """Per-point Fisher-score terms (see ``fisher_terms``) of all of ``x``, batched; results on CPU.
+                  exact: bool = False, generator: torch.Generator | None = None, run: Execution = Execution(),
+                  kinds=KINDS, chunk: int | None = None, method: str = "auto",
+                  info: dict | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-point Fisher-score terms (see ``fisher_terms``) of all of ``x``, in batches of
+    ``run.batch_size`` on ``run``'s device; results on CPU, in point order.
 
     The Rademacher probes of all points, (N, probes, C, H, W), are drawn up front from
-    ``generator`` (on its device), so the estimates do not depend on ``batch_size``.  ``chunk``
-    (probes or basis vectors per pass) defaults to about ``PASS_IMAGES_CPU`` points x probes per
-    pass on a CPU and ``PASS_BATCHES_CUDA`` batches' worth on a GPU.  ``info``,
-    if given, receives the set of methods used (``forward`` / ``reverse``).  ``batches``: the
-    indices of the batches to compute (default all; a torchrun rank passes its share), whose
-    points' terms are returned, in order."""
-    device = torch.device(device) if device is not None else x.device
+    ``generator`` (on its device), so the estimates do not depend on the batch size or on how
+    torchrun ranks share the batches (``run.sharded``: this rank computes its share and the terms of
+    all points are gathered).  ``chunk`` (probes or basis vectors per pass) defaults to about
+    ``PASS_IMAGES_CPU`` points x probes per pass on a CPU and ``PASS_BATCHES_CUDA`` batches' worth
+    on a GPU.  ``info``, if given, receives the set of methods used (``jet`` / ``forward`` /
+    ``reverse``) on any rank."""
+    device = run.on(x)
+    batch_size = run.batch_size
     n = len(x)
     if chunk is None:  # probes per pass: a small working set is fastest on a CPU (cache)
         per_pass = PASS_IMAGES_CPU if device.type == "cpu" else PASS_BATCHES_CUDA * batch_size
@@ -262,8 +264,8 @@ def fisher_scores(model: EnergyModel, x: torch.Tensor, y: torch.Tensor | None, p
         gdev = generator.device if generator is not None else device
         probe_all = rademacher((n, probes, *x.shape[1:]), generator, gdev)
     parts = {k: {} for k in kinds}
-    starts = [b * batch_size for b in (distributed.batch_share(n, batch_size, False) if batches is None else batches)]
-    for i in (progress(starts, desc="fisher", total=len(starts)) if progress else starts):
+    starts = [b * batch_size for b in run.my_batches(n)]
+    for i in run.iterate(starts, "fisher", len(starts)):
         xb = x[i:i + batch_size].to(device)
         yb = y[i:i + batch_size].to(device) if y is not None else None
         pb = probe_all[i:i + batch_size].to(device) if probe_all is not None else None
@@ -274,8 +276,10 @@ def fisher_scores(model: EnergyModel, x: torch.Tensor, y: torch.Tensor | None, p
         for k in kinds:
             for name, v in t[k].items():
                 parts[k].setdefault(name, []).append(v.cpu())
+    if run.sharded and info is not None:  # a rank may have had no batch
+        info["methods"] = set(run.gather_objects(sorted(info.get("methods", set()))))
     names = ("grad", "trace", "score") + (() if exact else ("trace_probe_var",))  # also with no batch
-    return {k: {name: torch.cat(parts[k].get(name) or [torch.empty(0)]) for name in names} for k in kinds}
+    return {k: {name: run.collect(parts[k].get(name, []), torch.float32) for name in names} for k in kinds}
 
 
 def _summary(terms: dict[str, torch.Tensor], exact: bool, probes: int) -> Result:
@@ -317,7 +321,6 @@ def fisher_group(ctx: Context) -> dict[str, Result]:
     split = ctx.data.test.subset(s["n_score"])
     exact = bool(s.get("exact_trace"))
     probes = int(s["probes"])
-    bs = int(s["batch_size"])
     info = {}
     model, x = ctx.model, split.x
     if space == "model":  # the same points and probes, differentiated in z = (x - m) / s
@@ -325,12 +328,7 @@ def fisher_group(ctx: Context) -> dict[str, Result]:
         x = (x - ctx.model.mean.cpu()) / ctx.model.std.cpu()
     with ctx.model.plain():
         terms = fisher_scores(model, x, split.y, probes=probes, exact=exact,
-                              generator=None if exact else ctx.generator("fisher"), batch_size=bs,
-                              device=ctx.device, progress=lambda it, desc, total: ctx.iterate(it, desc, total),
-                              info=info, batches=ctx.my_batches(len(split.x)))
-    terms = {k: {name: ctx.gather(v) for name, v in t.items()} for k, t in terms.items()}
-    if ctx.sharded:  # a rank may have had no batch
-        info["methods"] = set().union(*distributed.gather_objects(info.get("methods", set())))
+                              generator=None if exact else ctx.generator("fisher"), run=ctx.execution, info=info)
     how = {"jet": "second-order Taylor mode through the torch.fx-traced network",
            "forward": "forward-over-forward (nested torch.func.jvp, vmap over probes)",
            "reverse": "double backward (autograd.grad, is_grads_batched over probes)"}

@@ -40,8 +40,9 @@ import math
 
 import torch
 
-from bench import distributed, fastpath, settings
+from bench import fastpath, settings
 from bench.energy import EnergyModel, evaluates
+from bench.execution import Execution
 from bench.metrics import MEAN, Context, Metric, Result, mean_se, register
 
 
@@ -64,28 +65,26 @@ def grid_coords(radius: float, resolution: int) -> torch.Tensor:
 @torch.no_grad()
 @evaluates
 def energy_grid(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, directions: torch.Tensor,
-                coords: torch.Tensor, batch_size: int = 250, device=None, progress=None,
-                batches=None, gather=None) -> torch.Tensor:
+                coords: torch.Tensor, run: Execution = Execution()) -> torch.Tensor:
     """E(x_i + a d1_i + b d2_i, y_i) for every image i and every pair (a, b) of ``coords``:
     -> (n, R, R) on CPU, first grid axis alpha (d1), second beta (d2).  All n R^2 points are
-    evaluated in batches of ``batch_size``; under torchrun a rank evaluates its share ``batches``
-    of them and ``gather`` reassembles all of them in order."""
-    device = torch.device(device) if device is not None else x.device
+    evaluated in batches of ``run.batch_size`` on ``run``'s device; under torchrun
+    (``run.sharded``) a rank evaluates its share of them and all are gathered in order."""
+    device = run.on(x)
     n, r = len(x), len(coords)
     x, y, directions = x.to(device), y.to(device), directions.to(device)
     c = coords.to(device=device, dtype=x.dtype)
     total = n * r * r
-    mine = distributed.batch_share(total, batch_size, False) if batches is None else batches
-    out = [torch.empty(0, dtype=x.dtype)]
-    for k in (progress(mine, desc="landscape", total=len(mine)) if progress else mine):
-        flat = torch.arange(k * batch_size, min(total, (k + 1) * batch_size), device=device)
+    mine = run.my_batches(total)
+    out = []
+    for k in run.iterate(mine, "landscape", len(mine)):
+        flat = torch.arange(k * run.batch_size, min(total, (k + 1) * run.batch_size), device=device)
         img, rest = flat // (r * r), flat % (r * r)
         a, b = c[rest // r], c[rest % r]
         view = (-1, *[1] * (x.dim() - 1))
         pts = x[img] + a.view(view) * directions[img, 0] + b.view(view) * directions[img, 1]
         out.append(model.energy_joint(pts, y[img]).cpu())
-    out = torch.cat(out)
-    return (gather(out) if gather is not None else out).view(n, r, r)
+    return run.collect(out, x.dtype).view(n, r, r)
 
 
 def landscape_summary(grid: torch.Tensor, centre: torch.Tensor, coords: torch.Tensor, radius: float) -> dict:
@@ -132,10 +131,8 @@ def landscape_group(ctx: Context) -> dict[str, Result]:
                 ("landscape_flatness", "landscape_center_is_min", "landscape_min_offset")}
     dirs = random_directions(n, x.shape[1:], ctx.generator("landscape"))
     coords = grid_coords(radius, res_n)
-    prog = lambda it, desc, total: ctx.iterate(it, desc, total)  # noqa: E731
     with fastpath.without_amp(ctx.model), torch.no_grad():  # float32: see bench.fastpath
-        grid = energy_grid(ctx.model, x, y, dirs, coords, int(s["batch_size"]), ctx.device, prog,
-                           ctx.my_batches(n * res_n * res_n), ctx.gather)
+        grid = energy_grid(ctx.model, x, y, dirs, coords, ctx.execution)
         centre = ctx.model.energy_joint(x.to(ctx.device), y.to(ctx.device)).cpu()
     summ = landscape_summary(grid, centre, coords, radius)
 
