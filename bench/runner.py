@@ -5,10 +5,7 @@ and write results.json atomically after every group, so an interrupted run loses
 
 from __future__ import annotations
 
-import ast
 import datetime as _dt
-import hashlib
-import importlib.util
 import json
 import platform
 import shutil
@@ -18,9 +15,20 @@ from pathlib import Path
 
 import torch
 
-from bench import __version__, checkpoints, data, distributed, fastpath, progress, suites, zoo
+from bench import (
+    __version__,
+    cache_keys,
+    checkpoints,
+    compute,
+    data,
+    distributed,
+    fastpath,
+    progress,
+    suites,
+    zoo,
+)
 from bench.errors import BenchError
-from bench.metrics import Context, Group, Result
+from bench.metrics import Context, Result
 from bench.results import Results, platform_record, write_json
 from bench.settings import DEFAULTS, Norm, complete, dataset_defaults, validate
 
@@ -107,64 +115,6 @@ def validate_settings(s: dict, input_shape=None) -> None:
     fastpath.FastPath.from_settings(s)  # an unknown amp mode is an error
 
 
-def cache_key(group: Group, model_id: str, dataset: str, settings: dict, identity: dict | None = None) -> str:
-    """The cache key of one group: its name, the model, the data set and its settings, and the
-    ``identity`` of what it evaluates: the weights digest, the digests of both splits, the group's
-    code digest and the library versions (see ``run``)."""
-    names = sorted(set(group.settings) | set(fastpath.SETTINGS))  # fast paths may move any number
-    keyed = {"group": group.name, "model": model_id, "dataset": dataset, "bench": __version__,
-             "settings": {k: settings.get(k) for k in names}, "identity": identity}
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def code_sha256(module: str, memo: dict | None = None) -> str:
-    """sha256 of the source of ``module`` and of every ``bench`` module it imports, directly or
-    through others, at top level or inside functions: the code a metric group's numbers come from."""
-    memo = {} if memo is None else memo
-    seen, todo = set(), [module]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        if name not in memo:
-            memo[name] = _module_source(name)
-        todo += [m for m in memo[name][1] if m not in seen]
-    h = hashlib.sha256()
-    for name in sorted(seen):
-        h.update(f"{name}|{len(memo[name][0])}|".encode())
-        h.update(memo[name][0])
-    return h.hexdigest()
-
-
-def _module_source(name: str) -> tuple[bytes, list[str]]:
-    """(source bytes, the bench modules it imports) of a module; no source: (b"", [])."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return b"", []
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return b"", []
-    src = Path(spec.origin).read_bytes()
-    package = name if spec.submodule_search_locations is not None else name.rpartition(".")[0]
-    found = []
-    for node in ast.walk(ast.parse(src)):
-        if isinstance(node, ast.Import):
-            found += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) \
-                if node.level else node.module or ""
-            found += [base] + [f"{base}.{a.name}" for a in node.names]
-    return src, sorted({m for m in found if (m == "bench" or m.startswith("bench.")) and _is_module(m)})
-
-
-def _is_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def data_record(ds: data.Dataset) -> dict:
     """``run.data`` of results.json: the digests of the splits actually evaluated (whatever
     --dataset and --data-root say), their sizes, whether they are the same images, and for CIFAR
@@ -244,12 +194,12 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
     _announce(loaded, ds, data_rec, log)
     vers = versions()
     memo: dict = {}
-    code = {g.name: code_sha256(g.fn.__module__, memo) for g in groups}
+    code = {g.name: cache_keys.code_sha256(g.fn.__module__, memo) for g in groups}
     identity = {"weights": loaded.weights_sha256, "data": [data_rec["train_sha256"], data_rec["test_sha256"]],
                 "versions": vers}
     s_run = dict(s, model_sha256=loaded.sha256, weights_sha256=loaded.weights_sha256,
                  data_sha256=identity["data"],
-                 generation_code_sha256=code_sha256("bench.generation", memo))  # keys samples.npz
+                 generation_code_sha256=cache_keys.code_sha256("bench.generation", memo))  # keys samples.npz
     model = fastpath.apply(loaded.model.to(dev).eval(), fastpath.FastPath.from_settings(s))
     ctx = Context(model, ds, s_run, dev, out, progress=progress.bar,
                   replay_buffer=loaded.replay_buffer, data_root=data_root)
@@ -264,9 +214,9 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
     if distributed.active():
         res.run["processes"] = distributed.world()
     for g in groups:
-        key = cache_key(g, model_id, ds.name, s, dict(identity, code=code[g.name]))
+        key = cache_keys.cache_key(g, model_id, ds.name, s, dict(identity, code=code[g.name]))
         path = cache_dir / f"{g.name}-{key}.json"
-        cached = _read_cache(path, g) if resume and main else None
+        cached = cache_keys.read_cache(path, g) if resume and main else None
         cached = distributed.broadcast(cached)  # every rank takes the same path through the groups
         if cached is not None:
             res.metrics.update(cached)
@@ -275,7 +225,7 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
         else:
             t0 = time.time()
             log(f"[{g.suite}] {g.name}: running")
-            computed, cacheable = _compute_distributed(g, ctx)
+            computed, cacheable = compute.compute(g, ctx)
             for r in computed.values():
                 r.seconds = r.seconds or time.time() - t0
             if cacheable and main:  # a transient fault (out of memory) is retried by the next run
@@ -305,134 +255,6 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
 
 def _quiet(message: str) -> None:
     pass
-
-
-def _compute_distributed(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
-    """``_compute`` in one process; under torchrun a sharded group runs on every rank (each on its
-    share, results gathered), any other group on rank 0 with its results broadcast.  Groups on
-    generated images first make the generated set together (sharded over chain blocks)."""
-    if not distributed.active():
-        return _compute_halving(g, ctx)
-    if "generated" in g.needs:
-        from bench.generation import generated
-
-        generated(ctx)
-    if g.sharded:
-        ctx.sharded = True
-        try:
-            return _compute(g, ctx)
-        finally:
-            ctx.sharded = False
-    got = _compute(g, ctx) if distributed.is_main() else None
-    return distributed.broadcast(got)
-
-
-def _read_cache(path: Path, g: Group) -> dict[str, Result] | None:
-    if not path.is_file():
-        return None
-    try:
-        d = json.loads(path.read_text())
-        metrics = {k: Result.from_json(v) for k, v in d["metrics"].items()}
-    except Exception:
-        return None  # unreadable cache is recomputed, never trusted
-    return metrics if set(metrics) == set(g.metrics) else None
-
-
-def _compute_halving(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
-    """``_compute``, retried with half the batch size after an out-of-memory error, down to 1.
-    The batch sizes that ran out of memory, and the one that worked, go into every metric's
-    ``details`` in results.json (a smaller batch changes no metric beyond its per-batch random
-    streams: PGD starts and denoising noise are drawn per batch)."""
-    original = ctx.settings["batch_size"]
-    failed = []
-    try:
-        while True:
-            results, cacheable = _compute(g, ctx)
-            if cacheable or ctx.settings["batch_size"] <= 1:
-                break
-            failed.append(ctx.settings["batch_size"])
-            ctx.settings["batch_size"] = max(1, ctx.settings["batch_size"] // 2)
-            if ctx.progress is not None:
-                progress.say(f"[{g.suite}] {g.name}: out of memory at batch size {failed[-1]}; "
-                             f"retrying with {ctx.settings['batch_size']}")
-    finally:
-        used = ctx.settings["batch_size"]
-        ctx.settings["batch_size"] = original
-    if failed:
-        for r in results.values():
-            r.details["out_of_memory_at_batch_sizes"] = failed + ([] if cacheable else [used])
-            if cacheable:
-                r.details["batch_size_used"] = used
-            else:
-                r.reason += f" (at every batch size down to {used})"
-    return results, cacheable
-
-
-def _compute(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
-    """-> (results, cacheable).  Out of memory gives nulls with the reason (not cached: a rerun,
-    say with a smaller --batch-size, retries); non-finite logits of the model on finite inputs give
-    nulls with their count, and the run goes on.  Groups on generated samples (needs=("generated",))
-    count diverged chains themselves and are not watched."""
-    watch = None if "generated" in g.needs else _NonFiniteLogits(ctx.model)
-    error = None
-    try:
-        out = g.fn(ctx)
-    except BenchError:
-        raise
-    except torch.cuda.OutOfMemoryError as e:  # torch.OutOfMemoryError (CUDA, MPS)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return {m: Result.missing(f"out of memory: {str(e).splitlines()[0][:160] if str(e) else 'no message'}")
-                for m in g.metrics}, False
-    except Exception as e:  # re-raised below unless non-finite logits explain it
-        error = e
-    finally:
-        bad, rows = watch.close() if watch else (0, 0)
-        if ctx.sharded:  # every rank must take the same branch below
-            bad, rows = (int(v) for v in distributed.gather(torch.tensor([[bad, rows]])).sum(0))
-    if bad:
-        reason = (f"the model returned non-finite logits (NaN or inf) for {bad} of the {rows} finite inputs "
-                  f"this metric gave it")
-        n = {m: (out[m].n if error is None and m in out else 0) for m in g.metrics}
-        return {m: Result.missing(reason, n[m], non_finite_logits=bad, inputs=rows) for m in g.metrics}, True
-    if error is not None:
-        raise error
-    missing = [m for m in g.metrics if m not in out]
-    if missing:
-        raise RuntimeError(f"metric group {g.name} did not return {missing}")
-    undeclared = [m for m in out if m not in g.metrics]
-    if undeclared:  # every metric declares its facts at registration (bench.metrics.register)
-        raise RuntimeError(f"metric group {g.name} returned undeclared metric(s) {undeclared}")
-    return {m: out[m] for m in g.metrics}, True
-
-
-class _NonFiniteLogits:
-    """Counts, through a forward hook on the network, the finite input rows whose logits are not
-    all finite (kept on the device until read: no synchronisation per forward).  Calls inside
-    torch.func transforms (vmap, jvp) are skipped: their values are not plain tensors."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.bad = self.rows = 0
-        net = getattr(model, "net", model)
-        self.handle = net.register_forward_hook(self._hook)
-
-    def _hook(self, module, args, out) -> None:
-        if not (isinstance(out, torch.Tensor) and out.ndim == 2 and args and isinstance(args[0], torch.Tensor)
-                and len(args[0]) == len(out)) or _wrapped(out) or _wrapped(args[0]):
-            return
-        with torch.no_grad():
-            ok_in = torch.isfinite(args[0].detach().flatten(1)).all(1)
-            self.bad = self.bad + (ok_in & ~torch.isfinite(out.detach()).all(1)).sum()
-            self.rows = self.rows + ok_in.sum()
-
-    def close(self) -> tuple[int, int]:
-        self.handle.remove()
-        return int(self.bad), int(self.rows)
-
-
-def _wrapped(t: torch.Tensor) -> bool:
-    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return bool(check and check(t))
 
 
 def _fmt(name: str, r: Result) -> str:

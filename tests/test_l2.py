@@ -12,7 +12,7 @@ import torchattacks
 from pyautoattack import AutoAttack
 from scipy import stats
 
-from bench import checkpoints, paper_tables, runner, tables, zoo
+from bench import cache_keys, checkpoints, paper_tables, runner, tables, zoo
 from bench.attacks import check_in_ball, fgsm, pgd, uniform_start
 from bench.cli import main
 from bench.errors import BenchError
@@ -162,7 +162,7 @@ def test_norm_keys_the_cache_of_every_attack_group():
     groups = load_all()
     for name in ("pgd20", "pgd20_energy", "autoattack", "ece_fgsm"):
         g = groups[name]
-        keys = {runner.cache_key(g, "m", "digits", dict(DEFAULTS, eps=0.1, norm=n)) for n in ("Linf", "L2")}
+        keys = {cache_keys.cache_key(g, "m", "digits", dict(DEFAULTS, eps=0.1, norm=n)) for n in ("Linf", "L2")}
         assert len(keys) == 2, name
 
 
