@@ -84,5 +84,3 @@ def read_cache(path: Path, g: Group) -> dict[str, Result] | None:
     except Exception:
         return None  # unreadable cache is recomputed, never trusted
     return metrics if set(metrics) == set(g.metrics) else None
-
-

@@ -128,5 +128,3 @@ class _NonFiniteLogits:
 def _wrapped(t: torch.Tensor) -> bool:
     check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
     return bool(check and check(t))
-
-

@@ -3,7 +3,6 @@ and the real data set (Debian's dataset-fashion-mnist; in CI it must be there, e
 says why it skips)."""
 
 import gzip
-import os
 import struct
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 from bench import data
 from bench.cli import main
 from bench.errors import BenchError
+from tests.conftest import fashion_mnist_or_skip
 
 
 def _write_idx(path, arr: np.ndarray, gz: bool) -> None:
@@ -69,10 +69,7 @@ def test_absent_names_the_package(tmp_path, monkeypatch, capsys):
 
 
 def _real_or_skip():
-    if not all(data._idx_file(data.FASHION_MNIST_DEBIAN, f) for f in data.FASHION_MNIST_FILES):
-        if os.environ.get("CI"):
-            pytest.fail("CI must have Debian's dataset-fashion-mnist (.ci/run installs it)")
-        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    fashion_mnist_or_skip()
     return data.load("fashion-mnist")
 
 

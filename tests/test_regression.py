@@ -11,24 +11,24 @@ refused and the test fails with that reason (regenerate the baselines there, or 
 
 Marked `regression` (minutes, not seconds): `pytest -m "not regression"` skips it while developing;
 `tox -e tests` and CI run it, two checkpoints at a time (``-n 2``, pytest-xdist: each rerun is
-single-threaded like its baseline, so two processes use a 2-core machine; 390 s there for all 12).  Generation's IS/FID is left out: its Inception passes alone cost
-minutes per model on a CPU.  On Fashion-MNIST (28x28, 1,000 evaluation points) the subset is the
-suites that cost seconds per model on one CPU thread (``FMNIST_SUITES``; the baselines record
-each group's seconds): AutoAttack's 200 points alone take about ten minutes per robust model, and
+single-threaded like its baseline, so two processes use a 2-core machine; 390 s there for all 12).
+Generation's IS/FID is left out: its Inception passes alone cost minutes per model on a CPU.  On
+Fashion-MNIST (28x28, 1,000 evaluation points) the subset is the suites that cost seconds per
+model on one CPU thread (``SUITES["fmnist"]``; the baselines record each group's seconds): AutoAttack's 200 points alone take about ten minutes per robust model, and
 the memorization suite needs the generated set.  The Fashion-MNIST cases need Debian's
 dataset-fashion-mnist: in CI (``CI`` set) its absence fails them, elsewhere it skips them.
 """
 
 import json
-import os
 import re
 
 import pytest
 import torch
 
-from bench import check, data, results, runner, zoo
+from bench import check, results, runner, zoo
 from bench.cli import main
 from bench.train import METHODS
+from tests.conftest import fashion_mnist_or_skip
 
 SUITES = {"digits": "robust,calibration,score,memorization,landscape,denoise",
           "fmnist": "calibration,score,landscape,denoise"}
@@ -40,13 +40,6 @@ pytestmark = pytest.mark.regression
 
 def baseline(zoo_name: str, method: str):
     return zoo.results_dir() / "baseline" / f"{zoo_name}-{method}.json"
-
-
-def fashion_mnist_or_skip():
-    if not all(data._idx_file(data.FASHION_MNIST_DEBIAN, f) for f in data.FASHION_MNIST_FILES):
-        if os.environ.get("CI"):
-            pytest.fail("CI must have Debian's dataset-fashion-mnist (.ci/run installs it)")
-        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
 
 
 @pytest.fixture
