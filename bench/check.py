@@ -1,71 +1,32 @@
 """Regression check of a run against a baseline results.json (``bench check``).
 
-Only comparable runs are compared: the settings that change a number must match the baseline's:
-``model.sha256`` (the checkpoint), ``model.dataset`` and every key of ``run.config`` (what the
-runner records as "every setting that changes a number": seed, eps, n_eval, n_gen, ...).  Where
-they differ, ``check`` names the differing settings and stops with exit code 2: a mismatch is bad
-input, not a regression.  A setting newer than the baseline (absent from its ``run.config``) is
-compared as its default value, which is what the older run used.
+Only comparable runs are compared.  The same model: ``model.sha256`` (the file),
+``model.weights_sha256`` (the weights as loaded) and ``model.dataset``; the same data: the digests
+of both splits (``run.data.train_sha256``, ``test_sha256``); the same settings: every key of
+``run.config`` (a setting newer than the baseline counts as its default, which the older run used).
+Where they differ, ``check`` names them and stops with exit code 2: bad input, not a regression.
+A baseline is refused the same way when one of its values is non-finite, outside its metric's
+declared bounds (``Metric.bounds``: an accuracy of 1.258), of the wrong type, or disagrees with
+its own per-point record (a value edited by hand), and when the two runs have no metric in common.
 
-Two modes.
+Three ways to compare (``bench.check_rules`` holds the rules):
 
-Exact (``--exact``): for a rerun on the baseline's own platform (``run.platform``: machine, OS,
-Python, torch, CPU or GPU model, torch threads) with the same library versions (``run.versions``)
-and fast paths.  Every metric is deterministic there (same seed, same random streams, same
-kernels, same summation order), so every metric must reproduce the baseline to 1e-6 relative
-(``EXACT_REL``; a baseline value of 0 must stay exactly 0).  Any real change to the computation
-moves some digit and fails.  A run or baseline without a platform record (made before bench
-recorded one), or a platform, version or fast path that differs, is refused with exit code 2: the
-numbers may legitimately differ in their last digits there, so exact mode cannot decide.
+- **exact**: ``--exact`` where a metric's fingerprint (the platform its group was computed on,
+  ``run.groups[g].platform``, else ``run.platform``: CPU vendor, family, model, torch's CPU
+  capability, oneDNN, BLAS, kernel-selecting environment variables, threads; plus the library
+  versions and fast paths) equals the baseline's: bit for bit, 1e-6 relative, no flipped point.
+- **portable** (paired): the default, and ``--exact`` on a different fingerprint (the check then
+  says which parts differ).  The same points with the same seeds on another machine: points that
+  flipped, pairs that changed, or a small relative drift, within each metric's declared margin.
+- **statistical**: where the fast paths differ (``channels_last``, ``amp``, ``compile``), which
+  changes the numbers beyond kernel noise, or with ``--statistical``: independent-sample
+  tolerances (3 standard errors of the difference), wide, for gross breakage only.
 
-Statistical (the default; other machines, other versions, fast paths): versions, platform and the
-fast paths (``channels_last``, ``amp``, ``compile``: bench.fastpath) may differ and are noted; a
-metric fails when ``|current - baseline| > tolerance``, either way, with tolerances grounded in
-sampling error.  K = 3 standard errors *of the difference* of two independent estimates, which is
-sqrt(2) x the standard error of one run: a code change that only redraws the randomness (other
-attack starts, other SGLD chains) leaves each metric inside its tolerance with probability about
-99.7%, so a dozen metrics raise a false alarm about 3% of the time.
-
-Each metric declares its rule where its group is registered (``bench.metrics.Metric``: its
-``tolerance`` and ``range``); this module applies the rules.  Today's declarations:
-
-- ``proportion``: accuracy, pgd20, pgd20_energy, autoattack, accuracy_aa, pgd20_aa, landscape_center_is_min,
-  diverged_fraction (proportions):
-  K sqrt(2) sqrt(p(1-p)/n) at the baseline's p and n, with p smoothed to (np + 1)/(n + 2) so
-  that a proportion at 0 or 1 (pgd20 of an undefended model) still tolerates a few examples;
-  floor 0.001.
-- ``ece``: ece, ece_fgsm: the delta-method standard error of ECE = sum_b |sum_{i in b}(ok_i - conf_i)| / n
-  with the confidences fixed: sqrt(sum_b n_b a_b (1 - a_b)) / n from the per-bin counts n_b and
-  accuracies a_b the run records (a_b smoothed as above); without bins, sqrt(a(1-a)/n) at the
-  overall accuracy a (0.5 if unknown, the worst case).  Times K sqrt(2); floor 0.002.
-- ``relative``: fid, is_mean: 10% relative; is_std (itself the spread of a few splits): 25% relative.
-  FID and IS have no simple closed-form standard error and FID's bias depends on n, which the
-  settings check holds fixed.
-- ``standard-error``: jfs, mfs: K sqrt(2) std.  The ``std`` bench records for them is already the standard error of
-  the mean over points, sd / sqrt(n) (``bench.metrics.fisher.STD_NOTE``), Hutchinson probe
-  noise included, so it is not divided by sqrt(n) again.  Floor 1% of |baseline|; without a
-  recorded std, 10% relative.
-- ``standard-error`` (no floor): landscape_flatness, landscape_min_offset, nll, brier (and their ``_ts``, ``_fgsm`` variants):
-  means over points, K sqrt(2) std (the recorded standard error of the mean).
-- ``absolute``: ssim_nn: 0.02 absolute; denoise_psnr, denoise_psnr_noisy: 0.5 dB; denoise_ssim,
-  denoise_ssim_noisy: 0.02; each widened to K sqrt(2) std where the recorded standard error
-  (sd / sqrt(n)) makes that larger.
-
-A metric such a tolerance cannot bound is "not checkable" (reported and counted, neither ok nor a
-failure): one computed on fewer than ``MIN_N`` points (a standard error from a handful of points is
-itself too uncertain: the default landscape's 4 images), one whose tolerance spans half its whole
-range or more (a proportion's tolerance >= 0.5: it would pass anything), and a metric whose rule is
-``none`` or that no group declares (no loose default is invented for it; exact mode compares it
-like any other).
-
-Both modes: a metric null in both runs is ok (its reason noted); null in one only is a regression
-(a value lost, e.g. after an error or out of memory, or one that appeared).  A metric absent from
-one side (its suite was not run) is reported as ``missing`` and does not fail.
-``--tolerance NAME=ABS`` replaces a metric's tolerance, in either mode, by an absolute tolerance
-in the same units.
-
-This module decides (tolerances, comparability, the status of each metric); the ``Report`` and
-its forms (text, Markdown, JUnit XML) are ``bench.check_output``'s.
+A metric null in both runs is ok; null in one only is a regression.  A metric absent from one
+side is ``missing``: a regression when the run's own suites include it (``run.suites``; a killed
+run), otherwise not a failure unless ``--strict``, which also fails a metric that is not
+checkable (CI runs with ``--strict``: nothing passes unchecked).  ``--tolerance NAME=ABS``
+replaces a metric's tolerance in every mode.  ``bench.check_output`` formats the report.
 """
 
 from __future__ import annotations
@@ -74,91 +35,13 @@ import math
 import re
 from pathlib import Path
 
-from bench import fastpath, registry, results
+from bench import check_rules, fastpath, fingerprint, outcomes, registry, results
 from bench.check_output import MISSING, NOT_CHECKABLE, OK, REGRESSION, Report, Row
 from bench.check_output import write_outputs as write_outputs  # the CLI's --junit/--markdown, re-exported
+from bench.check_rules import EXACT_REL, known  # noqa: F401  (re-exported)
 from bench.errors import BenchError
-from bench.results import Result, Results
+from bench.results import Results
 from bench.settings import DEFAULTS
-
-EXACT_REL = 1e-6
-K = 3.0
-DIFF = math.sqrt(2.0)  # standard error of a difference of two independent estimates, per unit SE
-MIN_N = 30  # fewer points: a standard error (or a normal approximation) bounds nothing
-
-def known() -> set[str]:
-    """Every metric with a statistical rule (also valid in --tolerance when neither run has it)."""
-    return {sp.name for sp in registry.declared() if not sp.is_pattern and sp.tolerance.rule != "none"}
-
-
-def _smoothed(p: float, n: int) -> float:
-    return (p * n + 1) / (n + 2)
-
-
-def _ece_se(r: Result) -> float:
-    n = max(int(r.n or 0), 1)
-    bins = (r.details or {}).get("bins") or {}
-    counts, accs = bins.get("count"), bins.get("accuracy")
-    if isinstance(counts, list) and isinstance(accs, list) and len(counts) == len(accs) and sum(counts) > 0:
-        var = sum(c * _smoothed(a, c) * (1 - _smoothed(a, c)) for c, a in zip(counts, accs, strict=True)
-                  if c and a is not None)
-        return math.sqrt(var) / sum(counts)
-    a = bins.get("avg_accuracy")
-    a = 0.5 if not isinstance(a, int | float) else _smoothed(float(a), n)
-    return math.sqrt(a * (1 - a) / n)
-
-
-def _has_std(std) -> bool:
-    return std is not None and math.isfinite(std)
-
-
-def _rule(name: str, base: Result) -> tuple[float | None, str]:
-    """The statistical tolerance of ``name`` by its declared rule (bench.metrics.Tolerance),
-    before the checkability test."""
-    v, n, std = base.value, int(base.n or 0), base.std
-    t = registry.spec(name).tolerance
-    if t.rule == "proportion" and n > 0 and 0 <= v <= 1:
-        p = _smoothed(v, n)
-        return max(K * DIFF * math.sqrt(p * (1 - p) / n), t.floor), f"3 SE of a proportion at n={n}"
-    if t.rule == "ece" and n > 0:
-        return max(K * DIFF * _ece_se(base), t.floor), f"3 SE of ECE at n={n}"
-    if t.rule == "relative":
-        return t.margin * abs(v) + 1e-9, f"{t.margin:.0%} relative"
-    if t.rule == "standard-error":
-        if _has_std(std):
-            return max(K * DIFF * std, t.floor_rel * abs(v), 1e-9), "3 SE from the recorded std"
-        if t.margin is not None:
-            return t.margin * abs(v) + 1e-9, f"{t.margin:.0%} relative (no std recorded)"
-        return None, "no standard error recorded"
-    if t.rule == "absolute":
-        if _has_std(std) and K * DIFF * std > t.margin:
-            return K * DIFF * std, "3 SE from the recorded std"
-        return t.margin, "absolute"
-    if t.rule == "proportion":
-        return None, f"not a proportion at n={n}"
-    return None, "no statistical tolerance is defined for this metric (--exact compares it; or give --tolerance)"
-
-
-def default_tolerance(name: str, base: Result) -> tuple[float | None, str]:
-    """(tolerance, how it was derived) for metric ``name`` in statistical mode, from the baseline's
-    record; (None, why) for a metric that is not checkable (see the module docstring)."""
-    if base.value is None:
-        return None, "no baseline value"
-    n = int(base.n or 0)
-    tol, how = _rule(name, base)
-    if tol is None:
-        return None, how
-    if n < MIN_N:
-        return None, f"at n={n}: fewer than {MIN_N} points (tolerance would be {tol:.3g})"
-    width = registry.spec(name).range
-    if width is not None and tol >= width / 2:
-        return None, f"at n={n}: the tolerance {tol:.3g} spans half the metric's range or more"
-    return tol, how
-
-
-def exact_tolerance(base: Result) -> tuple[float, str]:
-    return EXACT_REL * abs(base.value), f"exact ({EXACT_REL:g} relative)"
-
 
 _TOL = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*=\s*(\S+)\s*$")
 
@@ -184,13 +67,27 @@ def parse_tolerances(items, names) -> dict[str, float]:
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# comparability
+
+
+def _data(res: Results) -> dict:
+    d = res.run.get("data")
+    return d if isinstance(d, dict) else {}
+
+
 def setting_differences(base: Results, cur: Results) -> list[str]:
-    """The settings that change a number and differ: model sha256 and dataset, run.config keys."""
+    """What makes the two runs different evaluations: the model (file, weights as loaded, data
+    set), the data digests and the run.config settings that change a number."""
     diffs = []
-    for key in ("sha256", "dataset"):
+    for key in ("sha256", "weights_sha256", "dataset"):
         b, c = base.model.get(key), cur.model.get(key)
         if b != c:
             diffs.append(f"model.{key} (baseline {_show(b)}, current {_show(c)})")
+    for key in ("train_sha256", "test_sha256"):
+        b, c = _data(base).get(key), _data(cur).get(key)
+        if b != c:
+            diffs.append(f"run.data.{key} (baseline {_show(b)}, current {_show(c)})")
     bc, cc = base.run.get("config") or {}, cur.run.get("config") or {}
     if not isinstance(bc, dict) or not isinstance(cc, dict):
         return diffs + ["run.config is not an object"]
@@ -219,29 +116,51 @@ def _record(run: dict, key: str) -> dict:
     return v if isinstance(v, dict) else {}
 
 
-def environment_differences(base: Results, cur: Results) -> list[str]:
-    """Platform, versions and fast paths that differ (``platform.threads 1 -> 2``)."""
-    out = []
-    for key in ("platform", "versions"):
-        b, c = _record(base.run, key), _record(cur.run, key)
-        out += [f"{key}.{k} {b.get(k)!r} -> {c.get(k)!r}" for k in sorted(set(b) | set(c)) if b.get(k) != c.get(k)]
+def fast_path_differences(base: Results, cur: Results) -> list[str]:
     bc, cc = base.run.get("config") or {}, cur.run.get("config") or {}
-    if isinstance(bc, dict) and isinstance(cc, dict):
-        out += [f"{k} {b!r} -> {c!r}" for k in fastpath.SETTINGS if (b := _setting(bc, k)) != (c := _setting(cc, k))]
-    return out
+    if not isinstance(bc, dict) or not isinstance(cc, dict):
+        return []
+    return [f"{k} {b!r} -> {c!r}" for k in fastpath.SETTINGS if (b := _setting(bc, k)) != (c := _setting(cc, k))]
 
 
-def exact_refusal(base: Results, cur: Results) -> str | None:
-    """Why exact mode cannot compare these two runs (None: it can)."""
-    for res, what, fix in ((base, "the baseline", "regenerate the baseline (bench run) with this version of bench"),
-                           (cur, "the run", "rerun it with this version of bench")):
-        if not _record(res.run, "platform"):
-            return f"--exact: {what} has no platform record (made before bench recorded one): {fix}"
-    diffs = environment_differences(base, cur)
-    if diffs:
-        return (f"--exact needs the baseline's platform, versions and fast paths; {len(diffs)} differ: "
-                + ", ".join(diffs) + " (compare without --exact across machines)")
-    return None
+def computed_on(res: Results, metric: str) -> dict:
+    """The platform a metric's group was computed on (a cached group keeps its own)."""
+    for g in _record(res.run, "groups").values():
+        if isinstance(g, dict) and metric in (g.get("metrics") or ()) and isinstance(g.get("platform"), dict):
+            return g["platform"]
+    return _record(res.run, "platform")
+
+
+def fingerprint_differences(base: Results, cur: Results, metric: str | None = None) -> list[str]:
+    """Platform (of ``metric``'s group, else of the run), versions and fast paths that differ."""
+    pb = computed_on(base, metric) if metric else _record(base.run, "platform")
+    pc = computed_on(cur, metric) if metric else _record(cur.run, "platform")
+    out = [f"platform.{d}" for d in fingerprint.differences(pb, pc)]
+    out += [f"versions.{d}" for d in fingerprint.differences(_record(base.run, "versions"),
+                                                             _record(cur.run, "versions"))]
+    return out + fast_path_differences(base, cur)
+
+
+def refuse_bad_baseline(base: Results, raw: dict, where: str) -> None:
+    """One line (exit 2) for a baseline no check can trust: a value of the wrong type, non-finite or
+    outside its metric's bounds, an n that is no count, a value disagreeing with its own
+    per-point record."""
+    for name, r in base.metrics.items():
+        doc = raw.get(name) if isinstance(raw, dict) else None
+        v = doc.get("value") if isinstance(doc, dict) else None
+        n = doc.get("n", 0) if isinstance(doc, dict) else None
+        sp = registry.spec(name)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise BenchError(f"{where}: metric {name}: n {n!r} is not a count")
+        if not sp.admits(v):
+            lo, hi = sp.bounds
+            raise BenchError(f"{where}: metric {name}: value {v!r} is not a finite number in "
+                             f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]")
+        bits = outcomes.of(r.details)
+        if bits is not None and v is not None and sp.portable is not None and sp.portable.unit == "points" \
+                and len(bits) == n and n and abs(bits.mean() - v) > 0.5 / n:
+            raise BenchError(f"{where}: metric {name}: value {v!r} disagrees with its per-point record "
+                             f"({int(bits.sum())} of {n} points): edited by hand?")
 
 
 def _read(path, what: str) -> Results:
@@ -252,9 +171,11 @@ def _read(path, what: str) -> Results:
             raise BenchError(f"{what} {path}: no results.json in it")
     elif not p.exists():
         raise BenchError(f"{what} {path}: no such file or directory")
-    res = results.read(p)
+    raw = results.read_json(p)
+    res = results.Results.from_json(raw, str(p))
     if not isinstance(res.model, dict) or not isinstance(res.run, dict):
         raise BenchError(f"{p}: malformed results file (model and run must be objects)")
+    refuse_bad_baseline(res, raw.get("metrics"), str(p))
     return res
 
 
@@ -264,51 +185,89 @@ def label(res: Results, fallback: str = "run") -> str:
     return "-".join(parts) or fallback
 
 
+# --------------------------------------------------------------------------------------------
+# comparing
+
+
+def _ran(res: Results, name: str) -> bool:
+    """Whether ``res``'s own suites include the group that declares ``name``."""
+    suites = res.run.get("suites") or ()
+    g = next((g for g in registry.load_all().values() if any(sp.matches(name) for sp in g.specs)), None)
+    return g is not None and g.suite in suites
+
+
+def _row(name: str, b, c, mode: str, tolerances: dict, suite_ran: bool) -> Row:
+    if b is None or c is None:
+        if b is not None and suite_ran:
+            return Row(name, b.value, None, None, None, REGRESSION,
+                       "not in this run although its suite ran (an interrupted run?)")
+        return Row(name, b and b.value, c and c.value, None, None, MISSING,
+                   "not in the baseline" if b is None else "not in this run")
+    if b.value is None or c.value is None:
+        if b.value is None and c.value is None:
+            return Row(name, None, None, None, None, OK, f"null in both: {c.reason}")
+        why = f"null now: {c.reason}" if c.value is None else f"a value now; baseline null: {b.reason}"
+        return Row(name, b.value, c.value, None, None, REGRESSION, why)
+    delta = c.value - b.value
+    status = None
+    if name in tolerances:
+        tol, how = tolerances[name], "given"
+    elif mode == "exact":
+        tol, how, status = check_rules.exact(name, b, c)
+    elif mode == "portable":
+        tol, how, status = check_rules.portable(name, b, c)
+    else:
+        tol, how = check_rules.statistical(name, b)
+    if tol is None:
+        return Row(name, b.value, c.value, delta, None, NOT_CHECKABLE, how)
+    if status is None:
+        status = REGRESSION if abs(delta) > tol else OK
+    return Row(name, b.value, c.value, delta, tol, status, how)
+
+
 def compare(base: Results, cur: Results, tolerances: dict[str, float] | None = None,
-            exact: bool = False) -> Report:
-    """Compare metric by metric (the caller has checked the settings, and for ``exact`` the
-    platform, match)."""
+            exact: bool = False, strict: bool = False, statistical: bool = False) -> Report:
+    """Compare metric by metric (the caller has checked that the two are comparable); with
+    ``statistical`` as independent samples whatever the fingerprints."""
     tolerances = tolerances or {}
-    rows = []
-    for name in list(base.metrics) + [m for m in cur.metrics if m not in base.metrics]:
-        b, c = base.metrics.get(name), cur.metrics.get(name)
-        if b is None or c is None:
-            rows.append(Row(name, b and b.value, c and c.value, None, None, MISSING,
-                            "not in the baseline" if b is None else "not in this run"))
-            continue
-        if b.value is None or c.value is None:
-            if b.value is None and c.value is None:
-                rows.append(Row(name, None, None, None, None, OK, f"null in both: {c.reason}"))
-            else:
-                why = f"null now: {c.reason}" if c.value is None else f"a value now; baseline null: {b.reason}"
-                rows.append(Row(name, b.value, c.value, None, None, REGRESSION, why))
-            continue
-        if name in tolerances:
-            tol, how = tolerances[name], "given"
+    names = list(base.metrics) + [m for m in cur.metrics if m not in base.metrics]
+    if not set(base.metrics) & set(cur.metrics):
+        raise BenchError("not compared: the run and the baseline have no metric in common")
+    fast = fast_path_differences(base, cur)
+    rows, modes, moved = [], set(), {}
+    for name in names:
+        if fast or statistical:
+            mode = "statistical"
+        elif exact and not (d := fingerprint_differences(base, cur, name)):
+            mode = "exact"
         else:
-            tol, how = exact_tolerance(b) if exact else default_tolerance(name, b)
-        delta = c.value - b.value
-        if tol is None:
-            rows.append(Row(name, b.value, c.value, delta, None, NOT_CHECKABLE, how))
-            continue
-        rows.append(Row(name, b.value, c.value, delta, tol, REGRESSION if abs(delta) > tol else OK, how))
+            mode = "portable"
+            if exact:
+                moved.setdefault(tuple(d), []).append(name)
+        modes.add(mode)
+        rows.append(_row(name, base.metrics.get(name), cur.metrics.get(name), mode, tolerances,
+                         name not in cur.metrics and _ran(cur, name)))
     notes = []
-    diffs = environment_differences(base, cur)
-    if diffs:
-        notes.append("platform, versions or fast paths differ (allowed): " + ", ".join(diffs))
-    return Report(rows, notes, "exact" if exact else "statistical", label(cur))
+    if fast:
+        notes.append("fast paths differ, so the statistical rules apply: " + ", ".join(fast))
+    for diffs, which in moved.items():
+        notes.append(f"--exact: the fingerprint differs ({', '.join(diffs)}), so {len(which)} metric(s) are "
+                     "compared by the portable (paired) rules")
+    if not exact and not fast and not statistical and (d := fingerprint_differences(base, cur)):
+        notes.append("platform or versions differ (paired rules hold): " + ", ".join(d))
+    return Report(rows, notes, "/".join(sorted(modes)) or "portable", label(cur), strict)
 
 
-def check(run_dir, baseline, tolerance_items=(), exact: bool = False) -> Report:
-    """``bench check``: read both, parse --tolerance, refuse differing settings (and, for
-    ``exact``, a differing platform), compare."""
+def check(run_dir, baseline, tolerance_items=(), exact: bool = False, strict: bool = False,
+          statistical: bool = False) -> Report:
+    """``bench check``: read both (a bad baseline is refused), parse --tolerance, refuse runs that
+    are not the same evaluation, compare."""
     base = _read(baseline, "baseline")
     cur = _read(run_dir, "run")
     tolerances = parse_tolerances(tolerance_items, known() | set(base.metrics) | set(cur.metrics))
     diffs = setting_differences(base, cur)
     if diffs:
         raise BenchError(f"not compared: {len(diffs)} setting(s) differ from the baseline's: " + "; ".join(diffs))
-    if exact and (why := exact_refusal(base, cur)):
-        raise BenchError(why)
-    return compare(base, cur, tolerances, exact)
-
+    if exact and statistical:
+        raise BenchError("--exact and --statistical exclude each other")
+    return compare(base, cur, tolerances, exact, strict, statistical)

@@ -35,12 +35,16 @@ class Row:
 class Report:
     rows: list[Row]
     notes: list[str] = field(default_factory=list)  # e.g. differing versions (not compared)
-    mode: str = "statistical"  # or "exact"
+    mode: str = "portable"  # exact, portable, statistical, or several joined by "/"
     label: str = "run"  # what was checked, e.g. digits-jeat
+    strict: bool = False  # missing and not-checkable metrics fail too (CI)
 
     @property
     def regressions(self) -> list[Row]:
-        return [r for r in self.rows if r.failed]
+        return [r for r in self.rows if self.fails(r)]
+
+    def fails(self, r: Row) -> bool:
+        return r.failed or (self.strict and r.status in (NOT_CHECKABLE, MISSING))
 
     @property
     def exit_code(self) -> int:
@@ -52,7 +56,7 @@ class Report:
     def summary(self) -> str:
         c = self.counts()
         return (f"{c[OK]} ok, {c[REGRESSION]} regression(s), {c[NOT_CHECKABLE]} not checkable, "
-                f"{c[MISSING]} missing ({self.mode} mode)")
+                f"{c[MISSING]} missing ({self.mode} mode{', strict' if self.strict else ''})")
 
     def _cells(self, r: Row) -> tuple[str, ...]:
         return (r.metric, _f(r.baseline), _f(r.current), _f(r.delta, sign=True), _f(r.tolerance), r.status)
@@ -73,7 +77,7 @@ class Report:
                  "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
         for r in self.rows:
             cells = list(self._cells(r)) + [r.note]
-            if r.failed:
+            if self.fails(r):
                 cells[5] = f"**{r.status}**"
             lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
         lines += ["", self.summary()]
@@ -84,14 +88,15 @@ class Report:
         """JUnit XML: one test case per metric; a regression is a failure, a metric not checkable or
         missing is skipped (with its reason)."""
         c = self.counts()
-        suite = _junit_suite(self.label, self.mode, len(self.rows), c[REGRESSION], c[NOT_CHECKABLE] + c[MISSING], 0)
+        n_failed = len(self.regressions)
+        suite = _junit_suite(self.label, self.mode, len(self.rows), n_failed, len(self.rows) - n_failed - c[OK], 0)
         for note in self.notes:
             ET.SubElement(ET.SubElement(suite, "properties"), "property", name="note", value=note)
         for r in self.rows:
             case = ET.SubElement(suite, "testcase", classname=f"bench.check.{self.label}", name=r.metric, time="0")
             detail = (f"baseline {_f(r.baseline)}, current {_f(r.current)}, delta {_f(r.delta, sign=True)}, "
                       f"tolerance {_f(r.tolerance)}" + (f" ({r.note})" if r.note else ""))
-            if r.failed:
+            if self.fails(r):
                 ET.SubElement(case, "failure", message=detail, type="regression").text = detail
             elif r.status in (NOT_CHECKABLE, MISSING):
                 ET.SubElement(case, "skipped", message=f"{r.status}: {r.note}")

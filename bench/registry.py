@@ -9,6 +9,7 @@ and never import ``bench.metrics`` (docs/ARCHITECTURE.md, "Layers").
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -69,6 +70,55 @@ def absolute(margin: float) -> Tolerance:
     return Tolerance("absolute", margin)
 
 
+PORTABLE_UNITS = ("points", "pairs", "relative", "absolute")
+
+
+@dataclass(frozen=True)
+class Portable:
+    """How ``bench check`` compares a rerun with its baseline on another platform (``--exact`` on a
+    different fingerprint, and the default mode).  Both runs evaluate the same points with the same
+    seeds, so the comparison is paired: what may differ is floating-point order and CPU kernels,
+    which flip a few points next to a decision boundary (or an FGSM sign next to a zero gradient),
+    move continuous metrics in their last digits and can make SGLD chains drift apart.  The
+    margins are set from that noise, measured across simulated machines (docs/CHECKS.md):
+
+    - ``points``: a share of points.  The points that flipped are counted, from the per-point
+      bits both runs record (``bench.outcomes``), else from the values (|delta| x n); at most
+      ``share`` x n may flip (rounded down: 0 below n = 200, 2 at n = 450, 5 at n = 1,000);
+    - ``pairs``: a rank statistic over (in, out) pairs, AUROC: |delta| x n_in x n_out concordant
+      pairs may change, at most ``share`` x n_in x n_out;
+    - ``relative``: |delta| <= ``rel`` x |baseline| + ``abs``, widened by ``per_flip`` / n for every
+      point of the metric's own per-point record that flipped (a flipped prediction moves ECE by at
+      most 2 / n, Brier by 2 / n); ``per_flip`` None: a metric no per-point bound covers (MCE, NLL)
+      fails once any of its points flipped beyond ``share`` x n (``share`` also caps the flips);
+    - ``absolute``: |delta| <= ``abs``."""
+
+    unit: str
+    share: float = 0.005
+    rel: float = 0.0
+    abs: float = 0.0
+    per_flip: float | None = 0.0
+
+    def __post_init__(self):
+        if self.unit not in PORTABLE_UNITS:
+            raise ValueError(f"portable rule {self.unit!r}: expected one of {', '.join(PORTABLE_UNITS)}")
+
+
+# the margins, from the noise measured across simulated machines (docs/CHECKS.md): kernels move a
+# deterministic metric by at most a few 1e-5 relative, SGLD-generated sets by up to ~0.6 %
+DETERMINISTIC = 1e-3
+GENERATED = 0.01
+POINTS = Portable("points")
+PAIRS = Portable("pairs", share=0.001)
+STABLE = Portable("relative", rel=DETERMINISTIC, abs=1e-9)
+DRIFTING = Portable("relative", rel=GENERATED, abs=1e-6)
+
+
+def stable(per_flip: float | None = 0.0, abs_: float = 1e-9) -> Portable:
+    """A metric deterministic given its inputs: ``DETERMINISTIC`` relative."""
+    return Portable("relative", rel=DETERMINISTIC, abs=abs_, per_flip=per_flip)
+
+
 DISPLAYS = ("float", "percent")
 
 
@@ -88,6 +138,18 @@ class Metric:
     tolerance: Tolerance = NOT_CHECKABLE
     range: float | None = None
     column: str | None = None
+    portable: Portable | None = None  # the paired rule of bench check (None: not checkable there)
+    bounds: tuple[float | None, float | None] = (None, None)  # the values it can take (None: open)
+
+    def admits(self, value) -> bool:
+        """Whether ``value`` (None: a null) can be a value of this metric: finite and within bounds."""
+        if value is None:
+            return True
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return False
+        lo, hi = self.bounds
+        slack = 1e-9 * max(1.0, abs(value))
+        return (lo is None or value >= lo - slack) and (hi is None or value <= hi + slack)
 
     def __post_init__(self):
         if self.display not in DISPLAYS:
@@ -106,7 +168,8 @@ class Metric:
     def proportion(cls, name: str, higher_is_better: bool | None = True, display: str = "percent",
                    **kw) -> Metric:
         """A share of points in [0, 1] (accuracy, robust accuracy, diverged chains)."""
-        return cls(name, "proportion", higher_is_better, display, PROPORTION, 1.0, **kw)
+        kw.setdefault("portable", POINTS)
+        return cls(name, "proportion", higher_is_better, display, PROPORTION, 1.0, bounds=(0.0, 1.0), **kw)
 
 
 @dataclass

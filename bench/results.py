@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,26 +81,11 @@ class Results:
 
 
 def platform_record(device) -> dict:
-    """Where a run's numbers were computed (results.json ``run.platform``): ``bench check --exact``
-    compares only runs made on the same platform, since the last digits of a float depend on the
-    CPU or GPU model, the build and the thread count (the order of summation)."""
-    import torch
+    """Where a run's numbers were computed (results.json ``run.platform``): the platform fingerprint
+    of ``bench.fingerprint``, which ``bench check --exact`` compares."""
+    from bench import fingerprint
 
-    dev = torch.device(device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
-    return {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
-            "torch": torch.__version__, "device": dev.type, "device_name": name,
-            "threads": torch.get_num_threads()}
-
-
-def _cpu_name() -> str:
-    try:  # Linux: platform.processor() is often empty or just the architecture
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return fingerprint.record(device)
 
 
 def read(path: str | Path) -> Results:
@@ -124,15 +108,16 @@ def read_json(path: str | Path) -> dict:
 
 def write_json(path: str | Path, obj) -> None:
     """Atomic (write, fsync, rename), strict JSON: NaN/inf become null."""
-    text = json.dumps(_finite(obj), indent=1, sort_keys=False, allow_nan=False)
+    text = json.dumps(finite(obj), indent=1, sort_keys=False, allow_nan=False)
     atomic_write_bytes(path, (text + "\n").encode())
 
 
-def _finite(o):
+def finite(o):
+    """``o`` with every non-finite float replaced by None (what strict JSON holds)."""
     if isinstance(o, float):
         return o if math.isfinite(o) else None
     if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
+        return {k: finite(v) for k, v in o.items()}
     if isinstance(o, list | tuple):
-        return [_finite(v) for v in o]
+        return [finite(v) for v in o]
     return o

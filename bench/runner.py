@@ -29,7 +29,7 @@ from bench import (
 )
 from bench.errors import BenchError
 from bench.metrics import Context, Result
-from bench.results import Results, platform_record, write_json
+from bench.results import Results, platform_record
 from bench.settings import DEFAULTS, Norm, complete, dataset_defaults, validate
 
 
@@ -202,7 +202,7 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
                  generation_code_sha256=cache_keys.code_sha256("bench.generation", memo))  # keys samples.npz
     model = fastpath.apply(loaded.model.to(dev).eval(), fastpath.FastPath.from_settings(s))
     ctx = Context(model, ds, s_run, dev, out, progress=progress.bar,
-                  replay_buffer=loaded.replay_buffer, data_root=data_root)
+                  replay_buffer=loaded.replay_buffer, data_root=data_root, train_used=train_used(loaded))
     cache_dir = out / "cache"
     cache_dir.mkdir(exist_ok=True)
     res = Results(loaded.describe() | {"dataset": ds.name, "num_classes": ds.num_classes}, {
@@ -210,17 +210,19 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
         "code_sha256": code,
         "platform": platform_record(dev),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "seconds": None,
-        "config": s, "cache": {"hits": [], "computed": []}})
+        "config": s, "cache": {"hits": [], "computed": []}, "groups": {}})
     if distributed.active():
         res.run["processes"] = distributed.world()
     for g in groups:
         key = cache_keys.cache_key(g, model_id, ds.name, s, dict(identity, code=code[g.name]))
         path = cache_dir / f"{g.name}-{key}.json"
-        cached = cache_keys.read_cache(path, g) if resume and main else None
-        cached = distributed.broadcast(cached)  # every rank takes the same path through the groups
-        if cached is not None:
+        entry = cache_keys.read_cache(path, g, key) if resume and main else None
+        entry = distributed.broadcast(entry)  # every rank takes the same path through the groups
+        if entry is not None:
+            cached, computed_on = entry
             res.metrics.update(cached)
             res.run["cache"]["hits"].append(g.name)
+            res.run["groups"][g.name] = _group_record(g, computed_on or res.run["platform"], True, res.run["platform"])
             log(f"[{g.suite}] {g.name}: cached")
         else:
             t0 = time.time()
@@ -229,9 +231,9 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
             for r in computed.values():
                 r.seconds = r.seconds or time.time() - t0
             if cacheable and main:  # a transient fault (out of memory) is retried by the next run
-                write_json(path, {"key": key, "group": g.name,
-                                  "metrics": {k: v.to_json() for k, v in computed.items()}})
+                cache_keys.write_cache(path, g, key, computed, res.run["platform"])
             res.metrics.update(computed)
+            res.run["groups"][g.name] = _group_record(g, res.run["platform"], False, res.run["platform"])
             res.run["cache"]["computed"].append(g.name)
             log(f"[{g.suite}] {g.name}: " + ", ".join(_fmt(k, v) for k, v in computed.items()))
         res.run["seconds"] = round(time.time() - started, 2)
@@ -251,6 +253,23 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
         log(f"report.html not written: {type(e).__name__}: {e}")
     distributed.close()
     return res
+
+
+def _group_record(g, computed_on: dict, cached: bool, run_platform: dict) -> dict:
+    """results.json's ``run.groups[name]``: a finished group, its suite and metrics, and the platform
+    its numbers were computed on where that is not the run's ``platform`` (a cached group keeps the
+    one it was computed on, not this process's: ``bench check --exact`` compares each metric's own)."""
+    rec = {"suite": g.suite, "metrics": list(g.metrics), "cached": cached}
+    if computed_on != run_platform:
+        rec["platform"] = computed_on
+    return rec
+
+
+def train_used(loaded: checkpoints.Loaded) -> int | None:
+    """How many training points (the first ones) the checkpoint trained on, where it records it
+    (its recipe's ``train_n``); None: all of them, or nothing recorded."""
+    n = (loaded.meta.get("recipe_config") or {}).get("train_n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
 
 
 def _quiet(message: str) -> None:

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from bench import checkpoints, metrics, paper_tables, suites
-from bench.check import default_tolerance
+from bench.check_rules import statistical as default_tolerance
 from bench.cli import main
 from bench.metrics import PROPORTION, Metric, Result, register, relative
 from bench.results import read
@@ -79,8 +79,10 @@ def test_a_new_group_with_a_new_suite_is_one_module(registry, ckpt, tmp_path, ca
     """Registered here and nowhere else: ``--suite gadgetry`` runs it, bench check bounds it by its
     declared rule, the tables show it in percent with its column label."""
     register("widgets", "gadgetry", settings=("n_eval",),
-             metrics=(Metric("widget_share", "proportion", True, "percent", PROPORTION, 1.0, column="Widgets"),
-                      Metric("widget_size", "mm", False, tolerance=relative(0.2), column="Size")))(
+             metrics=(Metric("widget_share", "proportion", True, "percent", PROPORTION, 1.0, column="Widgets",
+                             portable=metrics.POINTS, bounds=(0.0, 1.0)),
+                      Metric("widget_size", "mm", False, tolerance=relative(0.2), column="Size",
+                             portable=metrics.STABLE)))(
         lambda ctx: {"widget_share": Result(0.25, n=40), "widget_size": Result(3.0, n=40)})
     assert suites.resolve("all")[-1] == "gadgetry"
     out = tmp_path / "run"
@@ -93,7 +95,9 @@ def test_a_new_group_with_a_new_suite_is_one_module(registry, ckpt, tmp_path, ca
     assert default_tolerance("widget_share", res.metrics["widget_share"])[0] == pytest.approx(
         3 * math.sqrt(2) * math.sqrt(p * (1 - p) / 40))
     assert default_tolerance("widget_size", res.metrics["widget_size"])[0] == pytest.approx(0.6)
-    assert main(["check", str(out), "--baseline", str(out)]) == 0
+    assert main(["check", str(out), "--baseline", str(out), "--strict"]) == 0
+    assert "2 ok, 0 regression(s), 0 not checkable" in capsys.readouterr().out
+    assert main(["check", str(out), "--baseline", str(out), "--statistical"]) == 0
     assert "2 ok, 0 regression(s), 0 not checkable" in capsys.readouterr().out
     # tables: its suite's table, the share in percent, best by its declared direction
     md = (out / "tables" / "gadgetry.md").read_text()

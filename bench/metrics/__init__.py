@@ -38,6 +38,9 @@ class Context:
     out: Path
     replay_buffer: torch.Tensor | None = None  # the checkpoint's SGLD replay buffer, images in [0, 1]
     data_root: str | None = None  # where data sets live (--data-root): OOD sets load from it
+    # the checkpoint trained on the first ``train_used`` training points only (its recipe's
+    # train_n); None: on all of them, or unknown.  The rest of the split was never seen.
+    train_used: int | None = None
     generation: Generated | None = None  # the run's generated set, once made (bench.generation.generated)
     progress: Callable | None = None  # progress(iterable, desc=..., total=...) -> iterable
     sharded: bool = False  # set by the runner while a sharded group runs under torchrun
@@ -112,15 +115,22 @@ def _seed_for(seed: int, tag: str) -> int:
 
 # the registry lives in bench.registry (declarations only); metric modules import it from here
 from bench.registry import (  # noqa: E402,F401
+    DETERMINISTIC,
     DISPLAYS,
+    DRIFTING,
     ECE,
+    GENERATED,
     GROUPS,
     MEAN,
     NOT_CHECKABLE,
+    PAIRS,
+    POINTS,
     PROPORTION,
+    STABLE,
     TOLERANCE_RULES,
     Group,
     Metric,
+    Portable,
     Tolerance,
     absolute,
     declared,
@@ -129,5 +139,6 @@ from bench.registry import (  # noqa: E402,F401
     register,
     relative,
     spec,
+    stable,
     standard_error,
 )

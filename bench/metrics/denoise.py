@@ -41,7 +41,7 @@ import torch
 
 from bench.energy import EnergyModel, evaluates
 from bench.errors import BenchError
-from bench.metrics import Context, Metric, Result, absolute, mean_se, register
+from bench.metrics import STABLE, Context, Metric, Result, absolute, mean_se, register
 from bench.metrics.ssim import WIN, show_order, ssim
 from bench.sampling import SGLDConfig, sgld
 
@@ -87,10 +87,12 @@ def langevin_denoise(model: EnergyModel, x_noisy: torch.Tensor, y: torch.Tensor,
 
 
 @register("denoise", "denoise",
-          metrics=(Metric("denoise_psnr_noisy", "dB", True, tolerance=absolute(0.5)),
-                   Metric("denoise_psnr", "dB", True, tolerance=absolute(0.5)),
-                   Metric("denoise_ssim_noisy", "ssim", True, tolerance=absolute(0.02), range=2.0),
-                   Metric("denoise_ssim", "ssim", True, tolerance=absolute(0.02), range=2.0)),
+          metrics=(Metric("denoise_psnr_noisy", "dB", True, tolerance=absolute(0.5), portable=STABLE),
+                   Metric("denoise_psnr", "dB", True, tolerance=absolute(0.5), portable=STABLE),
+                   Metric("denoise_ssim_noisy", "ssim", True, tolerance=absolute(0.02), range=2.0, portable=STABLE,
+                          bounds=(-1.0, 1.0)),
+                   Metric("denoise_ssim", "ssim", True, tolerance=absolute(0.02), range=2.0, portable=STABLE,
+                          bounds=(-1.0, 1.0))),
           settings=("seed", "denoise_images", "denoise_var", "denoise_steps", "denoise_step_size",
                     "denoise_noise", "denoise_label", "batch_size"), sharded=True)
 def denoise_group(ctx: Context) -> dict[str, Result]:

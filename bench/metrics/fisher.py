@@ -66,7 +66,7 @@ import torch
 from bench.energy import Energy, EnergyModel, evaluates
 from bench.errors import BenchError
 from bench.execution import Execution
-from bench.metrics import Context, Metric, Result, mean_se, register, standard_error
+from bench.metrics import STABLE, Context, Metric, Result, mean_se, register, standard_error
 from bench.taylor import JetUnsupported, forward_over_forward, hvp_batched, jet
 
 KINDS = (Energy.JOINT, Energy.MARGINAL)
@@ -306,7 +306,7 @@ def model_space(model: EnergyModel) -> EnergyModel:
     return z_model.to(model.mean.device).eval()
 
 
-@register("fisher", "score", metrics=tuple(Metric(m, "score", False, tolerance=standard_error(0.01, 0.10)) for m in ("jfs", "mfs")),
+@register("fisher", "score", metrics=tuple(Metric(m, "score", False, tolerance=standard_error(0.01, 0.10), portable=STABLE) for m in ("jfs", "mfs")),
           settings=("seed", "n_score", "probes", "exact_trace", "fisher_space"), sharded=True)
 def fisher_group(ctx: Context) -> dict[str, Result]:
     """``jfs`` (Eq. 23, ground-truth labels) and ``mfs`` (Eq. 24) on the first ``n_score`` test

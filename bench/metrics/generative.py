@@ -40,7 +40,7 @@ from bench import features
 from bench.data import TRAIN_IS_TEST
 from bench.errors import BenchError
 from bench.features import FEATURE_BATCH, ISC_LAYER
-from bench.metrics import Context, Metric, Result, register, relative
+from bench.metrics import DRIFTING, Context, Metric, Result, register, relative
 from bench.sample_quality import (
     FEATURE_METRICS,
     ISC_SPLITS,
@@ -104,13 +104,15 @@ def _refuse_train_is_test(x_gen: torch.Tensor, ext: features.Extractor, ctx: Con
 
 
 @register("is_fid", "generative",
-          metrics=(Metric("is_mean", "score", True, tolerance=relative(0.10)),
-                   Metric("is_std", "score", tolerance=relative(0.25)),
-                   Metric("fid", "fid", False, tolerance=relative(0.10)),
+          metrics=(Metric("is_mean", "score", True, tolerance=relative(0.10), portable=DRIFTING, bounds=(1.0, None)),
+                   Metric("is_std", "score", tolerance=relative(0.25), portable=DRIFTING, bounds=(0.0, None)),
+                   Metric("fid", "fid", False, tolerance=relative(0.10), portable=DRIFTING, bounds=(0.0, None)),
                    Metric.proportion("diverged_fraction", higher_is_better=False),
-                   Metric("kid_mean", "kid", False), Metric("kid_std", "kid"),
-                   Metric("precision", "proportion", True), Metric("recall", "proportion", True),
-                   Metric("diversity_ssim", "ssim")),
+                   Metric("kid_mean", "kid", False, portable=DRIFTING),
+                   Metric("kid_std", "kid", portable=DRIFTING, bounds=(0.0, None)),
+                   Metric("precision", "proportion", True, portable=DRIFTING, bounds=(0.0, 1.0)),
+                   Metric("recall", "proportion", True, portable=DRIFTING, bounds=(0.0, 1.0)),
+                   Metric("diversity_ssim", "ssim", portable=DRIFTING, bounds=(-1.0, 1.0))),
           settings=(*GEN_SETTINGS, "inception_weights", "fid_extractor", "max_diverged", "ref_stats", "n_ref"), sharded=True,
           needs=("generated",))
 def generative_group(ctx: Context) -> dict[str, Result]:

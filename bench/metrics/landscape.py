@@ -43,7 +43,7 @@ import torch
 from bench import fastpath, settings
 from bench.energy import EnergyModel, evaluates
 from bench.execution import Execution
-from bench.metrics import MEAN, Context, Metric, Result, mean_se, register
+from bench.metrics import MEAN, STABLE, Context, Metric, Result, mean_se, register
 
 
 def random_directions(n: int, shape, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -112,9 +112,10 @@ def landscape_summary(grid: torch.Tensor, centre: torch.Tensor, coords: torch.Te
 
 
 @register("landscape", "landscape",
-          metrics=(Metric("landscape_flatness", "energy", tolerance=MEAN),
+          metrics=(Metric("landscape_flatness", "energy", tolerance=MEAN, portable=STABLE),
                    Metric.proportion("landscape_center_is_min", higher_is_better=None, display="float"),
-                   Metric("landscape_min_offset", "radius", tolerance=MEAN, range=math.sqrt(2.0))),
+                   Metric("landscape_min_offset", "radius", tolerance=MEAN, range=math.sqrt(2.0), portable=STABLE,
+                          bounds=(0.0, math.sqrt(2.0)))),
           settings=("seed", "eps", "landscape_images", "landscape_radius", "landscape_resolution"), sharded=True)
 def landscape_group(ctx: Context) -> dict[str, Result]:
     """Energy landscapes E(x + a d1 + b d2, y) around test images: contour figures and summaries."""

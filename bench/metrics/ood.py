@@ -48,10 +48,14 @@ import torch
 from bench import ood_data, settings
 from bench.attacks import check_in_ball, uniform_start
 from bench.errors import BenchError
-from bench.metrics import Context, Metric, Result, _seed_for, register
+from bench.metrics import PAIRS, POINTS, Context, Metric, Portable, Result, _seed_for, register
 
 SCORES = ("px", "py", "pxgrad")
 MEASURES = ("auroc", "aupr_in", "aupr_out", "fpr95")
+# bench check's paired rules, each in the measure's own unit: AUROC in (in, out) pairs, FPR95 in
+# OOD points accepted, average precision (no count behind it) at 0.2 points absolute
+PORTABLE = {"auroc": PAIRS, "aupr_in": Portable("absolute", abs=0.002), "aupr_out": Portable("absolute", abs=0.002),
+            "fpr95": POINTS}
 TPR_LEVEL = 0.95
 SCORE_MEANING = {"px": "logsumexp f(x) = -E(x) (log p(x) up to a constant)",
                  "py": "max softmax probability",
@@ -209,7 +213,8 @@ def metric_names(s: dict, adversarial: bool = False) -> tuple[str, ...]:
 def specs(prefix: str) -> tuple[Metric, ...]:
     """The facts of ``{prefix}_{measure}_{score}_{set}``, one pattern per measure: higher AUROC and
     AUPR are better, a lower FPR95 is better; none has a statistical tolerance in bench check."""
-    return tuple(Metric(f"{prefix}_{m}_*", "proportion", m != "fpr95") for m in MEASURES)
+    return tuple(Metric(f"{prefix}_{m}_*", "proportion", m != "fpr95", portable=PORTABLE[m], bounds=(0.0, 1.0))
+                 for m in MEASURES)
 
 
 # --------------------------------------------------------------------------------------------

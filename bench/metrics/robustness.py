@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from bench import settings
+from bench import outcomes, settings
 from bench.aa_adapter import AAConfig, float32_input_grads, run_autoattack, run_blocks, summarise
 from bench.attacks import NORMS, check_in_ball, pgd_restarts
 from bench.energy import EnergyModel, evaluates
@@ -136,7 +136,8 @@ def accuracy_group(ctx: Context) -> dict[str, Result]:
             flags.append((ctx.model.logits(x).argmax(1) == y).cpu())
     flags = ctx.collect(flags, torch.bool)
     p, se, n = proportion(flags)
-    return {"accuracy": Result(p, se, n, details={"correct": int(flags.sum()), "std": STD_NOTE})}
+    return {"accuracy": Result(p, se, n, details={"correct": int(flags.sum()), "std": STD_NOTE,
+                                                  outcomes.KEY: outcomes.pack(flags, "correct clean")})}
 
 
 PGD_SETTINGS = ("n_eval", "norm", "eps", "pgd_steps", "pgd_step_size", "pgd_restarts", "seed", "batch_size")
@@ -189,6 +190,7 @@ def pgd_flags(ctx: Context, loss: str, tag: str, points: str = "n_eval",
         "n": n, "clean_correct": int(clean.sum()), "robust_correct": int(robust.sum()),
         "clean_accuracy": clean.double().mean().item(), f"max_{norm.lower()}": max_dist,
         "attacked": "clean-correct points; misclassified points count as not robust", "std": STD_NOTE,
+        outcomes.KEY: outcomes.pack(robust, f"robust under {tag} ({loss})"),
     }
     return Result(p, se, n, details=details), robust
 
@@ -262,6 +264,7 @@ def _autoattack_flags(model, x, y, aa: AAConfig, run: Execution, state_dir, mode
         f"max_{norm.lower()}": max((i["dist"] for i in infos), default=0.0),
         "warnings": summarise([w for i in infos for w in i["warnings"]]), "std": STD_NOTE,
         "implementation": "pyautoattack (reference AutoAttack)",
+        outcomes.KEY: outcomes.pack(robust, "robust under AutoAttack (recomputed)"),
     }
     if n_blocks > 1:
         details["blocks"] = f"{n_blocks} pyautoattack calls of up to {batch_size} points"
@@ -324,7 +327,8 @@ def autoattack_group(ctx: Context) -> dict[str, Result]:
     clean = flags["clean"]
     p, se, n = proportion(clean)
     acc = Result(p, se, n, details={"correct": int(clean.sum()), "std": STD_NOTE,
-                                    "points": f"the first {n} test points, AutoAttack's"})
+                                    "points": f"the first {n} test points, AutoAttack's",
+                                    outcomes.KEY: outcomes.pack(clean, "correct clean")})
     pgd, pgd_robust = pgd_flags(ctx, "ce", "pgd20", points="n_aa", desc="pgd20 (AutoAttack points)")
     if pgd.value is not None:
         pgd.details["points"] = f"the first {n} test points, AutoAttack's"

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from bench import distributed
 from bench.data import TRAIN_IS_TEST
-from bench.metrics import Context, Metric, Result, absolute, mean_se, register
+from bench.metrics import DRIFTING, Context, Metric, Result, absolute, mean_se, register
 from bench.settings import GEN_SETTINGS
 
 K1, K2 = 0.01, 0.03
@@ -226,7 +226,8 @@ def show_order(y: torch.Tensor, n: int) -> list[int]:
     return order
 
 
-@register("ssim_nn", "memorization", metrics=(Metric("ssim_nn", "ssim", tolerance=absolute(0.02), range=2.0),),
+@register("ssim_nn", "memorization", metrics=(Metric("ssim_nn", "ssim", tolerance=absolute(0.02), range=2.0, portable=DRIFTING,
+                                        bounds=(-1.0, 1.0)),),
           settings=(*GEN_SETTINGS, "ssim_k", "ssim_n_show"), sharded=True, needs=("generated",))
 def ssim_group(ctx: Context) -> dict[str, Result]:
     """SSIM of each generated image to its nearest training image (whole training split), and the

@@ -1,0 +1,67 @@
+"""Per-point outcomes, compactly: the bits that let ``bench check`` pair a rerun with its baseline.
+
+A baseline and a rerun of the same checkpoint evaluate the same points with the same seeds, so
+their difference is best counted point by point: how many points flipped (correct <-> wrong,
+robust <-> fooled), not how far two proportions lie apart as if they were independent samples.
+A metric that is a share of points records, in ``details["outcomes"]``, which points counted:
+
+    {"bits": "<hex>", "n": 450, "of": "correct under PGD-20, per test point in order"}
+
+``bits`` is numpy's ``packbits`` (big-endian within each byte, zero-padded) written as hex: 113
+characters for 450 points.  Continuous metrics computed from per-point predictions (ECE, NLL, ...)
+record the correctness bits of those predictions too, so the check can tell a flipped point (a
+legitimate kernel difference near a decision boundary) from a drift of the metric itself.
+Nothing here imports torch: ``bench check`` reads these records.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+KEY = "outcomes"
+
+
+def pack(flags, of: str) -> dict:
+    """The record of per-point booleans ``flags`` (a tensor, array or list)."""
+    a = _numpy_bool(flags)
+    return {"bits": np.packbits(a).tobytes().hex(), "n": int(a.size), "of": of}
+
+
+def unpack(record) -> np.ndarray | None:
+    """The booleans of a record; None for a missing or malformed one (never raises: a baseline
+    edited by hand is judged by its values, and its record is then refused by ``consistent``)."""
+    if not isinstance(record, dict):
+        return None
+    bits, n = record.get("bits"), record.get("n")
+    if not isinstance(bits, str) or not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        return None
+    try:
+        raw = bytes.fromhex(bits)
+    except ValueError:
+        return None
+    if len(raw) != (n + 7) // 8:
+        return None
+    return np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[:n].astype(bool)
+
+
+def of(details) -> np.ndarray | None:
+    """The per-point booleans a metric's ``details`` record, if any."""
+    return unpack(details.get(KEY)) if isinstance(details, dict) else None
+
+
+def flips(a: np.ndarray, b: np.ndarray) -> int | None:
+    """How many points differ between two records of the same points (None: not the same points)."""
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    return int(np.count_nonzero(a != b))
+
+
+def _numpy_bool(flags) -> np.ndarray:
+    if hasattr(flags, "detach"):
+        flags = flags.detach().cpu().numpy()
+    a = np.asarray(flags).reshape(-1)
+    if a.dtype != np.bool_:
+        if a.size and not np.isin(a, (0, 1)).all():
+            raise ValueError("per-point outcomes must be booleans or 0/1")
+        a = a.astype(bool)
+    return a
