@@ -32,9 +32,15 @@ NORMS = tuple(Norm)
 
 
 def attack_loss(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
-    """Summed loss to ascend: ``ce`` = E(x,y) - E(x) (cross-entropy), ``energy`` = E(x,y)."""
+    """Summed loss to ascend: ``ce`` = E(x,y) - E(x) (cross-entropy), ``energy`` = E(x,y).
+
+    The cross-entropy is taken in float64 from the float32 logits: at a saturated softmax its
+    gradient p_y - 1 is a difference of two numbers within float32's rounding of 1, so in float32
+    it is a rounding artefact whose sign (and the FGSM/PGD sign step with it) changes with the CPU
+    kernels (5 of 200 Fashion-MNIST points on the normal model moved ~50 pixels each between two
+    of torch's CPU capabilities).  In float64 it is the model's own gradient."""
     if loss == Loss.CE:
-        return F.cross_entropy(model.logits(x), y, reduction="sum")
+        return F.cross_entropy(model.logits(x).double(), y, reduction="sum")
     if loss == Loss.ENERGY:
         return model.energy_joint(x, y).sum()
     raise ValueError(f"unknown attack loss {loss!r}; expected one of {', '.join(LOSSES)}")

@@ -141,10 +141,10 @@ def fingerprint_differences(base: Results, cur: Results, metric: str | None = No
     return out + fast_path_differences(base, cur)
 
 
-def refuse_bad_baseline(base: Results, raw: dict, where: str) -> None:
+def refuse_bad_baseline(base: Results, raw: dict, where: str, records: bool = True) -> None:
     """One line (exit 2) for a baseline no check can trust: a value of the wrong type, non-finite or
-    outside its metric's bounds, an n that is no count, a value disagreeing with its own
-    per-point record."""
+    outside its metric's bounds, an n that is no count, and (``records``) a value disagreeing with
+    its own per-point record (a run's disagreement is compared instead: a regression)."""
     for name, r in base.metrics.items():
         doc = raw.get(name) if isinstance(raw, dict) else None
         v = doc.get("value") if isinstance(doc, dict) else None
@@ -157,7 +157,7 @@ def refuse_bad_baseline(base: Results, raw: dict, where: str) -> None:
             raise BenchError(f"{where}: metric {name}: value {v!r} is not a finite number in "
                              f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]")
         bits = outcomes.of(r.details)
-        if bits is not None and v is not None and sp.portable is not None and sp.portable.unit == "points" \
+        if records and bits is not None and v is not None and sp.portable is not None and sp.portable.unit == "points" \
                 and len(bits) == n and n and abs(bits.mean() - v) > 0.5 / n:
             raise BenchError(f"{where}: metric {name}: value {v!r} disagrees with its per-point record "
                              f"({int(bits.sum())} of {n} points): edited by hand?")
@@ -175,7 +175,7 @@ def _read(path, what: str) -> Results:
     res = results.Results.from_json(raw, str(p))
     if not isinstance(res.model, dict) or not isinstance(res.run, dict):
         raise BenchError(f"{p}: malformed results file (model and run must be objects)")
-    refuse_bad_baseline(res, raw.get("metrics"), str(p))
+    refuse_bad_baseline(res, raw.get("metrics"), str(p), records=what == "baseline")
     return res
 
 

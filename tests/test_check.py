@@ -345,20 +345,21 @@ def test_unwritable_junit_path_exit_2(tmp_path, baseline, capsys):
 
 def test_example_workflow_calls_real_options_and_files():
     """.github/workflows/regression.yml (an example users copy): every `bench` option it passes
-    exists, and the checkpoints and baselines it names for its matrix are shipped."""
+    exists, its cases and baselines are shipped, and it checks in the portable --exact --strict way."""
     from bench.cli import cli
-    from tests.test_regression import SUITES
+    from tests.test_regression import CASES
     text = (Path(__file__).resolve().parents[1] / ".github" / "workflows" / "regression.yml").read_text()
     joined = text.replace("\\\n", " ")
     for cmd in ("run", "check"):
-        (call,) = [x for x in joined.splitlines() if f"bench {cmd} " in x]
+        (call,) = [x for x in joined.splitlines() if f"bench {cmd} " in x and not x.lstrip().startswith("#")]
         opts = set(re.findall(r"\s(--[a-z][a-z-]*)", call))
         known = {o for p in cli.commands[cmd].params for o in p.opts}
         assert opts and opts <= known, (cmd, opts - known)
-    assert "--junit" in joined and '--markdown "$GITHUB_STEP_SUMMARY"' in joined
-    assert f"SUITES: {SUITES['digits']}\n" in text  # the example reruns the digits models
+    assert "--exact --strict" in joined and "--junit" in joined and '--markdown "$GITHUB_STEP_SUMMARY"' in joined
     methods = re.search(r"method: \[([a-z, ]+)\]", text)[1].split(", ")
     assert sorted(methods) == sorted(["normal", "noise", "at", "prejeat", "jeat", "jem"])
     for m in methods:
-        assert zoo.released_path(m).is_file()
+        assert f"digits-{m}" in CASES and zoo.released_path(m).is_file()
         assert (zoo.results_dir() / "baseline" / f"digits-{m}.json").is_file()
+        for opt in CASES[f"digits-{m}"]["args"][::2]:
+            assert opt in {o for p in cli.commands["run"].params for o in p.opts}
