@@ -75,6 +75,16 @@ DEVICE = click.Choice(["auto", "cpu", "cuda"])
 N_REF_HELP = SPECS["n_ref"].help
 
 
+class SuiteOption(click.Option):
+    """``--suite``, whose help lists the registered suites (``bench.suites.names``) when shown."""
+
+    def get_help_record(self, ctx):
+        from bench import suites
+
+        self.help = "all, or a comma list of: " + ", ".join(suites.names())
+        return super().get_help_record(ctx)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="jeat-bench")
 def cli():
@@ -84,8 +94,7 @@ def cli():
 @cli.command()
 @click.option("--model", "model", default=None, help="checkpoint: .safetensors, .pt/.pth (+ --arch), JEM file, "
               "py:module:function, rb:NAME. Default: the released digits JEAT model.")
-@click.option("--suite", default="all", show_default=True,
-              help="all, or a comma list of robust,calibration,generative,score,memorization,landscape,denoise,ood")
+@click.option("--suite", default="all", show_default=True, cls=SuiteOption)
 @click.option("--out", default="runs/default", show_default=True, type=click.Path(path_type=Path))
 @click.option("--dataset", default=None, help="digits, fashion-mnist, cifar10, cifar100, folder:PATH, npz:PATH "
               "(default: the checkpoint's)")

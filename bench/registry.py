@@ -1,19 +1,28 @@
 """The metric registry: each metric group's declaration (its metrics' facts, the settings that key
 its cache, its suite) and the lookups that bench check, bench table and bench.suites derive from.
 
-It holds declarations only, no metric code: ``load_all`` imports the metric modules (by name) so
-they register themselves.  ``bench.check`` and ``bench.tables`` read facts through this module
-and never import ``bench.metrics`` (docs/ARCHITECTURE.md, "Layers").
+It holds declarations, no metric code: ``load_all`` discovers the metric modules (every module of
+the ``bench.metrics`` package, and those that the ``jeat_bench.metrics`` entry points name) and
+imports them so they register themselves.  It also enforces the declarations: a group sees its
+settings through a ``SettingsView`` of what it declared (plus the execution and identity keys), so
+reading an undeclared setting, which would leave its cache stale, is an error at once.
+``bench.check`` and ``bench.tables`` read facts through this module and never import
+``bench.metrics`` (docs/ARCHITECTURE.md, "Layers").
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Callable
+import pkgutil
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from bench.energy import evaluates
-from bench.settings import SPECS
+from bench.errors import BenchError
+from bench.fastpath import SETTINGS as FASTPATH_SETTINGS
+from bench.settings import GEN_SETTINGS, SPECS
 
 # --------------------------------------------------------------------------------------------
 # metric facts: each metric declares what bench check, bench table and the report need to know
@@ -109,6 +118,60 @@ class Metric:
         return cls(name, "proportion", higher_is_better, display, PROPORTION, 1.0, **kw)
 
 
+# ---------------------------------------------------------------------------------------------
+# what a group may read of the run's settings
+
+# read by the execution of every group (ctx.batches, ctx.execution, ctx.generator); a group whose
+# numbers depend on them (per-batch random streams, a seeded stream) declares them as well
+EXECUTION_KEYS = ("batch_size", "seed")
+# the identity of what is evaluated, added to the settings by the runner (bench.runner.run) and
+# keying every group's cache already: the checkpoint file's and the weights' (as loaded) sha256, the
+# digests of both splits, and the generation code's digest (which keys samples.npz)
+IDENTITY_KEYS = ("model_sha256", "weights_sha256", "data_sha256", "generation_code_sha256")
+
+
+class UndeclaredSetting(RuntimeError):
+    """A metric group read a setting it does not declare (its cache would not change with it)."""
+
+
+class SettingsView(Mapping):
+    """The run's settings as one group sees them, read-only: the settings it declares, the fast
+    paths (which key every group), ``EXECUTION_KEYS`` and ``IDENTITY_KEYS``.  Reading any other
+    name (``[k]``, ``.get(k)``, ``k in``) raises ``UndeclaredSetting`` naming the group and the
+    setting.  It reads through to the run's dict (the out-of-memory retry lowers batch_size there)."""
+
+    def __init__(self, full: Mapping, allowed: frozenset, group: str):
+        self._full, self._allowed, self.group = full, allowed, group
+
+    def _check(self, key) -> None:
+        if key not in self._allowed:
+            raise UndeclaredSetting(
+                f"metric group {self.group} reads setting {key!r}, which it does not declare: list it in the "
+                f"group's @register(settings=...) (the declared settings key its cache; without it a rerun "
+                f"with another {key} would reuse stale results)")
+
+    def __getitem__(self, key):
+        self._check(key)
+        return self._full[key]
+
+    def __contains__(self, key) -> bool:
+        self._check(key)
+        return key in self._full
+
+    def __iter__(self) -> Iterator:
+        return (k for k in self._full if k in self._allowed)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"SettingsView({self.group}: {dict(self)!r})"
+
+    @property
+    def full(self) -> Mapping:
+        return self._full
+
+
 @dataclass
 class Group:
     name: str
@@ -123,6 +186,39 @@ class Group:
     names: Callable[[dict], tuple[str, ...]] | None = None
     specs: tuple[Metric, ...] = ()  # the declared facts of its metrics (names or patterns)
     needs: tuple[str, ...] = ()  # run-wide inputs beyond model and data (NEEDS), made before it runs
+    # inputs(ctx) -> JSON-able digests of what the group reads beyond its settings, model and data
+    # (the OOD images, the resolved feature extractor and reference files): they key its cache too
+    inputs: Callable[..., dict] | None = None
+
+    def __post_init__(self):
+        if "generated" in self.needs:  # the generated set depends on these: the group's numbers too
+            self.settings = tuple(dict.fromkeys((*self.settings, *GEN_SETTINGS)))
+
+    @property
+    def readable(self) -> frozenset:
+        """The settings this group may read (``SettingsView``)."""
+        return frozenset((*self.settings, *FASTPATH_SETTINGS, *EXECUTION_KEYS, *IDENTITY_KEYS))
+
+    def view(self, settings: Mapping) -> SettingsView:
+        full = settings.full if isinstance(settings, SettingsView) else settings
+        return SettingsView(full, self.readable, self.name)
+
+    @contextmanager
+    def viewing(self, ctx) -> Iterator:
+        """``ctx.settings`` is this group's ``SettingsView`` inside the block (restored after)."""
+        full = ctx.settings
+        ctx.settings = self.view(full)
+        try:
+            yield ctx
+        finally:
+            ctx.settings = full
+
+    def input_digests(self, ctx) -> dict | None:
+        """``inputs(ctx)`` (None without one), computed through the group's view of the settings."""
+        if self.inputs is None:
+            return None
+        with self.viewing(ctx):
+            return self.inputs(ctx)
 
     def for_settings(self, settings: dict) -> Group:
         """This group with its metric names for a run's settings: itself unless it declares
@@ -148,7 +244,7 @@ NEEDS = ("generated",)
 
 def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings: tuple[str, ...],
              sharded: bool = False, names: Callable[[dict], tuple[str, ...]] | None = None,
-             needs: tuple[str, ...] = ()):
+             needs: tuple[str, ...] = (), inputs: Callable[..., dict] | None = None):
     """Decorator: register ``fn(ctx) -> {metric: Result}`` as group ``name`` of ``suite`` (a new
     suite name makes a new suite: bench.suites).  ``metrics`` declares every metric the group
     returns, each a ``Metric`` (a bare name is a ``Metric`` with no facts: plain float, not
@@ -157,8 +253,11 @@ def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings:
     another group already declares is refused (ValueError), as is a pattern without ``names``.
     A ``sharded`` group takes its points through ``ctx.batches`` and reassembles per-point results
     with ``ctx.collect``/``ctx.gather``, so under torchrun every rank works on its share.  ``needs``
-    names the run-wide inputs it reads (``NEEDS``); every setting it reads is listed in ``settings``
-    (declared in ``bench.settings.SETTINGS``), which keys its cache."""
+    names the run-wide inputs it reads (``NEEDS``; ``generated`` declares the generation settings,
+    ``GEN_SETTINGS``, for it); every setting it reads is listed in ``settings`` (declared in
+    ``bench.settings.SETTINGS``), which keys its cache: the group sees ``ctx.settings`` as a
+    ``SettingsView`` of those, and reading another is an ``UndeclaredSetting`` error.  ``inputs(ctx)``
+    gives the digests of the files or data it reads beyond the settings, which key its cache too."""
     specs = tuple(m if isinstance(m, Metric) else Metric(m) for m in metrics or ())
     if not specs:
         raise ValueError(f"group {name}: declare its metrics")
@@ -177,9 +276,16 @@ def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings:
 
     def deco(fn):
         fn = evaluates(fn)  # ctx.model in eval mode while the group runs, its mode restored after
+
+        @functools.wraps(fn)
+        def guarded(ctx):  # called alone (a test) or by the runner: through the group's view
+            with group.viewing(ctx):
+                return fn(ctx)
+
         exact = tuple(sp.name for sp in specs if not sp.is_pattern)
-        GROUPS[name] = Group(name, suite, exact, tuple(settings), fn, sharded, names, specs, tuple(needs))
-        return fn
+        group = Group(name, suite, exact, tuple(settings), guarded, sharded, names, specs, tuple(needs), inputs)
+        GROUPS[name] = group
+        return guarded
 
     return deco
 
@@ -226,19 +332,40 @@ def declared() -> list[Metric]:
     return [sp for g in GROUPS.values() for sp in g.specs]
 
 
-# the metric modules; their order is the suite order (bench.suites: --suite all runs robust,
-# calibration, generative, score, memorization, landscape, denoise, ood in this order)
-_MODULES = ("robustness", "calibration", "generative", "fisher", "ssim", "landscape", "denoise", "ood")
+# the metric modules of this package in suite order (--suite all runs robust, calibration,
+# generative, score, memorization, landscape, denoise, ood); any other module of bench.metrics is
+# discovered and comes after them (by name), then the modules the entry points name
+ORDER = ("robustness", "calibration", "generative", "fisher", "ssim", "landscape", "denoise", "ood")
+ENTRY_POINTS = "jeat_bench.metrics"  # group of entry points naming metric modules outside this package
+_LOADED: list[str] = []  # the metric modules imported, in suite order
+
+
+def modules() -> list[str]:
+    """The metric modules, in suite order: ``ORDER``, then the other modules of ``bench.metrics``
+    (by name), then those the ``jeat_bench.metrics`` entry points name (their value: a module)."""
+    from importlib.metadata import entry_points
+
+    import bench.metrics as pkg
+
+    found = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+    local = [m for m in ORDER if m in found] + [m for m in found if m not in ORDER]
+    extra = [ep.value.split(":")[0].strip() for ep in entry_points(group=ENTRY_POINTS)]
+    return list(dict.fromkeys([f"bench.metrics.{m}" for m in local] + extra))
 
 
 def _import_modules() -> None:
-    """Import every metric module so it registers its groups (missing modules are skipped)."""
-    for m in _MODULES:
+    """Import every metric module (``modules``) so it registers its groups, once; a module that
+    fails to import is a BenchError naming it."""
+    if _LOADED:
+        return
+    names = modules()
+    for m in names:
         try:
-            importlib.import_module(f"bench.metrics.{m}")
-        except ModuleNotFoundError as e:
-            if e.name != f"bench.metrics.{m}":
-                raise
+            importlib.import_module(m)
+        except Exception as e:
+            raise BenchError(f"metric module {m} failed to import: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:200] if str(e) else ''}") from e
+    _LOADED[:] = names
 
 
 def load_all() -> dict[str, Group]:
@@ -248,6 +375,8 @@ def load_all() -> dict[str, Group]:
 
 
 def module_rank(g: Group) -> int:
-    """The place of a group's module in ``_MODULES`` (a module not listed, say a test's, comes after)."""
-    mod = g.fn.__module__.rpartition(".")[2] if g.fn.__module__.startswith("bench.metrics.") else ""
-    return _MODULES.index(mod) if mod in _MODULES else len(_MODULES)
+    """The place of a group's module among the metric modules (``modules``; a module not among
+    them, say a test's, comes after)."""
+    _import_modules()
+    mod = g.fn.__module__
+    return _LOADED.index(mod) if mod in _LOADED else len(_LOADED)

@@ -208,6 +208,7 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
     code = {g.name: cache_keys.code_sha256(g.fn.__module__, memo) for g in groups}
     identity = {"weights": loaded.weights_sha256, "data": [data_rec["train_sha256"], data_rec["test_sha256"]],
                 "versions": vers}
+    # the run's settings and, for the groups (bench.registry.IDENTITY_KEYS), what they evaluate
     s_run = dict(s, model_sha256=loaded.sha256, weights_sha256=loaded.weights_sha256,
                  data_sha256=identity["data"],
                  generation_code_sha256=cache_keys.code_sha256("bench.generation", memo))  # keys samples.npz
@@ -225,7 +226,9 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
     if distributed.active():
         res.run["processes"] = distributed.world()
     for g in groups:
-        key = cache_keys.cache_key(g, model_id, ds.name, s, dict(identity, code=code[g.name]))
+        inputs = g.input_digests(ctx)  # what it reads beyond the settings (OOD images, FID files)
+        key = cache_keys.cache_key(g, model_id, ds.name, s, dict(identity, code=code[g.name])
+                                   | ({"inputs": inputs} if inputs is not None else {}))
         path = cache_dir / f"{g.name}-{key}.json"
         cached = cache_keys.read_cache(path, g) if resume and main else None
         cached = distributed.broadcast(cached)  # every rank takes the same path through the groups

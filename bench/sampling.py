@@ -66,7 +66,8 @@ class SGLDConfig:
         """The generation chain of a run's settings (``gen_steps``, ``gen_step_size``, ...)."""
         from bench.settings import DEFAULTS
 
-        s = {k: settings.get(k, DEFAULTS[k]) for k in DEFAULTS}
+        chain = ("gen_steps", "gen_step_size", "gen_noise", "gen_energy", "gen_clamp")  # of GEN_SETTINGS
+        s = {k: settings.get(k, DEFAULTS[k]) for k in chain}
         noise = s["gen_noise"]
         return cls(steps=int(s["gen_steps"]), step_size=float(s["gen_step_size"]),
                    noise=None if noise is None else float(noise), energy=str(s["gen_energy"]),

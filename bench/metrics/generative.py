@@ -111,7 +111,8 @@ def _refuse_train_is_test(x_gen: torch.Tensor, ext: features.Extractor, ctx: Con
                    Metric("kid_mean", "kid", False), Metric("kid_std", "kid"),
                    Metric("precision", "proportion", True), Metric("recall", "proportion", True),
                    Metric("diversity_ssim", "ssim")),
-          settings=(*GEN_SETTINGS, "inception_weights", "fid_extractor", "max_diverged", "ref_stats", "n_ref"), sharded=True,
+          settings=(*GEN_SETTINGS, "inception_weights", "fid_extractor", "max_diverged", "ref_stats", "n_ref",
+                    "batch_size"), sharded=True,
           needs=("generated",))
 def generative_group(ctx: Context) -> dict[str, Result]:
     """IS and FID of the run's generated images against the training split (Sec. 4.2), and the
