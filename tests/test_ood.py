@@ -193,3 +193,23 @@ def test_bad_ood_options_are_one_line_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         errors = [line for line in err.splitlines() if line.startswith("error: ")]
         assert code == 2 and len(errors) == 1 and err.splitlines()[-1] == errors[0], (extra, err)  # no traceback
+
+
+def test_a_changed_ood_file_is_not_served_from_the_cache(tmp_path, digits):
+    """The cache keys each OOD set by its images: the same npz: path with other images recomputes
+    (before, 1.0 was served where a fresh run gave about 0.5)."""
+    from bench import runner
+
+    f = tmp_path / "other.npz"
+    flat = np.full((20, 8, 8), 0.0, np.float32)  # far from the digits: AUROC of px, py high
+    np.savez(f, x=flat)
+    kw = dict(suite="ood", out=tmp_path / "run", device="cpu", log=lambda m: None)
+    settings = {"n_eval": 20, "ood": f"npz:{f}", "ood_scores": "px"}
+    first = runner.run(str(zoo.released_path("jeat")), settings=settings, **kw)
+    np.savez(f, x=digits.test.x[:20, 0].numpy())  # now the in-distribution images themselves
+    again = runner.run(str(zoo.released_path("jeat")), settings=settings, **kw)
+    assert again.run["cache"]["computed"] == ["ood", "ood_adv"] and not again.run["cache"]["hits"]
+    assert again.metrics["ood_auroc_px_other"].value == 0.5  # identical images: every pair a tie
+    assert first.metrics["ood_auroc_px_other"].value != 0.5
+    third = runner.run(str(zoo.released_path("jeat")), settings=settings, **kw)
+    assert third.run["cache"]["hits"] == ["ood", "ood_adv"]  # the same images: cached

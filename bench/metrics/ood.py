@@ -236,6 +236,20 @@ def _sets(ctx: Context) -> list[tuple[ood_data.OODSpec, torch.Tensor, dict]]:
     return ctx.once(("ood_sets", s.get("ood"), _n_ood(ctx), s["seed"]), load)
 
 
+def set_digests(ctx: Context) -> dict:
+    """What the OOD groups' caches are keyed by beyond their settings: the sha256 of each OOD set's
+    images as used (float32, their shape), so a changed ``npz:``/``folder:`` file or another
+    ``--data-root`` for a named set recomputes instead of serving the old numbers."""
+    import hashlib
+
+    out = {}
+    for spec, x, _ in _sets(ctx):
+        h = hashlib.sha256(f"{tuple(x.shape)}|{x.dtype}|".encode())
+        h.update(x.detach().cpu().contiguous().numpy().tobytes())
+        out[spec.name] = h.hexdigest()
+    return {"ood_sets": out}
+
+
 def _score_points(ctx: Context, x: torch.Tensor, which: list[str], desc: str) -> dict[str, torch.Tensor]:
     parts = {k: [] for k in which}
     for (xb,) in ctx.batches(x, desc=desc):
@@ -270,7 +284,8 @@ def _histograms(ctx: Context, prefix: str, s_in: dict, s_out: dict, specs, title
     return figs
 
 
-@register("ood", "ood", metrics=specs("ood"), settings=OOD_SETTINGS, sharded=True, names=metric_names)
+@register("ood", "ood", metrics=specs("ood"), settings=OOD_SETTINGS, sharded=True, names=metric_names,
+          inputs=set_digests)
 def ood_group(ctx: Context) -> dict[str, Result]:
     """AUROC, AUPR-in, AUPR-out and FPR95 of every score against every OOD set."""
     which = score_list(ctx.settings)
@@ -287,7 +302,7 @@ def ood_group(ctx: Context) -> dict[str, Result]:
 
 
 @register("ood_adv", "ood", metrics=specs("ood_adv"), settings=ADV_SETTINGS, sharded=True,
-          names=lambda s: metric_names(s, adversarial=True))
+          names=lambda s: metric_names(s, adversarial=True), inputs=set_digests)
 def ood_adv_group(ctx: Context) -> dict[str, Result]:
     """The same measures after PGD has pushed every OOD point to raise the score under test."""
     s = ctx.settings
