@@ -764,3 +764,47 @@ def digits_npz(folder, per_class: int):
     np.savez(path, x_train=ds.train.x[idx].numpy(), y_train=ds.train.y[idx].numpy(),
              x_test=ds.test.x[:20].numpy(), y_test=ds.test.y[:20].numpy())
     return str(path), data.load(f"npz:{path}")
+
+
+def test_is_fid_cache_follows_the_resolved_extractor_and_the_reference_files(tmp_path, tiny_fe, monkeypatch):
+    """The cache of is_fid is keyed by the extractor `auto` resolves to and by the contents of
+    --ref-stats and of the shipped reference files; before, a changed one served the old numbers."""
+    from bench import refstats
+
+    ckpt = tmp_path / "m.safetensors"
+    checkpoints.save(ckpt, tiny_model(), META)
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    monkeypatch.setattr(refstats, "shipped_dir", lambda: shipped)
+    resolve = F.resolve_extractor
+    auto_is = [TINY]
+    monkeypatch.setattr(F, "resolve_extractor", lambda name="auto", w=None: resolve(auto_is[0] if name == "auto" else name, w))
+
+    def go(**settings):
+        return runner.run(str(ckpt), "generative", tmp_path / "run", device="cpu", log=lambda m: None,
+                          settings={"n_gen": 20, "gen_steps": 3, **settings})
+
+    first = go()
+    assert first.metrics["fid"].details["extractor"] == TINY
+    assert go().run["cache"]["hits"] == ["is_fid"]
+    auto_is[0] = TINY1  # `auto` now resolves to another network (say, its weights appeared in the hub cache)
+    moved = go()
+    assert moved.run["cache"]["computed"] == ["is_fid"] and moved.metrics["fid"].details["extractor"] == TINY1
+    assert moved.metrics["fid"].value != first.metrics["fid"].value
+
+    # a shipped reference file added (or changed) under models/refstats/
+    (shipped / "other.npz").write_bytes(b"not a reference")  # matches nothing: the numbers stay
+    assert go().run["cache"]["computed"] == ["is_fid"]
+
+    # --ref-stats: the same path with other contents
+    ds = data.load("digits")
+    ext = resolve(TINY1)
+    ref = tmp_path / "ref.npz"
+    stats, feats, info = refstats.reference_features(ds.train.x, ext, "digits", "train")
+    refstats.write_file(ref, info["key"], stats, feats)
+    a = go(ref_stats=str(ref))
+    assert a.metrics["fid"].value == pytest.approx(moved.metrics["fid"].value)
+    half = feats[:600]
+    refstats.write_file(ref, dict(info["key"], n=600), refstats.statistics(half), half)
+    b = go(ref_stats=str(ref))
+    assert b.run["cache"]["computed"] == ["is_fid"] and b.metrics["fid"].value != a.metrics["fid"].value

@@ -103,6 +103,24 @@ def _refuse_train_is_test(x_gen: torch.Tensor, ext: features.Extractor, ctx: Con
                   "is_std": Result(isc["inception_score_std"], None, n, details=isd)}
 
 
+def reference_digests(ctx: Context) -> dict:
+    """What ``is_fid``'s cache is keyed by beyond its settings: the identity of the feature extractor
+    the run resolves to (``auto`` is torch-fidelity's Inception when its weights are at hand, else
+    fid-helper's network: the setting alone does not say which) and the sha256 of the files its
+    numbers come from: ``--ref-stats``, ``--inception-weights`` and the shipped ``models/refstats/*.npz``."""
+    from bench import refstats
+
+    s = ctx.settings
+    try:
+        extractor = features.resolve_extractor(s.get("fid_extractor") or "auto", s.get("inception_weights")).identity
+    except features.ExtractorUnavailable as e:
+        extractor = f"unavailable: {e}"
+    files = {k: features.file_digests(s[k])["sha256"] if s.get(k) else None for k in ("ref_stats", "inception_weights")}
+    folder = refstats.shipped_dir()
+    shipped = {p.name: features.file_digests(p)["sha256"] for p in sorted(folder.glob("*.npz"))} if folder.is_dir() else {}
+    return {"extractor": extractor, **files, "shipped_refstats": shipped}
+
+
 @register("is_fid", "generative",
           metrics=(Metric("is_mean", "score", True, tolerance=relative(0.10)),
                    Metric("is_std", "score", tolerance=relative(0.25)),
@@ -113,7 +131,7 @@ def _refuse_train_is_test(x_gen: torch.Tensor, ext: features.Extractor, ctx: Con
                    Metric("diversity_ssim", "ssim")),
           settings=(*GEN_SETTINGS, "inception_weights", "fid_extractor", "max_diverged", "ref_stats", "n_ref",
                     "batch_size"), sharded=True,
-          needs=("generated",))
+          needs=("generated",), inputs=reference_digests)
 def generative_group(ctx: Context) -> dict[str, Result]:
     """IS and FID of the run's generated images against the training split (Sec. 4.2), and the
     share of diverged chains (IS/FID null above ``max_diverged``)."""
