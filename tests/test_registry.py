@@ -127,9 +127,9 @@ def test_reading_an_undeclared_setting_is_an_error_naming_group_and_setting(regi
                                                 "does not declare"):
         runner.run(ckpt, "gadgetry", tmp_path / "run", device="cpu", settings={"n_eval": 50}, log=lambda m: None)
     ctx = metrics.Context(tiny_model(), None, {"n_eval": 50, "ece_bins": 20, "batch_size": 8}, "cpu", tmp_path)
-    for read in (lambda s: s["n_eval"], lambda s: s.get("n_eval"), lambda s: "n_eval" in s):
+    for reading in (lambda s: s["n_eval"], lambda s: s.get("n_eval"), lambda s: "n_eval" in s):
         with pytest.raises(UndeclaredSetting, match="logit_margin reads setting 'n_eval'"):
-            read(metrics.GROUPS["logit_margin"].view(ctx.settings))
+            reading(metrics.GROUPS["logit_margin"].view(ctx.settings))
     with pytest.raises(UndeclaredSetting, match="'n_eval'"):
         logit_margin(ctx)  # the registered function called alone, as a test does
     assert ctx.settings == {"n_eval": 50, "ece_bins": 20, "batch_size": 8}  # restored after
