@@ -174,3 +174,24 @@ def test_autoattack_computes_no_weight_gradients_and_equals_pyautoattack(digits)
     x_ref, y_ref = AutoAttack(m, device="cpu", **kw).run_standard_evaluation(x, y)
     assert torch.equal(out.x_adv, x_ref) and torch.equal(out.y_adv, y_ref)
     assert (out.x_adv != x).any()  # FAB-T moved some point
+
+
+def test_resume_state_is_keyed_by_the_weights_as_loaded_and_their_normalisation(digits, tmp_path, monkeypatch):
+    """The same file under another --normalize is another model: its AutoAttack state must not be
+    resumed.  The group keys the state by weights_sha256 (not the file's sha256), the key holds the
+    normalisation too."""
+    from bench import aa_adapter
+
+    monkeypatch.setattr(rob, "autoattack_flags", lambda *a, **k: (_ for _ in ()).throw(RuntimeError(k["model_id"])))
+    ctx = make_ctx(tiny_model(), digits, tmp_path, model_sha256="the-file", weights_sha256="as-loaded", n_aa=4)
+    with pytest.raises(RuntimeError, match="as-loaded"):
+        rob.autoattack_group(ctx)
+    monkeypatch.undo()
+    x, y = digits.test.x[:4], digits.test.y[:4]
+    keys = []
+    for mean in (0.5, 0.0):  # one file, two normalisations
+        model = tiny_model()
+        model.mean.fill_(mean)
+        aa_adapter.run_blocks(lambda xb, yb, path: keys.append(path.name), model, x, y,
+                              aa_adapter.AAConfig(EPS), aa_adapter.Execution(batch_size=50), tmp_path, "same-id")
+    assert keys[0] != keys[1]

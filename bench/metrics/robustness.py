@@ -320,7 +320,8 @@ def autoattack_group(ctx: Context) -> dict[str, Result]:
     split = _split(ctx, "n_aa")
     aa, flags = autoattack_flags(ctx.model, split.x, split.y,
                                  AAConfig(float(s["eps"]), norm, version, s.get("seed", 0)), ctx.execution,
-                                 state_dir=ctx.out / "cache" / "autoattack-state", model_id=s.get("model_sha256"))
+                                 state_dir=ctx.out / "cache" / "autoattack-state",
+                                 model_id=s.get("weights_sha256"))  # as loaded: another --normalize is another model
     clean = flags["clean"]
     p, se, n = proportion(clean)
     acc = Result(p, se, n, details={"correct": int(clean.sum()), "std": STD_NOTE,
