@@ -237,7 +237,8 @@ def ref_stats(dataset, out, split, data_root, fid_extractor, inception_weights, 
     """Write the FID reference statistics (mu, sigma), the features and the extractor's identity
     of a data set's split to OUT (.npz; read by --ref-stats, pytorch-fid and clean-fid)."""
     from bench import data, refstats, runner
-    from bench.features import ExtractorUnavailable, resolve_extractor
+    from bench.execution import Execution
+    from bench.features import FEATURE_BATCH, ExtractorUnavailable, resolve_extractor
     from bench.settings import reference_size
 
     ds = data.load(dataset, data_root)
@@ -248,7 +249,8 @@ def ref_stats(dataset, out, split, data_root, fid_extractor, inception_weights, 
     x = (ds.train if split == "train" else ds.test).subset(reference_size(ds.name, n_ref)).x
     if x.shape[1] not in (1, 3):
         raise BenchError(f"FID features need grey or RGB images; {ds.name} has {x.shape[1]} channels")
-    stats, feats, info = refstats.reference_features(x, ext, ds.name, split, runner.resolve_device(device))
+    run = Execution(runner.resolve_device(device), FEATURE_BATCH)
+    stats, feats, info = refstats.reference_features(x, ext, ds.name, split, run)
     path = refstats.write_file(out, info["key"], stats, feats if features else None, mu_sigma, precision,
                                source=info["cache"])
     click.echo(f"wrote {path} ({len(feats)} {ext.fid_layer}-d features of {ds.name}:{split}, extractor "

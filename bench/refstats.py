@@ -60,7 +60,8 @@ import torch
 
 from bench import distributed, features
 from bench.errors import BenchError
-from bench.features import FEATURE_BATCH
+from bench.execution import Execution
+from bench.features import FEATURES
 
 PIPELINE = 1  # bumps the reference cache when the preprocessing (bench.features) changes
 
@@ -228,17 +229,15 @@ def _slug(s: str) -> str:
 
 
 def reference_statistics(x: torch.Tensor, ext: features.Extractor, name: str, split: str = "train",
-                         device: torch.device | str = "cpu", batch_size: int = FEATURE_BATCH,
-                         cache: bool = True, verbose: bool = False, sharded: bool = False) -> tuple[dict, dict]:
+                         run: Execution = FEATURES, cache: bool = True, verbose: bool = False) -> tuple[dict, dict]:
     """FID statistics {mu, sigma} (torch-fidelity's ``fid_features_to_statistics``) of the
     reference images x ([0, 1] floats); -> (stats, info), see ``reference_features``."""
-    stats, _, info = reference_features(x, ext, name, split, device, batch_size, cache, verbose, sharded)
+    stats, _, info = reference_features(x, ext, name, split, run, cache, verbose)
     return stats, info
 
 
 def reference_features(x: torch.Tensor, ext: features.Extractor, name: str, split: str = "train",
-                       device: torch.device | str = "cpu", batch_size: int = FEATURE_BATCH,
-                       cache: bool = True, verbose: bool = False, sharded: bool = False,
+                       run: Execution = FEATURES, cache: bool = True, verbose: bool = False,
                        ref_stats: str | None = None, shipped: bool = True) -> tuple[dict, torch.Tensor | None, dict]:
     """The reference of FID, KID and precision/recall: -> (stats {mu, sigma}, features (N, D)
     float32 or None, info).  Looked up in this order (``info['cache']`` says which):
@@ -250,8 +249,10 @@ def reference_features(x: torch.Tensor, ext: features.Extractor, name: str, spli
     - ``hit``: the disk cache (``$JEAT_BENCH_CACHE/fid-ref``, features float32 and mu/sigma);
     - ``miss`` (computed and written to the cache) or ``off`` (computed, ``cache=False``).
 
-    ``sharded`` (torchrun): rank 0 reads the cache and shares what it found; on a miss every rank
-    extracts its share of the features and rank 0 writes the cache."""
+    ``run`` (``bench.execution.Execution``): where and in what batches features are extracted;
+    ``run.sharded`` (torchrun): rank 0 reads the cache and shares what it found; on a miss every
+    rank extracts its share of the features and rank 0 writes the cache."""
+    sharded = run.sharded
     size = [int(v) for v in x.shape[-2:]] if x is not None else None
     if ref_stats:
         return read_file(ref_stats, ext.identity, ext.fid_layer, {"dataset": name, "split": split, "image_size": size})
@@ -271,7 +272,7 @@ def reference_features(x: torch.Tensor, ext: features.Extractor, name: str, spli
         stats, feats = got
         info["cache"] = "hit"
     else:
-        feats = features.extract_features(u8, ext, device, batch_size, verbose, sharded)[ext.fid_layer]
+        feats = features.extract_features(u8, ext, run, verbose)[ext.fid_layer]
         feats = feats.to(torch.float32)
         stats = statistics(feats)
         if writer:

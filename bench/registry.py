@@ -345,7 +345,7 @@ def modules() -> list[str]:
     (by name), then those the ``jeat_bench.metrics`` entry points name (their value: a module)."""
     from importlib.metadata import entry_points
 
-    import bench.metrics as pkg
+    pkg = importlib.import_module("bench.metrics")  # the package above this module: no import cycle
 
     found = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
     local = [m for m in ORDER if m in found] + [m for m in found if m not in ORDER]

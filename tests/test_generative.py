@@ -17,6 +17,7 @@ from bench import features as F
 from bench import sample_quality as Q
 from bench.energy import EnergyModel
 from bench.errors import BenchError
+from bench.execution import Execution
 from bench.metrics import Context
 from bench.metrics import generative as G
 from bench.sampling import BlockNoise, ReplayBuffer, SGLDConfig, generate, sgld
@@ -259,7 +260,7 @@ def test_diverging_chains_are_counted_and_never_written(net_cls, tmp_path):
     assert torch.equal(ok, ~bad)
     assert torch.isfinite(x).all()  # diverged chains keep their last finite state inside sgld
     assert torch.equal(x[bad], x0[bad])
-    res = generate(model, ds, cfg, n=n, init="uniform", generator=5, batch_size=32)
+    res = generate(model, ds, cfg, n=n, init="uniform", generator=5, run=Execution(batch_size=32))
     assert torch.equal(res.diverged, bad) and res.n_diverged == int(bad.sum())
     assert torch.isnan(res.x[bad]).all()  # never a finite sample
     assert torch.isfinite(res.x[~bad]).all() and res.x[~bad].min() >= 0 and res.x[~bad].max() <= 1
@@ -286,10 +287,10 @@ def test_generate_is_reproducible_and_batch_size_free(digits):
     model = tiny_model(width=8)
     cfg = SGLDConfig(steps=5)
     n = 75  # two whole chain blocks and a partial one
-    a = generate(model, digits, cfg, n=n, generator=3, batch_size=250)
-    b = generate(model, digits, cfg, n=n, generator=3, batch_size=250)
-    c = generate(model, digits, cfg, n=n, generator=3, batch_size=32)
-    d = generate(model, digits, cfg, n=n, generator=3, batch_size=1)
+    a = generate(model, digits, cfg, n=n, generator=3, run=Execution(batch_size=250))
+    b = generate(model, digits, cfg, n=n, generator=3, run=Execution(batch_size=250))
+    c = generate(model, digits, cfg, n=n, generator=3, run=Execution(batch_size=32))
+    d = generate(model, digits, cfg, n=n, generator=3, run=Execution(batch_size=1))
     assert torch.equal(a.x, b.x) and torch.equal(a.x, c.x) and torch.equal(a.x, d.x)
     assert torch.equal(a.y, c.y)
     e = generate(model, digits, cfg, n=n, generator=4)

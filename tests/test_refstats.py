@@ -12,6 +12,7 @@ from bench import checkpoints, cli, refstats, runner
 from bench import features as F
 from bench import sample_quality as Q
 from bench.errors import BenchError
+from bench.execution import Execution
 from tests.conftest import tiny_model
 from tests.test_generative import META, TINY, digits_npz, tiny_extractors
 
@@ -50,7 +51,7 @@ def test_shipped_digits_statistics_equal_a_recomputation_within_float16(digits):
     assert feats.dtype == np.float16 and feats.shape == (len(digits.train), 2048)
     assert path.stat().st_size < 6e6
     rows = torch.linspace(0, len(u8) - 1, 16).round().long()
-    fresh = F.extract_features(u8[rows], ext, "cpu", 16)[ext.fid_layer].double()
+    fresh = F.extract_features(u8[rows], ext, Execution("cpu", 16))[ext.fid_layer].double()
     shipped = torch.from_numpy(feats[rows.numpy()].astype(np.float64))
     err = (shipped - fresh).abs()
     # float16 rounding (half an ulp: 2^-11 relative) plus float32 differences between batchings
@@ -168,7 +169,7 @@ def test_n_ref_takes_the_first_training_images_as_the_reference(tmp_path, tiny, 
     with np.load(tmp_path / "sub" / "samples" / "samples.npz") as z:
         gen = torch.from_numpy(z["x"]).float()
     ext = tiny[0]
-    explicit = Q.fid_is(gen, digits.train.x[:300], ext, "digits", device="cpu")
+    explicit = Q.fid_is(gen, digits.train.x[:300], ext, "digits", run=Execution("cpu"))
     assert sub["fid"].value == pytest.approx(explicit["fid"], rel=1e-6)
     assert abs(sub["fid"].value - full["fid"].value) > 1e-3  # really another reference
     f = tmp_path / "s300.npz"

@@ -34,11 +34,14 @@ Results); this module is the registered group and its handling of diverged chain
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from bench import features
 from bench.data import TRAIN_IS_TEST
 from bench.errors import BenchError
+from bench.execution import Execution
 from bench.features import FEATURE_BATCH, ISC_LAYER
 from bench.metrics import Context, Metric, Result, register, relative
 from bench.sample_quality import (
@@ -82,7 +85,7 @@ def diverged_result(n_gen: int, n_div: int, limit: float) -> tuple[Result, str |
     return Result(frac, se, n_gen, details=details), reason
 
 
-def _refuse_train_is_test(x_gen: torch.Tensor, ext: features.Extractor, ctx: Context, batch_size: int,
+def _refuse_train_is_test(x_gen: torch.Tensor, ext: features.Extractor, ctx: Context, run: Execution,
                           details: dict) -> dict[str, Result]:
     """FID null with the reason (the data set's training and test sets are the same images,
     ``Dataset.train_is_test``); the Inception Score, which needs no reference, as usual."""
@@ -96,7 +99,7 @@ def _refuse_train_is_test(x_gen: torch.Tensor, ext: features.Extractor, ctx: Con
     if not ext.has_logits or n < ISC_SPLITS:
         reason = NO_LOGITS if not ext.has_logits else f"Inception Score needs {ISC_SPLITS} images (splits); got {n}"
         return out | {m: Result.missing(reason, n=n, **details) for m in ("is_mean", "is_std")}
-    feats = features.extract_features(features.to_uint8_rgb(x_gen), ext, ctx.device, batch_size, sharded=ctx.sharded)
+    feats = features.extract_features(features.to_uint8_rgb(x_gen), ext, run)
     isc = isc_features_to_metric(feats[ISC_LAYER], ISC_SPLITS, True, 2020)
     isd = dict(details, isc_splits=ISC_SPLITS, std="standard deviation of the IS over the splits")
     return out | {"is_mean": Result(isc["inception_score_mean"], isc["inception_score_std"], n, details=isd),
@@ -174,10 +177,10 @@ def generative_group(ctx: Context) -> dict[str, Result]:
     if n_ok < 2:
         return {m: Result.missing(f"{n_ok} finite generated images ({n_div} chains diverged); FID needs 2",
                                   n=n_ok, **details) for m in names} | div
-    bs = min(int(s.get("batch_size") or FEATURE_BATCH), FEATURE_BATCH)
+    # the run's device and sharding, batches of at most 64 images (299 x 299 activations)
+    run = replace(ctx.execution, batch_size=min(int(s.get("batch_size") or FEATURE_BATCH), FEATURE_BATCH))
     if ctx.data.train_is_test:  # FID would compare with the evaluated images themselves: refused
-        return _refuse_train_is_test(gx[finite], ext, ctx, bs, details) | div
-    r = fid_is(gx[finite], ref.x, ext, ctx.data.name, "train", ctx.device, bs,
-               verbose=progress.interactive() and ctx.progress is not None, sharded=ctx.sharded,
-               ref_stats=s.get("ref_stats"))
+        return _refuse_train_is_test(gx[finite], ext, ctx, run, details) | div
+    r = fid_is(gx[finite], ref.x, ext, ctx.data.name, "train", run,
+               verbose=progress.interactive() and ctx.progress is not None, ref_stats=s.get("ref_stats"))
     return fid_is_results(r, ext, n_ok, details, ctx.device) | div
