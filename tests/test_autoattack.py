@@ -195,3 +195,14 @@ def test_resume_state_is_keyed_by_the_weights_as_loaded_and_their_normalisation(
         aa_adapter.run_blocks(lambda xb, yb, path: keys.append(path.name), model, x, y,
                               aa_adapter.AAConfig(EPS), aa_adapter.Execution(batch_size=50), tmp_path, "same-id")
     assert keys[0] != keys[1]
+
+
+def test_pgd20_aa_takes_pgd20_s_starts_under_linf_on_the_cpu(digits, tmp_path):
+    """What the docs claim of pgd20_aa: under L-inf with one restart on the CPU its starts are
+    pgd20's (a CPU generator's uniform draws for a prefix of the points are a prefix of its draws),
+    so its per-point flags are pgd20's on AutoAttack's points."""
+    m = trained_model()
+    ctx = make_ctx(m, digits, tmp_path, n_eval=40, n_aa=16, batch_size=25)  # AutoAttack's points end mid-batch
+    _, full = rob.pgd_flags(ctx, "ce", "pgd20")
+    _, prefix = rob.pgd_flags(ctx, "ce", "pgd20", points="n_aa")
+    assert torch.equal(full[:16], prefix)
