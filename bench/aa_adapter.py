@@ -8,7 +8,8 @@ was (pyautoattack reseeds before every attack), float32 throughout and no weight
 call per block of ``batch_size`` consecutive points, each with its own state file.
 
 AutoAttack resumes, block by block: pyautoattack records its progress (per-point robust flags,
-finished attacks) in ``state_path``.  We key that file by the model's sha256 (or a digest of its weights), the
+finished attacks) in ``state_path``.  We key that file by the weights as loaded (the runner's
+``weights_sha256``, else a digest of the parameters and buffers) and the model's normalisation, the
 threat model, the seed, the points and the batch size
 (``OUT/cache/autoattack-state/state-<key>[.L<level>].json``), so a resumed run never mixes two
 settings.  pyautoattack 0.2.0 cannot restore its own state file (it writes the attack set as a
@@ -262,11 +263,21 @@ class AAConfig:
                 "attacks": self.attacks}
 
 
-def autoattack_key(model_id: str, x: torch.Tensor, y: torch.Tensor, aa: AAConfig, batch_size: int) -> str:
-    """The state file's key: model, threat model, seed, points and batch size."""
+def normalisation(model: torch.nn.Module) -> dict | None:
+    """The model's input normalisation (an EnergyModel's per-channel mean and std), None without one."""
+    mean, std = getattr(model, "mean", None), getattr(model, "std", None)
+    if not isinstance(mean, torch.Tensor) or not isinstance(std, torch.Tensor):
+        return None
+    return {"mean": mean.detach().flatten().cpu().tolist(), "std": std.detach().flatten().cpu().tolist()}
+
+
+def autoattack_key(model_id: str, x: torch.Tensor, y: torch.Tensor, aa: AAConfig, batch_size: int,
+                   normalised: dict | None = None) -> str:
+    """The state file's key: model (the weights as loaded) and its normalisation, threat model,
+    seed, points and batch size."""
     import pyautoattack
 
-    keyed = {"model": model_id, "norm": aa.norm, "eps": float(aa.eps), "version": aa.version, "attacks": aa.attacks,
+    keyed = {"model": model_id, "normalisation": normalised, "norm": aa.norm, "eps": float(aa.eps), "version": aa.version, "attacks": aa.attacks,
              "seed": aa.seed, "batch_size": int(batch_size), "n": len(y), "points": tensor_digest(x, y),
              "pyautoattack": getattr(pyautoattack, "__version__", None)}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:24]
@@ -286,7 +297,7 @@ def run_blocks(attack: Callable, model: torch.nn.Module, x: torch.Tensor, y: tor
         xb, yb = x[b * batch_size:(b + 1) * batch_size], y[b * batch_size:(b + 1) * batch_size]
         state_path = None
         if state_dir is not None:
-            key = autoattack_key(model_id or model_digest(model), xb, yb, aa, batch_size)
+            key = autoattack_key(model_id or model_digest(model), xb, yb, aa, batch_size, normalisation(model))
             Path(state_dir).mkdir(parents=True, exist_ok=True)
             state_path = Path(state_dir) / f"state-{key}.json"
             states.append(state_path)

@@ -11,11 +11,10 @@ under L2).  AutoAttack runs through the reference implementation, pyautoattack (
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import torch
 import torch.nn.functional as F
 
+from bench.compat import StrEnum
 from bench.energy import EnergyModel, evaluates
 from bench.settings import Norm
 

@@ -75,6 +75,16 @@ DEVICE = click.Choice(["auto", "cpu", "cuda"])
 N_REF_HELP = SPECS["n_ref"].help
 
 
+class SuiteOption(click.Option):
+    """``--suite``, whose help lists the registered suites (``bench.suites.names``) when shown."""
+
+    def get_help_record(self, ctx):
+        from bench import suites
+
+        self.help = "all, or a comma list of: " + ", ".join(suites.names())
+        return super().get_help_record(ctx)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="jeat-bench")
 def cli():
@@ -84,8 +94,7 @@ def cli():
 @cli.command()
 @click.option("--model", "model", default=None, help="checkpoint: .safetensors, .pt/.pth (+ --arch), JEM file, "
               "py:module:function, rb:NAME. Default: the released digits JEAT model.")
-@click.option("--suite", default="all", show_default=True,
-              help="all, or a comma list of robust,calibration,generative,score,memorization,landscape,denoise,ood")
+@click.option("--suite", default="all", show_default=True, cls=SuiteOption)
 @click.option("--out", default="runs/default", show_default=True, type=click.Path(path_type=Path))
 @click.option("--dataset", default=None, help="digits, fashion-mnist, cifar10, cifar100, folder:PATH, npz:PATH "
               "(default: the checkpoint's)")
@@ -234,7 +243,8 @@ def ref_stats(dataset, out, split, data_root, fid_extractor, inception_weights, 
     """Write the FID reference statistics (mu, sigma), the features and the extractor's identity
     of a data set's split to OUT (.npz; read by --ref-stats, pytorch-fid and clean-fid)."""
     from bench import data, refstats, runner
-    from bench.features import ExtractorUnavailable, resolve_extractor
+    from bench.execution import Execution
+    from bench.features import FEATURE_BATCH, ExtractorUnavailable, resolve_extractor
     from bench.settings import reference_size
 
     ds = data.load(dataset, data_root)
@@ -245,7 +255,8 @@ def ref_stats(dataset, out, split, data_root, fid_extractor, inception_weights, 
     x = (ds.train if split == "train" else ds.test).subset(reference_size(ds.name, n_ref)).x
     if x.shape[1] not in (1, 3):
         raise BenchError(f"FID features need grey or RGB images; {ds.name} has {x.shape[1]} channels")
-    stats, feats, info = refstats.reference_features(x, ext, ds.name, split, runner.resolve_device(device))
+    run = Execution(runner.resolve_device(device), FEATURE_BATCH)
+    stats, feats, info = refstats.reference_features(x, ext, ds.name, split, run)
     path = refstats.write_file(out, info["key"], stats, feats if features else None, mu_sigma, precision,
                                source=info["cache"])
     click.echo(f"wrote {path} ({len(feats)} {ext.fid_layer}-d features of {ds.name}:{split}, extractor "

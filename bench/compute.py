@@ -10,13 +10,21 @@ import torch
 from bench import distributed, progress
 from bench.errors import BenchError
 from bench.metrics import Context, Group
+from bench.registry import UndeclaredSetting
 from bench.results import Result
 
 
 def compute(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
     """``_compute`` in one process; under torchrun a sharded group runs on every rank (each on its
     share, results gathered), any other group on rank 0 with its results broadcast.  Groups on
-    generated images first make the generated set together (sharded over chain blocks)."""
+    generated images first make the generated set together (sharded over chain blocks).  The group
+    sees ``ctx.settings`` through its ``SettingsView`` (``bench.registry``): reading a setting it
+    does not declare is an error, not a stale cache."""
+    with g.viewing(ctx):
+        return _compute_anywhere(g, ctx)
+
+
+def _compute_anywhere(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
     if not distributed.active():
         return _compute_halving(g, ctx)
     if "generated" in g.needs:
@@ -38,21 +46,22 @@ def _compute_halving(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
     The batch sizes that ran out of memory, and the one that worked, go into every metric's
     ``details`` in results.json (a smaller batch changes no metric beyond its per-batch random
     streams: PGD starts and denoising noise are drawn per batch)."""
-    original = ctx.settings["batch_size"]
+    run = ctx.settings.full  # the run's settings under the group's read-only view
+    original = run["batch_size"]
     failed = []
     try:
         while True:
             results, cacheable = _compute(g, ctx)
-            if cacheable or ctx.settings["batch_size"] <= 1:
+            if cacheable or run["batch_size"] <= 1:
                 break
-            failed.append(ctx.settings["batch_size"])
-            ctx.settings["batch_size"] = max(1, ctx.settings["batch_size"] // 2)
+            failed.append(run["batch_size"])
+            run["batch_size"] = max(1, run["batch_size"] // 2)
             if ctx.progress is not None:
                 progress.say(f"[{g.suite}] {g.name}: out of memory at batch size {failed[-1]}; "
-                             f"retrying with {ctx.settings['batch_size']}")
+                             f"retrying with {run['batch_size']}")
     finally:
-        used = ctx.settings["batch_size"]
-        ctx.settings["batch_size"] = original
+        used = run["batch_size"]
+        run["batch_size"] = original
     if failed:
         for r in results.values():
             r.details["out_of_memory_at_batch_sizes"] = failed + ([] if cacheable else [used])
@@ -72,7 +81,7 @@ def _compute(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
     error = None
     try:
         out = g.fn(ctx)
-    except BenchError:
+    except (BenchError, UndeclaredSetting):
         raise
     except torch.cuda.OutOfMemoryError as e:  # torch.OutOfMemoryError (CUDA, MPS)
         if torch.cuda.is_available():

@@ -13,10 +13,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from contextlib import contextmanager
-from enum import StrEnum
 
 import torch
 from torch import nn
+
+from bench.compat import StrEnum
 
 
 class Energy(StrEnum):

@@ -38,6 +38,7 @@ import torch
 
 from bench import distributed
 from bench.errors import BenchError
+from bench.execution import Execution
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_FILE
@@ -47,6 +48,7 @@ FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid-helper's own
 FID_LAYER = "2048"
 ISC_LAYER = "logits_unbiased"
 FEATURE_BATCH = 64  # images per feature-extractor batch (299 x 299 activations; torch-fidelity's default)
+FEATURES = Execution("cpu", FEATURE_BATCH)  # how feature extraction runs unless told: CPU, batches of 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,17 +336,18 @@ class _Images(torch.utils.data.Dataset):
         return self.u8[i]
 
 
-def extract_features(u8: torch.Tensor, ext: Extractor, device: torch.device | str = "cpu",
-                     batch_size: int = FEATURE_BATCH, verbose: bool = False,
-                     sharded: bool = False) -> dict[str, torch.Tensor]:
-    """torch-fidelity's features (``get_featuresdict_from_dataset``) of uint8 (N, 3, H, W) images.
-    ``sharded`` (under torchrun): this rank extracts its contiguous share of the batches, and the
-    features of all batches are gathered in order (the same batches as in one process)."""
+def extract_features(u8: torch.Tensor, ext: Extractor, run: Execution = FEATURES,
+                     verbose: bool = False) -> dict[str, torch.Tensor]:
+    """torch-fidelity's features (``get_featuresdict_from_dataset``) of uint8 (N, 3, H, W) images,
+    on ``run.device`` (default the CPU) in batches of ``run.batch_size``.  ``run.sharded`` (under
+    torchrun): this rank extracts its contiguous share of the batches, and the features of all
+    batches are gathered in order (the same batches as in one process)."""
     from torch_fidelity.utils import get_featuresdict_from_dataset
 
-    device = torch.device(device)
+    device = torch.device(run.device if run.device is not None else "cpu")
     fe = feature_extractor(ext, device)
-    bs = int(batch_size)
+    bs = int(run.batch_size)
+    sharded = run.sharded
     mine = distributed.batch_share(len(u8), bs, sharded)
     part = u8[mine.start * bs:mine.stop * bs]
     with _on(device):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,10 +104,11 @@ def generated(ctx) -> Generated:
     else:
         t0 = time.time()
         cfg = SGLDConfig.from_settings(s)
+        # under torchrun every rank makes the set together, whichever group asked for it
+        run = replace(ctx.execution, sharded=distributed.active())
         res = generate(ctx.model, ctx.data, cfg, n=int(s.get("n_gen", DEFAULTS["n_gen"])),
                        init=str(s.get("gen_init", DEFAULTS["gen_init"])), generator=ctx.generator("generate"),
-                       replay_buffer=ctx.replay_buffer, batch_size=int(s.get("batch_size", DEFAULTS["batch_size"])),
-                       progress=ctx.iterate, device=ctx.device, sharded=distributed.active())
+                       replay_buffer=ctx.replay_buffer, run=run)
         x, y, n_div = res.x, res.y, res.n_diverged
         seconds = round(time.time() - t0, 3)
         meta = {"format": SAMPLES_FORMAT, "key": key, "n_diverged": n_div, "seconds": seconds,

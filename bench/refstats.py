@@ -15,7 +15,9 @@ A reference statistics file is an ``.npz`` with any of
     extractor   the extractor identity again, as a plain string
 
 ``--ref-stats FILE`` (``bench run`` setting ``ref_stats``, and ``bench samples``): a file whose
-``meta`` names another extractor or feature layer than the run's is refused (one-line error).  A
+``meta`` names another extractor or feature layer than the run's, or another data set, split or
+image size (``image_size``, [H, W]; files written before it was recorded are not compared on it)
+than the run's reference, is refused (one-line error).  A
 file without ``meta`` (a plain pytorch-fid/clean-fid ``mu``/``sigma`` file) is accepted; the FID's
 details then say its extractor is not recorded.  FID uses the file's mu/sigma (or, for a
 features-only file, the statistics of its features); KID and precision/recall use the file's
@@ -58,7 +60,8 @@ import torch
 
 from bench import distributed, features
 from bench.errors import BenchError
-from bench.features import FEATURE_BATCH
+from bench.execution import Execution
+from bench.features import FEATURES
 
 PIPELINE = 1  # bumps the reference cache when the preprocessing (bench.features) changes
 
@@ -131,14 +134,27 @@ def _unpack(arrays: dict, path: Path) -> tuple[dict | None, torch.Tensor | None]
     return stats, feats
 
 
-def read_file(path: str | Path, extractor_identity: str, layer: str) -> tuple[dict, torch.Tensor | None, dict]:
-    """A ``--ref-stats`` file -> (stats, features or None, info).  Refuses (BenchError) a file
-    whose recorded extractor or layer differs from the run's."""
+# what a --ref-stats file's meta must agree on with the run's reference, where it records them
+REFERENCE_FIELDS = ("dataset", "split", "image_size")
+
+
+def read_file(path: str | Path, extractor_identity: str, layer: str,
+              reference: dict | None = None) -> tuple[dict, torch.Tensor | None, dict]:
+    """A ``--ref-stats`` file -> (stats, features or None, info).  Refuses (BenchError, one line) a
+    file whose recorded extractor or layer differs from the run's, and one whose recorded data set,
+    split or image size (``REFERENCE_FIELDS``) differs from ``reference`` (the run's)."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise BenchError(f"reference statistics file not found: {p}")
     arrays = _read(p)
     meta = _meta(arrays, p)
+    wrong = [k for k in REFERENCE_FIELDS if meta is not None and reference is not None
+             and meta.get(k) is not None and reference.get(k) is not None and meta[k] != reference[k]]
+    if wrong:
+        def shown(d: dict) -> str:
+            return ", ".join(f"{k} {d.get(k)}" for k in wrong)
+        raise BenchError(f"reference statistics {p} are of {shown(meta)}, this run's reference is of "
+                         f"{shown(reference)}; write matching ones with `bench ref-stats`")
     if meta is not None and (meta.get("extractor"), str(meta.get("layer"))) != (extractor_identity, str(layer)):
         raise BenchError(f"reference statistics {p} were made with extractor {meta.get('extractor')} (layer "
                          f"{meta.get('layer')}), this run uses {extractor_identity} (layer {layer}); "
@@ -213,17 +229,15 @@ def _slug(s: str) -> str:
 
 
 def reference_statistics(x: torch.Tensor, ext: features.Extractor, name: str, split: str = "train",
-                         device: torch.device | str = "cpu", batch_size: int = FEATURE_BATCH,
-                         cache: bool = True, verbose: bool = False, sharded: bool = False) -> tuple[dict, dict]:
+                         run: Execution = FEATURES, cache: bool = True, verbose: bool = False) -> tuple[dict, dict]:
     """FID statistics {mu, sigma} (torch-fidelity's ``fid_features_to_statistics``) of the
     reference images x ([0, 1] floats); -> (stats, info), see ``reference_features``."""
-    stats, _, info = reference_features(x, ext, name, split, device, batch_size, cache, verbose, sharded)
+    stats, _, info = reference_features(x, ext, name, split, run, cache, verbose)
     return stats, info
 
 
 def reference_features(x: torch.Tensor, ext: features.Extractor, name: str, split: str = "train",
-                       device: torch.device | str = "cpu", batch_size: int = FEATURE_BATCH,
-                       cache: bool = True, verbose: bool = False, sharded: bool = False,
+                       run: Execution = FEATURES, cache: bool = True, verbose: bool = False,
                        ref_stats: str | None = None, shipped: bool = True) -> tuple[dict, torch.Tensor | None, dict]:
     """The reference of FID, KID and precision/recall: -> (stats {mu, sigma}, features (N, D)
     float32 or None, info).  Looked up in this order (``info['cache']`` says which):
@@ -235,13 +249,18 @@ def reference_features(x: torch.Tensor, ext: features.Extractor, name: str, spli
     - ``hit``: the disk cache (``$JEAT_BENCH_CACHE/fid-ref``, features float32 and mu/sigma);
     - ``miss`` (computed and written to the cache) or ``off`` (computed, ``cache=False``).
 
-    ``sharded`` (torchrun): rank 0 reads the cache and shares what it found; on a miss every rank
-    extracts its share of the features and rank 0 writes the cache."""
+    ``run`` (``bench.execution.Execution``): where and in what batches features are extracted;
+    ``run.sharded`` (torchrun): rank 0 reads the cache and shares what it found; on a miss every
+    rank extracts its share of the features and rank 0 writes the cache."""
+    sharded = run.sharded
+    size = [int(v) for v in x.shape[-2:]] if x is not None else None
     if ref_stats:
-        return read_file(ref_stats, ext.identity, ext.fid_layer)
+        return read_file(ref_stats, ext.identity, ext.fid_layer, {"dataset": name, "split": split, "image_size": size})
     u8 = features.to_uint8_rgb(x)
     key, path = _reference_key(u8, ext, name, split)
-    info = {"cache": "off", "file": str(path), "key": key}
+    # the image size is recorded with the key (a --ref-stats file written from it names it) but
+    # does not key the disk cache (the images' sha256 covers their shape)
+    info = {"cache": "off", "file": str(path), "key": dict(key, image_size=size)}
     found = find_shipped(key) if shipped else None
     if found is not None and found[1] is not None:
         return found[0], found[1], dict(info, cache="shipped", file=str(found[2]))
@@ -253,7 +272,7 @@ def reference_features(x: torch.Tensor, ext: features.Extractor, name: str, spli
         stats, feats = got
         info["cache"] = "hit"
     else:
-        feats = features.extract_features(u8, ext, device, batch_size, verbose, sharded)[ext.fid_layer]
+        feats = features.extract_features(u8, ext, run, verbose)[ext.fid_layer]
         feats = feats.to(torch.float32)
         stats = statistics(feats)
         if writer:

@@ -1,175 +1,103 @@
 """The metric registry: each metric group's declaration (its metrics' facts, the settings that key
 its cache, its suite) and the lookups that bench check, bench table and bench.suites derive from.
 
-It holds declarations only, no metric code: ``load_all`` imports the metric modules (by name) so
-they register themselves.  ``bench.check`` and ``bench.tables`` read facts through this module
-and never import ``bench.metrics`` (docs/ARCHITECTURE.md, "Layers").
+It holds declarations, no metric code: ``load_all`` discovers the metric modules (every module of
+the ``bench.metrics`` package, and those that the ``jeat_bench.metrics`` entry points name) and
+imports them so they register themselves.  It also enforces the declarations: a group sees its
+settings through a ``SettingsView`` of what it declared (plus the execution and identity keys), so
+reading an undeclared setting, which would leave its cache stale, is an error at once.
+``bench.check`` and ``bench.tables`` read facts through this module and never import
+``bench.metrics`` (docs/ARCHITECTURE.md, "Layers").
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-import math
-from collections.abc import Callable
+import pkgutil
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from bench.energy import evaluates
-from bench.settings import SPECS
+from bench.errors import BenchError
+from bench.fastpath import SETTINGS as FASTPATH_SETTINGS
+from bench.metric_facts import (  # noqa: F401  (the facts a registration declares, re-exported)
+    DETERMINISTIC,
+    DISPLAYS,
+    DRIFTING,
+    ECE,
+    GENERATED,
+    MEAN,
+    NOT_CHECKABLE,
+    PAIRS,
+    POINTS,
+    PORTABLE_UNITS,
+    PROPORTION,
+    STABLE,
+    TOLERANCE_RULES,
+    Metric,
+    Portable,
+    Tolerance,
+    absolute,
+    relative,
+    stable,
+    standard_error,
+)
+from bench.settings import GEN_SETTINGS, SPECS
 
-# --------------------------------------------------------------------------------------------
-# metric facts: each metric declares what bench check, bench table and the report need to know
+# ---------------------------------------------------------------------------------------------
+# what a group may read of the run's settings
 
-
-TOLERANCE_RULES = ("proportion", "ece", "standard-error", "relative", "absolute", "none")
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """How ``bench check`` bounds a metric in statistical mode (bench.check applies the rule; its
-    module docstring gives the statistics):
-
-    - ``proportion``: 3 standard errors of the difference of two proportions at the baseline's
-      smoothed p and n, at least ``floor``;
-    - ``ece``: 3 standard errors of the difference of two ECEs from the recorded bins, at least ``floor``;
-    - ``standard-error``: 3 standard errors of the difference from the recorded ``std`` (already the
-      standard error of the mean), at least ``floor_rel`` x |baseline|; without a recorded std,
-      ``margin`` x |baseline| (``margin`` None: not checkable);
-    - ``relative``: ``margin`` x |baseline|;
-    - ``absolute``: ``margin``, widened to 3 standard errors where the recorded std makes that larger;
-    - ``none``: not checkable statistically (exact mode and ``--tolerance`` still compare it)."""
-
-    rule: str = "none"
-    margin: float | None = None
-    floor: float = 0.0
-    floor_rel: float = 0.0
-
-    def __post_init__(self):
-        if self.rule not in TOLERANCE_RULES:
-            raise ValueError(f"tolerance rule {self.rule!r}: expected one of {', '.join(TOLERANCE_RULES)}")
-        if self.rule in ("relative", "absolute") and self.margin is None:
-            raise ValueError(f"a {self.rule} tolerance needs a margin")
-
-
-PROPORTION = Tolerance("proportion", floor=0.001)
-ECE = Tolerance("ece", floor=0.002)
-MEAN = Tolerance("standard-error")  # a mean over points whose std is its standard error (mean_se)
-NOT_CHECKABLE = Tolerance("none")
+# read by the execution of every group (ctx.batches, ctx.execution, ctx.generator); a group whose
+# numbers depend on them (per-batch random streams, a seeded stream) declares them as well
+EXECUTION_KEYS = ("batch_size", "seed")
+# the identity of what is evaluated, added to the settings by the runner (bench.runner.run) and
+# keying every group's cache already: the checkpoint file's and the weights' (as loaded) sha256, the
+# digests of both splits, and the generation code's digest (which keys samples.npz)
+IDENTITY_KEYS = ("model_sha256", "weights_sha256", "data_sha256", "generation_code_sha256")
 
 
-def standard_error(floor_rel: float = 0.0, without_std: float | None = None) -> Tolerance:
-    """``standard-error``, at least ``floor_rel`` x |baseline|; ``without_std`` x |baseline| when no std
-    was recorded (None: not checkable then)."""
-    return Tolerance("standard-error", without_std, floor_rel=floor_rel)
+class UndeclaredSetting(RuntimeError):
+    """A metric group read a setting it does not declare (its cache would not change with it)."""
 
 
-def relative(fraction: float) -> Tolerance:
-    return Tolerance("relative", fraction)
+class SettingsView(Mapping):
+    """The run's settings as one group sees them, read-only: the settings it declares, the fast
+    paths (which key every group), ``EXECUTION_KEYS`` and ``IDENTITY_KEYS``.  Reading any other
+    name (``[k]``, ``.get(k)``, ``k in``) raises ``UndeclaredSetting`` naming the group and the
+    setting.  It reads through to the run's dict (the out-of-memory retry lowers batch_size there)."""
 
+    def __init__(self, full: Mapping, allowed: frozenset, group: str):
+        self._full, self._allowed, self.group = full, allowed, group
 
-def absolute(margin: float) -> Tolerance:
-    return Tolerance("absolute", margin)
+    def _check(self, key) -> None:
+        if key not in self._allowed:
+            raise UndeclaredSetting(
+                f"metric group {self.group} reads setting {key!r}, which it does not declare: list it in the "
+                f"group's @register(settings=...) (the declared settings key its cache; without it a rerun "
+                f"with another {key} would reuse stale results)")
 
+    def __getitem__(self, key):
+        self._check(key)
+        return self._full[key]
 
-PORTABLE_UNITS = ("points", "pairs", "relative", "absolute")
+    def __contains__(self, key) -> bool:
+        self._check(key)
+        return key in self._full
 
+    def __iter__(self) -> Iterator:
+        return (k for k in self._full if k in self._allowed)
 
-@dataclass(frozen=True)
-class Portable:
-    """How ``bench check`` compares a rerun with its baseline on another platform (``--exact`` on a
-    different fingerprint, and the default mode).  Both runs evaluate the same points with the same
-    seeds, so the comparison is paired: what may differ is floating-point order and CPU kernels,
-    which flip a few points next to a decision boundary (or an FGSM sign next to a zero gradient),
-    move continuous metrics in their last digits and can make SGLD chains drift apart.  The
-    margins are set from that noise, measured across simulated machines (docs/CHECKS.md):
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
-    - ``points``: a share of points.  The points that flipped are counted, from the per-point
-      bits both runs record (``bench.outcomes``), else from the values (|delta| x n); at most
-      ``share`` x n may flip (rounded down: 0 below n = 200, 2 at n = 450, 5 at n = 1,000);
-    - ``pairs``: a rank statistic over (in, out) pairs, AUROC: |delta| x n_in x n_out concordant
-      pairs may change, at most ``share`` x n_in x n_out;
-    - ``relative``: |delta| <= ``rel`` x |baseline| + ``abs``, widened by ``per_flip`` / n for every
-      point of the metric's own per-point record that flipped (a flipped prediction moves ECE by at
-      most 2 / n, Brier by 2 / n); ``per_flip`` None: a metric no per-point bound covers (MCE, NLL)
-      fails once any of its points flipped beyond ``share`` x n (``share`` also caps the flips);
-    - ``absolute``: |delta| <= ``abs``."""
-
-    unit: str
-    share: float = 0.005
-    rel: float = 0.0
-    abs: float = 0.0
-    per_flip: float | None = 0.0
-
-    def __post_init__(self):
-        if self.unit not in PORTABLE_UNITS:
-            raise ValueError(f"portable rule {self.unit!r}: expected one of {', '.join(PORTABLE_UNITS)}")
-
-
-# the margins, from the noise measured across simulated machines (docs/CHECKS.md): kernels move a
-# deterministic metric by at most a few 1e-5 relative, SGLD-generated sets by up to ~0.6 %
-DETERMINISTIC = 1e-3
-GENERATED = 0.01
-POINTS = Portable("points")
-PAIRS = Portable("pairs", share=0.001)
-STABLE = Portable("relative", rel=DETERMINISTIC, abs=1e-9)
-DRIFTING = Portable("relative", rel=GENERATED, abs=1e-6)
-
-
-def stable(per_flip: float | None = 0.0, abs_: float = 1e-9) -> Portable:
-    """A metric deterministic given its inputs: ``DETERMINISTIC`` relative."""
-    return Portable("relative", rel=DETERMINISTIC, abs=abs_, per_flip=per_flip)
-
-
-DISPLAYS = ("float", "percent")
-
-
-@dataclass(frozen=True)
-class Metric:
-    """The facts of one metric, declared where its group is registered.  ``name`` is the metric's
-    name, or for a group whose names depend on the settings (``names``) a prefix ending in ``*``
-    (``ood_auroc_*``).  ``display``: ``percent`` (x 100, two decimals in tables) or ``float``;
-    ``range``: the width of the metric's possible values where it is bounded (a tolerance of half
-    of it or more bounds nothing); ``column``: its column label in its suite's table
-    (``bench.paper_tables.suite_tables``; Tables 1-3 and the OOD tables have their own layouts)."""
-
-    name: str
-    unit: str = ""
-    higher_is_better: bool | None = None
-    display: str = "float"
-    tolerance: Tolerance = NOT_CHECKABLE
-    range: float | None = None
-    column: str | None = None
-    portable: Portable | None = None  # the paired rule of bench check (None: not checkable there)
-    bounds: tuple[float | None, float | None] = (None, None)  # the values it can take (None: open)
-
-    def admits(self, value) -> bool:
-        """Whether ``value`` (None: a null) can be a value of this metric: finite and within bounds."""
-        if value is None:
-            return True
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            return False
-        lo, hi = self.bounds
-        slack = 1e-9 * max(1.0, abs(value))
-        return (lo is None or value >= lo - slack) and (hi is None or value <= hi + slack)
-
-    def __post_init__(self):
-        if self.display not in DISPLAYS:
-            raise ValueError(f"metric {self.name}: display {self.display!r}: expected one of {', '.join(DISPLAYS)}")
-        if "*" in self.name[:-1]:
-            raise ValueError(f"metric {self.name}: a pattern is a prefix ending in '*'")
+    def __repr__(self) -> str:
+        return f"SettingsView({self.group}: {dict(self)!r})"
 
     @property
-    def is_pattern(self) -> bool:
-        return self.name.endswith("*")
-
-    def matches(self, name: str) -> bool:
-        return name.startswith(self.name[:-1]) if self.is_pattern else name == self.name
-
-    @classmethod
-    def proportion(cls, name: str, higher_is_better: bool | None = True, display: str = "percent",
-                   **kw) -> Metric:
-        """A share of points in [0, 1] (accuracy, robust accuracy, diverged chains)."""
-        kw.setdefault("portable", POINTS)
-        return cls(name, "proportion", higher_is_better, display, PROPORTION, 1.0, bounds=(0.0, 1.0), **kw)
+    def full(self) -> Mapping:
+        return self._full
 
 
 @dataclass
@@ -186,6 +114,39 @@ class Group:
     names: Callable[[dict], tuple[str, ...]] | None = None
     specs: tuple[Metric, ...] = ()  # the declared facts of its metrics (names or patterns)
     needs: tuple[str, ...] = ()  # run-wide inputs beyond model and data (NEEDS), made before it runs
+    # inputs(ctx) -> JSON-able digests of what the group reads beyond its settings, model and data
+    # (the OOD images, the resolved feature extractor and reference files): they key its cache too
+    inputs: Callable[..., dict] | None = None
+
+    def __post_init__(self):
+        if "generated" in self.needs:  # the generated set depends on these: the group's numbers too
+            self.settings = tuple(dict.fromkeys((*self.settings, *GEN_SETTINGS)))
+
+    @property
+    def readable(self) -> frozenset:
+        """The settings this group may read (``SettingsView``)."""
+        return frozenset((*self.settings, *FASTPATH_SETTINGS, *EXECUTION_KEYS, *IDENTITY_KEYS))
+
+    def view(self, settings: Mapping) -> SettingsView:
+        full = settings.full if isinstance(settings, SettingsView) else settings
+        return SettingsView(full, self.readable, self.name)
+
+    @contextmanager
+    def viewing(self, ctx) -> Iterator:
+        """``ctx.settings`` is this group's ``SettingsView`` inside the block (restored after)."""
+        full = ctx.settings
+        ctx.settings = self.view(full)
+        try:
+            yield ctx
+        finally:
+            ctx.settings = full
+
+    def input_digests(self, ctx) -> dict | None:
+        """``inputs(ctx)`` (None without one), computed through the group's view of the settings."""
+        if self.inputs is None:
+            return None
+        with self.viewing(ctx):
+            return self.inputs(ctx)
 
     def for_settings(self, settings: dict) -> Group:
         """This group with its metric names for a run's settings: itself unless it declares
@@ -211,7 +172,7 @@ NEEDS = ("generated",)
 
 def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings: tuple[str, ...],
              sharded: bool = False, names: Callable[[dict], tuple[str, ...]] | None = None,
-             needs: tuple[str, ...] = ()):
+             needs: tuple[str, ...] = (), inputs: Callable[..., dict] | None = None):
     """Decorator: register ``fn(ctx) -> {metric: Result}`` as group ``name`` of ``suite`` (a new
     suite name makes a new suite: bench.suites).  ``metrics`` declares every metric the group
     returns, each a ``Metric`` (a bare name is a ``Metric`` with no facts: plain float, not
@@ -220,8 +181,11 @@ def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings:
     another group already declares is refused (ValueError), as is a pattern without ``names``.
     A ``sharded`` group takes its points through ``ctx.batches`` and reassembles per-point results
     with ``ctx.collect``/``ctx.gather``, so under torchrun every rank works on its share.  ``needs``
-    names the run-wide inputs it reads (``NEEDS``); every setting it reads is listed in ``settings``
-    (declared in ``bench.settings.SETTINGS``), which keys its cache."""
+    names the run-wide inputs it reads (``NEEDS``; ``generated`` declares the generation settings,
+    ``GEN_SETTINGS``, for it); every setting it reads is listed in ``settings`` (declared in
+    ``bench.settings.SETTINGS``), which keys its cache: the group sees ``ctx.settings`` as a
+    ``SettingsView`` of those, and reading another is an ``UndeclaredSetting`` error.  ``inputs(ctx)``
+    gives the digests of the files or data it reads beyond the settings, which key its cache too."""
     specs = tuple(m if isinstance(m, Metric) else Metric(m) for m in metrics or ())
     if not specs:
         raise ValueError(f"group {name}: declare its metrics")
@@ -240,9 +204,16 @@ def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings:
 
     def deco(fn):
         fn = evaluates(fn)  # ctx.model in eval mode while the group runs, its mode restored after
+
+        @functools.wraps(fn)
+        def guarded(ctx):  # called alone (a test) or by the runner: through the group's view
+            with group.viewing(ctx):
+                return fn(ctx)
+
         exact = tuple(sp.name for sp in specs if not sp.is_pattern)
-        GROUPS[name] = Group(name, suite, exact, tuple(settings), fn, sharded, names, specs, tuple(needs))
-        return fn
+        group = Group(name, suite, exact, tuple(settings), guarded, sharded, names, specs, tuple(needs), inputs)
+        GROUPS[name] = group
+        return guarded
 
     return deco
 
@@ -289,19 +260,40 @@ def declared() -> list[Metric]:
     return [sp for g in GROUPS.values() for sp in g.specs]
 
 
-# the metric modules; their order is the suite order (bench.suites: --suite all runs robust,
-# calibration, generative, score, memorization, landscape, denoise, ood in this order)
-_MODULES = ("robustness", "calibration", "generative", "fisher", "ssim", "landscape", "denoise", "ood")
+# the metric modules of this package in suite order (--suite all runs robust, calibration,
+# generative, score, memorization, landscape, denoise, ood); any other module of bench.metrics is
+# discovered and comes after them (by name), then the modules the entry points name
+ORDER = ("robustness", "calibration", "generative", "fisher", "ssim", "landscape", "denoise", "ood")
+ENTRY_POINTS = "jeat_bench.metrics"  # group of entry points naming metric modules outside this package
+_LOADED: list[str] = []  # the metric modules imported, in suite order
+
+
+def modules() -> list[str]:
+    """The metric modules, in suite order: ``ORDER``, then the other modules of ``bench.metrics``
+    (by name), then those the ``jeat_bench.metrics`` entry points name (their value: a module)."""
+    from importlib.metadata import entry_points
+
+    pkg = importlib.import_module("bench.metrics")  # the package above this module: no import cycle
+
+    found = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+    local = [m for m in ORDER if m in found] + [m for m in found if m not in ORDER]
+    extra = [ep.value.split(":")[0].strip() for ep in entry_points(group=ENTRY_POINTS)]
+    return list(dict.fromkeys([f"bench.metrics.{m}" for m in local] + extra))
 
 
 def _import_modules() -> None:
-    """Import every metric module so it registers its groups (missing modules are skipped)."""
-    for m in _MODULES:
+    """Import every metric module (``modules``) so it registers its groups, once; a module that
+    fails to import is a BenchError naming it."""
+    if _LOADED:
+        return
+    names = modules()
+    for m in names:
         try:
-            importlib.import_module(f"bench.metrics.{m}")
-        except ModuleNotFoundError as e:
-            if e.name != f"bench.metrics.{m}":
-                raise
+            importlib.import_module(m)
+        except Exception as e:
+            raise BenchError(f"metric module {m} failed to import: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:200] if str(e) else ''}") from e
+    _LOADED[:] = names
 
 
 def load_all() -> dict[str, Group]:
@@ -311,6 +303,8 @@ def load_all() -> dict[str, Group]:
 
 
 def module_rank(g: Group) -> int:
-    """The place of a group's module in ``_MODULES`` (a module not listed, say a test's, comes after)."""
-    mod = g.fn.__module__.rpartition(".")[2] if g.fn.__module__.startswith("bench.metrics.") else ""
-    return _MODULES.index(mod) if mod in _MODULES else len(_MODULES)
+    """The place of a group's module among the metric modules (``modules``; a module not among
+    them, say a test's, comes after)."""
+    _import_modules()
+    mod = g.fn.__module__
+    return _LOADED.index(mod) if mod in _LOADED else len(_LOADED)

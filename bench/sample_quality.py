@@ -17,7 +17,8 @@ import torch
 
 from bench import features, refstats
 from bench.errors import BenchError
-from bench.features import FEATURE_BATCH, ISC_LAYER
+from bench.execution import Execution
+from bench.features import FEATURES, ISC_LAYER
 from bench.results import Result
 
 ISC_SPLITS = 10
@@ -36,25 +37,26 @@ NO_LOGITS = ("no Inception logits offline: the fid-helper FID Inception ends at 
 
 
 def fid_is(x_gen: torch.Tensor, x_ref: torch.Tensor, ext: features.Extractor, ref_name: str,
-           ref_split: str = "train", device: torch.device | str = "cpu", batch_size: int = FEATURE_BATCH,
-           cache: bool = True, verbose: bool = False, sharded: bool = False, ref_stats: str | None = None) -> dict:
+           ref_split: str = "train", run: Execution = FEATURES, cache: bool = True, verbose: bool = False,
+           ref_stats: str | None = None) -> dict:
     """FID of x_gen against x_ref and, when the extractor has logits, the Inception Score of
     x_gen (torch-fidelity's ``isc_features_to_metric``, ``fid_statistics_to_metric``).  Images are
     [0, 1] floats (N, 1 or 3, H, W).  -> {'fid', 'is_mean', 'is_std' (None without logits),
     'reference': info of ``refstats.reference_features``, 'seconds_reference', 'seconds_generated',
     'features_generated', 'features_reference' (None when a mu/sigma-only ``ref_stats`` file is used)}.
     ``ref_stats``: a reference statistics file instead of x_ref (``bench.refstats``).
-    ``sharded`` (torchrun): the Inception features are extracted batch-sharded over the ranks."""
+    ``run`` (``bench.execution.Execution``): device and batch size of the feature extraction;
+    ``run.sharded`` (torchrun): the Inception features are extracted batch-sharded over the ranks."""
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_isc import isc_features_to_metric
 
     if len(x_gen) < 2:
         raise ValueError(f"FID needs at least 2 generated images, got {len(x_gen)}")
     t0 = time.perf_counter()
-    ref, ref_feats, info = refstats.reference_features(x_ref, ext, ref_name, ref_split, device, batch_size, cache,
-                                                       verbose, sharded, ref_stats)
+    ref, ref_feats, info = refstats.reference_features(x_ref, ext, ref_name, ref_split, run, cache, verbose,
+                                                       ref_stats)
     t1 = time.perf_counter()
-    feats = features.extract_features(features.to_uint8_rgb(x_gen), ext, device, batch_size, verbose, sharded)
+    feats = features.extract_features(features.to_uint8_rgb(x_gen), ext, run, verbose)
     gen_feats = feats[ext.fid_layer].to(torch.float32)
     if gen_feats.shape[1] != len(ref["mu"]):
         raise BenchError(f"reference statistics have dimension {len(ref['mu'])}, the extractor's {ext.fid_layer} "

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from bench.errors import BenchError
+from bench.execution import Execution
 
 IMAGE_SUFFIXES = (".png",)
 
@@ -219,7 +220,8 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
             metrics.update({m: Result.missing(str(e), n=n) for m in feature_names})
         else:
             log(f"[samples] features of {n} images ({ext.name})")
-            r = fid_is(x, ref.x, ext, ds.name, "train", dev, bs, verbose=progress.interactive(), ref_stats=ref_stats)
+            r = fid_is(x, ref.x, ext, ds.name, "train", Execution(dev, bs), verbose=progress.interactive(),
+                       ref_stats=ref_stats)
             details = {"extractor": ext.name, "extractor_identity": ext.identity, "extractor_source": ext.source,
                        "weights": ext.weights, "feature_layer": ext.fid_layer, "n_generated": n,
                        "reference": f"{ds.name}:train", "n_reference": len(ref), "samples": samples.info["path"],
@@ -233,7 +235,7 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
         metrics["ssim_nn"] = Result.missing(f"SSIM needs images of at least {WIN}x{WIN}", n=n)
     else:
         log(f"[samples] SSIM nearest neighbours of {n} images among {len(ds.train)} training images")
-        vals, _ = nearest_neighbours(x, ds.train.x, min(ssim_k, len(ds.train)), device=dev)
+        vals, _ = nearest_neighbours(x, ds.train.x, min(ssim_k, len(ds.train)), run=Execution(dev))
         mean, se, sd = mean_se(vals[:, 0])
         metrics["ssim_nn"] = Result(mean, se, n, details={
             "median": vals[:, 0].median().item(), "max": vals[:, 0].max().item(), "k": int(vals.shape[1]),

@@ -33,7 +33,7 @@ Generation (``generate``; the run's generated set, ``bench.generation.generated(
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -42,6 +42,7 @@ import torch
 from bench import distributed
 from bench.energy import Energy, EnergyModel, evaluates
 from bench.errors import BenchError
+from bench.execution import Execution
 from bench.settings import JEM_SGLD_NOISE, JEM_SGLD_STEP_SIZE, GenEnergy, GenInit
 
 CHAIN_BLOCK = 32  # chains per noise generator (the unit of randomness of generate)
@@ -66,7 +67,8 @@ class SGLDConfig:
         """The generation chain of a run's settings (``gen_steps``, ``gen_step_size``, ...)."""
         from bench.settings import DEFAULTS
 
-        s = {k: settings.get(k, DEFAULTS[k]) for k in DEFAULTS}
+        chain = ("gen_steps", "gen_step_size", "gen_noise", "gen_energy", "gen_clamp")  # of GEN_SETTINGS
+        s = {k: settings.get(k, DEFAULTS[k]) for k in chain}
         noise = s["gen_noise"]
         return cls(steps=int(s["gen_steps"]), step_size=float(s["gen_step_size"]),
                    noise=None if noise is None else float(noise), energy=str(s["gen_energy"]),
@@ -249,19 +251,19 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 @evaluates
 def generate(model: EnergyModel, data, cfg: SGLDConfig | None = None, n: int = 500, init: str = "gaussian",
-             generator: torch.Generator | int | None = None, replay_buffer=None, batch_size: int = 250,
-             progress: Callable | None = None, device: torch.device | str | None = None,
-             sharded: bool = False) -> Samples:
+             generator: torch.Generator | int | None = None, replay_buffer=None,
+             run: Execution = Execution()) -> Samples:
     """Generate ``n`` images balanced over the ``data.num_classes`` classes by SGLD on the model's
     energy ``cfg.energy`` (``joint``: Eq. 17; ``ce``: Eq. 16) from ``init`` starts.
 
     ``data`` is a ``bench.data.Dataset`` (its classes, image shape, and training split for the
     Gaussian start); ``generator`` a torch.Generator (any device) or an int seed;
     ``replay_buffer`` a tensor (M, C, H, W) in [0, 1] or a ``ReplayBuffer`` (needed for
-    ``init='buffer'``); ``progress(iterable, desc=, total=)`` wraps the batch loop.  Runs on
-    ``device`` (default: the model's), in eval mode.  Returns ``Samples(x, y, diverged)`` on CPU.
-    ``sharded`` (under torchrun): each rank runs its contiguous share of the chain blocks and the
-    images are gathered, identical to one process's (noise is drawn per block)."""
+    ``init='buffer'``); ``run`` (``bench.execution.Execution``): chains per batch
+    (``run.batch_size``), its progress around the batch loop, the device (default: the model's);
+    in eval mode.  Returns ``Samples(x, y, diverged)`` on CPU.  ``run.sharded`` (under torchrun):
+    each rank runs its contiguous share of the chain blocks and the images are gathered, identical
+    to one process's (noise is drawn per block)."""
     cfg = cfg or SGLDConfig()
     if not isinstance(n, int) or n <= 0:
         raise BenchError(f"n-gen must be a positive integer, got {n}")
@@ -269,27 +271,26 @@ def generate(model: EnergyModel, data, cfg: SGLDConfig | None = None, n: int = 5
         raise BenchError(f"unknown gen_energy {cfg.energy!r}; expected joint (Eq. 17) or ce (Eq. 16)")
     if init not in INITS:
         raise BenchError(f"unknown gen_init {init!r}; expected one of {', '.join(INITS)}")
-    dev = torch.device(device) if device is not None else _model_device(model)
+    dev = torch.device(run.device) if run.device is not None else _model_device(model)
     base = _base_seed(generator)
     y = balanced_labels(n, data.num_classes)
     g_init = torch.Generator().manual_seed(_splitmix64(base))
     x0 = initial_images(init, y, data, g_init, replay_buffer)
 
     n_blocks = -(-n // CHAIN_BLOCK)
-    per_batch = max(1, int(batch_size) // CHAIN_BLOCK)
+    per_batch = max(1, int(run.batch_size) // CHAIN_BLOCK)
     out = torch.empty_like(x0)
     finite = torch.zeros(n, dtype=torch.bool)
-    mine = distributed.shard(n_blocks) if sharded else range(n_blocks)
+    mine = distributed.shard(n_blocks) if run.sharded else range(n_blocks)
     starts = range(mine.start, mine.stop, per_batch)
-    it = progress(starts, desc="generate (SGLD)", total=len(starts)) if progress else starts
-    for b0 in it:  # in eval mode (@evaluates)
+    for b0 in run.iterate(starts, "generate (SGLD)", len(starts)):  # in eval mode (@evaluates)
         b1 = min(b0 + per_batch, mine.stop)
         a, z = b0 * CHAIN_BLOCK, min(b1 * CHAIN_BLOCK, n)
         noise = BlockNoise.seeded([_splitmix64(base + 1 + b) for b in range(b0, b1)], dev)
         xb, ok = sgld(model, x0[a:z].to(dev), y[a:z].to(dev), cfg, noise)
         out[a:z] = xb.detach().cpu()
         finite[a:z] = ok.cpu()
-    if sharded:
+    if run.sharded:
         lo, hi = min(mine.start * CHAIN_BLOCK, n), min(mine.stop * CHAIN_BLOCK, n)
         out, finite = distributed.gather(out[lo:hi]), distributed.gather(finite[lo:hi])
     out[~finite] = float("nan")

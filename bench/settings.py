@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from bench.compat import StrEnum
 
 DIGITS_EPS = 0.1  # 8x8 digits take 17 grey levels; 0.1 is 1.6 levels (8/255 would be a third of one)
 CIFAR_EPS = 8 / 255
@@ -186,7 +187,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("aa_version", "choice", AAVersion.STANDARD, "AutoAttack version", AAVersion),
     Setting("n_aa", "count", None, "AutoAttack points, the first of the evaluation points (default: n-eval; "
             "100 for digits, 200 for Fashion-MNIST)", derived_from="n_eval"),
-    Setting("ece_bins", "count", 20, "bins of ece, mce and ece_adaptive (equal-mass)"),
+    Setting("ece_bins", "count", 20, "bins of ece and mce (equal-width) and of ece_adaptive (equal-mass)"),
     # OOD detection (ood; bench.ood_data, bench.metrics.ood)
     Setting("ood", "text", "uniform,interp",
             "OOD sets for --suite ood, comma list: uniform, gaussian, constant, inverted, vflip, interp, digits, "

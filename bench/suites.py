@@ -1,6 +1,6 @@
 """Suite names -> metric groups.  A suite is the set of registered groups that name it: a group
 registered with a new suite name makes that suite exist.  Suites come in the order of their metric
-modules (``bench.registry._MODULES``), then of registration."""
+modules (``bench.registry.modules()``), then of registration."""
 
 from __future__ import annotations
 

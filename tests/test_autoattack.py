@@ -174,3 +174,35 @@ def test_autoattack_computes_no_weight_gradients_and_equals_pyautoattack(digits)
     x_ref, y_ref = AutoAttack(m, device="cpu", **kw).run_standard_evaluation(x, y)
     assert torch.equal(out.x_adv, x_ref) and torch.equal(out.y_adv, y_ref)
     assert (out.x_adv != x).any()  # FAB-T moved some point
+
+
+def test_resume_state_is_keyed_by_the_weights_as_loaded_and_their_normalisation(digits, tmp_path, monkeypatch):
+    """The same file under another --normalize is another model: its AutoAttack state must not be
+    resumed.  The group keys the state by weights_sha256 (not the file's sha256), the key holds the
+    normalisation too."""
+    from bench import aa_adapter
+
+    monkeypatch.setattr(rob, "autoattack_flags", lambda *a, **k: (_ for _ in ()).throw(RuntimeError(k["model_id"])))
+    ctx = make_ctx(tiny_model(), digits, tmp_path, model_sha256="the-file", weights_sha256="as-loaded", n_aa=4)
+    with pytest.raises(RuntimeError, match="as-loaded"):
+        rob.autoattack_group(ctx)
+    monkeypatch.undo()
+    x, y = digits.test.x[:4], digits.test.y[:4]
+    keys = []
+    for mean in (0.5, 0.0):  # one file, two normalisations
+        model = tiny_model()
+        model.mean.fill_(mean)
+        aa_adapter.run_blocks(lambda xb, yb, path: keys.append(path.name), model, x, y,
+                              aa_adapter.AAConfig(EPS), aa_adapter.Execution(batch_size=50), tmp_path, "same-id")
+    assert keys[0] != keys[1]
+
+
+def test_pgd20_aa_takes_pgd20_s_starts_under_linf_on_the_cpu(digits, tmp_path):
+    """What the docs claim of pgd20_aa: under L-inf with one restart on the CPU its starts are
+    pgd20's (a CPU generator's uniform draws for a prefix of the points are a prefix of its draws),
+    so its per-point flags are pgd20's on AutoAttack's points."""
+    m = trained_model()
+    ctx = make_ctx(m, digits, tmp_path, n_eval=40, n_aa=16, batch_size=25)  # AutoAttack's points end mid-batch
+    _, full = rob.pgd_flags(ctx, "ce", "pgd20")
+    _, prefix = rob.pgd_flags(ctx, "ce", "pgd20", points="n_aa")
+    assert torch.equal(full[:16], prefix)

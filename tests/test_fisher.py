@@ -132,6 +132,22 @@ def test_bad_probe_shape_is_refused(digits):
         fisher_terms(m, x, y, None)
 
 
+def _by_hessian(model, x, y, kind: str) -> tuple[float, float]:
+    """(mean 0.5 ||grad_x E||^2, mean tr Hess_x E) over the points, E joint -f(x)[y] or marginal
+    -logsumexp f(x), in pixel space, from autograd's full Hessian of each point (float64)."""
+    grads, traces = [], []
+    for xi, yi in zip(x, y, strict=True):
+        def energy(v, yi=yi, shape=xi.shape):
+            f = model.logits(v.view(1, *shape).float())[0].double()
+            return -f[yi] if kind == "joint" else -torch.logsumexp(f, 0)
+        v = xi.flatten().double().requires_grad_(True)
+        (g,) = torch.autograd.grad(energy(v), v)
+        h = torch.autograd.functional.hessian(energy, xi.flatten().double())
+        grads.append(0.5 * g.pow(2).sum().item())
+        traces.append(torch.diagonal(h).sum().item())
+    return sum(grads) / len(grads), sum(traces) / len(traces)
+
+
 def test_fisher_group_through_context(digits, tmp_path):
     g = load_all()["fisher"]
     assert g.suite == "score" and g.metrics == ("jfs", "mfs")
@@ -155,6 +171,15 @@ def test_fisher_group_through_context(digits, tmp_path):
         assert abs(r.details["trace_term"] - exact[name].details["trace_term"]) < 4 * r.details["trace_probe_se"]
     direct = fisher_scores(m, digits.test.x[:40], digits.test.y[:40], exact=True)
     assert exact["jfs"].value == pytest.approx(direct["joint"]["score"].double().mean().item(), rel=1e-6)
+    assert exact["mfs"].value == pytest.approx(direct["marginal"]["score"].double().mean().item(), rel=1e-6)
+    # and those per-point terms against an independent computation on 6 of the points: the gradient
+    # by autograd, the exact trace from the full Hessian (torch.autograd.functional.hessian)
+    for kind in ("joint", "marginal"):
+        grad_term, trace_term = _by_hessian(m, digits.test.x[:6], digits.test.y[:6], kind)
+        assert direct[kind]["grad"][:6].double().mean().item() == pytest.approx(grad_term, rel=1e-5)
+        assert direct[kind]["trace"][:6].double().mean().item() == pytest.approx(trace_term, rel=1e-4, abs=1e-6)
+        assert direct[kind]["score"][:6].double().mean().item() == pytest.approx(grad_term - trace_term,
+                                                                                 rel=1e-4, abs=1e-6)
 
 
 class Mixed(nn.Module):

@@ -17,6 +17,7 @@ from bench import features as F
 from bench import sample_quality as Q
 from bench.energy import EnergyModel
 from bench.errors import BenchError
+from bench.execution import Execution
 from bench.metrics import Context
 from bench.metrics import generative as G
 from bench.sampling import BlockNoise, ReplayBuffer, SGLDConfig, generate, sgld
@@ -259,7 +260,7 @@ def test_diverging_chains_are_counted_and_never_written(net_cls, tmp_path):
     assert torch.equal(ok, ~bad)
     assert torch.isfinite(x).all()  # diverged chains keep their last finite state inside sgld
     assert torch.equal(x[bad], x0[bad])
-    res = generate(model, ds, cfg, n=n, init="uniform", generator=5, batch_size=32)
+    res = generate(model, ds, cfg, n=n, init="uniform", generator=5, run=Execution(batch_size=32))
     assert torch.equal(res.diverged, bad) and res.n_diverged == int(bad.sum())
     assert torch.isnan(res.x[bad]).all()  # never a finite sample
     assert torch.isfinite(res.x[~bad]).all() and res.x[~bad].min() >= 0 and res.x[~bad].max() <= 1
@@ -286,10 +287,10 @@ def test_generate_is_reproducible_and_batch_size_free(digits):
     model = tiny_model(width=8)
     cfg = SGLDConfig(steps=5)
     n = 75  # two whole chain blocks and a partial one
-    a = generate(model, digits, cfg, n=n, generator=3, batch_size=250)
-    b = generate(model, digits, cfg, n=n, generator=3, batch_size=250)
-    c = generate(model, digits, cfg, n=n, generator=3, batch_size=32)
-    d = generate(model, digits, cfg, n=n, generator=3, batch_size=1)
+    a = generate(model, digits, cfg, n=n, generator=3, run=Execution(batch_size=250))
+    b = generate(model, digits, cfg, n=n, generator=3, run=Execution(batch_size=250))
+    c = generate(model, digits, cfg, n=n, generator=3, run=Execution(batch_size=32))
+    d = generate(model, digits, cfg, n=n, generator=3, run=Execution(batch_size=1))
     assert torch.equal(a.x, b.x) and torch.equal(a.x, c.x) and torch.equal(a.x, d.x)
     assert torch.equal(a.y, c.y)
     e = generate(model, digits, cfg, n=n, generator=4)
@@ -764,3 +765,47 @@ def digits_npz(folder, per_class: int):
     np.savez(path, x_train=ds.train.x[idx].numpy(), y_train=ds.train.y[idx].numpy(),
              x_test=ds.test.x[:20].numpy(), y_test=ds.test.y[:20].numpy())
     return str(path), data.load(f"npz:{path}")
+
+
+def test_is_fid_cache_follows_the_resolved_extractor_and_the_reference_files(tmp_path, tiny_fe, monkeypatch):
+    """The cache of is_fid is keyed by the extractor `auto` resolves to and by the contents of
+    --ref-stats and of the shipped reference files; before, a changed one served the old numbers."""
+    from bench import refstats
+
+    ckpt = tmp_path / "m.safetensors"
+    checkpoints.save(ckpt, tiny_model(), META)
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    monkeypatch.setattr(refstats, "shipped_dir", lambda: shipped)
+    resolve = F.resolve_extractor
+    auto_is = [TINY]
+    monkeypatch.setattr(F, "resolve_extractor", lambda name="auto", w=None: resolve(auto_is[0] if name == "auto" else name, w))
+
+    def go(**settings):
+        return runner.run(str(ckpt), "generative", tmp_path / "run", device="cpu", log=lambda m: None,
+                          settings={"n_gen": 20, "gen_steps": 3, **settings})
+
+    first = go()
+    assert first.metrics["fid"].details["extractor"] == TINY
+    assert go().run["cache"]["hits"] == ["is_fid"]
+    auto_is[0] = TINY1  # `auto` now resolves to another network (say, its weights appeared in the hub cache)
+    moved = go()
+    assert moved.run["cache"]["computed"] == ["is_fid"] and moved.metrics["fid"].details["extractor"] == TINY1
+    assert moved.metrics["fid"].value != first.metrics["fid"].value
+
+    # a shipped reference file added (or changed) under models/refstats/
+    (shipped / "other.npz").write_bytes(b"not a reference")  # matches nothing: the numbers stay
+    assert go().run["cache"]["computed"] == ["is_fid"]
+
+    # --ref-stats: the same path with other contents
+    ds = data.load("digits")
+    ext = resolve(TINY1)
+    ref = tmp_path / "ref.npz"
+    stats, feats, info = refstats.reference_features(ds.train.x, ext, "digits", "train")
+    refstats.write_file(ref, info["key"], stats, feats)
+    a = go(ref_stats=str(ref))
+    assert a.metrics["fid"].value == pytest.approx(moved.metrics["fid"].value)
+    half = feats[:600]
+    refstats.write_file(ref, dict(info["key"], n=600), refstats.statistics(half), half)
+    b = go(ref_stats=str(ref))
+    assert b.run["cache"]["computed"] == ["is_fid"] and b.metrics["fid"].value != a.metrics["fid"].value

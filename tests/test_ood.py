@@ -193,3 +193,42 @@ def test_bad_ood_options_are_one_line_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         errors = [line for line in err.splitlines() if line.startswith("error: ")]
         assert code == 2 and len(errors) == 1 and err.splitlines()[-1] == errors[0], (extra, err)  # no traceback
+
+
+def test_a_changed_ood_file_is_not_served_from_the_cache(tmp_path, digits):
+    """The cache keys each OOD set by its images: the same npz: path with other images recomputes
+    (before, 1.0 was served where a fresh run gave about 0.5)."""
+    from bench import runner
+
+    f = tmp_path / "other.npz"
+    flat = np.full((20, 8, 8), 0.0, np.float32)  # far from the digits: AUROC of px, py high
+    np.savez(f, x=flat)
+    kw = dict(suite="ood", out=tmp_path / "run", device="cpu", log=lambda m: None)
+    settings = {"n_eval": 20, "ood": f"npz:{f}", "ood_scores": "px"}
+    first = runner.run(str(zoo.released_path("jeat")), settings=settings, **kw)
+    np.savez(f, x=digits.test.x[:20, 0].numpy())  # now the in-distribution images themselves
+    again = runner.run(str(zoo.released_path("jeat")), settings=settings, **kw)
+    assert again.run["cache"]["computed"] == ["ood", "ood_adv"] and not again.run["cache"]["hits"]
+    assert again.metrics["ood_auroc_px_other"].value == 0.5  # identical images: every pair a tie
+    assert first.metrics["ood_auroc_px_other"].value != 0.5
+    third = runner.run(str(zoo.released_path("jeat")), settings=settings, **kw)
+    assert third.run["cache"]["hits"] == ["ood", "ood_adv"]  # the same images: cached
+
+
+def test_ood_adv_scores_both_sides_through_one_path_under_bf16(tmp_path, digits):
+    """Under --amp bf16, eps 0 (the attack moves nothing) and the in-distribution images as the OOD
+    set, both sides are the same images: every AUROC is exactly 1/2.  Before, the in-distribution
+    px/py came from float32 logits (beside pxgrad's gradient) and the attacked points' from bf16."""
+    from bench import runner
+
+    f = tmp_path / "same.npz"
+    np.savez(f, x=digits.test.x[:30, 0].numpy())
+    res = runner.run(str(zoo.released_path("jeat")), suite="ood", out=tmp_path / "run", device="cpu",
+                     log=lambda m: None, settings={"n_eval": 30, "ood": f"npz:{f}", "eps": 0.0, "amp": "bf16",
+                                                   "pgd_steps": 2})
+    for sc in ("px", "py"):
+        assert res.metrics[f"ood_adv_auroc_{sc}_same"].value == 0.5, sc
+        assert res.metrics[f"ood_auroc_{sc}_same"].value == 0.5, sc
+    # pxgrad is float32 on both sides (a gradient); the attack's copy of an image may round its
+    # input gradient in the last bit differently, which moves the AUROC by a tie or two at most
+    assert res.metrics["ood_adv_auroc_pxgrad_same"].value == pytest.approx(0.5, abs=2 / 900)

@@ -1,6 +1,7 @@
 """Reference statistics files (bench.refstats): `bench ref-stats`, `--ref-stats`, shipped statistics."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from bench import checkpoints, cli, refstats, runner
 from bench import features as F
 from bench import sample_quality as Q
 from bench.errors import BenchError
+from bench.execution import Execution
 from tests.conftest import tiny_model
 from tests.test_generative import META, TINY, digits_npz, tiny_extractors
 
@@ -49,7 +51,7 @@ def test_shipped_digits_statistics_equal_a_recomputation_within_float16(digits):
     assert feats.dtype == np.float16 and feats.shape == (len(digits.train), 2048)
     assert path.stat().st_size < 6e6
     rows = torch.linspace(0, len(u8) - 1, 16).round().long()
-    fresh = F.extract_features(u8[rows], ext, "cpu", 16)[ext.fid_layer].double()
+    fresh = F.extract_features(u8[rows], ext, Execution("cpu", 16))[ext.fid_layer].double()
     shipped = torch.from_numpy(feats[rows.numpy()].astype(np.float64))
     err = (shipped - fresh).abs()
     # float16 rounding (half an ulp: 2^-11 relative) plus float32 differences between batchings
@@ -167,7 +169,7 @@ def test_n_ref_takes_the_first_training_images_as_the_reference(tmp_path, tiny, 
     with np.load(tmp_path / "sub" / "samples" / "samples.npz") as z:
         gen = torch.from_numpy(z["x"]).float()
     ext = tiny[0]
-    explicit = Q.fid_is(gen, digits.train.x[:300], ext, "digits", device="cpu")
+    explicit = Q.fid_is(gen, digits.train.x[:300], ext, "digits", run=Execution("cpu"))
     assert sub["fid"].value == pytest.approx(explicit["fid"], rel=1e-6)
     assert abs(sub["fid"].value - full["fid"].value) > 1e-3  # really another reference
     f = tmp_path / "s300.npz"
@@ -178,3 +180,24 @@ def test_n_ref_takes_the_first_training_images_as_the_reference(tmp_path, tiny, 
     capsys.readouterr()
     assert cli.main(["run", "--n-ref", "0", "--suite", "generative", "--out", str(tmp_path / "bad")]) == 2
     assert "n-ref must be a positive integer" in capsys.readouterr().err
+
+
+def test_ref_stats_file_of_another_data_set_split_or_image_size_is_refused(tmp_path, tiny, small):
+    ext, _ = tiny
+    _, ds = small
+    stats, feats, info = refstats.reference_features(ds.train.x, ext, "small", "train")
+    assert info["key"]["image_size"] == [8, 8]
+    gen = ds.train.x[:30]
+    for field, value, said in (("dataset", "cifar10", "dataset cifar10"), ("split", "test", "split test"),
+                               ("image_size", [32, 32], "image_size [32, 32]")):
+        f = tmp_path / f"{field}.npz"
+        refstats.write_file(f, dict(info["key"], **{field: value}), stats, feats)
+        with pytest.raises(BenchError, match=rf"are of {re.escape(said)}, this run's reference is of") as e:
+            Q.fid_is(gen, ds.train.x, ext, "small", ref_stats=str(f))
+        assert "\n" not in str(e.value)
+    same = tmp_path / "same.npz"
+    refstats.write_file(same, info["key"], stats, feats)
+    assert Q.fid_is(gen, ds.train.x, ext, "small", ref_stats=str(same))["reference"]["cache"] == "file"
+    older = tmp_path / "older.npz"  # written before the image size was recorded: not compared on it
+    refstats.write_file(older, {k: v for k, v in info["key"].items() if k != "image_size"}, stats, feats)
+    assert Q.fid_is(gen, ds.train.x, ext, "small", ref_stats=str(older))["reference"]["cache"] == "file"

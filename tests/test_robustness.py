@@ -269,7 +269,8 @@ def test_autoattack_standard_equals_pyautoattack_direct(digits):
 
 def test_autoattack_group_records_threat_model_and_keys_its_state(digits, tmp_path, monkeypatch):
     m = trained_model()
-    ctx = make_ctx(m, digits, tmp_path, n_eval=40, n_aa=16, seed=1, model_sha256="abc")
+    # the state is keyed by the weights as loaded (weights_sha256), not by the file (model_sha256)
+    ctx = make_ctx(m, digits, tmp_path, n_eval=40, n_aa=16, seed=1, model_sha256="the-file", weights_sha256="abc")
     seen = []
     real = rob.run_autoattack
 
@@ -290,7 +291,7 @@ def test_autoattack_group_records_threat_model_and_keys_its_state(digits, tmp_pa
 
     def key(model_id="abc", batch_size=50, y=y16, **kw):
         aa = aa_adapter.AAConfig(**{"eps": EPS, "norm": "Linf", "version": "standard", "seed": 1, **kw})
-        return aa_adapter.autoattack_key(model_id, x16, y, aa, batch_size)
+        return aa_adapter.autoattack_key(model_id, x16, y, aa, batch_size, aa_adapter.normalisation(m))
 
     assert state.name == f"state-{key()}.json"
     keys = {key(), key(eps=0.05), key(seed=2), key(norm="L2"), key(version="plus"), key(batch_size=64),

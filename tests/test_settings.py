@@ -74,3 +74,17 @@ def test_closed_vocabularies_are_enums():
     assert attacks.LOSSES == ("ce", "energy")
     with pytest.raises(ValueError, match="expected one of ce, energy"):
         attacks.attack_loss(None, None, None, "hinge")
+
+
+def test_help_and_docs_say_what_the_code_does():
+    """ECE and MCE bin by equal width (only ece_adaptive by equal mass); the OOD pxgrad in [0, 1]
+    pixels is twice JEM's on [-1, 1] inputs (x = (z + 1) / 2, so d/dx = 2 d/dz)."""
+    import torch
+
+    from bench.metrics import calibration, ood
+    from bench.settings import SPECS
+
+    assert "ece and mce (equal-width)" in SPECS["ece_bins"].help and "ece_adaptive (equal-mass)" in SPECS["ece_bins"].help
+    _, stats = calibration.expected_calibration_error(torch.tensor([0.26, 0.74, 0.76]), torch.tensor([1, 0, 1]), 2)
+    assert [c for c in stats["count"] if c] == [1, 2]  # (0, 0.5], (0.5, 1]: widths (equal mass: 2, 1)
+    assert "twice JEM's" in " ".join(ood.__doc__.split()) and "half JEM's" not in ood.__doc__

@@ -11,7 +11,7 @@ attacks and nothing else.  Every group runs on CPU and CUDA, batched, through ``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,11 +29,13 @@ if TYPE_CHECKING:
 
 @dataclass
 class Context:
-    """What a metric group sees: the model, the data, where to write figures, and the settings."""
+    """What a metric group sees: the model, the data, where to write figures, and the settings
+    (while the group runs, its read-only ``bench.registry.SettingsView``: what it declares, plus the
+    fast paths, ``EXECUTION_KEYS`` and ``IDENTITY_KEYS``)."""
 
     model: EnergyModel
     data: Dataset
-    settings: dict
+    settings: Mapping
     device: torch.device
     out: Path
     replay_buffer: torch.Tensor | None = None  # the checkpoint's SGLD replay buffer, images in [0, 1]

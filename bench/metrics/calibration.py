@@ -256,7 +256,8 @@ def fit_temperature(logits, y, bounds=TEMPERATURE_BOUNDS) -> float:
 def _logits_of(ctx: Context, x_all: torch.Tensor, y_all: torch.Tensor, adversarial: bool, tag: str):
     """(logits float64, labels, largest perturbation in the run's norm) of the points, clean or after
     FGSM (the fast gradient method x + eps g / ||g||_2 under ``--norm L2``)."""
-    eps, norm = float(ctx.settings["eps"]), ctx.settings.get("norm", "Linf")
+    # the threat model only under attack: the clean groups do not declare it (bench.registry.SettingsView)
+    eps, norm = (float(ctx.settings["eps"]), ctx.settings.get("norm", "Linf")) if adversarial else (0.0, None)
     k = ctx.data.num_classes
     out, labels, max_dist = [], [], 0.0
     for x, y in ctx.batches(x_all, y_all, desc=tag):

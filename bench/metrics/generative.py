@@ -34,11 +34,14 @@ Results); this module is the registered group and its handling of diverged chain
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from bench import features
 from bench.data import TRAIN_IS_TEST
 from bench.errors import BenchError
+from bench.execution import Execution
 from bench.features import FEATURE_BATCH, ISC_LAYER
 from bench.metrics import DRIFTING, Context, Metric, Result, register, relative
 from bench.sample_quality import (
@@ -82,7 +85,7 @@ def diverged_result(n_gen: int, n_div: int, limit: float) -> tuple[Result, str |
     return Result(frac, se, n_gen, details=details), reason
 
 
-def _refuse_train_is_test(x_gen: torch.Tensor, ext: features.Extractor, ctx: Context, batch_size: int,
+def _refuse_train_is_test(x_gen: torch.Tensor, ext: features.Extractor, ctx: Context, run: Execution,
                           details: dict) -> dict[str, Result]:
     """FID null with the reason (the data set's training and test sets are the same images,
     ``Dataset.train_is_test``); the Inception Score, which needs no reference, as usual."""
@@ -96,11 +99,29 @@ def _refuse_train_is_test(x_gen: torch.Tensor, ext: features.Extractor, ctx: Con
     if not ext.has_logits or n < ISC_SPLITS:
         reason = NO_LOGITS if not ext.has_logits else f"Inception Score needs {ISC_SPLITS} images (splits); got {n}"
         return out | {m: Result.missing(reason, n=n, **details) for m in ("is_mean", "is_std")}
-    feats = features.extract_features(features.to_uint8_rgb(x_gen), ext, ctx.device, batch_size, sharded=ctx.sharded)
+    feats = features.extract_features(features.to_uint8_rgb(x_gen), ext, run)
     isc = isc_features_to_metric(feats[ISC_LAYER], ISC_SPLITS, True, 2020)
     isd = dict(details, isc_splits=ISC_SPLITS, std="standard deviation of the IS over the splits")
     return out | {"is_mean": Result(isc["inception_score_mean"], isc["inception_score_std"], n, details=isd),
                   "is_std": Result(isc["inception_score_std"], None, n, details=isd)}
+
+
+def reference_digests(ctx: Context) -> dict:
+    """What ``is_fid``'s cache is keyed by beyond its settings: the identity of the feature extractor
+    the run resolves to (``auto`` is torch-fidelity's Inception when its weights are at hand, else
+    fid-helper's network: the setting alone does not say which) and the sha256 of the files its
+    numbers come from: ``--ref-stats``, ``--inception-weights`` and the shipped ``models/refstats/*.npz``."""
+    from bench import refstats
+
+    s = ctx.settings
+    try:
+        extractor = features.resolve_extractor(s.get("fid_extractor") or "auto", s.get("inception_weights")).identity
+    except features.ExtractorUnavailable as e:
+        extractor = f"unavailable: {e}"
+    files = {k: features.file_digests(s[k])["sha256"] if s.get(k) else None for k in ("ref_stats", "inception_weights")}
+    folder = refstats.shipped_dir()
+    shipped = {p.name: features.file_digests(p)["sha256"] for p in sorted(folder.glob("*.npz"))} if folder.is_dir() else {}
+    return {"extractor": extractor, **files, "shipped_refstats": shipped}
 
 
 @register("is_fid", "generative",
@@ -113,8 +134,9 @@ def _refuse_train_is_test(x_gen: torch.Tensor, ext: features.Extractor, ctx: Con
                    Metric("precision", "proportion", True, portable=DRIFTING, bounds=(0.0, 1.0)),
                    Metric("recall", "proportion", True, portable=DRIFTING, bounds=(0.0, 1.0)),
                    Metric("diversity_ssim", "ssim", portable=DRIFTING, bounds=(-1.0, 1.0))),
-          settings=(*GEN_SETTINGS, "inception_weights", "fid_extractor", "max_diverged", "ref_stats", "n_ref"), sharded=True,
-          needs=("generated",))
+          settings=(*GEN_SETTINGS, "inception_weights", "fid_extractor", "max_diverged", "ref_stats", "n_ref",
+                    "batch_size"), sharded=True,
+          needs=("generated",), inputs=reference_digests)
 def generative_group(ctx: Context) -> dict[str, Result]:
     """IS and FID of the run's generated images against the training split (Sec. 4.2), and the
     share of diverged chains (IS/FID null above ``max_diverged``)."""
@@ -157,10 +179,10 @@ def generative_group(ctx: Context) -> dict[str, Result]:
     if n_ok < 2:
         return {m: Result.missing(f"{n_ok} finite generated images ({n_div} chains diverged); FID needs 2",
                                   n=n_ok, **details) for m in names} | div
-    bs = min(int(s.get("batch_size") or FEATURE_BATCH), FEATURE_BATCH)
+    # the run's device and sharding, batches of at most 64 images (299 x 299 activations)
+    run = replace(ctx.execution, batch_size=min(int(s.get("batch_size") or FEATURE_BATCH), FEATURE_BATCH))
     if ctx.data.train_is_test:  # FID would compare with the evaluated images themselves: refused
-        return _refuse_train_is_test(gx[finite], ext, ctx, bs, details) | div
-    r = fid_is(gx[finite], ref.x, ext, ctx.data.name, "train", ctx.device, bs,
-               verbose=progress.interactive() and ctx.progress is not None, sharded=ctx.sharded,
-               ref_stats=s.get("ref_stats"))
+        return _refuse_train_is_test(gx[finite], ext, ctx, run, details) | div
+    r = fid_is(gx[finite], ref.x, ext, ctx.data.name, "train", run,
+               verbose=progress.interactive() and ctx.progress is not None, ref_stats=s.get("ref_stats"))
     return fid_is_results(r, ext, n_ok, details, ctx.device) | div

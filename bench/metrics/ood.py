@@ -6,8 +6,9 @@ Scores, higher meaning "in-distribution", from the logits f(x) of images in [0, 
     px      log p(x) up to a constant: logsumexp_y f(x)[y] = -E(x)
     py      max_y softmax(f(x))_y, the classifier's confidence
     pxgrad  -|| d log p(x) / dx ||_2, minus the L2 norm of the input gradient of logsumexp f(x)
-            (JEM's sign; the gradient is taken in [0, 1] pixel space, so it is half JEM's on
-            [-1, 1] inputs: a constant factor that leaves every ranking measure unchanged)
+            (JEM's sign; the gradient is taken in [0, 1] pixel space, so it is twice JEM's on
+            [-1, 1] inputs, x = (z + 1) / 2 giving d/dx = 2 d/dz: a constant factor that leaves
+            every ranking measure unchanged)
 
 In-distribution points: the first ``n_eval`` test points.  OOD sets (``--ood``, see
 ``bench.ood_data``): each its first ``n_ood`` points (default ``n_eval``).  Per (score, set),
@@ -30,7 +31,8 @@ Robust OOD detection (group ``ood_adv``, names ``ood_adv_<measure>_<score>_<set>
 point is pushed, inside the L-inf ball of radius ``eps`` and [0, 1], by PGD (``pgd_steps`` steps of
 ``pgd_step_size``, default 20 of eps / 4, uniform random start, the update and projection of
 ``bench.attacks.pgd``) to *raise* the score under test, so it looks in-distribution; the
-in-distribution points stay clean.  Attacking ``pxgrad`` needs the gradient of a gradient norm
+in-distribution points stay clean.  Both sides are scored one score at a time, through the same
+call (``scores(model, x, [score])``), so under ``--amp bf16`` they share one precision.  Attacking ``pxgrad`` needs the gradient of a gradient norm
 (a double backward, always on the plain float32 network).  Random starts are drawn per (score,
 set, batch), so the numbers do not depend on the number of torchrun processes.
 
@@ -241,6 +243,20 @@ def _sets(ctx: Context) -> list[tuple[ood_data.OODSpec, torch.Tensor, dict]]:
     return ctx.once(("ood_sets", s.get("ood"), _n_ood(ctx), s["seed"]), load)
 
 
+def set_digests(ctx: Context) -> dict:
+    """What the OOD groups' caches are keyed by beyond their settings: the sha256 of each OOD set's
+    images as used (float32, their shape), so a changed ``npz:``/``folder:`` file or another
+    ``--data-root`` for a named set recomputes instead of serving the old numbers."""
+    import hashlib
+
+    out = {}
+    for spec, x, _ in _sets(ctx):
+        h = hashlib.sha256(f"{tuple(x.shape)}|{x.dtype}|".encode())
+        h.update(x.detach().cpu().contiguous().numpy().tobytes())
+        out[spec.name] = h.hexdigest()
+    return {"ood_sets": out}
+
+
 def _score_points(ctx: Context, x: torch.Tensor, which: list[str], desc: str) -> dict[str, torch.Tensor]:
     parts = {k: [] for k in which}
     for (xb,) in ctx.batches(x, desc=desc):
@@ -275,7 +291,8 @@ def _histograms(ctx: Context, prefix: str, s_in: dict, s_out: dict, specs, title
     return figs
 
 
-@register("ood", "ood", metrics=specs("ood"), settings=OOD_SETTINGS, sharded=True, names=metric_names)
+@register("ood", "ood", metrics=specs("ood"), settings=OOD_SETTINGS, sharded=True, names=metric_names,
+          inputs=set_digests)
 def ood_group(ctx: Context) -> dict[str, Result]:
     """AUROC, AUPR-in, AUPR-out and FPR95 of every score against every OOD set."""
     which = score_list(ctx.settings)
@@ -292,7 +309,7 @@ def ood_group(ctx: Context) -> dict[str, Result]:
 
 
 @register("ood_adv", "ood", metrics=specs("ood_adv"), settings=ADV_SETTINGS, sharded=True,
-          names=lambda s: metric_names(s, adversarial=True))
+          names=lambda s: metric_names(s, adversarial=True), inputs=set_digests)
 def ood_adv_group(ctx: Context) -> dict[str, Result]:
     """The same measures after PGD has pushed every OOD point to raise the score under test."""
     s = ctx.settings
@@ -305,7 +322,9 @@ def ood_adv_group(ctx: Context) -> dict[str, Result]:
     which = score_list(s)
     split = ctx.data.test.subset(s["n_eval"])
     sets = _sets(ctx)
-    s_in = _score_points(ctx, split.x, which, "ood_adv in-distribution")
+    # each score on its own, as the attacked points are scored below: one path for both sides (under
+    # --amp bf16, px/py computed beside pxgrad's gradient would be float32 here and bf16 there)
+    s_in = {sc: _score_points(ctx, split.x, [sc], f"ood_adv in-distribution {sc}")[sc] for sc in which}
     s_out, max_dist = {}, 0.0
     for spec, x, _ in sets:
         s_out[spec.name] = {}

@@ -18,7 +18,13 @@ not of the attack's randomness.
                   are recorded in ``details['warnings']``.  It runs in float32 throughout, whatever
                   ``amp`` says.  ``details['same_points']``: AutoAttack <= PGD-20 on its points?
 ``accuracy_aa``   clean accuracy on AutoAttack's points (the first ``n_aa``).
-``pgd20_aa``      ``pgd20`` on AutoAttack's points (the same random starts as ``pgd20`` there).
+``pgd20_aa``      ``pgd20``'s attack on AutoAttack's points, its random starts drawn from the same
+                  per-batch streams (``pgd20/batch<i>``).  They are exactly ``pgd20``'s starts under
+                  L-inf with one restart on the CPU (a CPU generator's uniform draws for a prefix of
+                  a batch's points are a prefix of its draws for the whole batch).  Under L2 (Gaussian
+                  directions, then radii), with ``pgd_restarts`` > 1 or on CUDA, the last batch of
+                  AutoAttack's points, a prefix of an evaluation batch, draws other starts: there
+                  ``pgd20_aa`` may differ from ``pgd20`` on the same points by the luck of the starts.
 
 A point counts as robust when the model still classifies its adversarial example correctly.  As
 in AutoAttack, only correctly classified points are attacked: a misclassified point is its own
@@ -306,9 +312,9 @@ AA_METRICS = ("autoattack", "accuracy_aa", "pgd20_aa")
                     "pgd_steps", "pgd_step_size", "pgd_restarts"), sharded=True)
 def autoattack_group(ctx: Context) -> dict[str, Result]:
     """AutoAttack on the first ``n_aa`` points, and on exactly those points the clean accuracy
-    (``accuracy_aa``) and PGD-20 on cross-entropy (``pgd20_aa``, the ``pgd20`` attack with the
-    same random starts), so that every robustness number compared with AutoAttack comes from the
-    same points.  ``details['same_points']`` of ``autoattack`` records whether AutoAttack was at
+    (``accuracy_aa``) and PGD-20 on cross-entropy (``pgd20_aa``, the ``pgd20`` attack from the same
+    per-batch random streams: ``pgd20``'s very starts under L-inf, one restart, CPU; see the module
+    docstring), so that every robustness number compared with AutoAttack comes from the same points.  ``details['same_points']`` of ``autoattack`` records whether AutoAttack was at
     least as strong as PGD-20 there (it should be: it is the stronger attack)."""
     s = ctx.settings
     norm, version = s.get("norm", "Linf"), s.get("aa_version", "standard")
@@ -323,7 +329,8 @@ def autoattack_group(ctx: Context) -> dict[str, Result]:
     split = _split(ctx, "n_aa")
     aa, flags = autoattack_flags(ctx.model, split.x, split.y,
                                  AAConfig(float(s["eps"]), norm, version, s.get("seed", 0)), ctx.execution,
-                                 state_dir=ctx.out / "cache" / "autoattack-state", model_id=s.get("model_sha256"))
+                                 state_dir=ctx.out / "cache" / "autoattack-state",
+                                 model_id=s.get("weights_sha256"))  # as loaded: another --normalize is another model
     clean = flags["clean"]
     p, se, n = proportion(clean)
     acc = Result(p, se, n, details={"correct": int(clean.sum()), "std": STD_NOTE,

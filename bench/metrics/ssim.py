@@ -34,12 +34,14 @@ taken in turn), the image and its ``ssim_k`` nearest training images with their 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 from bench import distributed
 from bench.data import TRAIN_IS_TEST
+from bench.execution import Execution
 from bench.metrics import DRIFTING, Context, Metric, Result, absolute, mean_se, register
 from bench.settings import GEN_SETTINGS
 
@@ -187,23 +189,35 @@ def ssim_matrix(a: torch.Tensor, b: torch.Tensor, win_size: int = WIN, data_rang
 
 
 def nearest_neighbours(gen: torch.Tensor, train: torch.Tensor, k: int = 10, win_size: int = WIN,
-                       data_range: float = 1.0, dtype=torch.float32, device=None,
-                       budget: int = BLOCK_ELEMENTS, stats_budget: int = STATS_ELEMENTS,
-                       progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+                       data_range: float = 1.0, dtype=torch.float32, run: Execution = Execution(),
+                       budget: int = BLOCK_ELEMENTS, stats_budget: int = STATS_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` training images of highest SSIM to each generated image, exactly (every training
     image is compared).  -> (ssim values (G, k), training indices (G, k)), best first, on CPU.
-    A running top-k per generated image is merged block by block; the (G, T) matrix is never held."""
+    A running top-k per generated image is merged block by block; the (G, T) matrix is never held.
+    ``run`` (``bench.execution.Execution``): the device (default: the images'), the progress over
+    the training blocks, and under torchrun (``run.sharded``) each rank takes its contiguous share of
+    the generated images, the results gathered in order (blocks are sized by the budgets, not by
+    ``run.batch_size``)."""
+    if run.sharded:
+        mine = distributed.shard(len(gen))
+        kk = min(int(k), len(train))
+        if len(mine):
+            vals, idx = nearest_neighbours(gen[mine.start:mine.stop], train, k, win_size, data_range, dtype,
+                                           replace(run, sharded=False), budget, stats_budget)
+        else:  # more processes than generated images
+            vals, idx = torch.zeros(0, kk, dtype=dtype), torch.zeros(0, kk, dtype=torch.long)
+        return distributed.gather(vals), distributed.gather(idx)
     if gen.shape[1:] != train.shape[1:]:
         raise ValueError(f"generated images {tuple(gen.shape[1:])} and training images "
                          f"{tuple(train.shape[1:])} differ in shape")
     k = min(int(k), len(train))
     if k < 1 or len(gen) == 0:
         raise ValueError("nearest_neighbours needs k >= 1, generated images and a non-empty training set")
-    device = torch.device(device) if device is not None else gen.device
+    device = run.on(gen)
     best_v = torch.full((len(gen), k), -math.inf, dtype=dtype, device=device)
     best_i = torch.full((len(gen), k), -1, dtype=torch.long, device=device)
     for i0, i1, j0, j1, block in _pair_blocks(gen, train, win_size, data_range, dtype, device, budget,
-                                              stats_budget, progress, "ssim neighbours"):
+                                              stats_budget, run.progress, "ssim neighbours"):
         idx = torch.arange(j0, j1, device=device).expand(i1 - i0, -1)
         cand_v = torch.cat([best_v[i0:i1], block], 1)
         cand_i = torch.cat([best_i[i0:i1], idx], 1)
@@ -250,13 +264,7 @@ def ssim_group(ctx: Context) -> dict[str, Result]:
         return {"ssim_nn": Result.missing(f"SSIM needs images of at least {WIN}x{WIN} (win_size {WIN}); "
                                           f"these are {tuple(train.shape[-2:])}", n=len(gx), grid=GRID)}
     k = int(s["ssim_k"])
-    mine = distributed.shard(len(gx)) if ctx.sharded else range(len(gx))  # torchrun: a share of the queries
-    if len(mine):
-        vals, idx = nearest_neighbours(gx[mine.start:mine.stop], train, k, device=ctx.device,
-                                       progress=lambda it, desc, total: ctx.iterate(it, desc, total))
-    else:  # more processes than generated images
-        vals, idx = torch.zeros(0, min(k, len(train))), torch.zeros(0, min(k, len(train)), dtype=torch.long)
-    vals, idx = ctx.gather(vals), ctx.gather(idx)
+    vals, idx = nearest_neighbours(gx, train, k, run=ctx.execution)  # torchrun: a share of the queries each
     nn = vals[:, 0].double()
     n = len(nn)
     mean, se, sd = mean_se(nn)
