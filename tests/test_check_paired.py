@@ -255,10 +255,12 @@ def _bug_sized(name: str, r: dict) -> float:
     v = r["value"]
     if v is None:
         return 0.5
-    rule = registry.spec(name).portable
-    if rule.unit in ("points", "pairs", "absolute"):
+    sp = registry.spec(name)
+    if sp.portable.unit in ("points", "pairs", "absolute"):
         return v + (0.01 if v < 0.5 else -0.01)
-    return v * 1.02 if v else 0.01
+    if not v:
+        return 0.01
+    return v * 0.98 if sp.bounds[1] is not None and abs(v) * 1.02 > sp.bounds[1] else v * 1.02
 
 
 @pytest.mark.parametrize("case", json.loads((zoo.results_dir() / "baseline" / "cases.json").read_text())["cases"])
