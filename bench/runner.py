@@ -89,6 +89,9 @@ def check_compatible(loaded: checkpoints.Loaded, ds: data.Dataset) -> None:
             out = loaded.model.logits(ds.test.x[:2])
     except RuntimeError as e:
         raise BenchError(f"model does not accept {ds.name} images of shape {ds.input_shape}: {str(e)[:150]}") from None
+    if not isinstance(out, torch.Tensor):
+        raise BenchError(f"model's forward returned a {type(out).__name__}, expected a tensor of logits "
+                         f"(N, {ds.num_classes}); wrap the network so that it returns the logits alone")
     if out.ndim != 2 or out.shape[1] != ds.num_classes:
         raise BenchError(f"model outputs shape {tuple(out.shape)}, expected (N, {ds.num_classes})")
 

@@ -18,6 +18,7 @@ from bench import checkpoints, data, fileio, images, plots, refstats
 from bench.cli import main
 from bench.errors import BenchError
 from bench.metrics import Group, Result
+from tests.conftest import tiny_model
 from tests.test_reliability import FAST, META, fitted_tiny_model
 from tests.test_train import small
 
@@ -131,7 +132,7 @@ def test_broken_symlinks_counted_and_said(tmp_path, capsys):
 
 
 def test_int8_weights_refused_not_cast(tmp_path, capsys):
-    m = fitted_tiny_model()
+    m = tiny_model(width=32)  # the digits-cnn of --arch digits-cnn
     state = {k: v.to(torch.int8) if k == "fc.weight" else v for k, v in m.net.state_dict().items()}
     torch.save(state, tmp_path / "q.pt")
     code = main(["run", "--model", str(tmp_path / "q.pt"), "--arch", "digits-cnn", "--dataset", "digits",
