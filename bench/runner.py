@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -149,7 +150,7 @@ def _vals(v: list[float]) -> str:
 def _check_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test{os.getpid()}"  # two runs into one --out never share the probe
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:

@@ -312,13 +312,14 @@ def _sigterm(ctx):
 
 def test_sigterm_says_what_is_kept(tmp_path, ckpt, use_groups, capsys):
     before = signal.getsignal(signal.SIGTERM)
-    use_groups({"const": FAST["const"], "term": Group("term", "robust", ("never",), (), _sigterm)})
+    use_groups({"seen": FAST["seen"], "term": Group("term", "calibration", ("never",), (), _sigterm)})
     out = tmp_path / "o"
-    assert main(["run", "--model", str(ckpt), "--suite", "robust,calibration", "--out", str(out)]) == 143
+    assert main(["run", "--model", str(ckpt), "--suite", "robust,calibration", "--n-eval", "20",
+                 "--out", str(out)]) == 143
     err = capsys.readouterr().err
     assert "terminated" in err and "finished metrics are kept" in err, err
     assert signal.getsignal(signal.SIGTERM) == before  # restored after main
-    assert set(json.loads((out / "results.json").read_text())["metrics"]) == {"const"}
+    assert set(json.loads((out / "results.json").read_text())["metrics"]) == {"seen_max"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,7 +341,7 @@ def test_disk_full_in_plots_save_one_line(tmp_path, ckpt, use_groups, monkeypatc
     monkeypatch.setattr("matplotlib.figure.Figure.savefig", _full_disk)
     out = tmp_path / "o"
     assert main(["run", "--model", str(ckpt), "--suite", "robust", "--out", str(out)]) == 2
-    err = _one_error_line(capsys)
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the run's progress lines
     assert err == f"error: cannot write {out / 'figures' / 'drawn.png'}: No space left on device", err
 
 
