@@ -310,15 +310,30 @@ def _sigterm(ctx):
     return {"never": Result(1.0, n=1)}
 
 
+class _ReachedTheTest(Exception):
+    pass
+
+
+def _test_handler(signum, frame):
+    raise _ReachedTheTest  # without bench's handler SIGTERM would end pytest itself
+
+
 def test_sigterm_says_what_is_kept(tmp_path, ckpt, use_groups, capsys):
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.signal(signal.SIGTERM, _test_handler)
+    try:
+        _sigterm_run(tmp_path, ckpt, use_groups, capsys)
+        assert signal.getsignal(signal.SIGTERM) is _test_handler  # restored after main
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _sigterm_run(tmp_path, ckpt, use_groups, capsys):
     use_groups({"seen": FAST["seen"], "term": Group("term", "calibration", ("never",), (), _sigterm)})
     out = tmp_path / "o"
     assert main(["run", "--model", str(ckpt), "--suite", "robust,calibration", "--n-eval", "20",
                  "--out", str(out)]) == 143
     err = capsys.readouterr().err
     assert "terminated" in err and "finished metrics are kept" in err, err
-    assert signal.getsignal(signal.SIGTERM) == before  # restored after main
     assert set(json.loads((out / "results.json").read_text())["metrics"]) == {"seen_max"}
 
 
@@ -343,6 +358,20 @@ def test_disk_full_in_plots_save_one_line(tmp_path, ckpt, use_groups, monkeypatc
     assert main(["run", "--model", str(ckpt), "--suite", "robust", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the run's progress lines
     assert err == f"error: cannot write {out / 'figures' / 'drawn.png'}: No space left on device", err
+
+
+def test_unwritable_run_tables_one_line(tmp_path, ckpt, use_groups, capsys):
+    from bench import metrics
+    from bench.metrics import robustness  # noqa: F401  (registers accuracy)
+
+    use_groups({"accuracy": metrics.GROUPS["accuracy"]})  # a metric Table 1 shows
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "tables").write_text("a file where the tables folder goes")
+    assert main(["run", "--model", str(ckpt), "--suite", "robust", "--n-eval", "20", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"error: cannot write {out / 'tables'}: File exists", err
+    assert (out / "results.json").is_file()  # the metrics were written before the tables
 
 
 def test_disk_full_in_train_one_line(tmp_path, monkeypatch, capsys):
