@@ -294,7 +294,7 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
-WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES)
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)  # errors only a write gives
 KEPT = "finished metrics are kept and reused by the next run"
 
 

@@ -71,7 +71,8 @@ def _peek_meta(spec: str) -> dict | None:
         from safetensors import safe_open
 
         with safe_open(str(p), framework="pt") as f:
-            return json.loads((f.metadata() or {}).get("bench", "null"))
+            meta = json.loads((f.metadata() or {}).get("bench", "null"))
+        return meta if isinstance(meta, dict) else None  # a list or a string: checkpoints.load says so
     except Exception:
         return None  # checkpoints.load gives the precise error
 

@@ -6,7 +6,8 @@ Reading (``read_samples``): PATH is
   optionally ``y`` (N non-negative integer labels); bench's own ``samples/samples.npz`` qualifies
   (its NaN images, diverged SGLD chains, are left out and counted);
 - a folder of PNG images, flat (no labels) or with one subfolder per class (labels: the folder
-  name when every name is an integer, else the index of the name in sorted order);
+  name when every name is an integer, else the index of the name in sorted order), read by
+  ``bench.images`` (palette images as their palette's values, alpha refused);
 - a ``.pt`` file read with ``torch.load(weights_only=True)``: a tensor laid out as ``x`` above, or
   a dict with ``x`` and optionally ``y``.
 
