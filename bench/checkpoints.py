@@ -203,10 +203,34 @@ def _load_own(path: Path) -> Loaded:
         meta = json.loads(raw)
     except json.JSONDecodeError:
         raise BenchError(f"{path}: corrupt bench metadata") from None
-    model = build_model(meta)
+    _check_meta(meta, path)
+    try:
+        model = build_model(meta)
+    except BenchError as e:
+        raise BenchError(f"{path}: bench metadata: {e}") from None
+    except Exception as e:  # e.g. input_shape [0] or an arch_kwargs the network does not take
+        raise BenchError(f"{path}: bench metadata does not build a model ({type(e).__name__}: {_short(e)})") from None
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     _load_state(model.net, state, str(path), meta["arch"])
     return Loaded(model.eval(), meta, str(path), sha256(path), tensors.get("replay_buffer"))
+
+
+def _check_meta(meta, path: Path) -> None:
+    """The metadata fields ``build_model`` needs, with their types: a one-line error otherwise."""
+    if not isinstance(meta, dict):
+        raise BenchError(f"{path}: bench metadata is a JSON {type(meta).__name__}, expected an object")
+    need = {"arch": str, "num_classes": int, "input_shape": list}
+    missing = [k for k in need if k not in meta]
+    if missing:
+        raise BenchError(f"{path}: bench metadata lacks {', '.join(missing)}")
+    bad = [k for k, t in need.items() if not isinstance(meta[k], t) or isinstance(meta[k], bool)]
+    if not isinstance(meta.get("arch_kwargs", {}), dict):
+        bad.append("arch_kwargs")
+    if isinstance(meta["input_shape"], list) and not (len(meta["input_shape"]) == 3 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in meta["input_shape"])):
+        bad.append("input_shape")
+    if bad:
+        raise BenchError(f"{path}: bench metadata has a bad {bad[0]}: {meta.get(bad[0])!r}")
 
 
 def _load_torch(path: Path, arch, num_classes, input_shape, arch_kwargs, mean, std, given=None) -> Loaded:
@@ -288,17 +312,31 @@ def _load_state(net: nn.Module, state: dict, where: str, arch: str) -> None:
         k = bad[0]
         raise BenchError(f"{where}: shape mismatch for {arch!r} at {k}: file {tuple(state[k].shape)},"
                          f" model {tuple(own[k].shape)} ({len(bad)} tensors differ)")
+    cast = [k for k in state if own[k].is_floating_point() and not state[k].is_floating_point()]
+    if cast:  # a quantised or integer tensor would be cast to float silently, and evaluate wrongly
+        k = cast[0]
+        raise BenchError(f"{where}: tensor {k} is {state[k].dtype}, but {arch!r} needs floats there ({own[k].dtype}); "
+                         f"refusing to cast it ({len(cast)} such tensors; dequantise the checkpoint first)")
     net.load_state_dict(state, strict=False)
 
 
 def _load_factory(spec: str, num_classes, input_shape, mean, std, given=None) -> Loaded:
+    parts = spec.split(":", 2)
+    if len(parts) != 3 or not all(parts[1:]):
+        raise BenchError(f"bad factory {spec!r}: expected py:module:function")
+    _, module, func = parts
     try:
-        _, module, func = spec.split(":", 2)
-        obj = getattr(importlib.import_module(module), func)()
-    except ValueError:
-        raise BenchError(f"bad factory {spec!r}: expected py:module:function") from None
+        factory = getattr(importlib.import_module(module), func)
     except (ImportError, AttributeError) as e:
         raise BenchError(f"cannot import factory {spec!r}: {e}") from None
+    except Exception as e:  # a SyntaxError in the module, or an error while it is imported
+        raise BenchError(f"cannot import factory {spec!r}: {type(e).__name__}: {_short(e)}") from None
+    try:
+        obj = factory()
+    except BenchError:
+        raise
+    except Exception as e:  # the factory's own error, never mistaken for a bad spec
+        raise BenchError(f"factory {spec!r} raised {type(e).__name__}: {_short(e)}") from None
     if isinstance(obj, EnergyModel):
         if given:
             raise BenchError(f"{given}: factory {spec!r} returned an EnergyModel, which sets its own normalisation")

@@ -5,7 +5,9 @@ Exit codes: 0 success, 1 regression found by ``check``, 2 bad input or usage (on
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -134,8 +136,11 @@ def train(recipe, out, epochs, device, seed, resume, data_root, download):
     from bench import runner
     from bench import train as training
 
-    summary = training.train(recipe, out, epochs=epochs, device=str(runner.resolve_device(device)),
-                             seed=seed, resume=resume, data_root=data_root, download=download)
+    try:
+        summary = training.train(recipe, out, epochs=epochs, device=str(runner.resolve_device(device)),
+                                 seed=seed, resume=resume, data_root=data_root, download=download)
+    except KeyboardInterrupt as e:  # train's own hint: its work is kept per epoch, not per metric
+        raise _Stopped(_train_hint(out, e)) from None
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return
     click.echo(" ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list)))
@@ -242,11 +247,12 @@ def ref_stats(dataset, out, split, data_root, fid_extractor, inception_weights, 
               device):
     """Write the FID reference statistics (mu, sigma), the features and the extractor's identity
     of a data set's split to OUT (.npz; read by --ref-stats, pytorch-fid and clean-fid)."""
-    from bench import data, refstats, runner
+    from bench import data, fileio, refstats, runner
     from bench.execution import Execution
     from bench.features import FEATURE_BATCH, ExtractorUnavailable, resolve_extractor
     from bench.settings import reference_size
 
+    fileio.check_writable(out)  # before minutes of features, not after them
     ds = data.load(dataset, data_root)
     try:
         ext = resolve_extractor(fid_extractor, inception_weights)
@@ -283,9 +289,52 @@ def models():
         click.echo(f"  {r}")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it ends as an interrupt does."""
+
+
+class _Stopped(Exception):
+    """An interrupt with its command's own message (``bench train``)."""
+
+
+def _train_hint(out: Path, e: KeyboardInterrupt) -> str:
+    from bench.train.loop import resume_path
+
+    how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
+    if resume_path(out).exists():
+        return (f"{how}; the finished epochs are kept in {out} and {resume_path(out).name}: continue with "
+                f"the same command and --resume")
+    return f"{how} before the first epoch was finished; nothing to resume (train again)"
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)  # errors only a write gives
+KEPT = "finished metrics are kept and reused by the next run"
+
+
 def main(argv=None) -> int:
+    """The command line: every failure is one ``error:`` line (exit 2); SIGINT and SIGTERM say what
+    is kept (exit 130 and 143)."""
+    try:
+        before = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: SIGTERM keeps its handler
+        before = None
+    try:
+        return _main(argv)
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+def _main(argv) -> int:
     try:
         code = cli.main(args=argv, prog_name="bench", standalone_mode=False)
+    except _Stopped as e:
+        click.echo(str(e), err=True)
+        return 143 if str(e).startswith("terminated") else 130
     except BenchError as e:
         click.echo(f"error: {e}", err=True)
         return e.exit_code
@@ -299,12 +348,17 @@ def main(argv=None) -> int:
     except click.ClickException as e:  # bad file arguments and the like
         click.echo(f"error: {e.format_message()}", err=True)
         return 2
-    except click.exceptions.Abort:
-        click.echo("interrupted; finished metrics are kept and reused by the next run", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:
+        if isinstance(e, _Terminated) or isinstance(e.__cause__ or e.__context__, _Terminated):
+            click.echo(f"terminated (SIGTERM); {KEPT}", err=True)
+            return 143
+        click.echo(f"interrupted; {KEPT}", err=True)
         return 130
-    except KeyboardInterrupt:
-        click.echo("interrupted; finished metrics are kept and reused by the next run", err=True)
-        return 130
+    except OSError as e:  # a write no writer mapped (bench.errors.CannotWrite): still one line
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        click.echo(f"error: cannot write {e.filename or 'a file'}: {e.strerror or e}", err=True)
+        return 2
     return code if isinstance(code, int) else 0  # ctx.exit(N), e.g. 1 from `check`
 
 

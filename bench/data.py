@@ -8,7 +8,8 @@
                   IDX files (gzipped or not) under ``--data-root``, else Debian's
                   ``dataset-fashion-mnist`` package (/usr/share/datasets/fashion-mnist), else
                   torchvision's ``FashionMNIST/raw`` layout; ``--download`` through torchvision
-    folder:PATH   one subfolder per class (PATH/train and PATH/test if both exist)
+    folder:PATH   one subfolder per class (PATH/train and PATH/test if both exist); image modes as
+                  ``bench.images`` reads them (palette to its grey or RGB values, alpha refused)
     npz:PATH      arrays x, y (or x_train, y_train, x_test, y_test)
 
 uint8 images are scaled by 1/255 (digits by 1/16, its own range); float images outside [0, 1] are
@@ -263,20 +264,18 @@ def load_folder(path: Path) -> Dataset:
 
 
 def _read_folder(path: Path):
-    from PIL import Image
+    from bench import images
 
     classes = sorted(p.name for p in path.iterdir() if p.is_dir())
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted((path / c).iterdir()) if f.is_file()]
+    files, broken = [], 0
+    for i, c in enumerate(classes):
+        found, b = images.image_files(path / c)
+        files += [(f, i) for f in found]
+        broken += b
+    images.warn_broken(path, broken)
     if not files:
         raise BenchError(f"{path}: no images in class subfolders")
-    try:
-        imgs = [np.asarray(Image.open(f)) for f, _ in files]
-    except Exception as e:
-        raise BenchError(f"{path}: cannot read an image: {e}") from None
-    shapes = {im.shape for im in imgs}
-    if len(shapes) != 1:
-        raise BenchError(f"{path}: images differ in size {sorted(shapes)[:3]}")
-    s = _split(np.stack(imgs), np.array([i for _, i in files]), str(path))
+    s = _split(images.read_images([f for f, _ in files], path), np.array([i for _, i in files]), str(path))
     return s.x, s.y, classes
 
 

@@ -5,3 +5,16 @@ class BenchError(Exception):
     """Bad input or usage. The CLI prints ``error: <message>`` and exits with code 2."""
 
     exit_code = 2
+
+
+class CannotWrite(BenchError, OSError):
+    """A file could not be written (disk full, read-only folder, no permission): ``cannot write
+    PATH: reason``.  Still an OSError (its ``errno`` is the original's) for callers that catch those."""
+
+    def __init__(self, path, err: OSError):
+        self.message = f"cannot write {path}: {err.strerror or err}"
+        super().__init__(self.message)
+        self.errno, self.strerror, self.filename = err.errno, err.strerror, str(path)
+
+    def __str__(self) -> str:
+        return self.message

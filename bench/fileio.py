@@ -1,10 +1,13 @@
-"""File I/O shared by every writer: atomic writes and file digests (no torch, no model code)."""
+"""File I/O shared by every writer: atomic writes, write checks and file digests (no torch, no model
+code).  A failed write is ``bench.errors.CannotWrite``: one ``error: cannot write PATH: reason`` line."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from pathlib import Path
+
+from bench.errors import CannotWrite
 
 
 def sha256(path: str | Path) -> str:
@@ -27,6 +30,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(e, OSError) and not isinstance(e, CannotWrite):
+            raise CannotWrite(path, e) from None  # one error line: disk full, read-only, no permission
         raise
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse, as ``cannot write PATH: reason``, a file that could not be written later (its folder
+    missing, read-only or not a folder): say so before any long computation, not after it."""
+    path = Path(path)
+    probe = path.with_name(f".{path.name}.probe{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as e:
+        raise CannotWrite(path, e) from None

@@ -203,21 +203,11 @@ def _npz(path: Path, n: int) -> torch.Tensor:
 
 
 def _folder(path: Path, n: int) -> torch.Tensor:
-    from PIL import Image
-
+    from bench import images
     from bench.data import as_images
 
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)[:n]
+    files, broken = images.image_files(path, tuple(IMAGE_SUFFIXES), recursive=True)
+    images.warn_broken(f"--ood folder:{path}", broken)
     if not files:
         raise BenchError(f"--ood folder:{path}: no image files in it")
-    try:
-        imgs = []
-        for f in files:
-            im = Image.open(f)
-            imgs.append(np.asarray(im if im.mode in ("L", "RGB") else im.convert("RGB")))
-    except Exception as e:
-        raise BenchError(f"--ood folder:{path}: cannot read an image: {e}") from None
-    shapes = {a.shape for a in imgs}
-    if len(shapes) != 1:
-        raise BenchError(f"--ood folder:{path}: images differ in size or mode {sorted(shapes)[:3]}")
-    return as_images(np.stack(imgs), f"--ood folder:{path}")
+    return as_images(images.read_images(files[:n], f"--ood folder:{path}"), f"--ood folder:{path}")

@@ -37,10 +37,16 @@ def panel_grid(n: int, max_cols: int, width: float, height: float, title: str = 
 
 
 def save(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as PNG to ``path`` (parent folders created) and return the path."""
+    """Write ``fig`` as PNG to ``path`` (parent folders created) and return the path; a failed
+    write is ``CannotWrite`` (``cannot write PATH: reason``)."""
+    from bench.errors import CannotWrite
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=DPI)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png", dpi=DPI)
+    except OSError as e:  # disk full, read-only: one error line, not a traceback from matplotlib
+        raise CannotWrite(path, e) from None
     return path
 
 

@@ -188,7 +188,7 @@ def find_shipped(key: dict, folder: Path | None = None) -> tuple[dict, torch.Ten
 def write_file(path: str | Path, key: dict, stats: dict, features: torch.Tensor | None, mu_sigma: bool = True,
                precision: str = "float32", source: str = "") -> Path:
     """Write a reference statistics file (module docstring); -> its path."""
-    from bench.fileio import atomic_write_bytes
+    from bench.fileio import atomic_write_bytes, check_writable
 
     if precision not in PRECISIONS:
         raise BenchError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -202,7 +202,7 @@ def write_file(path: str | Path, key: dict, stats: dict, features: torch.Tensor 
     meta = dict(key, features_dtype=precision if features is not None else None, source=source)
     arrays.update(meta=np.array(json.dumps(meta, sort_keys=True)), extractor=np.array(str(key.get("extractor"))))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(path)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
@@ -275,8 +275,7 @@ def reference_features(x: torch.Tensor, ext: features.Extractor, name: str, spli
         feats = features.extract_features(u8, ext, run, verbose)[ext.fid_layer]
         feats = feats.to(torch.float32)
         stats = statistics(feats)
-        if writer:
-            _write_reference(key, path, stats, feats)
+        if writer and _write_reference(key, path, stats, feats):
             info["cache"] = "miss"
     if found is not None:  # shipped mu/sigma without features: FID from them, the features from above
         stats, info = found[0], dict(info, cache="shipped", file=str(found[2]), features_from=info["cache"])
@@ -305,14 +304,23 @@ def _read_reference(key: dict, path: Path) -> tuple[dict, torch.Tensor] | None:
     return None
 
 
-def _write_reference(key: dict, path: Path, stats: dict, features: torch.Tensor) -> None:
+def _write_reference(key: dict, path: Path, stats: dict, features: torch.Tensor) -> bool:
+    """Cache the reference; False (after a warning line) when the cache cannot be written."""
     import io
 
     from bench.fileio import atomic_write_bytes
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez(buf, mu=stats["mu"], sigma=stats["sigma"], features=features.detach().cpu().numpy(),
              meta=np.array(json.dumps(key, sort_keys=True)))
-    atomic_write_bytes(path, buf.getvalue())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as e:  # $JEAT_BENCH_CACHE a file, read-only or full: the cache is only a cache
+        from bench import progress
+
+        progress.say(f"warning: the reference cache {cache_dir()} is not usable ({e.strerror or e}); "
+                     "going on without it (set JEAT_BENCH_CACHE to a writable folder)")
+        return False
+    return True
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -70,7 +71,8 @@ def _peek_meta(spec: str) -> dict | None:
         from safetensors import safe_open
 
         with safe_open(str(p), framework="pt") as f:
-            return json.loads((f.metadata() or {}).get("bench", "null"))
+            meta = json.loads((f.metadata() or {}).get("bench", "null"))
+        return meta if isinstance(meta, dict) else None  # a list or a string: checkpoints.load says so
     except Exception:
         return None  # checkpoints.load gives the precise error
 
@@ -89,6 +91,9 @@ def check_compatible(loaded: checkpoints.Loaded, ds: data.Dataset) -> None:
             out = loaded.model.logits(ds.test.x[:2])
     except RuntimeError as e:
         raise BenchError(f"model does not accept {ds.name} images of shape {ds.input_shape}: {str(e)[:150]}") from None
+    if not isinstance(out, torch.Tensor):
+        raise BenchError(f"model's forward returned a {type(out).__name__}, expected a tensor of logits "
+                         f"(N, {ds.num_classes}); wrap the network so that it returns the logits alone")
     if out.ndim != 2 or out.shape[1] != ds.num_classes:
         raise BenchError(f"model outputs shape {tuple(out.shape)}, expected (N, {ds.num_classes})")
 
@@ -146,7 +151,7 @@ def _vals(v: list[float]) -> str:
 def _check_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test{os.getpid()}"  # two runs into one --out never share the probe
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:

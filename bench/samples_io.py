@@ -6,7 +6,8 @@ Reading (``read_samples``): PATH is
   optionally ``y`` (N non-negative integer labels); bench's own ``samples/samples.npz`` qualifies
   (its NaN images, diverged SGLD chains, are left out and counted);
 - a folder of PNG images, flat (no labels) or with one subfolder per class (labels: the folder
-  name when every name is an integer, else the index of the name in sorted order);
+  name when every name is an integer, else the index of the name in sorted order), read by
+  ``bench.images`` (palette images as their palette's values, alpha refused);
 - a ``.pt`` file read with ``torch.load(weights_only=True)``: a tensor laid out as ``x`` above, or
   a dict with ``x`` and optionally ``y``.
 
@@ -113,35 +114,29 @@ def _read_pt(p: Path):
 
 
 def _read_folder(p: Path):
-    from PIL import Image
+    from bench import images
 
-    flat = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    flat, broken = images.image_files(p, IMAGE_SUFFIXES)
     subs = sorted(d for d in p.iterdir() if d.is_dir())
     if flat and subs:
         raise BenchError(f"{p}: holds both images and subfolders; use one folder per class, or a flat folder")
     if flat:
         files, labels = flat, None
     else:
-        per = [(d, sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)) for d in subs]
-        per = [(d, fs) for d, fs in per if fs]
+        per = []
+        for d in subs:
+            fs, b = images.image_files(d, IMAGE_SUFFIXES)
+            broken += b
+            if fs:
+                per.append((d, fs))
         if not per:
             raise BenchError(f"{p}: no .png images in it or in its subfolders")
         names = [d.name for d, _ in per]
         ids = [int(n) for n in names] if all(n.isdigit() for n in names) else list(range(len(names)))
         files = [f for _, fs in per for f in fs]
         labels = np.array([i for i, (_, fs) in zip(ids, per, strict=True) for _ in fs], dtype=np.int64)
-    imgs = []
-    for f in files:
-        try:
-            im = Image.open(f)
-            im = im.convert("L" if im.mode in ("L", "1") else "RGB")
-            imgs.append(np.asarray(im))
-        except Exception as e:
-            raise BenchError(f"{f}: cannot read the image ({type(e).__name__})") from None
-    shapes = {a.shape for a in imgs}
-    if len(shapes) != 1:
-        raise BenchError(f"{p}: images differ in size {sorted(shapes)[:3]}")
-    x, y, dropped = _from_arrays(np.stack(imgs), labels, str(p))
+    images.warn_broken(p, broken)
+    x, y, dropped = _from_arrays(images.read_images(files, p), labels, str(p))
     return x, y, dropped, "png-folder", files
 
 

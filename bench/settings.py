@@ -103,7 +103,7 @@ class Setting:
     ``validate`` and ``DEFAULTS`` are generated from ``SETTINGS``; the groups a setting keys are
     those that list it in their ``@register(settings=...)`` (their cache keys).
 
-    kinds: ``int`` any integer; ``count`` a positive integer; ``number`` a finite float (``8/255``
+    kinds: ``int`` an integer (in ``bounds`` when given); ``count`` a positive integer; ``number`` a finite float (``8/255``
     on the command line); ``fraction`` a number in [0, 1]; ``bool`` a --x/--no-x flag; ``text``;
     ``file`` an existing file; ``choice`` one of ``choices``; ``counts`` positive integers
     (comma list on the command line).  ``derive(s, linf_eps)`` gives the value of a setting left
@@ -117,6 +117,7 @@ class Setting:
     derived_from: str | None = None
     derive: Callable[[dict, float], Any] | None = None
     option: bool = True  # a ``bench run`` option
+    bounds: tuple[int, int] | None = None  # an int's range, low <= v < high
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -135,6 +136,9 @@ class Setting:
         k, shown = self.kind, f"{self.flag[2:]} must be"
         if k in ("int", "count") and (isinstance(v, bool) or not isinstance(v, int) or (k == "count" and v <= 0)):
             return f"{shown} a {'positive ' if k == 'count' else ''}integer, got {v}"
+        if k == "int" and self.bounds and not self.bounds[0] <= v < self.bounds[1]:
+            lo, hi = self.bounds
+            return f"{shown} an integer in [{lo}, {_power(hi)}), got {v}"
         if k in ("number", "fraction") and (isinstance(v, bool) or not isinstance(v, int | float)
                                             or not math.isfinite(v) or (k == "fraction" and not 0 <= v <= 1)):
             return f"{shown} a {'number in [0, 1]' if k == 'fraction' else 'finite number'}, got {v}"
@@ -152,6 +156,11 @@ class Setting:
         return None
 
 
+def _power(n: int) -> str:
+    """``2**63`` for a power of two, else the number."""
+    return f"2**{n.bit_length() - 1}" if n > 1 and n & (n - 1) == 0 else str(n)
+
+
 def _step(s: dict, linf_eps: float) -> float:
     return s["eps"] / 4
 
@@ -164,7 +173,8 @@ _EPS_HELP = ("attack radius in [0,1] pixel units (default: the checkpoint's; L-i
              "and Fashion-MNIST; L2 0.5 for CIFAR and digits, 1.5 for Fashion-MNIST)")
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("seed", "int", 0, "seed of every random stream (each group draws from its own)"),
+    Setting("seed", "int", 0, "seed of every random stream (each group draws from its own)",
+            bounds=(0, 2**63)),  # what torch.manual_seed takes without overflow, with room for derived seeds
     Setting("batch_size", "count", 250, "points per batch"),
     Setting("normalize", "text", None,
             "input normalisation of a foreign model: cifar10, cifar100, imagenet, none (0/1), half (0.5/0.5), "

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import results
-from bench.errors import BenchError
+from bench.errors import BenchError, CannotWrite
+from bench.fileio import atomic_write_bytes
 from bench.paper_tables import Table, all_tables, run_tables
 from bench.report import write_report
 from bench.results import Results
@@ -21,11 +22,15 @@ from bench.table_format import to_latex, to_markdown
 
 
 def write(t: Table, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
+    """The table as CSV, LaTeX and Markdown files in ``out``, each written atomically (a failed
+    write is one ``cannot write PATH: reason`` line)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CannotWrite(out, e) from None
     paths = [out / f"{t.name}.{ext}" for ext in ("csv", "tex", "md")]
-    t.df.to_csv(paths[0], index=False)
-    paths[1].write_text(to_latex(t))
-    paths[2].write_text(to_markdown(t))
+    for p, text in zip(paths, (t.df.to_csv(index=False), to_latex(t), to_markdown(t)), strict=True):
+        atomic_write_bytes(p, text.encode())
     return paths
 
 

@@ -6,7 +6,8 @@ After every epoch the checkpoint (``OUT``, safetensors with metadata) and a resu
 (``OUT.resume.pt``: weights, optimiser, both generator states, replay buffer, history; loaded with
 ``weights_only=True``) are written atomically, so ``--resume`` after a kill continues with the
 same random streams and reaches the same weights as an uninterrupted run.  The resume file is
-removed once training finishes.
+removed once training finishes, after the final evaluation: a kill during that evaluation leaves
+it, and ``--resume`` then runs the evaluation alone.
 
 Under torchrun (``torchrun --nproc_per_node=N -m bench train ...``) the same loop trains
 data-parallel: each rank takes its share of every global batch and the gradients are summed over
@@ -30,6 +31,7 @@ from bench.data import load as load_data
 from bench.energy import EnergyModel
 from bench.errors import BenchError
 from bench.sampling import ReplayBuffer
+from bench.settings import SPECS
 from bench.train import parallel
 from bench.train.methods import METHODS, TrainState
 from bench.train.monitor import energy_changes
@@ -159,6 +161,9 @@ def _train(recipe, out, epochs, dev, seed, resume, data_root, download, show_pro
         r.epochs = int(epochs)
     if seed is not None:
         r.seed = int(seed)
+    why = SPECS["seed"].check(r.seed)  # the range bench run takes: torch.manual_seed overflows beyond it
+    if why:
+        raise BenchError(why)
     out = Path(out)
     distributed.on_main(lambda: _check_out(out))
     ddp, main, rank = distributed.active(), distributed.is_main(), distributed.rank()
@@ -193,9 +198,10 @@ def _train(recipe, out, epochs, dev, seed, resume, data_root, download, show_pro
         if buffer is not None:
             buffer.data = s["buffer"].to(dev)
         start, history, seconds = int(s["epoch"]), json.loads(s["history"]), float(s["seconds"])
-        if start >= r.epochs:
+        if start > r.epochs:
             raise BenchError(f"--resume: {rpath} already holds {start} epochs (recipe asks for {r.epochs}); "
                              "give more --epochs")
+        # start == r.epochs: killed in the final evaluation; no epoch left, the evaluation runs now
 
     train_split = data.train.subset(r.train_n)
     xtr, ytr = train_split.x, train_split.y
@@ -237,7 +243,7 @@ def _train(recipe, out, epochs, dev, seed, resume, data_root, download, show_pro
             entry["sgld_diverged"] = int(diverged)
         if method.adversarial:  # on every rank: its optimiser step is a collective under SyncBatchNorm
             entry["energy_changes"] = energy_changes(state, method, make_opt, opt.state_dict(), xmon, ymon,
-                                                     seed=r.seed * 1000 + epoch)
+                                                     seed=(r.seed * 1000 + epoch) % 2**64)
         seconds += time.perf_counter() - t0
         entry["seconds"] = seconds
         entry = distributed.broadcast(entry)  # rank 0's numbers everywhere
