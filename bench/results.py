@@ -73,10 +73,14 @@ class Results:
         if not isinstance(d, dict) or d.get("schema") != SCHEMA:
             got = d.get("schema") if isinstance(d, dict) else type(d).__name__
             raise BenchError(f"{where}: not a results file of schema {SCHEMA} (schema {got!r})")
+        for key, kind in (("model", dict), ("run", dict), ("metrics", dict)):
+            if not isinstance(d.get(key), kind):
+                raise BenchError(f"{where}: malformed results file ({key} must be an object, "
+                                 f"not {type(d.get(key)).__name__})")
         try:
             metrics = {k: Result.from_json(v) for k, v in d["metrics"].items()}
             return cls(d["model"], d["run"], metrics)
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BenchError(f"{where}: malformed results file ({type(e).__name__}: {e})") from None
 
 

@@ -296,3 +296,12 @@ def test_every_metric_of_every_baseline_catches_a_bug_sized_change(tmp_path, cap
         out, err = capsys.readouterr()
         base.write_text(json.dumps(doc))
         assert code in (1, 2), (name, out, err)  # a regression, or refused (disagrees with its record)
+
+
+def test_metrics_as_a_list_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    doc = json.loads((write(tmp_path, "b", metrics()) / "results.json").read_text())
+    bad.write_text(json.dumps(dict(doc, metrics=list(doc["metrics"].values()))))
+    code = main(["check", str(write(tmp_path, "c", metrics())), "--baseline", str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "metrics must be an object, not list" in err

@@ -108,3 +108,38 @@ def test_exact_check_compares_the_versions_a_baseline_records():
     assert check.exact_refusal(results.Results({}, {"platform": plat, "versions": old}), cur) is None
     moved = dict(v, scipy="0.0.1")
     assert "versions.scipy '0.0.1'" in check.exact_refusal(results.Results({}, {"platform": plat, "versions": moved}), cur)
+
+
+@pytest.mark.parametrize("edit", ["value", "nan", "n", "out_of_bounds"])
+def test_a_hand_edited_cache_entry_is_recomputed_not_served(tmp_path, capsys, edit):
+    """A cache entry whose values were edited (ece 0.5 or 7.5, NaN, n "fifty") is recomputed: its
+    digest no longer matches, or a value is out of its metric's bounds or of the wrong type."""
+    import json as _json
+
+    from bench.cli import main as cli_main
+
+    out = tmp_path / "run"
+    args = ["run", "--model", "digits-normal", "--suite", "calibration", "--n-eval", "40", "--out", str(out),
+            "--device", "cpu"]
+    assert cli_main(args) == 0
+    first = _json.loads((out / "results.json").read_text())["metrics"]["ece"]["value"]
+    (entry,) = (out / "cache").glob("ece-*.json")
+    doc = _json.loads(entry.read_text())
+    m = doc["metrics"]["ece"]
+    if edit == "value":
+        m["value"] = 0.5
+    elif edit == "nan":
+        m["value"] = float("nan")
+    elif edit == "n":
+        m["n"] = "fifty"
+    else:  # a consistent-looking entry (digest recomputed) whose value cannot be an ECE
+        from bench.cache_keys import _digest
+
+        m["value"] = 7.5
+        doc["digest"] = _digest(doc["metrics"])
+    entry.write_text(_json.dumps(doc))
+    capsys.readouterr()
+    assert cli_main(args) == 0
+    err = capsys.readouterr().err
+    assert "ece: running" in err and "ece: cached" not in err
+    assert _json.loads((out / "results.json").read_text())["metrics"]["ece"]["value"] == first
