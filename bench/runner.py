@@ -24,6 +24,7 @@ from bench import (
     data,
     distributed,
     fastpath,
+    model_checks,
     progress,
     suites,
     zoo,
@@ -218,6 +219,7 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
                  data_sha256=identity["data"],
                  generation_code_sha256=cache_keys.code_sha256("bench.generation", memo))  # keys samples.npz
     model = fastpath.apply(loaded.model.to(dev).eval(), fastpath.FastPath.from_settings(s))
+    checks = model_checks.check(model, ds.test.x[:model_checks.N_IMAGES].to(dev), log)  # RNG state kept
     ctx = Context(model, ds, s_run, dev, out, progress=progress.bar,
                   replay_buffer=loaded.replay_buffer, data_root=data_root, train_used=train_used(loaded))
     cache_dir = out / "cache"
@@ -227,7 +229,7 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
         "code_sha256": code,
         "platform": platform_record(dev),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "seconds": None,
-        "config": s, "cache": {"hits": [], "computed": []}, "groups": {}})
+        "config": s, "model_checks": checks, "cache": {"hits": [], "computed": []}, "groups": {}})
     if distributed.active():
         res.run["processes"] = distributed.world()
     for g in groups:
