@@ -5,6 +5,7 @@ and write results.json atomically after every group, so an interrupted run loses
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -25,6 +26,7 @@ from bench import (
     distributed,
     fastpath,
     model_checks,
+    outlock,
     progress,
     suites,
     zoo,
@@ -187,6 +189,14 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
         dataset: str | None = None, data_root: str | None = None, arch: str | None = None,
         device: str = "auto", resume: bool = True, download: bool = False,
         settings: dict | None = None, log=progress.say) -> Results:
+    """Run the suites on the model into ``out``, holding ``out/.bench.lock`` from the check of
+    --out to the end (``bench.outlock``: a second run into the same folder stops at once)."""
+    with contextlib.ExitStack() as lock:
+        return _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log, lock)
+
+
+def _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log,
+         lock: contextlib.ExitStack) -> Results:
     started = time.time()
     out = Path(out)
     suite_names = suites.resolve(suite)
@@ -200,6 +210,7 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
     main = distributed.is_main()
     if main:
         _check_out(out)
+        lock.enter_context(outlock.held(out, log=log))  # rank 0 only: the other ranks write nothing there
     else:  # other torchrun ranks write nothing under --out: their figures go to a scratch folder
         log = _quiet
         out = Path(tempfile.mkdtemp(prefix=f"bench-rank{distributed.rank()}-"))
