@@ -161,6 +161,18 @@ def test_no_lock_left_after_a_run_or_an_error(tmp_path, capsys, use_groups):
     assert not (out / ".bench.lock").exists()
 
 
+def _interrupted(ctx):
+    raise KeyboardInterrupt
+
+
+def test_no_lock_left_after_an_interrupt(tmp_path, capsys, use_groups):
+    use_groups({"interrupted": Group("interrupted", "robust", ("never",), (), _interrupted)})
+    out = tmp_path / "o"
+    assert main(["run", *FAST_ARGS, "--out", str(out)]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not (out / ".bench.lock").exists()
+
+
 def test_lock_is_atomic_and_released(tmp_path):
     out = tmp_path / "o"
     out.mkdir()
