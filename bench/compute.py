@@ -1,7 +1,8 @@
 """Compute one metric group safely: under torchrun on every rank (sharded groups) or on rank 0
 (the others, results broadcast); retried at half the batch size after running out of memory; with
 non-finite logits of the model counted through a forward hook and reported as nulls with their
-count, never as a number; and with a group's results checked against the metrics it declared."""
+count, never as a number; with a failed run-time check of the group's numbers (``CheckFailed``:
+robust accuracy above clean accuracy) as nulls with its message; and with a group's results checked against the metrics it declared."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from bench import distributed, progress
 from bench.errors import BenchError
 from bench.metrics import Context, Group
-from bench.registry import UndeclaredSetting
+from bench.registry import CheckFailed, UndeclaredSetting
 from bench.results import Result
 
 
@@ -76,7 +77,9 @@ def _compute(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
     """-> (results, cacheable).  Out of memory gives nulls with the reason (not cached: a rerun,
     say with a smaller --batch-size, retries); non-finite logits of the model on finite inputs give
     nulls with their count, and the run goes on.  Groups on generated samples (needs=("generated",))
-    count diverged chains themselves and are not watched."""
+    count diverged chains themselves and are not watched.  A failed run-time check of the group's
+    numbers (``bench.registry.CheckFailed``, e.g. a stochastic model's robust accuracy above its
+    clean accuracy) gives nulls with its message (cached: the same model and code fail it again)."""
     watch = None if "generated" in g.needs else _NonFiniteLogits(ctx.model)
     error = None
     try:
@@ -92,13 +95,18 @@ def _compute(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
         error = e
     finally:
         bad, rows = watch.close() if watch else (0, 0)
+        failed = int(isinstance(error, CheckFailed))
         if ctx.sharded:  # every rank must take the same branch below
-            bad, rows = (int(v) for v in distributed.gather(torch.tensor([[bad, rows]])).sum(0))
+            bad, rows, failed = (int(v) for v in distributed.gather(torch.tensor([[bad, rows, failed]])).sum(0))
     if bad:
         reason = (f"the model returned non-finite logits (NaN or inf) for {bad} of the {rows} finite inputs "
                   f"this metric gave it")
         n = {m: (out[m].n if error is None and m in out else 0) for m in g.metrics}
         return {m: Result.missing(reason, n[m], non_finite_logits=bad, inputs=rows) for m in g.metrics}, True
+    if failed:
+        reason = (f"run-time check failed: {error}" if isinstance(error, CheckFailed)
+                  else "run-time check failed on another process of this run")
+        return {m: Result.missing(reason, check_failed=True) for m in g.metrics}, True
     if error is not None:
         raise error
     missing = [m for m in g.metrics if m not in out]

@@ -4,7 +4,10 @@ formats them, ``bench.report`` shows them).
 
 Each table is a pandas DataFrame with a ``Model`` column, our rows first and the paper's rows
 (``source`` = paper) after; values are floats (NaN where missing), with the reason of a missing
-value kept as a note per cell.
+value kept as a note per cell.  Each row states what its numbers are comparable under (``CONTEXT``):
+its data set, its threat model (norm, eps; in tables with a metric whose group declares ``eps``)
+and its number of points n (a cell on other points says so in a note); the best is marked only
+among our rows of the same data set and threat model (``bench.table_format``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,68 @@ class Table:
     columns: dict[str, str]  # display name -> metric name
     better: dict[str, str]  # display name -> "max" | "min"
     notes: dict[tuple[int, str], str] = field(default_factory=dict)  # (row, column) -> reason
+    context: list[str] = field(default_factory=list)  # the CONTEXT columns after source (_finish)
+
+    @property
+    def comparable(self) -> list[str]:
+        """The context columns whose values must agree for two rows to be ranked (not n)."""
+        return [c for c in self.context if c != "n"]
+
+
+CONTEXT = ("Data set", "Threat model", "n")
+PAPER_THREAT = "Linf, eps 8/255"  # the JEAT paper's CIFAR threat model
+
+
+def _uses_threat(metrics) -> bool:
+    """Whether a metric's numbers depend on the attack radius: its group declares ``eps``."""
+    groups = registry.load_all().values()
+    return any("eps" in g.settings and (m in g.metrics or any(sp.matches(m) for sp in g.specs))
+               for g in groups for m in metrics)
+
+
+def _dataset(r: Results) -> str:
+    """The data set evaluated (run.data), else the one the model records."""
+    return str((r.run.get("data") or {}).get("name") or r.model.get("dataset") or "unknown")
+
+
+def _threat_text(r: Results) -> str:
+    norm, eps = _threat(r)
+    return f"{norm}, eps {eps:.4g}" if isinstance(eps, int | float) else norm
+
+
+def _paper_dataset(model: str) -> str:
+    return "cifar100" if "CIFAR-100" in model else "cifar10" if "CIFAR-10" in model else "unknown"
+
+
+def _finish(t: Table, runs: list[Results], picked=None) -> Table:
+    """Insert the CONTEXT columns after ``source``: our rows' data set, threat model and n (the
+    points of the row's first number; a cell on other points gets a note ``n = K``), the paper's
+    rows' data set and threat model.  ``picked(i, metric)``: the metric that fills a column of row i
+    (Table 3 takes AutoAttack's points)."""
+    threat = _uses_threat(t.columns.values())
+    ds, tm, ns = [], [], []
+    for i, model in enumerate(t.df["Model"]):
+        if i < len(runs):
+            r = runs[i]
+            ds.append(_dataset(r))
+            tm.append(_threat_text(r))
+            got = [(col, r.metrics.get(picked(i, m) if picked else m)) for col, m in t.columns.items()]
+            got = [(col, res) for col, res in got if res is not None and res.value is not None]
+            n = got[0][1].n if got else None
+            ns.append(float(n) if n else math.nan)
+            for col, res in got:
+                if res.n and res.n != n:
+                    t.notes.setdefault((i, col), f"n = {res.n}")
+        else:
+            ds.append(_paper_dataset(str(model)))
+            tm.append(PAPER_THREAT)
+            ns.append(math.nan)
+    t.context = ["Data set"] + (["Threat model"] if threat else []) + ["n"]
+    t.df.insert(2, "Data set", ds)
+    if threat:
+        t.df.insert(3, "Threat model", tm)
+    t.df.insert(len(t.context) + 1, "n", ns)
+    return t
 
 
 def paper(name: str) -> pd.DataFrame:
@@ -109,9 +174,9 @@ def table1(runs: list[Results]) -> Table:
     for ds, name in (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100")):
         rows.append({"Model": f"paper: normal WRN-28-10, {name}", "source": "paper",
                      **{c: float(p.loc[m, ds]) for c, m in cols.items()}})
-    return Table("table1", "Accuracy (%) under no attack, the normal (cross-entropy) PGD attack and the "
-                 "energy attack of Eq. 18 (Table 1).", pd.DataFrame(rows), cols,
-                 _better(cols), notes)  # best = the most accurate / most robust model
+    return _finish(Table("table1", "Accuracy (%) under no attack, the normal (cross-entropy) PGD attack and "
+                         "the energy attack of Eq. 18 (Table 1).", pd.DataFrame(rows), cols,
+                         _better(cols), notes), runs)  # best = the most accurate / most robust model
 
 
 FISHER_SPACE_NOTES = {
@@ -146,9 +211,9 @@ def table2(runs: list[Results]) -> Table:
             if not math.isnan(row[col]):
                 notes[(len(rows), col)] = FISHER_SPACE_NOTES["paper"]
         rows.append(row)
-    return Table("table2", "Joint / Marginal Fisher Scores (lower is better), Inception Score and FID "
-                 "of SGLD-generated images, and the share of diverged SGLD chains (IS/FID are null above "
-                 "max_diverged) (Table 2).", pd.DataFrame(rows), cols, _better(cols), notes)
+    return _finish(Table("table2", "Joint / Marginal Fisher Scores (lower is better), Inception Score and FID "
+                         "of SGLD-generated images, and the share of diverged SGLD chains (IS/FID are null above "
+                         "max_diverged) (Table 2).", pd.DataFrame(rows), cols, _better(cols), notes), runs)
 
 
 def _threat(r: Results) -> tuple[str, float | None]:
@@ -190,9 +255,10 @@ def table3(runs: list[Results]) -> Table:
     tag = f", {norms[0]}" if len(norms) == 1 else ""
     cols = {"Standard Accuracy": "accuracy", f"Robustness (PGD-20{tag})": "pgd20",
             f"AutoAttack{' (' + norms[0] + ')' if len(norms) == 1 else ''}": "autoattack"}
-    rows, notes = [], {}
+    rows, notes, picks = [], {}, []
     for i, (r, name) in enumerate(zip(runs, labels(runs), strict=True)):
         picked, note, left_out = _table3_points(r)
+        picks.append(picked)
         row = {"Model": name, "source": "ours"}
         for col, metric in cols.items():
             use = picked[metric]
@@ -216,8 +282,9 @@ def table3(runs: list[Results]) -> Table:
                 if m != "accuracy" and not math.isnan(row[col]):
                     notes[(len(rows), col)] = "paper: Linf, eps 8/255"
         rows.append(row)
-    return Table("table3", "Standard accuracy, PGD-20 and AutoAttack robustness (%) (Table 3); each row's "
-                 "numbers come from the same test points.", pd.DataFrame(rows), cols, _better(cols), notes)
+    t = Table("table3", "Standard accuracy, PGD-20 and AutoAttack robustness (%) (Table 3); each row's "
+              "numbers come from the same test points.", pd.DataFrame(rows), cols, _better(cols), notes)
+    return _finish(t, runs, lambda i, m: picks[i][m] or m)
 
 
 OOD_AUROC = re.compile(r"^ood_(adv_)?auroc_(pxgrad|px|py)_([a-z0-9_]+)$")  # bench.metrics.ood names
@@ -243,7 +310,7 @@ def ood_tables(runs: list[Results]) -> list[Table]:
             continue
         cols = {f"{OOD_AUROC.match(m).group(3)} {OOD_AUROC.match(m).group(2)}": m for m in found}
         rows, notes = _rows(runs, cols)
-        tables.append(Table(name, caption, pd.DataFrame(rows), cols, _better(cols), notes))
+        tables.append(_finish(Table(name, caption, pd.DataFrame(rows), cols, _better(cols), notes), runs))
     return tables
 
 
@@ -258,7 +325,7 @@ def suite_tables(runs: list[Results]) -> list[Table]:
         if cols:
             rows, notes = _rows(runs, cols)
             caption = f"The {suite} suite: " + ", ".join(f"{c} ({registry.spec(m).unit or m})" for c, m in cols.items()) + "."
-            tables.append(Table(suite, caption, pd.DataFrame(rows), cols, _better(cols), notes))
+            tables.append(_finish(Table(suite, caption, pd.DataFrame(rows), cols, _better(cols), notes), runs))
     return tables
 
 

@@ -62,6 +62,12 @@ class UndeclaredSetting(RuntimeError):
     """A metric group read a setting it does not declare (its cache would not change with it)."""
 
 
+class CheckFailed(RuntimeError):
+    """A run-time check of a group's own numbers failed (robust accuracy above clean accuracy, an
+    adversarial example outside the threat model): the group's metrics become nulls with this
+    message as their reason (``bench.compute``), and the run goes on."""
+
+
 class SettingsView(Mapping):
     """The run's settings as one group sees them, read-only: the settings it declares, the fast
     paths (which key every group), ``EXECUTION_KEYS`` and ``IDENTITY_KEYS``.  Reading any other

@@ -5,6 +5,7 @@ and write results.json atomically after every group, so an interrupted run loses
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -24,6 +25,8 @@ from bench import (
     data,
     distributed,
     fastpath,
+    model_checks,
+    outlock,
     progress,
     suites,
     zoo,
@@ -186,6 +189,14 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
         dataset: str | None = None, data_root: str | None = None, arch: str | None = None,
         device: str = "auto", resume: bool = True, download: bool = False,
         settings: dict | None = None, log=progress.say) -> Results:
+    """Run the suites on the model into ``out``, holding ``out/.bench.lock`` from the check of
+    --out to the end (``bench.outlock``: a second run into the same folder stops at once)."""
+    with contextlib.ExitStack() as lock:
+        return _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log, lock)
+
+
+def _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log,
+         lock: contextlib.ExitStack) -> Results:
     started = time.time()
     out = Path(out)
     suite_names = suites.resolve(suite)
@@ -199,6 +210,7 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
     main = distributed.is_main()
     if main:
         _check_out(out)
+        lock.enter_context(outlock.held(out, log=log))  # rank 0 only: the other ranks write nothing there
     else:  # other torchrun ranks write nothing under --out: their figures go to a scratch folder
         log = _quiet
         out = Path(tempfile.mkdtemp(prefix=f"bench-rank{distributed.rank()}-"))
@@ -218,6 +230,7 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
                  data_sha256=identity["data"],
                  generation_code_sha256=cache_keys.code_sha256("bench.generation", memo))  # keys samples.npz
     model = fastpath.apply(loaded.model.to(dev).eval(), fastpath.FastPath.from_settings(s))
+    checks = model_checks.check(model, ds.test.x[:model_checks.N_IMAGES].to(dev), log)  # RNG state kept
     ctx = Context(model, ds, s_run, dev, out, progress=progress.bar,
                   replay_buffer=loaded.replay_buffer, data_root=data_root, train_used=train_used(loaded))
     cache_dir = out / "cache"
@@ -227,7 +240,7 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
         "code_sha256": code,
         "platform": platform_record(dev),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "seconds": None,
-        "config": s, "cache": {"hits": [], "computed": []}, "groups": {}})
+        "config": s, "model_checks": checks, "cache": {"hits": [], "computed": []}, "groups": {}})
     if distributed.active():
         res.run["processes"] = distributed.world()
     for g in groups:

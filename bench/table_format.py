@@ -1,6 +1,6 @@
 """Tables as text: Markdown, HTML and LaTeX (booktabs).  Percent metrics (``display`` percent,
 ``bench.metrics.Metric``) with two decimals; the best of our rows per column in bold (by the
-metric's declared direction); a missing value a dash with its reason as a numbered footnote.  All
+metric's declared direction), among the rows of the same data set and threat model only; a missing value a dash with its reason as a numbered footnote.  All
 text from the results is escaped for the target format.
 """
 
@@ -20,14 +20,24 @@ def _fmt(v: float, percent: bool = False) -> str:
     return f"{v:.2f}" if percent or abs(v) >= 1 else f"{v:.3g}"
 
 
-def _best(t: Table) -> dict[str, int]:
+def _best(t: Table) -> dict[str, set[int]]:
+    """Column -> the rows marked best: per group of our rows with the same data set and threat
+    model (``Table.comparable``), where the group has more than one value."""
     ours = t.df[t.df["source"] == "ours"]
-    best = {}
+    groups = [ours] if not t.comparable else [g for _, g in ours.groupby(t.comparable, sort=False, dropna=False)]
+    best: dict[str, set[int]] = {}
     for col, how in t.better.items():
-        vals = ours[col].dropna()
-        if len(vals) > 1:
-            best[col] = int(vals.idxmax() if how == "max" else vals.idxmin())
+        for g in groups:
+            vals = g[col].dropna()
+            if len(vals) > 1:
+                best.setdefault(col, set()).add(int(vals.idxmax() if how == "max" else vals.idxmin()))
     return best
+
+
+def _context_cell(v) -> str:
+    if isinstance(v, float):
+        return "–" if math.isnan(v) else f"{v:.0f}"
+    return str(v)
 
 
 def _cells(t: Table, bold) -> tuple[list[str], list[list[str]], list[str]]:
@@ -38,13 +48,13 @@ def _cells(t: Table, bold) -> tuple[list[str], list[list[str]], list[str]]:
         if reason not in marks:
             marks[reason] = len(marks) + 1
             footnotes.append(f"[{marks[reason]}] {reason}")
-    header = ["Model"] + list(t.columns)
+    header = ["Model"] + list(t.context) + list(t.columns)
     body = []
     for i, row in t.df.iterrows():
-        cells = [str(row["Model"])]
+        cells = [str(row["Model"])] + [_context_cell(row[c]) for c in t.context]
         for col in t.columns:
             s = _fmt(row[col], registry.spec(t.columns[col]).display == "percent")
-            if best.get(col) == i:
+            if i in best.get(col, ()):
                 s = bold(s)
             if (i, col) in t.notes:
                 s += f" [{marks[t.notes[(i, col)]]}]"

@@ -83,7 +83,7 @@ def test_tables_values_names_best_and_footnotes(three, tmp_path):
     md2 = tables.to_markdown(t2)
     assert "[1] no Inception weights" in md2 and "] not run" in md2  # the normal run has no Table 2 metrics
     nrow = [line for line in md2.splitlines() if line.startswith("| Normal")][0]
-    assert nrow.count("–") == 5  # JFS, MFS, IS, FID, Diverged (%)
+    assert nrow.count("–") == 6  # n (no numbers), JFS, MFS, IS, FID, Diverged (%)
     # lower Fisher scores are better
     jrow = [line for line in md2.splitlines() if line.startswith("| JEAT (digits")][0]
     assert "**0.02**" in jrow and "**0.15**" in jrow
@@ -100,7 +100,7 @@ def test_latex_is_balanced_booktabs_and_escaped(three, tmp_path):
         assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
         assert tex.count("{") == tex.count("}")
         body = tex[tex.index(r"\toprule"):tex.index(r"\bottomrule")]
-        ncols = len(t.columns) + 1
+        ncols = len(t.columns) + len(t.context) + 1
         for line in body.splitlines():
             if line.endswith(r"\\"):
                 assert len(re.findall(r"(?<!\\)&", line)) == ncols - 1, line
@@ -115,7 +115,7 @@ def test_csv_round_trips_through_pandas(three, tmp_path):
     built = tables.build(three, tmp_path / "out", report=False)
     for t in built.tables:
         back = pd.read_csv(tmp_path / "out" / f"{t.name}.csv")
-        assert list(back.columns) == ["Model", "source", *t.columns]
+        assert list(back.columns) == ["Model", "source", *t.context, *t.columns]
         pd.testing.assert_frame_equal(back, t.df, check_dtype=False)
     assert sorted(p.name for p in built.paths) == sorted(
         f"table{i}.{ext}" for i in (1, 2, 3) for ext in ("csv", "tex", "md"))
@@ -161,3 +161,42 @@ def test_cli_table_bad_input_exit_2(case, three, tmp_path, capsys):
     expect = {"missing-dir": "no such directory", "no-results": "no results.json", "corrupt": "not valid JSON",
               "other-schema": "schema 2", "not-object": "malformed"}[case]
     assert expect in err
+
+
+def _pgd(value, eps, n=360):
+    return metric(value, n=n, threat_model={"norm": "Linf", "eps": eps})
+
+
+def test_rows_state_dataset_threat_and_n_and_best_is_per_dataset_and_threat(tmp_path):
+    """Runs on different data sets or radii are not one ranking: each row says its data set,
+    threat model and n, and the best is marked only among rows of the same data set and threat."""
+    cfg3 = dict(CONFIG, eps=0.3)
+    dirs = [
+        make_run(tmp_path, "digits-normal", "normal", {"accuracy": metric(0.97), "pgd20": _pgd(0.30, 0.1)}),
+        make_run(tmp_path, "digits-jeat", "jeat", {"accuracy": metric(0.95), "pgd20": _pgd(0.60, 0.1)}),
+        make_run(tmp_path, "fmnist-normal", "normal", {"accuracy": metric(0.99, n=500), "pgd20": _pgd(0.90, 0.1, 500)},
+                 dataset="fashion-mnist"),
+        make_run(tmp_path, "digits-normal-03", "normal", {"accuracy": metric(0.97), "pgd20": _pgd(0.05, 0.3)},
+                 config=cfg3),
+        make_run(tmp_path, "digits-at-03", "at", {"accuracy": metric(0.92), "pgd20": _pgd(0.20, 0.3)}, config=cfg3),
+    ]
+    built = tables.build(dirs, tmp_path / "out", report=False)
+    t1, t3 = built.tables[0], built.tables[2]
+    for t in (t1, t3):
+        md = tables.to_markdown(t)
+        header = next(line for line in md.splitlines() if line.startswith("| Model"))
+        assert "Data set" in header and "Threat model" in header and "| n |" in header, header
+        rows = [line for line in md.splitlines() if line.startswith("| ") and "paper" not in line][1:]
+        assert len(rows) == 5
+        cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
+        assert [c[1] for c in cells] == ["digits", "digits", "fashion-mnist", "digits", "digits"]
+        assert [c[2] for c in cells] == ["Linf, eps 0.1"] * 3 + ["Linf, eps 0.3"] * 2
+        assert [c[3] for c in cells] == ["360", "360", "500", "360", "360"]
+        robust = [c[5] for c in cells]  # No Attack / Standard Accuracy, then PGD-20
+        # digits eps 0.1: JEAT; fashion-mnist alone: no mark; digits eps 0.3: AT; never across groups
+        assert [("**" in c) for c in robust] == [False, True, False, False, True], robust
+        clean = [c[4] for c in cells]
+        assert [("**" in c) for c in clean] == [True, False, False, True, False], clean
+    # CSV holds the same context columns
+    back = pd.read_csv(tmp_path / "out" / "table1.csv")
+    assert list(back["Threat model"][:5]) == ["Linf, eps 0.1"] * 3 + ["Linf, eps 0.3"] * 2

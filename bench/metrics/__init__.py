@@ -130,6 +130,7 @@ from bench.registry import (  # noqa: E402,F401
     PROPORTION,
     STABLE,
     TOLERANCE_RULES,
+    CheckFailed,
     Group,
     Metric,
     Portable,

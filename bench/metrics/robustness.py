@@ -53,14 +53,15 @@ from bench.aa_adapter import AAConfig, float32_input_grads, run_autoattack, run_
 from bench.attacks import NORMS, check_in_ball, pgd_restarts
 from bench.energy import EnergyModel, evaluates
 from bench.execution import Execution
-from bench.metrics import Context, Metric, Result, register
+from bench.metrics import CheckFailed, Context, Metric, Result, register
 
 STD_NOTE = "standard error of the proportion, sqrt(p(1-p)/n)"
 
 
-class RobustnessCheckError(RuntimeError):
+class RobustnessCheckError(CheckFailed):
     """A run-time check of an attack failed: robust accuracy above clean accuracy, or an
-    adversarial example outside the threat model.  The evaluation gives no number."""
+    adversarial example outside the threat model.  The evaluation gives no number: its metrics are
+    nulls with this message as their reason (``bench.compute``)."""
 
 
 # --------------------------------------------------------------------------------------------
