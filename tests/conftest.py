@@ -72,3 +72,13 @@ def fashion_mnist_or_skip() -> None:
         if os.environ.get("CI"):
             pytest.fail("CI must have Debian's dataset-fashion-mnist (.ci/run installs it)")
         pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.fixture
+def use_groups(monkeypatch):
+    """use_groups(groups): the runner sees only these metric groups (fast stand-ins) for one test."""
+    def use(groups):
+        monkeypatch.setattr("bench.registry.load_all", lambda: groups)
+        return groups
+
+    return use

@@ -110,15 +110,6 @@ def install_kill_groups() -> None:
     registry.load_all = lambda: groups
 
 
-@pytest.fixture
-def use_groups(monkeypatch):
-    def use(groups: dict[str, Group]):
-        monkeypatch.setattr("bench.registry.load_all", lambda: groups)
-        return groups
-
-    return use
-
-
 FAST = {"seen": Group("seen", "robust", ("seen_max",), ("n_eval",), _seen),
         "const": Group("const", "calibration", ("const",), (), _const)}
 

@@ -41,15 +41,6 @@ def ckpt(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def use_groups(monkeypatch):
-    def use(groups):
-        monkeypatch.setattr("bench.registry.load_all", lambda: groups)
-        return groups
-
-    return use
-
-
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1, err

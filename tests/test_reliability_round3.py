@@ -29,15 +29,6 @@ def few_threads(monkeypatch, tmp_path):
     torch.set_num_threads(n)
 
 
-@pytest.fixture
-def use_groups(monkeypatch):
-    def use(groups):
-        monkeypatch.setattr("bench.registry.load_all", lambda: groups)
-        return groups
-
-    return use
-
-
 # --------------------------------------------------------------------------------------------
 # a stochastic model: noise in forward
 
