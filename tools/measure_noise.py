@@ -10,7 +10,6 @@ metric family the largest noise and the margin its declared rule allows at that 
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections import defaultdict
@@ -47,10 +46,17 @@ def family(name: str) -> str:
     return name.removesuffix("_fgsm") + (" (fgsm)" if name.endswith("_fgsm") else "")
 
 
+def runs(sim: Path):
+    """Every run of a regression case below ``sim`` (tools/make_baselines.py --out, or a pytest
+    --basetemp of the regression job): folders named by their case holding a results.json."""
+    cases = {p.stem for p in (ROOT / "results" / "baseline").glob("*.json")}
+    return sorted(p.parent for p in sim.rglob("results.json") if p.parent.name in cases)
+
+
 def main(dirs: list[str]) -> None:
     worst = defaultdict(lambda: (0.0, "", ""))
     for sim in map(Path, dirs):
-        for run in sorted(p for p in sim.iterdir() if (p / "results.json").is_file()):
+        for run in runs(sim):
             base = results.read(ROOT / "results" / "baseline" / f"{run.name}.json")
             cur = results.read(run)
             for name, b in base.metrics.items():
@@ -59,7 +65,10 @@ def main(dirs: list[str]) -> None:
                 unit, v, allowed = noise(name, b, cur.metrics[name])
                 if v == v and v >= worst[family(name)][0]:
                     worst[family(name)] = (v, f"{unit}, allowed {allowed:g} at n={b.n}", f"{sim.name}/{run.name}")
-    print(json.dumps({k: v for k, v in sorted(worst.items())}, indent=1))
+    print("| metric family | largest deviation | unit and margin there | where |")
+    print("| --- | ---: | --- | --- |")
+    for k, (v, how, where) in sorted(worst.items()):
+        print(f"| {k} | {v:.3g} | {how} | {where} |")
 
 
 if __name__ == "__main__":
