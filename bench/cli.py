@@ -167,11 +167,14 @@ def table(dirs, out):
 @click.argument("run_dir", metavar="DIR", type=click.Path(path_type=Path))
 @click.option("--baseline", required=True, type=click.Path(path_type=Path), help="baseline results.json")
 @click.option("--tolerance", "tolerances", multiple=True, metavar="NAME=ABS",
-              help="absolute tolerance for one metric, in results.json units (repeatable)")
+              help="absolute tolerance for one metric, in results.json units (repeatable); NAME may be "
+              "a wildcard, e.g. 'ood_auroc_*=0.01'")
 @click.option("--exact", is_flag=True, help="bit for bit (1e-6 relative, no flipped point) where the run's "
               "fingerprint equals the baseline's; the portable paired rules, saying what differs, elsewhere")
 @click.option("--statistical", is_flag=True, help="compare as independent samples (3 standard errors): for "
               "runs whose pairing broke, e.g. other fast paths; wide, gross breakage only")
+@click.option("--one-sided", is_flag=True, help="a metric moving the way it declares better is 'improved', "
+              "not a failure; only the wrong direction fails")
 @click.option("--strict", is_flag=True, help="missing and not-checkable metrics fail too (CI: nothing passes "
               "unchecked)")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="write JUnit XML here "
@@ -179,17 +182,17 @@ def table(dirs, out):
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="append a Markdown "
               "summary here, e.g. $GITHUB_STEP_SUMMARY")
 @click.pass_context
-def check(ctx, run_dir, baseline, tolerances, exact, statistical, strict, junit, markdown):
+def check(ctx, run_dir, baseline, tolerances, exact, statistical, one_sided, strict, junit, markdown):
     """Compare DIR/results.json with a baseline: exit 0 within tolerance, 1 on regression,
     2 when the two are not the same evaluation (model, data, settings) or the input is bad."""
     from bench import check as checking
 
     try:
-        report = checking.check(run_dir, baseline, tolerances, exact=exact, strict=strict, statistical=statistical)
+        report = checking.check(run_dir, baseline, tolerances, exact=exact, strict=strict, statistical=statistical,
+                                one_sided=one_sided)
     except BenchError as e:  # not compared: CI still gets a file that says why
-        where = run_dir.parent if run_dir.name == "results.json" else run_dir
         click.echo(f"error: {e}", err=True)  # the verdict first, whatever writing the files says
-        checking.write_outputs(str(e), junit, markdown, where.name or "run", "exact" if exact else "portable")
+        checking.write_outputs(str(e), junit, markdown, checking.run_label(run_dir), "exact" if exact else "portable")
         ctx.exit(e.exit_code)
     click.echo(report.format())  # the verdict first, then the files (a full disk is named after it)
     if report.exit_code:
