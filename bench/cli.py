@@ -106,12 +106,13 @@ def cli():
 @click.option("--device", default="auto", type=DEVICE, show_default=True)
 @setting_options
 @click.option("--resume/--no-resume", default=True, show_default=True, help="reuse finished metrics in --out")
-def run(model, suite, out, dataset, data_root, download, arch, device, resume, **settings):
+@click.option("--name", default=None, help="the run's row label in tables (results.json run.name); changes no number")
+def run(model, suite, out, dataset, data_root, download, arch, device, resume, name, **settings):
     """Evaluate a model; writes OUT/results.json, OUT/tables, OUT/figures, OUT/samples."""
     from bench import runner
 
     res = runner.run(model=model, suite=suite, out=out, dataset=dataset, data_root=data_root, arch=arch,
-                     device=device, resume=resume, download=download, settings=settings)
+                     device=device, resume=resume, download=download, settings=settings, name=name)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return
     width = max(len(k) for k in res.metrics) if res.metrics else 0

@@ -118,7 +118,10 @@ METHOD_NAMES = {"normal": "Normal", "noise": "Noise", "at": "AT", "prejeat": "Pr
 
 
 def label(res: Results) -> str:
-    """A row's name: method and model, e.g. ``JEAT (digits-cnn, digits)``; never the file path."""
+    """A row's name: ``run.name`` where the run was given one (``bench run --name``), else method
+    and model, e.g. ``JEAT (digits-cnn, digits)``; never the file path."""
+    if isinstance(res.run, dict) and isinstance(res.run.get("name"), str) and res.run["name"].strip():
+        return res.run["name"].strip()
     m = res.model
     method = m.get("method")
     name = METHOD_NAMES.get(str(method).lower(), str(method)) if method else "model"

@@ -188,15 +188,16 @@ def versions() -> dict:
 def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/default",
         dataset: str | None = None, data_root: str | None = None, arch: str | None = None,
         device: str = "auto", resume: bool = True, download: bool = False,
-        settings: dict | None = None, log=progress.say) -> Results:
+        settings: dict | None = None, log=progress.say, name: str | None = None) -> Results:
     """Run the suites on the model into ``out``, holding ``out/.bench.lock`` from the check of
-    --out to the end (``bench.outlock``: a second run into the same folder stops at once)."""
+    --out to the end (``bench.outlock``: a second run into the same folder stops at once).
+    ``name``: the run's row label in tables (``run.name``), no setting: it keys no cache."""
     with contextlib.ExitStack() as lock:
-        return _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log, lock)
+        return _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log, lock, name)
 
 
 def _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log,
-         lock: contextlib.ExitStack) -> Results:
+         lock: contextlib.ExitStack, name: str | None = None) -> Results:
     started = time.time()
     out = Path(out)
     suite_names = suites.resolve(suite)
@@ -243,6 +244,8 @@ def _run(model, suite, out, dataset, data_root, arch, device, resume, download, 
         "config": s, "model_checks": checks, "cache": {"hits": [], "computed": []}, "groups": {}})
     if distributed.active():
         res.run["processes"] = distributed.world()
+    if name:
+        res.run["name"] = str(name)
     for g in groups:
         inputs = g.input_digests(ctx)  # what it reads beyond the settings (OOD images, FID files)
         key = cache_keys.cache_key(g, model_id, ds.name, s, dict(identity, code=code[g.name])
