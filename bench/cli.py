@@ -94,8 +94,9 @@ def cli():
 
 
 @cli.command()
-@click.option("--model", "model", default=None, help="checkpoint: .safetensors, .pt/.pth (+ --arch), JEM file, "
-              "py:module:function, rb:NAME. Default: the released digits JEAT model.")
+@click.option("--model", "model", multiple=True, help="checkpoint: .safetensors, .pt/.pth (+ --arch), JEM file, "
+              "py:module:function, rb:NAME. Default: the released digits JEAT model. Repeatable: each model into "
+              "OUT/<its stem>, then one table over them into OUT/tables")
 @click.option("--suite", default="all", show_default=True, cls=SuiteOption)
 @click.option("--out", default="runs/default", show_default=True, type=click.Path(path_type=Path))
 @click.option("--dataset", default=None, help="digits, fashion-mnist, cifar10, cifar100, folder:PATH, npz:PATH "
@@ -111,6 +112,13 @@ def run(model, suite, out, dataset, data_root, download, arch, device, resume, n
     """Evaluate a model; writes OUT/results.json, OUT/tables, OUT/figures, OUT/samples."""
     from bench import runner
 
+    if len(model) > 1:  # several: each into OUT/<stem>, then one bench table over them
+        built = runner.run_many(list(model), out, name=name, suite=suite, dataset=dataset, data_root=data_root,
+                                arch=arch, device=device, resume=resume, download=download, settings=settings)
+        if built is not None:
+            click.echo(f"wrote {len(built.runs)} runs and their tables to {Path(out) / 'tables'}")
+        return
+    model = model[0] if model else None
     res = runner.run(model=model, suite=suite, out=out, dataset=dataset, data_root=data_root, arch=arch,
                      device=device, resume=resume, download=download, settings=settings, name=name)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
