@@ -3,7 +3,8 @@
 Only comparable runs are compared.  The same model: ``model.sha256`` (the file),
 ``model.weights_sha256`` (the weights as loaded) and ``model.dataset``; the same data: the digests
 of both splits (``run.data.train_sha256``, ``test_sha256``); the same settings: every key of
-``run.config`` (a setting newer than the baseline counts as its default, which the older run used).
+``run.config`` that can change a metric both hold (a setting newer than the baseline counts as its
+default, which the older run used).
 Where they differ, ``check`` names them and stops with exit code 2: bad input, not a regression.
 A baseline is refused the same way when one of its values is non-finite, outside its metric's
 declared bounds (``Metric.bounds``: an accuracy of 1.258), of the wrong type, or disagrees with
@@ -26,29 +27,34 @@ A metric null in both runs is ok; null in one only is a regression.  A metric ab
 side is ``missing``: a regression when the run's own suites include it (``run.suites``; a killed
 run), otherwise not a failure unless ``--strict``, which also fails a metric that is not
 checkable (CI runs with ``--strict``: nothing passes unchecked).  ``--tolerance NAME=ABS``
-replaces a metric's tolerance in every mode.  ``bench.check_output`` formats the report.
+replaces a metric's tolerance in every mode (NAME may be a wildcard: ``ood_auroc_*``).
+Only the settings that can change a metric both runs hold are compared (``compared_settings``).
+``--one-sided``: a metric moving beyond its tolerance the way it declares better is ``improved``.  ``bench.check_output`` formats the report.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import re
 from pathlib import Path
 
 from bench import check_rules, fastpath, fingerprint, outcomes, registry, results
-from bench.check_output import MISSING, NOT_CHECKABLE, OK, REGRESSION, Report, Row
+from bench.check_output import IMPROVED, MISSING, NOT_CHECKABLE, OK, REGRESSION, Report, Row
 from bench.check_output import write_outputs as write_outputs  # the CLI's --junit/--markdown, re-exported
 from bench.check_rules import EXACT_REL, known  # noqa: F401  (re-exported)
 from bench.errors import BenchError
 from bench.results import Results
 from bench.settings import DEFAULTS
 
-_TOL = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*=\s*(\S+)\s*$")
+_TOL = re.compile(r"^\s*([A-Za-z0-9_.\-*?\[\]]+)\s*=\s*(\S+)\s*$")
 
 
 def parse_tolerances(items, names) -> dict[str, float]:
-    """``NAME=ABS`` strings -> {name: abs}.  Bad syntax, a negative or non-finite tolerance and a
-    name that is no metric (of ``known()`` or of either run) raise BenchError."""
+    """``NAME=ABS`` strings -> {name: abs}; NAME may be a wildcard (``ood_auroc_*``, fnmatch) and
+    sets every metric of ``names`` it matches (a later item wins).  Bad syntax, a negative or
+    non-finite tolerance, a name that is no metric (of ``known()`` or of either run) and a pattern
+    that matches none raise BenchError."""
     out = {}
     for item in items or ():
         m = _TOL.match(item)
@@ -61,6 +67,12 @@ def parse_tolerances(items, names) -> dict[str, float]:
             raise BenchError(f"--tolerance {item!r}: {raw!r} is not a number") from None
         if not math.isfinite(tol) or tol < 0:
             raise BenchError(f"--tolerance {item!r}: the tolerance must be a finite number >= 0")
+        if any(ch in name for ch in "*?["):
+            matched = sorted(n for n in names if fnmatch.fnmatchcase(n, name))
+            if not matched:
+                raise BenchError(f"--tolerance {item!r}: the pattern {name!r} matches no metric of either run")
+            out.update(dict.fromkeys(matched, tol))
+            continue
         if name not in names:
             raise BenchError(f"--tolerance {item!r}: unknown metric {name!r} (known: {', '.join(sorted(names))})")
         out[name] = tol
@@ -76,9 +88,24 @@ def _data(res: Results) -> dict:
     return d if isinstance(d, dict) else {}
 
 
+def compared_settings(base: Results, cur: Results) -> set[str] | None:
+    """The settings that can change a metric both runs hold: those its group declares (``seed``
+    always, and every setting no group declares, which reaches the model itself); None (all of
+    them) where a common metric belongs to no registered group."""
+    groups = list(registry.load_all().values())
+    keys = {"seed"} | (set(DEFAULTS) - {k for g in groups for k in g.settings})
+    for name in set(base.metrics) & set(cur.metrics):
+        g = next((g for g in groups if any(sp.matches(name) for sp in g.specs)), None)
+        if g is None:
+            return None
+        keys |= set(g.settings)
+    return keys
+
+
 def setting_differences(base: Results, cur: Results) -> list[str]:
     """What makes the two runs different evaluations: the model (file, weights as loaded, data
-    set), the data digests and the run.config settings that change a number."""
+    set), the data digests and the run.config settings that change a number the two hold
+    (``compared_settings``: a baseline made with another --n-gen still checks a robust-only run)."""
     diffs = []
     for key in ("sha256", "weights_sha256", "dataset"):
         b, c = base.model.get(key), cur.model.get(key)
@@ -91,7 +118,9 @@ def setting_differences(base: Results, cur: Results) -> list[str]:
     bc, cc = base.run.get("config") or {}, cur.run.get("config") or {}
     if not isinstance(bc, dict) or not isinstance(cc, dict):
         return diffs + ["run.config is not an object"]
-    for key in sorted((set(bc) | set(cc)) - set(fastpath.SETTINGS)):
+    keys = (set(bc) | set(cc)) - set(fastpath.SETTINGS)
+    relevant = compared_settings(base, cur)
+    for key in sorted(keys if relevant is None else keys & relevant):
         b, c = _setting(bc, key), _setting(cc, key)
         if b != c:
             shown = [_show(v) + (" (absent: its default)" if key not in d and key in DEFAULTS else "")
@@ -186,6 +215,21 @@ def label(res: Results, fallback: str = "run") -> str:
     return "-".join(parts) or fallback
 
 
+def run_label(run_dir, res: Results | None = None) -> str:
+    """The name of a checked run in headings and JUnit classnames: the model and the run's folder,
+    ``digits-jeat (runs/a)``, so a matrix of models or of runs of one model does not collide.
+    Without ``res`` it reads the folder's results.json if it can (a refused check), else the folder."""
+    where = Path(run_dir)
+    where = where.parent if where.name == "results.json" else where
+    if res is None:
+        try:
+            res = results.Results.from_json(results.read_json(where / "results.json"), str(where))
+        except Exception:  # noqa: BLE001  (only a label: the check has already said what is wrong)
+            res = None
+    model = label(res, "") if res is not None and isinstance(res.model, dict) else ""
+    return f"{model} ({where})" if model else str(where)
+
+
 # --------------------------------------------------------------------------------------------
 # comparing
 
@@ -197,7 +241,7 @@ def _ran(res: Results, name: str) -> bool:
     return g is not None and g.suite in suites
 
 
-def _row(name: str, b, c, mode: str, tolerances: dict, suite_ran: bool) -> Row:
+def _row(name: str, b, c, mode: str, tolerances: dict, suite_ran: bool, one_sided: bool = False) -> Row:
     if b is None or c is None:
         if b is not None and suite_ran:
             return Row(name, b.value, None, None, None, REGRESSION,
@@ -223,13 +267,19 @@ def _row(name: str, b, c, mode: str, tolerances: dict, suite_ran: bool) -> Row:
         return Row(name, b.value, c.value, delta, None, NOT_CHECKABLE, how)
     if status is None:
         status = REGRESSION if abs(delta) > tol else OK
+    better = registry.spec(name).higher_is_better
+    if one_sided and status == REGRESSION and better is not None and (delta > 0 if better else delta < 0):
+        status = IMPROVED  # --one-sided: moved the way the metric declares better
     return Row(name, b.value, c.value, delta, tol, status, how)
 
 
 def compare(base: Results, cur: Results, tolerances: dict[str, float] | None = None,
-            exact: bool = False, strict: bool = False, statistical: bool = False) -> Report:
+            exact: bool = False, strict: bool = False, statistical: bool = False, one_sided: bool = False,
+            run_name: str | None = None) -> Report:
     """Compare metric by metric (the caller has checked that the two are comparable); with
-    ``statistical`` as independent samples whatever the fingerprints."""
+    ``statistical`` as independent samples whatever the fingerprints; with ``one_sided`` a metric
+    beyond its tolerance in its ``higher_is_better`` direction is ``improved``, not a regression
+    (a metric with no direction stays two-sided)."""
     tolerances = tolerances or {}
     names = list(base.metrics) + [m for m in cur.metrics if m not in base.metrics]
     if not set(base.metrics) & set(cur.metrics):
@@ -247,7 +297,7 @@ def compare(base: Results, cur: Results, tolerances: dict[str, float] | None = N
                 moved.setdefault(tuple(d), []).append(name)
         modes.add(mode)
         rows.append(_row(name, base.metrics.get(name), cur.metrics.get(name), mode, tolerances,
-                         name not in cur.metrics and _ran(cur, name)))
+                         name not in cur.metrics and _ran(cur, name), one_sided))
     notes = []
     if fast:
         notes.append("fast paths differ, so the statistical rules apply: " + ", ".join(fast))
@@ -256,11 +306,11 @@ def compare(base: Results, cur: Results, tolerances: dict[str, float] | None = N
                      "compared by the portable (paired) rules")
     if not exact and not fast and not statistical and (d := fingerprint_differences(base, cur)):
         notes.append("platform or versions differ (paired rules hold): " + ", ".join(d))
-    return Report(rows, notes, "/".join(sorted(modes)) or "portable", label(cur), strict)
+    return Report(rows, notes, "/".join(sorted(modes)) or "portable", run_name or label(cur), strict)
 
 
 def check(run_dir, baseline, tolerance_items=(), exact: bool = False, strict: bool = False,
-          statistical: bool = False) -> Report:
+          statistical: bool = False, one_sided: bool = False) -> Report:
     """``bench check``: read both (a bad baseline is refused), parse --tolerance, refuse runs that
     are not the same evaluation, compare."""
     base = _read(baseline, "baseline")
@@ -271,4 +321,4 @@ def check(run_dir, baseline, tolerance_items=(), exact: bool = False, strict: bo
         raise BenchError(f"not compared: {len(diffs)} setting(s) differ from the baseline's: " + "; ".join(diffs))
     if exact and statistical:
         raise BenchError("--exact and --statistical exclude each other")
-    return compare(base, cur, tolerances, exact, strict, statistical)
+    return compare(base, cur, tolerances, exact, strict, statistical, one_sided, run_label(run_dir, cur))

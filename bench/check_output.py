@@ -14,6 +14,7 @@ from bench.errors import BenchError
 from bench.fileio import atomic_write_bytes
 
 OK, REGRESSION, NOT_CHECKABLE, MISSING = "ok", "REGRESSION", "not checkable", "missing"
+IMPROVED = "improved"  # --one-sided: beyond the tolerance in the metric's better direction (passes)
 
 
 @dataclass
@@ -23,7 +24,7 @@ class Row:
     current: float | None
     delta: float | None
     tolerance: float | None
-    status: str  # ok | REGRESSION | not checkable | missing
+    status: str  # ok | improved | REGRESSION | not checkable | missing
     note: str = ""
 
     @property
@@ -51,11 +52,11 @@ class Report:
         return 1 if self.regressions else 0
 
     def counts(self) -> dict[str, int]:
-        return {s: sum(r.status == s for r in self.rows) for s in (OK, REGRESSION, NOT_CHECKABLE, MISSING)}
+        return {s: sum(r.status == s for r in self.rows) for s in (OK, IMPROVED, REGRESSION, NOT_CHECKABLE, MISSING)}
 
     def summary(self) -> str:
         c = self.counts()
-        return (f"{c[OK]} ok, {c[REGRESSION]} regression(s), {c[NOT_CHECKABLE]} not checkable, "
+        return (f"{c[OK]} ok, " + (f"{c[IMPROVED]} improved, " if c[IMPROVED] else "") + f"{c[REGRESSION]} regression(s), {c[NOT_CHECKABLE]} not checkable, "
                 f"{c[MISSING]} missing ({self.mode} mode{', strict' if self.strict else ''})")
 
     def _cells(self, r: Row) -> tuple[str, ...]:
@@ -89,7 +90,8 @@ class Report:
         missing is skipped (with its reason)."""
         c = self.counts()
         n_failed = len(self.regressions)
-        suite = _junit_suite(self.label, self.mode, len(self.rows), n_failed, len(self.rows) - n_failed - c[OK], 0)
+        skipped = len(self.rows) - n_failed - c[OK] - c[IMPROVED]
+        suite = _junit_suite(self.label, self.mode, len(self.rows), n_failed, skipped, 0)
         for note in self.notes:
             ET.SubElement(ET.SubElement(suite, "properties"), "property", name="note", value=note)
         for r in self.rows:

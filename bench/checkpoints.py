@@ -22,7 +22,6 @@ state dict is a guess and says so (``meta['normalization']['warning']``).
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 import re
@@ -32,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench import __version__, nets
+from bench import __version__, nets, pyspec
 from bench.energy import EnergyModel
 from bench.errors import BenchError
 from bench.fileio import atomic_write_bytes, sha256
@@ -251,7 +250,8 @@ def _load_torch(path: Path, arch, num_classes, input_shape, arch_kwargs, mean, s
         std = 0.5 if std is None else std
         method = "jem"
     elif arch is None:
-        raise BenchError(f"{path}: a plain state dict needs --arch (one of {', '.join(nets.names())})")
+        raise BenchError(f"{path}: a plain state dict needs --arch (one of {', '.join(nets.names())}, "
+                         "or py:module:Class for your own)")
     else:
         method = None
     head = state.get("class_output.weight", state.get("fc.weight", state.get("linear.weight")))
@@ -321,16 +321,7 @@ def _load_state(net: nn.Module, state: dict, where: str, arch: str) -> None:
 
 
 def _load_factory(spec: str, num_classes, input_shape, mean, std, given=None) -> Loaded:
-    parts = spec.split(":", 2)
-    if len(parts) != 3 or not all(parts[1:]):
-        raise BenchError(f"bad factory {spec!r}: expected py:module:function")
-    _, module, func = parts
-    try:
-        factory = getattr(importlib.import_module(module), func)
-    except (ImportError, AttributeError) as e:
-        raise BenchError(f"cannot import factory {spec!r}: {e}") from None
-    except Exception as e:  # a SyntaxError in the module, or an error while it is imported
-        raise BenchError(f"cannot import factory {spec!r}: {type(e).__name__}: {_short(e)}") from None
+    factory = pyspec.resolve(spec)  # from sys.path or the current directory
     try:
         obj = factory()
     except BenchError:

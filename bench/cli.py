@@ -94,8 +94,9 @@ def cli():
 
 
 @cli.command()
-@click.option("--model", "model", default=None, help="checkpoint: .safetensors, .pt/.pth (+ --arch), JEM file, "
-              "py:module:function, rb:NAME. Default: the released digits JEAT model.")
+@click.option("--model", "model", multiple=True, help="checkpoint: .safetensors, .pt/.pth (+ --arch), JEM file, "
+              "py:module:function, rb:NAME. Default: the released digits JEAT model. Repeatable: each model into "
+              "OUT/<its stem>, then one table over them into OUT/tables")
 @click.option("--suite", default="all", show_default=True, cls=SuiteOption)
 @click.option("--out", default="runs/default", show_default=True, type=click.Path(path_type=Path))
 @click.option("--dataset", default=None, help="digits, fashion-mnist, cifar10, cifar100, folder:PATH, npz:PATH "
@@ -106,12 +107,20 @@ def cli():
 @click.option("--device", default="auto", type=DEVICE, show_default=True)
 @setting_options
 @click.option("--resume/--no-resume", default=True, show_default=True, help="reuse finished metrics in --out")
-def run(model, suite, out, dataset, data_root, download, arch, device, resume, **settings):
+@click.option("--name", default=None, help="the run's row label in tables (results.json run.name); changes no number")
+def run(model, suite, out, dataset, data_root, download, arch, device, resume, name, **settings):
     """Evaluate a model; writes OUT/results.json, OUT/tables, OUT/figures, OUT/samples."""
     from bench import runner
 
+    if len(model) > 1:  # several: each into OUT/<stem>, then one bench table over them
+        built = runner.run_many(list(model), out, name=name, suite=suite, dataset=dataset, data_root=data_root,
+                                arch=arch, device=device, resume=resume, download=download, settings=settings)
+        if built is not None:
+            click.echo(f"wrote {len(built.runs)} runs and their tables to {Path(out) / 'tables'}")
+        return
+    model = model[0] if model else None
     res = runner.run(model=model, suite=suite, out=out, dataset=dataset, data_root=data_root, arch=arch,
-                     device=device, resume=resume, download=download, settings=settings)
+                     device=device, resume=resume, download=download, settings=settings, name=name)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return
     width = max(len(k) for k in res.metrics) if res.metrics else 0
@@ -167,11 +176,14 @@ def table(dirs, out):
 @click.argument("run_dir", metavar="DIR", type=click.Path(path_type=Path))
 @click.option("--baseline", required=True, type=click.Path(path_type=Path), help="baseline results.json")
 @click.option("--tolerance", "tolerances", multiple=True, metavar="NAME=ABS",
-              help="absolute tolerance for one metric, in results.json units (repeatable)")
+              help="absolute tolerance for one metric, in results.json units (repeatable); NAME may be "
+              "a wildcard, e.g. 'ood_auroc_*=0.01'")
 @click.option("--exact", is_flag=True, help="bit for bit (1e-6 relative, no flipped point) where the run's "
               "fingerprint equals the baseline's; the portable paired rules, saying what differs, elsewhere")
 @click.option("--statistical", is_flag=True, help="compare as independent samples (3 standard errors): for "
               "runs whose pairing broke, e.g. other fast paths; wide, gross breakage only")
+@click.option("--one-sided", is_flag=True, help="a metric moving the way it declares better is 'improved', "
+              "not a failure; only the wrong direction fails")
 @click.option("--strict", is_flag=True, help="missing and not-checkable metrics fail too (CI: nothing passes "
               "unchecked)")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="write JUnit XML here "
@@ -179,17 +191,17 @@ def table(dirs, out):
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="append a Markdown "
               "summary here, e.g. $GITHUB_STEP_SUMMARY")
 @click.pass_context
-def check(ctx, run_dir, baseline, tolerances, exact, statistical, strict, junit, markdown):
+def check(ctx, run_dir, baseline, tolerances, exact, statistical, one_sided, strict, junit, markdown):
     """Compare DIR/results.json with a baseline: exit 0 within tolerance, 1 on regression,
     2 when the two are not the same evaluation (model, data, settings) or the input is bad."""
     from bench import check as checking
 
     try:
-        report = checking.check(run_dir, baseline, tolerances, exact=exact, strict=strict, statistical=statistical)
+        report = checking.check(run_dir, baseline, tolerances, exact=exact, strict=strict, statistical=statistical,
+                                one_sided=one_sided)
     except BenchError as e:  # not compared: CI still gets a file that says why
-        where = run_dir.parent if run_dir.name == "results.json" else run_dir
         click.echo(f"error: {e}", err=True)  # the verdict first, whatever writing the files says
-        checking.write_outputs(str(e), junit, markdown, where.name or "run", "exact" if exact else "portable")
+        checking.write_outputs(str(e), junit, markdown, checking.run_label(run_dir), "exact" if exact else "portable")
         ctx.exit(e.exit_code)
     click.echo(report.format())  # the verdict first, then the files (a full disk is named after it)
     if report.exit_code:

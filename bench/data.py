@@ -93,9 +93,21 @@ def load(name: str, data_root: str | Path | None = None, download: bool = False)
     raise BenchError(f"unknown dataset {name!r}; expected digits, fashion-mnist, cifar10, cifar100, folder:PATH or npz:PATH")
 
 
-def digits_split(y: np.ndarray, test_fraction=DIGITS_TEST_FRACTION, seed=DIGITS_SPLIT_SEED):
-    """Fixed stratified split: per class, a seeded permutation; the first share is test.
-    numpy's legacy RandomState keeps its stream across versions, so the split never moves."""
+def digits_split(y: np.ndarray | None = None, test_fraction=DIGITS_TEST_FRACTION, seed=DIGITS_SPLIT_SEED,
+                 as_datasets: bool = False):
+    """The digits split ``load("digits")`` evaluates on: (train, test) indices into scikit-learn's
+    ``load_digits()`` (1347 and 450, sorted), to train without touching a test point; with
+    ``as_datasets`` the two ``Split``s themselves.  Fixed and stratified: per class, a seeded
+    permutation; the first share is test.  numpy's legacy RandomState keeps its stream across
+    versions, so the split never moves.  ``y``: other labels to split the same way (default:
+    load_digits' targets)."""
+    if as_datasets:
+        d = load_digits()
+        return d.train, d.test
+    if y is None:
+        from sklearn.datasets import load_digits as sk_digits
+
+        y = sk_digits().target
     rng = np.random.RandomState(seed)
     test = []
     for c in np.unique(y):

@@ -44,6 +44,7 @@ class Table:
     better: dict[str, str]  # display name -> "max" | "min"
     notes: dict[tuple[int, str], str] = field(default_factory=dict)  # (row, column) -> reason
     context: list[str] = field(default_factory=list)  # the CONTEXT columns after source (_finish)
+    stds: dict[tuple[int, str], float] = field(default_factory=dict)  # (row, column) -> std, shown "v ± std"
 
     @property
     def comparable(self) -> list[str]:
@@ -117,7 +118,10 @@ METHOD_NAMES = {"normal": "Normal", "noise": "Noise", "at": "AT", "prejeat": "Pr
 
 
 def label(res: Results) -> str:
-    """A row's name: method and model, e.g. ``JEAT (digits-cnn, digits)``; never the file path."""
+    """A row's name: ``run.name`` where the run was given one (``bench run --name``), else method
+    and model, e.g. ``JEAT (digits-cnn, digits)``; never the file path."""
+    if isinstance(res.run, dict) and isinstance(res.run.get("name"), str) and res.run["name"].strip():
+        return res.run["name"].strip()
     m = res.model
     method = m.get("method")
     name = METHOD_NAMES.get(str(method).lower(), str(method)) if method else "model"
@@ -325,8 +329,26 @@ def suite_tables(runs: list[Results]) -> list[Table]:
         if cols:
             rows, notes = _rows(runs, cols)
             caption = f"The {suite} suite: " + ", ".join(f"{c} ({registry.spec(m).unit or m})" for c, m in cols.items()) + "."
-            tables.append(_finish(Table(suite, caption, pd.DataFrame(rows), cols, _better(cols), notes), runs))
+            tables.append(_spread(_finish(Table(suite, caption, pd.DataFrame(rows), cols, _better(cols), notes), runs),
+                                  runs))
     return tables
+
+
+def _spread(t: Table, runs: list[Results]) -> Table:
+    """Each metric column's recorded std (in the column's scale; shown ``value ± std``) and n, as
+    the columns ``COL std`` and ``COL n`` after the values (CSV only: the text tables show the std
+    in the cell and n in the context)."""
+    for col, m in t.columns.items():
+        std, n = [], []
+        for i, r in enumerate(runs):
+            res = r.metrics.get(m)
+            held = res is not None and res.value is not None
+            std.append(res.std * _scale(m) if held and isinstance(res.std, int | float) else math.nan)
+            n.append(float(res.n) if held and res.n else math.nan)
+            if not math.isnan(std[-1]):
+                t.stds[(i, col)] = std[-1]
+        t.df[f"{col} std"], t.df[f"{col} n"] = std, n
+    return t
 
 
 def all_tables(runs: list[Results]) -> list[Table]:

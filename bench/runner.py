@@ -10,6 +10,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -188,15 +189,44 @@ def versions() -> dict:
 def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/default",
         dataset: str | None = None, data_root: str | None = None, arch: str | None = None,
         device: str = "auto", resume: bool = True, download: bool = False,
-        settings: dict | None = None, log=progress.say) -> Results:
+        settings: dict | None = None, log=progress.say, name: str | None = None) -> Results:
     """Run the suites on the model into ``out``, holding ``out/.bench.lock`` from the check of
-    --out to the end (``bench.outlock``: a second run into the same folder stops at once)."""
+    --out to the end (``bench.outlock``: a second run into the same folder stops at once).
+    ``name``: the run's row label in tables (``run.name``), no setting: it keys no cache."""
     with contextlib.ExitStack() as lock:
-        return _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log, lock)
+        return _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log, lock, name)
+
+
+def model_stem(spec: str) -> str:
+    """The folder name of a model among several (``bench run --model a --model b``): a file's stem,
+    else the spec with ``:`` and ``/`` as ``-`` (``py:mod:make`` -> ``py-mod-make``)."""
+    if spec.startswith(("py:", "rb:")):
+        return re.sub(r"[:/\\]+", "-", spec)
+    return Path(spec).stem
+
+
+def run_many(models: list[str], out: str | Path, name: str | None = None, **kw):
+    """Each model into ``out/<model_stem>`` (``run``), then ``bench table`` over them into
+    ``out/tables``; returns the ``bench.tables.Built`` (None on a torchrun rank other than 0).  Two
+    models of one stem are refused before anything runs.  ``name``: each run's row label, suffixed
+    by its stem."""
+    from bench import tables as tabling
+
+    stems = [model_stem(m) for m in models]
+    dup = sorted({s for s in stems if stems.count(s) > 1})
+    if dup:
+        raise BenchError(f"--model: two models would write to the same folder {Path(out) / dup[0]}; "
+                         "rename one or run them one at a time")
+    dirs = [Path(out) / s for s in stems]
+    for m, d, s in zip(models, dirs, stems, strict=True):
+        run(model=m, out=d, name=f"{name} ({s})" if name else None, **kw)
+    if distributed.active() and distributed.rank() != 0:
+        return None
+    return tabling.build(dirs, Path(out) / "tables")
 
 
 def _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log,
-         lock: contextlib.ExitStack) -> Results:
+         lock: contextlib.ExitStack, name: str | None = None) -> Results:
     started = time.time()
     out = Path(out)
     suite_names = suites.resolve(suite)
@@ -243,6 +273,8 @@ def _run(model, suite, out, dataset, data_root, arch, device, resume, download, 
         "config": s, "model_checks": checks, "cache": {"hits": [], "computed": []}, "groups": {}})
     if distributed.active():
         res.run["processes"] = distributed.world()
+    if name:
+        res.run["name"] = str(name)
     for g in groups:
         inputs = g.input_digests(ctx)  # what it reads beyond the settings (OOD images, FID files)
         key = cache_keys.cache_key(g, model_id, ds.name, s, dict(identity, code=code[g.name])

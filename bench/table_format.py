@@ -53,7 +53,9 @@ def _cells(t: Table, bold) -> tuple[list[str], list[list[str]], list[str]]:
     for i, row in t.df.iterrows():
         cells = [str(row["Model"])] + [_context_cell(row[c]) for c in t.context]
         for col in t.columns:
-            s = _fmt(row[col], registry.spec(t.columns[col]).display == "percent")
+            s = _fmt(row[col], percent := registry.spec(t.columns[col]).display == "percent")
+            if (i, col) in t.stds:
+                s += " ± " + _fmt(t.stds[(i, col)], percent)
             if i in best.get(col, ()):
                 s = bold(s)
             if (i, col) in t.notes:
@@ -102,7 +104,7 @@ def to_html(t: Table) -> str:
 
 def _tex_escape(s: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("[", "{[}"), ("]", "{]}"), ("–", "--")):
+                 ("[", "{[}"), ("]", "{]}"), ("–", "--"), ("±", r"$\pm$")):
         s = s.replace(a, b)
     return s
 

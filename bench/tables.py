@@ -9,6 +9,7 @@ missing metric shows a dash with its reason as a footnote.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +30,15 @@ def write(t: Table, out: Path) -> list[Path]:
     except OSError as e:
         raise CannotWrite(out, e) from None
     paths = [out / f"{t.name}.{ext}" for ext in ("csv", "tex", "md")]
-    for p, text in zip(paths, (t.df.to_csv(index=False), to_latex(t), to_markdown(t)), strict=True):
+    csv = t.df.map(_round6).to_csv(index=False)
+    for p, text in zip(paths, (csv, to_latex(t), to_markdown(t)), strict=True):
         atomic_write_bytes(p, text.encode())
     return paths
+
+
+def _round6(v):
+    """A float to 6 significant digits, so the CSV holds no float noise (0.47609999999999997 is 0.4761)."""
+    return float(f"{v:.6g}") if isinstance(v, float) and math.isfinite(v) else v
 
 
 def write_run_tables(res: Results, out: Path) -> list[Path]:

@@ -315,9 +315,9 @@ def test_junit_and_markdown_outputs(tmp_path, baseline, capsys):
     assert cases["is_mean"].find("skipped").get("message") == "missing: not in this run"
     assert all(c.find("failure") is None and c.find("skipped") is None for n, c in cases.items()
                if n not in ("accuracy", "landscape_center_is_min", "is_mean"))
-    assert cases["accuracy"].get("classname") == "bench.check.digits-jeat"
+    assert cases["accuracy"].get("classname") == f"bench.check.digits-jeat ({cur})"  # model and run folder
     text = md.read_text()
-    assert text.startswith("# earlier step\n### bench check digits-jeat: 1 regression(s)\n")  # appended
+    assert text.startswith(f"# earlier step\n### bench check digits-jeat ({cur}): 1 regression(s)\n")  # appended
     rows = [x for x in text.splitlines() if x.startswith("| ")]
     assert rows[:2] == ["| metric | baseline | current | delta | tolerance | status | note |",
                         "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
@@ -334,7 +334,7 @@ def test_refused_check_still_writes_junit_and_markdown(tmp_path, baseline, capsy
     assert code == 2 and err.count("\n") == 1
     root = ET.parse(junit).getroot()
     assert root.get("errors") == "1" and "run.config.eps" in root.find("testsuite/testcase/error").get("message")
-    assert md.read_text().startswith("### bench check current: not compared\n")
+    assert md.read_text().startswith(f"### bench check digits-jeat ({cur}): not compared\n")
 
 
 def test_unwritable_junit_path_exit_2(tmp_path, baseline, capsys):

@@ -25,6 +25,22 @@ def test_digits_split_is_fixed(digits):
 DIGITS_TEST_SHA = "78d5b4207a8505a6"  # recorded once; a change means the split moved
 
 
+def test_digits_split_is_exposed_and_is_what_load_uses(digits):
+    """``bench.data.digits_split()``: the indices into sklearn's load_digits of the split
+    ``data.load("digits")`` evaluates on, so a user can train without touching a test point."""
+    from sklearn.datasets import load_digits
+
+    train, test = data.digits_split()
+    assert len(train) == 1347 and len(test) == 450 and not set(train) & set(test)
+    assert sorted([*train, *test]) == list(range(1797))
+    sk = load_digits()
+    assert torch.equal(digits.train.x[:, 0] * 16, torch.tensor(sk.images[train], dtype=torch.float32))
+    assert torch.equal(digits.test.x[:, 0] * 16, torch.tensor(sk.images[test], dtype=torch.float32))
+    assert digits.test.y.tolist() == sk.target[test].tolist()
+    ds = data.digits_split(as_datasets=True)  # the split itself, as bench evaluates it
+    assert torch.equal(ds[0].x, digits.train.x) and torch.equal(ds[1].y, digits.test.y)
+
+
 def _write_cifar10(root, n=4):
     d = root / "cifar-10-batches-py"
     d.mkdir(parents=True)

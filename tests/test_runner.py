@@ -144,3 +144,47 @@ def test_a_hand_edited_cache_entry_is_recomputed_not_served(tmp_path, capsys, ed
     err = capsys.readouterr().err
     assert "ece: running" in err and "ece: cached" not in err
     assert _json.loads((out / "results.json").read_text())["metrics"]["ece"]["value"] == first
+
+
+def test_run_name_labels_the_row_and_changes_no_number(tmp_path, ckpt, fake_groups, capsys):
+    """``bench run --name LABEL``: recorded in results.json ``run.name`` and used as the run's row
+    label; not a setting (``run.config`` has no name), so it keys no cache and no check compares it."""
+    from bench.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--model", ckpt, "--suite", "robust", "--n-eval", "20", "--out", str(out),
+                 "--name", "my model"]) == 0, capsys.readouterr().err
+    d = json.loads((out / "results.json").read_text())
+    assert d["run"]["name"] == "my model" and "name" not in d["run"]["config"]
+    assert "| my model |" in (out / "tables" / "table1.md").read_text()
+    assert main(["run", "--model", ckpt, "--suite", "robust", "--n-eval", "20", "--out", str(out),
+                 "--name", "renamed"]) == 0
+    d2 = json.loads((out / "results.json").read_text())
+    assert d2["run"]["name"] == "renamed" and d2["run"]["cache"]["computed"] == []
+    assert d2["metrics"]["accuracy"]["value"] == d["metrics"]["accuracy"]["value"]
+
+
+def test_several_models_each_into_its_folder_then_one_table(tmp_path, ckpt, fake_groups, capsys):
+    """``bench run --model a --model b``: before, only the last was evaluated, silently."""
+    import shutil
+
+    from bench.cli import main
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    shutil.copy(ckpt, a)
+    shutil.copy(ckpt, b)
+    out = tmp_path / "out"
+    assert main(["run", "--model", str(a), "--model", str(b), "--suite", "robust", "--n-eval", "20",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    assert (out / "a" / "results.json").is_file() and (out / "b" / "results.json").is_file()
+    assert json.loads((out / "a" / "results.json").read_text())["model"]["path"].endswith("a.safetensors")
+    assert json.loads((out / "b" / "results.json").read_text())["model"]["path"].endswith("b.safetensors")
+    md = (out / "tables" / "table1.md").read_text()
+    ours = [x for x in md.splitlines() if x.startswith("| ") and not x.startswith(("| Model", "| paper"))]
+    assert len(ours) == 2, md
+    # two models of one stem would share a folder: refused before anything runs
+    (tmp_path / "x").mkdir()
+    shutil.copy(ckpt, tmp_path / "x" / "a.safetensors")
+    code = main(["run", "--model", str(a), "--model", str(tmp_path / "x" / "a.safetensors"), "--suite", "robust",
+                 "--out", str(tmp_path / "dup")])
+    assert code == 2 and "same folder" in capsys.readouterr().err

@@ -72,16 +72,10 @@ def expected_calibration_error(probs_or_conf, correct, bins: int = 20) -> tuple[
     nonempty = count > 0
     acc_b = np.where(nonempty, acc_sum / np.maximum(count, 1), np.nan)
     conf_b = np.where(nonempty, conf_sum / np.maximum(count, 1), np.nan)
-    stats = {
-        "edges": [float(e) for e in edges],
-        "count": [int(c) for c in count],
-        "accuracy": [None if np.isnan(a) else float(a) for a in acc_b],
-        "confidence": [None if np.isnan(c) else float(c) for c in conf_b],
-        "n": int(n),
-        "avg_accuracy": float(ok.mean()),
-        "avg_confidence": float(conf.mean()),
-        "ece": ece,
-    }
+    stats = {"edges": [float(e) for e in edges], "count": [int(c) for c in count],
+             "accuracy": [None if np.isnan(a) else float(a) for a in acc_b],
+             "confidence": [None if np.isnan(c) else float(c) for c in conf_b],
+             "n": int(n), "avg_accuracy": float(ok.mean()), "avg_confidence": float(conf.mean()), "ece": ece}
     return ece, stats
 
 
@@ -134,17 +128,17 @@ def _relative(path, out) -> str:
         return str(path)
 
 
-@register("ece", "calibration", metrics=(Metric("ece", "ECE", False, "percent", ECE, 1.0, portable=stable(2.0), bounds=(0.0, 1.0)),),
+@register("ece", "calibration", metrics=(Metric("ece", "ECE", False, "percent", ECE, 1.0, column="ECE (%)",
+                                                portable=stable(2.0), bounds=(0.0, 1.0)),),
           settings=("n_eval", "ece_bins"), sharded=True)
 def ece_group(ctx: Context) -> dict[str, Result]:
     """ECE of the clean evaluation points (20 bins by default) and their reliability diagram."""
     return {"ece": _ece_result(ctx, adversarial=False)}
 
 
-@register("ece_fgsm", "calibration", metrics=(Metric("ece_fgsm", "ECE", False, "percent", ECE, 1.0, portable=stable(2.0),
-                                                    bounds=(0.0, 1.0)),),
-          settings=("n_eval", "ece_bins", "norm", "eps"),
-          sharded=True)
+@register("ece_fgsm", "calibration", metrics=(Metric("ece_fgsm", "ECE", False, "percent", ECE, 1.0, column="ECE FGSM (%)",
+                                                    portable=stable(2.0), bounds=(0.0, 1.0)),),
+          settings=("n_eval", "ece_bins", "norm", "eps"), sharded=True)
 def ece_fgsm_group(ctx: Context) -> dict[str, Result]:
     """ECE of the evaluation points after FGSM (eps, cross-entropy) and their reliability diagram."""
     return {"ece_fgsm": _ece_result(ctx, adversarial=True)}
@@ -185,22 +179,26 @@ CALIBRATION_FRACTION = 0.1  # the last 10 % of the training split fits the tempe
 TEMPERATURE_BOUNDS = (1e-2, 1e2)
 EXTRA = ("nll", "brier", "mce", "ece_adaptive", "temperature", "ece_ts", "nll_ts", "brier_ts")
 EXTRA_FGSM = tuple(f"{m}_fgsm" for m in EXTRA if m != "temperature")
+COLUMNS = dict(zip(EXTRA, ("NLL", "Brier", "MCE", "Adaptive ECE", "Temperature", "ECE (TS)", "NLL (TS)", "Brier (TS)"),
+                   strict=True))  # their columns in the calibration table; a _fgsm one adds " FGSM"
 
 
 def extra_spec(name: str) -> Metric:
     """The facts of an ``EXTRA`` or ``EXTRA_FGSM`` metric: NLL and Brier (and their scaled and
     FGSM variants) are means over points whose std is their standard error; Brier lies in [0, 2];
     MCE, adaptive ECE, the scaled ECE and the temperature have no statistical tolerance."""
-    base = name.removesuffix("_fgsm").removesuffix("_ts")
+    base, col = name.removesuffix("_fgsm").removesuffix("_ts"), COLUMNS[name.removesuffix("_fgsm")]
+    col += " FGSM" if name.endswith("_fgsm") else ""
     if base == "nll":
-        return Metric(name, "nats", False, tolerance=MEAN, portable=stable(None), bounds=(0.0, None))
+        return Metric(name, "nats", False, tolerance=MEAN, portable=stable(None), bounds=(0.0, None), column=col)
     if base == "brier":
-        return Metric(name, "brier", False, tolerance=MEAN, range=2.0, portable=stable(2.0), bounds=(0.0, 2.0))
+        return Metric(name, "brier", False, tolerance=MEAN, range=2.0, column=col, portable=stable(2.0),
+                      bounds=(0.0, 2.0))
     if base == "temperature":
-        return Metric(name, "temperature", portable=stable(None), bounds=TEMPERATURE_BOUNDS)
+        return Metric(name, "temperature", portable=stable(None), bounds=TEMPERATURE_BOUNDS, column=col)
     if base == "mce":  # the largest bin gap: one flipped point moves it by up to 2 / (its bin's count)
-        return Metric(name, "ECE", False, portable=stable(None), bounds=(0.0, 1.0))
-    return Metric(name, "ECE", False, portable=stable(2.0), bounds=(0.0, 1.0))  # ece_adaptive, ece_ts
+        return Metric(name, "ECE", False, portable=stable(None), bounds=(0.0, 1.0), column=col)
+    return Metric(name, "ECE", False, portable=stable(2.0), bounds=(0.0, 1.0), column=col)  # ece_adaptive, ece_ts
 
 
 def nll_per_point(logits, y) -> torch.Tensor:
@@ -387,8 +385,7 @@ def _extra_results(ctx: Context, adversarial: bool) -> dict[str, Result]:
     return out
 
 
-@register("calibration_extra", "calibration", metrics=tuple(map(extra_spec, EXTRA)), settings=("n_eval", "ece_bins"),
-          sharded=True)
+@register("calibration_extra", "calibration", metrics=tuple(map(extra_spec, EXTRA)), settings=("n_eval", "ece_bins"), sharded=True)
 def calibration_extra_group(ctx: Context) -> dict[str, Result]:
     """NLL, Brier, MCE, adaptive ECE, the fitted temperature and the scaled ECE, NLL and Brier."""
     return _extra_results(ctx, adversarial=False)

@@ -87,11 +87,11 @@ def langevin_denoise(model: EnergyModel, x_noisy: torch.Tensor, y: torch.Tensor,
 
 
 @register("denoise", "denoise",
-          metrics=(Metric("denoise_psnr_noisy", "dB", True, tolerance=absolute(0.5), portable=STABLE),
-                   Metric("denoise_psnr", "dB", True, tolerance=absolute(0.5), portable=STABLE),
-                   Metric("denoise_ssim_noisy", "ssim", True, tolerance=absolute(0.02), range=2.0, portable=STABLE,
+          metrics=(Metric("denoise_psnr_noisy", "dB", True, column="PSNR noisy", tolerance=absolute(0.5), portable=STABLE),
+                   Metric("denoise_psnr", "dB", True, column="PSNR", tolerance=absolute(0.5), portable=STABLE),
+                   Metric("denoise_ssim_noisy", "ssim", True, column="SSIM noisy", tolerance=absolute(0.02), range=2.0, portable=STABLE,
                           bounds=(-1.0, 1.0)),
-                   Metric("denoise_ssim", "ssim", True, tolerance=absolute(0.02), range=2.0, portable=STABLE,
+                   Metric("denoise_ssim", "ssim", True, column="SSIM", tolerance=absolute(0.02), range=2.0, portable=STABLE,
                           bounds=(-1.0, 1.0))),
           settings=("seed", "denoise_images", "denoise_var", "denoise_steps", "denoise_step_size",
                     "denoise_noise", "denoise_label", "batch_size"), sharded=True)

@@ -306,7 +306,7 @@ def model_space(model: EnergyModel) -> EnergyModel:
     return z_model.to(model.mean.device).eval()
 
 
-@register("fisher", "score", metrics=tuple(Metric(m, "score", False, tolerance=standard_error(0.01, 0.10), portable=STABLE) for m in ("jfs", "mfs")),
+@register("fisher", "score", metrics=tuple(Metric(m, "score", False, column=m.upper(), tolerance=standard_error(0.01, 0.10), portable=STABLE) for m in ("jfs", "mfs")),
           settings=("seed", "n_score", "probes", "exact_trace", "fisher_space"), sharded=True)
 def fisher_group(ctx: Context) -> dict[str, Result]:
     """``jfs`` (Eq. 23, ground-truth labels) and ``mfs`` (Eq. 24) on the first ``n_score`` test

@@ -125,15 +125,15 @@ def reference_digests(ctx: Context) -> dict:
 
 
 @register("is_fid", "generative",
-          metrics=(Metric("is_mean", "score", True, tolerance=relative(0.10), portable=DRIFTING, bounds=(1.0, None)),
+          metrics=(Metric("is_mean", "score", True, column="IS", tolerance=relative(0.10), portable=DRIFTING, bounds=(1.0, None)),
                    Metric("is_std", "score", tolerance=relative(0.25), portable=DRIFTING, bounds=(0.0, None)),
-                   Metric("fid", "fid", False, tolerance=relative(0.10), portable=DRIFTING, bounds=(0.0, None)),
-                   Metric.proportion("diverged_fraction", higher_is_better=False),
-                   Metric("kid_mean", "kid", False, portable=DRIFTING),
+                   Metric("fid", "fid", False, column="FID", tolerance=relative(0.10), portable=DRIFTING, bounds=(0.0, None)),
+                   Metric.proportion("diverged_fraction", higher_is_better=False, column="Diverged (%)"),
+                   Metric("kid_mean", "kid", False, column="KID", portable=DRIFTING),
                    Metric("kid_std", "kid", portable=DRIFTING, bounds=(0.0, None)),
-                   Metric("precision", "proportion", True, portable=DRIFTING, bounds=(0.0, 1.0)),
-                   Metric("recall", "proportion", True, portable=DRIFTING, bounds=(0.0, 1.0)),
-                   Metric("diversity_ssim", "ssim", portable=DRIFTING, bounds=(-1.0, 1.0))),
+                   Metric("precision", "proportion", True, column="Precision", portable=DRIFTING, bounds=(0.0, 1.0)),
+                   Metric("recall", "proportion", True, column="Recall", portable=DRIFTING, bounds=(0.0, 1.0)),
+                   Metric("diversity_ssim", "ssim", column="Diversity SSIM", portable=DRIFTING, bounds=(-1.0, 1.0))),
           settings=(*GEN_SETTINGS, "inception_weights", "fid_extractor", "max_diverged", "ref_stats", "n_ref",
                     "batch_size"), sharded=True,
           needs=("generated",), inputs=reference_digests)

@@ -112,9 +112,10 @@ def landscape_summary(grid: torch.Tensor, centre: torch.Tensor, coords: torch.Te
 
 
 @register("landscape", "landscape",
-          metrics=(Metric("landscape_flatness", "energy", tolerance=MEAN, portable=STABLE),
-                   Metric.proportion("landscape_center_is_min", higher_is_better=None, display="float"),
-                   Metric("landscape_min_offset", "radius", tolerance=MEAN, range=math.sqrt(2.0), portable=STABLE,
+          metrics=(Metric("landscape_flatness", "energy", column="Flatness", tolerance=MEAN, portable=STABLE),
+                   Metric.proportion("landscape_center_is_min", higher_is_better=None, display="float",
+                                     column="Centre is min"),
+                   Metric("landscape_min_offset", "radius", column="Min offset", tolerance=MEAN, range=math.sqrt(2.0), portable=STABLE,
                           bounds=(0.0, math.sqrt(2.0)))),
           settings=("seed", "eps", "landscape_images", "landscape_radius", "landscape_resolution"), sharded=True)
 def landscape_group(ctx: Context) -> dict[str, Result]:

@@ -240,7 +240,7 @@ def show_order(y: torch.Tensor, n: int) -> list[int]:
     return order
 
 
-@register("ssim_nn", "memorization", metrics=(Metric("ssim_nn", "ssim", tolerance=absolute(0.02), range=2.0, portable=DRIFTING,
+@register("ssim_nn", "memorization", metrics=(Metric("ssim_nn", "ssim", column="SSIM NN", tolerance=absolute(0.02), range=2.0, portable=DRIFTING,
                                         bounds=(-1.0, 1.0)),),
           settings=(*GEN_SETTINGS, "ssim_k", "ssim_n_show"), sharded=True, needs=("generated",))
 def ssim_group(ctx: Context) -> dict[str, Result]:

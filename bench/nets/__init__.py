@@ -34,6 +34,29 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
 _DEPTH_WIDTH = re.compile(r"^(wrn|jem-wrn)-(\d+)-(\d+)$")
 
 
+def build_user(spec: str, num_classes: int, in_channels: int, **kwargs) -> nn.Module:
+    """``py:module:Class``: a user's architecture (a class or function), called with those of
+    ``num_classes`` and ``in_channels`` it takes as parameters (and ``kwargs``); from sys.path or
+    the current directory (``bench.pyspec``)."""
+    import inspect
+
+    from bench import pyspec
+
+    make = pyspec.resolve(spec, "architecture", "py:module:Class")
+    try:
+        params = inspect.signature(make).parameters
+    except (TypeError, ValueError):
+        params = {}
+    given = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels)) if k in params}
+    try:
+        net = make(**given, **kwargs)
+    except Exception as e:
+        raise BenchError(f"architecture {spec!r} raised {type(e).__name__}: {str(e)[:200]}") from None
+    if not isinstance(net, nn.Module):
+        raise BenchError(f"architecture {spec!r} returned {type(net).__name__}, expected an nn.Module")
+    return net
+
+
 def register(name: str, constructor: Callable[..., nn.Module]) -> None:
     """Add an architecture; ``constructor(num_classes=, in_channels=, **kwargs)``."""
     _REGISTRY[name] = constructor
@@ -56,6 +79,8 @@ def parse(name: str) -> tuple[str, dict]:
 
 
 def build(name: str, num_classes: int, in_channels: int = 3, **kwargs) -> nn.Module:
+    if name.startswith("py:"):
+        return build_user(name, num_classes, in_channels, **kwargs)
     key, named = parse(name)
     try:
         return _REGISTRY[key](num_classes=num_classes, in_channels=in_channels, **named, **kwargs)

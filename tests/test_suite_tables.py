@@ -1,0 +1,60 @@
+"""Every suite gets its table (issue 26, item 1): calibration, generative, score, memorization,
+landscape and denoise, with value ± std cells and std/n columns free of float noise in the CSV."""
+
+import pandas as pd
+
+from bench import paper_tables, tables
+from tests.test_tables import make_run, metric
+
+SUITE_METRICS = {
+    "calibration": ("ece", "nll", "brier", "mce", "ece_adaptive", "temperature", "ece_ts", "nll_ts", "brier_ts",
+                    "ece_fgsm", "nll_fgsm", "brier_fgsm", "mce_fgsm", "ece_adaptive_fgsm", "ece_ts_fgsm",
+                    "nll_ts_fgsm", "brier_ts_fgsm"),
+    "generative": ("fid", "kid_mean", "precision", "recall", "diversity_ssim", "is_mean", "diverged_fraction"),
+    "score": ("jfs", "mfs"),
+    "memorization": ("ssim_nn",),
+    "landscape": ("landscape_flatness", "landscape_center_is_min", "landscape_min_offset"),
+    "denoise": ("denoise_psnr_noisy", "denoise_psnr", "denoise_ssim_noisy", "denoise_ssim"),
+}
+
+
+def _all_metrics():
+    m = {name: metric(0.25, n=100) for names in SUITE_METRICS.values() for name in names}
+    m["ece"] = metric(0.47609999999999997, 0.0123, n=450)  # percent: 47.609999999999996 x 100 in floats
+    m["jfs"] = metric(0.47609999999999997, 0.01, n=200)
+    return m
+
+
+def test_every_suite_gets_its_table(tmp_path):
+    runs = [tables.results.read(make_run(tmp_path, f"r{i}", "jeat", _all_metrics()) / "results.json")
+            for i in range(2)]
+    got = {t.name: t for t in paper_tables.suite_tables(runs)}
+    assert set(got) == set(SUITE_METRICS)
+    for suite, names in SUITE_METRICS.items():
+        assert sorted(got[suite].columns.values()) == sorted(names), suite
+
+
+def test_a_suite_no_run_holds_has_no_table(tmp_path):
+    runs = [tables.results.read(make_run(tmp_path, "r", "jeat", {"ece": metric(0.1), "fid": metric(None, reason="x")})
+                                / "results.json")]
+    assert {t.name for t in paper_tables.suite_tables(runs)} == {"calibration", "generative"}
+
+
+def test_cells_show_std_and_csv_has_std_n_without_float_noise(tmp_path):
+    a = make_run(tmp_path, "a", "jeat", _all_metrics(), sha="1" * 64)
+    b = make_run(tmp_path, "b", "jeat", dict(_all_metrics(), ece=metric(0.3, None, n=450)), sha="2" * 64)
+    tables.build([a, b], tmp_path / "out", report=False)
+    md = (tmp_path / "out" / "calibration.md").read_text()
+    assert "47.61 ± 1.23" in md
+    tex = (tmp_path / "out" / "calibration.tex").read_text()
+    assert r"47.61 $\pm$ 1.23" in tex
+    csv = (tmp_path / "out" / "calibration.csv").read_text()
+    assert "47.609999" not in csv and "0.47609999" not in csv
+    back = pd.read_csv(tmp_path / "out" / "calibration.csv")
+    col = next(c for c, m in paper_tables.suite_tables([tables.results.read(a / "results.json")])[0].columns.items()
+               if m == "ece")
+    assert back[col].tolist() == [47.61, 30.0]
+    assert back[f"{col} std"].tolist()[0] == 1.23 and pd.isna(back[f"{col} std"].tolist()[1])
+    assert back[f"{col} n"].tolist() == [450, 450]
+    score = (tmp_path / "out" / "score.csv").read_text()
+    assert ",0.4761," in score and "0.47609999" not in score
