@@ -77,7 +77,7 @@ def test_released_checkpoint_matches_its_baseline(tmp_path, case, capsys, baseli
     report = captured.out
     assert rc == 0, report + captured.err
     summary = re.search(r"(\d+) ok, (\d+) regression\(s\), (\d+) not checkable, (\d+) missing", report)
-    assert summary and int(summary[1]) == len(recorded.metrics) and summary[2:] == ("0", "0", "0"), report
+    assert summary and int(summary[1]) == len(recorded.metrics) and summary.groups()[1:] == ("0", "0", "0"), report
     same = not check.fingerprint_differences(recorded, results.read(out))
     assert ("(exact mode, strict)" in report) == same, report
 
