@@ -305,3 +305,21 @@ def test_metrics_as_a_list_is_one_line(tmp_path, capsys):
     code = main(["check", str(write(tmp_path, "c", metrics())), "--baseline", str(bad)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "metrics must be an object, not list" in err
+
+
+def test_junit_on_a_full_disk_prints_the_verdict_first(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from bench import fileio
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "r.xml"))
+
+    monkeypatch.setattr(fileio, "atomic_write_bytes", full)
+    monkeypatch.setattr("bench.check_output.atomic_write_bytes", full)
+    base = write(tmp_path, "base", metrics()) / "results.json"
+    cur = write(tmp_path, "cur", metrics())
+    code = main(["check", str(cur), "--baseline", str(base), "--junit", str(tmp_path / "r.xml")])
+    out, err = capsys.readouterr()
+    assert code == 2 and "0 regression(s)" in out.splitlines()[-1]  # the verdict was printed
+    assert err == f"error: cannot write {tmp_path / 'r.xml'}: No space left on device\n"
