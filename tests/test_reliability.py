@@ -175,7 +175,8 @@ def test_bad_data_one_line_exit_2(tmp_path, ckpt, use_groups, capsys, case):
     make, args, message = BAD_DATA[case]
     ds = make(tmp_path)
     out = tmp_path / "out"
-    code = main(["run", "--model", str(ckpt), *args, "--dataset", ds, "--n-eval", "20", "--out", str(out)])
+    model = [] if "--model" in args else ["--model", str(ckpt)]  # a case may name its own model
+    code = main(["run", *model, *args, "--dataset", ds, "--n-eval", "20", "--out", str(out)])
     err = _one_error_line(capsys)
     assert code == 2 and message in err, err
     assert not (out / "results.json").exists() and not (out / "cache").exists()
