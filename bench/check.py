@@ -165,9 +165,8 @@ def fingerprint_differences(base: Results, cur: Results, metric: str | None = No
     pb = computed_on(base, metric) if metric else _record(base.run, "platform")
     pc = computed_on(cur, metric) if metric else _record(cur.run, "platform")
     out = [f"platform.{d}" for d in fingerprint.differences(pb, pc)]
-    vb, vc = _record(base.run, "versions"), _record(cur.run, "versions")
-    # a library the baseline does not record at all (made before bench recorded it) is not compared
-    out += [f"versions.{d}" for d in fingerprint.differences(vb, {k: vc.get(k) for k in vb})]
+    out += [f"versions.{d}" for d in fingerprint.differences(_record(base.run, "versions"),
+                                                             _record(cur.run, "versions"))]
     return out + fast_path_differences(base, cur)
 
 

@@ -41,8 +41,21 @@ def record(device) -> dict:
                 "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     rec |= {"onednn": _build("MKL-DNN|oneDNN"), "blas": _build("Math Kernel Library|OpenBLAS|BLAS_INFO"),
             "kernel_env": {k: os.environ[k] for k in KERNEL_ENV if k in os.environ},
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "blas_threads": blas_threads()}
     return rec
+
+
+def blas_threads() -> int | None:
+    """The threads of the BLAS numpy and scipy call (KID, FID's sqrtm, the temperature fit sum in
+    their order), which torch's thread count does not set; None where threadpoolctl sees none."""
+    import numpy  # noqa: F401  (loads the BLAS threadpoolctl reports)
+
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    counts = [i.get("num_threads") for i in threadpool_info() if i.get("user_api") == "blas"]
+    return max(counts) if counts else None
 
 
 def cpu_info() -> dict:
@@ -70,6 +83,9 @@ def _build(pattern: str) -> str | None:
 
 
 def differences(base: dict, cur: dict) -> list[str]:
-    """The fingerprint fields that differ, ``name base -> current`` (a field one side lacks too)."""
-    base, cur = base or {}, cur or {}
-    return [f"{k} {base.get(k)!r} -> {cur.get(k)!r}" for k in sorted(set(base) | set(cur)) if base.get(k) != cur.get(k)]
+    """The fingerprint fields that differ, ``name base -> current``.  A field the baseline does not
+    record at all (made before bench recorded it) is not compared; a missing record differs."""
+    if not base or not cur:
+        return [] if base == cur and base else [f"record {'present' if base else 'missing'} -> "
+                                                f"{'present' if cur else 'missing'}"]
+    return [f"{k} {base.get(k)!r} -> {cur.get(k)!r}" for k in sorted(base) if base.get(k) != cur.get(k)]

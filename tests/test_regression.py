@@ -48,15 +48,22 @@ def rerun_args(case: str, out) -> list[str]:
 @pytest.fixture
 def baseline_threads():
     """Run with the thread count the baseline recorded (it sets the summation order), or
-    BENCH_REGRESSION_THREADS; restored after."""
+    BENCH_REGRESSION_THREADS: torch's and the BLAS numpy calls (KID, FID), which the baselines'
+    OMP_NUM_THREADS=1 set alike; restored after."""
+    from threadpoolctl import threadpool_limits
+
     before = torch.get_num_threads()
+    limits = []
 
     def use(base: results.Results):
         threads = os.environ.get("BENCH_REGRESSION_THREADS") or (base.run.get("platform") or {}).get("threads")
         if threads:
             torch.set_num_threads(int(threads))
+            limits.append(threadpool_limits(int(threads), user_api="blas"))
 
     yield use
+    for lim in limits:
+        lim.restore_original_limits()
     torch.set_num_threads(before)
 
 
