@@ -33,6 +33,7 @@ from bench.errors import BenchError
 from bench.sampling import ReplayBuffer
 from bench.settings import SPECS
 from bench.train import parallel
+from bench.train.augment import augment
 from bench.train.methods import METHODS, TrainState
 from bench.train.monitor import energy_changes
 from bench.train.recipe import Recipe, load_recipe
@@ -218,6 +219,7 @@ def _train(recipe, out, epochs, dev, seed, resume, data_root, download, show_pro
             idx = perm[b * r.batch_size:(b + 1) * r.batch_size]
             mine = parallel.share(idx)  # the whole batch in one process
             x, y = xtr[mine].to(dev), ytr[mine].to(dev)
+            x = augment(x, r.augment_shift, r.augment_hflip, g_train)
             for g in opt.param_groups:
                 g["lr"] = learning_rate(r, epoch, epoch * per_epoch + b)
             x_in = method.inputs(state, x, y)

@@ -58,6 +58,10 @@ class Recipe:
     reinit: float = 0.05
     energy_weight: float = 1.0  # weight of the generative term E(x) - E(x~)
     # evaluation at the end of training (recorded in the checkpoint's metadata)
+    # light augmentation (the in-domain judges, docs/JUDGES.md): random shifts of up to
+    # augment_shift pixels (zeros come in), and a horizontal flip of half the images
+    augment_shift: int = 0
+    augment_hflip: bool = False
     final_eval_n: int | None = None  # test points for the final accuracy / PGD-20 (None: all)
     train_n: int | None = None  # train on the first n training points only (smoke runs; None: all)
     monitor_size: int = 128  # the fixed batch of the Fig. 3 energy-change monitor
@@ -121,5 +125,7 @@ def validate(r: Recipe, where: str) -> None:
             raise BenchError(f"{where}: {k} must be positive")
     if r.eps >= 1:
         raise BenchError(f"{where}: eps {r.eps} is not on the [0,1] scale (give e.g. 8/255 = 0.0314)")
+    if not 0 <= int(r.augment_shift) <= 8:
+        raise BenchError(f"{where}: augment_shift is a whole number of pixels in [0, 8]")
     if not 0 <= r.reinit <= 1:
         raise BenchError(f"{where}: reinit is a probability in [0, 1]")
