@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from bench.errors import BenchError
-from bench.settings import DEFAULTS, SETTINGS, SPECS
+from bench.core.errors import BenchError
+from bench.core.settings import DEFAULTS, SETTINGS, SPECS
 
 
 class _Number(click.ParamType):
@@ -54,7 +54,7 @@ def _strip_commas(ctx, param, value):
 
 
 def _option(st):
-    """The ``bench run`` option of one declared setting (bench.settings.SETTINGS); every option
+    """The ``bench run`` option of one declared setting (bench.core.settings.SETTINGS); every option
     defaults to None, so an unset setting takes the data set's, the checkpoint's or the declared default."""
     shown = (None if "default" in st.help else f"default: {st.derived_from}" if st.derived_from
              else None if st.default is None else f"default: {DEFAULTS[st.name]}")
@@ -78,10 +78,10 @@ N_REF_HELP = SPECS["n_ref"].help
 
 
 class SuiteOption(click.Option):
-    """``--suite``, whose help lists the registered suites (``bench.suites.names``) when shown."""
+    """``--suite``, whose help lists the registered suites (``bench.metrics.suites.names``) when shown."""
 
     def get_help_record(self, ctx):
-        from bench import suites
+        from bench.metrics import suites
 
         self.help = "all, or a comma list of: " + ", ".join(suites.names())
         return super().get_help_record(ctx)
@@ -110,7 +110,7 @@ def cli():
 @click.option("--name", default=None, help="the run's row label in tables (results.json run.name); changes no number")
 def run(model, suite, out, dataset, data_root, download, arch, device, resume, name, **settings):
     """Evaluate a model; writes OUT/results.json, OUT/tables, OUT/figures, OUT/samples."""
-    from bench import runner
+    from bench.run import runner
 
     if len(model) > 1:  # several: each into OUT/<stem>, then one bench table over them
         built = runner.run_many(list(model), out, name=name, suite=suite, dataset=dataset, data_root=data_root,
@@ -142,8 +142,8 @@ def run(model, suite, out, dataset, data_root, download, arch, device, resume, n
 def train(recipe, out, epochs, device, seed, resume, data_root, download):
     """Train a model from a recipe (normal, noise, at, prejeat, jeat, jem).  Under torchrun
     (``torchrun --nproc_per_node=N -m bench train ...``) it trains data-parallel on N processes."""
-    from bench import runner
     from bench import train as training
+    from bench.run import runner
 
     try:
         summary = training.train(recipe, out, epochs=epochs, device=str(runner.resolve_device(device)),
@@ -161,7 +161,7 @@ def train(recipe, out, epochs, device, seed, resume, data_root, download):
 def table(dirs, out):
     """Tables 1-3 across runs (DIR/results.json), beside the paper's numbers: CSV, LaTeX, Markdown
     and report.html into OUT; the Markdown is printed."""
-    from bench import tables
+    from bench.outputs import tables
 
     built = tables.build(dirs, out)
     for t in built.tables:
@@ -194,7 +194,7 @@ def table(dirs, out):
 def check(ctx, run_dir, baseline, tolerances, exact, statistical, one_sided, strict, junit, markdown):
     """Compare DIR/results.json with a baseline: exit 0 within tolerance, 1 on regression,
     2 when the two are not the same evaluation (model, data, settings) or the input is bad."""
-    from bench import check as checking
+    from bench.outputs import check as checking
 
     try:
         report = checking.check(run_dir, baseline, tolerances, exact=exact, strict=strict, statistical=statistical,
@@ -228,7 +228,7 @@ def samples(path, dataset, out, ref_stats, data_root, fid_extractor, inception_w
     """Sample quality of any generator's images (an .npz with x [and y], a folder of PNGs, a .pt
     tensor): FID, KID, precision/recall, IS, SSIM nearest neighbours and diversity against the
     training split of DATASET; writes OUT/results.json, OUT/tables, OUT/report.html."""
-    from bench import samples_io
+    from bench.run import samples_io
 
     out = out or Path("runs") / f"samples-{Path(path).stem or 'samples'}"
     res = samples_io.evaluate(path, dataset, out, data_root=data_root, ref_stats=ref_stats,
@@ -259,10 +259,13 @@ def ref_stats(dataset, out, split, data_root, fid_extractor, inception_weights, 
               device):
     """Write the FID reference statistics (mu, sigma), the features and the extractor's identity
     of a data set's split to OUT (.npz; read by --ref-stats, pytorch-fid and clean-fid)."""
-    from bench import data, fileio, refstats, runner
-    from bench.execution import Execution
-    from bench.features import FEATURE_BATCH, ExtractorUnavailable, resolve_extractor
-    from bench.settings import reference_size
+    from bench.core import fileio
+    from bench.core.settings import reference_size
+    from bench.engines import refstats
+    from bench.engines.features import FEATURE_BATCH, ExtractorUnavailable, resolve_extractor
+    from bench.inputs import data
+    from bench.run import runner
+    from bench.runtime.execution import Execution
 
     fileio.check_writable(out)  # before minutes of features, not after them
     ds = data.load(dataset, data_root)
@@ -284,7 +287,7 @@ def ref_stats(dataset, out, split, data_root, fid_extractor, inception_weights, 
 @cli.command()
 def models():
     """List released checkpoints and recipes."""
-    from bench import zoo
+    from bench.inputs import zoo
 
     for name_of_zoo in zoo.ZOOS:
         man = zoo.manifest(name_of_zoo)
@@ -366,7 +369,7 @@ def _main(argv) -> int:
             return 143
         click.echo(f"interrupted; {KEPT}", err=True)
         return 130
-    except OSError as e:  # a write no writer mapped (bench.errors.CannotWrite): still one line
+    except OSError as e:  # a write no writer mapped (bench.core.errors.CannotWrite): still one line
         if e.errno not in WRITE_ERRNOS:
             raise
         click.echo(f"error: cannot write {e.filename or 'a file'}: {e.strerror or e}", err=True)

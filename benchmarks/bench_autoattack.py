@@ -23,8 +23,8 @@ from timing import alternate
 
 
 def trained_model(width: int, epochs: int, device: torch.device):
-    from bench import data, nets
-    from bench.energy import EnergyModel
+    from bench.core.energy import EnergyModel
+    from bench.inputs import data, nets
 
     ds = data.load("digits")
     torch.manual_seed(0)

@@ -38,9 +38,10 @@ def main(argv=None) -> float:
     ap.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of " + ", ".join(PATHS))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from bench import fastpath, nets
-    from bench.attacks import pgd
-    from bench.energy import EnergyModel
+    from bench.core.energy import EnergyModel
+    from bench.engines.attacks import pgd
+    from bench.inputs import nets
+    from bench.runtime import fastpath
 
     device = torch.device(a.device)
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """IS/FID with and without the reference-statistics cache: two consecutive computations.
 
-Both calls are ``bench.sample_quality.fid_is`` on the same SGLD-generated digits (an untrained
+Both calls are ``bench.engines.sample_quality.fid_is`` on the same SGLD-generated digits (an untrained
 digits CNN, class-conditional Gaussian starts) against the digits training split, with the
 offline fid-helper FID Inception behind torch-fidelity's resizing (or ``--extractor``).  The
 reference cache starts empty (a fresh ``$JEAT_BENCH_CACHE``): the first call extracts the training
@@ -42,11 +42,11 @@ def main(argv=None) -> float:
         pass
     os.environ["JEAT_BENCH_CACHE"] = tempfile.mkdtemp(prefix="jeat-fid-cache-")
 
-    from bench import data, nets
-    from bench import features as F
-    from bench import sample_quality as Q
-    from bench.energy import EnergyModel
-    from bench.sampling import SGLDConfig, generate
+    from bench.core.energy import EnergyModel
+    from bench.engines import features as F
+    from bench.engines import sample_quality as Q
+    from bench.engines.sampling import SGLDConfig, generate
+    from bench.inputs import data, nets
 
     device = torch.device(args.device)
     ds = data.load("digits")

@@ -56,10 +56,10 @@ def main(argv=None) -> float:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from bench import data, nets
-    from bench.energy import EnergyModel
-    from bench.execution import Execution
+    from bench.core.energy import EnergyModel
+    from bench.inputs import data, nets
     from bench.metrics.fisher import fisher_scores, rademacher
+    from bench.runtime.execution import Execution
 
     device = torch.device(args.device)
     ds = data.load("digits")

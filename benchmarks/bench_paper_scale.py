@@ -52,8 +52,9 @@ def time_op(fn, device, repeats: int) -> float:
 
 
 def build(arch: str, device, fast: bool):
-    from bench import fastpath, nets
-    from bench.energy import EnergyModel
+    from bench.core.energy import EnergyModel
+    from bench.inputs import nets
+    from bench.runtime import fastpath
 
     torch.manual_seed(0)
     net = nets.build(arch, 10, 3)
@@ -66,10 +67,10 @@ def build(arch: str, device, fast: bool):
 
 def operations(model, device, batch: int, small: bool):
     """name -> (suite, callable on a batch, images per call, paper-size count, what it is)."""
-    from bench.attacks import fgsm, pgd
+    from bench.engines.attacks import fgsm, pgd
+    from bench.engines.sampling import SGLDConfig, sgld
+    from bench.engines.ssim import nearest_neighbours
     from bench.metrics.fisher import fisher_terms, rademacher
-    from bench.metrics.ssim import nearest_neighbours
-    from bench.sampling import SGLDConfig, sgld
 
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.rand(batch, 3, 32, 32, generator=g, device=device)
@@ -117,7 +118,7 @@ def operations(model, device, batch: int, small: bool):
 
 
 def inception_op(device, batch: int):
-    from bench.features import feature_extractor, resolve_extractor
+    from bench.engines.features import feature_extractor, resolve_extractor
 
     ext = resolve_extractor("fid-helper")
     fe = feature_extractor(ext, device)

@@ -1,4 +1,4 @@
-"""PGD-20 throughput: bench.attacks.pgd against torchattacks.PGD, same model, data and run.
+"""PGD-20 throughput: bench.engines.attacks.pgd against torchattacks.PGD, same model, data and run.
 
 Both attacks run the same L-inf PGD (eps, step eps/4, 20 steps, random start) on the same images;
 runs alternate (ours, theirs, ours, ...) after a warm-up, and the median time per arm is
@@ -18,8 +18,8 @@ from timing import alternate
 
 
 def build(arch: str, width: int, device: torch.device):
-    from bench import data, nets
-    from bench.energy import EnergyModel
+    from bench.core.energy import EnergyModel
+    from bench.inputs import data, nets
 
     ds = data.load("digits")
     torch.manual_seed(0)
@@ -46,7 +46,7 @@ def main(argv=None) -> float:
     torch.set_num_threads(args.threads)
     import torchattacks
 
-    from bench.attacks import pgd
+    from bench.engines.attacks import pgd
 
     device = torch.device(args.device)
     model, ds = build(args.arch, args.width, device)
@@ -78,7 +78,7 @@ def main(argv=None) -> float:
     print(f"device {device}, {args.arch} width {args.width}, {args.n} images, batch {bs}, {args.steps} steps, "
           f"eps {eps}, {args.repeats} alternating repeats, {torch.get_num_threads()} threads")
     print(f"identical adversarial examples from the same start: {same}")
-    print(f"ours (bench.attacks.pgd):   {mo:.3f} s median  {args.n / mo:9.1f} img/s")
+    print(f"ours (bench.engines.attacks.pgd):   {mo:.3f} s median  {args.n / mo:9.1f} img/s")
     print(f"torchattacks.PGD {torchattacks.__version__}:     {mt:.3f} s median  {args.n / mt:9.1f} img/s")
     print(f"ratio ours/theirs throughput: {ratio:.3f}x (target >= 1.0)")
     return ratio

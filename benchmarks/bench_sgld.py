@@ -1,4 +1,4 @@
-"""SGLD throughput: bench.sampling.sgld against raw forward+backward of the same model and batch.
+"""SGLD throughput: bench.engines.sampling.sgld against raw forward+backward of the same model and batch.
 
 The peer is the least any Langevin sampler must do per step: a loop of logits -> E(x, y) ->
 torch.autograd.grad, with no update, noise or divergence check.  Ours is ``sgld`` as ``generate``
@@ -23,8 +23,8 @@ CASES = (("digits-cnn", (1, 8, 8), 250, 20), ("wrn-16-2", (3, 32, 32), 32, 5))
 
 
 def build(arch: str, shape: tuple, device: torch.device):
-    from bench import nets
-    from bench.energy import EnergyModel
+    from bench.core.energy import EnergyModel
+    from bench.inputs import nets
 
     torch.manual_seed(0)
     net = nets.build(arch, 10, shape[0])
@@ -34,7 +34,7 @@ def build(arch: str, shape: tuple, device: torch.device):
 
 
 def run_case(arch, shape, n, steps, repeats, device) -> float:
-    from bench.sampling import CHAIN_BLOCK, BlockNoise, SGLDConfig, sgld
+    from bench.engines.sampling import CHAIN_BLOCK, BlockNoise, SGLDConfig, sgld
 
     model = build(arch, shape, device)
     g = torch.Generator().manual_seed(0)
@@ -64,7 +64,7 @@ def run_case(arch, shape, n, steps, repeats, device) -> float:
     ratio = mp / mo  # throughput ours / peer
     work = n * steps
     print(f"{arch} {'x'.join(map(str, shape))}, batch {n}, {steps} steps; same step as x - a/2 grad: {same}")
-    print(f"  ours (bench.sampling.sgld):      {mo:.3f} s median  {work / mo:10.1f} images*steps/s")
+    print(f"  ours (bench.engines.sampling.sgld):      {mo:.3f} s median  {work / mo:10.1f} images*steps/s")
     print(f"  peer (logits -> E -> autograd):  {mp:.3f} s median  {work / mp:10.1f} images*steps/s")
     print(f"  ratio ours/peer throughput: {ratio:.3f}x (target >= 0.9)")
     return ratio

@@ -1,4 +1,4 @@
-"""SSIM nearest-neighbour throughput: bench.metrics.ssim.nearest_neighbours against a scikit-image loop.
+"""SSIM nearest-neighbour throughput: bench.engines.ssim.nearest_neighbours against a scikit-image loop.
 
 Workload: every one of ``--n-gen`` query images against the whole digits training split (1347
 images), k nearest by SSIM (win 7, data range 1, sample covariance: the ``ssim_nn`` metric).  The
@@ -29,7 +29,7 @@ def workload(args) -> tuple[torch.Tensor, torch.Tensor, str]:
         train = torch.rand(args.n_train, 3, 32, 32, generator=g)
         gen = (train[: args.n_gen] + 0.1 * torch.randn(args.n_gen, 3, 32, 32, generator=g)).clamp(0, 1)
         return gen, train, f"random 3x32x32, {args.n_train} training images"
-    from bench import data
+    from bench.inputs import data
 
     ds = data.load("digits")
     q = ds.test.x.repeat(-(-args.n_gen // len(ds.test)), 1, 1, 1)[: args.n_gen]
@@ -50,7 +50,7 @@ def main(argv=None) -> float:
     torch.set_num_threads(args.threads)
     from skimage.metrics import structural_similarity
 
-    from bench.metrics.ssim import nearest_neighbours, ssim_matrix
+    from bench.engines.ssim import nearest_neighbours, ssim_matrix
 
     device = torch.device(args.device)
     gen, train, what = workload(args)

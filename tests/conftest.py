@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import data, nets
-from bench.energy import EnergyModel
+from bench.core.energy import EnergyModel
+from bench.inputs import data, nets
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -78,7 +78,7 @@ def fashion_mnist_or_skip() -> None:
 def use_groups(monkeypatch):
     """use_groups(groups): the runner sees only these metric groups (fast stand-ins) for one test."""
     def use(groups):
-        monkeypatch.setattr("bench.registry.load_all", lambda: groups)
+        monkeypatch.setattr("bench.metrics.registry.load_all", lambda: groups)
         return groups
 
     return use

@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from pyautoattack import AutoAttack
 from torch import nn
 
-from bench import aa_adapter, fastpath, tables
-from bench.energy import EnergyModel
+from bench.core.energy import EnergyModel
+from bench.core.settings import DEFAULTS
+from bench.engines import aa_adapter
 from bench.metrics import Context, load_all
 from bench.metrics import robustness as rob
-from bench.settings import DEFAULTS
+from bench.outputs import tables
+from bench.runtime import fastpath
 from tests.conftest import tiny_model, trained_model
 
 EPS = 0.1
@@ -180,7 +182,7 @@ def test_resume_state_is_keyed_by_the_weights_as_loaded_and_their_normalisation(
     """The same file under another --normalize is another model: its AutoAttack state must not be
     resumed.  The group keys the state by weights_sha256 (not the file's sha256), the key holds the
     normalisation too."""
-    from bench import aa_adapter
+    from bench.engines import aa_adapter
 
     monkeypatch.setattr(rob, "autoattack_flags", lambda *a, **k: (_ for _ in ()).throw(RuntimeError(k["model_id"])))
     ctx = make_ctx(tiny_model(), digits, tmp_path, model_sha256="the-file", weights_sha256="as-loaded", n_aa=4)

@@ -6,10 +6,10 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassCalibrationError
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from bench import plots
+from bench.core.settings import DEFAULTS
+from bench.engines import plots
 from bench.metrics import Context, load_all
 from bench.metrics.calibration import expected_calibration_error
-from bench.settings import DEFAULTS
 from tests.conftest import trained_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from bench import zoo
 from bench.cli import main
+from bench.inputs import zoo
 from bench.metrics import calibration as cal
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -93,7 +93,7 @@ def _hand_adaptive_ece(conf, ok, bins):
 def test_groups_end_to_end_on_the_released_jeat_model(tmp_path, capsys, digits):
     """The released digits models trained on all of their training split: the temperature is
     cross-fitted on the evaluation points, each half scaled by the other half's fit."""
-    from bench import checkpoints
+    from bench.inputs import checkpoints
 
     path = zoo.models_dir() / "digits" / "digits-jeat.safetensors"
     out = tmp_path / "run"
@@ -133,7 +133,7 @@ def test_groups_end_to_end_on_the_released_jeat_model(tmp_path, capsys, digits):
 def test_training_tail_only_when_the_checkpoint_held_it_out(tmp_path, digits, used, split):
     """The last 10 % of the training split (135 of 1347 digits) fits T only when the checkpoint
     trained on the first ``train_n`` points and the tail lies beyond them."""
-    from bench import checkpoints
+    from bench.inputs import checkpoints
     from bench.metrics import Context
 
     model = checkpoints.load(str(zoo.models_dir() / "digits" / "digits-normal.safetensors")).model.eval()
@@ -151,7 +151,7 @@ def test_training_tail_only_when_the_checkpoint_held_it_out(tmp_path, digits, us
 
 
 def test_temperature_refused_without_unseen_points(tmp_path, digits):
-    from bench import checkpoints
+    from bench.inputs import checkpoints
     from bench.metrics import Context
 
     model = checkpoints.load(str(zoo.models_dir() / "digits" / "digits-normal.safetensors")).model.eval()

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import check_rules, zoo
 from bench.cli import main
+from bench.inputs import zoo
 from bench.metrics import Result
+from bench.outputs import check_rules
 from tests.test_tables import CONFIG, make_run, metric
 
 PLATFORM = {"machine": "x86_64", "system": "Linux", "python": "3.11.7", "torch": "2.14.1", "device": "cpu",
@@ -284,7 +285,7 @@ def test_runs_record_their_platform(tmp_path):
 
     import torch
 
-    from bench import results
+    from bench.core import results
     rec = results.platform_record("cpu")
     assert rec["threads"] == torch.get_num_threads() and rec["torch"] == torch.__version__
     assert rec["python"] == platform.python_version() and rec["machine"] == platform.machine()
@@ -315,7 +316,7 @@ def test_junit_and_markdown_outputs(tmp_path, baseline, capsys):
     assert cases["is_mean"].find("skipped").get("message") == "missing: not in this run"
     assert all(c.find("failure") is None and c.find("skipped") is None for n, c in cases.items()
                if n not in ("accuracy", "landscape_center_is_min", "is_mean"))
-    assert cases["accuracy"].get("classname") == f"bench.check.digits-jeat ({cur})"  # model and run folder
+    assert cases["accuracy"].get("classname") == f"bench.outputs.check.digits-jeat ({cur})"  # model and run folder
     text = md.read_text()
     assert text.startswith(f"# earlier step\n### bench check digits-jeat ({cur}): 1 regression(s)\n")  # appended
     rows = [x for x in text.splitlines() if x.startswith("| ")]

@@ -87,4 +87,4 @@ def test_labels_name_the_run_folder_and_the_model(tmp_path, capsys):
         assert heading.startswith("### bench check digits-jeat (") and f"runs/{folder})" in heading
         labels.append((heading, classnames.pop()))
     assert labels[0][0] != labels[1][0] and labels[0][1] != labels[1][1]
-    assert labels[0][1].startswith("bench.check.digits-jeat (") and labels[0][1].endswith("runs/a)")
+    assert labels[0][1].startswith("bench.outputs.check.digits-jeat (") and labels[0][1].endswith("runs/a)")

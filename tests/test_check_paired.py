@@ -10,8 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from bench import outcomes, zoo
 from bench.cli import main
+from bench.core import outcomes
+from bench.inputs import zoo
 from tests.test_tables import CONFIG, VERSIONS
 
 PLATFORM = {"machine": "x86_64", "system": "Linux", "python": "3.11.7", "torch": "2.14.1", "device": "cpu",
@@ -250,7 +251,7 @@ def test_strict_fails_missing_and_a_killed_run_fails_anyway(tmp_path, capsys):
 def _bug_sized(name: str, r: dict) -> float:
     """A change the size of a real bug: 1 percentage point of a share of points (4.5 points at
     n = 450), one AUROC/AUPR point, 2 % relative of anything else (0.01 for a 0)."""
-    from bench import registry
+    from bench.metrics import registry
 
     v = r["value"]
     if v is None:
@@ -310,13 +311,13 @@ def test_metrics_as_a_list_is_one_line(tmp_path, capsys):
 def test_junit_on_a_full_disk_prints_the_verdict_first(tmp_path, capsys, monkeypatch):
     import errno
 
-    from bench import fileio
+    from bench.core import fileio
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "r.xml"))
 
     monkeypatch.setattr(fileio, "atomic_write_bytes", full)
-    monkeypatch.setattr("bench.check_output.atomic_write_bytes", full)
+    monkeypatch.setattr("bench.outputs.check_output.atomic_write_bytes", full)
     base = write(tmp_path, "base", metrics()) / "results.json"
     cur = write(tmp_path, "cur", metrics())
     code = main(["check", str(cur), "--baseline", str(base), "--junit", str(tmp_path / "r.xml")])

@@ -4,10 +4,10 @@ import pickle
 import pytest
 import torch
 
-from bench import checkpoints, nets
 from bench.cli import main
-from bench.energy import EnergyModel
-from bench.errors import BenchError
+from bench.core.energy import EnergyModel
+from bench.core.errors import BenchError
+from bench.inputs import checkpoints, nets
 from tests.conftest import tiny_model
 
 META = {"arch": "digits-cnn", "arch_kwargs": {"width": 4, "act": "silu"}, "num_classes": 10,

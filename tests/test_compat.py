@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WITHOUT_STRENUM = """
 import enum, http.client, json, torch  # the standard library and torch use enum.StrEnum on 3.11+
 del enum.StrEnum  # as on Python 3.10, for the package
-import bench.settings, bench.energy, bench.attacks, bench.registry
-from bench.settings import Norm, DEFAULTS
+import bench.core.settings, bench.core.energy, bench.engines.attacks, bench.metrics.registry
+from bench.core.settings import Norm, DEFAULTS
 assert str(Norm.L2) == "L2" and f"{Norm.LINF}" == "Linf" and f"{Norm.L2:>4}" == "  L2", (str(Norm.L2), f"{Norm.L2}")
 assert Norm.L2 == "L2" and isinstance(Norm.L2, str) and Norm("Linf") is Norm.LINF
 assert DEFAULTS["norm"] == "Linf" and type(DEFAULTS["norm"]) is str

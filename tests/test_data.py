@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench import data
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.inputs import data
 
 
 def test_digits_split_is_fixed(digits):
@@ -26,7 +26,7 @@ DIGITS_TEST_SHA = "78d5b4207a8505a6"  # recorded once; a change means the split 
 
 
 def test_digits_split_is_exposed_and_is_what_load_uses(digits):
-    """``bench.data.digits_split()``: the indices into sklearn's load_digits of the split
+    """``bench.inputs.data.digits_split()``: the indices into sklearn's load_digits of the split
     ``data.load("digits")`` evaluates on, so a user can train without touching a test point."""
     from sklearn.datasets import load_digits
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench import checkpoints, distributed
+from bench.inputs import checkpoints
+from bench.runtime import distributed
 from tests.conftest import tiny_model
 from tests.test_runner import META
 

@@ -5,12 +5,15 @@ import shutil
 import pytest
 import torch
 
-from bench import check, fastpath, runner, zoo
-from bench.attacks import pgd
-from bench.errors import BenchError
-from bench.execution import Execution
+from bench.core.errors import BenchError
+from bench.core.results import read as read_results
+from bench.engines.attacks import pgd
+from bench.inputs import zoo
 from bench.metrics.fisher import fisher_scores
-from bench.results import read as read_results
+from bench.outputs import check
+from bench.run import runner
+from bench.runtime import fastpath
+from bench.runtime.execution import Execution
 from tests.conftest import trained_model
 
 

@@ -4,13 +4,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.functional import hessian
 
-from bench.energy import EnergyModel
-from bench.errors import BenchError
-from bench.execution import Execution
+from bench.core.energy import EnergyModel
+from bench.core.errors import BenchError
+from bench.core.settings import DEFAULTS
+from bench.engines.taylor import JetUnsupported, jet
 from bench.metrics import Context, fisher, load_all
 from bench.metrics.fisher import fisher_scores, fisher_terms, rademacher
-from bench.settings import DEFAULTS
-from bench.taylor import JetUnsupported, jet
+from bench.runtime.execution import Execution
 from tests.conftest import tiny_model
 
 
@@ -239,7 +239,7 @@ def test_taylor_mode_through_other_ops_and_fallbacks():
     rev = fisher_terms(m, x, y, probes, method="reverse")
     for kind in ("joint", "marginal"):
         torch.testing.assert_close(auto[kind]["trace"], rev[kind]["trace"], rtol=1e-4, atol=1e-7)
-    # a model left in training mode is differentiated in eval mode (bench.energy.evaluates) and
+    # a model left in training mode is differentiated in eval mode (bench.core.energy.evaluates) and
     # handed back in training mode; untraceable networks fall back to nested forward mode
     m.train()
     torch.testing.assert_close(jet(m, x, vs)[2], f2)
@@ -255,7 +255,7 @@ def test_taylor_mode_through_other_ops_and_fallbacks():
 @pytest.mark.parametrize("arch", ["wrn-10-1", "jem-wrn-10-1"])
 def test_taylor_mode_on_residual_networks(arch):
     """Residual additions, eval-mode batch norm, functional pooling and flatten, (leaky) ReLU."""
-    from bench import nets
+    from bench.inputs import nets
 
     torch.manual_seed(0)
     m = EnergyModel(nets.build(arch, 10, 3), 0.5, 0.25, (3, 32, 32), 10).eval()

@@ -8,9 +8,9 @@ import struct
 import numpy as np
 import pytest
 
-from bench import data
 from bench.cli import main
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.inputs import data
 from tests.conftest import fashion_mnist_or_skip
 
 
@@ -84,7 +84,7 @@ def test_real_fashion_mnist_official_split():
 
 
 def test_released_name_resolves(tmp_path):
-    from bench import zoo
+    from bench.inputs import zoo
 
     assert zoo.resolve_spec("digits-at").endswith("models/digits/digits-at.safetensors")
     assert zoo.resolve_spec("other.pt") == "other.pt"

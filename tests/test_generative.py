@@ -1,5 +1,5 @@
-"""SGLD generation (bench.sampling, bench.generation) and IS/FID through torch-fidelity (the engines
-bench.features, bench.refstats and bench.sample_quality; the group bench.metrics.generative)."""
+"""SGLD generation (bench.engines.sampling, bench.engines.generation) and IS/FID through torch-fidelity (the engines
+bench.engines.features, bench.engines.refstats and bench.engines.sample_quality; the group bench.metrics.generative)."""
 
 import json
 import socket
@@ -12,16 +12,18 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from bench import checkpoints, data, generation, refstats, runner
-from bench import features as F
-from bench import sample_quality as Q
-from bench.energy import EnergyModel
-from bench.errors import BenchError
-from bench.execution import Execution
+from bench.core.energy import EnergyModel
+from bench.core.errors import BenchError
+from bench.core.settings import DEFAULTS
+from bench.engines import features as F
+from bench.engines import generation, refstats
+from bench.engines import sample_quality as Q
+from bench.engines.sampling import BlockNoise, ReplayBuffer, SGLDConfig, generate, sgld
+from bench.inputs import checkpoints, data
 from bench.metrics import Context
 from bench.metrics import generative as G
-from bench.sampling import BlockNoise, ReplayBuffer, SGLDConfig, generate, sgld
-from bench.settings import DEFAULTS
+from bench.run import runner
+from bench.runtime.execution import Execution
 from tests.conftest import tiny_model
 
 # --------------------------------------------------------------------------------------------
@@ -687,9 +689,9 @@ class NaNForClasses(nn.Module):
 
 
 def test_diverged_fraction_is_reported_and_nulls_is_fid_above_the_threshold(tmp_path, tiny_fe):
-    from bench import paper_tables, tables
+    from bench.core.results import Results
     from bench.metrics import load_all
-    from bench.results import Results
+    from bench.outputs import paper_tables, tables
 
     g = load_all()["is_fid"]
     assert "diverged_fraction" in g.metrics and "max_diverged" in g.settings
@@ -727,9 +729,9 @@ def test_diverged_fraction_is_reported_and_nulls_is_fid_above_the_threshold(tmp_
 
 
 def test_table2_footnotes_the_fisher_space(tmp_path):
-    from bench import paper_tables, tables
+    from bench.core.results import Results
     from bench.metrics import Result
-    from bench.results import Results
+    from bench.outputs import paper_tables, tables
 
     def run(space):
         return Results({"method": "jeat", "arch": "toy", "dataset": "fake"}, {"config": {"fisher_space": space}},
@@ -770,7 +772,7 @@ def digits_npz(folder, per_class: int):
 def test_is_fid_cache_follows_the_resolved_extractor_and_the_reference_files(tmp_path, tiny_fe, monkeypatch):
     """The cache of is_fid is keyed by the extractor `auto` resolves to and by the contents of
     --ref-stats and of the shipped reference files; before, a changed one served the old numbers."""
-    from bench import refstats
+    from bench.engines import refstats
 
     ckpt = tmp_path / "m.safetensors"
     checkpoints.save(ckpt, tiny_model(), META)

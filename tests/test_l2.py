@@ -12,13 +12,15 @@ import torchattacks
 from pyautoattack import AutoAttack
 from scipy import stats
 
-from bench import cache_keys, checkpoints, paper_tables, runner, tables, zoo
-from bench.attacks import check_in_ball, fgsm, pgd, uniform_start
 from bench.cli import main
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.core.settings import DEFAULTS
+from bench.engines.attacks import check_in_ball, fgsm, pgd, uniform_start
+from bench.inputs import checkpoints, zoo
 from bench.metrics import Context, load_all
 from bench.metrics import robustness as rob
-from bench.settings import DEFAULTS
+from bench.outputs import paper_tables, tables
+from bench.run import cache_keys, runner
 from tests.conftest import trained_model
 
 EPS = 0.5
@@ -53,7 +55,7 @@ def test_fgm_is_one_normalised_gradient_step(digits):
     m = trained_model()
     x, y = digits.test.x[:40], digits.test.y[:40]
     xg = x.clone().requires_grad_(True)
-    # the cross-entropy in float64 (bench.attacks.attack_loss: at a saturated softmax the float32
+    # the cross-entropy in float64 (bench.engines.attacks.attack_loss: at a saturated softmax the float32
     # gradient is rounding noise)
     (g,) = torch.autograd.grad(F.cross_entropy(m.logits(xg).double(), y, reduction="sum"), xg)
     norms = g.flatten(1).norm(dim=1).view(-1, 1, 1, 1)

@@ -4,16 +4,16 @@ import pytest
 import torch
 from torch import nn
 
-from bench.data import Dataset, Split
-from bench.energy import EnergyModel
-from bench.errors import BenchError
-from bench.execution import Execution
+from bench.core.energy import EnergyModel
+from bench.core.errors import BenchError
+from bench.core.settings import DEFAULTS
+from bench.engines.sampling import SGLDConfig, sgld
+from bench.engines.ssim import ssim
+from bench.inputs.data import Dataset, Split
 from bench.metrics import Context, load_all
 from bench.metrics.denoise import add_noise, langevin_denoise, psnr
 from bench.metrics.landscape import energy_grid, grid_coords, landscape_summary, random_directions
-from bench.metrics.ssim import ssim
-from bench.sampling import SGLDConfig, sgld
-from bench.settings import DEFAULTS
+from bench.runtime.execution import Execution
 from tests.conftest import tiny_model
 
 

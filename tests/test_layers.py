@@ -104,13 +104,13 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def test_imports_reads_relative_and_from_imports(tmp_path):
-    known = {"bench", "bench.metrics", "bench.metrics.fisher", "bench.energy", "bench.plots", "bench.nets",
-             "bench.nets.wrn", "bench.metrics.x"}
+    known = {"bench", "bench.metrics", "bench.metrics.fisher", "bench.core.energy", "bench.engines.plots", "bench.inputs.nets",
+             "bench.inputs.nets.wrn", "bench.metrics.x"}
     src = tmp_path / "x.py"
-    src.write_text("import math\nfrom bench.energy import EnergyModel\nfrom .. import plots\n"
-                   "if True:\n    from bench.nets.wrn import WRN\n"
+    src.write_text("import math\nfrom bench.core.energy import EnergyModel\nfrom ..engines import plots\n"
+                   "if True:\n    from bench.inputs.nets.wrn import WRN\n"
                    "def f():\n    from . import fisher\n")
-    top = {"bench.energy", "bench.plots", "bench.nets.wrn", "bench.nets"}  # bench.nets: wrn's package
+    top = {"bench.core.energy", "bench.engines.plots", "bench.inputs.nets.wrn", "bench.inputs.nets"}  # bench.inputs.nets: wrn's package
     assert imports("bench.metrics.x", src, known, top_level=True) == top
     assert imports("bench.metrics.x", src, known, top_level=False) == top | {"bench.metrics.fisher"}
 
@@ -140,10 +140,54 @@ def test_no_cycle_among_top_level_imports():
     assert cycles(graph(top_level=True)) == []
 
 
+# the layers, lowest first: a module imports only modules of its own layer or of layers below
+# (docs/ARCHITECTURE.md); bench.cli, bench.api, bench.functional, bench.train and the bench.data
+# shim sit on top and may import any of them
+LAYERS = ("core", "runtime", "inputs", "engines", "metrics", "outputs", "run")
+# what reads metric facts only: the registry's declarations, not a metric's code
+FACTS = {"bench.metrics", "bench.metrics.registry", "bench.metrics.catalog", "bench.metrics.suites"}
+
+
+def layer(module: str) -> int | None:
+    """The layer of a bench module (None: bench itself and the modules on top)."""
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def upward(g: dict[str, set[str]]) -> list[str]:
+    """Every import of a module from a layer above its own (or from the top), as 'a -> b'."""
+    bad = []
+    for name, deps in g.items():
+        own = layer(name)
+        if own is None:
+            continue
+        for d in sorted(deps):
+            theirs = layer(d)
+            if d != "bench" and (theirs is None or theirs > own):
+                bad.append(f"{name} -> {d}")
+    return bad
+
+
+def test_the_layer_rule_finds_an_upward_import():
+    g = {"bench.core.a": {"bench.engines.b"}, "bench.engines.b": {"bench.core.a"}, "bench.cli": {"bench.run.x"},
+         "bench.run.x": {"bench.cli"}}
+    assert upward(g) == ["bench.core.a -> bench.engines.b", "bench.run.x -> bench.cli"]
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    """Anywhere in a module, top level or inside a function: a lazy import runs the wrong way too."""
+    assert upward(graph(top_level=False)) == []
+
+
+def test_every_module_is_in_a_layer_or_on_top():
+    top = {"bench", "bench.cli", "bench.api", "bench.functional", "bench.data"}
+    loose = sorted(m for m in modules() if layer(m) is None and m not in top and not m.startswith("bench.train"))
+    assert loose == [], f"modules outside the layers: {loose}"
+
+
 @pytest.mark.parametrize("module, forbidden", [
-    ("bench.sampling", ("bench.plots", "bench.checkpoints")),  # the sampler: no figures, no files
-    ("bench.results", ("bench.metrics",)),  # the record of results: no metric code
-    ("bench.check", ("bench.metrics",)),
+    ("bench.engines.sampling", ("bench.engines.plots", "bench.inputs.checkpoints")),  # the sampler: no figures, no files
+    ("bench.core.results", ("bench.metrics",)),  # the record of results: no metric code
 ])
 def test_layer_boundaries(module, forbidden):
     """Anywhere in the module (top level or inside a function), no import of a forbidden module or
@@ -154,21 +198,28 @@ def test_layer_boundaries(module, forbidden):
     assert bad == [], f"{module} imports {bad}"
 
 
+@pytest.mark.parametrize("module", ["bench.outputs.check", "bench.outputs.tables", "bench.outputs.report"])
+def test_outputs_read_facts_not_metric_code(module):
+    known = modules()
+    got = imports(module, known[module], known, top_level=False)
+    assert sorted(m for m in got if m.startswith("bench.metrics") and m not in FACTS) == []
+
+
 def test_no_cycle_among_all_imports():
     """Imports inside functions too: a lazy import hides a cycle from import time, not from the
     design (tables -> report -> tables was one)."""
     assert cycles(graph(top_level=False)) == []
 
 
-OUTPUTS = ("bench.results", "bench.check", "bench.check_output", "bench.paper_tables", "bench.table_format",
-           "bench.tables", "bench.report")
+OUTPUTS = ("bench.core.results", "bench.outputs.check", "bench.outputs.check_output", "bench.outputs.paper_tables", "bench.outputs.table_format",
+           "bench.outputs.tables", "bench.outputs.report")
 
 
 def test_outputs_depend_one_way():
     """report.html is built from the tables' content and formats (paper_tables, table_format);
     ``bench table`` (tables.build) writes the report: report never imports tables, anywhere."""
     g = graph(top_level=False)
-    assert "bench.report" in g["bench.tables"] and "bench.tables" not in g["bench.report"]
+    assert "bench.outputs.report" in g["bench.outputs.tables"] and "bench.outputs.tables" not in g["bench.outputs.report"]
     assert cycles({m: g[m] & set(OUTPUTS) for m in OUTPUTS}) == []
 
 

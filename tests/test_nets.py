@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from bench import nets
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.inputs import nets
 
 
 @pytest.mark.parametrize("name,params", [("wrn-28-10", 36_479_194), ("resnet18", 11_173_962),

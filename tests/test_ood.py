@@ -10,10 +10,10 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from torch import nn
 
-from bench import ood_data, zoo
 from bench.cli import main
-from bench.energy import EnergyModel
-from bench.errors import BenchError
+from bench.core.energy import EnergyModel
+from bench.core.errors import BenchError
+from bench.inputs import ood_data, zoo
 from bench.metrics import ood
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -152,7 +152,7 @@ def test_npz_set_in_rgb_is_made_grey_and_resized(digits, tmp_path):
 
 
 def test_end_to_end_on_the_released_jeat_model(tmp_path, capsys, digits):
-    from bench import checkpoints
+    from bench.inputs import checkpoints
 
     path = zoo.models_dir() / "digits" / "digits-jeat.safetensors"
     out = tmp_path / "run"
@@ -198,7 +198,7 @@ def test_bad_ood_options_are_one_line_errors(tmp_path, capsys):
 def test_a_changed_ood_file_is_not_served_from_the_cache(tmp_path, digits):
     """The cache keys each OOD set by its images: the same npz: path with other images recomputes
     (before, 1.0 was served where a fresh run gave about 0.5)."""
-    from bench import runner
+    from bench.run import runner
 
     f = tmp_path / "other.npz"
     flat = np.full((20, 8, 8), 0.0, np.float32)  # far from the digits: AUROC of px, py high
@@ -219,7 +219,7 @@ def test_ood_adv_scores_both_sides_through_one_path_under_bf16(tmp_path, digits)
     """Under --amp bf16, eps 0 (the attack moves nothing) and the in-distribution images as the OOD
     set, both sides are the same images: every AUROC is exactly 1/2.  Before, the in-distribution
     px/py came from float32 logits (beside pxgrad's gradient) and the attacked points' from bf16."""
-    from bench import runner
+    from bench.run import runner
 
     f = tmp_path / "same.npz"
     np.savez(f, x=digits.test.x[:30, 0].numpy())

@@ -1,4 +1,4 @@
-"""Reference statistics files (bench.refstats): `bench ref-stats`, `--ref-stats`, shipped statistics."""
+"""Reference statistics files (bench.engines.refstats): `bench ref-stats`, `--ref-stats`, shipped statistics."""
 
 import json
 import re
@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from bench import checkpoints, cli, refstats, runner
-from bench import features as F
-from bench import sample_quality as Q
-from bench.errors import BenchError
-from bench.execution import Execution
+from bench import cli
+from bench.core.errors import BenchError
+from bench.engines import features as F
+from bench.engines import refstats
+from bench.engines import sample_quality as Q
+from bench.inputs import checkpoints
+from bench.run import runner
+from bench.runtime.execution import Execution
 from tests.conftest import tiny_model
 from tests.test_generative import META, TINY, digits_npz, tiny_extractors
 

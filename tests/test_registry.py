@@ -7,11 +7,13 @@ import math
 
 import pytest
 
-from bench import checkpoints, metrics, paper_tables, suites
-from bench.check_rules import statistical as default_tolerance
+from bench import metrics
 from bench.cli import main
-from bench.metrics import PROPORTION, Metric, Result, register, relative
-from bench.results import read
+from bench.core.results import read
+from bench.inputs import checkpoints
+from bench.metrics import PROPORTION, Metric, Result, register, relative, suites
+from bench.outputs import paper_tables
+from bench.outputs.check_rules import statistical as default_tolerance
 from tests.conftest import tiny_model
 
 META = {"arch": "digits-cnn", "arch_kwargs": {"width": 4, "act": "silu"}, "num_classes": 10,
@@ -58,7 +60,7 @@ def test_an_undeclared_returned_name_is_refused(registry, ckpt, tmp_path):
         return {"widget_share": Result(0.25, n=40), "gadget": Result(1.0, n=1)}
 
     with pytest.raises(RuntimeError, match=r"leaky returned undeclared metric\(s\) \['gadget'\]"):
-        from bench import runner
+        from bench.run import runner
         runner.run(ckpt, "gadgetry", tmp_path / "run", device="cpu", log=lambda m: None)
     # a group whose names depend on the settings: each name must fall under one of its patterns
     g = metrics.Group("named", "gadgetry", (), (), leaky, names=lambda s: ("w_1", "v_1"), specs=(Metric("w_*"),))
@@ -67,7 +69,7 @@ def test_an_undeclared_returned_name_is_refused(registry, ckpt, tmp_path):
 
 
 def test_the_suites_keep_their_order_and_the_facts_their_rules():
-    from bench import registry
+    from bench.metrics import registry
 
     # the suites follow the metric modules' order (registry.ORDER), then registration: derived, not listed
     by_module = [g.suite for m in registry.ORDER for g in metrics.GROUPS.values() if g.fn.__module__ == f"bench.metrics.{m}"]
@@ -117,8 +119,8 @@ def test_a_new_group_with_a_new_suite_is_one_module(registry, ckpt, tmp_path, ca
 def test_reading_an_undeclared_setting_is_an_error_naming_group_and_setting(registry, ckpt, tmp_path):
     """The logit_margin of the guide, with n_eval read but not declared: before, a rerun at another
     --n-eval was served from the cache; now the first read is an error (in use and in tests)."""
-    from bench import runner
-    from bench.registry import UndeclaredSetting
+    from bench.metrics.registry import UndeclaredSetting
+    from bench.run import runner
 
     def margin(ctx):
         n = ctx.settings["n_eval"]
@@ -152,7 +154,7 @@ def test_reading_an_undeclared_setting_is_an_error_naming_group_and_setting(regi
 
 
 def test_groups_on_generated_images_declare_the_generation_settings(registry):
-    from bench.settings import GEN_SETTINGS
+    from bench.core.settings import GEN_SETTINGS
 
     register("gen_gadget", "gadgetry", metrics=(Metric("gadget_n"),), settings=("n_ref",),
              needs=("generated",))(_const)
@@ -165,7 +167,7 @@ def fresh_modules(registry, monkeypatch):
     """The metric modules discovered anew; any module imported here forgotten after."""
     import sys
 
-    from bench import registry as reg
+    from bench.metrics import registry as reg
 
     before = set(sys.modules)
     monkeypatch.setattr(reg, "_LOADED", [])

@@ -26,8 +26,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench import check, outcomes, results, zoo
 from bench.cli import main
+from bench.core import outcomes, results
+from bench.inputs import zoo
+from bench.outputs import check
 from tests.conftest import fashion_mnist_or_skip
 
 CASES = json.loads((zoo.results_dir() / "baseline" / "cases.json").read_text())["cases"]

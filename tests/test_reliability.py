@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench import checkpoints, data, metrics, runner
+from bench import metrics
 from bench.cli import main
+from bench.inputs import checkpoints, data
 from bench.metrics import Group, Result
+from bench.run import runner
 from tests.conftest import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +106,7 @@ def kill_groups() -> dict[str, Group]:
 
 def install_kill_groups() -> None:
     """Used by the subprocess in test_kill_9_then_rerun (python -c ...)."""
-    from bench import registry
+    from bench.metrics import registry
 
     groups = kill_groups()
     registry.load_all = lambda: groups

@@ -14,9 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import checkpoints, data, fileio, images, plots, refstats
 from bench.cli import main
-from bench.errors import BenchError
+from bench.core import fileio
+from bench.core.errors import BenchError
+from bench.engines import plots, refstats
+from bench.inputs import checkpoints, data, images
 from bench.metrics import Group, Result
 from tests.conftest import tiny_model
 from tests.test_reliability import FAST, META, fitted_tiny_model
@@ -48,7 +50,7 @@ def _one_error_line(capsys) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# image modes: one reader (bench.images) for folder: data sets, --ood folder: and bench samples
+# image modes: one reader (bench.inputs.images) for folder: data sets, --ood folder: and bench samples
 
 
 def _digit_folder(root, mode: str, n: int = 30):
@@ -92,7 +94,8 @@ def test_alpha_pngs_refused_by_name(tmp_path, mode, capsys, ckpt):
 
 
 def test_one_image_reader_for_data_ood_and_samples(tmp_path):
-    from bench import ood_data, samples_io
+    from bench.inputs import ood_data
+    from bench.run import samples_io
 
     _digit_folder(tmp_path / "p", "P")
     ds = data.load(f"folder:{tmp_path / 'p'}")
@@ -384,7 +387,7 @@ def _fake_features(u8, ext, *a, **k):
 
 
 def test_ref_stats_read_only_out_fails_before_features(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("bench.features.resolve_extractor", lambda *a: _fake_extractor())
+    monkeypatch.setattr("bench.engines.features.resolve_extractor", lambda *a: _fake_extractor())
 
     def never(*a, **k):
         raise AssertionError("features computed before the output was checked")
@@ -405,8 +408,8 @@ def test_ref_stats_read_only_out_fails_before_features(tmp_path, monkeypatch, ca
 
 
 def test_ref_stats_disk_full_at_the_end_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("bench.features.resolve_extractor", lambda *a: _fake_extractor())
-    monkeypatch.setattr("bench.features.extract_features", _fake_features)
+    monkeypatch.setattr("bench.engines.features.resolve_extractor", lambda *a: _fake_extractor())
+    monkeypatch.setattr("bench.engines.features.extract_features", _fake_features)
     real_fsync = os.fsync
 
     def fsync(fd):
@@ -421,8 +424,8 @@ def test_ref_stats_disk_full_at_the_end_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_cache_that_is_a_file_warns_and_goes_on(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("bench.features.resolve_extractor", lambda *a: _fake_extractor())
-    monkeypatch.setattr("bench.features.extract_features", _fake_features)
+    monkeypatch.setattr("bench.engines.features.resolve_extractor", lambda *a: _fake_extractor())
+    monkeypatch.setattr("bench.engines.features.extract_features", _fake_features)
     (tmp_path / "cachefile").write_text("not a folder")
     monkeypatch.setenv("JEAT_BENCH_CACHE", str(tmp_path / "cachefile"))
     out = tmp_path / "ref.npz"

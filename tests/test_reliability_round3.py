@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 
-from bench import outlock, registry
 from bench.cli import main
-from bench.errors import BenchError
-from bench.metrics import Group
+from bench.core.errors import BenchError
+from bench.metrics import Group, registry
+from bench.run import outlock
 from tests.test_reliability import FAST, fitted_tiny_model
 
 WARNING = "warning: the model is not deterministic: two forward passes of the same images differ by up to"

@@ -11,8 +11,11 @@ import zlib
 
 import pytest
 
-from bench import checkpoints, report, results, runner
 from bench.cli import main
+from bench.core import results
+from bench.inputs import checkpoints
+from bench.outputs import report
+from bench.run import runner
 from tests.test_tables import make_run, metric
 
 HOSTILE = '<script>alert("x")</script> & <b>'
@@ -31,7 +34,7 @@ def png(path, w=6, h=4, colour=(200, 30, 30)):
 
 
 def reliability_png(path):
-    from bench import plots
+    from bench.engines import plots
 
     stats = {"edges": [i / 4 for i in range(5)], "count": [0, 5, 10, 85], "accuracy": [None, 0.4, 0.6, 0.95],
              "confidence": [None, 0.4, 0.65, 0.9], "ece": 0.05}
@@ -127,7 +130,7 @@ def quick_run(tmp_path, monkeypatch):
         png(ctx.out / "figures" / "fake.png")
         return {"accuracy": Result(0.5, n=10, details={"figure": "figures/fake.png"})}
 
-    monkeypatch.setattr("bench.registry.load_all", lambda: {"clean": Group("clean", "robust", ("accuracy",), (), clean)})
+    monkeypatch.setattr("bench.metrics.registry.load_all", lambda: {"clean": Group("clean", "robust", ("accuracy",), (), clean)})
     return str(ckpt)
 
 

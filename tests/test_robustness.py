@@ -9,13 +9,13 @@ import torchattacks
 from pyautoattack import AutoAttack
 from torch import nn
 
-from bench import aa_adapter
-from bench.attacks import check_in_ball, pgd, pgd_restarts
-from bench.energy import EnergyModel
-from bench.execution import Execution
+from bench.core.energy import EnergyModel
+from bench.core.settings import DEFAULTS
+from bench.engines import aa_adapter
+from bench.engines.attacks import check_in_ball, pgd, pgd_restarts
 from bench.metrics import Context, load_all
 from bench.metrics import robustness as rob
-from bench.settings import DEFAULTS
+from bench.runtime.execution import Execution
 from tests.conftest import tiny_model, trained_model
 
 EPS = 0.1
@@ -62,7 +62,7 @@ def test_random_start_is_distributed_as_torchattacks_start(digits):
     law, mean 0, variance eps^2 / 3) inside [0, 1], and both clamped the same way at the edges."""
     from scipy import stats
 
-    from bench.attacks import uniform_start
+    from bench.engines.attacks import uniform_start
 
     m = tiny_model()
     n = 200

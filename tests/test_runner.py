@@ -3,9 +3,10 @@ import json
 import pytest
 import torch
 
-from bench import checkpoints, runner
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.inputs import checkpoints
 from bench.metrics import Group, Result
+from bench.run import runner
 from tests.conftest import tiny_model
 
 META = {"arch": "digits-cnn", "arch_kwargs": {"width": 4, "act": "silu"}, "num_classes": 10,
@@ -39,7 +40,7 @@ def fake_groups(monkeypatch):
         "clean": Group("clean", "robust", ("accuracy",), ("n_eval",), clean),
         "attack": Group("attack", "robust", ("pgd20",), ("eps", "n_eval", "seed"), attack),
     }
-    monkeypatch.setattr("bench.registry.load_all", lambda: groups)
+    monkeypatch.setattr("bench.metrics.registry.load_all", lambda: groups)
     return calls
 
 
@@ -99,7 +100,8 @@ def test_versions_record_scipy_and_fid_helper():
 
 
 def test_exact_check_compares_the_versions_a_baseline_records():
-    from bench import check, results
+    from bench.core import results
+    from bench.outputs import check
 
     v = runner.versions()
     plat = results.platform_record("cpu")
@@ -134,7 +136,7 @@ def test_a_hand_edited_cache_entry_is_recomputed_not_served(tmp_path, capsys, ed
     elif edit == "n":
         m["n"] = "fifty"
     else:  # a consistent-looking entry (digest recomputed) whose value cannot be an ECE
-        from bench.cache_keys import _digest
+        from bench.run.cache_keys import _digest
 
         m["value"] = 7.5
         doc["digest"] = _digest(doc["metrics"])

@@ -1,4 +1,4 @@
-"""`bench samples` (bench.samples_io), KID / precision-recall and diversity (bench.sample_quality).
+"""`bench samples` (bench.run.samples_io), KID / precision-recall and diversity (bench.engines.sample_quality).
 
 Features come from the small random-weight extractor of tests/test_generative.py (registered with
 torch-fidelity), never from Inception: every test takes seconds."""
@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench import cli, refstats, samples_io
-from bench import sample_quality as Q
-from bench.errors import BenchError
+from bench import cli
+from bench.core.errors import BenchError
+from bench.engines import refstats
+from bench.engines import sample_quality as Q
+from bench.run import samples_io
 from tests.test_generative import TINY, digits_npz, tiny_extractors
 
 

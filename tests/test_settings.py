@@ -1,4 +1,4 @@
-"""Settings are declared once (bench.settings.SETTINGS): the command line, validation, derived
+"""Settings are declared once (bench.core.settings.SETTINGS): the command line, validation, derived
 defaults and the registry all come from that table."""
 
 import re
@@ -6,9 +6,12 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from bench import attacks, cli, registry, settings
-from bench.errors import BenchError
-from bench.settings import DEFAULTS, SETTINGS, Norm
+from bench import cli
+from bench.core import settings
+from bench.core.errors import BenchError
+from bench.core.settings import DEFAULTS, SETTINGS, Norm
+from bench.engines import attacks
+from bench.metrics import registry
 
 
 def _help() -> str:
@@ -81,8 +84,8 @@ def test_help_and_docs_say_what_the_code_does():
     pixels is twice JEM's on [-1, 1] inputs (x = (z + 1) / 2, so d/dx = 2 d/dz)."""
     import torch
 
+    from bench.core.settings import SPECS
     from bench.metrics import calibration, ood
-    from bench.settings import SPECS
 
     assert "ece and mce (equal-width)" in SPECS["ece_bins"].help and "ece_adaptive (equal-mass)" in SPECS["ece_bins"].help
     _, stats = calibration.expected_calibration_error(torch.tensor([0.26, 0.74, 0.76]), torch.tensor([1, 0, 1]), 2)

@@ -1,5 +1,5 @@
 """SGLD step and noise are in [0, 1] pixel space; JEM's numbers, quoted on (x - 0.5) / 0.5, are
-converted once (bench.settings.sgld_from_normalised).  The reference is JEM's own update,
+converted once (bench.core.settings.sgld_from_normalised).  The reference is JEM's own update,
 re-typed from its ``sample_q`` (train_wrn_ebm.py):
 
     f_prime = t.autograd.grad(f(x_k, y=y).sum(), [x_k], retain_graph=True)[0]
@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from bench.energy import EnergyModel
-from bench.sampling import SGLDConfig, sgld
-from bench.settings import DEFAULTS, JEM_SGLD_NOISE, JEM_SGLD_STEP_SIZE, sgld_from_normalised
+from bench.core.energy import EnergyModel
+from bench.core.settings import DEFAULTS, JEM_SGLD_NOISE, JEM_SGLD_STEP_SIZE, sgld_from_normalised
+from bench.engines.sampling import SGLDConfig, sgld
 from bench.train.recipe import Recipe, load_recipe
 
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from bench import generation
+from bench.core.settings import DEFAULTS
+from bench.engines import generation
+from bench.engines.ssim import nearest_neighbours, show_order, ssim, ssim_matrix, window_stats
 from bench.metrics import Context, load_all
-from bench.metrics.ssim import nearest_neighbours, show_order, ssim, ssim_matrix, window_stats
-from bench.settings import DEFAULTS
 from tests.conftest import tiny_model
 
 
@@ -132,7 +132,7 @@ def test_ssim_group_through_context(digits, tmp_path, monkeypatch):
 
 
 def test_neighbour_grid_in_colour(tmp_path):
-    from bench import plots
+    from bench.engines import plots
 
     gen, train = _rand(2, 3, 10, 10, seed=7), _rand(30, 3, 10, 10, seed=8)
     vals, idx = nearest_neighbours(gen, train, k=3)

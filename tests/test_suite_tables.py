@@ -3,7 +3,7 @@ landscape and denoise, with value ± std cells and std/n columns free of float n
 
 import pandas as pd
 
-from bench import paper_tables, tables
+from bench.outputs import paper_tables, tables
 from tests.test_tables import make_run, metric
 
 SUITE_METRICS = {

@@ -6,8 +6,8 @@ import re
 import pandas as pd
 import pytest
 
-from bench import paper_tables, tables
 from bench.cli import main
+from bench.outputs import paper_tables, tables
 
 CONFIG = {"seed": 0, "eps": 0.1, "n_eval": 360, "n_gen": 100, "pgd_steps": 20, "batch_size": 250}
 VERSIONS = {"bench": "0.1.0", "torch": "2.14.1", "numpy": "2.3.0", "python": "3.12.0"}

@@ -6,10 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from bench import checkpoints, zoo
 from bench.cli import main
-from bench.energy import EnergyModel
-from bench.errors import BenchError
+from bench.core.energy import EnergyModel
+from bench.core.errors import BenchError
+from bench.inputs import checkpoints, zoo
 from bench.train import METHODS, load_recipe, train
 from bench.train.loop import learning_rate, resume_path
 from bench.train.methods import TrainState
@@ -181,7 +181,7 @@ def test_resume_refuses_another_recipe(tmp_path):
 def test_energy_monitor_leaves_the_run_untouched():
     model = tiny_model()
     r = small("jeat")
-    from bench.sampling import ReplayBuffer
+    from bench.engines.sampling import ReplayBuffer
 
     gen = torch.Generator().manual_seed(0)
     state = TrainState(model, r, gen, ReplayBuffer(16, (1, 8, 8), 0.05, "cpu", gen))
@@ -248,7 +248,7 @@ def test_cifar_recipe_trains_on_cifar_files_through_the_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_one_step_of_each_method_changes_the_parameters(method, digits):
-    from bench.sampling import ReplayBuffer
+    from bench.engines.sampling import ReplayBuffer
 
     torch.manual_seed(0)
     model = tiny_model()

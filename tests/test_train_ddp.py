@@ -16,8 +16,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from bench import checkpoints
 from bench.cli import main
+from bench.inputs import checkpoints
 from bench.train import load_recipe, parallel, train
 from bench.train.loop import resume_path
 

@@ -11,11 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from bench import checkpoints, cli, data, metrics, nets, runner
-from bench.energy import EnergyModel
-from bench.errors import BenchError
+from bench import cli, metrics
+from bench.core.energy import EnergyModel
+from bench.core.errors import BenchError
+from bench.core.settings import DEFAULTS
+from bench.inputs import checkpoints, data, nets
 from bench.metrics import Context, Group, Result
-from bench.settings import DEFAULTS
+from bench.run import runner
 from tests.conftest import tiny_model
 from tests.test_data import _write_cifar10
 
@@ -37,7 +39,7 @@ def only(monkeypatch):
     def use(*groups):
         real = metrics.load_all()
         chosen = {g if isinstance(g, str) else g.name: real[g] if isinstance(g, str) else g for g in groups}
-        monkeypatch.setattr("bench.registry.load_all", lambda: chosen)
+        monkeypatch.setattr("bench.metrics.registry.load_all", lambda: chosen)
     return use
 
 
@@ -272,7 +274,7 @@ def _state(m):
 
 @pytest.mark.parametrize("what", ["pgd", "ece", "fisher"])
 def test_metrics_use_eval_mode_and_restore_it(tmp_path, digits, what, one_thread):
-    from bench.attacks import pgd
+    from bench.engines.attacks import pgd
     from bench.metrics.calibration import ece_group
     from bench.metrics.fisher import fisher_scores
 
@@ -304,7 +306,7 @@ def test_metrics_use_eval_mode_and_restore_it(tmp_path, digits, what, one_thread
 
 
 def test_eval_mode_restores_after_an_error():
-    from bench.energy import eval_mode
+    from bench.core.energy import eval_mode
 
     m = _bn_model()
     modes = [mod.training for mod in m.modules()]

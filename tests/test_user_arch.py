@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from bench import checkpoints
 from bench.cli import main
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.inputs import checkpoints
 
 
 class SmallNet(nn.Module):

@@ -15,7 +15,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from bench import check_rules, outcomes, registry, results
+from bench.core import outcomes, results
+from bench.metrics import registry
+from bench.outputs import check_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 

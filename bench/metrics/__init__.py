@@ -6,117 +6,16 @@ share their features).  It declares the settings that change its numbers, so the
 each group keyed by the model's sha256 and exactly those settings: changing ``eps`` recomputes the
 attacks and nothing else.  Every group runs on CPU and CUDA, batched, through ``ctx.model``
 (an EnergyModel on images in [0, 1]).
+
+The package's ``__init__`` holds no torch: it re-exports the registry's declarations (plain data,
+``bench check`` and ``bench table`` read them) and gives ``Context`` and ``mean_se`` (torch, in
+``bench.metrics.context``) on first use.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import torch
-
-from bench.data import Dataset
-from bench.energy import EnergyModel
-from bench.execution import Execution
-from bench.results import Result  # noqa: F401  (re-exported: metric modules import it from here)
-
-if TYPE_CHECKING:
-    from bench.generation import Generated
-
-
-@dataclass
-class Context:
-    """What a metric group sees: the model, the data, where to write figures, and the settings
-    (while the group runs, its read-only ``bench.registry.SettingsView``: what it declares, plus the
-    fast paths, ``EXECUTION_KEYS`` and ``IDENTITY_KEYS``)."""
-
-    model: EnergyModel
-    data: Dataset
-    settings: Mapping
-    device: torch.device
-    out: Path
-    replay_buffer: torch.Tensor | None = None  # the checkpoint's SGLD replay buffer, images in [0, 1]
-    data_root: str | None = None  # where data sets live (--data-root): OOD sets load from it
-    # the checkpoint trained on the first ``train_used`` training points only (its recipe's
-    # train_n); None: on all of them, or unknown.  The rest of the split was never seen.
-    train_used: int | None = None
-    generation: Generated | None = None  # the run's generated set, once made (bench.generation.generated)
-    progress: Callable | None = None  # progress(iterable, desc=..., total=...) -> iterable
-    sharded: bool = False  # set by the runner while a sharded group runs under torchrun
-    _memo: dict = field(default_factory=dict, repr=False)
-
-    def once(self, key, make: Callable[[], Any]) -> Any:
-        """``make()`` computed once per run under ``key`` (groups that share an input, e.g. the
-        fitted temperature or the OOD sets, compute it once)."""
-        if key not in self._memo:
-            self._memo[key] = make()
-        return self._memo[key]
-
-    def generator(self, tag: str) -> torch.Generator:
-        """A generator seeded by (seed, tag) on the model's device: each group draws from its own
-        stream, so running a subset of suites, or resuming, never shifts another group's numbers."""
-        g = torch.Generator(device=self.device)
-        g.manual_seed(_seed_for(self.settings["seed"], tag))
-        return g
-
-    @property
-    def execution(self) -> Execution:
-        """How this group computes: the run's device, batch size and progress, and whether it is
-        sharded (``bench.execution``); engines take it instead of four parameters."""
-        return Execution(self.device, int(self.settings["batch_size"]), self.progress, self.sharded)
-
-    def iterate(self, iterable, desc: str, total: int | None = None):
-        return self.execution.iterate(iterable, desc, total)
-
-    def figure_path(self, name: str) -> Path:
-        p = self.out / "figures" / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def batches(self, x: torch.Tensor, *others: torch.Tensor, desc: str = "", indexed: bool = False):
-        """Yield device batches of (x, *others) of ``settings['batch_size']`` (with ``indexed``:
-        ``(i, x, *others)``, i the batch's global index, for per-batch random streams that do not
-        depend on how batches are spread over processes).  In a sharded group under torchrun each
-        rank gets its contiguous share of the batches; ``collect``/``gather`` reassemble per-point results."""
-        bs = self.settings["batch_size"]
-        mine = self.my_batches(len(x))
-        for i in self.iterate(mine, desc, total=len(mine)):
-            batch = tuple(t[i * bs:(i + 1) * bs].to(self.device) for t in (x, *others))
-            yield (i, *batch) if indexed else batch
-
-    def my_batches(self, n: int) -> range:
-        return self.execution.my_batches(n)
-
-    def gather(self, t: torch.Tensor) -> torch.Tensor:
-        return self.execution.gather(t)
-
-    def collect(self, parts: list[torch.Tensor], empty: torch.Tensor | torch.dtype = torch.float64) -> torch.Tensor:
-        return self.execution.collect(parts, empty)
-
-    def gather_max(self, value: float) -> float:
-        return self.execution.gather_max(value)
-
-
-def mean_se(v: torch.Tensor) -> tuple[float, float | None, float | None]:
-    """(mean, standard error sd / sqrt(n), sample sd) of per-point values; the last two are None
-    for a single point."""
-    v = v.double()
-    n = len(v)
-    sd = v.std().item() if n > 1 else None
-    return v.mean().item(), (sd / math.sqrt(n) if sd is not None else None), sd
-
-
-def _seed_for(seed: int, tag: str) -> int:
-    import zlib
-
-    return (int(seed) * 1_000_003 + zlib.crc32(tag.encode())) % (2**63 - 1)
-
-
-# the registry lives in bench.registry (declarations only); metric modules import it from here
-from bench.registry import (  # noqa: E402,F401
+from bench.core.results import Result  # noqa: F401
+from bench.metrics.registry import (  # noqa: F401
     DETERMINISTIC,
     DISPLAYS,
     DRIFTING,
@@ -145,3 +44,13 @@ from bench.registry import (  # noqa: E402,F401
     stable,
     standard_error,
 )
+
+_CONTEXT = ("Context", "mean_se", "_seed_for")
+
+
+def __getattr__(name: str):
+    if name in _CONTEXT:  # torch: imported when a metric module (or the runner) asks for it
+        from bench.metrics import context
+
+        return getattr(context, name)
+    raise AttributeError(f"module 'bench.metrics' has no attribute {name!r}")

@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench import outcomes
-from bench.attacks import check_in_ball, fgsm
+from bench.core import outcomes
+from bench.engines.attacks import check_in_ball, fgsm
 from bench.metrics import ECE, MEAN, Context, Metric, Result, mean_se, register, stable
 
 STD_NOTE = "null: ECE has no closed-form standard error (not bootstrapped)"
@@ -103,7 +103,7 @@ def _fgsm_threat(s: dict, max_dist: float) -> dict:
 def _ece_result(ctx: Context, adversarial: bool) -> Result:
     s = ctx.settings
     tag = "ece_fgsm" if adversarial else "ece"
-    from bench import plots  # matplotlib only when a diagram is drawn
+    from bench.engines import plots  # matplotlib only when a diagram is drawn
 
     conf, ok, info = _collect(ctx, adversarial, tag)
     bins = int(s.get("ece_bins") or 20)
@@ -254,7 +254,7 @@ def fit_temperature(logits, y, bounds=TEMPERATURE_BOUNDS) -> float:
 def _logits_of(ctx: Context, x_all: torch.Tensor, y_all: torch.Tensor, adversarial: bool, tag: str):
     """(logits float64, labels, largest perturbation in the run's norm) of the points, clean or after
     FGSM (the fast gradient method x + eps g / ||g||_2 under ``--norm L2``)."""
-    # the threat model only under attack: the clean groups do not declare it (bench.registry.SettingsView)
+    # the threat model only under attack: the clean groups do not declare it (bench.metrics.registry.SettingsView)
     eps, norm = (float(ctx.settings["eps"]), ctx.settings.get("norm", "Linf")) if adversarial else (0.0, None)
     k = ctx.data.num_classes
     out, labels, max_dist = [], [], 0.0
@@ -276,7 +276,7 @@ def _temperature(ctx: Context) -> tuple[torch.Tensor, dict]:
     cross-fit on the clean evaluation points (see above).  Raises ``_NoSplit`` when neither exists."""
     def fit() -> tuple[torch.Tensor, dict]:
         if ctx.data.train_is_test:
-            from bench.data import TRAIN_IS_TEST
+            from bench.inputs.data import TRAIN_IS_TEST
 
             raise _NoSplit(f"refused: {TRAIN_IS_TEST}; the model trained on the evaluated points, so none is "
                            "held out to fit the temperature")
@@ -332,7 +332,7 @@ def _temperature_value(t: torch.Tensor, info: dict) -> float:
 
 
 def _extra_results(ctx: Context, adversarial: bool) -> dict[str, Result]:
-    from bench import plots
+    from bench.engines import plots
 
     s = ctx.settings
     suffix = "_fgsm" if adversarial else ""

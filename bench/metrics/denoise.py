@@ -4,7 +4,7 @@ The first ``denoise_images`` test images x get Gaussian noise of mean 0 and vari
 ``denoise_var`` (0.3 as in the paper: standard deviation sqrt(0.3) ~ 0.55), drawn for all images at
 once from the group's own generator (so the noisy images depend on the seed and the noise only); the noisy images are clamped to [0, 1], the model's input domain, and that clamped
 image is "the noisy image" everywhere below (its PSNR and SSIM included).  From it, Langevin
-dynamics on E(x, y) (``bench.sampling.sgld``, Eq. 10:
+dynamics on E(x, y) (``bench.engines.sampling.sgld``, Eq. 10:
 x <- clamp(x - step/2 grad E(x, y) + noise N(0, I), 0, 1), step ``denoise_step_size``, noise
 ``denoise_noise``; 0 is plain gradient descent) runs one chain per image; its state after each
 count of ``denoise_steps`` (10 and 50) is the denoised image at that count.
@@ -21,7 +21,7 @@ Metrics, all against the clean image, data range 1:
 ``denoise_psnr_noisy``   PSNR of the noisy images, 10 log10(1 / MSE) per image, mean over images
 ``denoise_psnr``         PSNR of the denoised images after the largest step count (every count in
                          ``details['by_steps']``)
-``denoise_ssim_noisy``   SSIM (scikit-image's, see ``bench.metrics.ssim``) of the noisy images
+``denoise_ssim_noisy``   SSIM (scikit-image's, see ``bench.engines.ssim``) of the noisy images
 ``denoise_ssim``         SSIM of the denoised images after the largest step count
 
 PSNR is averaged per image (the mean of per-image PSNR, as is usual for denoising benchmarks);
@@ -39,11 +39,11 @@ import math
 
 import torch
 
-from bench.energy import EnergyModel, evaluates
-from bench.errors import BenchError
+from bench.core.energy import EnergyModel, evaluates
+from bench.core.errors import BenchError
+from bench.engines.sampling import SGLDConfig, sgld
+from bench.engines.ssim import WIN, show_order, ssim
 from bench.metrics import STABLE, Context, Metric, Result, absolute, mean_se, register
-from bench.metrics.ssim import WIN, show_order, ssim
-from bench.sampling import SGLDConfig, sgld
 
 STD_NOTE = "standard error over images, sd / sqrt(n)"
 N_SHOW = 8
@@ -99,7 +99,7 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
     """Gaussian noise (variance ``denoise_var``) on test images, Langevin descent on E(x, y) with
     y the predicted (or, ``denoise_label`` oracle, the true) label; PSNR and SSIM before and after
     ``denoise_steps`` steps, and the Fig. 15 grid."""
-    from bench import plots
+    from bench.engines import plots
 
     s = ctx.settings
     label = s.get("denoise_label") or "predicted"

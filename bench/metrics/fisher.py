@@ -24,7 +24,7 @@ a batch of points come from batched passes (a few probes at a time), never a loo
 probes.  From the logits f, their first and second directional derivatives f' and f'' along v
 give both energies at once: v^T Hess E(x, y) v = -f''_y and v^T Hess E(x) v =
 -(sum_k p_k f''_k + sum_k p_k (f'_k - sum_j p_j f'_j)^2), p = softmax(f).  Three ways to get f', f''
-(``method``; ``auto`` takes the first that the network supports; the engines are ``bench.taylor``'s):
+(``method``; ``auto`` takes the first that the network supports; the engines are ``bench.engines.taylor``'s):
 
 - ``jet`` (default): second-order Taylor mode through the network traced with torch.fx, each
   value carrying (value, first, second derivative) for every probe.  A linear layer (conv,
@@ -33,7 +33,7 @@ give both energies at once: v^T Hess E(x, y) v = -f''_y and v^T Hess E(x) v =
   closed-form derivatives (as autograd: 0 at a ReLU kink); any other op is differentiated
   exactly by a nested jvp of that op alone.  The traced network's values are checked against
   the model's own logits; a network that cannot be traced falls back (a model left in training
-  mode is differentiated in eval mode, ``bench.energy.evaluates``, and its mode restored).
+  mode is differentiated in eval mode, ``bench.core.energy.evaluates``, and its mode restored).
 - ``forward``: the same by forward-over-forward through the whole network (a nested
   ``torch.func.jvp``, ``vmap``-ed over the probes), about 2x the arithmetic of ``jet``.
 - ``reverse``: one first backward with ``create_graph``, then one batched double backward per
@@ -63,11 +63,11 @@ import math
 
 import torch
 
-from bench.energy import Energy, EnergyModel, evaluates
-from bench.errors import BenchError
-from bench.execution import Execution
+from bench.core.energy import Energy, EnergyModel, evaluates
+from bench.core.errors import BenchError
+from bench.engines.taylor import JetUnsupported, forward_over_forward, hvp_batched, jet
 from bench.metrics import STABLE, Context, Metric, Result, mean_se, register, standard_error
-from bench.taylor import JetUnsupported, forward_over_forward, hvp_batched, jet
+from bench.runtime.execution import Execution
 
 KINDS = (Energy.JOINT, Energy.MARGINAL)
 SPACES = {"pixel": "pixel: derivatives w.r.t. the image x in [0, 1] (the model's normalisation is part of E)",
@@ -128,13 +128,13 @@ def _quad_from_logits(f: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor, y, ki
 
 def _quad_forward(model: EnergyModel, x: torch.Tensor, y, f: torch.Tensor, vs: torch.Tensor, kinds) -> dict:
     """v^T Hess E v for every probe v (vs (c, B, ...) -> (c, B)), both energies from one pass:
-    forward-over-forward (``bench.taylor.forward_over_forward``) of the logits."""
+    forward-over-forward (``bench.engines.taylor.forward_over_forward``) of the logits."""
     f1, f2 = forward_over_forward(model, x, vs)  # (c, B, K) each
     return _quad_from_logits(f, f1, f2, y, kinds)
 
 
 def _quad_jet(model: EnergyModel, x: torch.Tensor, y, f: torch.Tensor, vs: torch.Tensor, kinds) -> dict:
-    """The same quadratic forms by second-order Taylor mode (``bench.taylor.jet``): one pass through the
+    """The same quadratic forms by second-order Taylor mode (``bench.engines.taylor.jet``): one pass through the
     traced network carrying (value, first, second directional derivative); the values are
     checked against the model's own logits f."""
     fj, f1, f2 = jet(model, x, vs)

@@ -15,20 +15,20 @@ Metrics (group ``is_fid``, suite ``generative``):
     diversity_ssim      mean pairwise SSIM within each class (over the whole set without labels);
               lower is more diverse, 1 for one image repeated; the training set's value in details
 
-FID, KID and precision/recall share one reference (``bench.refstats.reference_features``): a
+FID, KID and precision/recall share one reference (``bench.engines.refstats.reference_features``): a
 ``--ref-stats`` file (setting ``ref_stats``), else the statistics shipped for the bundled training
 split when they match the images and the extractor, else the disk cache, else computed.  Below
 10,000 generated images the FID's details note its upward small-sample bias.
 
-The generated set is ``bench.generation.generated(ctx)`` (balanced over classes, SGLD by the run's
+The generated set is ``bench.engines.generation.generated(ctx)`` (balanced over classes, SGLD by the run's
 ``gen_*`` settings); diverged chains (NaN images) are left out and counted in ``details``.  IS and
 FID of the surviving chains alone flatter a sampler that loses many chains (the hardest classes,
 the wildest chains go first), so above ``max_diverged`` (default 0.1) diverged chains IS and FID
 are null with that reason; ``diverged_fraction`` is always reported (Table 2 shows it beside them).
 
-The engines: ``bench.features`` (the feature extractors, the images' uint8 preprocessing),
-``bench.refstats`` (the reference: a ``--ref-stats`` file, the shipped statistics, the disk cache)
-and ``bench.sample_quality`` (FID, IS, KID, precision/recall and diversity from features, as
+The engines: ``bench.engines.features`` (the feature extractors, the images' uint8 preprocessing),
+``bench.engines.refstats`` (the reference: a ``--ref-stats`` file, the shipped statistics, the disk cache)
+and ``bench.engines.sample_quality`` (FID, IS, KID, precision/recall and diversity from features, as
 Results); this module is the registered group and its handling of diverged chains.
 """
 
@@ -38,13 +38,11 @@ from dataclasses import replace
 
 import torch
 
-from bench import features
-from bench.data import TRAIN_IS_TEST
-from bench.errors import BenchError
-from bench.execution import Execution
-from bench.features import FEATURE_BATCH, ISC_LAYER
-from bench.metrics import DRIFTING, Context, Metric, Result, register, relative
-from bench.sample_quality import (
+from bench.core.errors import BenchError
+from bench.core.settings import GEN_SETTINGS
+from bench.engines import features
+from bench.engines.features import FEATURE_BATCH, ISC_LAYER
+from bench.engines.sample_quality import (
     FEATURE_METRICS,
     ISC_SPLITS,
     NO_LOGITS,
@@ -52,9 +50,11 @@ from bench.sample_quality import (
     fid_is,
     fid_is_results,
 )
-from bench.settings import GEN_SETTINGS
+from bench.inputs.data import TRAIN_IS_TEST
+from bench.metrics import DRIFTING, Context, Metric, Result, register, relative
+from bench.runtime.execution import Execution
 
-GRID = "samples/grid.png"  # the generated set's grid (bench.generation.generated), relative to the run's folder
+GRID = "samples/grid.png"  # the generated set's grid (bench.engines.generation.generated), relative to the run's folder
 
 # --------------------------------------------------------------------------------------------
 # the metric group
@@ -62,7 +62,7 @@ GRID = "samples/grid.png"  # the generated set's grid (bench.generation.generate
 
 def max_diverged(settings: dict) -> float:
     """The ``max_diverged`` setting as a fraction in [0, 1] (BenchError otherwise)."""
-    from bench.settings import DEFAULTS
+    from bench.core.settings import DEFAULTS
 
     v = settings.get("max_diverged")
     v = DEFAULTS["max_diverged"] if v is None else v
@@ -111,7 +111,7 @@ def reference_digests(ctx: Context) -> dict:
     the run resolves to (``auto`` is torch-fidelity's Inception when its weights are at hand, else
     fid-helper's network: the setting alone does not say which) and the sha256 of the files its
     numbers come from: ``--ref-stats``, ``--inception-weights`` and the shipped ``models/refstats/*.npz``."""
-    from bench import refstats
+    from bench.engines import refstats
 
     s = ctx.settings
     try:
@@ -140,8 +140,8 @@ def reference_digests(ctx: Context) -> dict:
 def generative_group(ctx: Context) -> dict[str, Result]:
     """IS and FID of the run's generated images against the training split (Sec. 4.2), and the
     share of diverged chains (IS/FID null above ``max_diverged``)."""
-    from bench import progress
-    from bench.generation import generated
+    from bench.core import progress
+    from bench.engines.generation import generated
 
     s = ctx.settings
     names = ("is_mean", "is_std", "fid", *FEATURE_METRICS, "diversity_ssim")

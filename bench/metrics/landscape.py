@@ -40,10 +40,11 @@ import math
 
 import torch
 
-from bench import fastpath, settings
-from bench.energy import EnergyModel, evaluates
-from bench.execution import Execution
+from bench.core import settings
+from bench.core.energy import EnergyModel, evaluates
 from bench.metrics import MEAN, STABLE, Context, Metric, Result, mean_se, register
+from bench.runtime import fastpath
+from bench.runtime.execution import Execution
 
 
 def random_directions(n: int, shape, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -120,7 +121,7 @@ def landscape_summary(grid: torch.Tensor, centre: torch.Tensor, coords: torch.Te
           settings=("seed", "eps", "landscape_images", "landscape_radius", "landscape_resolution"), sharded=True)
 def landscape_group(ctx: Context) -> dict[str, Result]:
     """Energy landscapes E(x + a d1 + b d2, y) around test images: contour figures and summaries."""
-    from bench import plots
+    from bench.engines import plots
 
     s = ctx.settings
     radius = float(settings.value(s, "landscape_radius"))
@@ -133,7 +134,7 @@ def landscape_group(ctx: Context) -> dict[str, Result]:
                 ("landscape_flatness", "landscape_center_is_min", "landscape_min_offset")}
     dirs = random_directions(n, x.shape[1:], ctx.generator("landscape"))
     coords = grid_coords(radius, res_n)
-    with fastpath.without_amp(ctx.model), torch.no_grad():  # float32: see bench.fastpath
+    with fastpath.without_amp(ctx.model), torch.no_grad():  # float32: see bench.runtime.fastpath
         grid = energy_grid(ctx.model, x, y, dirs, coords, ctx.execution)
         centre = ctx.model.energy_joint(x.to(ctx.device), y.to(ctx.device)).cpu()
     summ = landscape_summary(grid, centre, coords, radius)

@@ -11,7 +11,7 @@ Scores, higher meaning "in-distribution", from the logits f(x) of images in [0, 
             every ranking measure unchanged)
 
 In-distribution points: the first ``n_eval`` test points.  OOD sets (``--ood``, see
-``bench.ood_data``): each its first ``n_ood`` points (default ``n_eval``).  Per (score, set),
+``bench.inputs.ood_data``): each its first ``n_ood`` points (default ``n_eval``).  Per (score, set),
 with the in-distribution points as the positive class:
 
     auroc     area under the ROC curve, P(s_in > s_out) + P(s_in = s_out) / 2; ``std``: DeLong's
@@ -30,7 +30,7 @@ Ties count as in scikit-learn (``roc_auc_score``, ``average_precision_score``, `
 Robust OOD detection (group ``ood_adv``, names ``ood_adv_<measure>_<score>_<set>``): each OOD
 point is pushed, inside the L-inf ball of radius ``eps`` and [0, 1], by PGD (``pgd_steps`` steps of
 ``pgd_step_size``, default 20 of eps / 4, uniform random start, the update and projection of
-``bench.attacks.pgd``) to *raise* the score under test, so it looks in-distribution; the
+``bench.engines.attacks.pgd``) to *raise* the score under test, so it looks in-distribution; the
 in-distribution points stay clean.  Both sides are scored one score at a time, through the same
 call (``scores(model, x, [score])``), so under ``--amp bf16`` they share one precision.  Attacking ``pxgrad`` needs the gradient of a gradient norm
 (a double backward, always on the plain float32 network).  Random starts are drawn per (score,
@@ -47,9 +47,10 @@ import math
 import numpy as np
 import torch
 
-from bench import ood_data, settings
-from bench.attacks import check_in_ball, uniform_start
-from bench.errors import BenchError
+from bench.core import settings
+from bench.core.errors import BenchError
+from bench.engines.attacks import check_in_ball, uniform_start
+from bench.inputs import ood_data
 from bench.metrics import PAIRS, POINTS, Context, Metric, Portable, Result, _seed_for, register
 
 SCORES = ("px", "py", "pxgrad")
@@ -176,7 +177,7 @@ def score_objective(model, x: torch.Tensor, score: str) -> torch.Tensor:
 def raise_score(model, x: torch.Tensor, score: str, eps: float, steps: int, step_size: float,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """L-inf PGD that ascends ``score`` from a uniform start in the eps ball (the update and
-    projection of ``bench.attacks.pgd``: step * sign(grad), clip to the ball and to [0, 1])."""
+    projection of ``bench.engines.attacks.pgd``: step * sign(grad), clip to the ball and to [0, 1])."""
     x = x.detach()
     adv = uniform_start(x, eps, generator)
     for _ in range(steps):
@@ -280,7 +281,7 @@ def _results(prefix: str, s_in: dict, s_out: dict, specs, infos, extra: dict) ->
 
 
 def _histograms(ctx: Context, prefix: str, s_in: dict, s_out: dict, specs, title: str) -> dict[str, str]:
-    from bench import plots  # matplotlib only when a figure is drawn
+    from bench.engines import plots  # matplotlib only when a figure is drawn
 
     figs = {}
     for sc, a in s_in.items():

@@ -37,7 +37,7 @@ no number).
 AutoAttack runs in blocks of ``batch_size`` consecutive points, one pyautoattack call per block
 (so that its per-batch reseeding, and the numbers, do not depend on how blocks are spread over
 torchrun ranks; up to ``batch_size`` points it is one call, exactly pyautoattack's evaluation).
-The calls, their resumable state files, warnings, RNG and float32 guards: ``bench.aa_adapter``.
+The calls, their resumable state files, warnings, RNG and float32 guards: ``bench.engines.aa_adapter``.
 """
 
 from __future__ import annotations
@@ -48,12 +48,12 @@ from pathlib import Path
 
 import torch
 
-from bench import outcomes, settings
-from bench.aa_adapter import AAConfig, float32_input_grads, run_autoattack, run_blocks, summarise
-from bench.attacks import NORMS, check_in_ball, pgd_restarts
-from bench.energy import EnergyModel, evaluates
-from bench.execution import Execution
+from bench.core import outcomes, settings
+from bench.core.energy import EnergyModel, evaluates
+from bench.engines.aa_adapter import AAConfig, float32_input_grads, run_autoattack, run_blocks, summarise
+from bench.engines.attacks import NORMS, check_in_ball, pgd_restarts
 from bench.metrics import CheckFailed, Context, Metric, Result, register
+from bench.runtime.execution import Execution
 
 STD_NOTE = "standard error of the proportion, sqrt(p(1-p)/n)"
 
@@ -61,7 +61,7 @@ STD_NOTE = "standard error of the proportion, sqrt(p(1-p)/n)"
 class RobustnessCheckError(CheckFailed):
     """A run-time check of an attack failed: robust accuracy above clean accuracy, or an
     adversarial example outside the threat model.  The evaluation gives no number: its metrics are
-    nulls with this message as their reason (``bench.compute``)."""
+    nulls with this message as their reason (``bench.run.compute``)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,13 +25,15 @@ from pathlib import Path
 
 import torch
 
-from bench import checkpoints, distributed, fileio, nets, progress
-from bench.attacks import pgd
-from bench.data import load as load_data
-from bench.energy import EnergyModel
-from bench.errors import BenchError
-from bench.sampling import ReplayBuffer
-from bench.settings import SPECS
+from bench.core import fileio, progress
+from bench.core.energy import EnergyModel
+from bench.core.errors import BenchError
+from bench.core.settings import SPECS
+from bench.engines.attacks import pgd
+from bench.engines.sampling import ReplayBuffer
+from bench.inputs import checkpoints, nets
+from bench.inputs.data import load as load_data
+from bench.runtime import distributed
 from bench.train import parallel
 from bench.train.augment import augment
 from bench.train.methods import METHODS, TrainState

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.attacks import pgd
-from bench.energy import EnergyModel
-from bench.sampling import ReplayBuffer, SGLDConfig, sgld
+from bench.core.energy import EnergyModel
+from bench.engines.attacks import pgd
+from bench.engines.sampling import ReplayBuffer, SGLDConfig, sgld
 from bench.train import parallel
 from bench.train.recipe import Recipe
 

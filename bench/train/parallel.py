@@ -32,9 +32,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bench import distributed
-from bench.errors import BenchError
-from bench.sampling import ReplayBuffer
+from bench.core.errors import BenchError
+from bench.engines.sampling import ReplayBuffer
+from bench.runtime import distributed
 
 RANK_STRIDE = 1000  # seed distance between two ranks' streams
 

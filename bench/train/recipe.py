@@ -14,8 +14,8 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from bench.errors import BenchError
-from bench.settings import JEM_SGLD_NOISE, JEM_SGLD_STEP_SIZE
+from bench.core.errors import BenchError
+from bench.core.settings import JEM_SGLD_NOISE, JEM_SGLD_STEP_SIZE
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -81,7 +81,7 @@ class Recipe:
 
 
 def recipe_path(name_or_path: str | Path) -> Path:
-    from bench import zoo
+    from bench.inputs import zoo
 
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import torch
 
-from bench import __version__, checkpoints, fileio
+from bench import __version__
+from bench.core import fileio
+from bench.inputs import checkpoints
+from bench.inputs.zoo import ZOOS
 from bench.train.loop import train
 from bench.train.recipe import METHODS
-from bench.zoo import ZOOS
 
 
 def main(argv=None) -> None:

@@ -1,0 +1,53 @@
+"""File I/O shared by every writer: atomic writes, write checks and file digests (no torch, no model
+code).  A failed write is ``bench.core.errors.CannotWrite``: one ``error: cannot write PATH: reason`` line."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from bench.core.errors import CannotWrite
+
+
+def sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write, fsync, rename: a kill never leaves a half-written file under ``path``, and a failed
+    write or rename leaves no temporary file behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(e, OSError) and not isinstance(e, CannotWrite):
+            raise CannotWrite(path, e) from None  # one error line: disk full, read-only, no permission
+        raise
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse, as ``cannot write PATH: reason``, a file that could not be written later (its folder
+    missing, read-only or not a folder): say so before any long computation, not after it."""
+    path = Path(path)
+    probe = path.with_name(f".{path.name}.probe{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as e:
+        raise CannotWrite(path, e) from None

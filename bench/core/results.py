@@ -1,0 +1,127 @@
+"""The results record (results.json, schema 1; see docs/CONVENTIONS.md) and atomic JSON I/O."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.core.errors import BenchError
+from bench.core.fileio import atomic_write_bytes
+
+SCHEMA = 1
+
+
+@dataclass
+class Result:
+    """One metric: its value (None only with a ``reason``), standard error, n, seconds, details."""
+
+    value: float | None
+    std: float | None = None
+    n: int = 0
+    reason: str | None = None
+    seconds: float = 0.0
+    details: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.value is not None:
+            self.value = float(self.value)
+            if not math.isfinite(self.value):
+                self.reason = self.reason or f"non-finite value {self.value}"
+                self.value = None
+        if self.value is None and not self.reason:
+            raise ValueError("a metric without a value needs a reason")
+        if self.std is not None:
+            self.std = float(self.std)
+
+    @classmethod
+    def missing(cls, reason: str, n: int = 0, **details) -> Result:
+        return cls(None, None, n, reason, details=details)
+
+    def to_json(self) -> dict:
+        d = {"value": self.value, "std": self.std, "n": int(self.n), "reason": self.reason,
+             "seconds": round(float(self.seconds), 3)}
+        if self.details:
+            d["details"] = self.details
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Result:
+        return cls(d["value"], d.get("std"), d.get("n", 0), d.get("reason"), d.get("seconds", 0.0), d.get("details", {}))
+
+
+@dataclass
+class Results:
+    model: dict
+    run: dict
+    metrics: dict[str, Result] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"schema": SCHEMA, "model": self.model, "run": self.run,
+                "metrics": {k: v.to_json() for k, v in self.metrics.items()}}
+
+    def write(self, path: str | Path) -> None:
+        write_json(path, self.to_json())
+
+    def value(self, name: str) -> float | None:
+        r = self.metrics.get(name)
+        return None if r is None else r.value
+
+    @classmethod
+    def from_json(cls, d: dict, where: str = "results") -> Results:
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            got = d.get("schema") if isinstance(d, dict) else type(d).__name__
+            raise BenchError(f"{where}: not a results file of schema {SCHEMA} (schema {got!r})")
+        for key, kind in (("model", dict), ("run", dict), ("metrics", dict)):
+            if not isinstance(d.get(key), kind):
+                raise BenchError(f"{where}: malformed results file ({key} must be an object, "
+                                 f"not {type(d.get(key)).__name__})")
+        try:
+            metrics = {k: Result.from_json(v) for k, v in d["metrics"].items()}
+            return cls(d["model"], d["run"], metrics)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BenchError(f"{where}: malformed results file ({type(e).__name__}: {e})") from None
+
+
+def platform_record(device) -> dict:
+    """Where a run's numbers were computed (results.json ``run.platform``): the platform fingerprint
+    of ``bench.core.fingerprint``, which ``bench check --exact`` compares."""
+    from bench.core import fingerprint
+
+    return fingerprint.record(device)
+
+
+def read(path: str | Path) -> Results:
+    """Read results.json (or a directory holding one)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    return Results.from_json(read_json(p), str(p))
+
+
+def read_json(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise BenchError(f"file not found: {p}")
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BenchError(f"{p}: not valid JSON ({e})") from None
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Atomic (write, fsync, rename), strict JSON: NaN/inf become null."""
+    text = json.dumps(finite(obj), indent=1, sort_keys=False, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
+
+
+def finite(o):
+    """``o`` with every non-finite float replaced by None (what strict JSON holds)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: finite(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [finite(v) for v in o]
+    return o

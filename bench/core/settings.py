@@ -1,0 +1,336 @@
+"""Every setting that changes a number, declared once (``SETTINGS``): name, kind, default, what a
+derived default comes from, help text and, for a closed vocabulary, its enum.  ``bench run``'s
+options, ``validate``, ``complete`` (derived defaults) and ``DEFAULTS`` come from that table.
+results.json records every setting (``run.config``); metric groups declare which of them they
+depend on (their cache key)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.core.compat import StrEnum
+
+DIGITS_EPS = 0.1  # 8x8 digits take 17 grey levels; 0.1 is 1.6 levels (8/255 would be a third of one)
+CIFAR_EPS = 8 / 255
+FMNIST_EPS = 0.1  # the usual L-inf radius for (Fashion-)MNIST robustness (25.5 of 255 grey levels)
+FMNIST_N_EVAL = 1000  # CPU-sized default: the first 1,000 of the 10,000 test points (--n-eval raises it)
+FMNIST_N_AA = 200  # AutoAttack's share of those (see _dataset_defaults; --n-aa raises it)
+# FID/KID/precision-recall reference: the first 2,000 of the 60,000 training images (194-216 per class).
+# The Inception network costs about 0.28 s of one CPU core per image, so the whole split would take
+# about 4.6 hours once; 2,000 take about 9 minutes (shipped in models/refstats/, so a run reads them).
+FMNIST_N_REF = 2000
+DIGITS_N_AA = 100
+# L2 radii (--norm L2), in [0, 1] pixel units like the L-inf ones.  CIFAR: 0.5, the RobustBench
+# standard.  Fashion-MNIST: 1.5, common for 28x28 (MNIST) images.  Digits (8x8, 64 pixels): 0.5,
+# about half the L2 length of the L-inf 0.1 ball's corner (0.1 * sqrt(64) = 0.8), the same share
+# as Fashion-MNIST's 1.5 of its L-inf 0.1 corner (0.1 * 28 = 2.8); it moves one pixel by half its
+# range or all 64 by 0.0625 (one grey level of the 17).
+L2_EPS = {"cifar10": 0.5, "cifar100": 0.5, "fashion-mnist": 1.5, "digits": 0.5}
+
+
+def sgld_from_normalised(lr: float, std: float, scale: float) -> tuple[float, float]:
+    """(step_size, noise) in [0, 1] pixel space of an SGLD chain quoted in a model's normalised
+    input space z = (x - m) / s (docs/CONVENTIONS.md, "SGLD"): JEM's ``sample_q`` updates
+    z += lr * grad_z f + std * N(0, I), and with grad_z = s * grad_x that is, in pixels,
+    x += lr * s^2 * grad_x f + s * std * N(0, I), i.e. our x -= (step_size / 2) grad_x E + noise N
+    with step_size = 2 lr s^2 and noise = s * std.  The one place such numbers are converted."""
+    return 2.0 * lr * scale**2, std * scale
+
+
+# JEM's sgld_lr = 1, sgld_std = 0.01 on (x - 0.5) / 0.5 (the JEM/JEAT papers' setting): step 0.5,
+# noise 0.005 in pixels.  Recipes, generation defaults and SGLDConfig all take these.
+JEM_SGLD_STEP_SIZE, JEM_SGLD_NOISE = sgld_from_normalised(1.0, 0.01, 0.5)
+
+class Norm(StrEnum):
+    """Threat model of PGD, FGSM/FGM and AutoAttack."""
+
+    LINF = "Linf"
+    L2 = "L2"
+
+
+class GenEnergy(StrEnum):
+    """Energy the SGLD sampler descends: joint -log p(x, y) (Eq. 17) or the CE loss (Eq. 16)."""
+
+    JOINT = "joint"
+    CE = "ce"
+
+
+class GenInit(StrEnum):
+    """Where the SGLD chains start."""
+
+    GAUSSIAN = "gaussian"  # class-conditional Gaussian of the training split (Sec. 2.2)
+    UNIFORM = "uniform"
+    BUFFER = "buffer"  # the checkpoint's replay buffer
+
+
+class FisherSpace(StrEnum):
+    """What the Fisher scores differentiate with respect to."""
+
+    PIXEL = "pixel"  # the image in [0, 1]
+    MODEL = "model"  # the network's normalised input (x - m) / s (the paper's convention)
+
+
+class DenoiseLabel(StrEnum):
+    """The label y of the denoising energy E(x, y)."""
+
+    PREDICTED = "predicted"
+    ORACLE = "oracle"
+
+
+class Amp(StrEnum):
+    OFF = "off"
+    BF16 = "bf16"
+
+
+class AAVersion(StrEnum):
+    STANDARD = "standard"
+    PLUS = "plus"
+    RAND = "rand"
+
+
+# kinds of value: what the command line parses and ``validate`` accepts
+KINDS = ("int", "count", "number", "fraction", "bool", "text", "file", "choice", "counts")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting, declared once: its name, kind, default, what its default derives from, help
+    text and, for a closed vocabulary, its enum.  ``bench run``'s options (``bench.cli``),
+    ``validate`` and ``DEFAULTS`` are generated from ``SETTINGS``; the groups a setting keys are
+    those that list it in their ``@register(settings=...)`` (their cache keys).
+
+    kinds: ``int`` an integer (in ``bounds`` when given); ``count`` a positive integer; ``number`` a finite float (``8/255``
+    on the command line); ``fraction`` a number in [0, 1]; ``bool`` a --x/--no-x flag; ``text``;
+    ``file`` an existing file; ``choice`` one of ``choices``; ``counts`` positive integers
+    (comma list on the command line).  ``derive(s, linf_eps)`` gives the value of a setting left
+    None once the others are known (``complete``); ``derived_from`` says so in words."""
+
+    name: str
+    kind: str
+    default: Any
+    help: str = ""
+    choices: type[StrEnum] | None = None
+    derived_from: str | None = None
+    derive: Callable[[dict, float], Any] | None = None
+    option: bool = True  # a ``bench run`` option
+    bounds: tuple[int, int] | None = None  # an int's range, low <= v < high
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"setting {self.name}: kind {self.kind!r}: expected one of {', '.join(KINDS)}")
+        if (self.kind == "choice") != (self.choices is not None):
+            raise ValueError(f"setting {self.name}: a choice needs its enum, and only a choice has one")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def check(self, v) -> str | None:
+        """Why ``v`` is not a valid value (None: valid; None is always valid: unset/derived)."""
+        if v is None:
+            return None
+        k, shown = self.kind, f"{self.flag[2:]} must be"
+        if k in ("int", "count") and (isinstance(v, bool) or not isinstance(v, int) or (k == "count" and v <= 0)):
+            return f"{shown} a {'positive ' if k == 'count' else ''}integer, got {v}"
+        if k == "int" and self.bounds and not self.bounds[0] <= v < self.bounds[1]:
+            lo, hi = self.bounds
+            return f"{shown} an integer in [{lo}, {_power(hi)}), got {v}"
+        if k in ("number", "fraction") and (isinstance(v, bool) or not isinstance(v, int | float)
+                                            or not math.isfinite(v) or (k == "fraction" and not 0 <= v <= 1)):
+            return f"{shown} a {'number in [0, 1]' if k == 'fraction' else 'finite number'}, got {v}"
+        if k == "bool" and not isinstance(v, bool):
+            return f"{shown} true or false, got {v}"
+        if k in ("text", "file") and not isinstance(v, str):
+            return f"{shown} text, got {v}"
+        if k == "file" and not Path(v).is_file():
+            return f"--{self.flag[2:]} file not found: {v}"
+        if k == "choice" and v not in {c.value for c in self.choices}:
+            return f"unknown {self.name.replace('_', ' ')} {v!r}; expected one of {', '.join(c.value for c in self.choices)}"
+        if k == "counts" and (not isinstance(v, list | tuple) or not v
+                              or any(isinstance(c, bool) or not isinstance(c, int) or c <= 0 for c in v)):
+            return f"{shown} positive integers, got {v}"
+        return None
+
+
+def _power(n: int) -> str:
+    """``2**63`` for a power of two, else the number."""
+    return f"2**{n.bit_length() - 1}" if n > 1 and n & (n - 1) == 0 else str(n)
+
+
+def _step(s: dict, linf_eps: float) -> float:
+    return s["eps"] / 4
+
+
+def _radius(s: dict, linf_eps: float) -> float:
+    return 2 * linf_eps  # L-inf sized even under --norm L2: the landscape is drawn in a square
+
+
+_EPS_HELP = ("attack radius in [0,1] pixel units (default: the checkpoint's; L-inf 8/255 for CIFAR, 0.1 for digits "
+             "and Fashion-MNIST; L2 0.5 for CIFAR and digits, 1.5 for Fashion-MNIST)")
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("seed", "int", 0, "seed of every random stream (each group draws from its own)",
+            bounds=(0, 2**63)),  # what torch.manual_seed takes without overflow, with room for derived seeds
+    Setting("batch_size", "count", 250, "points per batch"),
+    Setting("normalize", "text", None,
+            "input normalisation of a foreign model: cifar10, cifar100, imagenet, none (0/1), half (0.5/0.5), "
+            "or MEANS/STDS e.g. 0.4914,0.4822,0.4465/0.2470,0.2435,0.2616 (default: the checkpoint's; JEM's "
+            "0.5/0.5; else mean 0, std 1 with a warning for plain state dicts); keys every group through the "
+            "weights digest"),
+    # fast paths of the classifier's forward pass (bench.runtime.fastpath; every group's cache key)
+    Setting("channels_last", "bool", False, "fast path: channels-last memory format"),
+    Setting("amp", "choice", Amp.OFF, "fast path: bf16 autocast for forward passes without gradient (never "
+            "attack gradients)", Amp),
+    Setting("compile", "bool", False, "fast path: torch.compile the network"),
+    Setting("n_eval", "count", None, "evaluation points: the first n of the test split (default all; 1000 "
+            "for Fashion-MNIST)"),
+    # threat model (robust, calibration, ood)
+    Setting("norm", "choice", Norm.LINF, "threat model of PGD, FGSM (FGM under L2) and AutoAttack", Norm),
+    Setting("eps", "number", None, _EPS_HELP),
+    Setting("pgd_steps", "count", 20, "PGD steps"),
+    Setting("pgd_step_size", "number", None, "PGD step", derived_from="eps / 4", derive=_step),
+    Setting("pgd_restarts", "count", 1, "PGD restarts (a point counts as robust if it survives all)"),
+    Setting("aa_version", "choice", AAVersion.STANDARD, "AutoAttack version", AAVersion),
+    Setting("n_aa", "count", None, "AutoAttack points, the first of the evaluation points (default: n-eval; "
+            "100 for digits, 200 for Fashion-MNIST)", derived_from="n_eval"),
+    Setting("ece_bins", "count", 20, "bins of ece and mce (equal-width) and of ece_adaptive (equal-mass)"),
+    # OOD detection (ood; bench.inputs.ood_data, bench.metrics.ood)
+    Setting("ood", "text", "uniform,interp",
+            "OOD sets for --suite ood, comma list: uniform, gaussian, constant, inverted, vflip, interp, digits, "
+            "fashion-mnist, cifar10, cifar100, svhn, npz:PATH, folder:PATH (far: uniform noise; near: mixtures "
+            "of two test images)"),
+    Setting("n_ood", "count", None, "points per OOD set (default: n-eval)", derived_from="n_eval"),
+    Setting("ood_scores", "text", "px,py,pxgrad", "OOD scores, comma list of px, py, pxgrad"),
+    # generation (generative, memorization)
+    Setting("n_gen", "count", 500, "generated images, balanced over classes"),
+    Setting("gen_energy", "choice", GenEnergy.JOINT, "joint: Eq. 17; ce: Eq. 16", GenEnergy),
+    Setting("gen_init", "choice", GenInit.GAUSSIAN, "SGLD start: class-conditional Gaussian (Sec. 2.2), "
+            "uniform, or the checkpoint's replay buffer", GenInit),
+    Setting("gen_steps", "count", 100, "SGLD steps"),
+    Setting("gen_step_size", "number", JEM_SGLD_STEP_SIZE,
+            "SGLD step in [0,1] pixel space (docs/CONVENTIONS.md): JEM's sgld_lr 1 on (x-0.5)/0.5 -> 0.5"),
+    Setting("gen_noise", "number", JEM_SGLD_NOISE,
+            "SGLD noise in pixels: JEM's sgld_std 0.01 -> 0.005 (unset in a py: call: sqrt(step), Eq. 10)"),
+    Setting("gen_clamp", "bool", True, "clamp SGLD iterates to [0, 1]"),
+    Setting("inception_weights", "file", None, "torch-fidelity's weights-inception-2015-12-05-6726825d.pth "
+            "(enables Inception Score offline)"),
+    Setting("fid_extractor", "text", "auto", "auto (torch-fidelity's Inception if its weights are at hand, "
+            "else fid-helper), inception, fid-helper"),
+    Setting("ref_stats", "file", None, "FID/KID/PR reference statistics file (bench ref-stats) instead of the "
+            "training split's"),
+    Setting("n_ref", "count", None, "FID/KID/precision-recall reference: the first N training images (default: "
+            "all; 2000 for Fashion-MNIST)"),
+    Setting("max_diverged", "fraction", 0.1, "IS/FID are null above this fraction of diverged SGLD chains"),
+    # Fisher scores (score)
+    Setting("n_score", "count", 500, "points of the Fisher scores"),
+    Setting("probes", "count", 16, "Hutchinson probes per point"),
+    Setting("exact_trace", "bool", False, "exact Hessian trace instead of Hutchinson's (small inputs)"),
+    Setting("fisher_space", "choice", FisherSpace.PIXEL, "JFS/MFS derivatives w.r.t. the [0,1] image (pixel) or "
+            "the network's normalised input (model: the paper's convention; differs by 1/s^2)", FisherSpace),
+    # memorization
+    Setting("ssim_k", "count", 10, "nearest training images kept per generated image"),
+    Setting("ssim_n_show", "count", 8, "generated images shown with their neighbours"),
+    # landscape
+    Setting("landscape_images", "count", 4, "images whose energy landscape is drawn"),
+    Setting("landscape_radius", "number", None, "half-width of the landscape's square",
+            derived_from="2 * the L-inf eps", derive=_radius),
+    Setting("landscape_resolution", "count", 41, "grid points per side of the landscape"),
+    # denoise (App. G.1)
+    Setting("denoise_images", "count", 200, "noisy test images denoised"),
+    Setting("denoise_var", "number", 0.3, "variance of the added Gaussian noise"),
+    Setting("denoise_steps", "counts", [10, 50], "Langevin step counts reported"),
+    Setting("denoise_step_size", "number", 0.02, "Langevin step"),
+    Setting("denoise_noise", "number", 0.0, "Langevin noise"),
+    Setting("denoise_label", "choice", DenoiseLabel.PREDICTED, "label of the denoising energy E(x, y): the "
+            "model's prediction on the noisy image or the true label (oracle)", DenoiseLabel),
+)
+
+SPECS: dict[str, Setting] = {st.name: st for st in SETTINGS}
+# every setting that changes a number, with its default: results.json records them all (run.config)
+DEFAULTS: dict = {st.name: (list(st.default) if isinstance(st.default, list)
+                             else st.default.value if isinstance(st.default, StrEnum) else st.default)
+                   for st in SETTINGS}
+
+
+def validate(s: dict, input_shape=None) -> None:
+    """Every value against its declaration, then the checks that involve two settings or the data
+    (the eps ball); the first problem is a BenchError of one line."""
+    from bench.core.errors import BenchError
+
+    unknown = set(s) - set(SPECS)
+    if unknown:
+        raise BenchError(f"unknown setting {sorted(unknown)[0]!r}")
+    for name, v in s.items():
+        why = SPECS[name].check(v)
+        if why:
+            raise BenchError(why)
+    eps = s.get("eps")
+    if eps is None:
+        return
+    if eps < 0:
+        raise BenchError(f"eps must be a non-negative number, got {eps}")
+    if s.get("norm", Norm.LINF) == Norm.LINF and eps >= 1:
+        raise BenchError(f"eps {eps:g} is outside [0, 1): inputs live in [0, 1], so give e.g. 8/255, not 8")
+    if s.get("norm") == Norm.L2 and input_shape is not None and eps > math.sqrt(math.prod(input_shape)):
+        d = math.prod(input_shape)
+        raise BenchError(f"L2 eps {eps:g} exceeds sqrt({d}) = {math.sqrt(d):.4g}, the diameter of [0, 1]^{d} "
+                         f"for {'x'.join(map(str, input_shape))} images: such a ball holds every image")
+
+
+def complete(s: dict, linf_eps: float | None = None) -> dict:
+    """``s`` with every derived setting left None filled from the others (``Setting.derive``);
+    ``linf_eps``: the run's L-inf radius (the eps itself under L-inf)."""
+    out = dict(s)
+    base = out["eps"] if linf_eps is None else linf_eps
+    for st in SETTINGS:
+        if st.derive is not None and out.get(st.name) is None and out.get("eps") is not None:
+            out[st.name] = st.derive(out, base)
+    return out
+
+
+def value(s: dict, name: str):
+    """One setting of ``s``, derived when it was left None (groups called outside a run)."""
+    return complete(s)[name] if s.get(name) is None else s[name]
+
+
+def dataset_defaults(dataset: str, norm: str = "Linf") -> dict:
+    """Data-set dependent defaults (applied where the user left a setting unset); the eps default
+    depends on the norm (L2: ``L2_EPS``, 0.5 for a data set not listed there)."""
+    out = _dataset_defaults(dataset)
+    if norm == "L2":
+        out["eps"] = L2_EPS.get(dataset, 0.5)
+    return out
+
+
+def reference_size(dataset: str, n_ref: int | None) -> int | None:
+    """The FID/KID/precision-recall reference size: ``n_ref`` if given, else the data set's
+    default (None: the whole training split); a non-positive size is an error."""
+    from bench.core.errors import BenchError
+
+    why = SPECS["n_ref"].check(n_ref)
+    if why:
+        raise BenchError(why)
+    return n_ref if n_ref is not None else _dataset_defaults(dataset).get("n_ref")
+
+
+def _dataset_defaults(dataset: str) -> dict:
+    if dataset in ("cifar10", "cifar100"):
+        return {"eps": CIFAR_EPS, "n_gen": 10000}
+    if dataset == "fashion-mnist":
+        return {"eps": FMNIST_EPS, "n_eval": FMNIST_N_EVAL, "n_aa": FMNIST_N_AA, "n_ref": FMNIST_N_REF}
+    # AutoAttack standard costs about 0.6 s of one CPU core per robust digits point, all of it the
+    # network's own forward and backward passes (Square's 5000 queries about half, FAB-T's and
+    # APGD-T's 9 targets x 100 steps the rest; 450 points would take about 4 minutes): the default takes
+    # the first 100 test points, and its group reports clean and PGD-20 accuracy on those same
+    # points (accuracy_aa, pgd20_aa); --n-aa raises it
+    return {"eps": DIGITS_EPS, "n_aa": DIGITS_N_AA}
+
+# settings that change the generated images: every group that reads them declares these
+GEN_SETTINGS = ("seed", "n_gen", "gen_energy", "gen_init", "gen_steps", "gen_step_size", "gen_noise", "gen_clamp")
+# the fast paths (bench.runtime.fastpath): they key every group, since they may move any number
+FASTPATH_SETTINGS = ("channels_last", "amp", "compile")
+AMP_CHOICES = tuple(a.value for a in Amp)

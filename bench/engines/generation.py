@@ -1,0 +1,133 @@
+"""The run's generated set: ``generated(ctx)`` makes it once per run with the SGLD sampler
+(``bench.engines.sampling.generate``, the run's generation settings), memoises it in ``ctx.generation``, saves
+it to ``OUT/samples/samples.npz`` with a grid PNG, and reuses that file when it records the same
+generation key (``generation_key``: settings, model, data, code)."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench import __version__
+from bench.core.fileio import atomic_write_bytes
+from bench.core.settings import DEFAULTS, GEN_SETTINGS
+from bench.engines.sampling import CHAIN_BLOCK, SGLDConfig, generate
+from bench.runtime import distributed
+
+SAMPLES_FORMAT = 1
+
+
+@dataclass
+class Generated:
+    """The run's generated set (on the CPU): images (a diverged chain is a NaN image), labels, the
+    count of diverged chains, the key it was made under (``generation_key``) and how it was made
+    (``info``: reused from samples.npz or generated, seconds, device, grid path)."""
+
+    key: dict
+    x: torch.Tensor
+    y: torch.Tensor
+    n_diverged: int
+    info: dict = field(default_factory=dict)
+
+
+def generation_key(ctx) -> dict:
+    """What the generated images depend on: the generation settings, the model's sha256 and
+    weights digest, the data set's identity (name, classes, image shape, images) and the code."""
+    s = ctx.settings
+    key = {k: s.get(k, DEFAULTS.get(k)) for k in GEN_SETTINGS}
+    key.update(model_sha256=s.get("model_sha256"), dataset=ctx.data.name,
+               num_classes=int(ctx.data.num_classes), input_shape=list(ctx.data.input_shape),
+               # set by the runner: the weights as loaded, both splits' images, this module's code
+               # (with the sampler's: bench.run.cache_keys.code_sha256 follows the imports)
+               weights_sha256=s.get("weights_sha256"), data_sha256=s.get("data_sha256"),
+               code_sha256=s.get("generation_code_sha256"))
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
+def samples_dir(ctx) -> Path:
+    return Path(ctx.out) / "samples"
+
+
+def load_samples(path: Path, key: dict | None = None):
+    """-> (x, y, meta) from a samples.npz, or None if it is missing, unreadable or (with ``key``)
+    was made with other settings or another model."""
+    if not Path(path).is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            x = torch.from_numpy(z["x"].astype(np.float32, copy=False))
+            y = torch.from_numpy(z["y"].astype(np.int64, copy=False))
+    except Exception:
+        return None  # unreadable: regenerate, never trust
+    if meta.get("format") != SAMPLES_FORMAT or len(x) != len(y):
+        return None
+    if key is not None and meta.get("key") != key:
+        return None
+    return x, y, meta
+
+
+def save_samples(path: Path, x: torch.Tensor, y: torch.Tensor, meta: dict) -> Path:
+    """Write x (float32, NaN for diverged chains), y and the JSON ``meta`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, x=x.detach().cpu().float().numpy(), y=y.detach().cpu().numpy().astype(np.int64),
+             meta=np.array(json.dumps(meta, sort_keys=True)))
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def generated(ctx) -> Generated:
+    """The run's generated set: made once per run (memoised in ``ctx.generation``), saved to
+    ``OUT/samples/samples.npz`` with a grid PNG (``OUT/samples/grid.png``, one row per class as in
+    Fig. 6), and reused from that file when it records the same generation key.  SGLD chains that
+    start from the replay buffer take ``ctx.replay_buffer`` (in [0, 1], as the checkpoint loader
+    hands it over)."""
+    key = generation_key(ctx)
+    if ctx.generation is not None and ctx.generation.key == key:
+        return ctx.generation
+    s = ctx.settings
+    folder = samples_dir(ctx)
+    npz, grid = folder / "samples.npz", folder / "grid.png"
+    got = load_samples(npz, key) if key.get("model_sha256") and distributed.is_main() else None
+    got = distributed.broadcast(got)  # under torchrun every rank reuses, or every rank generates
+    if got is not None:
+        x, y, meta = got
+        n_div = int(meta.get("n_diverged", int((~torch.isfinite(x.flatten(1)).all(1)).sum())))
+        info = {"reused": True, "file": str(npz), "seconds": meta.get("seconds"), "device": meta.get("device")}
+    else:
+        t0 = time.time()
+        cfg = SGLDConfig.from_settings(s)
+        # under torchrun every rank makes the set together, whichever group asked for it
+        run = replace(ctx.execution, sharded=distributed.active())
+        res = generate(ctx.model, ctx.data, cfg, n=int(s.get("n_gen", DEFAULTS["n_gen"])),
+                       init=str(s.get("gen_init", DEFAULTS["gen_init"])), generator=ctx.generator("generate"),
+                       replay_buffer=ctx.replay_buffer, run=run)
+        x, y, n_div = res.x, res.y, res.n_diverged
+        seconds = round(time.time() - t0, 3)
+        meta = {"format": SAMPLES_FORMAT, "key": key, "n_diverged": n_div, "seconds": seconds,
+                "device": str(ctx.device), "bench_version": __version__, "chain_block": CHAIN_BLOCK}
+        save_samples(npz, x, y, meta)
+        info = {"reused": False, "file": str(npz), "seconds": seconds, "device": str(ctx.device)}
+    if not grid.is_file() or not info["reused"]:
+        _grid(ctx, x, y, grid, n_div)
+    info.update(n=len(x), n_diverged=n_div, grid=str(grid))
+    ctx.generation = Generated(key, x, y, n_div, info)
+    return ctx.generation
+
+
+def _grid(ctx, x, y, path: Path, n_div: int) -> None:
+    from bench.engines import plots
+
+    s = ctx.settings
+    eq = "Eq. 17, E(x,y)" if s.get("gen_energy", "joint") == "joint" else "Eq. 16, E(x,y) - E(x)"
+    title = (f"{ctx.data.name}: SGLD samples ({eq}; {s.get('gen_init', 'gaussian')} start, "
+             f"{s.get('gen_steps')} steps)" + (f"; {n_div} diverged" if n_div else ""))
+    plots.sample_grid(x, y, path, class_names=list(ctx.data.classes) or None, title=title)

@@ -1,0 +1,374 @@
+"""Save and load models.
+
+Own format: a ``.safetensors`` file with the network's tensors under ``model.`` (and an optional
+SGLD replay buffer under ``replay_buffer``) and one metadata entry ``bench`` holding JSON: arch and
+its arguments, num_classes, dataset, normalisation, input shape, method, recipe, epochs, seed,
+threat model, final metrics, package version.  Loading never unpickles code: safetensors, or
+``torch.load(weights_only=True)`` for foreign files.
+
+Accepted ``--model`` forms:
+    PATH.safetensors        written by ``bench train`` / ``save``
+    PATH.pt / PATH.pth      a plain state dict (``--arch`` required; ``module.`` is stripped),
+                            or a JEM checkpoint (``model_state_dict`` with ``f.*`` and ``class_output.*``)
+    py:module:function      a factory returning an nn.Module (or an EnergyModel); runs only when named
+    rb:NAME                 a RobustBench model zoo entry (needs robustbench and the network)
+
+Normalisation (the model's mean and std, applied to [0, 1] inputs): the own format records it; a JEM
+checkpoint takes JEM's (x - 0.5) / 0.5; anything else takes ``normalize`` (``--normalize``: a
+preset of ``NORMALIZE_PRESETS`` or ``M1,M2,M3/S1,S2,S3``), else mean 0 and std 1, which for a plain
+state dict is a guess and says so (``meta['normalization']['warning']``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench import __version__
+from bench.core import pyspec
+from bench.core.energy import EnergyModel
+from bench.core.errors import BenchError
+from bench.core.fileio import atomic_write_bytes, sha256
+from bench.inputs import nets
+
+FORMAT = 1
+
+# --normalize presets: (mean, std) per channel.  CIFAR-10/100: the per-channel mean and standard
+# deviation of the training images' pixels in [0, 1]; imagenet: torchvision's ImageNet constants.
+NORMALIZE_PRESETS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "none": ((0.0,), (1.0,)),
+    "half": ((0.5,), (0.5,)),
+}
+PLAIN_STATE_DICT_WARNING = ("a plain state dict records no normalisation: using mean 0, std 1 (the network sees "
+                            "[0, 1] pixels); if it was trained on normalised inputs pass --normalize "
+                            "(e.g. cifar10, imagenet or M1,M2,M3/S1,S2,S3)")
+
+
+@dataclass
+class Loaded:
+    """A loaded model: its EnergyModel and what is known about it."""
+
+    model: EnergyModel
+    meta: dict
+    path: str
+    sha256: str | None
+    replay_buffer: torch.Tensor | None = None  # SGLD replay buffer, images in [0, 1] whatever the file format
+    extra: dict = field(default_factory=dict)
+
+    weights_sha256: str | None = None  # weights_sha256(model), set by ``load`` (and by the runner after
+    # the first forward pass, which initialises lazy modules)
+
+    def describe(self) -> dict:
+        """The ``model`` block of results.json."""
+        m = self.meta
+        return {"path": self.path, "sha256": self.sha256, "weights_sha256": self.weights_sha256,
+                "arch": m.get("arch"), "method": m.get("method"), "dataset": m.get("dataset"),
+                "num_classes": m.get("num_classes"), "normalization": m.get("normalization")}
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 of every tensor of ``model`` as it will run (parameters and buffers, the EnergyModel's
+    non-persistent mean and std included), by name in sorted order, each with its dtype and shape:
+    the identity of what is evaluated, whatever file or factory it came from."""
+    tensors = dict(model.state_dict())
+    tensors.update(dict(model.named_buffers()))
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        if isinstance(tensors[name], nn.parameter.UninitializedTensorMixin):  # a lazy module before its first call
+            h.update(f"{name}|uninitialized|".encode())
+            continue
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def parse_normalize(spec: str) -> tuple[list[float], list[float]]:
+    """``--normalize``: a preset name (``NORMALIZE_PRESETS``) or ``M1,M2,M3/S1,S2,S3`` (one value or
+    one per channel each) -> (mean, std).  Bad input is a one-line BenchError."""
+    text = str(spec).strip()
+    if text.lower() in NORMALIZE_PRESETS:
+        mean, std = NORMALIZE_PRESETS[text.lower()]
+        return list(mean), list(std)
+    hint = f"expected one of {', '.join(NORMALIZE_PRESETS)} or MEAN/STD such as 0.4914,0.4822,0.4465/0.2470,0.2435,0.2616"
+    if text.count("/") != 1:
+        raise BenchError(f"--normalize {spec!r}: {hint}")
+    try:
+        mean, std = ([float(v) for v in part.split(",")] for part in text.split("/"))
+    except ValueError:
+        raise BenchError(f"--normalize {spec!r}: not numbers; {hint}") from None
+    if not all(math.isfinite(v) for v in mean + std):
+        raise BenchError(f"--normalize {spec!r}: values must be finite")
+    if any(v <= 0 for v in std):
+        raise BenchError(f"--normalize {spec!r}: std must be positive")
+    if len(mean) != len(std) and 1 not in (len(mean), len(std)):
+        raise BenchError(f"--normalize {spec!r}: {len(mean)} means but {len(std)} stds")
+    return mean, std
+
+
+def save(path: str | Path, model: EnergyModel, meta: dict, replay_buffer: torch.Tensor | None = None) -> str:
+    """Write ``model`` with ``meta`` as safetensors; returns the file's sha256."""
+    from safetensors.torch import save as st_save
+
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.net.state_dict().items()}
+    if replay_buffer is not None:
+        tensors["replay_buffer"] = replay_buffer.detach().contiguous().cpu()
+    meta = {"format": FORMAT, "bench_version": __version__, "torch_version": torch.__version__,
+            "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist(), **meta}
+    atomic_write_bytes(path, st_save(tensors, metadata={"bench": json.dumps(meta)}))
+    return sha256(path)
+
+
+def build_model(meta: dict) -> EnergyModel:
+    net = nets.build(meta["arch"], meta["num_classes"], meta["input_shape"][0], **meta.get("arch_kwargs", {}))
+    return EnergyModel(net, meta.get("mean", 0.0), meta.get("std", 1.0), meta["input_shape"], meta["num_classes"])
+
+
+def load(spec: str, arch: str | None = None, num_classes: int | None = None,
+         input_shape: tuple | None = None, arch_kwargs: dict | None = None,
+         mean=None, std=None, normalize: str | None = None) -> Loaded:
+    """Load any accepted ``--model`` form (see module docstring).  ``num_classes`` and
+    ``input_shape`` come from the data set for foreign files that do not record them.
+    ``normalize`` (``--normalize``, see ``parse_normalize``) or ``mean``/``std`` set the
+    normalisation of a foreign model; ``meta['normalization']`` records what was used and why."""
+    given = None
+    if normalize is not None:
+        mean, std = parse_normalize(normalize)
+        given = f"--normalize {normalize}"
+    elif mean is not None or std is not None:
+        mean, std = 0.0 if mean is None else mean, 1.0 if std is None else std
+        given = "given mean/std"
+    if given and input_shape:
+        n = max(len(_floats(mean)), len(_floats(std)))
+        if n not in (1, input_shape[0]):
+            raise BenchError(f"{given}: {n} channel values but the images have {input_shape[0]} channels")
+    if spec.startswith("py:"):
+        loaded = _load_factory(spec, num_classes, input_shape, mean, std, given)
+    elif spec.startswith("rb:"):
+        loaded = _load_robustbench(spec, num_classes, input_shape, mean, std, given)
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise BenchError(f"model file not found: {spec}")
+        if path.is_dir():
+            raise BenchError(f"model path is a directory, not a checkpoint: {spec}")
+        if path.suffix == ".safetensors" or _is_safetensors(path):
+            if given:
+                raise BenchError(f"{given}: {spec} records its own normalisation; --normalize is for plain "
+                                 "state dicts, JEM checkpoints and py:/rb: models")
+            loaded = _load_own(path)
+            loaded.meta["normalization"] = _normalization(loaded.model, "checkpoint metadata")
+        else:
+            loaded = _load_torch(path, arch, num_classes, input_shape, arch_kwargs or {}, mean, std, given)
+    loaded.weights_sha256 = weights_sha256(loaded.model)
+    return loaded
+
+
+def _floats(v) -> list[float]:
+    return torch.as_tensor(v, dtype=torch.float32).flatten().tolist()
+
+
+def _normalization(model: EnergyModel, source: str, warning: str | None = None) -> dict:
+    """The ``model.normalization`` record of results.json: the mean and std used, and where from."""
+    return {"mean": _floats(model.mean), "std": _floats(model.std), "source": source, "warning": warning}
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _load_own(path: Path) -> Loaded:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("bench")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise BenchError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {_short(e)})") from None
+    if raw is None:
+        raise BenchError(f"{path}: safetensors file without bench metadata; pass a .pt state dict with --arch instead")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise BenchError(f"{path}: corrupt bench metadata") from None
+    _check_meta(meta, path)
+    try:
+        model = build_model(meta)
+    except BenchError as e:
+        raise BenchError(f"{path}: bench metadata: {e}") from None
+    except Exception as e:  # e.g. input_shape [0] or an arch_kwargs the network does not take
+        raise BenchError(f"{path}: bench metadata does not build a model ({type(e).__name__}: {_short(e)})") from None
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    _load_state(model.net, state, str(path), meta["arch"])
+    return Loaded(model.eval(), meta, str(path), sha256(path), tensors.get("replay_buffer"))
+
+
+def _check_meta(meta, path: Path) -> None:
+    """The metadata fields ``build_model`` needs, with their types: a one-line error otherwise."""
+    if not isinstance(meta, dict):
+        raise BenchError(f"{path}: bench metadata is a JSON {type(meta).__name__}, expected an object")
+    need = {"arch": str, "num_classes": int, "input_shape": list}
+    missing = [k for k in need if k not in meta]
+    if missing:
+        raise BenchError(f"{path}: bench metadata lacks {', '.join(missing)}")
+    bad = [k for k, t in need.items() if not isinstance(meta[k], t) or isinstance(meta[k], bool)]
+    if not isinstance(meta.get("arch_kwargs", {}), dict):
+        bad.append("arch_kwargs")
+    if isinstance(meta["input_shape"], list) and not (len(meta["input_shape"]) == 3 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in meta["input_shape"])):
+        bad.append("input_shape")
+    if bad:
+        raise BenchError(f"{path}: bench metadata has a bad {bad[0]}: {meta.get(bad[0])!r}")
+
+
+def _load_torch(path: Path, arch, num_classes, input_shape, arch_kwargs, mean, std, given=None) -> Loaded:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BenchError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {_short(e)})") from None
+    if not isinstance(obj, dict):
+        raise BenchError(f"{path}: not a checkpoint (holds a {type(obj).__name__}, expected a state dict)")
+    replay = obj.get("replay_buffer") if isinstance(obj.get("replay_buffer"), torch.Tensor) else None
+    state = _unwrap(obj, path)
+    if num_classes is None or input_shape is None:
+        raise BenchError(f"{path}: a foreign checkpoint needs the data set to know num_classes and input shape")
+    is_jem = any(k.startswith("f.") for k in state) and "class_output.weight" in state
+    if is_jem:
+        arch = arch or _jem_arch(state)
+        mean = 0.5 if mean is None else mean  # JEM trains on (x - 0.5) / 0.5
+        std = 0.5 if std is None else std
+        method = "jem"
+    elif arch is None:
+        raise BenchError(f"{path}: a plain state dict needs --arch (one of {', '.join(nets.names())}, "
+                         "or py:module:Class for your own)")
+    else:
+        method = None
+    head = state.get("class_output.weight", state.get("fc.weight", state.get("linear.weight")))
+    if head is not None and head.ndim == 2 and head.shape[0] != num_classes:
+        raise BenchError(f"{path}: the model has {head.shape[0]} classes but the data set has {num_classes}")
+    kwargs = dict(arch_kwargs)
+    if is_jem and "energy_output.weight" not in state:
+        kwargs.setdefault("energy_head", False)
+    meta = {"arch": arch, "arch_kwargs": kwargs, "num_classes": num_classes, "input_shape": list(input_shape),
+            "mean": 0.0 if mean is None else mean, "std": 1.0 if std is None else std, "method": method,
+            "source_format": "jem" if is_jem else "state_dict"}
+    model = build_model(meta)
+    _load_state(model.net, state, str(path), arch)
+    if given:
+        meta["normalization"] = _normalization(model, given)
+    elif is_jem:
+        meta["normalization"] = _normalization(model, "JEM checkpoint: JEM's (x - 0.5) / 0.5 input scaling")
+        if replay is not None:  # JEM stores its buffer in its normalised space: handed over in [0, 1]
+            replay = replay.float() * model.std + model.mean
+    else:
+        meta["normalization"] = _normalization(model, "default (mean 0, std 1)", PLAIN_STATE_DICT_WARNING)
+    return Loaded(model.eval(), meta, str(path), sha256(path), replay)
+
+
+def _unwrap(obj: dict, path: Path) -> dict:
+    for key in ("model_state_dict", "state_dict", "model"):
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    state = {}
+    for k, v in obj.items():
+        if isinstance(v, torch.Tensor):
+            state[re.sub(r"^(module\.|_orig_mod\.)+", "", k)] = v
+    if not state:
+        raise BenchError(f"{path}: not a checkpoint (no tensors found)")
+    return state
+
+
+def _jem_arch(state: dict) -> str:
+    n_blocks = len({k.split(".")[2] for k in state if k.startswith("f.layer1.")})
+    width = state["f.layer1.0.conv1.weight"].shape[0] // 16
+    return f"jem-wrn-{6 * n_blocks + 4}-{width}"
+
+
+def _load_state(net: nn.Module, state: dict, where: str, arch: str) -> None:
+    own = net.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_few(unexpected)}")
+        raise BenchError(f"{where}: does not match arch {arch!r}: {'; '.join(parts)}")
+    bad = [k for k in state if state[k].shape != own[k].shape]
+    if bad:
+        k = bad[0]
+        raise BenchError(f"{where}: shape mismatch for {arch!r} at {k}: file {tuple(state[k].shape)},"
+                         f" model {tuple(own[k].shape)} ({len(bad)} tensors differ)")
+    cast = [k for k in state if own[k].is_floating_point() and not state[k].is_floating_point()]
+    if cast:  # a quantised or integer tensor would be cast to float silently, and evaluate wrongly
+        k = cast[0]
+        raise BenchError(f"{where}: tensor {k} is {state[k].dtype}, but {arch!r} needs floats there ({own[k].dtype}); "
+                         f"refusing to cast it ({len(cast)} such tensors; dequantise the checkpoint first)")
+    net.load_state_dict(state, strict=False)
+
+
+def _load_factory(spec: str, num_classes, input_shape, mean, std, given=None) -> Loaded:
+    factory = pyspec.resolve(spec)  # from sys.path or the current directory
+    try:
+        obj = factory()
+    except BenchError:
+        raise
+    except Exception as e:  # the factory's own error, never mistaken for a bad spec
+        raise BenchError(f"factory {spec!r} raised {type(e).__name__}: {_short(e)}") from None
+    if isinstance(obj, EnergyModel):
+        if given:
+            raise BenchError(f"{given}: factory {spec!r} returned an EnergyModel, which sets its own normalisation")
+        model, source = obj, "the factory's EnergyModel"
+    elif isinstance(obj, nn.Module):
+        model = EnergyModel(obj, 0.0 if mean is None else mean, 1.0 if std is None else std, input_shape, num_classes)
+        source = given or "default (mean 0, std 1: the factory's module takes [0, 1] images)"
+    else:
+        raise BenchError(f"factory {spec!r} returned {type(obj).__name__}, expected an nn.Module")
+    meta = {"arch": spec, "num_classes": model.num_classes or num_classes,
+            "input_shape": list(model.input_shape or input_shape or []), "method": None, "source_format": "py",
+            "normalization": _normalization(model, source)}
+    return Loaded(model.eval(), meta, spec, None)
+
+
+def _load_robustbench(spec: str, num_classes, input_shape, mean=None, std=None, given=None) -> Loaded:
+    name = spec[3:]
+    try:
+        from robustbench.utils import load_model
+    except Exception as e:
+        raise BenchError(f"rb:{name} needs the robustbench extra (pip install 'jeat-bench[robustbench]'): "
+                         f"{type(e).__name__}: {_short(e)}") from None
+    dataset = "cifar100" if num_classes == 100 else "cifar10"
+    try:
+        net = load_model(model_name=name, dataset=dataset, threat_model="Linf")
+    except Exception as e:
+        raise BenchError(f"cannot load RobustBench model {name!r} (network needed on first use): "
+                         f"{type(e).__name__}: {_short(e)}") from None
+    # RobustBench models take [0, 1] and normalise inside: mean 0, std 1 unless --normalize says otherwise
+    model = EnergyModel(net, 0.0 if mean is None else mean, 1.0 if std is None else std, input_shape, num_classes)
+    meta = {"arch": f"rb:{name}", "num_classes": num_classes, "input_shape": list(input_shape or []),
+            "method": None, "source_format": "robustbench",
+            "normalization": _normalization(model, given or "default (mean 0, std 1: RobustBench models take [0, 1])")}
+    return Loaded(model.eval(), meta, spec, None)
+
+
+def _few(keys: list[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def _short(e: Exception) -> str:
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else ""

@@ -1,0 +1,109 @@
+"""What a metric group sees (``Context``) and the mean/standard-error helper the groups share."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from bench.core.energy import EnergyModel
+from bench.inputs.data import Dataset
+from bench.runtime.execution import Execution
+
+if TYPE_CHECKING:
+    from bench.engines.generation import Generated
+
+
+@dataclass
+class Context:
+    """What a metric group sees: the model, the data, where to write figures, and the settings
+    (while the group runs, its read-only ``bench.metrics.registry.SettingsView``: what it declares, plus the
+    fast paths, ``EXECUTION_KEYS`` and ``IDENTITY_KEYS``)."""
+
+    model: EnergyModel
+    data: Dataset
+    settings: Mapping
+    device: torch.device
+    out: Path
+    replay_buffer: torch.Tensor | None = None  # the checkpoint's SGLD replay buffer, images in [0, 1]
+    data_root: str | None = None  # where data sets live (--data-root): OOD sets load from it
+    # the checkpoint trained on the first ``train_used`` training points only (its recipe's
+    # train_n); None: on all of them, or unknown.  The rest of the split was never seen.
+    train_used: int | None = None
+    generation: Generated | None = None  # the run's generated set, once made (bench.engines.generation.generated)
+    progress: Callable | None = None  # progress(iterable, desc=..., total=...) -> iterable
+    sharded: bool = False  # set by the runner while a sharded group runs under torchrun
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    def once(self, key, make: Callable[[], Any]) -> Any:
+        """``make()`` computed once per run under ``key`` (groups that share an input, e.g. the
+        fitted temperature or the OOD sets, compute it once)."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    def generator(self, tag: str) -> torch.Generator:
+        """A generator seeded by (seed, tag) on the model's device: each group draws from its own
+        stream, so running a subset of suites, or resuming, never shifts another group's numbers."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed(_seed_for(self.settings["seed"], tag))
+        return g
+
+    @property
+    def execution(self) -> Execution:
+        """How this group computes: the run's device, batch size and progress, and whether it is
+        sharded (``bench.runtime.execution``); engines take it instead of four parameters."""
+        return Execution(self.device, int(self.settings["batch_size"]), self.progress, self.sharded)
+
+    def iterate(self, iterable, desc: str, total: int | None = None):
+        return self.execution.iterate(iterable, desc, total)
+
+    def figure_path(self, name: str) -> Path:
+        p = self.out / "figures" / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def batches(self, x: torch.Tensor, *others: torch.Tensor, desc: str = "", indexed: bool = False):
+        """Yield device batches of (x, *others) of ``settings['batch_size']`` (with ``indexed``:
+        ``(i, x, *others)``, i the batch's global index, for per-batch random streams that do not
+        depend on how batches are spread over processes).  In a sharded group under torchrun each
+        rank gets its contiguous share of the batches; ``collect``/``gather`` reassemble per-point results."""
+        bs = self.settings["batch_size"]
+        mine = self.my_batches(len(x))
+        for i in self.iterate(mine, desc, total=len(mine)):
+            batch = tuple(t[i * bs:(i + 1) * bs].to(self.device) for t in (x, *others))
+            yield (i, *batch) if indexed else batch
+
+    def my_batches(self, n: int) -> range:
+        return self.execution.my_batches(n)
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        return self.execution.gather(t)
+
+    def collect(self, parts: list[torch.Tensor], empty: torch.Tensor | torch.dtype = torch.float64) -> torch.Tensor:
+        return self.execution.collect(parts, empty)
+
+    def gather_max(self, value: float) -> float:
+        return self.execution.gather_max(value)
+
+
+def mean_se(v: torch.Tensor) -> tuple[float, float | None, float | None]:
+    """(mean, standard error sd / sqrt(n), sample sd) of per-point values; the last two are None
+    for a single point."""
+    v = v.double()
+    n = len(v)
+    sd = v.std().item() if n > 1 else None
+    return v.mean().item(), (sd / math.sqrt(n) if sd is not None else None), sd
+
+
+def _seed_for(seed: int, tag: str) -> int:
+    import zlib
+
+    return (int(seed) * 1_000_003 + zlib.crc32(tag.encode())) % (2**63 - 1)
+
+
+# the registry lives in bench.metrics.registry (declarations only); metric modules import it from here

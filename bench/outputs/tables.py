@@ -1,0 +1,102 @@
+"""Paper-style tables (Tables 1-3) from one or more results, beside the paper's own numbers, written
+as files: ``bench run`` writes a run's tables (``write_run_tables``), ``bench table`` several runs'
+tables and their report.html (``build``).
+
+What each table holds is ``bench.outputs.paper_tables``; the formats ``bench.outputs.table_format``: CSV, LaTeX
+(booktabs) and Markdown; LaTeX and Markdown mark the best of our rows per column in bold, and a
+missing metric shows a dash with its reason as a footnote.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.core import results
+from bench.core.errors import BenchError, CannotWrite
+from bench.core.fileio import atomic_write_bytes
+from bench.core.results import Results
+from bench.outputs.paper_tables import Table, all_tables, run_tables
+from bench.outputs.report import write_report
+from bench.outputs.table_format import to_latex, to_markdown
+
+
+def write(t: Table, out: Path) -> list[Path]:
+    """The table as CSV, LaTeX and Markdown files in ``out``, each written atomically (a failed
+    write is one ``cannot write PATH: reason`` line)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CannotWrite(out, e) from None
+    paths = [out / f"{t.name}.{ext}" for ext in ("csv", "tex", "md")]
+    csv = t.df.map(_round6).to_csv(index=False)
+    for p, text in zip(paths, (csv, to_latex(t), to_markdown(t)), strict=True):
+        atomic_write_bytes(p, text.encode())
+    return paths
+
+
+def _round6(v):
+    """A float to 6 significant digits, so the CSV holds no float noise (0.47609999999999997 is 0.4761)."""
+    return float(f"{v:.6g}") if isinstance(v, float) and math.isfinite(v) else v
+
+
+def write_run_tables(res: Results, out: Path) -> list[Path]:
+    """Write ``run_tables(res)`` into ``out``."""
+    return [p for t in run_tables(res) for p in write(t, out)]
+
+
+@dataclass
+class Built:
+    """What ``build`` made: the runs read, the tables, the files written."""
+
+    runs: list[tuple[Path, Results]]
+    tables: list[Table]
+    paths: list[Path]
+    report: Path | None = None
+    report_error: str | None = None
+
+
+def load_runs(dirs) -> list[tuple[Path, Results]]:
+    """Read ``DIR/results.json`` (or a results file named directly) for each of ``dirs``.
+
+    Bad input raises BenchError with one line: a missing directory, no results.json in it, a
+    file that is not JSON, a results file of another schema or shape."""
+    if not dirs:
+        raise BenchError("no result directories given")
+    runs = []
+    for d in map(Path, dirs):
+        if not d.exists():
+            raise BenchError(f"{d}: no such directory")
+        f = d / "results.json" if d.is_dir() else d
+        if not f.is_file():
+            raise BenchError(f"{d}: no results.json in it (write one with `bench run --out {d}`)")
+        res = results.read(f)
+        if not isinstance(res.model, dict) or not isinstance(res.run, dict):
+            raise BenchError(f"{f}: malformed results file (model and run must be objects)")
+        runs.append((f.parent, res))
+    return runs
+
+
+def build(dirs, out: str | Path, report: bool = True) -> Built:
+    """``bench table``: Tables 1-3 over the runs in ``dirs`` beside the paper's numbers, written as
+    CSV, LaTeX and Markdown into ``out``, with ``out/report.html`` (tables, every run's figures,
+    settings and versions).  All three tables are written, a run without a table's metrics showing
+    dashes with the reason ("not run") in a footnote.  A failing report is recorded in
+    ``report_error``, never losing the tables written before it."""
+    runs = load_runs(dirs)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out} exists and is not a directory")
+    tables = all_tables([r for _, r in runs])
+    try:
+        paths = [p for t in tables for p in write(t, out)]
+    except OSError as e:
+        raise BenchError(f"cannot write to --out {out}: {e.strerror or e}") from None
+    built = Built(runs, tables, paths)
+    if report:
+        try:
+            built.report = write_report(out / "report.html", runs, tables, title=f"JEAT-Bench: {len(runs)} run(s)")
+        except Exception as e:  # the tables above are kept whatever happens to the page
+            built.report_error = f"{type(e).__name__}: {e}"
+    return built

