@@ -61,11 +61,11 @@ def _option(st):
     help_ = f"{st.help} ({shown})" if shown else st.help
     if st.kind == "bool":
         return click.option(f"{st.flag}/--no-{st.flag[2:]}", st.name, default=None, help=help_)
-    types = {"int": int, "count": int, "number": NUMBER, "fraction": NUMBER, "text": str, "counts": _Counts(),
+    types = {"int": int, "count": int, "number": NUMBER, "fraction": NUMBER, "text": str, "choices": str, "counts": _Counts(),
              "file": click.Path(dir_okay=False),
              "choice": click.Choice([c.value for c in st.choices]) if st.choices else None}
     return click.option(st.flag, st.name, default=None, type=types[st.kind], help=help_,
-                        callback=_strip_commas if st.kind == "text" else None)
+                        callback=_strip_commas if st.kind in ("text", "choices") else None)
 
 
 def setting_options(fn):

@@ -81,6 +81,14 @@ class DenoiseLabel(StrEnum):
     ORACLE = "oracle"
 
 
+class OodScore(StrEnum):
+    """The OOD scores (higher = in-distribution; bench.metrics.ood)."""
+
+    PX = "px"  # logsumexp f(x) = -E(x)
+    PY = "py"  # max softmax
+    PXGRAD = "pxgrad"  # -||d log p(x)/dx||_2
+
+
 class Amp(StrEnum):
     OFF = "off"
     BF16 = "bf16"
@@ -93,7 +101,7 @@ class AAVersion(StrEnum):
 
 
 # kinds of value: what the command line parses and ``validate`` accepts
-KINDS = ("int", "count", "number", "fraction", "bool", "text", "file", "choice", "counts")
+KINDS = ("int", "count", "number", "fraction", "bool", "text", "file", "choice", "choices", "counts")
 
 
 @dataclass(frozen=True)
@@ -105,7 +113,8 @@ class Setting:
 
     kinds: ``int`` an integer (in ``bounds`` when given); ``count`` a positive integer; ``number`` a finite float (``8/255``
     on the command line); ``fraction`` a number in [0, 1]; ``bool`` a --x/--no-x flag; ``text``;
-    ``file`` an existing file; ``choice`` one of ``choices``; ``counts`` positive integers
+    ``file`` an existing file; ``choice`` one of ``choices``; ``choices`` a comma list of some of
+    them; ``counts`` positive integers
     (comma list on the command line).  ``derive(s, linf_eps)`` gives the value of a setting left
     None once the others are known (``complete``); ``derived_from`` says so in words."""
 
@@ -122,7 +131,7 @@ class Setting:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"setting {self.name}: kind {self.kind!r}: expected one of {', '.join(KINDS)}")
-        if (self.kind == "choice") != (self.choices is not None):
+        if (self.kind in ("choice", "choices")) != (self.choices is not None):
             raise ValueError(f"setting {self.name}: a choice needs its enum, and only a choice has one")
 
     @property
@@ -150,6 +159,12 @@ class Setting:
             return f"--{self.flag[2:]} file not found: {v}"
         if k == "choice" and v not in {c.value for c in self.choices}:
             return f"unknown {self.name.replace('_', ' ')} {v!r}; expected one of {', '.join(c.value for c in self.choices)}"
+        if k == "choices":  # a comma list of some of the choices
+            known = [c.value for c in self.choices]
+            items = [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else []
+            bad = [p for p in items if p not in known]
+            if bad or not items:
+                return f"--{self.flag[2:]}: unknown {self.name.replace('_', ' ')} {bad[0] if bad else ''!r}; expected some of {', '.join(known)}"
         if k == "counts" and (not isinstance(v, list | tuple) or not v
                               or any(isinstance(c, bool) or not isinstance(c, int) or c <= 0 for c in v)):
             return f"{shown} positive integers, got {v}"
@@ -204,7 +219,7 @@ SETTINGS: tuple[Setting, ...] = (
             "fashion-mnist, cifar10, cifar100, svhn, npz:PATH, folder:PATH (far: uniform noise; near: mixtures "
             "of two test images)"),
     Setting("n_ood", "count", None, "points per OOD set (default: n-eval)", derived_from="n_eval"),
-    Setting("ood_scores", "text", "px,py,pxgrad", "OOD scores, comma list of px, py, pxgrad"),
+    Setting("ood_scores", "choices", "px,py,pxgrad", "OOD scores, comma list of px, py, pxgrad", OodScore),
     # generation (generative, memorization)
     Setting("n_gen", "count", 500, "generated images, balanced over classes"),
     Setting("gen_energy", "choice", GenEnergy.JOINT, "joint: Eq. 17; ce: Eq. 16", GenEnergy),

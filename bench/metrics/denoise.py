@@ -40,7 +40,6 @@ import math
 import torch
 
 from bench.core.energy import EnergyModel, evaluates
-from bench.core.errors import BenchError
 from bench.engines.sampling import SGLDConfig, sgld
 from bench.engines.ssim import WIN, show_order, ssim
 from bench.metrics import STABLE, Context, Metric, Result, absolute, mean_se, register
@@ -102,9 +101,7 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
     from bench.engines import plots
 
     s = ctx.settings
-    label = s.get("denoise_label") or "predicted"
-    if label not in LABELS:
-        raise BenchError(f"denoise-label must be predicted or oracle, got {label!r}")
+    label = s.get("denoise_label") or "predicted"  # bench.core.settings.validate checked it
     split = ctx.data.test.subset(int(s["denoise_images"]))
     counts = sorted({int(c) for c in (s["denoise_steps"] if isinstance(s["denoise_steps"], list | tuple)
                                       else [s["denoise_steps"]])})

@@ -64,7 +64,6 @@ import math
 import torch
 
 from bench.core.energy import Energy, EnergyModel, evaluates
-from bench.core.errors import BenchError
 from bench.engines.taylor import JetUnsupported, forward_over_forward, hvp_batched, jet
 from bench.metrics import STABLE, Context, Metric, Result, mean_se, register, standard_error
 from bench.runtime.execution import Execution
@@ -315,9 +314,7 @@ def fisher_group(ctx: Context) -> dict[str, Result]:
     Under torchrun every rank takes its share of the batches (the probes of all points are drawn
     up front, identically on every rank) and the per-point terms are gathered."""
     s = ctx.settings
-    space = s.get("fisher_space") or "pixel"
-    if space not in SPACES:
-        raise BenchError(f"fisher-space must be pixel or model, got {space!r}")
+    space = s.get("fisher_space") or "pixel"  # bench.core.settings.validate checked it
     split = ctx.data.test.subset(s["n_score"])
     exact = bool(s.get("exact_trace"))
     probes = int(s["probes"])

@@ -48,12 +48,11 @@ import numpy as np
 import torch
 
 from bench.core import settings
-from bench.core.errors import BenchError
 from bench.engines.attacks import check_in_ball, uniform_start
 from bench.inputs import ood_data
 from bench.metrics import PAIRS, POINTS, Context, Metric, Portable, Result, _seed_for, register
 
-SCORES = ("px", "py", "pxgrad")
+SCORES = tuple(c.value for c in settings.OodScore)
 MEASURES = ("auroc", "aupr_in", "aupr_out", "fpr95")
 # bench check's paired rules, each in the measure's own unit: AUROC in (in, out) pairs, FPR95 in
 # OOD points accepted, average precision (no count behind it) at 0.2 points absolute
@@ -194,17 +193,12 @@ def raise_score(model, x: torch.Tensor, score: str, eps: float, steps: int, step
 
 
 def score_list(s: dict) -> list[str]:
-    items = [p.strip() for p in str(s.get("ood_scores") or ",".join(SCORES)).split(",") if p.strip()]
-    bad = [p for p in items if p not in SCORES]
-    if bad or not items:
-        raise BenchError(f"--ood-scores: unknown score {bad[0] if bad else ''!r}; expected some of {', '.join(SCORES)}")
+    """The asked scores in ``SCORES`` order (``bench.core.settings.validate`` checked the list)."""
+    items = {p.strip() for p in str(s.get("ood_scores") or ",".join(SCORES)).split(",")}
     return [p for p in SCORES if p in items]
 
 
 def ood_sets(s: dict) -> list[ood_data.OODSpec]:
-    n = s.get("n_ood")
-    if n is not None and (not isinstance(n, int) or n <= 0):
-        raise BenchError(f"n-ood must be a positive integer, got {n}")
     return ood_data.parse(s.get("ood"))
 
 

@@ -21,6 +21,7 @@ import io
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -156,7 +157,28 @@ def train(recipe: str | Path | Recipe, out: str | Path, epochs: int | None = Non
     return summary
 
 
-def _train(recipe, out, epochs, dev, seed, resume, data_root, download, show_progress, on_epoch) -> dict:
+@dataclass
+class _Run:
+    """What one training run holds between epochs (built by ``_build``, restored by ``_restore``)."""
+
+    r: Recipe
+    data: object
+    method: object
+    model: EnergyModel
+    opt: torch.optim.Optimizer
+    make_opt: object
+    g_data: torch.Generator
+    g_train: torch.Generator
+    shared: torch.Generator | None
+    buffer: ReplayBuffer | None
+    state: TrainState
+    ddp: bool
+    start: int = 0
+    history: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _recipe(recipe, epochs, seed) -> Recipe:
     r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     if epochs is not None:
         if epochs <= 0:
@@ -167,15 +189,12 @@ def _train(recipe, out, epochs, dev, seed, resume, data_root, download, show_pro
     why = SPECS["seed"].check(r.seed)  # the range bench run takes: torch.manual_seed overflows beyond it
     if why:
         raise BenchError(why)
-    out = Path(out)
-    distributed.on_main(lambda: _check_out(out))
-    ddp, main, rank = distributed.active(), distributed.is_main(), distributed.rank()
-    show_progress = show_progress and main
-    if download and ddp:  # one rank downloads, the others then read its files
-        distributed.on_main(lambda: _download(r, data_root))
-    data = load_data(r.dataset, data_root, download and not ddp)
-    method = METHODS[r.method]
+    return r
 
+
+def _build(r: Recipe, data, dev, ddp: bool, rank: int) -> _Run:
+    """The network, optimiser, generators and replay buffer of a fresh run, from the recipe's seed."""
+    method = METHODS[r.method]
     torch.manual_seed(r.seed)  # initial weights
     net = nets.build(r.arch, data.num_classes, data.input_shape[0], **r.arch_kwargs)
     if ddp:
@@ -190,52 +209,78 @@ def _train(recipe, out, epochs, dev, seed, resume, data_root, download, show_pro
     buffer = (ReplayBuffer(r.buffer_size, data.input_shape, r.reinit, dev, shared or g_train)
               if method.sgld else None)
     state = TrainState(model, r, g_train, buffer, shared=shared)
-    start, history, seconds = 0, [], 0.0
+    return _Run(r, data, method, model, opt, make_opt, g_data, g_train, shared, buffer, state, ddp)
+
+
+def _restore(run: _Run, rpath: Path, dev) -> None:
+    """Continue ``run`` from its resume file: weights, optimiser, generators, buffer, history."""
+    r = run.r
+    s = _load_resume(rpath, r)
+    run.model.net.load_state_dict(s["model"])
+    run.opt.load_state_dict(s["optimizer"])
+    run.g_data.set_state(s["g_data"])
+    parallel.restore_generators(s, run.g_train, run.shared)
+    if run.buffer is not None:
+        run.buffer.data = s["buffer"].to(dev)
+    run.start, run.history, run.seconds = int(s["epoch"]), json.loads(s["history"]), float(s["seconds"])
+    if run.start > r.epochs:
+        raise BenchError(f"--resume: {rpath} already holds {run.start} epochs (recipe asks for {r.epochs}); "
+                         "give more --epochs")
+    # start == r.epochs: killed in the final evaluation; no epoch left, the evaluation runs now
+
+
+def _epoch(run: _Run, epoch: int, xtr, ytr, dev, out: Path, show_progress: bool) -> tuple[float, int, int]:
+    """One epoch's optimiser steps; returns the summed loss, correct predictions and points seen."""
+    r, model, opt = run.r, run.model, run.opt
+    n = len(ytr)
+    per_epoch = math.ceil(n / r.batch_size)
+    perm = torch.randperm(n, generator=run.g_data)
+    loss_sum, correct, seen = 0.0, 0, 0
+    batches = range(per_epoch)
+    it = progress.bar(batches, desc=f"{r.name} epoch {epoch + 1}/{r.epochs}") if show_progress else batches
+    for b in it:
+        idx = perm[b * r.batch_size:(b + 1) * r.batch_size]
+        mine = parallel.share(idx)  # the whole batch in one process
+        x, y = xtr[mine].to(dev), ytr[mine].to(dev)
+        x = augment(x, r.augment_shift, r.augment_hflip, run.g_train)
+        for g in opt.param_groups:
+            g["lr"] = learning_rate(r, epoch, epoch * per_epoch + b)
+        x_in = run.method.inputs(run.state, x, y)
+        model.train()
+        loss, f = run.method.loss(run.state, x_in, x, y)
+        opt.zero_grad(set_to_none=True)
+        value = parallel.backward(model, loss, len(y), len(idx)) if run.ddp else _backward(loss)
+        if not math.isfinite(value):
+            raise BenchError(f"training diverged: loss {value} at epoch {epoch + 1}, batch {b + 1} "
+                             f"(lower the learning rate in the recipe; the last good epoch is in {out})")
+        opt.step()
+        loss_sum += float(loss.detach()) * len(y) if len(y) else 0.0  # an empty share's mean is NaN
+        correct += int((f.detach().argmax(1) == y).sum())
+        seen += len(y)
+    return loss_sum, correct, seen
+
+
+def _train(recipe, out, epochs, dev, seed, resume, data_root, download, show_progress, on_epoch) -> dict:
+    r = _recipe(recipe, epochs, seed)
+    out = Path(out)
+    distributed.on_main(lambda: _check_out(out))
+    ddp, main, rank = distributed.active(), distributed.is_main(), distributed.rank()
+    show_progress = show_progress and main
+    if download and ddp:  # one rank downloads, the others then read its files
+        distributed.on_main(lambda: _download(r, data_root))
+    data = load_data(r.dataset, data_root, download and not ddp)
+    run = _build(r, data, dev, ddp, rank)
+    model, opt, method, buffer, state = run.model, run.opt, run.method, run.buffer, run.state
     rpath = resume_path(out)
     if resume:
-        s = _load_resume(rpath, r)
-        model.net.load_state_dict(s["model"])
-        opt.load_state_dict(s["optimizer"])
-        g_data.set_state(s["g_data"])
-        parallel.restore_generators(s, g_train, shared)
-        if buffer is not None:
-            buffer.data = s["buffer"].to(dev)
-        start, history, seconds = int(s["epoch"]), json.loads(s["history"]), float(s["seconds"])
-        if start > r.epochs:
-            raise BenchError(f"--resume: {rpath} already holds {start} epochs (recipe asks for {r.epochs}); "
-                             "give more --epochs")
-        # start == r.epochs: killed in the final evaluation; no epoch left, the evaluation runs now
+        _restore(run, rpath, dev)
 
     train_split = data.train.subset(r.train_n)
     xtr, ytr = train_split.x, train_split.y
     xmon, ymon = xtr[: r.monitor_size].to(dev), ytr[: r.monitor_size].to(dev)
-    n = len(ytr)
-    per_epoch = math.ceil(n / r.batch_size)
-    for epoch in range(start, r.epochs):
+    for epoch in range(run.start, r.epochs):
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=g_data)
-        loss_sum, correct, seen = 0.0, 0, 0
-        batches = range(per_epoch)
-        it = progress.bar(batches, desc=f"{r.name} epoch {epoch + 1}/{r.epochs}") if show_progress else batches
-        for b in it:
-            idx = perm[b * r.batch_size:(b + 1) * r.batch_size]
-            mine = parallel.share(idx)  # the whole batch in one process
-            x, y = xtr[mine].to(dev), ytr[mine].to(dev)
-            x = augment(x, r.augment_shift, r.augment_hflip, g_train)
-            for g in opt.param_groups:
-                g["lr"] = learning_rate(r, epoch, epoch * per_epoch + b)
-            x_in = method.inputs(state, x, y)
-            model.train()
-            loss, f = method.loss(state, x_in, x, y)
-            opt.zero_grad(set_to_none=True)
-            value = parallel.backward(model, loss, len(y), len(idx)) if ddp else _backward(loss)
-            if not math.isfinite(value):
-                raise BenchError(f"training diverged: loss {value} at epoch {epoch + 1}, batch {b + 1} "
-                                 f"(lower the learning rate in the recipe; the last good epoch is in {out})")
-            opt.step()
-            loss_sum += float(loss.detach()) * len(y) if len(y) else 0.0  # an empty share's mean is NaN
-            correct += int((f.detach().argmax(1) == y).sum())
-            seen += len(y)
+        loss_sum, correct, seen = _epoch(run, epoch, xtr, ytr, dev, out, show_progress)
         loss_sum, correct, seen, diverged = parallel.sum_over_ranks([loss_sum, correct, seen, state.diverged])
         if ddp:
             parallel.average_batchnorm_stats(model)
@@ -246,24 +291,25 @@ def _train(recipe, out, epochs, dev, seed, resume, data_root, download, show_pro
         if method.sgld:
             entry["sgld_diverged"] = int(diverged)
         if method.adversarial:  # on every rank: its optimiser step is a collective under SyncBatchNorm
-            entry["energy_changes"] = energy_changes(state, method, make_opt, opt.state_dict(), xmon, ymon,
+            entry["energy_changes"] = energy_changes(state, method, run.make_opt, opt.state_dict(), xmon, ymon,
                                                      seed=(r.seed * 1000 + epoch) % 2**64)
-        seconds += time.perf_counter() - t0
-        entry["seconds"] = seconds
+        run.seconds += time.perf_counter() - t0
+        entry["seconds"] = run.seconds
         entry = distributed.broadcast(entry)  # rank 0's numbers everywhere
-        history.append(entry)
-        extra = parallel.generator_states(g_train, shared) if ddp else {}  # gathered from every rank
+        run.history.append(entry)
+        extra = parallel.generator_states(run.g_train, run.shared) if ddp else {}  # gathered from every rank
         if main:
-            meta = _meta(r, data, epoch + 1, history, seconds)
+            meta = _meta(r, data, epoch + 1, run.history, run.seconds)
             checkpoints.save(out, model, meta, buffer.data if buffer is not None else None)
-            _save_resume(rpath, model, opt, g_data, g_train, buffer, epoch + 1, history, seconds, r, extra)
+            _save_resume(rpath, model, opt, run.g_data, run.g_train, buffer, epoch + 1, run.history, run.seconds,
+                         r, extra)
             if show_progress:
                 progress.say(_line(r, entry))
         distributed.barrier()  # the files are on disk before any rank's on_epoch
         if on_epoch is not None:
             on_epoch(entry)
 
-    summary = _finish(r, model, data, history, seconds, buffer, out, rpath) if main else None
+    summary = _finish(r, model, data, run.history, run.seconds, buffer, out, rpath) if main else None
     return distributed.broadcast(summary)
 
 
