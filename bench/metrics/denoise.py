@@ -109,8 +109,28 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
     # the Langevin settings); the chains draw from another
     g_noise = ctx.generator("denoise/noise")
     noisy = add_noise(split.x.to(g_noise.device), float(s["denoise_var"]), g_noise).cpu()
+    den, finite, used = _chains(ctx, noisy, split.y, counts, label)
+    clean = split.x
+    common = {"noise_var": float(s["denoise_var"]), "noise_clamped": True, "label": LABELS[label],
+              "label_setting": label, "label_accuracy": (used == split.y).double().mean().item(),
+              "langevin": {"steps": counts, "step_size": float(s["denoise_step_size"]),
+                           "noise": float(s["denoise_noise"] or 0.0), "energy": "joint", "clamp": True},
+              "diverged_chains": int((~finite).sum()), "std": STD_NOTE}
+    rows = show_order(split.y, N_SHOW)
+    cols = [("original", clean[rows]), ("noisy", noisy[rows])] + [(f"{c} steps", den[c][rows]) for c in counts]
+    plots.image_columns(cols, ctx.figure_path("denoise.png"),
+                        title=f"Langevin denoising on E(x, y), noise variance {float(s['denoise_var']):g}",
+                        row_labels=[f"y={int(split.y[r])}" for r in rows])
+    common["figure"] = "figures/denoise.png"
+    return _results(clean, noisy, den, counts, common)
+
+
+def _chains(ctx: Context, noisy: torch.Tensor, labels: torch.Tensor, counts: list[int], label: str):
+    """The Langevin chains from the noisy images, batched (sharded under torchrun): the images
+    after each count of steps, which chains stayed finite, and the labels y the energy used."""
+    s = ctx.settings
     den_all, finite_all, used_all = {c: [] for c in counts}, [], []
-    for i, xn, y in ctx.batches(noisy, split.y, desc="denoise", indexed=True):
+    for i, xn, y in ctx.batches(noisy, labels, desc="denoise", indexed=True):
         if label == "predicted":
             with torch.no_grad():
                 y = ctx.model.logits(xn).argmax(1)
@@ -120,12 +140,13 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
         finite_all.append(finite.cpu())
         for c in counts:
             den_all[c].append(snaps[c].cpu())
-    clean = split.x
     den = {c: ctx.collect(v, noisy[:0]) for c, v in den_all.items()}
-    finite = ctx.collect(finite_all, torch.bool)
-    used = ctx.collect(used_all, torch.long)
-    n = len(clean)
-    last = counts[-1]
+    return den, ctx.collect(finite_all, torch.bool), ctx.collect(used_all, torch.long)
+
+
+def _results(clean, noisy, den: dict, counts: list[int], common: dict) -> dict[str, Result]:
+    """PSNR and SSIM of the noisy and the denoised images against the clean ones."""
+    n, last = len(clean), counts[-1]
 
     def mse_psnr(a):
         return 10 * math.log10(1.0 / (a.double() - clean.double()).pow(2).mean().item())
@@ -141,19 +162,6 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
         sv, sse, _ = ssimmean_se(den[c])
         by_steps[str(c)] = {"psnr": pv, "psnr_se": pse, "ssim": sv, "ssim_se": sse,
                             "psnr_of_mean_mse": mse_psnr(den[c])}
-    common = {"noise_var": float(s["denoise_var"]), "noise_clamped": True, "label": LABELS[label],
-              "label_setting": label, "label_accuracy": (used == split.y).double().mean().item(),
-              "langevin": {"steps": counts, "step_size": float(s["denoise_step_size"]),
-                           "noise": float(s["denoise_noise"] or 0.0), "energy": "joint", "clamp": True},
-              "diverged_chains": int((~finite).sum()), "std": STD_NOTE}
-
-    rows = show_order(split.y, N_SHOW)
-    cols = [("original", clean[rows]), ("noisy", noisy[rows])] + [(f"{c} steps", den[c][rows]) for c in counts]
-    plots.image_columns(cols, ctx.figure_path("denoise.png"),
-                        title=f"Langevin denoising on E(x, y), noise variance {float(s['denoise_var']):g}",
-                        row_labels=[f"y={int(split.y[r])}" for r in rows])
-    common["figure"] = "figures/denoise.png"
-
     out = {}
     v, se, sd = mean_se(psnr(noisy, clean))
     out["denoise_psnr_noisy"] = Result(v, se, n, details={**common, "sd": sd, "psnr_of_mean_mse": mse_psnr(noisy)})
@@ -169,7 +177,7 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
     out["denoise_ssim_noisy"] = Result(v, se, n, details={"sd": sd, "std": STD_NOTE})
     v, se, sd = ssimmean_se(den[last])
     out["denoise_ssim"] = Result(v, se, n, details={"sd": sd, "std": STD_NOTE, "steps": last,
-                                                   "label": common["label"], "label_setting": label,
+                                                   "label": common["label"], "label_setting": common["label_setting"],
                                                    "by_steps": {k: {"ssim": d["ssim"], "ssim_se": d["ssim_se"]}
                                                                 for k, d in by_steps.items()}})
     return out
