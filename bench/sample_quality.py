@@ -20,6 +20,7 @@ from bench.errors import BenchError
 from bench.execution import Execution
 from bench.features import FEATURES, ISC_LAYER
 from bench.results import Result
+from bench.stats import proportion_se
 
 ISC_SPLITS = 10
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # torch-fidelity's defaults; the size never exceeds either set's n
@@ -144,7 +145,7 @@ def feature_results(r: dict, details: dict, device: torch.device | str = "cpu") 
     for m, n in (("precision", n_gen), ("recall", k["n_reference"])):
         v = k[m]
         out[m] = (Result.missing(k["reason_prc"], n=n, **pd_) if v is None
-                  else Result(v, (v * (1 - v) / n) ** 0.5, n, details=pd_))
+                  else Result(v, proportion_se(v, n), n, details=pd_))
     return out
 
 

@@ -51,6 +51,7 @@ from bench import ood_data, settings
 from bench.attacks import check_in_ball, uniform_start
 from bench.errors import BenchError
 from bench.metrics import PAIRS, POINTS, Context, Metric, Portable, Result, _seed_for, register
+from bench.stats import proportion_se
 
 SCORES = ("px", "py", "pxgrad")
 MEASURES = ("auroc", "aupr_in", "aupr_out", "fpr95")
@@ -131,7 +132,7 @@ def ood_measures(s_in, s_out) -> dict[str, tuple[float, float | None]]:
     return {"auroc": auroc(a, b),
             "aupr_in": (average_precision(scores, is_in), None),
             "aupr_out": (average_precision(-scores, ~is_in), None),
-            "fpr95": (fpr, math.sqrt(fpr * (1 - fpr) / len(b)))}
+            "fpr95": (fpr, proportion_se(fpr, len(b)))}
 
 
 # --------------------------------------------------------------------------------------------

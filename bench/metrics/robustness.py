@@ -42,7 +42,6 @@ The calls, their resumable state files, warnings, RNG and float32 guards: ``benc
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,6 +53,7 @@ from bench.attacks import NORMS, check_in_ball, pgd_restarts
 from bench.energy import EnergyModel, evaluates
 from bench.execution import Execution
 from bench.metrics import CheckFailed, Context, Metric, Result, register
+from bench.stats import proportion_se
 
 STD_NOTE = "standard error of the proportion, sqrt(p(1-p)/n)"
 
@@ -74,7 +74,7 @@ def proportion(flags: torch.Tensor) -> tuple[float, float, int]:
     if n == 0:
         raise ValueError("proportion of an empty set")
     p = flags.double().mean().item()
-    return p, math.sqrt(p * (1 - p) / n), n
+    return p, proportion_se(p, n), n
 
 
 @torch.no_grad()
