@@ -326,3 +326,26 @@ def ood_histograms(in_scores, out_scores: Mapping, path: str | Path, score: str 
     if title:
         fig.suptitle(title, fontsize=9)
     return save(fig, path)
+
+
+def robustness_curves(lines, path: str | Path, title: str = "", xlabel: str = "eps") -> Path:
+    """Accuracy (%) against the attack radius: one line per ``(label, eps, accuracy, standard
+    error)`` of ``lines`` (accuracies as fractions), each with a +-1 standard error band."""
+    fig = new_figure(5.2, 3.6)
+    ax = fig.add_subplot()
+    for label, eps, acc, se in lines:
+        a = [100 * v for v in acc]
+        band = [100 * v for v in se]
+        (line,) = ax.plot(eps, a, marker="o", markersize=3, label=label)
+        ax.fill_between(eps, [v - b for v, b in zip(a, band, strict=True)],
+                        [v + b for v, b in zip(a, band, strict=True)], color=line.get_color(), alpha=0.2)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel("accuracy (%)", fontsize=8)
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=7)
+    if lines:
+        ax.legend(fontsize=7, framealpha=0.7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return save(fig, path)
