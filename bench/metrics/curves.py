@@ -187,23 +187,13 @@ def _record(attack: CurveAttack, results: dict[float, Result], flags: dict[float
 
 
 def _draw(out: dict[str, Result], s: Mapping, fig) -> None:
-    from bench import plots
+    from bench import curve_data, plots
+    from bench.results import Results
 
-    lines = curve_lines(out)
+    lines = curve_data.curve_lines([Results({}, {}, out)])
     if lines:
-        plots.robustness_curves(lines, fig, title=f"Robust accuracy against eps ({s.get('norm', 'Linf')})",
-                                xlabel=f"eps ({s.get('norm', 'Linf')})")
-
-
-def curve_lines(metrics: Mapping[str, Result], prefix: str = "") -> list[tuple[str, list, list, list]]:
-    """(label, eps, accuracy, standard error) per attack of the curve metrics in ``metrics``, eps
-    ascending, values as fractions (missing points left out)."""
-    lines: dict[str, list] = {}
-    for m, r in metrics.items():
-        cur = (r.details or {}).get("curve") if m.startswith(PREFIX) else None
-        if cur and r.value is not None:
-            lines.setdefault(cur["attack"], []).append((cur["eps"], r.value, r.std or 0.0))
-    return [(prefix + a, *map(list, zip(*sorted(pts), strict=True))) for a, pts in lines.items()]
+        norm = s.get("norm", "Linf")
+        plots.robustness_curves(lines, fig, title=f"Robust accuracy against eps ({norm})", xlabel=f"eps ({norm})")
 
 
 # --------------------------------------------------------------------------------------------
