@@ -30,8 +30,8 @@ The attacks (``ATTACKS``) plug in by registration, the loop never names them:
 ``pgd_step_size`` by the run's ratio of step to eps times it (eps / 4 by default), so an engine that
 reads ``eps`` from the settings needs no change.  Registering declares the attack's settings for the
 group (they key its cache), and the source of the attack's module keys it too (``inputs``).
-PGD at every radius draws its starts from ``pgd20``'s streams: at the run's eps the curve's PGD point
-is ``pgd20`` itself.
+PGD at every radius draws its starts from ``pgd20``'s (``pgd20_energy``'s) streams: at the run's eps the
+curve's PGD points are ``pgd20`` and ``pgd20_energy`` themselves.
 """
 
 from __future__ import annotations
@@ -200,14 +200,15 @@ def _draw(out: dict[str, Result], s: Mapping, fig) -> None:
 # the robust suite's attacks
 
 
-def _pgd(loss: str):
+def _pgd(loss: str, tag: str):
+    """PGD on ``loss`` from the random streams of the group ``tag`` (``pgd20``, ``pgd20_energy``)."""
     def run(ctx: Context, eps: float):
-        return pgd_flags(ctx, loss, "pgd20", desc=f"curve pgd ({loss}) eps {eps:.4g}")
+        return pgd_flags(ctx, loss, tag, desc=f"curve {tag} eps {eps:.4g}")
     return run
 
 
-curve_attack("pgd20", ("pgd_steps", "pgd_restarts"), label="PGD-20 (CE)")(_pgd("ce"))
-curve_attack("pgd20_energy", ("pgd_steps", "pgd_restarts"), label="PGD-20 (energy)")(_pgd("energy"))
+curve_attack("pgd20", ("pgd_steps", "pgd_restarts"), label="PGD-20 (CE)")(_pgd("ce", "pgd20"))
+curve_attack("pgd20_energy", ("pgd_steps", "pgd_restarts"), label="PGD-20 (energy)")(_pgd("energy", "pgd20_energy"))
 
 
 def _aa_supports(s: Mapping) -> str | None:
