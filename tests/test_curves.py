@@ -16,8 +16,7 @@ from bench.attacks import pgd
 from bench.cli import main
 from bench.errors import BenchError
 from bench.metric_facts import POINTS, PROPORTION
-from bench.metrics import Context, _seed_for, load_all
-from bench.metrics import curves
+from bench.metrics import Context, _seed_for, curves, load_all
 from bench.metrics import robustness as rob
 from bench.results import Results
 from bench.settings import DEFAULTS
