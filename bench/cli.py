@@ -49,6 +49,20 @@ class _Counts(click.ParamType):
             self.fail(f"{value!r} is not a comma list of integers (e.g. 10,50)", param, ctx)
 
 
+class _Numbers(click.ParamType):
+    """Finite numbers as a comma list, each as ``NUMBER`` reads it, e.g. 0,2/255,0.05."""
+
+    name = "numbers"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list | tuple):
+            return [float(v) for v in value]
+        parts = [v for v in value.split(",") if v.strip()]
+        if not parts:
+            self.fail(f"{value!r} is not a comma list of numbers (e.g. 0,0.05,0.1)", param, ctx)
+        return [NUMBER.convert(v, param, ctx) for v in parts]
+
+
 def _strip_commas(ctx, param, value):
     return None if value is None else ",".join(v.strip() for v in value.split(",") if v.strip())
 
@@ -61,7 +75,8 @@ def _option(st):
     help_ = f"{st.help} ({shown})" if shown else st.help
     if st.kind == "bool":
         return click.option(f"{st.flag}/--no-{st.flag[2:]}", st.name, default=None, help=help_)
-    types = {"int": int, "count": int, "number": NUMBER, "fraction": NUMBER, "text": str, "choices": str, "counts": _Counts(),
+    types = {"int": int, "count": int, "number": NUMBER, "fraction": NUMBER, "text": str, "choices": str,
+             "counts": _Counts(), "numbers": _Numbers(),
              "file": click.Path(dir_okay=False),
              "choice": click.Choice([c.value for c in st.choices]) if st.choices else None}
     return click.option(st.flag, st.name, default=None, type=types[st.kind], help=help_,

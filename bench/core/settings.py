@@ -101,7 +101,7 @@ class AAVersion(StrEnum):
 
 
 # kinds of value: what the command line parses and ``validate`` accepts
-KINDS = ("int", "count", "number", "fraction", "bool", "text", "file", "choice", "choices", "counts")
+KINDS = ("int", "count", "number", "fraction", "bool", "text", "file", "choice", "choices", "counts", "numbers")
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,8 @@ class Setting:
     ``file`` an existing file; ``choice`` one of ``choices``; ``choices`` a comma list of some of
     them; ``counts`` positive integers
     (comma list on the command line).  ``derive(s, linf_eps)`` gives the value of a setting left
+    ``file`` an existing file; ``choice`` one of ``choices``; ``counts`` positive integers
+    (comma list on the command line); ``numbers`` finite numbers (a comma list, ``2/255`` allowed).  ``derive(s, linf_eps)`` gives the value of a setting left
     None once the others are known (``complete``); ``derived_from`` says so in words."""
 
     name: str
@@ -168,6 +170,10 @@ class Setting:
         if k == "counts" and (not isinstance(v, list | tuple) or not v
                               or any(isinstance(c, bool) or not isinstance(c, int) or c <= 0 for c in v)):
             return f"{shown} positive integers, got {v}"
+        if k == "numbers" and (not isinstance(v, list | tuple) or not v
+                               or any(isinstance(c, bool) or not isinstance(c, int | float) or not math.isfinite(c)
+                                      for c in v)):
+            return f"{shown} a comma list of finite numbers (e.g. 0,0.05,0.1 or 2/255,4/255), got {v}"
         return None
 
 
@@ -212,6 +218,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("aa_version", "choice", AAVersion.STANDARD, "AutoAttack version", AAVersion),
     Setting("n_aa", "count", None, "AutoAttack points, the first of the evaluation points (default: n-eval; "
             "100 for digits, 200 for Fashion-MNIST)", derived_from="n_eval"),
+    Setting("eps_grid", "numbers", None,
+            "robustness curve: the attack radii, a comma list in --eps's units (e.g. 0,0.05,0.1 or 2/255,4/255); every "
+            "attack of --curve-attacks runs at each (eps 0, clean accuracy, always included); --eps stays the single "
+            "threat model of the other metrics and Tables 1-3 (default: no curve)"),
+    Setting("curve_attacks", "text", None,
+            "attacks of the robustness curve, comma list of registered ones (bench.metrics.curves: pgd20, "
+            "pgd20_energy, autoattack, ...) (default: every registered attack that supports --norm)"),
     Setting("ece_bins", "count", 20, "bins of ece and mce (equal-width) and of ece_adaptive (equal-mass)"),
     # OOD detection (ood; bench.inputs.ood_data, bench.metrics.ood)
     Setting("ood", "text", "uniform,interp",
@@ -283,16 +296,22 @@ def validate(s: dict, input_shape=None) -> None:
         why = SPECS[name].check(v)
         if why:
             raise BenchError(why)
-    eps = s.get("eps")
-    if eps is None:
-        return
+    for what, eps in [("eps", s.get("eps"))] + [("eps-grid value", e) for e in s.get("eps_grid") or ()]:
+        if eps is not None:
+            _check_eps(what, eps, s.get("norm", Norm.LINF), input_shape)
+
+
+def _check_eps(what: str, eps: float, norm: str, input_shape) -> None:
+    """One attack radius (``--eps`` or a value of ``--eps-grid``) inside its norm's range."""
+    from bench.core.errors import BenchError
+
     if eps < 0:
-        raise BenchError(f"eps must be a non-negative number, got {eps}")
-    if s.get("norm", Norm.LINF) == Norm.LINF and eps >= 1:
-        raise BenchError(f"eps {eps:g} is outside [0, 1): inputs live in [0, 1], so give e.g. 8/255, not 8")
-    if s.get("norm") == Norm.L2 and input_shape is not None and eps > math.sqrt(math.prod(input_shape)):
+        raise BenchError(f"{what} must be a non-negative number, got {eps}")
+    if norm == Norm.LINF and eps >= 1:
+        raise BenchError(f"{what} {eps:g} is outside [0, 1): inputs live in [0, 1], so give e.g. 8/255, not 8")
+    if norm == Norm.L2 and input_shape is not None and eps > math.sqrt(math.prod(input_shape)):
         d = math.prod(input_shape)
-        raise BenchError(f"L2 eps {eps:g} exceeds sqrt({d}) = {math.sqrt(d):.4g}, the diameter of [0, 1]^{d} "
+        raise BenchError(f"L2 {what} {eps:g} exceeds sqrt({d}) = {math.sqrt(d):.4g}, the diameter of [0, 1]^{d} "
                          f"for {'x'.join(map(str, input_shape))} images: such a ball holds every image")
 
 

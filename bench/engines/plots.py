@@ -326,3 +326,42 @@ def ood_histograms(in_scores, out_scores: Mapping, path: str | Path, score: str 
     if title:
         fig.suptitle(title, fontsize=9)
     return save(fig, path)
+
+
+def robustness_curves(lines, path: str | Path, title: str = "", xlabel: str = "eps") -> Path:
+    """Accuracy (%) against the attack radius: one line per ``(label, eps, accuracy, standard
+    error)`` of ``lines`` (accuracies as fractions), each with a +-1 standard error band.  A label
+    ``run: attack`` takes its run's colour and its attack's line style (several runs on one plot);
+    the legend sits beside the axes."""
+    import itertools
+
+    from matplotlib import colormaps
+
+    runs = list(dict.fromkeys(lab.rpartition(": ")[0] for lab, *_ in lines))
+    attacks = list(dict.fromkeys(lab.rpartition(": ")[2] for lab, *_ in lines))
+    cmap = colormaps["tab10" if len(runs) <= 10 else "tab20"]
+    styles = dict(zip(attacks, itertools.cycle(["-", "--", ":", "-."]), strict=False))
+    markers = dict(zip(attacks, itertools.cycle("osD^v"), strict=False))
+    fig = new_figure(5.2 + (2.2 if len(lines) > 3 else 0), 3.6)
+    ax = fig.add_subplot()
+    for label, eps, acc, se in lines:
+        run, _, attack = label.rpartition(": ")
+        colour = cmap(runs.index(run) % cmap.N) if len(runs) > 1 else cmap(attacks.index(attack) % cmap.N)
+        a = [100 * v for v in acc]
+        band = [100 * v for v in se]
+        ax.plot(eps, a, marker=markers[attack], markersize=3, linestyle=styles[attack] if len(runs) > 1 else "-",
+                color=colour, label=label)
+        ax.fill_between(eps, [v - b for v, b in zip(a, band, strict=True)],
+                        [v + b for v, b in zip(a, band, strict=True)], color=colour, alpha=0.15)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel("accuracy (%)", fontsize=8)
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=7)
+    if lines:
+        outside = len(lines) > 3
+        ax.legend(fontsize=6 if outside else 7, framealpha=0.7, loc="upper left" if outside else "best",
+                  bbox_to_anchor=(1.02, 1) if outside else None)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return save(fig, path)

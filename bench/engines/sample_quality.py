@@ -17,6 +17,7 @@ import torch
 
 from bench.core.errors import BenchError
 from bench.core.results import Result
+from bench.core.stats import proportion_se
 from bench.engines import features, refstats
 from bench.engines.features import FEATURES, ISC_LAYER
 from bench.runtime.execution import Execution
@@ -144,7 +145,7 @@ def feature_results(r: dict, details: dict, device: torch.device | str = "cpu") 
     for m, n in (("precision", n_gen), ("recall", k["n_reference"])):
         v = k[m]
         out[m] = (Result.missing(k["reason_prc"], n=n, **pd_) if v is None
-                  else Result(v, (v * (1 - v) / n) ** 0.5, n, details=pd_))
+                  else Result(v, proportion_se(v, n), n, details=pd_))
     return out
 
 

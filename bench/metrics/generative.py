@@ -39,6 +39,7 @@ from dataclasses import replace
 import torch
 
 from bench.core.settings import GEN_SETTINGS
+from bench.core.stats import proportion_se
 from bench.engines import features
 from bench.engines.features import FEATURE_BATCH, ISC_LAYER
 from bench.engines.sample_quality import (
@@ -75,7 +76,7 @@ def diverged_result(n_gen: int, n_div: int, limit: float) -> tuple[Result, str |
     if frac > limit:
         reason = (f"{n_div} of {n_gen} SGLD chains diverged ({frac:.1%} > max_diverged {limit:g}); "
                   "a score of the surviving chains alone would flatter the sampler")
-    se = (frac * (1 - frac) / n_gen) ** 0.5 if n_gen else None
+    se = proportion_se(frac, n_gen) if n_gen else None
     details = {"n_generated": n_gen, "n_diverged": n_div, "max_diverged": limit, "sample_metrics_null": bool(reason),
                "std": "standard error of the proportion, sqrt(p(1-p)/n)"}
     return Result(frac, se, n_gen, details=details), reason

@@ -42,6 +42,7 @@ import torch
 
 from bench.core import settings
 from bench.core.energy import EnergyModel, evaluates
+from bench.core.stats import proportion_se
 from bench.metrics import MEAN, STABLE, Context, Metric, Result, mean_se, register
 from bench.runtime import fastpath
 from bench.runtime.execution import Execution
@@ -161,7 +162,7 @@ def landscape_group(ctx: Context) -> dict[str, Result]:
         **common, "sd": sd, "meaning": "mean over images of (mean grid energy - E(x, y))",
         "std": "standard error over images, sd / sqrt(n)"})
     p = summ["center_is_min"].double().mean().item()
-    out["landscape_center_is_min"] = Result(p, math.sqrt(p * (1 - p) / n), n, details={
+    out["landscape_center_is_min"] = Result(p, proportion_se(p, n), n, details={
         "meaning": "fraction of images whose own energy is the lowest on the grid",
         "std": "standard error of the proportion, sqrt(p(1-p)/n)",
         "per_image": summ["center_is_min"].tolist()})

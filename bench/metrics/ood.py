@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from bench.core import settings
+from bench.core.stats import proportion_se
 from bench.engines.attacks import check_in_ball, uniform_start
 from bench.inputs import ood_data
 from bench.metrics import PAIRS, POINTS, Context, Metric, Portable, Result, _seed_for, register
@@ -131,7 +132,7 @@ def ood_measures(s_in, s_out) -> dict[str, tuple[float, float | None]]:
     return {"auroc": auroc(a, b),
             "aupr_in": (average_precision(scores, is_in), None),
             "aupr_out": (average_precision(-scores, ~is_in), None),
-            "fpr95": (fpr, math.sqrt(fpr * (1 - fpr) / len(b)))}
+            "fpr95": (fpr, proportion_se(fpr, len(b)))}
 
 
 # --------------------------------------------------------------------------------------------

@@ -42,7 +42,6 @@ The calls, their resumable state files, warnings, RNG and float32 guards: ``benc
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,6 +49,7 @@ import torch
 
 from bench.core import outcomes, settings
 from bench.core.energy import EnergyModel, evaluates
+from bench.core.stats import proportion_se
 from bench.engines.aa_adapter import AAConfig, float32_input_grads, run_autoattack, run_blocks, summarise
 from bench.engines.attacks import NORMS, check_in_ball, pgd_restarts
 from bench.metrics import CheckFailed, Context, Metric, Result, register
@@ -74,7 +74,7 @@ def proportion(flags: torch.Tensor) -> tuple[float, float, int]:
     if n == 0:
         raise ValueError("proportion of an empty set")
     p = flags.double().mean().item()
-    return p, math.sqrt(p * (1 - p) / n), n
+    return p, proportion_se(p, n), n
 
 
 @torch.no_grad()
@@ -134,14 +134,20 @@ def _split(ctx: Context, key: str = "n_eval"):
 # clean accuracy and PGD
 
 
-@register("accuracy", "robust", metrics=(Metric.proportion("accuracy"),), settings=("n_eval",), sharded=True)
-def accuracy_group(ctx: Context) -> dict[str, Result]:
-    split = _split(ctx)
+def clean_flags(ctx: Context, points: str = "n_eval", desc: str = "accuracy") -> torch.Tensor:
+    """Per point of the first ``n_eval`` (``points="n_aa"``: AutoAttack's), whether the model
+    classifies it correctly (on the CPU, gathered over torchrun ranks)."""
+    split = _split(ctx, points)
     flags = []
     with torch.no_grad():
-        for x, y in ctx.batches(split.x, split.y, desc="accuracy"):
+        for x, y in ctx.batches(split.x, split.y, desc=desc):
             flags.append((ctx.model.logits(x).argmax(1) == y).cpu())
-    flags = ctx.collect(flags, torch.bool)
+    return ctx.collect(flags, torch.bool)
+
+
+@register("accuracy", "robust", metrics=(Metric.proportion("accuracy"),), settings=("n_eval",), sharded=True)
+def accuracy_group(ctx: Context) -> dict[str, Result]:
+    flags = clean_flags(ctx)
     p, se, n = proportion(flags)
     return {"accuracy": Result(p, se, n, details={"correct": int(flags.sum()), "std": STD_NOTE,
                                                   outcomes.KEY: outcomes.pack(flags, "correct clean")})}

@@ -23,6 +23,7 @@ import math
 
 from bench.core import outcomes
 from bench.core.results import Result
+from bench.core.stats import proportion_se
 from bench.metrics import registry
 
 EXACT_REL = 1e-6
@@ -125,7 +126,7 @@ def _ece_se(r: Result) -> float:
         return math.sqrt(var) / sum(counts)
     a = bins.get("avg_accuracy")
     a = 0.5 if not isinstance(a, int | float) else _smoothed(float(a), n)
-    return math.sqrt(a * (1 - a) / n)
+    return proportion_se(a, n)
 
 
 def _has_std(std) -> bool:
@@ -139,7 +140,7 @@ def _rule(name: str, base: Result) -> tuple[float | None, str]:
     t = registry.spec(name).tolerance
     if t.rule == "proportion" and n > 0 and 0 <= v <= 1:
         p = _smoothed(v, n)
-        return max(K * DIFF * math.sqrt(p * (1 - p) / n), t.floor), f"3 SE of a proportion at n={n}"
+        return max(K * DIFF * proportion_se(p, n), t.floor), f"3 SE of a proportion at n={n}"
     if t.rule == "ece" and n > 0:
         return max(K * DIFF * _ece_se(base), t.floor), f"3 SE of ECE at n={n}"
     if t.rule == "relative":

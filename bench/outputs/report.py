@@ -154,7 +154,8 @@ def run_section(run_dir: Path, res: Results, name: str, open_: bool = True) -> s
         "</details>"])
 
 
-def render(runs: list[tuple[Path, Results]], tables: list[paper_tables.Table], title: str = "JEAT-Bench report") -> str:
+def render(runs: list[tuple[Path, Results]], tables: list[paper_tables.Table], title: str = "JEAT-Bench report",
+           figures: list[Path] = ()) -> str:
     names = paper_tables.labels([r for _, r in runs])
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -165,6 +166,8 @@ def render(runs: list[tuple[Path, Results]], tables: list[paper_tables.Table], t
              "best of our rows per column in bold, the paper's rows shaded.</p>",
              "<h2>Tables</h2>"]
     parts += [to_html(t) for t in tables] or ['<p class="meta">No table metrics in this run.</p>']
+    parts += [f'<figure><img src="{data_uri(p)}" alt="{e(p.name)}" loading="eager"><figcaption>{e(p.name)}'
+              "</figcaption></figure>" for p in map(Path, figures)]  # bench table's figures of several runs
     parts.append("<h2>Runs</h2>")
     parts += [run_section(d, r, n, open_=len(runs) == 1 or i == 0)
               for i, ((d, r), n) in enumerate(zip(runs, names, strict=True))]
@@ -173,11 +176,11 @@ def render(runs: list[tuple[Path, Results]], tables: list[paper_tables.Table], t
 
 
 def write_report(path: str | Path, runs: list[tuple[Path, Results]], tables: list[paper_tables.Table],
-                 title: str = "JEAT-Bench report") -> Path:
+                 title: str = "JEAT-Bench report", figures: list[Path] = ()) -> Path:
     """Write the page (atomically) to ``path`` and return it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, render(runs, tables, title).encode("utf-8"))
+    atomic_write_bytes(path, render(runs, tables, title, figures).encode("utf-8"))
     return path
 
 

@@ -14,12 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.core import results
+from bench.core.curve_data import curve_lines
 from bench.core.errors import BenchError, CannotWrite
 from bench.core.fileio import atomic_write_bytes
 from bench.core.results import Results
-from bench.outputs.paper_tables import Table, all_tables, run_tables
+from bench.engines.plots import robustness_curves
+from bench.outputs.paper_tables import Table, all_tables, labels, run_tables
 from bench.outputs.report import write_report
 from bench.outputs.table_format import to_latex, to_markdown
+
+CURVES_FIGURE = "robustness_curves.png"  # bench table: several runs' curves on one plot
 
 
 def write(t: Table, out: Path) -> list[Path]:
@@ -44,6 +48,17 @@ def _round6(v):
 def write_run_tables(res: Results, out: Path) -> list[Path]:
     """Write ``run_tables(res)`` into ``out``."""
     return [p for t in run_tables(res) for p in write(t, out)]
+
+
+def curve_figure(runs: list[Results], out: Path) -> list[Path]:
+    """``out/robustness_curves.png``: every run's robustness curves (``--eps-grid``) on one plot,
+    a line per run and attack; [] when no run has a curve."""
+    lines = curve_lines(runs, labels(runs))
+    if not lines:
+        return []
+    norms = sorted({str((r.run.get("config") or {}).get("norm", "Linf")) for r in runs})
+    return [robustness_curves(lines, out / CURVES_FIGURE, title="Robust accuracy against eps",
+                              xlabel=f"eps ({', '.join(norms)})")]
 
 
 @dataclass
@@ -93,10 +108,13 @@ def build(dirs, out: str | Path, report: bool = True) -> Built:
         paths = [p for t in tables for p in write(t, out)]
     except OSError as e:
         raise BenchError(f"cannot write to --out {out}: {e.strerror or e}") from None
+    figures = curve_figure([r for _, r in runs], out)
+    paths += figures
     built = Built(runs, tables, paths)
     if report:
         try:
-            built.report = write_report(out / "report.html", runs, tables, title=f"JEAT-Bench: {len(runs)} run(s)")
+            built.report = write_report(out / "report.html", runs, tables, title=f"JEAT-Bench: {len(runs)} run(s)",
+                                        figures=figures)
         except Exception as e:  # the tables above are kept whatever happens to the page
             built.report_error = f"{type(e).__name__}: {e}"
     return built

@@ -226,8 +226,9 @@ def _run(model, suite, out, dataset, data_root, arch, device, resume, download, 
     loaded, ds = resolve_model(model, dataset, data_root, arch, download, (settings or {}).get("normalize"))
     s = resolve_settings(settings or {}, loaded, ds)
     # metric names that depend on the settings (the OOD group: one per --ood set) are fixed here,
-    # before any cache is read (bench.metrics.Group.for_settings); a bad --ood fails here, early
-    groups = [g.for_settings(s) for g in groups]
+    # before any cache is read (bench.metrics.Group.for_settings); a bad --ood fails here, early;
+    # a group with no metrics under these settings (the robustness curve without --eps-grid) does not run
+    groups = [g for g in (g.for_settings(s) for g in groups) if g.metrics]
     main = distributed.is_main()
     if main:
         _check_out(out)
