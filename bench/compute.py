@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from bench import distributed, progress
+from bench import defense, distributed, progress
 from bench.errors import BenchError
 from bench.metrics import Context, Group
 from bench.registry import CheckFailed, UndeclaredSetting
@@ -21,7 +21,7 @@ def compute(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
     generated images first make the generated set together (sharded over chain blocks).  The group
     sees ``ctx.settings`` through its ``SettingsView`` (``bench.registry``): reading a setting it
     does not declare is an error, not a stale cache."""
-    with g.viewing(ctx):
+    with g.viewing(ctx), defense.applied(g, ctx):  # the defended model for groups that declare it
         return _compute_anywhere(g, ctx)
 
 

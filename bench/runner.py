@@ -26,12 +26,12 @@ from bench import (
     data,
     distributed,
     fastpath,
-    model_checks,
     outlock,
     progress,
     suites,
     zoo,
 )
+from bench import checks as sanity
 from bench.errors import BenchError
 from bench.metrics import Context, Result
 from bench.results import Results, platform_record
@@ -237,6 +237,7 @@ def _run(model, suite, out, dataset, data_root, arch, device, resume, download, 
     # metric names that depend on the settings (the OOD group: one per --ood set) are fixed here,
     # before any cache is read (bench.metrics.Group.for_settings); a bad --ood fails here, early
     groups = [g.for_settings(s) for g in groups]
+    groups = [g for g in groups if g.metrics]  # a group with no metric under these settings (adaptive: no defence)
     main = distributed.is_main()
     if main:
         _check_out(out)
@@ -260,7 +261,7 @@ def _run(model, suite, out, dataset, data_root, arch, device, resume, download, 
                  data_sha256=identity["data"],
                  generation_code_sha256=cache_keys.code_sha256("bench.generation", memo))  # keys samples.npz
     model = fastpath.apply(loaded.model.to(dev).eval(), fastpath.FastPath.from_settings(s))
-    checks = model_checks.check(model, ds.test.x[:model_checks.N_IMAGES].to(dev), log)  # RNG state kept
+    checks = sanity.check_model(model, ds.test.x[:sanity.N_IMAGES].to(dev), log)  # RNG state kept
     ctx = Context(model, ds, s_run, dev, out, progress=progress.bar,
                   replay_buffer=loaded.replay_buffer, data_root=data_root, train_used=train_used(loaded))
     cache_dir = out / "cache"
@@ -300,6 +301,10 @@ def _run(model, suite, out, dataset, data_root, arch, device, resume, download, 
             res.run["groups"][g.name] = _group_record(g, res.run["platform"], False, res.run["platform"])
             res.run["cache"]["computed"].append(g.name)
             log(f"[{g.suite}] {g.name}: " + ", ".join(_fmt(k, v) for k, v in computed.items()))
+        flags = sanity.run_flags({k: res.metrics[k] for k in g.metrics if k in res.metrics})
+        for f in flags:
+            log(f"flag {f['flag']} ({f['metric']}): {f['message']}")
+        res.run["flags"] = res.run.get("flags", []) + flags
         res.run["seconds"] = round(time.time() - started, 2)
         if main:
             res.write(out / "results.json")
