@@ -9,7 +9,7 @@ import torchattacks
 from pyautoattack import AutoAttack
 from torch import nn
 
-from bench import aa_adapter
+from bench import aa_adapter, defense
 from bench.attacks import check_in_ball, pgd, pgd_restarts
 from bench.energy import EnergyModel
 from bench.execution import Execution
@@ -140,7 +140,7 @@ def test_check_in_norm_ball_refuses_outside_examples():
 
 def test_robust_groups_on_a_trained_model(digits, tmp_path):
     groups = load_all()
-    assert groups["accuracy"].settings == ("n_eval",)
+    assert groups["accuracy"].settings == ("n_eval", *defense.SETTINGS)  # defended inference keys it too
     for name in ("pgd20", "pgd20_energy"):
         assert {"eps", "pgd_steps", "pgd_step_size", "pgd_restarts", "seed"} <= set(groups[name].settings)
     ctx = make_ctx(trained_model(), digits, tmp_path)
