@@ -49,9 +49,16 @@ ATTACK_SETTINGS = ("n_eval", "n_aa", "norm", "eps", "pgd_steps", "pgd_step_size"
                    "batch_size", *defense.SETTINGS)
 
 
+COLUMNS = {"defended_accuracy": "Defended acc.", "pgd20_defended": "PGD-20 (R draws)", "eot_pgd": "EOT-PGD",
+           "bpda_eot": "BPDA+EOT", "aa_rand": "AA rand", "adaptive_worst": "Worst case",
+           "pgd_stronger": "PGD 2x steps/restarts", "pgd_large_eps": "PGD large eps"}
+
+
 def _spec(name: str) -> Metric:
-    return Metric(name + "*", "proportion", True, "percent", PROPORTION, 1.0, portable=RANDOM_POINTS,
-                  bounds=(0.0, 1.0))
+    """A proportion under a random defence (the module docstring's portable rule); a pattern that
+    names the one metric, as the group's names depend on the settings."""
+    return Metric(name + "*", "proportion", True, "percent", PROPORTION, 1.0, column=COLUMNS[name],
+                  portable=RANDOM_POINTS, bounds=(0.0, 1.0))
 
 
 def adaptive_names(s: dict) -> tuple[str, ...]:
