@@ -23,8 +23,9 @@ example correctly in every one of ``defense_repeats`` (R) fresh draws of the def
 Portable rule: ``Portable("points", share=0.05)``.  A random defence's outcome per point is a draw:
 on another platform the kernels move every chain's state in its last digits, the K Langevin steps
 and the attack amplify that, and the point lands on another draw of its survival probability, so
-far more points flip than the 0.5 % of a deterministic model; 5 % of the points bounds that
-(measured on the digits JEM/JEAT models under sgld-refine: docs/CHECKS.md).
+far more points flip than the 0.5 % of a deterministic model.  5 % of the points is a bound set
+from that reasoning, not yet measured across simulated machines (docs/CHECKS.md, "Adaptive
+attacks on a random defence").
 
 Group ``sanity`` (``--sanity-checks``; two extra attacks) gives ``pgd_stronger`` (PGD with twice
 ``pgd_steps`` and two restarts) and ``pgd_large_eps`` (PGD at ``bench.checks.large_eps``), each
