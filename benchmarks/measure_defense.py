@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from bench import checks, checkpoints, data, settings
+from bench import checkpoints, checks, data, settings
 from bench.attacks import bpda_eot_pgd, eot_pgd, pgd_restarts
 from bench.defense import RefineConfig, RefinedModel
 from bench.metrics.adaptive import survives
@@ -59,7 +59,6 @@ def main() -> None:
 
 def _evaluate(model, x, y, eps, a) -> dict:
     r = a.repeats
-    gen = torch.Generator().manual_seed(1)
     kw = {"steps": 20, "step_size": eps / 4}
     clean = survives(model, x, y, r)
     idx = clean.nonzero().squeeze(1)

@@ -167,3 +167,33 @@ def test_refined_logits_are_random_and_none_is_the_plain_model():
     a, b = refined.logits(x), refined.logits(x)
     assert a.shape == (4, 3) and not torch.equal(a, b)
     assert not checks.determinism(refined, x)["deterministic"]
+
+
+def test_adaptive_group_through_compute_on_the_defended_model(digits, tmp_path, monkeypatch):
+    """The runner's path: compute.compute swaps the defended model in for a group that declares the
+    defence, the adaptive group returns its settings' names, every robust point survives all R draws
+    (so the worst case is at most every attack), and the flags are recorded and gathered."""
+    from bench import compute
+    from bench.metrics import Context, adaptive, load_all
+    from bench.settings import DEFAULTS
+    from tests.conftest import tiny_model
+
+    monkeypatch.setattr(adaptive, "_aa", lambda ctx: (lambda m, x, y, e, nm, generator=None: x))  # AA: its own tests
+    s = dict(DEFAULTS, eps=0.1, pgd_step_size=0.025, pgd_steps=3, n_eval=12, n_aa=12, batch_size=12,
+             model_sha256=None, defense="sgld-refine", refine_steps=2, refine_noise=0.05, eot=2, defense_repeats=2)
+    g = load_all()["adaptive"].for_settings(s)
+    assert set(g.metrics) == set(adaptive.ADAPTIVE)
+    assert load_all()["adaptive"].for_settings(dict(s, defense="none", eot=None)).metrics == ()
+    assert set(load_all()["adaptive"].for_settings(dict(s, defense="none")).metrics) == set(adaptive.ADAPTIVE) - {
+        "bpda_eot", "aa_rand"}
+    plain = tiny_model()
+    ctx = Context(plain, digits, s, torch.device("cpu"), tmp_path)
+    out, ok = compute.compute(g, ctx)
+    assert ok and ctx.model is plain  # swapped back after the group
+    worst = out["adaptive_worst"].value
+    for m in ("pgd20_defended", "eot_pgd", "bpda_eot", "aa_rand"):
+        assert worst <= out[m].value <= out["defended_accuracy"].value
+    assert out["pgd20_defended"].details["threat_model"]["defense"]["refine_steps"] == 2
+    assert [f["flag"] for f in out["pgd20_defended"].details["flags"]] == ["randomness_without_eot"]
+    assert "flags" not in out["eot_pgd"].details  # EOT used: no randomness flag
+    assert {f["metric"] for f in checks.run_flags(out)} >= {"pgd20_defended"}
