@@ -238,7 +238,8 @@ def test_the_suite_lists_of_the_cli_and_the_readme_are_the_registry_s(registry, 
 
 
 def test_the_architecture_map_names_what_exists():
-    """docs/ARCHITECTURE.md names every module of bench/ and only names that exist (it named
+    """docs/ARCHITECTURE.md names every module of bench/ (the top-level files by path, those of the
+    layer packages by name in their package's row) and only names that exist (it named
     bench.metrics._MODULES, which did not, and left out registry.py, samples_io.py, errors.py)."""
     import importlib
     import re
@@ -248,6 +249,11 @@ def test_the_architecture_map_names_what_exists():
     text = (root / "docs" / "ARCHITECTURE.md").read_text()
     modules = sorted(p.relative_to(root).as_posix() for p in (root / "bench").glob("*.py") if not p.name.startswith("_"))
     assert [m for m in modules if f"`{m}`" not in text] == []
+    rows = {line.split("|")[2].strip(" `"): line for line in text.splitlines() if line.startswith("| ") and "`bench/" in line}
+    for pkg in ("core", "runtime", "inputs", "engines", "metrics", "outputs", "run"):
+        row = rows.get(f"bench/{pkg}/", "")
+        named = sorted(p.stem for p in (root / "bench" / pkg).glob("*.py") if not p.name.startswith("_"))
+        assert [m for m in named if f"`{m}`" not in row] == [], pkg
     for dotted in sorted(set(re.findall(r"`(bench(?:\.[A-Za-z_]+)+)", text))):
         mod, _, name = dotted.rpartition(".")
         try:

@@ -11,7 +11,7 @@ from torch import nn
 
 from bench.core.energy import EnergyModel
 from bench.core.settings import DEFAULTS
-from bench.engines import aa_adapter
+from bench.engines import aa_adapter, defense
 from bench.engines.attacks import check_in_ball, pgd, pgd_restarts
 from bench.metrics import Context, load_all
 from bench.metrics import robustness as rob
@@ -140,7 +140,7 @@ def test_check_in_norm_ball_refuses_outside_examples():
 
 def test_robust_groups_on_a_trained_model(digits, tmp_path):
     groups = load_all()
-    assert groups["accuracy"].settings == ("n_eval",)
+    assert groups["accuracy"].settings == ("n_eval", *defense.SETTINGS)  # defended inference keys it too
     for name in ("pgd20", "pgd20_energy"):
         assert {"eps", "pgd_steps", "pgd_step_size", "pgd_restarts", "seed"} <= set(groups[name].settings)
     ctx = make_ctx(trained_model(), digits, tmp_path)

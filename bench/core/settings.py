@@ -94,6 +94,13 @@ class Amp(StrEnum):
     BF16 = "bf16"
 
 
+class DefenseKind(StrEnum):
+    """Defended inference (``bench.engines.defense``)."""
+
+    NONE = "none"
+    SGLD_REFINE = "sgld-refine"
+
+
 class AAVersion(StrEnum):
     STANDARD = "standard"
     PLUS = "plus"
@@ -225,6 +232,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("curve_attacks", "text", None,
             "attacks of the robustness curve, comma list of registered ones (bench.metrics.curves: pgd20, "
             "pgd20_energy, autoattack, ...) (default: every registered attack that supports --norm)"),
+    # defended inference and adaptive attacks (bench.engines.defense, bench.metrics.adaptive; README, "Evaluating a
+    # stochastic or refined defence")
+    Setting("defense", "choice", DefenseKind.NONE, "defended inference of the robust, calibration and OOD groups: "
+            "none, or sgld-refine (K SGLD steps on E(x) before classifying, logits averaged over chains)",
+            DefenseKind),
+    Setting("refine_steps", "count", 10, "sgld-refine: SGLD steps K"),
+    Setting("refine_chains", "count", 1, "sgld-refine: chains C (logits averaged)"),
+    Setting("refine_step_size", "number", JEM_SGLD_STEP_SIZE, "sgld-refine: SGLD step in [0,1] pixel space "
+            "(docs/CONVENTIONS.md; JEM's sgld_lr 1 -> 0.5)"),
+    Setting("refine_noise", "number", JEM_SGLD_NOISE, "sgld-refine: SGLD noise in pixels (JEM's 0.01 -> 0.005)"),
+    Setting("eot", "count", None, "EOT-PGD / BPDA+EOT gradient draws per step (default 8 where the adaptive "
+            "attacks run; setting it runs them on an undefended, e.g. stochastic, model too)"),
+    Setting("defense_repeats", "count", 5, "adaptive attacks: fresh draws of the defence a point must survive "
+            "(all of them) to count as robust"),
+    Setting("sanity_checks", "bool", False, "extra passes for the sanity flags: PGD with 2x steps and 2 "
+            "restarts, and PGD at a large eps (bench.runtime.checks)"),
     Setting("ece_bins", "count", 20, "bins of ece and mce (equal-width) and of ece_adaptive (equal-mass)"),
     # OOD detection (ood; bench.inputs.ood_data, bench.metrics.ood)
     Setting("ood", "text", "uniform,interp",

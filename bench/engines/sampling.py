@@ -112,26 +112,35 @@ def sgld(model: EnergyModel, x0: torch.Tensor, y: torch.Tensor | None, cfg: SGLD
         raise ValueError(f"unknown energy {cfg.energy!r}; expected one of {', '.join(ENERGIES)}")
     x = x0.detach().clone()
     finite = torch.isfinite(x.flatten(1)).all(1)
-    sigma = cfg.noise_std
-    half = 0.5 * cfg.step_size
     shape = (-1, *[1] * (x.dim() - 1))
     for t in range(cfg.steps):
-        e, g = model.grad_energy(x, y, cfg.energy)
         if isinstance(generator, BlockNoise):
             noise = generator.draw(x)
         else:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        nxt = x - half * g + sigma * noise
-        # one reduction per chain: a sum is finite only if every element is (checked before the
-        # clamp, which would turn -inf into 0)
-        ok = torch.isfinite(nxt.flatten(1).sum(1)) & torch.isfinite(e) & finite
-        if cfg.clamp:
-            nxt = nxt.clamp(0, 1)
+        nxt, e, g, ok = langevin_step(model, x, y, cfg, noise)
+        ok = ok & finite
         finite = ok
         x = torch.where(ok.view(shape), nxt, x).detach()
         if callback is not None:
             callback(t, x, e, g)
     return x, finite
+
+
+def langevin_step(model: EnergyModel, x: torch.Tensor, y: torch.Tensor | None, cfg: SGLDConfig,
+                  noise: torch.Tensor, create_graph: bool = False):
+    """One step of the chain from x with the given standard-normal ``noise``: (next state, clamped
+    when ``cfg.clamp``; energies; gradients; per-chain finite mask of the unclamped update).  With
+    ``create_graph`` the next state is differentiable with respect to x through the gradient term
+    (the full gradient of a refinement, ``bench.engines.defense``)."""
+    e, g = model.grad_energy(x, y, cfg.energy, create_graph=create_graph)
+    nxt = x - (0.5 * cfg.step_size) * g + cfg.noise_std * noise
+    # one reduction per chain: a sum is finite only if every element is (checked before the
+    # clamp, which would turn -inf into 0)
+    ok = torch.isfinite(nxt.detach().flatten(1).sum(1)) & torch.isfinite(e.detach())
+    if cfg.clamp:
+        nxt = nxt.clamp(0, 1)
+    return nxt, e, g, ok
 
 
 class ReplayBuffer:

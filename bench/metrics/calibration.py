@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from bench.core import outcomes
+from bench.engines import defense
 from bench.engines.attacks import check_in_ball, fgsm
 from bench.metrics import ECE, MEAN, Context, Metric, Result, mean_se, register, stable
 
@@ -130,7 +131,7 @@ def _relative(path, out) -> str:
 
 @register("ece", "calibration", metrics=(Metric("ece", "ECE", False, "percent", ECE, 1.0, column="ECE (%)",
                                                 portable=stable(2.0), bounds=(0.0, 1.0)),),
-          settings=("n_eval", "ece_bins"), sharded=True)
+          settings=("n_eval", "ece_bins", *defense.SETTINGS), sharded=True)
 def ece_group(ctx: Context) -> dict[str, Result]:
     """ECE of the clean evaluation points (20 bins by default) and their reliability diagram."""
     return {"ece": _ece_result(ctx, adversarial=False)}
@@ -138,7 +139,7 @@ def ece_group(ctx: Context) -> dict[str, Result]:
 
 @register("ece_fgsm", "calibration", metrics=(Metric("ece_fgsm", "ECE", False, "percent", ECE, 1.0, column="ECE FGSM (%)",
                                                     portable=stable(2.0), bounds=(0.0, 1.0)),),
-          settings=("n_eval", "ece_bins", "norm", "eps"), sharded=True)
+          settings=("n_eval", "ece_bins", "norm", "eps", *defense.SETTINGS), sharded=True)
 def ece_fgsm_group(ctx: Context) -> dict[str, Result]:
     """ECE of the evaluation points after FGSM (eps, cross-entropy) and their reliability diagram."""
     return {"ece_fgsm": _ece_result(ctx, adversarial=True)}
@@ -385,14 +386,14 @@ def _extra_results(ctx: Context, adversarial: bool) -> dict[str, Result]:
     return out
 
 
-@register("calibration_extra", "calibration", metrics=tuple(map(extra_spec, EXTRA)), settings=("n_eval", "ece_bins"), sharded=True)
+@register("calibration_extra", "calibration", metrics=tuple(map(extra_spec, EXTRA)), settings=("n_eval", "ece_bins", *defense.SETTINGS), sharded=True)
 def calibration_extra_group(ctx: Context) -> dict[str, Result]:
     """NLL, Brier, MCE, adaptive ECE, the fitted temperature and the scaled ECE, NLL and Brier."""
     return _extra_results(ctx, adversarial=False)
 
 
 @register("calibration_extra_fgsm", "calibration", metrics=tuple(map(extra_spec, EXTRA_FGSM)),
-          settings=("n_eval", "ece_bins", "norm", "eps"), sharded=True)
+          settings=("n_eval", "ece_bins", "norm", "eps", *defense.SETTINGS), sharded=True)
 def calibration_extra_fgsm_group(ctx: Context) -> dict[str, Result]:
     """The same on the FGSM inputs (temperature from the clean held-out points)."""
     return _extra_results(ctx, adversarial=True)

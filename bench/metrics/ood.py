@@ -49,7 +49,8 @@ import torch
 
 from bench.core import settings
 from bench.core.stats import proportion_se
-from bench.engines.attacks import check_in_ball, uniform_start
+from bench.engines import defense
+from bench.engines.attacks import check_in_ball, pgd
 from bench.inputs import ood_data
 from bench.metrics import PAIRS, POINTS, Context, Metric, Portable, Result, _seed_for, register
 
@@ -63,7 +64,7 @@ TPR_LEVEL = 0.95
 SCORE_MEANING = {"px": "logsumexp f(x) = -E(x) (log p(x) up to a constant)",
                  "py": "max softmax probability",
                  "pxgrad": "-||d log p(x) / dx||_2 (pixel space)"}
-OOD_SETTINGS = ("seed", "n_eval", "ood", "n_ood", "ood_scores")
+OOD_SETTINGS = ("seed", "n_eval", "ood", "n_ood", "ood_scores", *defense.SETTINGS)
 ADV_SETTINGS = OOD_SETTINGS + ("norm", "eps", "pgd_steps", "pgd_step_size", "batch_size")
 
 
@@ -176,17 +177,9 @@ def score_objective(model, x: torch.Tensor, score: str) -> torch.Tensor:
 
 def raise_score(model, x: torch.Tensor, score: str, eps: float, steps: int, step_size: float,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """L-inf PGD that ascends ``score`` from a uniform start in the eps ball (the update and
-    projection of ``bench.engines.attacks.pgd``: step * sign(grad), clip to the ball and to [0, 1])."""
-    x = x.detach()
-    adv = uniform_start(x, eps, generator)
-    for _ in range(steps):
-        with torch.enable_grad():
-            adv.requires_grad_(True)
-            (g,) = torch.autograd.grad(score_objective(model, adv, score), adv)
-        adv = adv.detach() + step_size * g.sign()
-        adv = (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)
-    return adv.detach()
+    """L-inf PGD (``bench.engines.attacks.pgd``) that ascends ``score`` from a uniform start in the eps ball."""
+    return pgd(model, x, None, eps, steps, step_size, random_start=True, generator=generator,
+               objective=lambda adv: score_objective(model, adv, score))
 
 
 # --------------------------------------------------------------------------------------------

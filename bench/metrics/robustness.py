@@ -50,9 +50,11 @@ import torch
 from bench.core import outcomes, settings
 from bench.core.energy import EnergyModel, evaluates
 from bench.core.stats import proportion_se
+from bench.engines import defense
 from bench.engines.aa_adapter import AAConfig, float32_input_grads, run_autoattack, run_blocks, summarise
 from bench.engines.attacks import NORMS, check_in_ball, pgd_restarts
 from bench.metrics import CheckFailed, Context, Metric, Result, register
+from bench.runtime import checks
 from bench.runtime.execution import Execution
 
 STD_NOTE = "standard error of the proportion, sqrt(p(1-p)/n)"
@@ -104,22 +106,12 @@ def check_robust_le_clean(clean_correct: torch.Tensor, robust_correct: torch.Ten
             "deterministic (dropout or batch norm in training mode, a randomised defence?) or the attack is broken")
 
 
-def check_in_norm_ball(x: torch.Tensor, adv: torch.Tensor, eps: float, norm: str = "Linf", tol: float = 1e-5) -> float:
-    """Raise ``RobustnessCheckError`` if any example leaves the ``norm`` ball of radius eps or
-    [0, 1]; return the largest perturbation norm."""
-    if norm == "Linf":
-        try:
-            check_in_ball(x, adv, eps, tol=1e-6)
-        except RuntimeError as e:
-            raise RobustnessCheckError(str(e)) from None
-        return (adv - x).abs().amax().item() if len(x) else 0.0
-    d = (adv - x).flatten(1)
-    dist = d.norm(p=2 if norm == "L2" else 1, dim=1) if len(x) else d.new_zeros(0)
-    biggest = dist.max().item() if len(x) else 0.0
-    if biggest > eps * (1 + tol) + tol or (len(x) and (adv.min().item() < -1e-6 or adv.max().item() > 1 + 1e-6)):
-        raise RobustnessCheckError(f"adversarial example outside the threat model: {norm} {biggest:.6g} > eps "
-                                   f"{eps:.6g} or outside [0, 1]")
-    return biggest
+def check_in_norm_ball(x: torch.Tensor, adv: torch.Tensor, eps: float, norm: str = "Linf") -> float:
+    """``bench.runtime.checks.check_in_ball`` raising ``RobustnessCheckError``: the largest perturbation norm."""
+    try:
+        return check_in_ball(x, adv, eps, norm)
+    except RuntimeError as e:
+        raise RobustnessCheckError(str(e)) from None
 
 
 def _split(ctx: Context, key: str = "n_eval"):
@@ -145,7 +137,8 @@ def clean_flags(ctx: Context, points: str = "n_eval", desc: str = "accuracy") ->
     return ctx.collect(flags, torch.bool)
 
 
-@register("accuracy", "robust", metrics=(Metric.proportion("accuracy"),), settings=("n_eval",), sharded=True)
+@register("accuracy", "robust", metrics=(Metric.proportion("accuracy"),), settings=("n_eval", *defense.SETTINGS),
+          sharded=True)
 def accuracy_group(ctx: Context) -> dict[str, Result]:
     flags = clean_flags(ctx)
     p, se, n = proportion(flags)
@@ -153,7 +146,8 @@ def accuracy_group(ctx: Context) -> dict[str, Result]:
                                                   outcomes.KEY: outcomes.pack(flags, "correct clean")})}
 
 
-PGD_SETTINGS = ("n_eval", "norm", "eps", "pgd_steps", "pgd_step_size", "pgd_restarts", "seed", "batch_size")
+PGD_SETTINGS = ("n_eval", "norm", "eps", "pgd_steps", "pgd_step_size", "pgd_restarts", "seed", "batch_size",
+                *defense.SETTINGS)
 LOSS_NAMES = {"ce": "cross-entropy E(x,y) - E(x) (Eq. 3, 14)", "energy": "joint energy E(x,y) (Eq. 18)"}
 
 
@@ -205,7 +199,18 @@ def pgd_flags(ctx: Context, loss: str, tag: str, points: str = "n_eval",
         "attacked": "clean-correct points; misclassified points count as not robust", "std": STD_NOTE,
         outcomes.KEY: outcomes.pack(robust, f"robust under {tag} ({loss})"),
     }
+    flags = attack_flags(ctx, split, tag)
+    if flags:
+        details["flags"] = flags
     return Result(p, se, n, details=details), robust
+
+
+def attack_flags(ctx: Context, split, tag: str, eot: int | None = None) -> list[dict]:
+    """The cheap sanity flags of an attack (``bench.runtime.checks``) on the first batch of its points: the
+    model random while the attack drew one gradient, input gradients zero or non-finite."""
+    x, y = split.x[:ctx.settings["batch_size"]].to(ctx.device), split.y[:ctx.settings["batch_size"]].to(ctx.device)
+    return checks.collect([checks.randomness_flag(ctx.model, x, eot, tag),
+                           checks.gradient_flag(checks.masked_share(ctx.model, x, y), len(x), tag)])
 
 
 @register("pgd20", "robust", metrics=(Metric.proportion("pgd20"),), settings=PGD_SETTINGS, sharded=True)
@@ -284,6 +289,9 @@ def _autoattack_flags(model, x, y, aa: AAConfig, run: Execution, state_dir, mode
     notes = sorted({m for i in infos for m in i["notes"]})
     if notes:
         details["notes"] = notes
+    square = checks.square_flag(details["warnings"])
+    if square:
+        details["flags"] = [square]
     resumed = [dict(i["resumed"], state_key=i["state_key"]) for i in infos if i["resumed"]]
     if resumed:
         details["resumed"] = resumed
@@ -316,7 +324,7 @@ AA_METRICS = ("autoattack", "accuracy_aa", "pgd20_aa")
 
 @register("autoattack", "robust", metrics=tuple(map(Metric.proportion, AA_METRICS)),
           settings=("n_eval", "n_aa", "norm", "eps", "aa_version", "seed", "batch_size",
-                    "pgd_steps", "pgd_step_size", "pgd_restarts"), sharded=True)
+                    "pgd_steps", "pgd_step_size", "pgd_restarts", *defense.SETTINGS), sharded=True)
 def autoattack_group(ctx: Context) -> dict[str, Result]:
     """AutoAttack on the first ``n_aa`` points, and on exactly those points the clean accuracy
     (``accuracy_aa``) and PGD-20 on cross-entropy (``pgd20_aa``, the ``pgd20`` attack from the same

@@ -72,7 +72,11 @@ def _dataset(r: Results) -> str:
 
 def _threat_text(r: Results) -> str:
     norm, eps = _threat(r)
-    return f"{norm}, eps {eps:.4g}" if isinstance(eps, int | float) else norm
+    text = f"{norm}, eps {eps:.4g}" if isinstance(eps, int | float) else norm
+    cfg = r.run.get("config") or {}
+    if cfg.get("defense") not in (None, "none"):  # defended inference (bench.engines.defense)
+        text += f", {cfg['defense']} K={cfg.get('refine_steps')} C={cfg.get('refine_chains')}"
+    return text
 
 
 def _paper_dataset(model: str) -> str:
@@ -98,6 +102,10 @@ def _finish(t: Table, runs: list[Results], picked=None) -> Table:
             for col, res in got:
                 if res.n and res.n != n:
                     t.notes.setdefault((i, col), f"n = {res.n}")
+                raised = [f.get("flag") for f in (res.details or {}).get("flags") or []]
+                if raised:  # the sanity flags of the cell's number (bench.runtime.checks)
+                    old = t.notes.get((i, col))
+                    t.notes[(i, col)] = (f"{old}; " if old else "") + "flags: " + ", ".join(raised)
         else:
             ds.append(_paper_dataset(str(model)))
             tm.append(PAPER_THREAT)
@@ -326,8 +334,11 @@ def suite_tables(runs: list[Results]) -> list[Table]:
     code here.  No paper rows."""
     tables = []
     for suite in suites.names():
-        cols = {sp.column: sp.name for g in suites.groups_for([suite], runnable=False) for sp in g.specs
-                if sp.column and not sp.is_pattern and any(sp.name in r.metrics for r in runs)}
+        cols = {}
+        for sp in (sp for g in suites.groups_for([suite], runnable=False) for sp in g.specs if sp.column):
+            held = sorted({m for r in runs for m in r.metrics if sp.matches(m)})
+            if len(held) == 1:  # a pattern only where it names one metric (bench.metrics.adaptive)
+                cols[sp.column] = held[0]
         if cols:
             rows, notes = _rows(runs, cols)
             caption = f"The {suite} suite: " + ", ".join(f"{c} ({registry.spec(m).unit or m})" for c, m in cols.items()) + "."

@@ -140,6 +140,8 @@ def run_section(run_dir: Path, res: Results, name: str, open_: bool = True) -> s
            ("seconds", r.get("seconds"))]
     if isinstance(r.get("cache"), dict):
         run.append(("cache", r["cache"]))
+    if r.get("flags"):  # the sanity flags raised (bench.runtime.checks), one line each
+        run.append(("flags", "; ".join(f"{f.get('flag')} ({f.get('metric')}): {f.get('message')}" for f in r["flags"])))
     config = sorted((r.get("config") or {}).items())
     versions = sorted((r.get("versions") or {}).items())
     return "\n".join([

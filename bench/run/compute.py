@@ -11,6 +11,7 @@ import torch
 from bench.core import progress
 from bench.core.errors import BenchError
 from bench.core.results import Result
+from bench.engines import defense
 from bench.metrics import Context, Group
 from bench.metrics.registry import CheckFailed, UndeclaredSetting
 from bench.runtime import distributed
@@ -22,7 +23,7 @@ def compute(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
     generated images first make the generated set together (sharded over chain blocks).  The group
     sees ``ctx.settings`` through its ``SettingsView`` (``bench.metrics.registry``): reading a setting it
     does not declare is an error, not a stale cache."""
-    with g.viewing(ctx):
+    with g.viewing(ctx), defense.applied(g, ctx):  # the defended model for groups that declare it
         return _compute_anywhere(g, ctx)
 
 

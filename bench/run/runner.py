@@ -26,7 +26,8 @@ from bench.core.settings import DEFAULTS, Norm, complete, dataset_defaults, vali
 from bench.inputs import checkpoints, data, zoo
 from bench.metrics import Context, Result, suites
 from bench.run import cache_keys, compute, outlock
-from bench.runtime import distributed, fastpath, model_checks
+from bench.runtime import checks as sanity
+from bench.runtime import distributed, fastpath
 
 
 def resolve_device(device: str) -> torch.device:
@@ -227,7 +228,8 @@ def _run(model, suite, out, dataset, data_root, arch, device, resume, download, 
     s = resolve_settings(settings or {}, loaded, ds)
     # metric names that depend on the settings (the OOD group: one per --ood set) are fixed here,
     # before any cache is read (bench.metrics.Group.for_settings); a bad --ood fails here, early;
-    # a group with no metrics under these settings (the robustness curve without --eps-grid) does not run
+    # a group with no metrics under these settings (the robustness curve without --eps-grid, the
+    # adaptive attacks without a defence) does not run
     groups = [g for g in (g.for_settings(s) for g in groups) if g.metrics]
     main = distributed.is_main()
     if main:
@@ -252,7 +254,7 @@ def _run(model, suite, out, dataset, data_root, arch, device, resume, download, 
                  data_sha256=identity["data"],
                  generation_code_sha256=cache_keys.code_sha256("bench.engines.generation", memo))  # keys samples.npz
     model = fastpath.apply(loaded.model.to(dev).eval(), fastpath.FastPath.from_settings(s))
-    checks = model_checks.check(model, ds.test.x[:model_checks.N_IMAGES].to(dev), log)  # RNG state kept
+    checks = sanity.check_model(model, ds.test.x[:sanity.N_IMAGES].to(dev), log)  # RNG state kept
     ctx = Context(model, ds, s_run, dev, out, progress=progress.bar,
                   replay_buffer=loaded.replay_buffer, data_root=data_root, train_used=train_used(loaded))
     cache_dir = out / "cache"
@@ -292,6 +294,10 @@ def _run(model, suite, out, dataset, data_root, arch, device, resume, download, 
             res.run["groups"][g.name] = _group_record(g, res.run["platform"], False, res.run["platform"])
             res.run["cache"]["computed"].append(g.name)
             log(f"[{g.suite}] {g.name}: " + ", ".join(_fmt(k, v) for k, v in computed.items()))
+        flags = sanity.run_flags({k: res.metrics[k] for k in g.metrics if k in res.metrics})
+        for f in flags:
+            log(f"flag {f['flag']} ({f['metric']}): {f['message']}")
+        res.run["flags"] = res.run.get("flags", []) + flags
         res.run["seconds"] = round(time.time() - started, 2)
         if main:
             res.write(out / "results.json")
