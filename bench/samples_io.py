@@ -25,7 +25,6 @@ describes the sample file and its sha256), OUT/tables, OUT/report.html.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import fileio
 from bench.errors import BenchError
 from bench.execution import Execution
 
@@ -46,23 +46,6 @@ class SampleSet:
     x: torch.Tensor
     y: torch.Tensor | None
     info: dict = field(default_factory=dict)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _sha256_folder(files: list[Path], root: Path) -> str:
-    """sha256 over the sorted relative names and bytes of the files."""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.relative_to(root).as_posix().encode() + b"\0")
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 def _from_arrays(x, y, where: str) -> tuple[torch.Tensor, torch.Tensor | None, int]:
@@ -149,13 +132,13 @@ def read_samples(path: str | Path, shape: tuple | None = None, num_classes: int 
     files = None
     if p.is_dir():
         x, y, dropped, fmt, files = _read_folder(p)
-        digest = _sha256_folder(files, p)
+        digest = fileio.sha256_files(files, p)
     elif p.suffix.lower() == ".npz":
         x, y, dropped, fmt = _read_npz(p)
-        digest = _sha256_file(p)
+        digest = fileio.sha256(p)
     elif p.suffix.lower() in (".pt", ".pth"):
         x, y, dropped, fmt = _read_pt(p)
-        digest = _sha256_file(p)
+        digest = fileio.sha256(p)
     else:
         raise BenchError(f"{p}: samples must be an .npz, a .pt file or a folder of PNG images")
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
@@ -193,7 +176,7 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
     dev = runner.resolve_device(device)
     ds = data.load(dataset, data_root)
     samples = read_samples(path, ds.input_shape, ds.num_classes)
-    runner._check_out(out)
+    fileio.check_out(out)
     x, y, n = samples.x, samples.y, len(samples.x)
     ref = ds.train.subset(reference_size(ds.name, n_ref))  # FID/KID/PR/diversity reference
     bs = min(int(batch_size or FEATURE_BATCH), FEATURE_BATCH)
@@ -247,12 +230,5 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
         "command": "samples", "suites": ["samples"], "seed": None, "device": str(dev), "versions": runner.versions(),
         "started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 2), "config": config}, metrics)
-    res.write(out / "results.json")
-    tables.write_run_tables(res, out / "tables")
-    try:  # after results.json: a failing report page never loses results
-        from bench import report
-
-        report.write_run_report(res, out)
-    except Exception as e:
-        log(f"report.html not written: {type(e).__name__}: {e}")
+    tables.write_run_outputs(res, out, log)
     return res
