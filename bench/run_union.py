@@ -51,11 +51,11 @@ def _short(v) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def keep(prev: Results | None, rerun: set[str], now: dict, out: Path) -> Kept:
+def keep(prev: Results | None, rerun: set[str], now: dict, out: Path, log=lambda m: None) -> Kept:
     """The groups of ``prev`` that this run does not rerun (``rerun``: its group names), checked
     against ``now`` (``weights_sha256``, ``data`` (train, test digests), ``dataset``, ``versions``,
     ``settings``, ``code``: group name -> code digest of the current code); a conflict raises a
-    one-line ``BenchError``."""
+    one-line ``BenchError``.  A group no installed metric module declares any more is not kept (said)."""
     kept = Kept()
     if prev is None:
         return kept
@@ -63,6 +63,11 @@ def keep(prev: Results | None, rerun: set[str], now: dict, out: Path) -> Kept:
     if not isinstance(recorded, dict):
         return kept
     todo = {g: rec for g, rec in recorded.items() if g not in rerun and isinstance(rec, dict)}
+    groups = registry.load_all()
+    for name in [g for g in todo if g not in groups]:
+        log(f"warning: --out {out}: the earlier results of group {name} are not kept: "
+            "no installed metric module declares it")
+        del todo[name]
     if not todo:
         return kept
     where = f"--out {out} holds an earlier run ({', '.join(sorted(todo))})"
@@ -78,12 +83,9 @@ def keep(prev: Results | None, rerun: set[str], now: dict, out: Path) -> Kept:
     for lib, v in (now["versions"] or {}).items():
         if (prev.run.get("versions") or {}).get(lib) != v:
             raise BenchError(f"{where} made with {lib} {(prev.run.get('versions') or {}).get(lib)}, now {v}{hint}")
-    groups = registry.load_all()
     config = prev.run.get("config") or {}
     for name, rec in todo.items():
-        g = groups.get(name)
-        if g is None:
-            raise BenchError(f"{where}: no installed metric module declares its group {name}{hint}")
+        g = groups[name]
         for k in cache_keys.keyed_settings(g):
             if k not in config or not _same(config[k], now["settings"].get(k)):
                 was = _short(config[k]) if k in config else "not recorded"

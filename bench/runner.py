@@ -278,7 +278,7 @@ def _prepare(model, suite, out: Path, dataset, data_root, arch, device, download
     now = {"weights_sha256": loaded.weights_sha256, "data": identity["data"], "dataset": ds.name,
            "versions": vers, "settings": s, "code": lambda g: cache_keys.code_sha256(g.fn.__module__, memo)}
     kept = distributed.on_main(  # rank 0 reads --out; every rank refuses alike
-        lambda: run_union.keep(run_union.earlier(out, log), {g.name for g in groups}, now, out))
+        lambda: run_union.keep(run_union.earlier(out, log), {g.name for g in groups}, now, out, log))
     # the run's settings and, for the groups (bench.registry.IDENTITY_KEYS), what they evaluate
     s_run = dict(s, model_sha256=loaded.sha256, weights_sha256=loaded.weights_sha256,
                  data_sha256=identity["data"],

@@ -152,10 +152,11 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
 
     rows = show_order(split.y, N_SHOW)
     cols = [("original", clean[rows]), ("noisy", noisy[rows])] + [(f"{c} steps", den[c][rows]) for c in counts]
-    plots.image_columns(cols, ctx.figure_path("denoise.png"),
+    fig = ctx.figure("denoise.png")
+    plots.image_columns(cols, fig.path,
                         title=f"Langevin denoising on E(x, y), noise variance {float(s['denoise_var']):g}",
                         row_labels=[f"y={int(split.y[r])}" for r in rows])
-    common["figure"] = "figures/denoise.png"
+    common["figure"] = fig.rel
 
     out = {}
     v, se, sd = mean_se(psnr(noisy, clean))
