@@ -47,6 +47,9 @@ figure { margin: 0; border: 1px solid #ddd; padding: 0.5em; background: #fff; }
 figure img { max-width: 560px; height: auto; display: block; image-rendering: auto; }
 figcaption { font-size: 0.85em; color: #444; margin-top: 0.3em; }
 .null { color: #a33; }
+figure.wide-fig { flex-basis: 100%; } figure.wide-fig img { max-width: 100%; }
+.wide { overflow-x: auto; max-width: 100%; }
+.runs > div { min-width: 0; overflow-x: auto; }
 .runs { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 1.5em; }
 .runs figure img { max-width: 100%; }
 body:has(.runs) { max-width: 95vw; }
@@ -155,10 +158,17 @@ def _figures(run_dir: Path, res: Results) -> str:
         items = []
         for p in sorted(by_suite[suite], key=lambda p: (any(a in p.name for a in ATTACKED), figs.index(p))):
             rel = p.relative_to(run_dir).as_posix()
-            items.append(f'<figure><img src="{data_uri(p)}" alt="{e(rel)}" loading="eager">'
+            wide = ' class="wide-fig"' if _png_width(p) > 1100 else ""  # a multi-panel figure: a row of its own
+            items.append(f'<figure{wide}><img src="{data_uri(p)}" alt="{e(rel)}" loading="eager">'
                          f"<figcaption>{e(rel)}</figcaption></figure>")
         parts.append(f"<h4>{e(suite)}</h4>" + '<div class="figs">' + "".join(items) + "</div>")
     return "".join(parts)
+
+
+def _png_width(path: Path) -> int:
+    """The pixel width in a PNG's header (0 if it is not one)."""
+    head = Path(path).read_bytes()[:24]
+    return int.from_bytes(head[16:20], "big") if head[:8] == b"\x89PNG\r\n\x1a\n" else 0
 
 
 def ran_settings(res: Results) -> list[tuple[str, object]]:
@@ -192,7 +202,6 @@ def run_section(run_dir: Path, res: Results, name: str, open_: bool = True) -> s
     return "\n".join([
         f"<details{' open' if open_ else ''}><summary>{e(name)}</summary>",
         f'<p class="meta">{ident}</p>',
-        "<h3>Figures</h3>", _figures(run_dir, res),
         "<h3>Model</h3>", _kv(model),
         "<h3>Run</h3>", _kv(run),
         "<h3>Settings of the suites that ran (run.config)</h3>",
@@ -200,6 +209,10 @@ def run_section(run_dir: Path, res: Results, name: str, open_: bool = True) -> s
         "<h3>Versions</h3>", _kv(versions) if versions else '<p class="meta">none recorded</p>',
         "<h3>Metrics (raw values)</h3>", _metrics(res),
         "</details>"])
+
+
+def _side_by_side(blocks: list[str]) -> str:
+    return f'<div class="runs">{"".join(f"<div>{b}</div>" for b in blocks)}</div>' if len(blocks) > 1 else "".join(blocks)
 
 
 def render(runs: list[tuple[Path, Results]], tables: list[paper_tables.Table], title: str = "JEAT-Bench report") -> str:
@@ -210,12 +223,15 @@ def render(runs: list[tuple[Path, Results]], tables: list[paper_tables.Table], t
              f"<title>{e(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
              f"<h1>{e(title)}</h1>",
              f'<p class="meta">Written {e(now)} by bench; {len(runs)} run(s). In the tables accuracies and ECE are in % (raw fractions in the metric lists), '
-             "best of our rows per column in bold, the paper's rows shaded.</p>",
-             "<h2>Tables</h2>"]
-    parts += [to_html(t) for t in tables] or ['<p class="meta">No table metrics in this run.</p>']
-    parts.append("<h2>Runs</h2>")
-    sections = [run_section(d, r, n) for (d, r), n in zip(runs, names, strict=True)]  # every run open
-    parts += [f'<div class="runs">{"".join(f"<div>{x}</div>" for x in sections)}</div>'] if len(runs) > 1 else sections
+             "best of our rows per column in bold, the paper's rows shaded.</p>"]
+    pairs = list(zip(runs, names, strict=True))
+    parts.append("<h2>Figures</h2>")  # first: each run's, grouped by suite; several runs side by side
+    parts.append(_side_by_side([f"<h3>{e(n)}</h3>" + _figures(d, r) for (d, r), n in pairs]))
+    parts.append("<h2>Tables</h2>")
+    parts += [f'<div class="wide">{to_html(t)}</div>' for t in tables] or \
+        ['<p class="meta">No table metrics in this run.</p>']
+    parts.append("<h2>Runs</h2>")  # model, settings, versions, and the raw metric list last
+    parts.append(_side_by_side([run_section(d, r, n) for (d, r), n in pairs]))  # every run open
     parts += ["</body>", "</html>"]
     return "\n".join(parts) + "\n"
 
