@@ -351,8 +351,25 @@ def _spread(t: Table, runs: list[Results]) -> Table:
     return t
 
 
+def samples_table(runs: list[Results]) -> list[Table]:
+    """``bench samples``' own table: every declared column among the metrics of the runs that
+    ``bench samples`` wrote (``run.command``), in the order of its record; none without such a run."""
+    mine = [r for r in runs if r.run.get("command") == "samples"]
+    cols = {}
+    for r in mine:
+        for m in r.metrics:
+            spec = registry.spec(m)
+            if spec is not None and spec.column and not spec.is_pattern:
+                cols.setdefault(spec.column, m)
+    if not cols:
+        return []
+    rows, notes = _rows(mine, cols)
+    caption = "Sample quality of submitted images (bench samples): " + ", ".join(cols) + "."
+    return [_spread(_finish(Table("samples", caption, pd.DataFrame(rows), cols, _better(cols), notes), mine), mine)]
+
+
 def all_tables(runs: list[Results]) -> list[Table]:
-    return [table1(runs), table2(runs), table3(runs)] + ood_tables(runs) + suite_tables(runs)
+    return [table1(runs), table2(runs), table3(runs)] + ood_tables(runs) + suite_tables(runs) + samples_table(runs)
 
 
 def run_tables(res: Results) -> list[Table]:

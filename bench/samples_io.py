@@ -161,13 +161,11 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
              device: str = "auto", batch_size: int | None = None, ssim_k: int = 10, n_ref: int | None = None,
              log=None):
     """Sample-quality metrics of the images at ``path`` against the training split of ``dataset``;
-    writes OUT/results.json, OUT/tables and OUT/report.html; -> Results."""
+    writes OUT/results.json, OUT/tables, OUT/figures/samples.png (a grid of the submitted images)
+    and OUT/report.html; -> Results."""
     from bench import data, progress, runner, tables
-    from bench.features import FEATURE_BATCH, ExtractorUnavailable, resolve_extractor
-    from bench.metrics import Result, mean_se
-    from bench.metrics.ssim import WIN, nearest_neighbours
+    from bench.features import FEATURE_BATCH
     from bench.results import Results
-    from bench.sample_quality import FEATURE_METRICS, diversity_result, fid_is, fid_is_results
     from bench.settings import reference_size
 
     log = log or progress.say
@@ -177,11 +175,51 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
     ds = data.load(dataset, data_root)
     samples = read_samples(path, ds.input_shape, ds.num_classes)
     fileio.check_out(out)
-    x, y, n = samples.x, samples.y, len(samples.x)
     ref = ds.train.subset(reference_size(ds.name, n_ref))  # FID/KID/PR/diversity reference
     bs = min(int(batch_size or FEATURE_BATCH), FEATURE_BATCH)
     config = {"dataset": ds.name, "fid_extractor": fid_extractor, "inception_weights": inception_weights,
               "ref_stats": ref_stats, "batch_size": bs, "ssim_k": ssim_k, "n_ref": len(ref)}
+    metrics = _feature_metrics(samples, ds, ref, fid_extractor, inception_weights, ref_stats, dev, bs, log)
+    metrics.update(_ssim_metrics(samples, ds, ref, ssim_k, dev, log))
+    metrics["diversity_ssim"].details["grid"] = _grid(samples, ds, out)
+    model = {"path": samples.info["path"], "sha256": samples.info["sha256"], "arch": Path(samples.info["path"]).name,
+             "method": "samples", "dataset": ds.name, "num_classes": ds.num_classes, "samples": samples.info}
+    res = Results(model, {
+        "command": "samples", "suites": ["samples"], "seed": None, "device": str(dev), "versions": runner.versions(),
+        "started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.time() - started, 2), "config": config}, metrics)
+    tables.write_run_outputs(res, out, log)
+    return res
+
+
+SHOWN = 100  # images in the grid of bench samples: the first ones (per class when labelled)
+
+
+def _grid(samples: SampleSet, ds, out: Path) -> str:
+    """OUT/figures/samples.png: the submitted images, one row per class (10 each) when labelled,
+    else the first 100 in rows of 10; -> its path relative to OUT."""
+    from bench import plots
+
+    path = out / "figures" / "samples.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if samples.y is not None:
+        plots.sample_grid(samples.x, samples.y, path, class_names=ds.classes or None, num_classes=ds.num_classes,
+                          title=f"submitted images, {len(samples.x)} in all")
+    else:
+        x = samples.x[:SHOWN]
+        plots.sample_grid(x, torch.arange(len(x)) // 10, path, class_names=[""] * ((len(x) + 9) // 10),
+                          title=f"the first {len(x)} of {len(samples.x)} submitted images")
+    return "figures/samples.png"
+
+
+def _feature_metrics(samples: SampleSet, ds, ref, fid_extractor, inception_weights, ref_stats, dev, bs, log) -> dict:
+    """FID, IS, KID, precision/recall of the samples (null with a reason where they cannot be had)."""
+    from bench import progress
+    from bench.features import ExtractorUnavailable, resolve_extractor
+    from bench.metrics import Result
+    from bench.sample_quality import FEATURE_METRICS, fid_is, fid_is_results
+
+    x, n = samples.x, len(samples.x)
     metrics: dict[str, Result] = {}
     feature_names = ("fid", "is_mean", "is_std", *FEATURE_METRICS)
 
@@ -208,6 +246,17 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
     for m in feature_names:
         metrics[m].seconds = time.time() - t0
 
+    return metrics
+
+
+def _ssim_metrics(samples: SampleSet, ds, ref, ssim_k: int, dev, log) -> dict:
+    """SSIM to the nearest training images and the SSIM diversity of the samples."""
+    from bench.metrics import Result, mean_se
+    from bench.metrics.ssim import WIN, nearest_neighbours
+    from bench.sample_quality import diversity_result
+
+    x, y, n = samples.x, samples.y, len(samples.x)
+    metrics: dict = {}
     t0 = time.time()
     if min(ds.input_shape[1:]) < WIN:
         metrics["ssim_nn"] = Result.missing(f"SSIM needs images of at least {WIN}x{WIN}", n=n)
@@ -224,11 +273,4 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
     metrics["diversity_ssim"] = diversity_result(x, y, ref.x, ref.y, dev)
     metrics["diversity_ssim"].seconds = time.time() - t0
 
-    model = {"path": samples.info["path"], "sha256": samples.info["sha256"], "arch": Path(samples.info["path"]).name,
-             "method": "samples", "dataset": ds.name, "num_classes": ds.num_classes, "samples": samples.info}
-    res = Results(model, {
-        "command": "samples", "suites": ["samples"], "seed": None, "device": str(dev), "versions": runner.versions(),
-        "started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.time() - started, 2), "config": config}, metrics)
-    tables.write_run_outputs(res, out, log)
-    return res
+    return metrics

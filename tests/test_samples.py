@@ -228,3 +228,22 @@ def test_cli_samples_writes_results(tmp_path, tiny, small, capsys):
     res = json.loads((out / "results.json").read_text())
     assert res["run"]["config"]["fid_extractor"] == TINY and res["model"]["samples"]["labels"] is False
     assert res["metrics"]["kid_mean"]["details"]["kid_subset_size"] == 12
+
+
+def test_samples_page_shows_the_submitted_images_and_its_own_table(tmp_path, tiny, small):
+    name, ds = small
+    path = tmp_path / "s.npz"
+    x = ds.train.x[:30].clone()
+    x[:, :, 0, 0] = 1.0  # a white top-left pixel in every image: visible in the grid
+    np.savez(path, x=x.numpy())  # unlabelled: the first images in rows of 10
+    samples_io.evaluate(path, name, tmp_path / "out", fid_extractor=TINY, device="cpu", log=lambda m: None)
+    out = tmp_path / "out"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["metrics"]["diversity_ssim"]["details"]["grid"] == "figures/samples.png"
+    from PIL import Image
+
+    grid = Image.open(out / "figures" / "samples.png")
+    assert grid.size[0] > 100 and grid.size[1] > 50
+    assert "figures/samples.png" in (out / "report.html").read_text()
+    table = (out / "tables" / "samples.md").read_text()
+    assert "FID" in table and "SSIM" in table and f"{saved['metrics']['fid']['value']:.2f}" in table
