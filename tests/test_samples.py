@@ -3,6 +3,7 @@
 Features come from the small random-weight extractor of tests/test_generative.py (registered with
 torch-fidelity), never from Inception: every test takes seconds."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -163,7 +164,7 @@ def test_identical_sets_and_a_collapsed_sampler(tmp_path, tiny, small):
     assert c["fid"].value > 100 * abs(m["fid"].value) + 1e-3
     assert c["kid_mean"].value > 10 * m["kid_mean"].value
     saved = json.loads((tmp_path / "one" / "results.json").read_text())
-    assert saved["schema"] == 1 and saved["model"]["sha256"] == samples_io._sha256_file(one)
+    assert saved["schema"] == 1 and saved["model"]["sha256"] == hashlib.sha256(one.read_bytes()).hexdigest()
     assert saved["model"]["samples"]["format"] == "npz" and saved["model"]["samples"]["n"] == 200
     assert (tmp_path / "one" / "report.html").is_file() and list((tmp_path / "one" / "tables").glob("*.csv"))
 
@@ -229,3 +230,22 @@ def test_cli_samples_writes_results(tmp_path, tiny, small, capsys):
     res = json.loads((out / "results.json").read_text())
     assert res["run"]["config"]["fid_extractor"] == TINY and res["model"]["samples"]["labels"] is False
     assert res["metrics"]["kid_mean"]["details"]["kid_subset_size"] == 12
+
+
+def test_samples_page_shows_the_submitted_images_and_its_own_table(tmp_path, tiny, small):
+    name, ds = small
+    path = tmp_path / "s.npz"
+    x = ds.train.x[:30].clone()
+    x[:, :, 0, 0] = 1.0  # a white top-left pixel in every image: visible in the grid
+    np.savez(path, x=x.numpy())  # unlabelled: the first images in rows of 10
+    samples_io.evaluate(path, name, tmp_path / "out", fid_extractor=TINY, device="cpu", log=lambda m: None)
+    out = tmp_path / "out"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["metrics"]["diversity_ssim"]["details"]["grid"] == "figures/samples.png"
+    from PIL import Image
+
+    grid = Image.open(out / "figures" / "samples.png")
+    assert grid.size[0] > 100 and grid.size[1] > 50
+    assert "figures/samples.png" in (out / "report.html").read_text()
+    table = (out / "tables" / "samples.md").read_text()
+    assert "FID" in table and "SSIM" in table and f"{saved['metrics']['fid']['value']:.2f}" in table

@@ -159,7 +159,7 @@ def test_cli_table_bad_input_exit_2(case, three, tmp_path, capsys):
     assert main(["table", str(three[0]), str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and str(bad) in err
-    expect = {"missing-dir": "no such directory", "no-results": "no results.json", "corrupt": "not valid JSON",
+    expect = {"missing-dir": "no such file or directory", "no-results": "no results.json", "corrupt": "not valid JSON",
               "other-schema": "schema 2", "not-object": "malformed"}[case]
     assert expect in err
 

@@ -7,7 +7,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from bench.core.errors import CannotWrite
+from bench.core.errors import BenchError, CannotWrite
 
 
 def sha256(path: str | Path) -> str:
@@ -51,3 +51,25 @@ def check_writable(path: str | Path) -> None:
         os.unlink(probe)
     except OSError as e:
         raise CannotWrite(path, e) from None
+
+
+def check_out(out: str | Path) -> None:
+    """Make the ``--out`` folder and prove it writable (a probe file, named by the process so two
+    runs into one folder never share it), or refuse as ``cannot write to --out OUT: reason``."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise BenchError(f"cannot write to --out {out}: {e.strerror or e}") from None
+
+
+def sha256_files(files, root: str | Path) -> str:
+    """sha256 over the sorted relative names and bytes of ``files`` under ``root`` (a folder of images)."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(Path(f).relative_to(root).as_posix().encode() + b"\0")
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()

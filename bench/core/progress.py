@@ -21,3 +21,55 @@ def bar(iterable, desc: str = "", total: int | None = None):
 def say(message: str) -> None:
     """One status line on stderr (kept out of stdout, which carries results)."""
     print(message, file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def heartbeat_seconds() -> float:
+    """Seconds between heartbeat lines: ``JEAT_BENCH_HEARTBEAT`` (seconds), else 30 (10 on a terminal)."""
+    try:
+        return max(0.01, float(os.environ["JEAT_BENCH_HEARTBEAT"]))
+    except (KeyError, ValueError):
+        return 10.0 if interactive() else 30.0
+
+
+class Heartbeat:
+    """A line every ``every`` seconds while a slow step runs, on a terminal and in CI logs alike:
+    ``[desc] 250/1000 points done, 2m10s elapsed, ETA 6m30s`` (the ETA from the points finished so
+    far; none before the first ones).  Use as a context manager; ``advance(k)`` counts k points done."""
+
+    def __init__(self, desc: str, total: int, every: float | None = None, say=say, unit: str = "points"):
+        import threading
+        import time
+
+        self.desc, self.total, self.unit, self.say = desc, int(total), unit, say
+        self.every = heartbeat_seconds() if every is None else every
+        self.done, self._clock = 0, time.monotonic
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{desc}")
+
+    def line(self) -> str:
+        elapsed = self._clock() - self.started
+        text = f"[{self.desc}] {self.done}/{self.total} {self.unit} done, {_duration(elapsed)} elapsed"
+        if 0 < self.done < self.total:
+            return text + f", ETA {_duration(elapsed / self.done * (self.total - self.done))}"
+        return text + (", ETA after the first block" if self.done == 0 else "")
+
+    def advance(self, k: int) -> None:
+        self.done += int(k)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            self.say(self.line())
+
+    def __enter__(self) -> Heartbeat:
+        self.started = self._clock()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()

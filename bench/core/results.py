@@ -92,12 +92,25 @@ def platform_record(device) -> dict:
     return fingerprint.record(device)
 
 
-def read(path: str | Path) -> Results:
-    """Read results.json (or a directory holding one)."""
+def read(path: str | Path, what: str = "") -> Results:
+    """Read results.json (or a directory holding one): the one reader of results files."""
+    return read_raw(path, what)[0]
+
+
+def read_raw(path: str | Path, what: str = "") -> tuple[Results, dict]:
+    """(the record, the parsed JSON) of results.json or a directory holding one; a missing folder
+    or file, invalid JSON, another schema or shape: one-line ``BenchError`` (``what``, e.g.
+    "baseline", prefixes the where)."""
     p = Path(path)
+    name = f"{what} {path}" if what else str(path)
     if p.is_dir():
         p = p / "results.json"
-    return Results.from_json(read_json(p), str(p))
+        if not p.is_file():
+            raise BenchError(f"{name}: no results.json in it (write one with `bench run --out {path}`)")
+    elif not p.exists():
+        raise BenchError(f"{name}: no such file or directory")
+    raw = read_json(p)
+    return Results.from_json(raw, str(p)), raw
 
 
 def read_json(path: str | Path) -> dict:

@@ -36,7 +36,9 @@ from pathlib import Path
 
 import torch
 
+from bench.core import progress
 from bench.core.energy import evaluates
+from bench.runtime import distributed
 from bench.runtime.execution import Execution
 from bench.runtime.fastpath import without_amp
 
@@ -293,15 +295,22 @@ def run_blocks(attack: Callable, model: torch.nn.Module, x: torch.Tensor, y: tor
     batch_size = run.batch_size
     mine = run.my_batches(len(y))
     out, states = [], []
-    for b in run.iterate(mine, "autoattack", len(mine)):
-        xb, yb = x[b * batch_size:(b + 1) * batch_size], y[b * batch_size:(b + 1) * batch_size]
-        state_path = None
-        if state_dir is not None:
-            key = autoattack_key(model_id or model_digest(model), xb, yb, aa, batch_size, normalisation(model))
-            Path(state_dir).mkdir(parents=True, exist_ok=True)
-            state_path = Path(state_dir) / f"state-{key}.json"
-            states.append(state_path)
-        out.append(attack(xb, yb, state_path))
+    say = progress.say if distributed.is_main() else (lambda m: None)
+    points = sum(len(y[b * batch_size:(b + 1) * batch_size]) for b in mine)
+    with progress.Heartbeat("autoattack", points, say=say) as beat:  # a line every N s, a bar or not
+        for b in run.iterate(mine, "autoattack", len(mine)):
+            xb, yb = x[b * batch_size:(b + 1) * batch_size], y[b * batch_size:(b + 1) * batch_size]
+            state_path = None
+            if state_dir is not None:
+                key = autoattack_key(model_id or model_digest(model), xb, yb, aa, batch_size, normalisation(model))
+                Path(state_dir).mkdir(parents=True, exist_ok=True)
+                state_path = Path(state_dir) / f"state-{key}.json"
+                states.append(state_path)
+                if _existing_levels(state_path):
+                    say(f"[autoattack] resuming points {b * batch_size}-{b * batch_size + len(yb) - 1} "
+                        f"from an interrupted run ({state_path.name}): the attacks it finished are not rerun")
+            out.append(attack(xb, yb, state_path))
+            beat.advance(len(yb))
     for p in states:
         remove_state(p)
     return out

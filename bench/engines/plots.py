@@ -197,7 +197,7 @@ def energy_contour(energies, coords, path: str | Path, image=None, title: str = 
     ax = fig.subplots()
     cs = _contour(ax, energies, coords, image, title)
     cb = fig.colorbar(cs, ax=ax)
-    cb.set_label("E(x, y)", fontsize=8)
+    cb.set_label("energy E(x, y)", fontsize=8)
     cb.ax.tick_params(labelsize=7)
     ax.legend(loc="upper right", fontsize=7, framealpha=0.7)
     return save(fig, path)
@@ -210,7 +210,11 @@ def energy_contours(energies, coords, path: str | Path, images=None, titles=None
     for i, ax in enumerate(axes):
         cs = _contour(ax, energies[i], coords, None if images is None else images[i],
                       titles[i] if titles else "")
-        fig.colorbar(cs, ax=ax, shrink=0.8).ax.tick_params(labelsize=6)
+        cb = fig.colorbar(cs, ax=ax, shrink=0.8)
+        cb.set_label("energy", fontsize=7)
+        cb.ax.tick_params(labelsize=6)
+    if len(axes):
+        axes[0].legend(loc="upper right", fontsize=6, framealpha=0.7)  # the markers: image, grid minimum
     if title:
         fig.suptitle(title, fontsize=9)
     return save(fig, path)
@@ -299,9 +303,15 @@ def sample_grid(x, y, path: str | Path, class_names=None, per_class: int = 10, t
 # OOD detection (JEM's Fig. 5)
 
 
-def ood_histograms(in_scores, out_scores: Mapping, path: str | Path, score: str = "score", title: str = "") -> Path:
+LOG_SCALE_SHARE = 0.8  # a histogram with one bin above this share of its points gets a log density axis
+
+
+def ood_histograms(in_scores, out_scores: Mapping, path: str | Path, score: str = "score", title: str = "",
+                   auroc: Mapping | None = None) -> Path:
     """Histograms of one OOD score: the in-distribution scores ``in_scores`` (N,) against each set
-    of ``out_scores`` ({set name: (M,)}), one panel per set, shared bins over both, densities."""
+    of ``out_scores`` ({set name: (M,)}), one panel per set, shared bins over both, densities; each
+    set's ``auroc`` in its panel's title, and a log density axis where one bin holds most points
+    (over 80 % of either histogram)."""
     import numpy as np
 
     def arr(v):
@@ -317,10 +327,17 @@ def ood_histograms(in_scores, out_scores: Mapping, path: str | Path, score: str 
         both = both[np.isfinite(both)]
         lo, hi = (both.min(), both.max()) if len(both) else (0.0, 1.0)
         edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, 41)
-        ax.hist(a[np.isfinite(a)], bins=edges, density=True, alpha=0.55, color="#1f77b4", label="in-distribution")
-        ax.hist(b[np.isfinite(b)], bins=edges, density=True, alpha=0.55, color="#d62728", label=name)
+        ca, _, _ = ax.hist(a[np.isfinite(a)], bins=edges, density=True, alpha=0.55, color="#1f77b4",
+                           label="in-distribution")
+        cb, _, _ = ax.hist(b[np.isfinite(b)], bins=edges, density=True, alpha=0.55, color="#d62728", label=name)
+        peaked = any(c.sum() > 0 and c.max() > LOG_SCALE_SHARE * c.sum() for c in (ca, cb))
+        if peaked:
+            ax.set_yscale("log")
         ax.set_xlabel(score, fontsize=7)
-        ax.set_ylabel("density", fontsize=7)
+        ax.set_ylabel("density (log)" if peaked else "density", fontsize=7)
+        v = (auroc or {}).get(name)
+        if v is not None:
+            ax.set_title(f"{name}: AUROC {v:.3f}", fontsize=8)
         ax.tick_params(labelsize=6)
         ax.legend(fontsize=7, framealpha=0.7)
     if title:

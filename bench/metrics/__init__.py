@@ -45,7 +45,7 @@ from bench.metrics.registry import (  # noqa: F401
     standard_error,
 )
 
-_CONTEXT = ("Context", "mean_se", "_seed_for")
+_CONTEXT = ("Context", "Figure", "mean_se", "_seed_for")
 
 
 def __getattr__(name: str):

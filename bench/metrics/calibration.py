@@ -110,23 +110,16 @@ def _ece_result(ctx: Context, adversarial: bool) -> Result:
     bins = int(s.get("ece_bins") or 20)
     ece, stats = expected_calibration_error(conf, ok, bins)
     name = "reliability_fgsm.png" if adversarial else "reliability_clean.png"
-    fig = ctx.figure_path(name)
+    fig = ctx.figure(name)
     title = (f"FGSM data ({s.get('norm', 'Linf')} eps = {float(s['eps']):.4g})" if adversarial else "Clean data") + \
         f", {ctx.data.name}, n = {len(ok)}"
-    plots.reliability_diagram(stats, fig, title)
-    details = {"bins": stats, "figure": _relative(fig, ctx.out), "n_bins": bins,
+    plots.reliability_diagram(stats, fig.path, title)
+    details = {"bins": stats, "figure": fig.rel, "n_bins": bins,
                "binning": "equal-width (lo, hi] bins on the top-class softmax confidence", "std": STD_NOTE,
                outcomes.KEY: outcomes.pack(ok, "correct under FGSM" if adversarial else "correct clean")}
     if adversarial:
         details["threat_model"] = _fgsm_threat(s, info["max_dist"])
     return Result(ece, None, len(ok), details=details)
-
-
-def _relative(path, out) -> str:
-    try:
-        return path.relative_to(out).as_posix()
-    except ValueError:
-        return str(path)
 
 
 @register("ece", "calibration", metrics=(Metric("ece", "ECE", False, "percent", ECE, 1.0, column="ECE (%)",
@@ -365,11 +358,11 @@ def _extra_results(ctx: Context, adversarial: bool) -> dict[str, Result]:
         if scaled:
             ece, stats = expected_calibration_error(conf, ok, bins)
             if refused is None:
-                fig = ctx.figure_path(f"reliability_{'fgsm' if adversarial else 'clean'}_ts.png")
+                fig = ctx.figure(f"reliability_{'fgsm' if adversarial else 'clean'}_ts.png")
                 title = (f"FGSM data (eps = {float(s['eps']):.4g})" if adversarial else "Clean data") + \
                     f", temperature {t:.3g} ({t_info['split']}), n = {n}"
-                plots.reliability_diagram(stats, fig, title)
-                base_ts = {**base, "bins": stats, "n_bins": bins, "figure": _relative(fig, ctx.out), "std": STD_NOTE}
+                plots.reliability_diagram(stats, fig.path, title)
+                base_ts = {**base, "bins": stats, "n_bins": bins, "figure": fig.rel, "std": STD_NOTE}
                 out[f"ece_ts{suffix}"] = Result(ece, None, n, details=base_ts)
         else:
             mce = max_calibration_error(conf, ok, bins)

@@ -18,6 +18,14 @@ if TYPE_CHECKING:
     from bench.engines.generation import Generated
 
 
+@dataclass(frozen=True)
+class Figure:
+    """A figure a group writes: ``path`` to save it at, ``rel`` (relative to OUT) to record."""
+
+    path: Path
+    rel: str
+
+
 @dataclass
 class Context:
     """What a metric group sees: the model, the data, where to write figures, and the settings
@@ -37,6 +45,7 @@ class Context:
     generation: Generated | None = None  # the run's generated set, once made (bench.engines.generation.generated)
     progress: Callable | None = None  # progress(iterable, desc=..., total=...) -> iterable
     sharded: bool = False  # set by the runner while a sharded group runs under torchrun
+    figures_made: list[str] = field(default_factory=list)  # ``figure``'s relative paths, in order
     _memo: dict = field(default_factory=dict, repr=False)
 
     def once(self, key, make: Callable[[], Any]) -> Any:
@@ -62,10 +71,19 @@ class Context:
     def iterate(self, iterable, desc: str, total: int | None = None):
         return self.execution.iterate(iterable, desc, total)
 
+    def figure(self, name: str) -> Figure:
+        """The one way a group makes a figure: ``OUT/figures/<name>`` (its folder made), recorded
+        in ``figures_made``; put its ``rel`` in the metric's details (``figure`` or ``figures``),
+        where report.html finds it."""
+        f = Figure(self.out / "figures" / name, f"figures/{name}")
+        f.path.parent.mkdir(parents=True, exist_ok=True)
+        if f.rel not in self.figures_made:
+            self.figures_made.append(f.rel)
+        return f
+
     def figure_path(self, name: str) -> Path:
-        p = self.out / "figures" / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
+        """``figure(name).path`` (kept for groups written before ``figure``)."""
+        return self.figure(name).path
 
     def batches(self, x: torch.Tensor, *others: torch.Tensor, desc: str = "", indexed: bool = False):
         """Yield device batches of (x, *others) of ``settings['batch_size']`` (with ``indexed``:

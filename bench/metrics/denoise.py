@@ -118,10 +118,11 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
               "diverged_chains": int((~finite).sum()), "std": STD_NOTE}
     rows = show_order(split.y, N_SHOW)
     cols = [("original", clean[rows]), ("noisy", noisy[rows])] + [(f"{c} steps", den[c][rows]) for c in counts]
-    plots.image_columns(cols, ctx.figure_path("denoise.png"),
+    fig = ctx.figure("denoise.png")
+    plots.image_columns(cols, fig.path,
                         title=f"Langevin denoising on E(x, y), noise variance {float(s['denoise_var']):g}",
                         row_labels=[f"y={int(split.y[r])}" for r in rows])
-    common["figure"] = "figures/denoise.png"
+    common["figure"] = fig.rel
     return _results(clean, noisy, den, counts, common)
 
 

@@ -143,12 +143,14 @@ def landscape_group(ctx: Context) -> dict[str, Result]:
     titles = [f"test #{i} (y={int(y[i])}), E(x,y)={centre[i]:.3g}" for i in range(n)]
     files = []
     for i in range(n):
-        p = ctx.figure_path(f"landscape_{i}.png")
+        fig = ctx.figure(f"landscape_{i}.png")
+        p = fig.path
         plots.energy_contour(grid[i], coords, p, x[i], titles[i])
-        files.append(f"figures/landscape_{i}.png")
-    plots.energy_contours(grid, coords, ctx.figure_path("landscape.png"), x, titles,
+        files.append(fig.rel)
+    every = ctx.figure("landscape.png")
+    plots.energy_contours(grid, coords, every.path, x, titles,
                           title=f"E(x + a d1 + b d2, y), |a|, |b| <= {radius:.3g} (L-inf unit directions)")
-    files.append("figures/landscape.png")
+    files.append(every.rel)
 
     common = {"radius": radius, "resolution": res_n, "images": n, "figures": files,
               "directions": "Gaussian, each scaled to unit L-inf norm; no clamping to [0, 1]",

@@ -268,16 +268,19 @@ def _results(prefix: str, s_in: dict, s_out: dict, specs, infos, extra: dict) ->
     return out
 
 
-def _histograms(ctx: Context, prefix: str, s_in: dict, s_out: dict, specs, title: str) -> dict[str, str]:
+def _histograms(ctx: Context, prefix: str, s_in: dict, s_out: dict, specs, title: str, out: dict) -> None:
+    """One figure per score (``ctx.figure``), each set's AUROC (from ``out``) in its legend; records
+    the figure in the details of that score's metrics."""
     from bench.engines import plots  # matplotlib only when a figure is drawn
 
-    figs = {}
     for sc, a in s_in.items():
-        path = ctx.figure_path(f"{prefix}_{sc}.png")
-        plots.ood_histograms(a, {spec.name: s_out[spec.name][sc] for spec in specs}, path,
-                             score=f"{sc}: {SCORE_MEANING[sc]}", title=title)
-        figs[sc] = path.relative_to(ctx.out).as_posix() if path.is_relative_to(ctx.out) else str(path)
-    return figs
+        fig = ctx.figure(f"{prefix}_{sc}.png")
+        auroc = {spec.name: out[f"{prefix}_auroc_{sc}_{spec.name}"].value for spec in specs}
+        plots.ood_histograms(a, {spec.name: s_out[spec.name][sc] for spec in specs}, fig.path,
+                             score=f"{sc}: {SCORE_MEANING[sc]}", title=title, auroc=auroc)
+        for r in out.values():
+            if r.details["score"] == sc:
+                r.details["figure"] = fig.rel
 
 
 @register("ood", "ood", metrics=specs("ood"), settings=OOD_SETTINGS, sharded=True, names=metric_names,
@@ -290,10 +293,8 @@ def ood_group(ctx: Context) -> dict[str, Result]:
     s_in = _score_points(ctx, split.x, which, "ood in-distribution")
     s_out = {spec.name: _score_points(ctx, x, which, f"ood {spec.name}") for spec, x, _ in sets}
     specs, infos = [s for s, _, _ in sets], [i for _, _, i in sets]
-    figs = _histograms(ctx, "ood", s_in, s_out, specs, f"{ctx.data.name} test (n = {len(split)}) vs OOD sets")
     out = _results("ood", s_in, s_out, specs, infos, {})
-    for r in out.values():
-        r.details["figure"] = figs[r.details["score"]]
+    _histograms(ctx, "ood", s_in, s_out, specs, f"{ctx.data.name} test (n = {len(split)}) vs OOD sets", out)
     return out
 
 
@@ -332,11 +333,9 @@ def ood_adv_group(ctx: Context) -> dict[str, Result]:
             s_out[spec.name][sc] = ctx.collect(parts)
     max_dist = ctx.gather_max(max_dist)
     specs, infos = [s for s, _, _ in sets], [i for _, _, i in sets]
-    figs = _histograms(ctx, "ood_adv", s_in, s_out, specs,
-                       f"{ctx.data.name} test vs OOD sets after PGD (L-inf eps = {eps:.4g}) raising the score")
     threat = {"attack": "PGD raising the score on the OOD points", "norm": "Linf", "eps": eps, "steps": steps,
               "step_size": step, "random_start": True, "max_linf": max_dist}
     out = _results("ood_adv", s_in, s_out, specs, infos, {"threat_model": threat})
-    for r in out.values():
-        r.details["figure"] = figs[r.details["score"]]
+    _histograms(ctx, "ood_adv", s_in, s_out, specs,
+                f"{ctx.data.name} test vs OOD sets after PGD (L-inf eps = {eps:.4g}) raising the score", out)
     return out

@@ -128,6 +128,12 @@ class Group:
             self.settings = tuple(dict.fromkeys((*self.settings, *GEN_SETTINGS)))
 
     @property
+    def keyed_settings(self) -> list[str]:
+        """The settings that key this group's cache: those it declares and the fast paths (which
+        may move any number)."""
+        return sorted(set(self.settings) | set(FASTPATH_SETTINGS))
+
+    @property
     def readable(self) -> frozenset:
         """The settings this group may read (``SettingsView``)."""
         return frozenset((*self.settings, *FASTPATH_SETTINGS, *EXECUTION_KEYS, *IDENTITY_KEYS))

@@ -66,11 +66,12 @@ def ssim_group(ctx: Context) -> dict[str, Result]:
     n_show = int(s.get("ssim_n_show") or 0)
     if n_show > 0:
         rows = show_order(gy, n_show)
-        path = ctx.figure_path("ssim_neighbours.png")
+        fig = ctx.figure("ssim_neighbours.png")
+        path = fig.path
         plots.ssim_neighbours_grid(gx[rows], train[idx[rows]], vals[rows], path,
                                    title=f"Generated images (left) and their {vals.shape[1]} nearest training "
                                          f"images by SSIM ({ctx.data.name})")
-        details["figure"] = "figures/ssim_neighbours.png"
+        details["figure"] = fig.rel
         details["shown"] = {"generated": rows, "neighbours": idx[rows].tolist(),
                             "ssim": [[round(v, 5) for v in r] for r in vals[rows].tolist()]}
     return {"ssim_nn": Result(mean, se, n, details=details)}

@@ -197,18 +197,8 @@ def refuse_bad_baseline(base: Results, raw: dict, where: str, records: bool = Tr
 
 
 def _read(path, what: str) -> Results:
-    p = Path(path)
-    if p.is_dir():
-        p = p / "results.json"
-        if not p.is_file():
-            raise BenchError(f"{what} {path}: no results.json in it")
-    elif not p.exists():
-        raise BenchError(f"{what} {path}: no such file or directory")
-    raw = results.read_json(p)
-    res = results.Results.from_json(raw, str(p))
-    if not isinstance(res.model, dict) or not isinstance(res.run, dict):
-        raise BenchError(f"{p}: malformed results file (model and run must be objects)")
-    refuse_bad_baseline(res, raw.get("metrics"), str(p), records=what == "baseline")
+    res, raw = results.read_raw(path, what)
+    refuse_bad_baseline(res, raw.get("metrics"), str(path), records=what == "baseline")
     return res
 
 
@@ -226,7 +216,7 @@ def run_label(run_dir, res: Results | None = None) -> str:
     where = where.parent if where.name == "results.json" else where
     if res is None:
         try:
-            res = results.Results.from_json(results.read_json(where / "results.json"), str(where))
+            res = results.read(where)
         except Exception:  # noqa: BLE001  (only a label: the check has already said what is wrong)
             res = None
     model = label(res, "") if res is not None and isinstance(res.model, dict) else ""

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from bench.core.curve_data import curve_points
 from bench.core.results import Results
 from bench.inputs import zoo
 from bench.metrics import registry, suites
@@ -362,28 +361,3 @@ def _spread(t: Table, runs: list[Results]) -> Table:
                 t.stds[(i, col)] = std[-1]
         t.df[f"{col} std"], t.df[f"{col} n"] = std, n
     return t
-
-
-def curve_tables(runs: list[Results]) -> list[Table]:
-    """One table per attack of the robustness curves (``--eps-grid``): rows the runs, a column per
-    radius (eps 0: clean accuracy), each cell the robust accuracy +- its standard error."""
-    tables = []
-    for attack, pts in curve_points(runs).items():
-        cols = {f"eps {eps:.6g}": m for eps, m in pts.items()}
-        rows, notes = _rows(runs, cols)
-        caption = (f"Robustness curve of {attack}: accuracy (%) against the attack radius eps in the run's norm "
-                   "(bench run --eps-grid; eps 0 is the clean accuracy of the attack's points); the threat model "
-                   "column gives the norm and the single eps of the other tables.")
-        tables.append(_spread(_finish(Table(f"curve_{attack}", caption, pd.DataFrame(rows), cols, _better(cols),
-                                            notes), runs), runs))
-    return tables
-
-
-def all_tables(runs: list[Results]) -> list[Table]:
-    return [table1(runs), table2(runs), table3(runs)] + ood_tables(runs) + suite_tables(runs) + curve_tables(runs)
-
-
-def run_tables(res: Results) -> list[Table]:
-    """The tables of one run that hold any of its metrics (a table with none of ours is skipped)."""
-    return [t for t in all_tables([res]) if any(m in res.metrics for m in t.columns.values())]
-

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.core.fileio import atomic_write_bytes
 from bench.core.results import Results
-from bench.outputs import paper_tables
+from bench.outputs import more_tables, paper_tables
 from bench.outputs.table_format import to_html
 
 FIGURE_KEYS = ("figure", "figures", "grid")  # the details keys under which groups record the figures they wrote
@@ -47,6 +47,12 @@ figure { margin: 0; border: 1px solid #ddd; padding: 0.5em; background: #fff; }
 figure img { max-width: 560px; height: auto; display: block; image-rendering: auto; }
 figcaption { font-size: 0.85em; color: #444; margin-top: 0.3em; }
 .null { color: #a33; }
+figure.wide-fig { flex-basis: 100%; } figure.wide-fig img { max-width: 100%; }
+.wide { overflow-x: auto; max-width: 100%; }
+.runs > div { min-width: 0; overflow-x: auto; }
+.runs { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 1.5em; }
+.runs figure img { max-width: 100%; }
+body:has(.runs) { max-width: 95vw; }
 """
 
 
@@ -119,16 +125,64 @@ def _metrics(res: Results) -> str:
     return f'<table class="metrics"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+ATTACKED = ("adv", "fgsm", "pgd", "attack")  # figure names of attacked inputs: after the clean ones
+
+
+def _suite_of(res: Results) -> dict[str, str]:
+    """Figure path -> the suite of the first metric recording it (``run.groups``), "other" else."""
+    suite_of_metric = {m: rec.get("suite") for rec in (res.run.get("groups") or {}).values()
+                       if isinstance(rec, dict) for m in rec.get("metrics") or []}
+    found: dict[str, str] = {}
+    for name, r in res.metrics.items():
+        details = r.details if isinstance(r.details, dict) else {}
+        for key in FIGURE_KEYS:
+            v = details.get(key)
+            for path in ([v] if isinstance(v, str) else v if isinstance(v, list) else []):
+                if isinstance(path, str):
+                    found.setdefault(path, suite_of_metric.get(name) or "other")
+    return found
+
+
 def _figures(run_dir: Path, res: Results) -> str:
+    """The run's figures grouped by suite (in the order the suites ran), clean before attacked."""
     figs = figures(run_dir, res)
     if not figs:
         return '<p class="meta">No figures recorded in results.json.</p>'
-    items = []
+    suite_of = _suite_of(res)
+    order = [str(s) for s in res.run.get("suites") or []]
+    by_suite: dict[str, list[Path]] = {}
     for p in figs:
-        rel = p.relative_to(run_dir).as_posix()
-        items.append(f'<figure><img src="{data_uri(p)}" alt="{e(rel)}" loading="eager">'
-                     f"<figcaption>{e(rel)}</figcaption></figure>")
-    return '<div class="figs">' + "".join(items) + "</div>"
+        by_suite.setdefault(suite_of.get(p.relative_to(run_dir).as_posix(), "other"), []).append(p)
+    parts = []
+    for suite in sorted(by_suite, key=lambda k: (order.index(k) if k in order else len(order), k)):
+        items = []
+        for p in sorted(by_suite[suite], key=lambda p: (any(a in p.name for a in ATTACKED), figs.index(p))):
+            rel = p.relative_to(run_dir).as_posix()
+            wide = ' class="wide-fig"' if _png_width(p) > 1100 else ""  # a multi-panel figure: a row of its own
+            items.append(f'<figure{wide}><img src="{data_uri(p)}" alt="{e(rel)}" loading="eager">'
+                         f"<figcaption>{e(rel)}</figcaption></figure>")
+        parts.append(f"<h4>{e(suite)}</h4>" + '<div class="figs">' + "".join(items) + "</div>")
+    return "".join(parts)
+
+
+def _png_width(path: Path) -> int:
+    """The pixel width in a PNG's header (0 if it is not one)."""
+    head = Path(path).read_bytes()[:24]
+    return int.from_bytes(head[16:20], "big") if head[:8] == b"\x89PNG\r\n\x1a\n" else 0
+
+
+def ran_settings(res: Results) -> list[tuple[str, object]]:
+    """The settings of ``run.config`` that key a group of this run (``Group.keyed_settings``),
+    sorted; all of them for a record without groups (``bench samples``) or of unknown groups."""
+    from bench.metrics import registry
+
+    config = res.run.get("config") or {}
+    groups = res.run.get("groups") or {}
+    known = registry.declared_groups()
+    if not groups or any(g not in known for g in groups):
+        return sorted(config.items())
+    keys = {k for g in groups for k in known[g].keyed_settings}
+    return sorted((k, v) for k, v in config.items() if k in keys)
 
 
 def run_section(run_dir: Path, res: Results, name: str, open_: bool = True) -> str:
@@ -142,18 +196,25 @@ def run_section(run_dir: Path, res: Results, name: str, open_: bool = True) -> s
         run.append(("cache", r["cache"]))
     if r.get("flags"):  # the sanity flags raised (bench.runtime.checks), one line each
         run.append(("flags", "; ".join(f"{f.get('flag')} ({f.get('metric')}): {f.get('message')}" for f in r["flags"])))
-    config = sorted((r.get("config") or {}).items())
+    config = ran_settings(res)
     versions = sorted((r.get("versions") or {}).items())
+    ident = (f'model sha256: <code>{e(m["sha256"])}</code>' if m.get("sha256") else
+             f'weights sha256: <code>{e(m["weights_sha256"])}</code>' if m.get("weights_sha256") else
+             "model sha256: <code>unknown</code>")
     return "\n".join([
         f"<details{' open' if open_ else ''}><summary>{e(name)}</summary>",
-        f'<p class="meta">model sha256: <code>{e(m.get("sha256") or "unknown")}</code></p>',
-        "<h3>Metrics</h3>", _metrics(res),
-        "<h3>Figures</h3>", _figures(run_dir, res),
+        f'<p class="meta">{ident}</p>',
         "<h3>Model</h3>", _kv(model),
         "<h3>Run</h3>", _kv(run),
-        "<h3>Settings (run.config)</h3>", _kv(config) if config else '<p class="meta">none recorded</p>',
+        "<h3>Settings of the suites that ran (run.config)</h3>",
+        _kv(config) if config else '<p class="meta">none recorded</p>',
         "<h3>Versions</h3>", _kv(versions) if versions else '<p class="meta">none recorded</p>',
+        "<h3>Metrics (raw values)</h3>", _metrics(res),
         "</details>"])
+
+
+def _side_by_side(blocks: list[str]) -> str:
+    return f'<div class="runs">{"".join(f"<div>{b}</div>" for b in blocks)}</div>' if len(blocks) > 1 else "".join(blocks)
 
 
 def render(runs: list[tuple[Path, Results]], tables: list[paper_tables.Table], title: str = "JEAT-Bench report",
@@ -165,14 +226,17 @@ def render(runs: list[tuple[Path, Results]], tables: list[paper_tables.Table], t
              f"<title>{e(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
              f"<h1>{e(title)}</h1>",
              f'<p class="meta">Written {e(now)} by bench; {len(runs)} run(s). In the tables accuracies and ECE are in % (raw fractions in the metric lists), '
-             "best of our rows per column in bold, the paper's rows shaded.</p>",
-             "<h2>Tables</h2>"]
-    parts += [to_html(t) for t in tables] or ['<p class="meta">No table metrics in this run.</p>']
+             "best of our rows per column in bold, the paper's rows shaded.</p>"]
+    pairs = list(zip(runs, names, strict=True))
+    parts.append("<h2>Figures</h2>")  # first: each run's, grouped by suite; several runs side by side
+    parts.append(_side_by_side([f"<h3>{e(n)}</h3>" + _figures(d, r) for (d, r), n in pairs]))
+    parts.append("<h2>Tables</h2>")
+    parts += [f'<div class="wide">{to_html(t)}</div>' for t in tables] or \
+        ['<p class="meta">No table metrics in this run.</p>']
     parts += [f'<figure><img src="{data_uri(p)}" alt="{e(p.name)}" loading="eager"><figcaption>{e(p.name)}'
               "</figcaption></figure>" for p in map(Path, figures)]  # bench table's figures of several runs
-    parts.append("<h2>Runs</h2>")
-    parts += [run_section(d, r, n, open_=len(runs) == 1 or i == 0)
-              for i, ((d, r), n) in enumerate(zip(runs, names, strict=True))]
+    parts.append("<h2>Runs</h2>")  # model, settings, versions, and the raw metric list last
+    parts.append(_side_by_side([run_section(d, r, n) for (d, r), n in pairs]))  # every run open
     parts += ["</body>", "</html>"]
     return "\n".join(parts) + "\n"
 
@@ -189,5 +253,5 @@ def write_report(path: str | Path, runs: list[tuple[Path, Results]], tables: lis
 def write_run_report(res: Results, out: str | Path) -> Path:
     """``bench run``'s page: ``out/report.html`` for the run in ``out``."""
     out = Path(out)
-    return write_report(out / "report.html", [(out, res)], paper_tables.run_tables(res),
+    return write_report(out / "report.html", [(out, res)], more_tables.run_tables(res),
                         title=f"JEAT-Bench: {paper_tables.label(res)}")

@@ -19,7 +19,9 @@ from bench.core.errors import BenchError, CannotWrite
 from bench.core.fileio import atomic_write_bytes
 from bench.core.results import Results
 from bench.engines.plots import robustness_curves
-from bench.outputs.paper_tables import Table, all_tables, labels, run_tables
+from bench.outputs import report as pages
+from bench.outputs.more_tables import all_tables, run_tables
+from bench.outputs.paper_tables import Table, labels
 from bench.outputs.report import write_report
 from bench.outputs.table_format import to_latex, to_markdown
 
@@ -61,6 +63,18 @@ def curve_figure(runs: list[Results], out: Path) -> list[Path]:
                               xlabel=f"eps ({', '.join(norms)})")]
 
 
+def write_run_outputs(res: Results, out: Path, log) -> None:
+    """The one epilogue of ``bench run`` and ``bench samples``: OUT/tables, then OUT/results.json,
+    then OUT/report.html (after results.json: a failing page never loses results, it is one line)."""
+    write_run_tables(res, out / "tables")
+    res.write(out / "results.json")
+    log(f"results: {out / 'results.json'}")
+    try:
+        pages.write_run_report(res, out)  # through the module: a test may replace it
+    except Exception as e:  # noqa: BLE001
+        log(f"report.html not written: {type(e).__name__}: {e}")
+
+
 @dataclass
 class Built:
     """What ``build`` made: the runs read, the tables, the files written."""
@@ -79,18 +93,7 @@ def load_runs(dirs) -> list[tuple[Path, Results]]:
     file that is not JSON, a results file of another schema or shape."""
     if not dirs:
         raise BenchError("no result directories given")
-    runs = []
-    for d in map(Path, dirs):
-        if not d.exists():
-            raise BenchError(f"{d}: no such directory")
-        f = d / "results.json" if d.is_dir() else d
-        if not f.is_file():
-            raise BenchError(f"{d}: no results.json in it (write one with `bench run --out {d}`)")
-        res = results.read(f)
-        if not isinstance(res.model, dict) or not isinstance(res.run, dict):
-            raise BenchError(f"{f}: malformed results file (model and run must be objects)")
-        runs.append((f.parent, res))
-    return runs
+    return [(Path(d) if Path(d).is_dir() else Path(d).parent, results.read(d)) for d in dirs]
 
 
 def build(dirs, out: str | Path, report: bool = True) -> Built:

@@ -13,7 +13,6 @@ from pathlib import Path
 from bench import __version__
 from bench.core.code_digest import code_sha256  # noqa: F401  (re-exported)
 from bench.core.results import Result
-from bench.core.settings import FASTPATH_SETTINGS
 from bench.metrics import Group
 
 
@@ -21,10 +20,15 @@ def cache_key(group: Group, model_id: str, dataset: str, settings: dict, identit
     """The cache key of one group: its name, the model, the data set and its settings, and the
     ``identity`` of what it evaluates: the weights digest, the digests of both splits, the group's
     code digest and the library versions (see ``run``)."""
-    names = sorted(set(group.settings) | set(FASTPATH_SETTINGS))  # fast paths may move any number
+    names = keyed_settings(group)
     keyed = {"group": group.name, "model": model_id, "dataset": dataset, "bench": __version__,
              "settings": {k: settings.get(k) for k in names}, "identity": identity}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def keyed_settings(group: Group) -> list[str]:
+    """The settings that key a group's cache (``Group.keyed_settings``)."""
+    return group.keyed_settings
 
 
 def _digest(metrics: dict) -> str:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import os
 import platform
 import re
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,11 +21,13 @@ import torch
 from bench import __version__
 from bench.core import progress
 from bench.core.errors import BenchError
+from bench.core.fileio import check_out
 from bench.core.results import Results, platform_record
 from bench.core.settings import DEFAULTS, Norm, complete, dataset_defaults, validate
 from bench.inputs import checkpoints, data, zoo
-from bench.metrics import Context, Result, suites
-from bench.run import cache_keys, compute, outlock
+from bench.metrics import Context, Result, registry, suites
+from bench.outputs import tables
+from bench.run import cache_keys, compute, outlock, run_union
 from bench.runtime import checks as sanity
 from bench.runtime import distributed, fastpath
 
@@ -144,16 +146,6 @@ def _vals(v: list[float]) -> str:
     return "[" + ", ".join(f"{x:.4g}" for x in v) + "]"
 
 
-def _check_out(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test{os.getpid()}"  # two runs into one --out never share the probe
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise BenchError(f"cannot write to --out {out}: {e.strerror or e}") from None
-
-
 def versions() -> dict:
     """The versions of what the numbers come from (recorded in results.json and keying every
     group's cache): Python, bench, torch, numpy, and the libraries metrics compute with:
@@ -217,10 +209,37 @@ def run_many(models: list[str], out: str | Path, name: str | None = None, **kw):
     return tabling.build(dirs, Path(out) / "tables")
 
 
+@dataclass
+class _Plan:
+    """One run, resolved: where it writes, its groups, the model and data, its settings, the
+    Context its groups see, the results record being filled, and what keys each group's cache."""
+
+    out: Path
+    groups: list
+    s: dict
+    ctx: Context
+    res: Results
+    model_id: str
+    dataset: str
+    identity: dict
+    code: dict
+    main: bool
+    log: object
+    started: float
+
+
 def _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log,
          lock: contextlib.ExitStack, name: str | None = None) -> Results:
+    plan = _prepare(model, suite, Path(out), dataset, data_root, arch, device, download, settings, log, lock, name)
+    _run_groups(plan, resume)
+    return _finish(plan)
+
+
+def _prepare(model, suite, out: Path, dataset, data_root, arch, device, download, settings, log,
+             lock: contextlib.ExitStack, name: str | None) -> _Plan:
+    """Resolve the model, data, settings and groups; take the --out lock; check the model; start
+    the results record with what an earlier run in --out adds to it (``bench.run.run_union``)."""
     started = time.time()
-    out = Path(out)
     suite_names = suites.resolve(suite)
     groups = suites.groups_for(suite_names)
     dev = distributed.init(resolve_device(device))
@@ -233,14 +252,13 @@ def _run(model, suite, out, dataset, data_root, arch, device, resume, download, 
     groups = [g for g in (g.for_settings(s) for g in groups) if g.metrics]
     main = distributed.is_main()
     if main:
-        _check_out(out)
+        check_out(out)
         lock.enter_context(outlock.held(out, log=log))  # rank 0 only: the other ranks write nothing there
     else:  # other torchrun ranks write nothing under --out: their figures go to a scratch folder
         log = _quiet
         out = Path(tempfile.mkdtemp(prefix=f"bench-rank{distributed.rank()}-"))
     torch.manual_seed(s["seed"])
 
-    model_id = loaded.sha256 or loaded.path
     data_rec = data_record(ds)
     ds.info["train_is_test"] = data_rec["train_is_test"]  # identical splits count too
     _announce(loaded, ds, data_rec, log)
@@ -249,32 +267,56 @@ def _run(model, suite, out, dataset, data_root, arch, device, resume, download, 
     code = {g.name: cache_keys.code_sha256(g.fn.__module__, memo) for g in groups}
     identity = {"weights": loaded.weights_sha256, "data": [data_rec["train_sha256"], data_rec["test_sha256"]],
                 "versions": vers}
+    now = {"weights_sha256": loaded.weights_sha256, "data": identity["data"], "dataset": ds.name,
+           "versions": vers, "settings": s, "code": lambda g: cache_keys.code_sha256(g.fn.__module__, memo)}
+    kept = distributed.on_main(  # rank 0 reads --out; every rank refuses alike
+        lambda: run_union.keep(run_union.earlier(out, log), {g.name for g in groups}, now, out, log))
     # the run's settings and, for the groups (bench.metrics.registry.IDENTITY_KEYS), what they evaluate
     s_run = dict(s, model_sha256=loaded.sha256, weights_sha256=loaded.weights_sha256,
                  data_sha256=identity["data"],
                  generation_code_sha256=cache_keys.code_sha256("bench.engines.generation", memo))  # keys samples.npz
-    model = fastpath.apply(loaded.model.to(dev).eval(), fastpath.FastPath.from_settings(s))
-    checks = sanity.check_model(model, ds.test.x[:sanity.N_IMAGES].to(dev), log)  # RNG state kept
-    ctx = Context(model, ds, s_run, dev, out, progress=progress.bar,
+    net = fastpath.apply(loaded.model.to(dev).eval(), fastpath.FastPath.from_settings(s))
+    checks = sanity.check_model(net, ds.test.x[:sanity.N_IMAGES].to(dev), log)  # RNG state kept
+    ctx = Context(net, ds, s_run, dev, out, progress=progress.bar,
                   replay_buffer=loaded.replay_buffer, data_root=data_root, train_used=train_used(loaded))
-    cache_dir = out / "cache"
-    cache_dir.mkdir(exist_ok=True)
+    (out / "cache").mkdir(exist_ok=True)
+    plat = platform_record(dev)
     res = Results(loaded.describe() | {"dataset": ds.name, "num_classes": ds.num_classes}, {
-        "suites": suite_names, "seed": s["seed"], "device": str(dev), "versions": vers, "data": data_rec,
-        "code_sha256": code,
-        "platform": platform_record(dev),
+        "suites": list(dict.fromkeys([*kept.suites, *suite_names])), "seed": s["seed"], "device": str(dev),
+        "versions": vers, "data": data_rec, "code_sha256": code, "platform": plat,
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "seconds": None,
         "config": s, "model_checks": checks, "cache": {"hits": [], "computed": []}, "groups": {}})
+    _add_kept(res, kept, now)
     if distributed.active():
         res.run["processes"] = distributed.world()
     if name:
         res.run["name"] = str(name)
-    for g in groups:
+    return _Plan(out, groups, s, ctx, res, loaded.sha256 or loaded.path, ds.name, identity, code, main, log, started)
+
+
+def _add_kept(res: Results, kept: run_union.Kept, now: dict) -> None:
+    """The earlier run's groups this run keeps: their metrics, records and code digests."""
+    if not kept.groups:
+        return
+    res.metrics.update(kept.metrics)
+    for g, rec in kept.groups.items():
+        if rec.get("platform") == res.run["platform"]:
+            rec = {k: v for k, v in rec.items() if k != "platform"}
+        res.run["groups"][g] = rec
+        res.run["code_sha256"][g] = now["code"](registry.load_all()[g])
+    res.run["cache"]["kept"] = list(kept.groups)
+
+
+def _run_groups(plan: _Plan, resume: bool) -> None:
+    """Each group from its cache or computed, results.json written after every one."""
+    res, ctx, log = plan.res, plan.ctx, plan.log
+    cache_dir = plan.out / "cache"
+    for g in plan.groups:
         inputs = g.input_digests(ctx)  # what it reads beyond the settings (OOD images, FID files)
-        key = cache_keys.cache_key(g, model_id, ds.name, s, dict(identity, code=code[g.name])
+        key = cache_keys.cache_key(g, plan.model_id, plan.dataset, plan.s, dict(plan.identity, code=plan.code[g.name])
                                    | ({"inputs": inputs} if inputs is not None else {}))
         path = cache_dir / f"{g.name}-{key}.json"
-        entry = cache_keys.read_cache(path, g, key) if resume and main else None
+        entry = cache_keys.read_cache(path, g, key) if resume and plan.main else None
         entry = distributed.broadcast(entry)  # every rank takes the same path through the groups
         if entry is not None:
             cached, computed_on = entry
@@ -288,7 +330,7 @@ def _run(model, suite, out, dataset, data_root, arch, device, resume, download, 
             computed, cacheable = compute.compute(g, ctx)
             for r in computed.values():
                 r.seconds = r.seconds or time.time() - t0
-            if cacheable and main:  # a transient fault (out of memory) is retried by the next run
+            if cacheable and plan.main:  # a transient fault (out of memory) is retried by the next run
                 cache_keys.write_cache(path, g, key, computed, res.run["platform"])
             res.metrics.update(computed)
             res.run["groups"][g.name] = _group_record(g, res.run["platform"], False, res.run["platform"])
@@ -298,23 +340,21 @@ def _run(model, suite, out, dataset, data_root, arch, device, resume, download, 
         for f in flags:
             log(f"flag {f['flag']} ({f['metric']}): {f['message']}")
         res.run["flags"] = res.run.get("flags", []) + flags
-        res.run["seconds"] = round(time.time() - started, 2)
-        if main:
-            res.write(out / "results.json")
-    if not main:
-        shutil.rmtree(out, ignore_errors=True)
+        res.run["seconds"] = round(time.time() - plan.started, 2)
+        if plan.main:
+            res.write(plan.out / "results.json")
+
+
+def _finish(plan: _Plan) -> Results:
+    """Rank 0 writes the tables, results.json and report.html; the other ranks drop their scratch."""
+    if not plan.main:
+        shutil.rmtree(plan.out, ignore_errors=True)
         distributed.close()
-        return res
-    _write_outputs(res, out, log)
-    res.run["seconds"] = round(time.time() - started, 2)
-    res.write(out / "results.json")
-    try:  # after results.json is written: a failing report page never loses results
-        from bench.outputs import report
-        report.write_run_report(res, out)
-    except Exception as e:
-        log(f"report.html not written: {type(e).__name__}: {e}")
+        return plan.res
+    plan.res.run["seconds"] = round(time.time() - plan.started, 2)
+    tables.write_run_outputs(plan.res, plan.out, plan.log)
     distributed.close()
-    return res
+    return plan.res
 
 
 def _group_record(g, computed_on: dict, cached: bool, run_platform: dict) -> dict:
@@ -340,10 +380,3 @@ def _quiet(message: str) -> None:
 
 def _fmt(name: str, r: Result) -> str:
     return f"{name}={r.value:.4g}" if r.value is not None else f"{name}=null ({r.reason})"
-
-
-def _write_outputs(res: Results, out: Path, log) -> None:
-    from bench.outputs import tables
-
-    tables.write_run_tables(res, out / "tables")
-    log(f"results: {out / 'results.json'}")

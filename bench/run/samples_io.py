@@ -25,7 +25,6 @@ describes the sample file and its sha256), OUT/tables, OUT/report.html.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.core import fileio
 from bench.core.errors import BenchError
 from bench.runtime.execution import Execution
 
@@ -46,23 +46,6 @@ class SampleSet:
     x: torch.Tensor
     y: torch.Tensor | None
     info: dict = field(default_factory=dict)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _sha256_folder(files: list[Path], root: Path) -> str:
-    """sha256 over the sorted relative names and bytes of the files."""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.relative_to(root).as_posix().encode() + b"\0")
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 def _from_arrays(x, y, where: str) -> tuple[torch.Tensor, torch.Tensor | None, int]:
@@ -149,13 +132,13 @@ def read_samples(path: str | Path, shape: tuple | None = None, num_classes: int 
     files = None
     if p.is_dir():
         x, y, dropped, fmt, files = _read_folder(p)
-        digest = _sha256_folder(files, p)
+        digest = fileio.sha256_files(files, p)
     elif p.suffix.lower() == ".npz":
         x, y, dropped, fmt = _read_npz(p)
-        digest = _sha256_file(p)
+        digest = fileio.sha256(p)
     elif p.suffix.lower() in (".pt", ".pth"):
         x, y, dropped, fmt = _read_pt(p)
-        digest = _sha256_file(p)
+        digest = fileio.sha256(p)
     else:
         raise BenchError(f"{p}: samples must be an .npz, a .pt file or a folder of PNG images")
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
@@ -178,15 +161,13 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
              device: str = "auto", batch_size: int | None = None, ssim_k: int = 10, n_ref: int | None = None,
              log=None):
     """Sample-quality metrics of the images at ``path`` against the training split of ``dataset``;
-    writes OUT/results.json, OUT/tables and OUT/report.html; -> Results."""
+    writes OUT/results.json, OUT/tables, OUT/figures/samples.png (a grid of the submitted images)
+    and OUT/report.html; -> Results."""
     from bench.core import progress
     from bench.core.results import Results
     from bench.core.settings import reference_size
-    from bench.engines.features import FEATURE_BATCH, ExtractorUnavailable, resolve_extractor
-    from bench.engines.sample_quality import FEATURE_METRICS, diversity_result, fid_is, fid_is_results
-    from bench.engines.ssim import WIN, nearest_neighbours
+    from bench.engines.features import FEATURE_BATCH
     from bench.inputs import data
-    from bench.metrics import Result, mean_se
     from bench.outputs import tables
     from bench.run import runner
 
@@ -196,12 +177,52 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
     dev = runner.resolve_device(device)
     ds = data.load(dataset, data_root)
     samples = read_samples(path, ds.input_shape, ds.num_classes)
-    runner._check_out(out)
-    x, y, n = samples.x, samples.y, len(samples.x)
+    fileio.check_out(out)
     ref = ds.train.subset(reference_size(ds.name, n_ref))  # FID/KID/PR/diversity reference
     bs = min(int(batch_size or FEATURE_BATCH), FEATURE_BATCH)
     config = {"dataset": ds.name, "fid_extractor": fid_extractor, "inception_weights": inception_weights,
               "ref_stats": ref_stats, "batch_size": bs, "ssim_k": ssim_k, "n_ref": len(ref)}
+    metrics = _feature_metrics(samples, ds, ref, fid_extractor, inception_weights, ref_stats, dev, bs, log)
+    metrics.update(_ssim_metrics(samples, ds, ref, ssim_k, dev, log))
+    metrics["diversity_ssim"].details["grid"] = _grid(samples, ds, out)
+    model = {"path": samples.info["path"], "sha256": samples.info["sha256"], "arch": Path(samples.info["path"]).name,
+             "method": "samples", "dataset": ds.name, "num_classes": ds.num_classes, "samples": samples.info}
+    res = Results(model, {
+        "command": "samples", "suites": ["samples"], "seed": None, "device": str(dev), "versions": runner.versions(),
+        "started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.time() - started, 2), "config": config}, metrics)
+    tables.write_run_outputs(res, out, log)
+    return res
+
+
+SHOWN = 100  # images in the grid of bench samples: the first ones (per class when labelled)
+
+
+def _grid(samples: SampleSet, ds, out: Path) -> str:
+    """OUT/figures/samples.png: the submitted images, one row per class (10 each) when labelled,
+    else the first 100 in rows of 10; -> its path relative to OUT."""
+    from bench.engines import plots
+
+    path = out / "figures" / "samples.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if samples.y is not None:
+        plots.sample_grid(samples.x, samples.y, path, class_names=ds.classes or None, num_classes=ds.num_classes,
+                          title=f"submitted images, {len(samples.x)} in all")
+    else:
+        x = samples.x[:SHOWN]
+        plots.sample_grid(x, torch.arange(len(x)) // 10, path, class_names=[""] * ((len(x) + 9) // 10),
+                          title=f"the first {len(x)} of {len(samples.x)} submitted images")
+    return "figures/samples.png"
+
+
+def _feature_metrics(samples: SampleSet, ds, ref, fid_extractor, inception_weights, ref_stats, dev, bs, log) -> dict:
+    """FID, IS, KID, precision/recall of the samples (null with a reason where they cannot be had)."""
+    from bench.core import progress
+    from bench.engines.features import ExtractorUnavailable, resolve_extractor
+    from bench.engines.sample_quality import FEATURE_METRICS, fid_is, fid_is_results
+    from bench.metrics import Result
+
+    x, n = samples.x, len(samples.x)
     metrics: dict[str, Result] = {}
     feature_names = ("fid", "is_mean", "is_std", *FEATURE_METRICS)
 
@@ -228,6 +249,17 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
     for m in feature_names:
         metrics[m].seconds = time.time() - t0
 
+    return metrics
+
+
+def _ssim_metrics(samples: SampleSet, ds, ref, ssim_k: int, dev, log) -> dict:
+    """SSIM to the nearest training images and the SSIM diversity of the samples."""
+    from bench.engines.sample_quality import diversity_result
+    from bench.engines.ssim import WIN, nearest_neighbours
+    from bench.metrics import Result, mean_se
+
+    x, y, n = samples.x, samples.y, len(samples.x)
+    metrics: dict = {}
     t0 = time.time()
     if min(ds.input_shape[1:]) < WIN:
         metrics["ssim_nn"] = Result.missing(f"SSIM needs images of at least {WIN}x{WIN}", n=n)
@@ -244,18 +276,4 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
     metrics["diversity_ssim"] = diversity_result(x, y, ref.x, ref.y, dev)
     metrics["diversity_ssim"].seconds = time.time() - t0
 
-    model = {"path": samples.info["path"], "sha256": samples.info["sha256"], "arch": Path(samples.info["path"]).name,
-             "method": "samples", "dataset": ds.name, "num_classes": ds.num_classes, "samples": samples.info}
-    res = Results(model, {
-        "command": "samples", "suites": ["samples"], "seed": None, "device": str(dev), "versions": runner.versions(),
-        "started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.time() - started, 2), "config": config}, metrics)
-    res.write(out / "results.json")
-    tables.write_run_tables(res, out / "tables")
-    try:  # after results.json: a failing report page never loses results
-        from bench.outputs import report
-
-        report.write_run_report(res, out)
-    except Exception as e:
-        log(f"report.html not written: {type(e).__name__}: {e}")
-    return res
+    return metrics
