@@ -338,8 +338,12 @@ def _lse_reference(m, x, y):
     from torch.func import jacrev
 
     out = {"joint_grad": [], "marginal_grad": [], "marginal_trace": []}
-    for xi, yi in zip(x, y):
-        f_of = lambda v: m.logits(v.view(1, *xi.shape)).squeeze(0)  # noqa: E731
+    shape = tuple(x.shape[1:])
+
+    def f_of(v):
+        return m.logits(v.view(1, *shape)).squeeze(0)
+
+    for xi, yi in zip(x, y, strict=True):
         jac = jacrev(f_of)(xi.flatten()).double()  # (K, D)
         p = torch.softmax(f_of(xi.flatten()).double(), 0)
         mean_row = p @ jac
