@@ -211,6 +211,9 @@ def check(ctx, run_dir, baseline, tolerances, exact, statistical, one_sided, str
         ctx.exit(report.exit_code)
 
 
+EXTRACTOR_WEIGHTS_HELP = "weights file of a --fid-extractor encoder (DINOv2, CLIP, VGG16; never downloaded)"
+
+
 @cli.command()
 @click.argument("path", metavar="PATH", type=click.Path(path_type=Path))
 @click.option("--dataset", required=True, help="the data set whose training split is the reference: digits, "
@@ -219,12 +222,15 @@ def check(ctx, run_dir, baseline, tolerances, exact, statistical, one_sided, str
 @click.option("--ref-stats", "ref_stats", default=None, type=click.Path(dir_okay=False),
               help="reference statistics file (bench ref-stats) instead of the training split's")
 @click.option("--data-root", default=None, help="directory holding CIFAR / Fashion-MNIST data")
-@click.option("--fid-extractor", default="auto", show_default=True, help="auto, inception, fid-helper")
+@click.option("--fid-extractor", default="auto", show_default=True,
+              help="auto, inception, fid-helper, dinov2-vit-s14, clip-vit-b32, vgg16 ...")
+@click.option("--extractor-weights", default=None, type=click.Path(dir_okay=False), help=EXTRACTOR_WEIGHTS_HELP)
 @click.option("--inception-weights", default=None, type=click.Path(dir_okay=False),
               help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (Inception Score)")
 @click.option("--n-ref", default=None, type=int, help=N_REF_HELP)
 @click.option("--device", default="auto", type=DEVICE, show_default=True)
-def samples(path, dataset, out, ref_stats, data_root, fid_extractor, inception_weights, n_ref, device):
+def samples(path, dataset, out, ref_stats, data_root, fid_extractor, extractor_weights, inception_weights, n_ref,
+            device):
     """Sample quality of any generator's images (an .npz with x [and y], a folder of PNGs, a .pt
     tensor): FID, KID, precision/recall, IS, SSIM nearest neighbours and diversity against the
     training split of DATASET; writes OUT/results.json, OUT/tables, OUT/report.html."""
@@ -233,7 +239,7 @@ def samples(path, dataset, out, ref_stats, data_root, fid_extractor, inception_w
     out = out or Path("runs") / f"samples-{Path(path).stem or 'samples'}"
     res = samples_io.evaluate(path, dataset, out, data_root=data_root, ref_stats=ref_stats,
                               fid_extractor=fid_extractor, inception_weights=inception_weights, n_ref=n_ref,
-                              device=device)
+                              device=device, extractor_weights=extractor_weights)
     width = max(len(k) for k in res.metrics)
     for k, r in res.metrics.items():
         click.echo(f"{k:<{width}}  " + (f"{r.value:.4f}" if r.value is not None else f"null  ({r.reason})"))
@@ -245,7 +251,9 @@ def samples(path, dataset, out, ref_stats, data_root, fid_extractor, inception_w
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="output .npz")
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
 @click.option("--data-root", default=None, help="directory holding CIFAR / Fashion-MNIST data")
-@click.option("--fid-extractor", default="auto", show_default=True, help="auto, inception, fid-helper")
+@click.option("--fid-extractor", default="auto", show_default=True,
+              help="auto, inception, fid-helper, dinov2-vit-s14, clip-vit-b32, vgg16 ...")
+@click.option("--extractor-weights", default=None, type=click.Path(dir_okay=False), help=EXTRACTOR_WEIGHTS_HELP)
 @click.option("--inception-weights", default=None, type=click.Path(dir_okay=False))
 @click.option("--features/--no-features", default=True, show_default=True,
               help="store the reference features (KID and precision/recall need them)")
@@ -255,8 +263,8 @@ def samples(path, dataset, out, ref_stats, data_root, fid_extractor, inception_w
               help="dtype of the stored features")
 @click.option("--n-ref", default=None, type=int, help=N_REF_HELP.replace("training", "split's"))
 @click.option("--device", default="auto", type=DEVICE, show_default=True)
-def ref_stats(dataset, out, split, data_root, fid_extractor, inception_weights, features, mu_sigma, precision, n_ref,
-              device):
+def ref_stats(dataset, out, split, data_root, fid_extractor, extractor_weights, inception_weights, features, mu_sigma,
+              precision, n_ref, device):
     """Write the FID reference statistics (mu, sigma), the features and the extractor's identity
     of a data set's split to OUT (.npz; read by --ref-stats, pytorch-fid and clean-fid)."""
     from bench import data, fileio, refstats, runner
@@ -267,7 +275,7 @@ def ref_stats(dataset, out, split, data_root, fid_extractor, inception_weights, 
     fileio.check_writable(out)  # before minutes of features, not after them
     ds = data.load(dataset, data_root)
     try:
-        ext = resolve_extractor(fid_extractor, inception_weights)
+        ext = resolve_extractor(fid_extractor, inception_weights, extractor_weights)
     except ExtractorUnavailable as e:
         raise BenchError(str(e)) from None
     x = (ds.train if split == "train" else ds.test).subset(reference_size(ds.name, n_ref)).x

@@ -176,7 +176,7 @@ def read_samples(path: str | Path, shape: tuple | None = None, num_classes: int 
 def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | None = None,
              ref_stats: str | None = None, fid_extractor: str = "auto", inception_weights: str | None = None,
              device: str = "auto", batch_size: int | None = None, ssim_k: int = 10, n_ref: int | None = None,
-             log=None):
+             log=None, extractor_weights: str | None = None):
     """Sample-quality metrics of the images at ``path`` against the training split of ``dataset``;
     writes OUT/results.json, OUT/tables and OUT/report.html; -> Results."""
     from bench import data, progress, runner, tables
@@ -198,7 +198,7 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
     ref = ds.train.subset(reference_size(ds.name, n_ref))  # FID/KID/PR/diversity reference
     bs = min(int(batch_size or FEATURE_BATCH), FEATURE_BATCH)
     config = {"dataset": ds.name, "fid_extractor": fid_extractor, "inception_weights": inception_weights,
-              "ref_stats": ref_stats, "batch_size": bs, "ssim_k": ssim_k, "n_ref": len(ref)}
+              "extractor_weights": extractor_weights, "ref_stats": ref_stats, "batch_size": bs, "ssim_k": ssim_k, "n_ref": len(ref)}
     metrics: dict[str, Result] = {}
     feature_names = ("fid", "is_mean", "is_std", *FEATURE_METRICS)
 
@@ -210,7 +210,7 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
         metrics.update({m: Result.missing(f"{n} images; FID needs 2", n=n) for m in feature_names})
     else:
         try:
-            ext = resolve_extractor(fid_extractor, inception_weights)
+            ext = resolve_extractor(fid_extractor, inception_weights, extractor_weights)
         except ExtractorUnavailable as e:
             metrics.update({m: Result.missing(str(e), n=n) for m in feature_names})
         else:
