@@ -140,7 +140,8 @@ def extractor_differences(base: Results, cur: Results) -> list[str]:
         ib, ic = b.get("extractor_identity"), c.get("extractor_identity")
         if ib is not None and ic is not None and ib != ic:
             out.append(f"{name}'s feature extractor (baseline {ib}, current {ic})")
-    return out[:1] + ([f"and {len(out) - 1} more metrics of that extractor"] if len(out) > 1 else [])
+    more = f" (and {len(out) - 1} more metrics of that extractor)" if len(out) > 1 else ""
+    return [out[0] + more] if out else []
 
 
 def _setting(config: dict, key: str):

@@ -211,6 +211,7 @@ class Extractor:
     source: str = ""
     fid_layer: str = FID_LAYER
     no_logits: str | None = None  # why there is no Inception Score (None: the fid-helper reason)
+    preprocessing: str = "uint8 round(255x), grey->RGB, torch-fidelity TF1 bilinear to 299, (x-128)/128"
 
 
 class ExtractorUnavailable(Exception):
@@ -246,10 +247,13 @@ def _encoder(name: str, weights: str | None) -> Extractor:
     if not p.is_file():
         raise BenchError(f"extractor weights file not found: {p}")
     cls = encoders.extractor_class(name)
+    enc = encoders.ENCODERS[name]
     return Extractor(encoders.extractor_name(name), f"{name}:{file_digests(p)['sha256']}",
                      {"feature_extractor_weights_path": str(p)}, False, str(p), "extractor_weights setting",
                      cls.get_default_feature_layer_for_metric("fid"),
-                     f"no Inception Score in {name} features (no classifier logits); IS needs the Inception network")
+                     f"no Inception Score in {name} features (no classifier logits); IS needs the Inception network",
+                     f"uint8 round(255x), grey->RGB, torch-fidelity TF1 bilinear to {enc.size}, "
+                     f"(x - 255 mean) / (255 std) with mean {enc.mean}, std {enc.std}")
 
 
 def resolve_extractor(fid_extractor: str | None = "auto", inception_weights: str | None = None,

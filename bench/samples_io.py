@@ -220,7 +220,7 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
             details = {"extractor": ext.name, "extractor_identity": ext.identity, "extractor_source": ext.source,
                        "weights": ext.weights, "feature_layer": ext.fid_layer, "n_generated": n,
                        "reference": f"{ds.name}:train", "n_reference": len(ref), "samples": samples.info["path"],
-                       "preprocessing": "uint8 round(255x), grey->RGB, torch-fidelity TF1 bilinear to 299, (x-128)/128"}
+                       "preprocessing": ext.preprocessing}
             metrics.update(fid_is_results(r, ext, n, details, dev))
     for m in feature_names:
         metrics[m].seconds = time.time() - t0

@@ -182,7 +182,7 @@ def generative_group(ctx: Context) -> dict[str, Result]:
                "n_reference": len(ref), "n_train": len(ctx.data.train),
                "samples": "samples/samples.npz", "grid": GRID,
                "samples_reused": bool(gen_info.get("reused", False)),
-               "preprocessing": "uint8 round(255x), grey->RGB, torch-fidelity TF1 bilinear to 299, (x-128)/128"}
+               "preprocessing": ext.preprocessing}
     if n_ok < 2:
         return {m: Result.missing(f"{n_ok} finite generated images ({n_div} chains diverged); FID needs 2",
                                   n=n_ok, **details) for m in names} | div
