@@ -779,7 +779,8 @@ def test_is_fid_cache_follows_the_resolved_extractor_and_the_reference_files(tmp
     monkeypatch.setattr(refstats, "shipped_dir", lambda: shipped)
     resolve = F.resolve_extractor
     auto_is = [TINY]
-    monkeypatch.setattr(F, "resolve_extractor", lambda name="auto", w=None: resolve(auto_is[0] if name == "auto" else name, w))
+    monkeypatch.setattr(F, "resolve_extractor",
+                        lambda name="auto", w=None, ew=None: resolve(auto_is[0] if name == "auto" else name, w, ew))
 
     def go(**settings):
         return runner.run(str(ckpt), "generative", tmp_path / "run", device="cpu", log=lambda m: None,
