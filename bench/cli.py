@@ -9,85 +9,14 @@ import errno
 import os
 import signal
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 import click
 
+from bench.cli_options import setting_options
 from bench.core.errors import BenchError
-from bench.core.settings import DEFAULTS, SETTINGS, SPECS
+from bench.core.settings import SPECS
 
-
-class _Number(click.ParamType):
-    """A float that may be written as a fraction, e.g. 8/255."""
-
-    name = "number"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, float | int):
-            return float(value)
-        try:
-            return float(Fraction(value.strip())) if "/" in value else float(value)
-        except (ValueError, ZeroDivisionError):
-            self.fail(f"{value!r} is not a number (e.g. 0.1 or 8/255)", param, ctx)
-
-
-NUMBER = _Number()
-
-
-class _Counts(click.ParamType):
-    """Positive integers as a comma list, e.g. 10,50."""
-
-    name = "counts"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, list | tuple):
-            return list(value)
-        try:
-            return [int(v) for v in value.split(",") if v.strip()]
-        except ValueError:
-            self.fail(f"{value!r} is not a comma list of integers (e.g. 10,50)", param, ctx)
-
-
-class _Numbers(click.ParamType):
-    """Finite numbers as a comma list, each as ``NUMBER`` reads it, e.g. 0,2/255,0.05."""
-
-    name = "numbers"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, list | tuple):
-            return [float(v) for v in value]
-        parts = [v for v in value.split(",") if v.strip()]
-        if not parts:
-            self.fail(f"{value!r} is not a comma list of numbers (e.g. 0,0.05,0.1)", param, ctx)
-        return [NUMBER.convert(v, param, ctx) for v in parts]
-
-
-def _strip_commas(ctx, param, value):
-    return None if value is None else ",".join(v.strip() for v in value.split(",") if v.strip())
-
-
-def _option(st):
-    """The ``bench run`` option of one declared setting (bench.core.settings.SETTINGS); every option
-    defaults to None, so an unset setting takes the data set's, the checkpoint's or the declared default."""
-    shown = (None if "default" in st.help else f"default: {st.derived_from}" if st.derived_from
-             else None if st.default is None else f"default: {DEFAULTS[st.name]}")
-    help_ = f"{st.help} ({shown})" if shown else st.help
-    if st.kind == "bool":
-        return click.option(f"{st.flag}/--no-{st.flag[2:]}", st.name, default=None, help=help_)
-    types = {"int": int, "count": int, "number": NUMBER, "fraction": NUMBER, "text": str, "choices": str,
-             "counts": _Counts(), "numbers": _Numbers(),
-             "file": click.Path(dir_okay=False),
-             "choice": click.Choice([c.value for c in st.choices]) if st.choices else None}
-    return click.option(st.flag, st.name, default=None, type=types[st.kind], help=help_,
-                        callback=_strip_commas if st.kind in ("text", "choices") else None)
-
-
-def setting_options(fn):
-    """Every declared setting with ``option`` as a ``bench run`` option, in the table's order."""
-    for st in reversed([st for st in SETTINGS if st.option]):
-        fn = _option(st)(fn)
-    return fn
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
 N_REF_HELP = SPECS["n_ref"].help
 
@@ -226,6 +155,9 @@ def check(ctx, run_dir, baseline, tolerances, exact, statistical, one_sided, str
         ctx.exit(report.exit_code)
 
 
+EXTRACTOR_WEIGHTS_HELP = "weights file of a --fid-extractor encoder (DINOv2, CLIP, VGG16; never downloaded)"
+
+
 @cli.command()
 @click.argument("path", metavar="PATH", type=click.Path(path_type=Path))
 @click.option("--dataset", required=True, help="the data set whose training split is the reference: digits, "
@@ -234,12 +166,15 @@ def check(ctx, run_dir, baseline, tolerances, exact, statistical, one_sided, str
 @click.option("--ref-stats", "ref_stats", default=None, type=click.Path(dir_okay=False),
               help="reference statistics file (bench ref-stats) instead of the training split's")
 @click.option("--data-root", default=None, help="directory holding CIFAR / Fashion-MNIST data")
-@click.option("--fid-extractor", default="auto", show_default=True, help="auto, inception, fid-helper")
+@click.option("--fid-extractor", default="auto", show_default=True,
+              help="auto, inception, fid-helper, dinov2-vit-s14, clip-vit-b32, vgg16 ...")
+@click.option("--extractor-weights", default=None, type=click.Path(dir_okay=False), help=EXTRACTOR_WEIGHTS_HELP)
 @click.option("--inception-weights", default=None, type=click.Path(dir_okay=False),
               help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (Inception Score)")
 @click.option("--n-ref", default=None, type=int, help=N_REF_HELP)
 @click.option("--device", default="auto", type=DEVICE, show_default=True)
-def samples(path, dataset, out, ref_stats, data_root, fid_extractor, inception_weights, n_ref, device):
+def samples(path, dataset, out, ref_stats, data_root, fid_extractor, extractor_weights, inception_weights, n_ref,
+            device):
     """Sample quality of any generator's images (an .npz with x [and y], a folder of PNGs, a .pt
     tensor): FID, KID, precision/recall, IS, SSIM nearest neighbours and diversity against the
     training split of DATASET; writes OUT/results.json, OUT/tables, OUT/report.html."""
@@ -248,7 +183,7 @@ def samples(path, dataset, out, ref_stats, data_root, fid_extractor, inception_w
     out = out or Path("runs") / f"samples-{Path(path).stem or 'samples'}"
     res = samples_io.evaluate(path, dataset, out, data_root=data_root, ref_stats=ref_stats,
                               fid_extractor=fid_extractor, inception_weights=inception_weights, n_ref=n_ref,
-                              device=device)
+                              device=device, extractor_weights=extractor_weights)
     width = max(len(k) for k in res.metrics)
     for k, r in res.metrics.items():
         click.echo(f"{k:<{width}}  " + (f"{r.value:.4f}" if r.value is not None else f"null  ({r.reason})"))
@@ -260,7 +195,9 @@ def samples(path, dataset, out, ref_stats, data_root, fid_extractor, inception_w
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="output .npz")
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
 @click.option("--data-root", default=None, help="directory holding CIFAR / Fashion-MNIST data")
-@click.option("--fid-extractor", default="auto", show_default=True, help="auto, inception, fid-helper")
+@click.option("--fid-extractor", default="auto", show_default=True,
+              help="auto, inception, fid-helper, dinov2-vit-s14, clip-vit-b32, vgg16 ...")
+@click.option("--extractor-weights", default=None, type=click.Path(dir_okay=False), help=EXTRACTOR_WEIGHTS_HELP)
 @click.option("--inception-weights", default=None, type=click.Path(dir_okay=False))
 @click.option("--features/--no-features", default=True, show_default=True,
               help="store the reference features (KID and precision/recall need them)")
@@ -270,8 +207,8 @@ def samples(path, dataset, out, ref_stats, data_root, fid_extractor, inception_w
               help="dtype of the stored features")
 @click.option("--n-ref", default=None, type=int, help=N_REF_HELP.replace("training", "split's"))
 @click.option("--device", default="auto", type=DEVICE, show_default=True)
-def ref_stats(dataset, out, split, data_root, fid_extractor, inception_weights, features, mu_sigma, precision, n_ref,
-              device):
+def ref_stats(dataset, out, split, data_root, fid_extractor, extractor_weights, inception_weights, features, mu_sigma,
+              precision, n_ref, device):
     """Write the FID reference statistics (mu, sigma), the features and the extractor's identity
     of a data set's split to OUT (.npz; read by --ref-stats, pytorch-fid and clean-fid)."""
     from bench.core import fileio
@@ -285,7 +222,7 @@ def ref_stats(dataset, out, split, data_root, fid_extractor, inception_weights, 
     fileio.check_writable(out)  # before minutes of features, not after them
     ds = data.load(dataset, data_root)
     try:
-        ext = resolve_extractor(fid_extractor, inception_weights)
+        ext = resolve_extractor(fid_extractor, inception_weights, extractor_weights)
     except ExtractorUnavailable as e:
         raise BenchError(str(e)) from None
     x = (ds.train if split == "train" else ds.test).subset(reference_size(ds.name, n_ref)).x

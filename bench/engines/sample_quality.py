@@ -232,7 +232,7 @@ def fid_is_results(r: dict, ext: features.Extractor, n: int, details: dict,
         fid_details["bias"] = fid_bias_note(n)
     out = {"fid": Result(r["fid"], None, n, details=fid_details)}
     if r["is_mean"] is None:
-        reason = NO_LOGITS if not ext.has_logits else f"Inception Score needs {ISC_SPLITS} images (splits); got {n}"
+        reason = (ext.no_logits or NO_LOGITS) if not ext.has_logits else f"Inception Score needs {ISC_SPLITS} images (splits); got {n}"
         out["is_mean"] = Result.missing(reason, n=n, **details)
         out["is_std"] = Result.missing(reason, n=n, **details)
     else:

@@ -7,7 +7,13 @@ With the score s(x, y) = grad_x log p(x, y) = -grad_x E(x, y), the score-matchin
     MFS(x)    = 0.5 ||grad_x E(x)||^2    - tr(Hess_x E(x))           (Eq. 24, marginal energy)
 
 ``jfs`` and ``mfs`` are their means over the first ``n_score`` test points (ground-truth labels for
-the joint energy).  Lower is better (the model's score field is closer to the data's).
+the joint energy).  Lower is better (the model's score field is closer to the data's).  Their
+decomposition is reported as metrics of its own: ``jfs_grad`` and ``mfs_grad`` (the gradient term,
+0.5 E||grad_x E||^2 >= 0) and ``jfs_trace`` and ``mfs_trace`` (the trace term, E tr Hess_x E), so
+``jfs = jfs_grad - jfs_trace`` (likewise mfs); each with the standard error of its own mean.  On a
+piecewise-linear network (the paper's leaky-ReLU WRN) ``jfs_trace`` is 0 and ``mfs_trace`` is the
+log-sum-exp curvature -sum_k p_k ||grad f_k - sum_j p_j grad f_j||^2 <= 0, so both scores are >= 0;
+a smooth network (SiLU) adds the logits' own curvature, which can dominate and make them negative.
 
 Input space (``fisher_space``).  ``pixel`` (default): derivatives with respect to the image x in
 [0, 1], the EnergyModel's input, so the model's normalisation is part of E.  ``model``: with
@@ -156,6 +162,55 @@ PASS_BATCHES_CUDA = 4
 _FALLBACK_ERRORS = (JetUnsupported, RuntimeError, NotImplementedError, TypeError, ValueError)
 
 
+def _directions(x: torch.Tensor, probes: torch.Tensor | None, exact: bool, chunk: int | None) -> list[torch.Tensor]:
+    """The directions v of the quadratic forms v^T H v, in chunks (c, B, C, H, W): the Rademacher
+    probes (B, M, ...) of Hutchinson's estimator, or with ``exact`` the D basis vectors."""
+    b, shape = len(x), tuple(x.shape[1:])
+    if exact:
+        d = x[0].numel()
+        chunk = chunk or 64
+        eye = torch.eye(d, device=x.device, dtype=x.dtype)
+        return [eye[s:s + chunk].view(-1, 1, *shape).expand(-1, b, *shape).contiguous() for s in range(0, d, chunk)]
+    if probes is None:
+        raise ValueError("Hutchinson's estimator needs probes (B, M, ...); or pass exact=True")
+    if probes.dim() != x.dim() + 1 or probes.shape[0] != b or tuple(probes.shape[2:]) != shape:
+        raise ValueError(f"probes must have shape ({b}, M, {', '.join(map(str, shape))}), "
+                         f"got {tuple(probes.shape)}")
+    m = probes.shape[1]
+    chunk = chunk or m
+    return [probes[:, s:s + chunk].transpose(0, 1).to(device=x.device, dtype=x.dtype).contiguous()
+            for s in range(0, m, chunk)]
+
+
+def _quadratic_forms(model: EnergyModel, x: torch.Tensor, y, chunks: list[torch.Tensor], kinds,
+                     method: str) -> tuple[dict, dict, str]:
+    """({kind: grad_x E (B, ...)}, {kind: v^T Hess E v (n_directions, B)}, the method used): the
+    gradients from one backward pass, the quadratic forms by ``method`` (``auto``: the first of
+    jet, forward, reverse that the network supports)."""
+    order = {"auto": ["jet", "forward", "reverse"]}.get(method, [method])
+    xg, f, grads = _gradients(model, x, y, kinds, create_graph=order == ["reverse"])
+    for how in order:
+        quads = {k: [] for k in kinds}
+        if how == "reverse":
+            if not any(g.requires_grad for g in grads.values()) and len(order) > 1:
+                xg, f, grads = _gradients(model, x, y, kinds, create_graph=True)
+            with torch.enable_grad():
+                for vs in chunks:
+                    for k, q in _quad_reverse(xg, grads, vs, kinds).items():
+                        quads[k].append(q)
+            return grads, {k: torch.cat(q) for k, q in quads.items()}, how
+        quad = _quad_jet if how == "jet" else _quad_forward  # looked up now (tests replace them)
+        try:
+            for vs in chunks:
+                for k, q in quad(model, x.detach(), y, f, vs, kinds).items():
+                    quads[k].append(q)
+            return grads, {k: torch.cat(q) for k, q in quads.items()}, how
+        except _FALLBACK_ERRORS:
+            if how == order[-1]:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 @evaluates
 def fisher_terms(model: EnergyModel, x: torch.Tensor, y: torch.Tensor | None, probes: torch.Tensor | None = None,
                  kinds=KINDS, exact: bool = False, chunk: int | None = None, method: str = "auto",
@@ -175,63 +230,20 @@ def fisher_terms(model: EnergyModel, x: torch.Tensor, y: torch.Tensor | None, pr
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    b = len(x)
-    shape = tuple(x.shape[1:])
-    d = x[0].numel()
-    if exact:
-        chunk = chunk or 64
-        eye = torch.eye(d, device=x.device, dtype=x.dtype)
-        chunks = [eye[s:s + chunk].view(-1, 1, *shape).expand(-1, b, *shape).contiguous()
-                  for s in range(0, d, chunk)]
-    else:
-        if probes is None:
-            raise ValueError("Hutchinson's estimator needs probes (B, M, ...); or pass exact=True")
-        if probes.dim() != x.dim() + 1 or probes.shape[0] != b or tuple(probes.shape[2:]) != shape:
-            raise ValueError(f"probes must have shape ({b}, M, {', '.join(map(str, shape))}), "
-                             f"got {tuple(probes.shape)}")
-        m = probes.shape[1]
-        chunk = chunk or m
-        chunks = [probes[:, s:s + chunk].transpose(0, 1).to(device=x.device, dtype=x.dtype).contiguous()
-                  for s in range(0, m, chunk)]
-
-    order = {"auto": ["jet", "forward", "reverse"]}.get(method, [method])
-    used = None
-    quads = {}
-    xg, f, grads = _gradients(model, x, y, kinds, create_graph=order == ["reverse"])
-    for how in order:
-        quads = {k: [] for k in kinds}  # v^T H v, (n_probes, B)
-        if how == "reverse":
-            if not any(g.requires_grad for g in grads.values()) and len(order) > 1:
-                xg, f, grads = _gradients(model, x, y, kinds, create_graph=True)
-            with torch.enable_grad():
-                for vs in chunks:
-                    for k, q in _quad_reverse(xg, grads, vs, kinds).items():
-                        quads[k].append(q)
-            used = how
-            break
-        quad = _quad_jet if how == "jet" else _quad_forward  # looked up now (tests replace them)
-        try:
-            for vs in chunks:
-                for k, q in quad(model, x.detach(), y, f, vs, kinds).items():
-                    quads[k].append(q)
-            used = how
-            break
-        except _FALLBACK_ERRORS:
-            if how == order[-1]:
-                raise
+    chunks = _directions(x, probes, exact, chunk)
+    grads, quads, used = _quadratic_forms(model, x, y, chunks, kinds, method)
     if info is not None:
         info["method"] = used
-
     out = {}
     for k in kinds:
-        q = torch.cat(quads[k])
+        q = quads[k]
         t = {"grad": 0.5 * grads[k].detach().flatten(1).pow(2).sum(1)}
         if exact:
             t["trace"] = q.sum(0)
         else:
             m = len(q)
             t["trace"] = q.mean(0)
-            t["trace_probe_var"] = q.var(0) / m if m > 1 else torch.full((b,), math.nan, device=x.device)
+            t["trace_probe_var"] = q.var(0) / m if m > 1 else torch.full((len(x),), math.nan, device=x.device)
         t["score"] = t["grad"] - t["trace"]
         out[k] = t
     return out
@@ -305,7 +317,22 @@ def model_space(model: EnergyModel) -> EnergyModel:
     return z_model.to(model.mean.device).eval()
 
 
-@register("fisher", "score", metrics=tuple(Metric(m, "score", False, column=m.upper(), tolerance=standard_error(0.01, 0.10), portable=STABLE) for m in ("jfs", "mfs")),
+SCORES = (("jfs", "joint"), ("mfs", "marginal"))
+TERMS = {"grad": ("0.5 E||grad_x E||^2, the gradient term of", "grad", (0.0, None)),
+         "trace": ("E tr Hess_x E, the trace term of", "trace", (None, None))}
+
+
+def _metrics() -> tuple[Metric, ...]:
+    """jfs, mfs (lower is better) and their terms ``jfs_grad``, ``jfs_trace``, ``mfs_grad``,
+    ``mfs_trace`` (no direction: a term alone is no score; the gradient terms are >= 0)."""
+    tol = standard_error(0.01, 0.10)
+    out = [Metric(m, "score", False, column=m.upper(), tolerance=tol, portable=STABLE) for m, _ in SCORES]
+    out += [Metric(f"{m}_{t}", "score", None, column=f"{m.upper()} {t}", tolerance=tol, portable=STABLE,
+                   bounds=TERMS[t][2]) for m, _ in SCORES for t in TERMS]
+    return tuple(out)
+
+
+@register("fisher", "score", metrics=_metrics(),
           settings=("seed", "n_score", "probes", "exact_trace", "fisher_space"), sharded=True)
 def fisher_group(ctx: Context) -> dict[str, Result]:
     """``jfs`` (Eq. 23, ground-truth labels) and ``mfs`` (Eq. 24) on the first ``n_score`` test
@@ -330,7 +357,7 @@ def fisher_group(ctx: Context) -> dict[str, Result]:
            "forward": "forward-over-forward (nested torch.func.jvp, vmap over probes)",
            "reverse": "double backward (autograd.grad, is_grads_batched over probes)"}
     res = {}
-    for name, kind in (("jfs", "joint"), ("mfs", "marginal")):
+    for name, kind in SCORES:
         r = _summary(terms[kind], exact, probes)
         r.details["energy"] = "E(x, y) = -f(x)[y], ground-truth y" if kind == "joint" else "E(x) = -logsumexp f(x)"
         r.details["second_derivatives"] = "; ".join(how[m] for m in sorted(info.get("methods", ())))
@@ -338,4 +365,9 @@ def fisher_group(ctx: Context) -> dict[str, Result]:
         r.details["fisher_space"] = space
         r.details["normalisation"] = {"mean": ctx.model.mean.flatten().tolist(), "std": ctx.model.std.flatten().tolist()}
         res[name] = r
+        for t, (what, key, _) in TERMS.items():  # the decomposition, each term a metric of its own
+            mean, se, sd = mean_se(terms[kind][key].double())
+            res[f"{name}_{t}"] = Result(mean, se, r.n, details={
+                "term": f"{what} {name} ({r.details['energy']})", "sd": sd, "std": STD_NOTE,
+                "trace": r.details["trace"], "fisher_space": space})
     return res

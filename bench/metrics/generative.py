@@ -94,13 +94,19 @@ def _refuse_train_is_test(x_gen: torch.Tensor, ext: features.Extractor, ctx: Con
     refused = Result.missing(f"refused: {TRAIN_IS_TEST}", n=n, **details)  # FID and any other comparison
     out = {m: refused for m in GROUPS["is_fid"].metrics if m not in ("is_mean", "is_std", "diverged_fraction")}
     if not ext.has_logits or n < ISC_SPLITS:
-        reason = NO_LOGITS if not ext.has_logits else f"Inception Score needs {ISC_SPLITS} images (splits); got {n}"
+        reason = (ext.no_logits or NO_LOGITS) if not ext.has_logits else f"Inception Score needs {ISC_SPLITS} images (splits); got {n}"
         return out | {m: Result.missing(reason, n=n, **details) for m in ("is_mean", "is_std")}
     feats = features.extract_features(features.to_uint8_rgb(x_gen), ext, run)
     isc = isc_features_to_metric(feats[ISC_LAYER], ISC_SPLITS, True, 2020)
     isd = dict(details, isc_splits=ISC_SPLITS, std="standard deviation of the IS over the splits")
     return out | {"is_mean": Result(isc["inception_score_mean"], isc["inception_score_std"], n, details=isd),
                   "is_std": Result(isc["inception_score_std"], None, n, details=isd)}
+
+
+def resolve(s) -> features.Extractor:
+    """The run's feature extractor from its settings (``fid_extractor`` and the weights files)."""
+    return features.resolve_extractor(s.get("fid_extractor") or "auto", s.get("inception_weights"),
+                                      s.get("extractor_weights"))
 
 
 def reference_digests(ctx: Context) -> dict:
@@ -112,10 +118,11 @@ def reference_digests(ctx: Context) -> dict:
 
     s = ctx.settings
     try:
-        extractor = features.resolve_extractor(s.get("fid_extractor") or "auto", s.get("inception_weights")).identity
+        extractor = resolve(s).identity
     except features.ExtractorUnavailable as e:
         extractor = f"unavailable: {e}"
-    files = {k: features.file_digests(s[k])["sha256"] if s.get(k) else None for k in ("ref_stats", "inception_weights")}
+    files = {k: features.file_digests(s[k])["sha256"] if s.get(k) else None
+             for k in ("ref_stats", "inception_weights", "extractor_weights")}
     folder = refstats.shipped_dir()
     shipped = {p.name: features.file_digests(p)["sha256"] for p in sorted(folder.glob("*.npz"))} if folder.is_dir() else {}
     return {"extractor": extractor, **files, "shipped_refstats": shipped}
@@ -131,8 +138,8 @@ def reference_digests(ctx: Context) -> dict:
                    Metric("precision", "proportion", True, column="Precision", portable=DRIFTING, bounds=(0.0, 1.0)),
                    Metric("recall", "proportion", True, column="Recall", portable=DRIFTING, bounds=(0.0, 1.0)),
                    Metric("diversity_ssim", "ssim", column="Diversity SSIM", portable=DRIFTING, bounds=(-1.0, 1.0))),
-          settings=(*GEN_SETTINGS, "inception_weights", "fid_extractor", "max_diverged", "ref_stats", "n_ref",
-                    "batch_size"), sharded=True,
+          settings=(*GEN_SETTINGS, "inception_weights", "fid_extractor", "extractor_weights", "max_diverged",
+                    "ref_stats", "n_ref", "batch_size"), sharded=True,
           needs=("generated",), inputs=reference_digests)
 def generative_group(ctx: Context) -> dict[str, Result]:
     """IS and FID of the run's generated images against the training split (Sec. 4.2), and the
@@ -162,7 +169,7 @@ def generative_group(ctx: Context) -> dict[str, Result]:
     names = names[:-1]
     div = div | diversity
     try:
-        ext = features.resolve_extractor(s.get("fid_extractor") or "auto", s.get("inception_weights"))
+        ext = resolve(s)
     except features.ExtractorUnavailable as e:
         return {m: Result.missing(str(e)) for m in names} | div
     gen_info = gen.info
@@ -172,7 +179,7 @@ def generative_group(ctx: Context) -> dict[str, Result]:
                "n_reference": len(ref), "n_train": len(ctx.data.train),
                "samples": "samples/samples.npz", "grid": GRID,
                "samples_reused": bool(gen_info.get("reused", False)),
-               "preprocessing": "uint8 round(255x), grey->RGB, torch-fidelity TF1 bilinear to 299, (x-128)/128"}
+               "preprocessing": ext.preprocessing}
     if n_ok < 2:
         return {m: Result.missing(f"{n_ok} finite generated images ({n_div} chains diverged); FID needs 2",
                                   n=n_ok, **details) for m in names} | div

@@ -119,6 +119,7 @@ def setting_differences(base: Results, cur: Results) -> list[str]:
         b, c = _data(base).get(key), _data(cur).get(key)
         if b != c:
             diffs.append(f"run.data.{key} (baseline {_show(b)}, current {_show(c)})")
+    diffs += extractor_differences(base, cur)
     bc, cc = base.run.get("config") or {}, cur.run.get("config") or {}
     if not isinstance(bc, dict) or not isinstance(cc, dict):
         return diffs + ["run.config is not an object"]
@@ -131,6 +132,20 @@ def setting_differences(base: Results, cur: Results) -> list[str]:
                      for v, d in ((b, bc), (c, cc))]
             diffs.append(f"run.config.{key} (baseline {shown[0]}, current {shown[1]})")
     return diffs
+
+
+def extractor_differences(base: Results, cur: Results) -> list[str]:
+    """Metrics both runs hold whose feature extractors differ (``details.extractor_identity``: the
+    network and its weights' sha256): an FID in DINOv2 features is no FID in Inception's, nor is one
+    of ``auto`` resolving to another network on another machine, whatever the settings say."""
+    out = []
+    for name in sorted(set(base.metrics) & set(cur.metrics)):
+        b, c = (getattr(r.metrics[name], "details", None) or {} for r in (base, cur))
+        ib, ic = b.get("extractor_identity"), c.get("extractor_identity")
+        if ib is not None and ic is not None and ib != ic:
+            out.append(f"{name}'s feature extractor (baseline {ib}, current {ic})")
+    more = f" (and {len(out) - 1} more metrics of that extractor)" if len(out) > 1 else ""
+    return [out[0] + more] if out else []
 
 
 def _setting(config: dict, key: str):

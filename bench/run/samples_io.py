@@ -159,7 +159,7 @@ def read_samples(path: str | Path, shape: tuple | None = None, num_classes: int 
 def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | None = None,
              ref_stats: str | None = None, fid_extractor: str = "auto", inception_weights: str | None = None,
              device: str = "auto", batch_size: int | None = None, ssim_k: int = 10, n_ref: int | None = None,
-             log=None):
+             log=None, extractor_weights: str | None = None):
     """Sample-quality metrics of the images at ``path`` against the training split of ``dataset``;
     writes OUT/results.json, OUT/tables, OUT/figures/samples.png (a grid of the submitted images)
     and OUT/report.html; -> Results."""
@@ -181,8 +181,10 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
     ref = ds.train.subset(reference_size(ds.name, n_ref))  # FID/KID/PR/diversity reference
     bs = min(int(batch_size or FEATURE_BATCH), FEATURE_BATCH)
     config = {"dataset": ds.name, "fid_extractor": fid_extractor, "inception_weights": inception_weights,
-              "ref_stats": ref_stats, "batch_size": bs, "ssim_k": ssim_k, "n_ref": len(ref)}
-    metrics = _feature_metrics(samples, ds, ref, fid_extractor, inception_weights, ref_stats, dev, bs, log)
+              "extractor_weights": extractor_weights, "ref_stats": ref_stats, "batch_size": bs, "ssim_k": ssim_k,
+              "n_ref": len(ref)}
+    metrics = _feature_metrics(samples, ds, ref, (fid_extractor, inception_weights, extractor_weights), ref_stats,
+                               dev, bs, log)
     metrics.update(_ssim_metrics(samples, ds, ref, ssim_k, dev, log))
     metrics["diversity_ssim"].details["grid"] = _grid(samples, ds, out)
     model = {"path": samples.info["path"], "sha256": samples.info["sha256"], "arch": Path(samples.info["path"]).name,
@@ -215,7 +217,7 @@ def _grid(samples: SampleSet, ds, out: Path) -> str:
     return "figures/samples.png"
 
 
-def _feature_metrics(samples: SampleSet, ds, ref, fid_extractor, inception_weights, ref_stats, dev, bs, log) -> dict:
+def _feature_metrics(samples: SampleSet, ds, ref, extractor: tuple, ref_stats, dev, bs, log) -> dict:
     """FID, IS, KID, precision/recall of the samples (null with a reason where they cannot be had)."""
     from bench.core import progress
     from bench.engines.features import ExtractorUnavailable, resolve_extractor
@@ -234,7 +236,7 @@ def _feature_metrics(samples: SampleSet, ds, ref, fid_extractor, inception_weigh
         metrics.update({m: Result.missing(f"{n} images; FID needs 2", n=n) for m in feature_names})
     else:
         try:
-            ext = resolve_extractor(fid_extractor, inception_weights)
+            ext = resolve_extractor(*extractor)  # (name, inception weights, encoder weights)
         except ExtractorUnavailable as e:
             metrics.update({m: Result.missing(str(e), n=n) for m in feature_names})
         else:
@@ -244,7 +246,7 @@ def _feature_metrics(samples: SampleSet, ds, ref, fid_extractor, inception_weigh
             details = {"extractor": ext.name, "extractor_identity": ext.identity, "extractor_source": ext.source,
                        "weights": ext.weights, "feature_layer": ext.fid_layer, "n_generated": n,
                        "reference": f"{ds.name}:train", "n_reference": len(ref), "samples": samples.info["path"],
-                       "preprocessing": "uint8 round(255x), grey->RGB, torch-fidelity TF1 bilinear to 299, (x-128)/128"}
+                       "preprocessing": ext.preprocessing}
             metrics.update(fid_is_results(r, ext, n, details, dev))
     for m in feature_names:
         metrics[m].seconds = time.time() - t0
