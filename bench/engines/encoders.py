@@ -61,6 +61,19 @@ class Encoder:
     about: str = ""
 
 
+class NeverCompiled:
+    """torch-fidelity's compile hooks of an extractor here, which runs eagerly (its own TorchScript
+    or a strictly loaded network): never compiled, so the dummy input is never used for that."""
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return (torch.rand([1, 3, 4, 4]) * 255).to(torch.uint8)
+
+
 def _dinov2(size: str):
     def build():
         from bench.inputs.nets.vit_dinov2 import dinov2
@@ -212,7 +225,7 @@ def extractor_class(name: str):
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
     from torch_fidelity.helpers import vassert
 
-    class LocalEncoder(FeatureExtractorBase):
+    class LocalEncoder(NeverCompiled, FeatureExtractorBase):
         """An offline encoder behind torch-fidelity's preprocessing (module docstring)."""
 
         ENCODER = enc
@@ -243,14 +256,6 @@ def extractor_class(name: str):
         def get_default_feature_layer_for_metric(metric):
             vassert(metric in ("fid", "kid", "prc"), f"{enc.name} has no logits for {metric}")
             return enc.feature
-
-        @staticmethod
-        def can_be_compiled():
-            return False
-
-        @staticmethod
-        def get_dummy_input_for_compile():
-            return (torch.rand([1, 3, 4, 4]) * 255).to(torch.uint8)
 
     LocalEncoder.__name__ = LocalEncoder.__qualname__ = f"LocalEncoder_{name.replace('-', '_')}"
     if reg not in FEATURE_EXTRACTORS_REGISTRY:

