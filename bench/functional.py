@@ -53,7 +53,7 @@ def robust_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps: float, norm: s
                     generator: torch.Generator | None = None) -> tuple[float, float, int]:
     """(robust accuracy, standard error, n) under PGD (``bench.attacks.pgd_restarts``: random start,
     ``steps`` steps of ``step_size`` (eps / 4), on ``loss`` ``ce`` or ``energy``), the ``pgd20``
-    metric: points misclassified clean count as not robust.
+    metric (``robustness.attack_points``): points misclassified clean count as not robust.
 
     >>> torch.manual_seed(0) and None
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
@@ -64,18 +64,10 @@ def robust_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps: float, norm: s
     >>> robust_accuracy(net, x, y, eps=1.0)[0]              # the whole [0, 1] cube: none survives
     0.0
     """
-    from bench.attacks import pgd_restarts
-    from bench.metrics.robustness import proportion
+    from bench.metrics.robustness import attack_points, proportion
 
-    m = _model(model).eval()
-    with torch.no_grad():
-        clean = m.logits(x).argmax(1) == y
-    adv = x.clone()
-    idx = clean.nonzero().squeeze(1)
-    if idx.numel():
-        adv[idx] = pgd_restarts(m, x[idx], y[idx], eps, steps, step_size, loss, restarts, generator, norm=norm)
-    with torch.no_grad():
-        return proportion(m.logits(adv).argmax(1) == y)
+    _, robust, _ = attack_points(_model(model).eval(), x, y, eps, steps, step_size, loss, restarts, generator, norm)
+    return proportion(robust)
 
 
 def ece(probs: torch.Tensor, correct: torch.Tensor, bins: int = 20) -> float:
