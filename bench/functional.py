@@ -167,8 +167,7 @@ def ssim_nearest_neighbours(gen: torch.Tensor, train: torch.Tensor, k: int = 1) 
 
 def fid(gen_features: torch.Tensor, ref_features: torch.Tensor) -> float:
     """Frechet distance ||mu_g - mu_r||^2 + tr(S_g + S_r - 2 (S_g S_r)^(1/2)) of two feature sets
-    (N, D), as the ``fid`` metric takes it (torch-fidelity's statistics and distance;
-    ``bench.refstats.statistics``).
+    (N, D), as the ``fid`` metric takes it (``bench.sample_quality.frechet_distance``).
 
     >>> g = torch.Generator().manual_seed(0)
     >>> a = torch.randn(200, 3, generator=g)
@@ -177,12 +176,10 @@ def fid(gen_features: torch.Tensor, ref_features: torch.Tensor) -> float:
     >>> round(fid(a + 2.0, a), 4)       # a shift by 2 in 3 dimensions: 3 * 2^2
     12.0
     """
-    from torch_fidelity.metric_fid import fid_statistics_to_metric
-
     from bench.refstats import statistics
+    from bench.sample_quality import frechet_distance
 
-    return float(fid_statistics_to_metric(statistics(gen_features), statistics(ref_features), False)
-                 ["frechet_inception_distance"])
+    return frechet_distance(gen_features, statistics(ref_features))
 
 
 def kid(gen_features: torch.Tensor, ref_features: torch.Tensor) -> tuple[float | None, float | None]:
