@@ -34,6 +34,9 @@ def imports(name: str, path: Path, known, top_level: bool) -> set[str]:
     including ``if``/``try`` blocks, not function or class bodies)."""
     tree = ast.parse(path.read_text())
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    if name == "bench":  # bench's __init__ holds the version and the lazy re-exports of the Python API
+        top_level = True  # (module __getattr__: bench.evaluate, bench.functional), which the top of the
+        # house (bench.api) imports on first use, once every module below has its bench.__version__
     nodes = []
     todo = list(tree.body) if top_level else list(ast.walk(tree))
     while todo:

@@ -48,7 +48,6 @@ def fid_is(x_gen: torch.Tensor, x_ref: torch.Tensor, ext: features.Extractor, re
     ``ref_stats``: a reference statistics file instead of x_ref (``bench.engines.refstats``).
     ``run`` (``bench.runtime.execution.Execution``): device and batch size of the feature extraction;
     ``run.sharded`` (torchrun): the Inception features are extracted batch-sharded over the ranks."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_isc import isc_features_to_metric
 
     if len(x_gen) < 2:
@@ -62,16 +61,23 @@ def fid_is(x_gen: torch.Tensor, x_ref: torch.Tensor, ext: features.Extractor, re
     if gen_feats.shape[1] != len(ref["mu"]):
         raise BenchError(f"reference statistics have dimension {len(ref['mu'])}, the extractor's {ext.fid_layer} "
                          f"features {gen_feats.shape[1]}")
-    gen = fid_features_to_statistics(gen_feats)
-    ref = {"mu": ref["mu"].astype(gen["mu"].dtype), "sigma": ref["sigma"].astype(gen["sigma"].dtype)}
-    fid = fid_statistics_to_metric(gen, ref, False)["frechet_inception_distance"]
-    out = {"fid": float(fid), "is_mean": None, "is_std": None, "reference": info,
+    out = {"fid": frechet_distance(gen_feats, ref), "is_mean": None, "is_std": None, "reference": info,
            "seconds_reference": t1 - t0, "seconds_generated": time.perf_counter() - t1,
            "features_generated": gen_feats, "features_reference": ref_feats}
     if ext.has_logits and len(x_gen) >= ISC_SPLITS:
         isc = isc_features_to_metric(feats[ISC_LAYER], ISC_SPLITS, True, 2020)
         out["is_mean"], out["is_std"] = isc["inception_score_mean"], isc["inception_score_std"]
     return out
+
+
+def frechet_distance(gen_feats: torch.Tensor, ref: dict) -> float:
+    """FID of features (N, D) against reference statistics {mu, sigma} (``refstats.statistics``):
+    torch-fidelity's statistics of the features and its ``fid_statistics_to_metric``."""
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+    gen = refstats.statistics(gen_feats)
+    ref = {"mu": ref["mu"].astype(gen["mu"].dtype), "sigma": ref["sigma"].astype(gen["sigma"].dtype)}
+    return float(fid_statistics_to_metric(gen, ref, False)["frechet_inception_distance"])
 
 
 def fid_bias_note(n: int) -> str | None:

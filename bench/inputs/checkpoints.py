@@ -134,10 +134,10 @@ def build_model(meta: dict) -> EnergyModel:
     return EnergyModel(net, meta.get("mean", 0.0), meta.get("std", 1.0), meta["input_shape"], meta["num_classes"])
 
 
-def load(spec: str, arch: str | None = None, num_classes: int | None = None,
+def load(spec: str | nn.Module, arch: str | None = None, num_classes: int | None = None,
          input_shape: tuple | None = None, arch_kwargs: dict | None = None,
          mean=None, std=None, normalize: str | None = None) -> Loaded:
-    """Load any accepted ``--model`` form (see module docstring).  ``num_classes`` and
+    """Load any accepted ``--model`` form (see module docstring), or an nn.Module in memory.  ``num_classes`` and
     ``input_shape`` come from the data set for foreign files that do not record them.
     ``normalize`` (``--normalize``, see ``parse_normalize``) or ``mean``/``std`` set the
     normalisation of a foreign model; ``meta['normalization']`` records what was used and why."""
@@ -152,7 +152,9 @@ def load(spec: str, arch: str | None = None, num_classes: int | None = None,
         n = max(len(_floats(mean)), len(_floats(std)))
         if n not in (1, input_shape[0]):
             raise BenchError(f"{given}: {n} channel values but the images have {input_shape[0]} channels")
-    if spec.startswith("py:"):
+    if isinstance(spec, nn.Module):  # a model in memory (bench.evaluate)
+        loaded = _load_module(spec, num_classes, input_shape, mean, std, given)
+    elif spec.startswith("py:"):
         loaded = _load_factory(spec, num_classes, input_shape, mean, std, given)
     elif spec.startswith("rb:"):
         loaded = _load_robustbench(spec, num_classes, input_shape, mean, std, given)
@@ -330,19 +332,41 @@ def _load_factory(spec: str, num_classes, input_shape, mean, std, given=None) ->
         raise
     except Exception as e:  # the factory's own error, never mistaken for a bad spec
         raise BenchError(f"factory {spec!r} raised {type(e).__name__}: {_short(e)}") from None
+    if not isinstance(obj, nn.Module):
+        raise BenchError(f"factory {spec!r} returned {type(obj).__name__}, expected an nn.Module")
+    model, meta = _wrap_module(obj, f"factory {spec!r}", "factory", num_classes, input_shape, mean, std, given)
+    return Loaded(model.eval(), dict(meta, arch=spec, source_format="py"), spec, None)
+
+
+def _wrap_module(obj: nn.Module, what: str, kind: str, num_classes, input_shape, mean, std, given) -> tuple[EnergyModel, dict]:
+    """An nn.Module (logits of [0, 1] images, or of images normalised by ``mean``/``std``) or an
+    EnergyModel (which sets its own normalisation) as an EnergyModel, with its metadata."""
     if isinstance(obj, EnergyModel):
         if given:
-            raise BenchError(f"{given}: factory {spec!r} returned an EnergyModel, which sets its own normalisation")
-        model, source = obj, "the factory's EnergyModel"
-    elif isinstance(obj, nn.Module):
-        model = EnergyModel(obj, 0.0 if mean is None else mean, 1.0 if std is None else std, input_shape, num_classes)
-        source = given or "default (mean 0, std 1: the factory's module takes [0, 1] images)"
+            raise BenchError(f"{given}: {what} is an EnergyModel, which sets its own normalisation")
+        model, source = obj, f"the {kind}'s EnergyModel"
     else:
-        raise BenchError(f"factory {spec!r} returned {type(obj).__name__}, expected an nn.Module")
-    meta = {"arch": spec, "num_classes": model.num_classes or num_classes,
-            "input_shape": list(model.input_shape or input_shape or []), "method": None, "source_format": "py",
-            "normalization": _normalization(model, source)}
-    return Loaded(model.eval(), meta, spec, None)
+        model = EnergyModel(obj, 0.0 if mean is None else mean, 1.0 if std is None else std, input_shape, num_classes)
+        source = given or f"default (mean 0, std 1: the {kind}'s module takes [0, 1] images)"
+    meta = {"num_classes": model.num_classes or num_classes, "input_shape": list(model.input_shape or input_shape or []),
+            "method": None, "normalization": _normalization(model, source)}
+    return model, meta
+
+
+def _load_module(obj: nn.Module, num_classes, input_shape, mean, std, given=None) -> Loaded:
+    """A model in memory (``bench.evaluate``): no file, so its identity is the sha256 of its state
+    dict (``module_sha256``) and its class name, recorded where a file's sha256 and path go."""
+    what = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    model, meta = _wrap_module(obj, f"module {what}", "given", num_classes, input_shape, mean, std, given)
+    inner = model.net if isinstance(obj, EnergyModel) else obj
+    meta = dict(meta, arch=f"{type(inner).__module__}.{type(inner).__qualname__}", source_format="module")
+    return Loaded(model.eval(), meta, f"<in memory: {what}>", module_sha256(obj))
+
+
+def module_sha256(module: nn.Module) -> str:
+    """sha256 of a module's state dict (``weights_sha256`` of the module itself, without the
+    normalisation an EnergyModel around it adds): what identifies a model that is not a file."""
+    return weights_sha256(module)
 
 
 def _load_robustbench(spec: str, num_classes, input_shape, mean=None, std=None, given=None) -> Loaded:

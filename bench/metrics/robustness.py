@@ -176,15 +176,8 @@ def pgd_flags(ctx: Context, loss: str, tag: str, points: str = "n_eval",
     max_dist = 0.0
     for i, x, y in ctx.batches(split.x, split.y, desc=desc or tag, indexed=True):
         gen = ctx.generator(f"{tag}/batch{i}")  # random starts per batch: the same under torchrun
-        with torch.no_grad():
-            clean = ctx.model.logits(x).argmax(1) == y
-        adv = x.clone()
-        idx = clean.nonzero().squeeze(1)
-        if idx.numel():
-            adv[idx] = pgd_restarts(ctx.model, x[idx], y[idx], eps, steps, step, loss, restarts, gen, norm=norm)
+        clean, robust, adv = attack_points(ctx.model, x, y, eps, steps, step, loss, restarts, gen, norm)
         max_dist = max(max_dist, check_in_norm_ball(x, adv, eps, norm))
-        with torch.no_grad():
-            robust = ctx.model.logits(adv).argmax(1) == y
         clean_all.append(clean.cpu())
         robust_all.append(robust.cpu())
     clean, robust = ctx.collect(clean_all, torch.bool), ctx.collect(robust_all, torch.bool)
@@ -211,6 +204,21 @@ def attack_flags(ctx: Context, split, tag: str, eot: int | None = None) -> list[
     x, y = split.x[:ctx.settings["batch_size"]].to(ctx.device), split.y[:ctx.settings["batch_size"]].to(ctx.device)
     return checks.collect([checks.randomness_flag(ctx.model, x, eot, tag),
                            checks.gradient_flag(checks.masked_share(ctx.model, x, y), len(x), tag)])
+
+
+def attack_points(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step: float | None,
+                  loss: str, restarts: int, generator: torch.Generator | None, norm: str = "Linf"):
+    """PGD on the clean-correct points of one batch -> (clean flags, robust flags, adversarial
+    images; a misclassified point is left as it is and counts as not robust)."""
+    with torch.no_grad():
+        clean = model.logits(x).argmax(1) == y
+    adv = x.clone()
+    idx = clean.nonzero().squeeze(1)
+    if idx.numel():
+        adv[idx] = pgd_restarts(model, x[idx], y[idx], eps, steps, step, loss, restarts, generator, norm=norm)
+    with torch.no_grad():
+        robust = model.logits(adv).argmax(1) == y
+    return clean, robust, adv
 
 
 @register("pgd20", "robust", metrics=(Metric.proportion("pgd20"),), settings=PGD_SETTINGS, sharded=True)

@@ -43,11 +43,16 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_model(spec: str | None, dataset: str | None, data_root, arch, download=False, normalize=None):
-    """-> (Loaded, Dataset).  Own files name their data set; foreign ones need --dataset."""
-    spec = zoo.resolve_spec(spec) if spec else str(zoo.released_path())
-    meta = _peek_meta(spec)
+    """-> (Loaded, Dataset).  Own files name their data set; foreign ones and a model in memory
+    (an nn.Module, ``bench.evaluate``) need --dataset."""
+    in_memory = isinstance(spec, torch.nn.Module)
+    if not in_memory:
+        spec = zoo.resolve_spec(spec) if spec else str(zoo.released_path())
+    meta = None if in_memory else _peek_meta(spec)
     name = dataset or (meta or {}).get("dataset")
     if name is None:
+        if in_memory:
+            raise BenchError("a model in memory records no data set; pass dataset=")
         if not spec.startswith(("py:", "rb:")):
             checkpoints.load(spec, arch=arch)  # a missing or unreadable file says so first
         raise BenchError(f"{spec}: the checkpoint does not record its data set; pass --dataset")

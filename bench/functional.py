@@ -1,0 +1,246 @@
+"""Pure functions on tensors, one or more per metric family: what the metric groups compute, for a
+notebook or another library.  Each is a thin, documented wrapper over the code the groups run
+(named in its docstring), never a second implementation, and its example runs in well under a
+second (``tests/test_functional.py`` runs them: ``doctest.testmod(bench.functional)``).
+
+Images are float tensors (N, C, H, W) in [0, 1]; ``model`` is an ``bench.core.energy.EnergyModel``
+(or any module mapping such images to logits (N, K)).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.core.energy import EnergyModel
+
+__all__ = ["energy", "accuracy", "robust_accuracy", "ece", "reliability", "nll", "brier", "fisher_scores",
+           "ssim", "ssim_nearest_neighbours", "fid", "kid", "precision_recall", "auroc", "ood_measures", "psnr"]
+
+
+def _model(model) -> EnergyModel:
+    return model if isinstance(model, EnergyModel) else EnergyModel(model)
+
+
+def energy(model, x: torch.Tensor, y: torch.Tensor | None = None, kind: str = "joint") -> torch.Tensor:
+    """E(x, y) = -f(x)[y] (``joint``), E(x) = -logsumexp_y f(x)[y] (``marginal``) or their
+    difference, the cross-entropy (``ce``), per image (``EnergyModel.energy``).
+
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1, 2, bias=False))
+    >>> _ = net[1].weight.data.copy_(torch.tensor([[1.0], [-1.0]]))
+    >>> x = torch.full((1, 1, 1, 1), 0.5)   # logits (0.5, -0.5)
+    >>> energy(net, x, torch.tensor([0])).item()
+    -0.5
+    >>> round(energy(net, x, kind="marginal").item(), 4)   # -log(e^0.5 + e^-0.5) = -log 2.2552
+    -0.8133
+    """
+    return _model(model).energy(x, y, kind)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float, int]:
+    """(top-1 accuracy, its standard error sqrt(p(1-p)/n), n) from logits (N, K) (the ``accuracy``
+    metric; ``bench.metrics.robustness.proportion``).
+
+    >>> accuracy(torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1, 1, 1]))
+    (0.75, 0.21650635094610965, 4)
+    """
+    from bench.metrics.robustness import proportion
+
+    return proportion(logits.argmax(1) == y)
+
+
+def robust_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf", steps: int = 20,
+                    step_size: float | None = None, loss: str = "ce", restarts: int = 1,
+                    generator: torch.Generator | None = None) -> tuple[float, float, int]:
+    """(robust accuracy, standard error, n) under PGD (``bench.engines.attacks.pgd_restarts``: random start,
+    ``steps`` steps of ``step_size`` (eps / 4), on ``loss`` ``ce`` or ``energy``), the ``pgd20``
+    metric (``robustness.attack_points``): points misclassified clean count as not robust.
+
+    >>> torch.manual_seed(0) and None
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    >>> x, y = torch.rand(8, 1, 2, 2), torch.randint(0, 2, (8,))
+    >>> clean, _, _ = accuracy(net(x), y)
+    >>> robust_accuracy(net, x, y, eps=0.0)[0] == clean     # no budget: the clean accuracy
+    True
+    >>> robust_accuracy(net, x, y, eps=1.0)[0]              # the whole [0, 1] cube: none survives
+    0.0
+    """
+    from bench.metrics.robustness import attack_points, proportion
+
+    _, robust, _ = attack_points(_model(model).eval(), x, y, eps, steps, step_size, loss, restarts, generator, norm)
+    return proportion(robust)
+
+
+def ece(probs: torch.Tensor, correct: torch.Tensor, bins: int = 20) -> float:
+    """Expected calibration error over ``bins`` equal-width (lo, hi] confidence bins, from class
+    probabilities (N, K) or top-class confidences (N,) (``calibration.expected_calibration_error``).
+
+    >>> round(ece(torch.tensor([0.9, 0.9, 0.6, 0.6]), torch.tensor([True, True, True, False]), bins=10), 6)
+    0.1
+    """
+    from bench.metrics.calibration import expected_calibration_error
+
+    return expected_calibration_error(probs, correct, bins)[0]
+
+
+def reliability(probs: torch.Tensor, correct: torch.Tensor, bins: int = 20) -> dict:
+    """The reliability diagram's numbers: per bin ``count``, ``accuracy`` and ``confidence`` (None
+    when empty), and ``edges`` (``calibration.expected_calibration_error``).
+
+    >>> r = reliability(torch.tensor([0.9, 0.9, 0.6, 0.6]), torch.tensor([True, True, True, False]), bins=2)
+    >>> r["count"], r["accuracy"], r["edges"]
+    ([0, 4], [None, 0.75], [0.0, 0.5, 1.0])
+    """
+    from bench.metrics.calibration import expected_calibration_error
+
+    return expected_calibration_error(probs, correct, bins)[1]
+
+
+def nll(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean negative log-likelihood -log softmax(f)_y (the ``nll`` metric; ``calibration.nll_per_point``).
+
+    >>> round(nll(torch.tensor([[0.0, 0.0]]), torch.tensor([1])), 6)   # log 2
+    0.693147
+    """
+    from bench.metrics.calibration import nll_per_point
+
+    return nll_per_point(logits, y).mean().item()
+
+
+def brier(probs: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean Brier score sum_k (p_k - [k = y])^2, in [0, 2] (the ``brier`` metric; ``calibration.brier_per_point``).
+
+    >>> brier(torch.tensor([[0.5, 0.5], [1.0, 0.0]]), torch.tensor([0, 1]))   # (0.5 + 2) / 2
+    1.25
+    """
+    from bench.metrics.calibration import brier_per_point
+
+    return brier_per_point(probs, y).mean().item()
+
+
+def fisher_scores(model, x: torch.Tensor, y: torch.Tensor, probes: int = 16, exact: bool = False,
+                  generator: torch.Generator | None = None) -> dict[str, float]:
+    """Mean Joint and Marginal Fisher scores, 0.5 ||grad_x E||^2 - tr Hess_x E with E(x, y) (``jfs``)
+    and E(x) (``mfs``), the trace by Hutchinson with ``probes`` Rademacher probes or ``exact``
+    (``bench.metrics.fisher.fisher_scores``; pixel space).
+
+    A linear model f(x) = W x has E(x, y) = -w_y . x: no curvature, so JFS = 0.5 ||w_y||^2.
+
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2, 2, bias=False))
+    >>> _ = net[1].weight.data.copy_(torch.tensor([[3.0, 4.0], [0.0, 1.0]]))
+    >>> s = fisher_scores(net, torch.rand(3, 1, 1, 2), torch.tensor([0, 0, 0]), exact=True)
+    >>> round(s["jfs"], 4)
+    12.5
+    """
+    from bench.metrics.fisher import fisher_scores as terms_of
+
+    m = _model(model).eval()
+    t = terms_of(m, x, y, probes=probes, exact=exact, generator=generator)
+    return {"jfs": t["joint"]["score"].double().mean().item(), "mfs": t["marginal"]["score"].double().mean().item()}
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7, data_range: float = 1.0) -> torch.Tensor:
+    """SSIM of each pair (a[i], b[i]) as scikit-image computes it (7x7 uniform window), (N,)
+    (``bench.engines.ssim.ssim``).
+
+    >>> x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    >>> ssim(x, x).tolist()
+    [1.0, 1.0]
+    """
+    from bench.engines.ssim import ssim as ssim_of
+
+    return ssim_of(a, b, win_size, data_range)
+
+
+def ssim_nearest_neighbours(gen: torch.Tensor, train: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` training images of highest SSIM to each generated image: (SSIM (G, k), training
+    indices (G, k)), best first (the ``ssim_nn`` metric; ``bench.engines.ssim.nearest_neighbours``).
+
+    >>> train = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    >>> values, index = ssim_nearest_neighbours(train[[3, 1]], train)
+    >>> index.flatten().tolist(), values.flatten().tolist()
+    ([3, 1], [1.0, 1.0])
+    """
+    from bench.engines.ssim import nearest_neighbours
+
+    return nearest_neighbours(gen, train, k)
+
+
+def fid(gen_features: torch.Tensor, ref_features: torch.Tensor) -> float:
+    """Frechet distance ||mu_g - mu_r||^2 + tr(S_g + S_r - 2 (S_g S_r)^(1/2)) of two feature sets
+    (N, D), as the ``fid`` metric takes it (``bench.engines.sample_quality.frechet_distance``).
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> a = torch.randn(200, 3, generator=g)
+    >>> round(fid(a, a), 6)
+    0.0
+    >>> round(fid(a + 2.0, a), 4)       # a shift by 2 in 3 dimensions: 3 * 2^2
+    12.0
+    """
+    from bench.engines.refstats import statistics
+    from bench.engines.sample_quality import frechet_distance
+
+    return frechet_distance(gen_features, statistics(ref_features))
+
+
+def kid(gen_features: torch.Tensor, ref_features: torch.Tensor) -> tuple[float | None, float | None]:
+    """(KID mean, std over subsets): unbiased MMD^2 with the cubic polynomial kernel, torch-fidelity's,
+    as ``kid_mean``/``kid_std`` (``bench.engines.sample_quality.kid_prc``).
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> mean, std = kid(torch.randn(20, 4, generator=g) + 3.0, torch.randn(20, 4, generator=g))
+    >>> mean > 1.0
+    True
+    """
+    from bench.engines.sample_quality import kid_prc
+
+    k = kid_prc(gen_features, ref_features)
+    return k["kid_mean"], k["kid_std"]
+
+
+def precision_recall(gen_features: torch.Tensor, ref_features: torch.Tensor) -> tuple[float | None, float | None]:
+    """Improved precision and recall (Kynkaanniemi et al., k = 3; torch-fidelity's), the
+    ``precision``/``recall`` metrics (``bench.engines.sample_quality.kid_prc``).
+
+    >>> a = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+    >>> precision_recall(a, a)
+    (1.0, 1.0)
+    """
+    from bench.engines.sample_quality import kid_prc
+
+    k = kid_prc(gen_features, ref_features)
+    return k["precision"], k["recall"]
+
+
+def auroc(scores_in: torch.Tensor, scores_out: torch.Tensor) -> tuple[float, float | None]:
+    """(AUROC, DeLong standard error) of in-distribution scores (positive) against OOD scores; ties
+    count 1/2 (the ``ood_auroc_*`` metrics; ``bench.metrics.ood.auroc``).
+
+    >>> auroc(torch.tensor([3.0, 2.0, 1.0]), torch.tensor([0.0, 1.0]))[0]   # 5.5 of 6 pairs
+    0.9166666666666666
+    """
+    from bench.metrics.ood import auroc as auroc_of
+
+    return auroc_of(scores_in, scores_out)
+
+
+def ood_measures(scores_in: torch.Tensor, scores_out: torch.Tensor) -> dict[str, tuple[float, float | None]]:
+    """{auroc, aupr_in, aupr_out, fpr95: (value, std)} (``bench.metrics.ood.ood_measures``).
+
+    >>> m = ood_measures(torch.tensor([3.0, 2.0]), torch.tensor([0.0, 1.0]))
+    >>> m["auroc"][0], m["fpr95"][0]
+    (1.0, 0.0)
+    """
+    from bench.metrics.ood import ood_measures as measures
+
+    return measures(scores_in, scores_out)
+
+
+def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per-image PSNR 10 log10(range^2 / MSE) in dB (the ``denoise_psnr`` metrics; ``denoise.psnr``).
+
+    >>> round(psnr(torch.full((1, 1, 2, 2), 0.1), torch.zeros(1, 1, 2, 2)).item(), 5)   # MSE 0.01
+    20.0
+    """
+    from bench.metrics.denoise import psnr as psnr_of
+
+    return psnr_of(x, ref, data_range)
