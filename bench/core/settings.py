@@ -23,6 +23,7 @@ FMNIST_N_AA = 200  # AutoAttack's share of those (see _dataset_defaults; --n-aa 
 # The Inception network costs about 0.28 s of one CPU core per image, so the whole split would take
 # about 4.6 hours once; 2,000 take about 9 minutes (shipped in models/refstats/, so a run reads them).
 FMNIST_N_REF = 2000
+FMNIST_N_JUDGE_REF = 10000  # the judge's reference (a WRN-10-1 pass, about a millisecond per image on a CPU core)
 DIGITS_N_AA = 100
 # L2 radii (--norm L2), in [0, 1] pixel units like the L-inf ones.  CIFAR: 0.5, the RobustBench
 # standard.  Fashion-MNIST: 1.5, common for 28x28 (MNIST) images.  Digits (8x8, 64 pixels): 0.5,
@@ -45,69 +46,18 @@ def sgld_from_normalised(lr: float, std: float, scale: float) -> tuple[float, fl
 # noise 0.005 in pixels.  Recipes, generation defaults and SGLDConfig all take these.
 JEM_SGLD_STEP_SIZE, JEM_SGLD_NOISE = sgld_from_normalised(1.0, 0.01, 0.5)
 
-class Norm(StrEnum):
-    """Threat model of PGD, FGSM/FGM and AutoAttack."""
+from bench.core.choices import (  # noqa: E402,F401  (the closed vocabularies, re-exported)
+    AAVersion,
+    Amp,
+    DefenseKind,
+    DenoiseLabel,
+    FisherSpace,
+    GenEnergy,
+    GenInit,
+    Norm,
+    OodScore,
+)
 
-    LINF = "Linf"
-    L2 = "L2"
-
-
-class GenEnergy(StrEnum):
-    """Energy the SGLD sampler descends: joint -log p(x, y) (Eq. 17) or the CE loss (Eq. 16)."""
-
-    JOINT = "joint"
-    CE = "ce"
-
-
-class GenInit(StrEnum):
-    """Where the SGLD chains start."""
-
-    GAUSSIAN = "gaussian"  # class-conditional Gaussian of the training split (Sec. 2.2)
-    UNIFORM = "uniform"
-    BUFFER = "buffer"  # the checkpoint's replay buffer
-
-
-class FisherSpace(StrEnum):
-    """What the Fisher scores differentiate with respect to."""
-
-    PIXEL = "pixel"  # the image in [0, 1]
-    MODEL = "model"  # the network's normalised input (x - m) / s (the paper's convention)
-
-
-class DenoiseLabel(StrEnum):
-    """The label y of the denoising energy E(x, y)."""
-
-    PREDICTED = "predicted"
-    ORACLE = "oracle"
-
-
-class OodScore(StrEnum):
-    """The OOD scores (higher = in-distribution; bench.metrics.ood)."""
-
-    PX = "px"  # logsumexp f(x) = -E(x)
-    PY = "py"  # max softmax
-    PXGRAD = "pxgrad"  # -||d log p(x)/dx||_2
-
-
-class Amp(StrEnum):
-    OFF = "off"
-    BF16 = "bf16"
-
-
-class DefenseKind(StrEnum):
-    """Defended inference (``bench.engines.defense``)."""
-
-    NONE = "none"
-    SGLD_REFINE = "sgld-refine"
-
-
-class AAVersion(StrEnum):
-    STANDARD = "standard"
-    PLUS = "plus"
-    RAND = "rand"
-
-
-# kinds of value: what the command line parses and ``validate`` accepts
 KINDS = ("int", "count", "number", "fraction", "bool", "text", "file", "choice", "choices", "counts", "numbers")
 
 
@@ -279,6 +229,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("n_ref", "count", None, "FID/KID/precision-recall reference: the first N training images (default: "
             "all; 2000 for Fashion-MNIST)"),
     Setting("max_diverged", "fraction", 0.1, "IS/FID are null above this fraction of diverged SGLD chains"),
+    # in-domain judge of the generated images (generative; bench.engines.judges, docs/JUDGES.md)
+    Setting("judge", "file", None, "in-domain judge checkpoint for is_judge, fd_judge, kid_judge, class_agreement, "
+            "density, coverage (default: the shipped models/judges/<dataset>-judge.safetensors)"),
+    Setting("judge_arch", "text", None, "architecture of a --judge plain state dict (as --arch)"),
+    Setting("n_judge_ref", "count", None, "judge reference: the first N training images (default: all; 10000 for "
+            "Fashion-MNIST)"),
     # Fisher scores (score)
     Setting("n_score", "count", 500, "points of the Fisher scores"),
     Setting("probes", "count", 16, "Hutchinson probes per point"),
@@ -381,7 +337,8 @@ def _dataset_defaults(dataset: str) -> dict:
     if dataset in ("cifar10", "cifar100"):
         return {"eps": CIFAR_EPS, "n_gen": 10000}
     if dataset == "fashion-mnist":
-        return {"eps": FMNIST_EPS, "n_eval": FMNIST_N_EVAL, "n_aa": FMNIST_N_AA, "n_ref": FMNIST_N_REF}
+        return {"eps": FMNIST_EPS, "n_eval": FMNIST_N_EVAL, "n_aa": FMNIST_N_AA, "n_ref": FMNIST_N_REF,
+                "n_judge_ref": FMNIST_N_JUDGE_REF}
     # AutoAttack standard costs about 0.6 s of one CPU core per robust digits point, all of it the
     # network's own forward and backward passes (Square's 5000 queries about half, FAB-T's and
     # APGD-T's 9 targets x 100 steps the rest; 450 points would take about 4 minutes): the default takes

@@ -43,7 +43,8 @@ def fid_is(x_gen: torch.Tensor, x_ref: torch.Tensor, ext: features.Extractor, re
     """FID of x_gen against x_ref and, when the extractor has logits, the Inception Score of
     x_gen (torch-fidelity's ``isc_features_to_metric``, ``fid_statistics_to_metric``).  Images are
     [0, 1] floats (N, 1 or 3, H, W).  -> {'fid', 'is_mean', 'is_std' (None without logits),
-    'reference': info of ``refstats.reference_features``, 'seconds_reference', 'seconds_generated',
+    'reference': info of ``refstats.reference_features``,
+    'seconds_reference', 'seconds_generated',
     'features_generated', 'features_reference' (None when a mu/sigma-only ``ref_stats`` file is used)}.
     ``ref_stats``: a reference statistics file instead of x_ref (``bench.engines.refstats``).
     ``run`` (``bench.runtime.execution.Execution``): device and batch size of the feature extraction;
@@ -89,6 +90,26 @@ def fid_bias_note(n: int) -> str | None:
             f"the usual n is {FID_UNBIASED_N}+): compare FIDs only at equal n")
 
 
+def kid(gen: torch.Tensor, ref: torch.Tensor) -> dict:
+    """KID of the features gen against ref (torch-fidelity's ``kid_features_to_metric``, see
+    ``kid_prc``) -> {'kid_mean', 'kid_std' (None with 'reason_kid' below 2 per side),
+    'kid_subset_size', 'kid_subsets', 'n_generated', 'n_reference'}."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    gen, ref = gen.detach().cpu().float(), ref.detach().cpu().float()
+    m = min(KID_SUBSET_SIZE, len(gen), len(ref))
+    out = {"kid_subset_size": m, "kid_subsets": KID_SUBSETS, "n_generated": len(gen), "n_reference": len(ref)}
+    if m >= 2:
+        k = kid_features_to_metric(gen, ref, kid_subsets=KID_SUBSETS, kid_subset_size=m, rng_seed=TF_SEED,
+                                   kid_kernel="poly", kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None,
+                                   kid_kernel_poly_coef0=1, verbose=False)
+        out["kid_mean"], out["kid_std"] = k["kernel_inception_distance_mean"], k["kernel_inception_distance_std"]
+    else:
+        out["kid_mean"] = out["kid_std"] = None
+        out["reason_kid"] = f"KID needs 2 images on each side; got {len(gen)} generated, {len(ref)} reference"
+    return out
+
+
 def kid_prc(gen: torch.Tensor, ref: torch.Tensor, device: torch.device | str = "cpu") -> dict:
     """KID (torch-fidelity's ``kid_features_to_metric``: unbiased MMD^2 with the cubic polynomial
     kernel, mean and std over ``KID_SUBSETS`` random subsets of size m = min(1000, n_gen, n_ref),
@@ -97,21 +118,10 @@ def kid_prc(gen: torch.Tensor, ref: torch.Tensor, device: torch.device | str = "
     recall: share of real features inside a generated ball) of the features gen (generated) and
     ref (real).  PR runs on ``device``; values are None (with 'reason_kid'/'reason_prc') when a set
     is too small."""
-    from torch_fidelity.metric_kid import kid_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
 
     gen, ref = gen.detach().cpu().float(), ref.detach().cpu().float()
-    m = min(KID_SUBSET_SIZE, len(gen), len(ref))
-    out = {"kid_subset_size": m, "kid_subsets": KID_SUBSETS, "prc_neighborhood": PRC_NEIGHBORHOOD,
-           "n_generated": len(gen), "n_reference": len(ref)}
-    if m >= 2:
-        kid = kid_features_to_metric(gen, ref, kid_subsets=KID_SUBSETS, kid_subset_size=m, rng_seed=TF_SEED,
-                                     kid_kernel="poly", kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None,
-                                     kid_kernel_poly_coef0=1, verbose=False)
-        out["kid_mean"], out["kid_std"] = kid["kernel_inception_distance_mean"], kid["kernel_inception_distance_std"]
-    else:
-        out["kid_mean"] = out["kid_std"] = None
-        out["reason_kid"] = f"KID needs 2 images on each side; got {len(gen)} generated, {len(ref)} reference"
+    out = kid(gen, ref) | {"prc_neighborhood": PRC_NEIGHBORHOOD}
     if min(len(gen), len(ref)) > PRC_NEIGHBORHOOD:
         dev = torch.device(device)
         prc = prc_features_to_metric(gen.to(dev), ref.to(dev), prc_neighborhood=PRC_NEIGHBORHOOD,

@@ -25,7 +25,7 @@ from bench.core.metric_facts import Metric, Portable, Tolerance
 PATH = Path(__file__).with_name("catalog.json")
 ROOT = Path(__file__).parents[1]
 # the torch-free modules whose constants a declaration may use (settings tuples, fact constructors)
-DECLARATION_SOURCES = ("core/metric_facts.py", "core/settings.py", "metrics/registry.py")
+DECLARATION_SOURCES = ("core/metric_facts.py", "core/settings.py", "core/choices.py", "metrics/registry.py")
 
 
 def source_digest(module: str) -> str | None:
