@@ -641,7 +641,9 @@ def test_runner_is_fid_and_ssim_nn_end_to_end(tmp_path, tiny_fe):
                           log=lambda m: None, **kw)
 
     r1 = go()
-    assert r1.run["cache"] == {"hits": [], "computed": ["is_fid", "ssim_nn"]}
+    agree = r1.metrics["class_agreement"]  # the shipped digits judge reads the same 20 images
+    assert agree.n == 20 and 0 <= agree.value <= 1
+    assert r1.run["cache"] == {"hits": [], "computed": ["is_fid", "judged", "ssim_nn"]}
     m = r1.metrics
     assert m["fid"].value is not None and m["fid"].value > 0 and m["fid"].n == 20
     assert m["is_mean"].value is not None and 1 <= m["is_mean"].value <= 10  # the tiny extractor has logits
@@ -660,11 +662,11 @@ def test_runner_is_fid_and_ssim_nn_end_to_end(tmp_path, tiny_fe):
     assert saved["is_mean"]["value"] == pytest.approx(m["is_mean"].value)
     # a second run: both groups from the run cache
     r2 = go()
-    assert r2.run["cache"] == {"hits": ["is_fid", "ssim_nn"], "computed": []}
+    assert r2.run["cache"] == {"hits": ["is_fid", "judged", "ssim_nn"], "computed": []}
     assert r2.metrics["fid"].value == m["fid"].value
     # recomputed without the run cache: same samples from samples.npz and the cached reference statistics
     r3 = go(resume=False)
-    assert r3.run["cache"]["computed"] == ["is_fid", "ssim_nn"]
+    assert r3.run["cache"]["computed"] == ["is_fid", "judged", "ssim_nn"]
     d3 = r3.metrics["fid"].details
     assert d3["samples_reused"] is True and d3["reference_cache"] == "hit"
     assert r3.metrics["fid"].value == m["fid"].value and r3.metrics["ssim_nn"].value == m["ssim_nn"].value
