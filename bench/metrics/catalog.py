@@ -15,6 +15,7 @@ equals the live registry; after changing a declaration, write it again:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict
@@ -28,6 +29,7 @@ ROOT = Path(__file__).parents[1]
 DECLARATION_SOURCES = ("core/metric_facts.py", "core/settings.py", "core/choices.py", "metrics/registry.py")
 
 
+@functools.cache  # per process: the sources do not change under a running bench
 def source_digest(module: str) -> str | None:
     """sha256 over a metric module's source and ``DECLARATION_SOURCES`` (None: not a package file)."""
     if not module.startswith("bench.metrics."):
@@ -75,6 +77,7 @@ def held(module: str) -> list[dict] | None:
     return [{**e, "specs": tuple(_metric(d) for d in e["specs"])} for e in found["groups"]]
 
 
+@functools.lru_cache(maxsize=1)
 def _load() -> dict:
     try:
         return json.loads(PATH.read_text())
@@ -84,4 +87,5 @@ def _load() -> dict:
 
 def write(groups: dict, modules: list[str]) -> Path:
     PATH.write_text(json.dumps(build(groups, modules), indent=1, sort_keys=True) + "\n")
+    _load.cache_clear()
     return PATH

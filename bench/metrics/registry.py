@@ -317,24 +317,28 @@ def load_all() -> dict[str, Group]:
     return GROUPS
 
 
+_FROM_CATALOGUE: dict[str, Group] = {}  # the catalogue's groups, built once per process
+
+
 def declared_groups() -> dict[str, Group]:
     """Every group's declaration, by name, for what reads facts only (``bench check``, ``bench
     table``, the suite order): from ``bench.metrics.catalog`` without importing a metric module
     (no torch) while the catalogue holds every module as it is on disk, else ``load_all()``."""
     if _LOADED:
         return load_all()
-    from bench.metrics import catalog
+    if not _FROM_CATALOGUE:
+        from bench.metrics import catalog
 
-    found: dict[str, Group] = {}
-    for m in modules():
-        held = catalog.held(m)
-        if held is None:  # a module the catalogue does not hold as it is: import them all
-            return load_all()
-        for e in held:  # declarations only: no function, they never run
-            found[e["name"]] = Group(e["name"], e["suite"], tuple(e["metrics"]), tuple(e["settings"]), None,
-                                     e["sharded"], None, e["specs"], tuple(e["needs"]), module=m)
-    found.update(GROUPS)  # groups registered directly (a test's)
-    return found
+        found: dict[str, Group] = {}
+        for m in modules():
+            held = catalog.held(m)
+            if held is None:  # a module the catalogue does not hold as it is: import them all
+                return load_all()
+            for e in held:  # declarations only: no function, they never run
+                found[e["name"]] = Group(e["name"], e["suite"], tuple(e["metrics"]), tuple(e["settings"]), None,
+                                         e["sharded"], None, e["specs"], tuple(e["needs"]), module=m)
+        _FROM_CATALOGUE.update(found)
+    return {**_FROM_CATALOGUE, **GROUPS}  # and the groups registered directly (a test's)
 
 
 def module_rank(g: Group) -> int:
