@@ -792,10 +792,12 @@ def test_is_fid_cache_follows_the_resolved_extractor_and_the_reference_files(tmp
 
     first = go()
     assert first.metrics["fid"].details["extractor"] == TINY
-    assert go().run["cache"]["hits"] == ["is_fid"]
+    assert go().run["cache"]["hits"] == ["is_fid", "judged"]
     auto_is[0] = TINY1  # `auto` now resolves to another network (say, its weights appeared in the hub cache)
     moved = go()
+    # the Inception group recomputes; the judge's does not read the extractor and stays cached
     assert moved.run["cache"]["computed"] == ["is_fid"] and moved.metrics["fid"].details["extractor"] == TINY1
+    assert moved.run["cache"]["hits"] == ["judged"]
     assert moved.metrics["fid"].value != first.metrics["fid"].value
 
     # a shipped reference file added (or changed) under models/refstats/

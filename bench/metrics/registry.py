@@ -317,7 +317,7 @@ def load_all() -> dict[str, Group]:
     return GROUPS
 
 
-_FROM_CATALOGUE: dict[str, Group] = {}  # the catalogue's groups, built once per process
+_FROM_CATALOGUE: dict = {}  # the catalogue's groups, built once per set of metric modules
 
 
 def declared_groups() -> dict[str, Group]:
@@ -326,19 +326,20 @@ def declared_groups() -> dict[str, Group]:
     (no torch) while the catalogue holds every module as it is on disk, else ``load_all()``."""
     if _LOADED:
         return load_all()
-    if not _FROM_CATALOGUE:
+    names = tuple(modules())
+    if _FROM_CATALOGUE.get("modules") != names:
         from bench.metrics import catalog
 
         found: dict[str, Group] = {}
-        for m in modules():
+        for m in names:
             held = catalog.held(m)
             if held is None:  # a module the catalogue does not hold as it is: import them all
                 return load_all()
             for e in held:  # declarations only: no function, they never run
                 found[e["name"]] = Group(e["name"], e["suite"], tuple(e["metrics"]), tuple(e["settings"]), None,
                                          e["sharded"], None, e["specs"], tuple(e["needs"]), module=m)
-        _FROM_CATALOGUE.update(found)
-    return {**_FROM_CATALOGUE, **GROUPS}  # and the groups registered directly (a test's)
+        _FROM_CATALOGUE.update(modules=names, groups=found)
+    return {**_FROM_CATALOGUE["groups"], **GROUPS}  # and the groups registered directly (a test's)
 
 
 def module_rank(g: Group) -> int:
