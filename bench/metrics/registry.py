@@ -320,13 +320,27 @@ def load_all() -> dict[str, Group]:
 _FROM_CATALOGUE: dict = {}  # the catalogue's groups, built once per set of metric modules
 
 
+def _modules_now() -> tuple[str, ...]:
+    """``modules()``, recomputed only when what it reads may have changed: the package's search path,
+    ``sys.path`` or the entry-point lookup (a test replaces them); reading the entry points of every
+    installed distribution on each ``spec()`` made a check of a few thousand metrics take minutes."""
+    import importlib.metadata
+    import sys
+
+    pkg = importlib.import_module("bench.metrics")
+    seen = (tuple(pkg.__path__), tuple(sys.path), id(importlib.metadata.entry_points))
+    if _FROM_CATALOGUE.get("seen") != seen:
+        _FROM_CATALOGUE.update(seen=seen, names=tuple(modules()))
+    return _FROM_CATALOGUE["names"]
+
+
 def declared_groups() -> dict[str, Group]:
     """Every group's declaration, by name, for what reads facts only (``bench check``, ``bench
     table``, the suite order): from ``bench.metrics.catalog`` without importing a metric module
     (no torch) while the catalogue holds every module as it is on disk, else ``load_all()``."""
     if _LOADED:
         return load_all()
-    names = tuple(modules())
+    names = _modules_now()
     if _FROM_CATALOGUE.get("modules") != names:
         from bench.metrics import catalog
 
