@@ -6,8 +6,8 @@ the ``bench.metrics`` package, and those that the ``jeat_bench.metrics`` entry p
 imports them so they register themselves.  It also enforces the declarations: a group sees its
 settings through a ``SettingsView`` of what it declared (plus the execution and identity keys), so
 reading an undeclared setting, which would leave its cache stale, is an error at once.
-``bench.outputs.check`` and ``bench.outputs.tables`` read facts through this module and never import
-``bench.metrics`` (docs/ARCHITECTURE.md, "Layers").
+``bench.outputs.check`` and ``bench.outputs.tables`` read facts through this module (from the
+catalogue, ``declared_groups``) and never import a metric group's code (docs/ARCHITECTURE.md, "Layers").
 """
 
 from __future__ import annotations
@@ -359,5 +359,5 @@ def declared_groups() -> dict[str, Group]:
 def module_rank(g: Group) -> int:
     """The place of a group's module among the metric modules (``modules``; a module not among
     them, say a test's, comes after)."""
-    order = _LOADED or modules()
+    order = _LOADED or _modules_now()
     return order.index(g.module) if g.module in order else len(order)

@@ -20,15 +20,10 @@ def cache_key(group: Group, model_id: str, dataset: str, settings: dict, identit
     """The cache key of one group: its name, the model, the data set and its settings, and the
     ``identity`` of what it evaluates: the weights digest, the digests of both splits, the group's
     code digest and the library versions (see ``run``)."""
-    names = keyed_settings(group)
+    names = group.keyed_settings
     keyed = {"group": group.name, "model": model_id, "dataset": dataset, "bench": __version__,
              "settings": {k: settings.get(k) for k in names}, "identity": identity}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def keyed_settings(group: Group) -> list[str]:
-    """The settings that key a group's cache (``Group.keyed_settings``)."""
-    return group.keyed_settings
 
 
 def _digest(metrics: dict) -> str:

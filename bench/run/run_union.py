@@ -3,7 +3,7 @@ results.json that it does not rerun, so results.json, the tables and report.html
 
 A group is kept only when its numbers are those this run would compute: the same weights, the
 same images of both splits, the same library versions, the same code digest of the group and the
-same values of exactly the settings that key its cache (``cache_keys.keyed_settings``).  Anything
+same values of exactly the settings that key its cache (``Group.keyed_settings``).  Anything
 else is refused with one line naming what differs (never a silent drop, never a mixed record); a
 group this run reruns is replaced by its new numbers.  An earlier file that is not a readable
 results record (or that records no groups) holds nothing to keep: the run says so and replaces it.
@@ -19,7 +19,6 @@ from bench.core import results
 from bench.core.errors import BenchError
 from bench.core.results import Result, Results
 from bench.metrics import registry
-from bench.run import cache_keys
 
 
 @dataclass
@@ -88,7 +87,7 @@ def keep(prev: Results | None, rerun: set[str], now: dict, out: Path, log=lambda
     config = prev.run.get("config") or {}
     for name, rec in todo.items():
         g = groups[name]
-        for k in cache_keys.keyed_settings(g):
+        for k in g.keyed_settings:
             if k not in config or not _same(config[k], now["settings"].get(k)):
                 was = _short(config[k]) if k in config else "not recorded"
                 raise BenchError(f"{where}: its group {name} ran with {k}={was}, "
