@@ -60,3 +60,18 @@ def test_every_package_under_bench_ships():
     folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "bench").rglob("*.py")
                if "__pycache__" not in p.parts}
     assert folders <= found, sorted(folders - found)
+
+
+def test_a_source_tree_without_the_wheel_mapping_finds_the_repository_folders(monkeypatch):
+    """CI imports ``bench`` from the checkout (pytest puts the root on sys.path), where
+    ``bench._models`` and ``bench._results`` do not exist: the fallback must be the repository's
+    own models/ and results/ (it pointed inside bench/ after the layer move, and CI failed)."""
+    from bench.inputs import zoo
+
+    def no_mapping(name):
+        raise ModuleNotFoundError(name)
+
+    monkeypatch.setattr(zoo.resources, "files", no_mapping)
+    assert zoo.results_dir() == ROOT / "results"
+    assert (zoo.results_dir() / "baseline" / "cases.json").is_file()
+    assert (zoo.models_dir() / "recipes").is_dir()

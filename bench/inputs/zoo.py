@@ -21,7 +21,7 @@ def shipped(package: str, folder: str) -> Path:
     try:
         return Path(str(resources.files(f"bench.{package}")))
     except ModuleNotFoundError:
-        return Path(__file__).resolve().parents[1] / folder
+        return Path(__file__).resolve().parents[2] / folder
 
 
 def models_dir() -> Path:
