@@ -89,5 +89,46 @@ def test_released_name_resolves(tmp_path):
     assert zoo.resolve_spec("digits-at").endswith("models/digits/digits-at.safetensors")
     assert zoo.resolve_spec("other.pt") == "other.pt"
     assert zoo.resolve_spec("fmnist-bogus") == "fmnist-bogus"  # not a method: left to the loader
+    # a name listed in the manifest (the leaky-ReLU models) resolves through it
+    assert zoo.resolve_spec("fmnist-jeat-lrelu").endswith("models/fmnist/fmnist-jeat-lrelu.safetensors")
     with pytest.raises(BenchError, match="no released fmnist checkpoint"):
         zoo.released_path("bogus", "fmnist")
+
+
+def test_released_fmnist_files_match_their_manifest():
+    """Twelve files (six methods, SiLU and leaky ReLU), each under 5 MB, its sha256 and activation
+    as the manifest says."""
+    from bench.inputs import checkpoints, zoo
+    from bench.train.recipe import METHODS
+
+    man = zoo.manifest("fmnist")["models"]
+    assert set(man) == {f"fmnist-{m}{v}" for m in METHODS for v in ("", "-lrelu")}
+    for name, e in man.items():
+        path = zoo.models_dir() / "fmnist" / e["file"]
+        assert path.stat().st_size < 5_000_000 and checkpoints.sha256(path) == e["sha256"], name
+        meta = checkpoints.load(str(path)).meta
+        assert meta["recipe"] == name and meta["method"] == e["method"]
+        assert meta["arch_kwargs"].get("act", "silu") == ("leaky_relu" if name.endswith("-lrelu") else "silu")
+
+
+def test_keep_buffer_trims_only_the_replay_buffer(tmp_path):
+    """The release tool's buffer trim: the first N samples stay, every other tensor and the
+    metadata are unchanged."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from bench.inputs import checkpoints, zoo
+    from bench.train.release import keep_buffer
+
+    src = zoo.released_path("jem", "digits")
+    path = tmp_path / "jem.safetensors"
+    shutil.copyfile(src, path)
+    before = load_file(str(src))
+    assert keep_buffer(path, 7) == f"first 7 of {len(before['replay_buffer'])} samples kept"
+    after = load_file(str(path))
+    assert after.keys() == before.keys()
+    assert after["replay_buffer"].equal(before["replay_buffer"][:7])
+    assert all(after[k].equal(before[k]) for k in before if k != "replay_buffer")
+    assert checkpoints.load(str(path)).meta == checkpoints.load(str(src)).meta
+    assert keep_buffer(path, 100) == "first 7 of 7 samples kept"  # asking for more keeps all

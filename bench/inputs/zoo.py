@@ -51,12 +51,16 @@ def released_path(method: str = DEFAULT_METHOD, zoo: str = DEFAULT_DATASET) -> P
 
 
 def resolve_spec(spec: str) -> str:
-    """A released name (``fmnist-jeat``, ``digits-at``) -> its file; anything else unchanged.
-    A file of that name in the working directory wins."""
+    """A released name (``fmnist-jeat``, ``digits-at``, or any other name in a zoo's manifest, such
+    as ``fmnist-jeat-lrelu``) -> its file; anything else unchanged. A file of that name in the
+    working directory wins."""
     zoo, _, method = spec.partition("-")
-    if zoo in ZOOS and method in METHODS and not Path(spec).exists():
+    if zoo not in ZOOS or Path(spec).exists():
+        return spec
+    if method in METHODS:
         return str(released_path(method, zoo))
-    return spec
+    listed = manifest(zoo).get("models", {}).get(spec)
+    return str(models_dir() / zoo / listed["file"]) if listed else spec
 
 
 def recipe_names() -> list[str]:
