@@ -28,3 +28,33 @@ def test_low_rank_frechet_equals_torch_fidelity():
     want = fid_statistics_to_metric({"mu": x.mean(0), "sigma": np.cov(x, rowvar=False)}, {"mu": mu, "sigma": sig},
                                     False)["frechet_inception_distance"]
     assert frechet(x, mu, sig) == pytest.approx(want, rel=1e-6)
+
+
+def test_fd_infinity_removes_the_small_sample_bias():
+    """On Gaussians with a known distance (closed form), FD-infinity's mean over replications is
+    far closer to the truth than the plain distance of the same sets (measured: plain bias 0.25,
+    FD-infinity's -0.006 with a standard error of 0.015, at d = 16, n = 400)."""
+    from scipy.linalg import sqrtm
+
+    from bench.engines.frechet import fd_infinity, frechet
+
+    d, n, reps = 16, 400, 30
+    s1 = np.diag(np.linspace(0.5, 2.0, d))
+    true = float(np.trace(s1 + np.eye(d) - 2 * sqrtm(s1).real))  # N(0, s1) against N(0, I)
+    plain, inf = [], []
+    for r in range(reps):
+        x = np.random.default_rng(100 + r).multivariate_normal(np.zeros(d), s1, size=n)
+        got = fd_infinity(x, np.zeros(d), np.eye(d), seed=r)
+        assert got["sizes"][-1] == n and got["fd"][-1] == pytest.approx(frechet(x, np.zeros(d), np.eye(d)))
+        plain.append(got["fd"][-1])
+        inf.append(got["value"])
+    bias_plain, bias_inf = np.mean(plain) - true, np.mean(inf) - true
+    assert bias_plain > 0.15  # the bias the estimate is there to remove
+    assert abs(bias_inf) < 0.3 * bias_plain
+
+
+def test_fd_infinity_refuses_too_few_points():
+    from bench.engines.frechet import fd_infinity
+
+    got = fd_infinity(np.zeros((5, 3)), np.zeros(3), np.eye(3), seed=0)
+    assert got["value"] is None and "needs 20 samples; got 5" in got["reason"]

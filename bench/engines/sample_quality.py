@@ -20,6 +20,7 @@ from bench.core.results import Result
 from bench.core.stats import proportion_se
 from bench.engines import features, refstats
 from bench.engines.features import FEATURES, ISC_LAYER
+from bench.engines.frechet import fd_infinity
 from bench.runtime.execution import Execution
 
 ISC_SPLITS = 10
@@ -45,7 +46,8 @@ def fid_is(x_gen: torch.Tensor, x_ref: torch.Tensor, ext: features.Extractor, re
     [0, 1] floats (N, 1 or 3, H, W).  -> {'fid', 'is_mean', 'is_std' (None without logits),
     'reference': info of ``refstats.reference_features``,
     'seconds_reference', 'seconds_generated',
-    'features_generated', 'features_reference' (None when a mu/sigma-only ``ref_stats`` file is used)}.
+    'features_generated', 'features_reference' (None when a mu/sigma-only ``ref_stats`` file is used),
+    'reference_statistics' ({mu, sigma})}.
     ``ref_stats``: a reference statistics file instead of x_ref (``bench.engines.refstats``).
     ``run`` (``bench.runtime.execution.Execution``): device and batch size of the feature extraction;
     ``run.sharded`` (torchrun): the Inception features are extracted batch-sharded over the ranks."""
@@ -64,7 +66,7 @@ def fid_is(x_gen: torch.Tensor, x_ref: torch.Tensor, ext: features.Extractor, re
                          f"features {gen_feats.shape[1]}")
     out = {"fid": frechet_distance(gen_feats, ref), "is_mean": None, "is_std": None, "reference": info,
            "seconds_reference": t1 - t0, "seconds_generated": time.perf_counter() - t1,
-           "features_generated": gen_feats, "features_reference": ref_feats}
+           "features_generated": gen_feats, "features_reference": ref_feats, "reference_statistics": ref}
     if ext.has_logits and len(x_gen) >= ISC_SPLITS:
         isc = isc_features_to_metric(feats[ISC_LAYER], ISC_SPLITS, True, 2020)
         out["is_mean"], out["is_std"] = isc["inception_score_mean"], isc["inception_score_std"]
@@ -79,6 +81,16 @@ def frechet_distance(gen_feats: torch.Tensor, ref: dict) -> float:
     gen = refstats.statistics(gen_feats)
     ref = {"mu": ref["mu"].astype(gen["mu"].dtype), "sigma": ref["sigma"].astype(gen["sigma"].dtype)}
     return float(fid_statistics_to_metric(gen, ref, False)["frechet_inception_distance"])
+
+
+def fd_infinity_result(feats: torch.Tensor, ref: dict, n: int, details: dict) -> Result:
+    """The bias-corrected Frechet distance of ``feats`` to the reference statistics {mu, sigma}
+    (``bench.engines.frechet.fd_infinity``, subsets seeded by ``TF_SEED``), with its fit in the details."""
+    inf = fd_infinity(feats, ref["mu"], ref["sigma"], seed=TF_SEED)
+    if inf["value"] is None:
+        return Result.missing(inf["reason"], n=n, **details)
+    fit = {k: inf[k] for k in ("slope", "sizes", "fd", "draws", "seed", "fit")}
+    return Result(inf["value"], None, n, details=dict(details, fd_infinity=fit))
 
 
 def fid_bias_note(n: int) -> str | None:
@@ -232,7 +244,7 @@ def diversity_result(x: torch.Tensor, y: torch.Tensor | None, ref_x: torch.Tenso
 
 def fid_is_results(r: dict, ext: features.Extractor, n: int, details: dict,
                    device: torch.device | str = "cpu") -> dict[str, Result]:
-    """``fid``, ``is_mean``, ``is_std``, ``kid_mean``, ``kid_std``, ``precision``, ``recall`` as
+    """``fid``, ``fid_inf``, ``is_mean``, ``is_std``, ``kid_mean``, ``kid_std``, ``precision``, ``recall`` as
     Results from ``fid_is``'s output ``r`` on n images; ``details`` gain the reference's source
     (cache, shipped file or ``--ref-stats`` file), timings and the FID's small-n note."""
     ref = r["reference"]
@@ -246,7 +258,8 @@ def fid_is_results(r: dict, ext: features.Extractor, n: int, details: dict,
     fid_details = dict(details)
     if fid_bias_note(n):
         fid_details["bias"] = fid_bias_note(n)
-    out = {"fid": Result(r["fid"], None, n, details=fid_details)}
+    out = {"fid": Result(r["fid"], None, n, details=fid_details),
+           "fid_inf": fd_infinity_result(r["features_generated"], r["reference_statistics"], n, details)}
     if r["is_mean"] is None:
         reason = (ext.no_logits or NO_LOGITS) if not ext.has_logits else f"Inception Score needs {ISC_SPLITS} images (splits); got {n}"
         out["is_mean"] = Result.missing(reason, n=n, **details)

@@ -6,6 +6,9 @@ Metrics (group ``is_fid``, suite ``generative``):
               default shuffling seed); ``std`` is the spread over the splits
     is_std    that spread, as its own number (the paper reports IS as mean and std)
     fid       Frechet Inception Distance between the generated images and the training split
+    fid_inf   its bias-corrected limit FID-infinity (Chong and Forsyth 2020): FID of random subsets
+              of 20 % to 100 % of the set, fitted as slope / N + value, extrapolated to 1/N = 0
+              (``bench.engines.frechet.fd_infinity``; the fit in details). Comparable across n
 
     diverged_fraction   the share of the SGLD chains that diverged (NaN or inf), of ``n_gen``;
               ``std`` is the standard error of the proportion, sqrt(p (1 - p) / n)
@@ -132,6 +135,7 @@ def reference_digests(ctx: Context) -> dict:
           metrics=(Metric("is_mean", "score", True, column="IS", tolerance=relative(0.10), portable=DRIFTING, bounds=(1.0, None)),
                    Metric("is_std", "score", tolerance=relative(0.25), portable=DRIFTING, bounds=(0.0, None)),
                    Metric("fid", "fid", False, column="FID", tolerance=relative(0.10), portable=DRIFTING, bounds=(0.0, None)),
+                   Metric("fid_inf", "fid", False, column="FID-inf", tolerance=relative(0.10), portable=DRIFTING),
                    Metric.proportion("diverged_fraction", higher_is_better=False, column="Diverged (%)"),
                    Metric("kid_mean", "kid", False, column="KID", portable=DRIFTING),
                    Metric("kid_std", "kid", portable=DRIFTING, bounds=(0.0, None)),
@@ -148,7 +152,7 @@ def generative_group(ctx: Context) -> dict[str, Result]:
     from bench.engines.generation import generated
 
     s = ctx.settings
-    names = ("is_mean", "is_std", "fid", *FEATURE_METRICS, "diversity_ssim")
+    names = ("is_mean", "is_std", "fid", "fid_inf", *FEATURE_METRICS, "diversity_ssim")
     limit = max_diverged(s)
     gen = generated(ctx)
     gx, gy = gen.x, gen.y

@@ -11,6 +11,8 @@ above ``max_diverged`` as IS/FID are):
     fd_judge         Frechet distance between the generated and the reference images in the judge's
                      penultimate features (the input of its last Linear layer); torch-fidelity's
                      statistics and distance, as the FID
+    fd_judge_inf     its bias-corrected limit FD-infinity (as ``fid_inf``: random subsets of 20 % to
+                     100 % of the set, slope / N + value extrapolated to 1/N = 0), comparable across n
     kid_judge        KID in the same features (``bench.engines.sample_quality.kid``); std: over its subsets
     class_agreement  share of the generated images the judge classifies as the class their chain
                      was drawn for (generation draws labels 0..K-1 in turn, starts each chain from
@@ -30,14 +32,14 @@ from bench.core.settings import GEN_SETTINGS
 from bench.engines import judges
 from bench.engines.density_coverage import NEAREST_K, density_coverage
 from bench.engines.frechet import frechet
-from bench.engines.sample_quality import ISC_SPLITS, TF_SEED, fid_bias_note, kid
+from bench.engines.sample_quality import ISC_SPLITS, TF_SEED, fd_infinity_result, fid_bias_note, kid
 from bench.inputs.data import TRAIN_IS_TEST
 from bench.metrics import DRIFTING, Context, Metric, Result, register
 from bench.metrics.generative import diverged_result, max_diverged
 from bench.runtime.execution import Execution
 
-COMPARED = ("fd_judge", "kid_judge", "density", "coverage")  # against the training split
-NAMES = ("is_judge", "fd_judge", "kid_judge", "class_agreement", "density", "coverage")
+COMPARED = ("fd_judge", "fd_judge_inf", "kid_judge", "density", "coverage")  # against the training split
+NAMES = ("is_judge", "fd_judge", "fd_judge_inf", "kid_judge", "class_agreement", "density", "coverage")
 
 
 def judge_digests(ctx: Context) -> dict:
@@ -61,7 +63,7 @@ def _judge(ctx: Context) -> judges.Judge | str:
 
 def judge_scores(logits: torch.Tensor, feats: torch.Tensor, y: torch.Tensor, ref_feats: torch.Tensor,
                  details: dict, device: torch.device | str = "cpu") -> dict[str, Result]:
-    """The seven metrics from the judge's logits and features of the generated images (labels y:
+    """The eight metrics from the judge's logits and features of the generated images (labels y:
     the classes drawn) and its features of the reference images."""
     from torch_fidelity.metric_fid import fid_features_to_statistics
     from torch_fidelity.metric_isc import isc_features_to_metric
@@ -86,6 +88,7 @@ def judge_scores(logits: torch.Tensor, feats: torch.Tensor, y: torch.Tensor, ref
     if fid_bias_note(n):
         fdd["bias"] = fid_bias_note(n)
     out["fd_judge"] = Result(fd, None, n, details=fdd)
+    out["fd_judge_inf"] = fd_infinity_result(feats, ref, n, dict(details, feature_dim=int(feats.shape[1])))
     k = kid(feats, ref_feats)
     if k["kid_mean"] is None:
         out["kid_judge"] = Result.missing(k["reason_kid"], n=n, **details)
@@ -110,6 +113,7 @@ def judge_scores(logits: torch.Tensor, feats: torch.Tensor, y: torch.Tensor, ref
 @register("judged", "generative",
           metrics=(Metric("is_judge", "score", True, column="IS (judge)", portable=DRIFTING, bounds=(1.0, None)),
                    Metric("fd_judge", "fd", False, column="FD (judge)", portable=DRIFTING, bounds=(0.0, None)),
+                   Metric("fd_judge_inf", "fd", False, column="FD-inf (judge)", portable=DRIFTING),
                    Metric("kid_judge", "kid", False, column="KID (judge)", portable=DRIFTING),
                    Metric("class_agreement", "proportion", True, "percent", column="Class agreement (%)",
                           portable=DRIFTING, range=1.0, bounds=(0.0, 1.0)),

@@ -226,7 +226,7 @@ def _feature_metrics(samples: SampleSet, ds, ref, extractor: tuple, ref_stats, d
 
     x, n = samples.x, len(samples.x)
     metrics: dict[str, Result] = {}
-    feature_names = ("fid", "is_mean", "is_std", *FEATURE_METRICS)
+    feature_names = ("fid", "fid_inf", "is_mean", "is_std", *FEATURE_METRICS)
 
     t0 = time.time()
     if ds.input_shape[0] not in (1, 3):
