@@ -102,12 +102,14 @@ def train(recipe, out, epochs, device, seed, resume, data_root, download):
 @cli.command()
 @click.argument("dirs", metavar="DIR...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="directory for the tables and report.html")
-def table(dirs, out):
+@click.option("--over-seeds", is_flag=True, help="one row per model over its runs at several seeds (same "
+              "checkpoint and settings): the mean, ± the standard deviation over the seeds")
+def table(dirs, out, over_seeds):
     """Tables 1-3 across runs (DIR/results.json), beside the paper's numbers: CSV, LaTeX, Markdown
     and report.html into OUT; the Markdown is printed."""
     from bench.outputs import tables
 
-    built = tables.build(dirs, out)
+    built = tables.build(dirs, out, over_seeds=over_seeds)
     for t in built.tables:
         click.echo(tables.to_markdown(t))
     if built.report_error:

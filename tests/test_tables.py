@@ -201,3 +201,54 @@ def test_rows_state_dataset_threat_and_n_and_best_is_per_dataset_and_threat(tmp_
     # CSV holds the same context columns
     back = pd.read_csv(tmp_path / "out" / "table1.csv")
     assert list(back["Threat model"][:5]) == ["Linf, eps 0.1"] * 3 + ["Linf, eps 0.3"] * 2
+
+
+def _seeded(root, name, seed, fid, sha="ab" * 32, method="jeat"):
+    d = make_run(root, name, method, {"fid": metric(fid, n=500), "accuracy": metric(0.9, 0.01),
+                                      **({"kid_mean": metric(0.05, 0.01)} if seed == 0 else {})},
+                 sha=sha, config=dict(CONFIG, seed=seed), suites=("generative",))
+    doc = json.loads((d / "results.json").read_text())
+    doc["run"]["seed"] = seed
+    (d / "results.json").write_text(json.dumps(doc))
+    return d
+
+
+def test_over_seeds_merges_one_model_and_keeps_the_others(tmp_path):
+    """Two seeds of one checkpoint become one row: the mean, ± the standard deviation over the
+    seeds (hand-computed: FID 120 and 126 -> 123 ± 4.2426); another checkpoint stays its own row;
+    a metric only one seed holds is null with the seed that lacks it."""
+    runs = [_seeded(tmp_path, "jeat-s0", 0, 120.0), _seeded(tmp_path, "jeat-s1", 1, 126.0),
+            _seeded(tmp_path, "at-s0", 0, 110.0, sha="cd" * 32, method="at")]
+    built = tables.build(runs, tmp_path / "out", report=False, over_seeds=True)
+    t2 = next(t for t in built.tables if t.name == "generative")  # the suite tables show the std
+    ours = t2.df[t2.df["source"] == "ours"].reset_index(drop=True)
+    assert list(ours["Model"]) == ["JEAT (digits-cnn, digits) [seeds 0, 1]", "AT (digits-cnn, digits)"]
+    assert ours["FID"].tolist() == pytest.approx([123.0, 110.0])
+    assert t2.stds[(0, "FID")] == pytest.approx(2 ** 0.5 * 3)  # stdev(120, 126)
+    assert (1, "FID") not in t2.stds  # one run: its own std (none recorded)
+    assert "standard deviation over the seeds" in t2.caption
+    merged = tables.seed_spread.over_seeds([r for _, r in tables.load_runs(runs)])
+    assert merged[0].metrics["fid"].details["values"] == [120.0, 126.0]
+    assert merged[0].metrics["kid_mean"].value is None
+    assert merged[0].metrics["kid_mean"].reason == "not held at seed(s) 1 of 2"
+    # without the flag every run is a row
+    plain = tables.build(runs, tmp_path / "plain", report=False).tables[1]  # Table 2
+    assert len(plain.df[plain.df["source"] == "ours"]) == 3
+
+
+def test_over_seeds_does_not_merge_other_settings_or_a_repeated_seed(tmp_path):
+    from bench.core import results
+    from bench.outputs.seed_spread import over_seeds
+
+    a = results.read(_seeded(tmp_path, "a", 0, 120.0))
+    b = results.read(_seeded(tmp_path, "b", 1, 126.0))
+    b.run["config"]["n_gen"] = 2000  # another setting: not the same experiment
+    assert len(over_seeds([a, b])) == 2
+    c = results.read(_seeded(tmp_path, "c", 0, 121.0))  # seed 0 twice
+    assert len(over_seeds([a, c])) == 2
+
+
+def test_cli_table_over_seeds(tmp_path, capsys):
+    runs = [_seeded(tmp_path, "s0", 0, 120.0), _seeded(tmp_path, "s1", 1, 126.0)]
+    assert main(["table", *map(str, runs), "--over-seeds", "--out", str(tmp_path / "t")]) == 0
+    assert "| JEAT (digits-cnn, digits) [seeds 0, 1] | digits | 500 | 123.00 ± 4.24 |" in capsys.readouterr().out

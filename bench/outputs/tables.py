@@ -20,6 +20,7 @@ from bench.core.fileio import atomic_write_bytes
 from bench.core.results import Results
 from bench.engines.plots import robustness_curves
 from bench.outputs import report as pages
+from bench.outputs import seed_spread
 from bench.outputs.more_tables import all_tables, run_tables
 from bench.outputs.paper_tables import Table, labels
 from bench.outputs.report import write_report
@@ -96,17 +97,26 @@ def load_runs(dirs) -> list[tuple[Path, Results]]:
     return [(Path(d) if Path(d).is_dir() else Path(d).parent, results.read(d)) for d in dirs]
 
 
-def build(dirs, out: str | Path, report: bool = True) -> Built:
+def build(dirs, out: str | Path, report: bool = True, over_seeds: bool = False) -> Built:
     """``bench table``: Tables 1-3 over the runs in ``dirs`` beside the paper's numbers, written as
     CSV, LaTeX and Markdown into ``out``, with ``out/report.html`` (tables, every run's figures,
     settings and versions).  All three tables are written, a run without a table's metrics showing
     dashes with the reason ("not run") in a footnote.  A failing report is recorded in
-    ``report_error``, never losing the tables written before it."""
+    ``report_error``, never losing the tables written before it.  ``over_seeds``: the runs of one
+    model at several seeds are one row, mean ± the standard deviation over the seeds
+    (``bench.outputs.seed_spread``); the report still shows every run."""
     runs = load_runs(dirs)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise BenchError(f"--out {out} exists and is not a directory")
-    tables = all_tables([r for _, r in runs])
+    rows = [r for _, r in runs]
+    if over_seeds:
+        rows = seed_spread.over_seeds(rows)
+    tables = all_tables(rows)
+    if over_seeds and len(rows) < len(runs):
+        for t in tables:
+            t.caption += (" Rows marked [seeds ...] are the mean over those seeds, ± the standard deviation "
+                          "over the seeds (not a standard error).")
     try:
         paths = [p for t in tables for p in write(t, out)]
     except OSError as e:
