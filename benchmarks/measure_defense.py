@@ -6,7 +6,11 @@
 K = 0 is plain inference.  The numbers are those of the ``adaptive`` group (bench.metrics.adaptive):
 a point is robust when correct clean and under attack in all R draws; ``pgd20`` is the plain attack
 evaluated once (as the ``pgd20`` metric does), ``pgd20_R`` the same attack over R draws.  Prints a
-Markdown table and the flags each configuration raised (bench.runtime.checks)."""
+Markdown table and the flags each configuration raised (bench.runtime.checks).
+
+``--json FILE`` also records each point's outcome per attack; ``--compare A.json B.json`` counts the
+points whose outcome differs between two such runs, e.g. one made under ``ATEN_CPU_CAPABILITY=default``
+(another machine's kernels, docs/CHECKS.md): the flips a paired check of these metrics must allow."""
 
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ from bench.runtime import checks
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("models", nargs="+")
+    ap.add_argument("models", nargs="*")
+    ap.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None)
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--k", default="0,5,10")
     ap.add_argument("--eot", type=int, default=8)
@@ -34,6 +39,8 @@ def main() -> None:
     ap.add_argument("--no-aa", action="store_true")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
+    if a.compare:
+        return compare(*a.compare)
     rows = []
     print("| model | K | clean (R) | PGD-20 | PGD-20 (R) | EOT-PGD | BPDA+EOT | AA rand | worst | s | flags |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
@@ -64,7 +71,7 @@ def _evaluate(model, x, y, eps, a) -> dict:
     kw = {"steps": 20, "step_size": eps / 4}
     clean = survives(model, x, y, r)
     idx = clean.nonzero().squeeze(1)
-    out = {"clean": clean.double().mean().item(), "flags": []}
+    out = {"clean": clean.double().mean().item(), "flags": [], "points": {"clean": _bits(clean)}}
 
     def robust(attack, repeats):
         adv = x.clone()
@@ -91,12 +98,31 @@ def _evaluate(model, x, y, eps, a) -> dict:
     worst = clean.clone()
     for name, f in flags.items():
         out[name] = f.double().mean().item()
+        out["points"][name] = _bits(f)
         worst &= f
+    out["points"]["worst"] = _bits(worst)
     out["worst"] = worst.double().mean().item()
     raised = checks.collect([checks.randomness_flag(model, x, None, "pgd20"),
                              checks.gradient_flag(checks.masked_share(model, x, y), len(x), "pgd20")])
     out["flags"] = [f["flag"] for f in raised]
     return out
+
+
+def _bits(robust: torch.Tensor) -> str:
+    return "".join("1" if b else "0" for b in robust.tolist())
+
+
+def compare(path_a: str, path_b: str) -> None:
+    """Per model, K and attack: the points whose outcome differs between two --json runs."""
+    with open(path_a) as fa, open(path_b) as fb:
+        rows_a, rows_b = json.load(fa), json.load(fb)
+    print("| model | K | attack | n | flipped | share |")
+    print("|---|---:|---|---:|---:|---:|")
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        for name, bits in ra["points"].items():
+            flips = sum(u != v for u, v in zip(bits, rb["points"][name], strict=True))
+            print(f"| {ra['model'].split('/')[-1]} | {ra['K']} | {name} | {len(bits)} | {flips} | "
+                  f"{100 * flips / len(bits):.1f}% |")
 
 
 if __name__ == "__main__":
