@@ -132,6 +132,11 @@ def test_same_method_and_model_told_apart_without_paths(tmp_path):
     assert names == ["JEAT (digits-cnn, digits) [eps=0.1]", "JEAT (digits-cnn, digits) [eps=0.2]"]
     names = paper_tables.labels([tables.load_runs([d])[0][1] for d in (a, a)])
     assert len(set(names)) == 2
+    # two recipes of one method and architecture (SiLU and leaky ReLU): named by their recipes
+    runs = [tables.load_runs([d])[0][1] for d in (a, b)]
+    runs[0].model["recipe"], runs[1].model["recipe"] = "fmnist-jeat", "fmnist-jeat-lrelu"
+    assert paper_tables.labels(runs) == ["JEAT (digits-cnn, digits) [recipe fmnist-jeat]",
+                                         "JEAT (digits-cnn, digits) [recipe fmnist-jeat-lrelu]"]
 
 
 def test_cli_table_prints_markdown_and_writes_files(three, tmp_path, capsys):

@@ -73,7 +73,8 @@ class Loaded:
         m = self.meta
         return {"path": self.path, "sha256": self.sha256, "weights_sha256": self.weights_sha256,
                 "arch": m.get("arch"), "method": m.get("method"), "dataset": m.get("dataset"),
-                "num_classes": m.get("num_classes"), "normalization": m.get("normalization")}
+                "num_classes": m.get("num_classes"), "normalization": m.get("normalization"),
+                "recipe": m.get("recipe")}
 
 
 def weights_sha256(model: nn.Module) -> str:

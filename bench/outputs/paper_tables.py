@@ -143,7 +143,8 @@ def _short(v) -> str:
 
 def labels(runs: list[Results]) -> list[str]:
     """Row names; runs that share method and model are told apart by what differs between them:
-    the checkpoint (sha256) first, else the settings that differ (run.config), else their order."""
+    the training recipe (``fmnist-jeat-lrelu``) where each has its own, else the checkpoint
+    (sha256), else the settings that differ (run.config), else their order."""
     names = [label(r) for r in runs]
     out = list(names)
     for name in {x for x in names if names.count(x) > 1}:
@@ -151,8 +152,11 @@ def labels(runs: list[Results]) -> list[str]:
         shas = [runs[i].model.get("sha256") for i in idx]
         cfgs = [runs[i].run.get("config") or {} for i in idx]
         keys = sorted({k for c in cfgs for k in c if any(c2.get(k) != c.get(k) for c2 in cfgs)})
+        recipes = [runs[i].model.get("recipe") for i in idx]
         for j, i in enumerate(idx):
-            if len(set(shas)) == len(idx) and all(shas):
+            if len(set(recipes)) == len(idx) and all(recipes):
+                tag = f"recipe {recipes[j]}"
+            elif len(set(shas)) == len(idx) and all(shas):
                 tag = f"sha256 {shas[j][:8]}"
             elif keys:
                 tag = ", ".join(f"{k}={_short(cfgs[j].get(k))}" for k in keys[:3])
