@@ -21,7 +21,10 @@ class _Number(click.ParamType):
         try:
             return float(Fraction(value.strip())) if "/" in value else float(value)
         except (ValueError, ZeroDivisionError):
-            self.fail(f"{value!r} is not a number (e.g. 0.1 or 8/255)", param, ctx)
+            hint = ""
+            if "," in value and param is not None and param.name == "eps":
+                hint = "; several radii go in --eps-grid (a robustness curve), --eps is the one threat model"
+            self.fail(f"{value!r} is not a number (e.g. 0.1 or 8/255){hint}", param, ctx)
 
 
 NUMBER = _Number()

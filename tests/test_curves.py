@@ -166,6 +166,7 @@ def test_run_and_bench_table_write_the_curves(digits, tmp_path):
     (["--eps-grid", "0.5,1.2"], "eps-grid value 1.2 is outside [0, 1)"),
     (["--eps-grid", "0.5,9", "--norm", "L2"], "sqrt(64)"),
     (["--eps-grid", "0.1", "--curve-attacks", "nope"], "unknown curve attack"),
+    (["--eps", "0.05,0.1"], "several radii go in --eps-grid"),
 ])
 def test_bad_grids_are_one_line_errors(tmp_path, capsys, args, msg):
     rc = main(["run", "--suite", "robust", "--n-eval", "10", "--out", str(tmp_path / "r"), *args])
