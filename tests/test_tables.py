@@ -241,6 +241,21 @@ def test_over_seeds_merges_one_model_and_keeps_the_others(tmp_path):
     assert len(plain.df[plain.df["source"] == "ours"]) == 3
 
 
+def test_over_seeds_keeps_the_reason_a_metric_is_null_at_every_seed():
+    """A metric null at every seed for one reason (the Inception Score offline) keeps that reason
+    beside the seeds that lack it, so the table's footnote still says why."""
+    from bench.core.results import Result, Results
+
+    def run(seed, reason):
+        return Results({"sha256": "ab" * 32}, {"name": "m", "seed": seed, "config": {"seed": seed}},
+                       {"is_mean": Result.missing(reason), "fid": Result(100.0 + seed, None, 500)})
+    merged = tables.seed_spread.over_seeds([run(0, "no Inception logits"), run(1, "no Inception logits")])
+    assert merged[0].metrics["is_mean"].reason == "not held at seed(s) 0, 1 of 2: no Inception logits"
+    assert merged[0].metrics["fid"].value == 100.5
+    mixed = tables.seed_spread.over_seeds([run(0, "one reason"), run(1, "another")])
+    assert mixed[0].metrics["is_mean"].reason == "not held at seed(s) 0, 1 of 2"
+
+
 def test_over_seeds_does_not_merge_other_settings_or_a_repeated_seed(tmp_path):
     from bench.core import results
     from bench.outputs.seed_spread import over_seeds

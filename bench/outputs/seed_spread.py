@@ -28,7 +28,9 @@ def _merged_metric(name: str, members: list[Results], seeds: list) -> Result:
     held = [r.metrics.get(name) for r in members]
     if any(m is None or m.value is None for m in held):
         lacking = [s for s, m in zip(seeds, held, strict=True) if m is None or m.value is None]
-        return Result.missing(f"not held at seed(s) {', '.join(map(str, lacking))} of {len(seeds)}")
+        reasons = {m.reason for m in held if m is not None and m.value is None}
+        why = f": {reasons.pop()}" if len(reasons) == 1 else ""  # the runs' own reason, when they agree
+        return Result.missing(f"not held at seed(s) {', '.join(map(str, lacking))} of {len(seeds)}{why}")
     values = [m.value for m in held]
     within = [m.std for m in held if m.std is not None]
     details = {"seeds": seeds, "values": values, "std": SPREAD}
