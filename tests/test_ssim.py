@@ -101,6 +101,27 @@ def test_nearest_neighbours_against_scikit_image_loop(digits):
     assert torch.equal(idx, ref_i)
 
 
+def test_ssim_nn_result_is_scikit_image_and_refuses_small_images(digits):
+    """The one ssim_nn builder (the memorization group and bench samples): its mean, standard
+    error, maximum and share above 0.9 against scikit-image's nearest-neighbour SSIMs by hand (one
+    generated image a copy of a training image), k capped at the training set, and a null with
+    the reason below the 7x7 window."""
+    from bench.metrics.ssim import ssim_nn_result
+    from bench.runtime.execution import Execution
+
+    train = digits.train.x[:40]
+    gen = torch.cat([digits.test.x[:4], train[5:6]])  # the last one is a training image
+    res, vals, idx = ssim_nn_result(gen, train, k=100, run=Execution("cpu"))
+    best = sk_matrix(gen, train).max(1).values
+    assert res.value == pytest.approx(best.mean().item(), abs=1e-5)
+    assert res.std == pytest.approx((best.std() / len(best) ** 0.5).item(), abs=1e-5)
+    assert res.n == 5 and vals.shape == (5, 40) and idx[4, 0] == 5  # k capped at the 40 images
+    assert res.details["max"] == pytest.approx(1.0, abs=1e-5)
+    assert res.details["frac_above_0.9"] == pytest.approx((best > 0.9).double().mean().item())
+    small, v, i = ssim_nn_result(_rand(3, 1, 6, 6), _rand(4, 1, 6, 6, seed=1), k=2, run=Execution("cpu"))
+    assert small.value is None and v is None and i is None and "at least 7x7" in small.reason
+
+
 def test_show_order_takes_classes_in_turn():
     y = torch.tensor([0, 0, 0, 1, 1, 2])
     assert show_order(y, 5) == [0, 3, 5, 1, 4]

@@ -41,28 +41,11 @@ def ssim_group(ctx: Context) -> dict[str, Result]:
         return {"ssim_nn": Result.missing("no finite generated images", n=len(gx), grid=GRID)}
     gx, gy = gx[finite], gy.cpu()[finite]
     train = ctx.data.train.x
-    if min(train.shape[-2:]) < WIN:
-        return {"ssim_nn": Result.missing(f"SSIM needs images of at least {WIN}x{WIN} (win_size {WIN}); "
-                                          f"these are {tuple(train.shape[-2:])}", n=len(gx), grid=GRID)}
-    k = int(s["ssim_k"])
-    vals, idx = nearest_neighbours(gx, train, k, run=ctx.execution)  # torchrun: a share of the queries each
-    nn = vals[:, 0].double()
-    n = len(nn)
-    mean, se, sd = mean_se(nn)
-    details = {
-        "median": nn.median().item(),
-        "max": nn.max().item(),
-        "min": nn.min().item(),
-        "frac_above_0.9": (nn > 0.9).double().mean().item(),
-        "mean_kth": vals[:, -1].double().mean().item(),
-        "k": int(vals.shape[1]),
-        "n_train": len(train),
-        "dropped_nonfinite": int((~finite).sum()),
-        "sd": sd,
-        "std": STD_NOTE,
-        "ssim": {"win_size": WIN, "data_range": 1.0, "gaussian_weights": False, "use_sample_covariance": True},
-        "grid": GRID,  # generated(ctx) wrote it: the report finds it here
-    }
+    res, vals, idx = ssim_nn_result(gx, train, int(s["ssim_k"]), ctx.execution)  # torchrun: a share each
+    res.details.update(dropped_nonfinite=int((~finite).sum()), grid=GRID)  # grid: the report finds it here
+    if vals is None:
+        return {"ssim_nn": res}
+    details = res.details
     n_show = int(s.get("ssim_n_show") or 0)
     if n_show > 0:
         rows = show_order(gy, n_show)
@@ -74,4 +57,31 @@ def ssim_group(ctx: Context) -> dict[str, Result]:
         details["figure"] = fig.rel
         details["shown"] = {"generated": rows, "neighbours": idx[rows].tolist(),
                             "ssim": [[round(v, 5) for v in r] for r in vals[rows].tolist()]}
-    return {"ssim_nn": Result(mean, se, n, details=details)}
+    return {"ssim_nn": res}
+
+
+def ssim_nn_result(gx: torch.Tensor, train: torch.Tensor, k: int, run) -> tuple[Result, torch.Tensor | None,
+                                                                              torch.Tensor | None]:
+    """``ssim_nn`` of the images ``gx`` among ``train`` (the one builder: the memorization group and
+    ``bench samples``): the Result with its details, and the (n, k) SSIMs and indices of the k
+    nearest training images (None, None with a null Result when the images are below the SSIM
+    window).  ``run`` is the ``Execution`` (device, batch size, sharding)."""
+    if min(train.shape[-2:]) < WIN:
+        return (Result.missing(f"SSIM needs images of at least {WIN}x{WIN} (win_size {WIN}); "
+                               f"these are {tuple(train.shape[-2:])}", n=len(gx)), None, None)
+    vals, idx = nearest_neighbours(gx, train, min(k, len(train)), run=run)
+    nn = vals[:, 0].double()
+    mean, se, sd = mean_se(nn)
+    details = {
+        "median": nn.median().item(),
+        "max": nn.max().item(),
+        "min": nn.min().item(),
+        "frac_above_0.9": (nn > 0.9).double().mean().item(),
+        "mean_kth": vals[:, -1].double().mean().item(),
+        "k": int(vals.shape[1]),
+        "n_train": len(train),
+        "sd": sd,
+        "std": STD_NOTE,
+        "ssim": {"win_size": WIN, "data_range": 1.0, "gaussian_weights": False, "use_sample_covariance": True},
+    }
+    return Result(mean, se, len(nn), details=details), vals, idx

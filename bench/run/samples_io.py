@@ -257,22 +257,13 @@ def _feature_metrics(samples: SampleSet, ds, ref, extractor: tuple, ref_stats, d
 def _ssim_metrics(samples: SampleSet, ds, ref, ssim_k: int, dev, log) -> dict:
     """SSIM to the nearest training images and the SSIM diversity of the samples."""
     from bench.engines.sample_quality import diversity_result
-    from bench.engines.ssim import WIN, nearest_neighbours
-    from bench.metrics import Result, mean_se
+    from bench.metrics.ssim import ssim_nn_result
 
-    x, y, n = samples.x, samples.y, len(samples.x)
+    x, y = samples.x, samples.y
     metrics: dict = {}
     t0 = time.time()
-    if min(ds.input_shape[1:]) < WIN:
-        metrics["ssim_nn"] = Result.missing(f"SSIM needs images of at least {WIN}x{WIN}", n=n)
-    else:
-        log(f"[samples] SSIM nearest neighbours of {n} images among {len(ds.train)} training images")
-        vals, _ = nearest_neighbours(x, ds.train.x, min(ssim_k, len(ds.train)), run=Execution(dev))
-        mean, se, sd = mean_se(vals[:, 0])
-        metrics["ssim_nn"] = Result(mean, se, n, details={
-            "median": vals[:, 0].median().item(), "max": vals[:, 0].max().item(), "k": int(vals.shape[1]),
-            "mean_kth": vals[:, -1].double().mean().item(), "n_train": len(ds.train), "sd": sd,
-            "std": "standard error of the mean over generated images, sd / sqrt(n)"})
+    log(f"[samples] SSIM nearest neighbours of {len(x)} images among {len(ds.train)} training images")
+    metrics["ssim_nn"] = ssim_nn_result(x, ds.train.x, ssim_k, Execution(dev))[0]
     metrics["ssim_nn"].seconds = time.time() - t0
     t0 = time.time()
     metrics["diversity_ssim"] = diversity_result(x, y, ref.x, ref.y, dev)
