@@ -232,6 +232,9 @@ def test_over_seeds_merges_one_model_and_keeps_the_others(tmp_path):
     assert t2.stds[(0, "FID")] == pytest.approx(2 ** 0.5 * 3)  # stdev(120, 126)
     assert (1, "FID") not in t2.stds  # one run: its own std (none recorded)
     assert "standard deviation over the seeds" in t2.caption
+    table2 = next(t for t in built.tables if t.name == "table2")  # shows no spread, so promises none
+    assert not table2.stds and "± the standard deviation" not in table2.caption
+    assert "is in the suite tables" in table2.caption
     merged = tables.seed_spread.over_seeds([r for _, r in tables.load_runs(runs)])
     assert merged[0].metrics["fid"].details["values"] == [120.0, 126.0]
     assert merged[0].metrics["kid_mean"].value is None

@@ -114,9 +114,11 @@ def build(dirs, out: str | Path, report: bool = True, over_seeds: bool = False) 
         rows = seed_spread.over_seeds(rows)
     tables = all_tables(rows)
     if over_seeds and len(rows) < len(runs):
-        for t in tables:
+        for t in tables:  # only a table that shows spreads promises them (Tables 1-3 show none)
             t.caption += (" Rows marked [seeds ...] are the mean over those seeds, ± the standard deviation "
-                          "over the seeds (not a standard error).")
+                          "over the seeds (not a standard error)." if t.stds else
+                          " Rows marked [seeds ...] are the mean over those seeds; their standard deviation "
+                          "over the seeds is in the suite tables (this table shows none).")
     try:
         paths = [p for t in tables for p in write(t, out)]
     except OSError as e:
