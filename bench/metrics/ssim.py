@@ -69,7 +69,7 @@ def ssim_nn_result(gx: torch.Tensor, train: torch.Tensor, k: int, run) -> tuple[
     if min(train.shape[-2:]) < WIN:
         return (Result.missing(f"SSIM needs images of at least {WIN}x{WIN} (win_size {WIN}); "
                                f"these are {tuple(train.shape[-2:])}", n=len(gx)), None, None)
-    vals, idx = nearest_neighbours(gx, train, min(k, len(train)), run=run)
+    vals, idx = nearest_neighbours(gx, train, k, run=run)  # it caps k at the training set
     nn = vals[:, 0].double()
     mean, se, sd = mean_se(nn)
     details = {

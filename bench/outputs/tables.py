@@ -97,6 +97,12 @@ def load_runs(dirs) -> list[tuple[Path, Results]]:
     return [(Path(d) if Path(d).is_dir() else Path(d).parent, results.read(d)) for d in dirs]
 
 
+SEEDS_WITH_SPREAD = (" Rows marked [seeds ...] are the mean over those seeds, ± the standard deviation "
+                     "over the seeds (not a standard error).")
+SEEDS_WITHOUT_SPREAD = (" Rows marked [seeds ...] are the mean over those seeds; their standard deviation "
+                        "over the seeds is in the suite tables (this table shows none).")
+
+
 def build(dirs, out: str | Path, report: bool = True, over_seeds: bool = False) -> Built:
     """``bench table``: Tables 1-3 over the runs in ``dirs`` beside the paper's numbers, written as
     CSV, LaTeX and Markdown into ``out``, with ``out/report.html`` (tables, every run's figures,
@@ -115,10 +121,7 @@ def build(dirs, out: str | Path, report: bool = True, over_seeds: bool = False) 
     tables = all_tables(rows)
     if over_seeds and len(rows) < len(runs):
         for t in tables:  # only a table that shows spreads promises them (Tables 1-3 show none)
-            t.caption += (" Rows marked [seeds ...] are the mean over those seeds, ± the standard deviation "
-                          "over the seeds (not a standard error)." if t.stds else
-                          " Rows marked [seeds ...] are the mean over those seeds; their standard deviation "
-                          "over the seeds is in the suite tables (this table shows none).")
+            t.caption += SEEDS_WITH_SPREAD if t.stds else SEEDS_WITHOUT_SPREAD
     try:
         paths = [p for t in tables for p in write(t, out)]
     except OSError as e:
