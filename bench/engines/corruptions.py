@@ -2,7 +2,7 @@
 
 ``corrupt(images, name, severity, seed=0, index=None)`` is the public entry point (also
 ``bench.functional.corrupt``); ``CORRUPTIONS`` lists the names, the file names of the official
-release, in its order; ``PARAMETERS[name]`` holds the five severities' parameters, those of
+release, in its order (``bench.inputs.corrupted``, which reads that release; ``REGISTRY`` follows it); ``PARAMETERS[name]`` holds the five severities' parameters, those of
 Hendrycks' ``make_cifar_c.py``.  docs/CORRUPTIONS.md gives each definition, its adaptation to
 28x28 grey and 8x8 images, the peer it is tested against and the measured difference.
 """
@@ -18,6 +18,7 @@ from bench.core.errors import BenchError
 from bench.engines import corrupt_noise_blur as nb
 from bench.engines import corrupt_weather as we
 from bench.engines.corrupt_ops import Stream
+from bench.inputs.corrupted import CORRUPTIONS
 
 _S = 32  # elastic's parameters are fractions of the image side (IMSIZE in make_cifar_c.py)
 
@@ -43,7 +44,6 @@ REGISTRY = {
     "pixelate": (we.pixelate, (0.95, 0.9, 0.85, 0.75, 0.65)),
     "jpeg_compression": (we.jpeg_compression, (80, 65, 58, 50, 40)),
 }
-CORRUPTIONS = tuple(REGISTRY)
 PARAMETERS = {name: params for name, (_, params) in REGISTRY.items()}
 
 # spatial corruptions, whose pixel-sized parameters mean nothing on a tiny image: below

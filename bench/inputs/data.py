@@ -4,6 +4,9 @@
                   75/25 train/test split, scaled to [0, 1]; runs anywhere, no download
     cifar10       torchvision CIFAR-10 from ``--data-root`` (downloads only when asked)
     cifar100      torchvision CIFAR-100 likewise
+    cifar10-c     CIFAR-10 from ``--data-root`` with the official CIFAR-10-C beside it
+                  (``DIR/CIFAR-10-C/<corruption>.npy`` and ``labels.npy``) in ``info["corrupted"]``;
+                  ``cifar100-c`` likewise (``bench.inputs.corrupted``)
     fashion-mnist Fashion-MNIST (60,000 + 10,000 28x28 grey images, the official split) from the
                   IDX files (gzipped or not) under ``--data-root``, else Debian's
                   ``dataset-fashion-mnist`` package (/usr/share/datasets/fashion-mnist), else
@@ -84,13 +87,18 @@ def load(name: str, data_root: str | Path | None = None, download: bool = False)
         return load_digits()
     if name in ("cifar10", "cifar100"):
         return load_cifar(name, data_root, download)
+    if name in ("cifar10-c", "cifar100-c"):
+        from bench.inputs import corrupted
+
+        return corrupted.load_cifar_c(name, data_root, lambda clean: load_cifar(clean, data_root, download))
     if name == "fashion-mnist":
         return load_fashion_mnist(data_root, download)
     if name.startswith("folder:"):
         return load_folder(Path(name[len("folder:"):]))
     if name.startswith("npz:"):
         return load_npz(Path(name[len("npz:"):]))
-    raise BenchError(f"unknown dataset {name!r}; expected digits, fashion-mnist, cifar10, cifar100, folder:PATH or npz:PATH")
+    raise BenchError(f"unknown dataset {name!r}; expected digits, fashion-mnist, cifar10, cifar100, cifar10-c, cifar100-c, "
+                     "folder:PATH or npz:PATH")
 
 
 def digits_split(y: np.ndarray | None = None, test_fraction=DIGITS_TEST_FRACTION, seed=DIGITS_SPLIT_SEED,
