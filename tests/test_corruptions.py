@@ -19,7 +19,9 @@ from bench.engines import corrupt_weather as we
 from bench.engines.corrupt_ops import Stream, pil_box_resize, poisson
 from bench.engines.corruptions import CORRUPTIONS, PARAMETERS, available, corrupt
 
-cv2 = pytest.importorskip("cv2")
+
+def _cv2():
+    return pytest.importorskip("cv2")
 
 
 def _ic():
@@ -95,6 +97,7 @@ def test_gaussian_noise_moments_at_cifar_severity():
 
 @pytest.mark.parametrize("severity", range(1, 6))
 def test_defocus_is_cv2_filter2d_with_hendrycks_disk(severity):
+    cv2 = _cv2()
     ic = _ic()
     r, a = PARAMETERS["defocus_blur"][severity - 1]
     x = cifar_like()
@@ -172,6 +175,7 @@ def test_zoom_blur_is_hendrycks_clipped_zoom_with_scipy(severity):
 
 @pytest.mark.parametrize("severity", [1, 3, 5])
 def test_snow_matches_make_cifar_c_on_the_same_draws(severity):
+    cv2 = _cv2()
     ic = _ic()
     c = PARAMETERS["snow"][severity - 1]
     x, rng = cifar_like(n=2), rng_for(2)
@@ -192,6 +196,7 @@ def test_snow_matches_make_cifar_c_on_the_same_draws(severity):
 
 
 def test_frost_crops_the_shipped_textures_as_cv2_resizes_the_originals():
+    cv2 = _cv2()
     ic = _ic()
     from pathlib import Path
 
@@ -283,6 +288,7 @@ def test_brightness_and_contrast_match_imagecorruptions_at_their_parameters():
 
 @pytest.mark.parametrize("severity", [1, 2, 5])
 def test_elastic_is_cv2_affine_then_scipy_map_coordinates(severity):
+    cv2 = _cv2()
     from skimage.filters import gaussian
 
     alpha, sigma, shift = (v * 32 for v in PARAMETERS["elastic_transform"][severity - 1])
@@ -361,8 +367,18 @@ def test_every_corruption_keeps_shape_range_and_grid(shape):
         for severity in (1, 5):
             y = corrupt(x, name, severity)
             assert y.shape == x.shape and y.dtype == x.dtype and 0 <= y.min() and y.max() <= 1, name
-            assert torch.equal(torch.round(y.double() * 255), y.double() * 255) or \
-                (torch.round(y.double() * 255) - y.double() * 255).abs().max() < 1e-4, name
+            assert (torch.round(y.double() * 255) - y.double() * 255).abs().max() < 1e-4, name  # k / 255
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_device_changes_no_draw():
+    """The draws are integer hashes, the same on any device; float kernels differ in rounding only,
+    so at most a pixel here and there moves by one step of the uint8 grid."""
+    x = cifar_like(n=4).float() / 255
+    for name in CORRUPTIONS:
+        a, b = corrupt(x, name, 4, seed=2), corrupt(x.cuda(), name, 4, seed=2).cpu()
+        assert b.device.type == "cpu" and (a - b).abs().max() <= 1 / 255 + 1e-6, name
+        assert (a != b).double().mean() < 0.01, name
 
 
 def test_small_images_run_spatial_corruptions_on_upsampled_blocks():
