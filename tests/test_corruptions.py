@@ -343,6 +343,44 @@ def test_jpeg_is_pillow_at_the_official_quality(severity):
 
 # ---------------------------------------------------------------- the public function
 
+def _official_uint8(name, img, c):
+    """np.uint8 of make_cifar_c.py's deterministic corruptions, on an (H, W, 3) uint8 array."""
+    from skimage import color
+
+    a = img / 255.0
+    if name == "zoom_blur":
+        a, out = a.astype(np.float32), np.zeros(img.shape, np.float32)
+        for z in c:
+            out += hendrycks_clipped_zoom(a, z)
+        return np.uint8(np.clip((a + out) / (len(c) + 1), 0, 1) * 255)
+    if name == "brightness":
+        hsv = color.rgb2hsv(a)
+        hsv[:, :, 2] = np.clip(hsv[:, :, 2] + c, 0, 1)
+        return np.uint8(np.clip(color.hsv2rgb(hsv), 0, 1) * 255)
+    if name == "contrast":
+        m = a.mean((0, 1), keepdims=True)
+        return np.uint8(np.clip((a - m) * c + m, 0, 1) * 255)
+    im = Image.fromarray(img)
+    if name == "pixelate":
+        return np.asarray(im.resize((int(32 * c),) * 2, Image.BOX).resize((32, 32), Image.BOX))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=c)
+    return np.asarray(Image.open(buf))
+
+
+@pytest.mark.parametrize("name", ["zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression"])
+def test_deterministic_corruptions_give_the_official_uint8_images(name):
+    """corrupt() on float32 images read from uint8, end to end, against np.uint8 of the official
+    code's result: the same images, bit for bit."""
+    x = cifar_like(n=4, seed=7)
+    for severity in (1, 3, 5):
+        ours = torch.round(corrupt(x.float() / 255, name, severity).double() * 255)
+        for i in range(len(x)):
+            want = _official_uint8(name, hwc(x[i]).astype(np.uint8), PARAMETERS[name][severity - 1])
+            assert np.array_equal(hwc(ours[i]), want.astype(np.float64)), (name, severity)
+
+
+
 def test_a_point_is_corrupted_the_same_in_any_batch_and_dtype():
     x = cifar_like(n=6).float() / 255
     for name in CORRUPTIONS:

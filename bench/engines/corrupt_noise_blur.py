@@ -52,7 +52,7 @@ def disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     t = np.arange(ksize) - (ksize - 1) / 2
     g = np.exp(-(t**2) / (2 * alias_blur**2))
     g = torch.from_numpy(g / g.sum())
-    k = correlate1d(correlate1d(disk, g, 0, "mirror"), g, 1, "mirror")
+    k = correlate1d(correlate1d(disk, g, 0, "mirror"), g, 1, "mirror").float().double()  # OpenCV's float32
     nz = k.abs().sum(0).nonzero()
     r = int(max(half - int(nz.min()), int(nz.max()) - half))
     return k[half - r:half + r + 1, half - r:half + r + 1]
@@ -157,9 +157,11 @@ def motion_blur(x: torch.Tensor, rng: Stream, c: tuple) -> torch.Tensor:
 
 
 def zoom_blur(x: torch.Tensor, rng: Stream, zooms: tuple) -> torch.Tensor:
-    """The mean of the image and its ``clipped_zoom``s at each factor."""
-    x = x / 255.0
-    out = x.clone()
+    """The mean of the image and its ``clipped_zoom``s at each factor, in float32 as make_cifar_c.py
+    computes it (each zoom rounded to float32, summed in float32), so its truncation to uint8 too."""
+    x32 = (x / 255.0).float()
+    out = torch.zeros_like(x32)
     for z in zooms:
-        out += apply_rows_cols(x, clipped_zoom_matrix(x.shape[2], z), clipped_zoom_matrix(x.shape[3], z))
-    return (out / (len(zooms) + 1)).clamp(0, 1) * 255.0
+        out += apply_rows_cols(x32.double(), clipped_zoom_matrix(x.shape[2], z),
+                               clipped_zoom_matrix(x.shape[3], z)).float()
+    return (((x32 + out) / (len(zooms) + 1)).clamp(0, 1) * 255).double()

@@ -80,14 +80,22 @@ def border_index(n: int, idx: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 def correlate1d(x: torch.Tensor, weights: torch.Tensor, dim: int, mode: str) -> torch.Tensor:
-    """scipy.ndimage.correlate1d of ``x`` along ``dim`` with a centred odd-length kernel."""
+    """scipy.ndimage.correlate1d of ``x`` along ``dim`` with a centred odd-length kernel; a symmetric
+    kernel is summed as scipy sums it, w0 x0 + sum over j = r..1 of w_j (x_-j + x_j), so that the
+    rounding, and hence a truncation to uint8 after it, is scipy's."""
     r = (len(weights) - 1) // 2
     n = x.shape[dim]
     idx = border_index(n, torch.arange(-r, n + r, device=x.device), mode)
     xp = x.index_select(dim, idx)
+    w = weights.tolist()
+    if w == w[::-1]:
+        out = w[r] * xp.narrow(dim, r, n)
+        for j in range(r, 0, -1):
+            out = out + (xp.narrow(dim, r - j, n) + xp.narrow(dim, r + j, n)) * w[r - j]
+        return out
     out = torch.zeros_like(x)
-    for j, w in enumerate(weights.tolist()):
-        out += w * xp.narrow(dim, j, n)
+    for j, wj in enumerate(w):
+        out += wj * xp.narrow(dim, j, n)
     return out
 
 

@@ -123,15 +123,45 @@ def fog(x: torch.Tensor, rng: Stream, c: tuple) -> torch.Tensor:
     return (x * top / (top + c[0])).clamp(0, 1) * 255.0
 
 
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """skimage's ``rgb2hsv`` on (N, 3, H, W) in [0, 1], the same operations in the same order (so
+    the same rounding); hue in [0, 1), and 0 with saturation 0 where the pixel is grey."""
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    v = x.amax(1)
+    delta = v - x.amin(1)
+    safe = torch.where(delta == 0, 1.0, delta)
+    s = torch.where(delta == 0, 0.0, delta / torch.where(v == 0, 1.0, v))
+    h = torch.zeros_like(v)
+    h = torch.where(r == v, (g - b) / safe, h)  # later maxima win ties, as in skimage
+    h = torch.where(g == v, 2.0 + (b - r) / safe, h)
+    h = torch.where(b == v, 4.0 + (r - g) / safe, h)
+    h = torch.where(delta == 0, 0.0, torch.remainder(h / 6.0, 1.0))
+    return torch.stack([h, s, v], 1)
+
+
+def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """skimage's ``hsv2rgb``: sector floor(6 h) picks (v, t, p), (q, v, p), ... of p = v (1 - s),
+    q = v (1 - f s), t = v (1 - (1 - f) s)."""
+    h, s, v = hsv[:, 0], hsv[:, 1], hsv[:, 2]
+    hi = torch.floor(h * 6)
+    f = h * 6 - hi
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    sector = (hi.long() % 6)[:, None]
+    table = ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))
+    out = torch.zeros(hsv.shape, dtype=hsv.dtype, device=hsv.device)
+    for k, rgb in enumerate(table):
+        out = torch.where(sector == k, torch.stack(rgb, 1), out)
+    return out
+
+
 def brightness(x: torch.Tensor, rng: Stream, c: float) -> torch.Tensor:
-    """V + c in HSV (skimage's rgb2hsv/hsv2rgb): with hue and saturation fixed the RGB values scale
-    with V, so each pixel is x V'/V (grey V' where V = 0); a grey image is x + c."""
+    """V + c in HSV (skimage's rgb2hsv and hsv2rgb); a grey image is x + c (V is x itself)."""
     x = x / 255.0
     if x.shape[1] == 1:
         return (x + c).clamp(0, 1) * 255.0
-    v = x.amax(1, keepdim=True)
-    v2 = (v + c).clamp(0, 1)
-    return torch.where(v > 0, x * v2 / v.clamp_min(1e-300), v2).clamp(0, 1) * 255.0
+    hsv = rgb_to_hsv(x)
+    hsv = torch.cat([hsv[:, :2], (hsv[:, 2:] + c).clamp(0, 1)], 1)
+    return hsv_to_rgb(hsv).clamp(0, 1) * 255.0
 
 
 def contrast(x: torch.Tensor, rng: Stream, c: float) -> torch.Tensor:

@@ -98,6 +98,10 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int = 0,
     True
     """
     x = _check(images, name, severity)
+    k = torch.round(x * 255.0)
+    # images read from uint8 (k / 255 in float32) are taken as those integers, as make_cifar_c.py
+    # reads them; other images are corrupted as they are
+    x255 = k if bool(((x * 255.0 - k).abs() < 1e-3).all()) else x * 255.0
     n, c, h, w = x.shape
     if index is None:
         index = torch.arange(n)
@@ -110,12 +114,12 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int = 0,
     if n == 0:
         return images.clone()
     if small and name in SPATIAL:
-        k = math.ceil(32 / max(h, w))
-        up = x.repeat_interleave(k, 2).repeat_interleave(k, 3) * 255.0
+        f = math.ceil(32 / max(h, w))
+        up = x255.repeat_interleave(f, 2).repeat_interleave(f, 3)
         out = fn(up, rng, parameters(name, severity, up.shape[2])).clamp(0, 255)
-        out = torch.nn.functional.avg_pool2d(out, k)
+        out = torch.nn.functional.avg_pool2d(out, f)
     else:
-        out = fn(x * 255.0, rng, parameters(name, severity, h)).clamp(0, 255)
+        out = fn(x255, rng, parameters(name, severity, h)).clamp(0, 255)
     return (torch.floor(out) / 255.0).to(images.dtype)
 
 
