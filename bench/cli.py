@@ -43,7 +43,7 @@ def cli():
               "OUT/<its stem>, then one table over them into OUT/tables")
 @click.option("--suite", default="all", show_default=True, cls=SuiteOption)
 @click.option("--out", default="runs/default", show_default=True, type=click.Path(path_type=Path))
-@click.option("--dataset", default=None, help="digits, fashion-mnist, cifar10, cifar100, folder:PATH, npz:PATH "
+@click.option("--dataset", default=None, help="digits, fashion-mnist, cifar10, cifar100, cifar10-c, cifar100-c, folder:PATH, npz:PATH "
               "(default: the checkpoint's)")
 @click.option("--data-root", default=None, help="directory holding CIFAR / Fashion-MNIST data")
 @click.option("--download", is_flag=True, help="download CIFAR / Fashion-MNIST if missing (needs network)")
