@@ -390,6 +390,14 @@ def test_a_point_is_corrupted_the_same_in_any_batch_and_dtype():
         assert torch.equal(corrupt(x.double(), name, 3, seed=5).float(), whole), name
 
 
+def test_the_documented_examples_run():
+    import doctest
+
+    from bench.engines import corruptions
+
+    assert doctest.testmod(corruptions).failed == 0
+
+
 def test_seeds_and_points_draw_differently():
     x = torch.full((2, 3, 32, 32), 0.5)
     a, b = corrupt(x, "gaussian_noise", 2, seed=0), corrupt(x, "gaussian_noise", 2, seed=1)
@@ -443,6 +451,7 @@ def test_increasing_severity_moves_images_further():
     (dict(images=torch.rand(2, 3, 32, 32) * 2), "images in [0, 1]"),
     (dict(images=torch.rand(2, 1, 8, 8), name="glass_blur"), "glass_blur is not defined on 8x8"),
     (dict(index=torch.arange(3)), "index has 3 entries for 2 images"),
+    (dict(images=torch.rand(1, 3, 64, 64), name="frost"), "frost is defined on images smaller than its textures"),
 ])
 def test_bad_input_is_one_clear_error(bad, message):
     args = dict(images=torch.rand(2, 3, 32, 32), name="fog", severity=1) | bad

@@ -73,6 +73,9 @@ def frost_textures() -> tuple[torch.Tensor, torch.Tensor]:
 def frost_crops(rng: Stream, h: int, w: int) -> torch.Tensor:
     """Each image's frost: a texture drawn from the five, an HxW crop at a random corner, RGB."""
     tex, sizes = frost_textures()
+    if h >= int(sizes[:, 0].min()) or w >= int(sizes[:, 1].min()):
+        raise BenchError(f"frost is defined on images smaller than its textures ({int(sizes[:, 0].min())}x"
+                         f"{int(sizes[:, 1].min())} at make_cifar_c.py's 0.2x), not on {h}x{w}")
     dev = rng.key.device
     tex, sizes = tex.to(dev), sizes.to(dev)
     pick = rng.integers(0, 0, len(FROST_FILES))
