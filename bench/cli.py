@@ -64,10 +64,10 @@ def cli():
 @click.option("--name", default=None, help="the run's row label in tables (results.json run.name); changes no number")
 def run(model, suite, out, dataset, data_root, download, arch, device, resume, name, **settings):
     """Evaluate a model; writes OUT/results.json, OUT/tables, OUT/figures, OUT/samples."""
-    from bench.run import runner
+    from bench.run import runner, several
 
     if len(model) > 1:  # several: each into OUT/<stem>, then one bench table over them
-        built = runner.run_many(list(model), out, name=name, suite=suite, dataset=dataset, data_root=data_root,
+        built = several.run_many(list(model), out, name=name, suite=suite, dataset=dataset, data_root=data_root,
                                 arch=arch, device=device, resume=resume, download=download, settings=settings)
         if built is not None:
             click.echo(f"wrote {len(built.runs)} runs and their tables to {Path(out) / 'tables'}")

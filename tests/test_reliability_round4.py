@@ -15,10 +15,14 @@ from torch import nn
 import bench
 import bench.functional as F
 from bench.cli import main
-from bench.core import fileio
+from bench.core import results
+from bench.core.errors import BenchError
+from bench.inputs import checkpoints
 from bench.metrics import Group, Result
+from bench.outputs import report
 from bench.run import outlock
-from tests.test_reliability import FAST
+from tests.conftest import tiny_model
+from tests.test_reliability import FAST, META
 
 
 @pytest.fixture(autouse=True)
@@ -175,3 +179,167 @@ def test_empty_path_is_refused(argv, what, tmp_path, monkeypatch, capsys, use_gr
     err = _one_error_line(capsys)
     assert err.startswith(f"error: Invalid value for {what}: an empty path, which would mean the working folder"), err
     assert not {"results.json", "tables", "figures", "cache"} & set(os.listdir(tmp_path))
+
+
+# --------------------------------------------------------------------------------------------
+# several --model: reserved names, every model resolved first
+
+
+def plain_net():
+    """A py: factory: the tiny CNN, a plain module (--normalize applies to it)."""
+    return tiny_model().net
+
+
+def _checkpoint(path):
+    checkpoints.save(path, tiny_model(), META)
+    return str(path)
+
+
+RUN = ["--suite", "robust", "--n-eval", "20", "--device", "cpu"]
+
+
+def test_a_model_named_tables_is_refused_before_anything_runs(tmp_path, capsys, use_groups):
+    use_groups(FAST)
+    first, tables = _checkpoint(tmp_path / "first.safetensors"), _checkpoint(tmp_path / "tables.safetensors")
+    out = tmp_path / "o"
+    assert main(["run", "--model", first, "--model", tables, *RUN, "--out", str(out)]) == 2
+    err = _one_error_line(capsys)
+    assert err == (f"error: --model {tables}: its folder would be {out / 'tables'}, where the combined tables of "
+                   "the models go; rename the file (any stem but tables)"), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("missing.safetensors", "model file not found: {path}"),
+    ("own.safetensors", "--normalize half: {path} records its own normalisation"),
+])
+def test_a_bad_model_among_several_fails_before_the_first_runs(bad, message, tmp_path, capsys, use_groups):
+    use_groups(FAST)
+    path = tmp_path / bad
+    if bad.startswith("own"):
+        _checkpoint(path)
+    out = tmp_path / "o"
+    code = main(["run", "--model", "py:tests.test_reliability_round4:plain_net", "--model", str(path),
+                 "--dataset", "digits", "--normalize", "half", *RUN, "--out", str(out)])
+    err = _one_error_line(capsys)
+    assert code == 2 and message.format(path=path) in err, err
+    assert not out.exists()  # the good model did not run first
+
+
+def test_several_models_still_run_and_table(tmp_path, capsys, use_groups):
+    use_groups(FAST)
+    a, b = _checkpoint(tmp_path / "a.safetensors"), _checkpoint(tmp_path / "b.safetensors")
+    out = tmp_path / "o"
+    assert main(["run", "--model", a, "--model", b, *RUN, "--out", str(out)]) == 0, capsys.readouterr().err
+    assert (out / "a" / "results.json").is_file() and (out / "b" / "results.json").is_file()
+    assert (out / "tables" / "report.html").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# --out: written inside only; stale temporaries of dead processes cleaned when it is locked
+
+ONE = ["run", "--model", "py:tests.test_reliability_round4:plain_net", "--dataset", "digits", *RUN]
+
+
+@pytest.mark.parametrize("folder", ["tables", "figures", "samples", "cache"])
+def test_a_folder_linked_out_of_out_is_refused_by_name(folder, tmp_path, capsys, use_groups):
+    use_groups(FAST)
+    out, elsewhere = tmp_path / "o", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / folder).symlink_to(elsewhere, target_is_directory=True)
+    assert main([*ONE, "--out", str(out)]) == 2
+    err = _one_error_line(capsys)
+    assert err == (f"error: {out / folder} is a symbolic link to {elsewhere}, outside --out {out}; bench writes "
+                   "inside --out only: remove the link or use another --out"), err
+    assert list(elsewhere.iterdir()) == [] and not (out / "results.json").exists()
+
+
+def test_a_folder_linked_inside_out_is_written(tmp_path, capsys, use_groups):
+    use_groups(FAST)
+    out = tmp_path / "o"
+    (out / "real-cache").mkdir(parents=True)
+    (out / "cache").symlink_to("real-cache", target_is_directory=True)
+    assert main([*ONE, "--out", str(out)]) == 0, capsys.readouterr().err
+    assert any((out / "real-cache").iterdir())
+
+
+def _dead_pid() -> int:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # exited and reaped: its pid is dead on this host
+    return gone.pid
+
+
+def test_temporaries_of_dead_processes_are_removed_when_out_is_locked(tmp_path, capsys, use_groups):
+    use_groups(FAST)
+    out, dead, live = tmp_path / "o", _dead_pid(), os.getppid()
+    (out / "cache").mkdir(parents=True)
+    stale = [out / f".results.json.tmp{dead}", out / "cache" / f".seen-0.json.tmp{dead}", out / f".write-test{dead}"]
+    kept = [out / f".results.json.tmp{live}", out / f"notes.tmp{dead}"]  # a live writer's; not a temporary's name
+    for p in stale + kept:
+        p.write_text("x")
+    assert main([*ONE, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"note: removed 3 temporary file(s) left in {out} by processes no longer running" in err, err
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+
+
+def test_lock_cleans_only_after_it_is_taken(tmp_path):
+    out, dead = tmp_path / "o", _dead_pid()
+    out.mkdir()
+    tmp = out / f".report.html.tmp{dead}"
+    tmp.write_text("x")
+    (out / ".bench.lock").write_text(json.dumps({"pid": os.getpid(), "host": __import__("socket").gethostname()}))
+    with pytest.raises(BenchError, match="in use by another bench run"):
+        outlock.acquire(out, log=lambda m: None)
+    assert tmp.exists()  # another run holds the folder: nothing of it is touched
+    (out / ".bench.lock").unlink()
+    notes = []
+    with outlock.held(out, log=notes.append):
+        assert not tmp.exists()
+    assert len(notes) == 1 and notes[0].endswith(f": .report.html.tmp{dead}"), notes
+
+
+# --------------------------------------------------------------------------------------------
+# a deleted figure: its group is computed again on a cached rerun; the report names missing files
+
+
+def _drawn(ctx):
+    from PIL import Image
+
+    f = ctx.figure("drawn.png")
+    Image.new("L", (3, 2), 128).save(f.path)
+    return {"drawn": Result(1.0, n=1, details={"figure": f.rel})}
+
+
+DRAWN = {"drawn": Group("drawn", "robust", ("drawn",), (), _drawn)}
+
+
+def test_a_deleted_figure_is_drawn_again_on_a_cached_rerun(tmp_path, capsys, use_groups):
+    use_groups(DRAWN)
+    out = tmp_path / "o"
+    assert main([*ONE, "--out", str(out)]) == 0
+    png = out / "figures" / "drawn.png"
+    assert png.is_file()
+    assert main([*ONE, "--out", str(out)]) == 0  # everything cached
+    assert json.loads((out / "results.json").read_text())["run"]["cache"]["hits"] == ["drawn"]
+    png.unlink()
+    capsys.readouterr()
+    assert main([*ONE, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "drawn: cached, but its figure file(s) figures/drawn.png are missing: recomputing" in err, err
+    assert png.is_file()
+    assert json.loads((out / "results.json").read_text())["run"]["cache"]["computed"] == ["drawn"]
+    html = (out / "report.html").read_text()
+    assert 'alt="figures/drawn.png"' in html and "No figures recorded" not in html
+
+
+def test_the_report_names_a_missing_figure(tmp_path, capsys, use_groups):
+    use_groups(DRAWN)
+    out = tmp_path / "o"
+    assert main([*ONE, "--out", str(out)]) == 0
+    (out / "figures" / "drawn.png").unlink()
+    report.write_run_report(results.read(out / "results.json"), out)
+    html = (out / "report.html").read_text()
+    assert f"Recorded in results.json but missing from {out}: figures/drawn.png." in html, html
+    assert "No figures recorded" not in html
