@@ -52,7 +52,7 @@ class _DoctestFences(Preprocessor):
 
 class DoctestFences(Extension):
     def extendMarkdown(self, md):
-        # before fenced_code (25), which then reads the new fences
+        # before the fenced-code preprocessor (25, pymdownx.superfences), which then reads the new fences
         md.preprocessors.register(_DoctestFences(md), "doctest_fences", 27)
 
 
