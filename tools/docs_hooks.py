@@ -2,8 +2,9 @@
 
 - The README is the home page.  It sits at the repository root and links the pages of ``docs/`` as
   ``docs/NAME.md``, which is right on GitHub; on the site the pages sit beside the home page, so
-  those links lose their ``docs/`` prefix.  Any other relative link in the README points outside
-  the site, and ``mkdocs build --strict`` refuses it (``validation`` in mkdocs.yml).
+  those links lose their ``docs/`` prefix, and the pages' links to ``../README.md`` lead to the
+  home page.  Any other relative link in the README points outside the site, and
+  ``mkdocs build --strict`` refuses it (``validation`` in mkdocs.yml).
 - The docstrings' doctest examples (``>>>`` lines and their output, as ``tests/test_functional.py``
   runs them) are shown as code: Markdown would read ``>>>`` as nested quotes and ``x[0]`` as a
   link."""
@@ -24,6 +25,12 @@ FENCE = re.compile(r"^\s*(```|~~~)")
 def readme_as_home(text: str) -> str:
     """The README's text with its ``](docs/...)`` links made relative to the site's root."""
     return re.sub(r"\]\(docs/", "](", text)
+
+
+def readme_links_to_home(text: str) -> str:
+    """A page's links to the README (``../README.md`` from docs/, ``../../README.md`` one folder
+    deeper, anchors kept) made links to the home page, which sits one folder lower."""
+    return re.sub(r"\]\((?:\.\./)((?:\.\./)*)README\.md", r"](\1index.md", text)
 
 
 def fence_doctests(lines: list[str]) -> list[str]:
@@ -59,6 +66,10 @@ class DoctestFences(Extension):
 def on_config(config):
     config.markdown_extensions.append(DoctestFences())
     return config
+
+
+def on_page_markdown(markdown, page, config, files):
+    return readme_links_to_home(markdown)
 
 
 def on_files(files, config):
