@@ -70,3 +70,12 @@ def test_a_file_not_in_the_release_layout_is_refused(tmp_path):
     np.save(d / "labels.npy", np.arange(20, dtype=np.uint8))
     with pytest.raises(BenchError, match="the five severities' labels differ"):
         corrupted.read_corrupted(d)
+
+
+def test_the_corrupted_sets_take_their_clean_sets_defaults():
+    """eps, n_gen and the L2 radius of cifar10-c are CIFAR-10's (they fell to the digits' before)."""
+    from bench.core.settings import dataset_defaults
+
+    for norm in ("Linf", "L2"):
+        assert dataset_defaults("cifar10-c", norm) == dataset_defaults("cifar10", norm)
+        assert dataset_defaults("cifar100-c", norm) == dataset_defaults("cifar100", norm)

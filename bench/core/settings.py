@@ -30,7 +30,7 @@ DIGITS_N_AA = 100
 # about half the L2 length of the L-inf 0.1 ball's corner (0.1 * sqrt(64) = 0.8), the same share
 # as Fashion-MNIST's 1.5 of its L-inf 0.1 corner (0.1 * 28 = 2.8); it moves one pixel by half its
 # range or all 64 by 0.0625 (one grey level of the 17).
-L2_EPS = {"cifar10": 0.5, "cifar100": 0.5, "fashion-mnist": 1.5, "digits": 0.5}
+L2_EPS = {"cifar10": 0.5, "cifar100": 0.5, "cifar10-c": 0.5, "cifar100-c": 0.5, "fashion-mnist": 1.5, "digits": 0.5}
 
 
 def sgld_from_normalised(lr: float, std: float, scale: float) -> tuple[float, float]:
@@ -334,7 +334,7 @@ def reference_size(dataset: str, n_ref: int | None) -> int | None:
 
 
 def _dataset_defaults(dataset: str) -> dict:
-    if dataset in ("cifar10", "cifar100"):
+    if dataset in ("cifar10", "cifar100", "cifar10-c", "cifar100-c"):
         return {"eps": CIFAR_EPS, "n_gen": 10000}
     if dataset == "fashion-mnist":
         return {"eps": FMNIST_EPS, "n_eval": FMNIST_N_EVAL, "n_aa": FMNIST_N_AA, "n_ref": FMNIST_N_REF,
