@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 
 from bench.core.energy import EnergyModel, eval_mode
+from bench.engines.corruptions import corrupt  # the common corruptions of CIFAR-10-C, as the engine runs them
 
-__all__ = ["energy", "accuracy", "robust_accuracy", "ece", "reliability", "nll", "brier", "fisher_scores",
+__all__ = ["corrupt", "energy", "accuracy", "robust_accuracy", "ece", "reliability", "nll", "brier", "fisher_scores",
            "ssim", "ssim_nearest_neighbours", "fid", "kid", "precision_recall", "auroc", "ood_measures", "psnr"]
 
 
