@@ -105,7 +105,8 @@ def train(recipe, out, epochs, device, seed, resume, data_root, download):
 @click.option("--over-seeds", is_flag=True, help="one row per model over its runs at several seeds (same "
               "checkpoint and settings): the mean, ± the standard deviation over the seeds")
 @click.option("--columns", default=None, metavar="LIST", help="comma list of the columns to show, in order: "
-              "metric names (accuracy, pgd20, autoattack, ece) or column names; tables without any are left out")
+              "metric names (accuracy, pgd20, autoattack, ece) or column names; the tables holding them all (else "
+              "each holding any) are written")
 @click.option("--rows", "rows", multiple=True, metavar="NAME|OLD=NEW", help="the rows to show, in order, each "
               "NAME or OLD=NEW to rename it (a comma list, or repeat the option)")
 @click.option("--caption", default=None, help="caption of every table written (the shared data set, threat "

@@ -20,7 +20,7 @@ from bench.outputs.paper_tables import Table
 
 @dataclass
 class Choice:
-    """``bench table``'s options: ``columns`` (metric names or column names), ``rows`` (each NAME
+    """``bench table``'s options: ``columns`` (metric or column names; ``_columns``), ``rows`` (each NAME
     or OLD=NEW: the rows shown, in order, renamed), ``caption``, ``label``, ``with_paper``."""
 
     columns: list[str] | None = None
@@ -82,39 +82,50 @@ def default(tables: list[Table]) -> list[Table]:
     return [t for t in (ran(paper_rows(t, None)) for t in tables) if t is not None]
 
 
-def _matches(col: str, metric: str, want: str) -> bool:
+def _matches(col: str, metric: str, want: str, metrics: set[str]) -> bool:
+    """A metric's name, else (no metric of that name) a column's name, with or without its unit."""
     w = want.strip().lower()
-    return w in (metric.lower(), col.lower()) or w == col.lower().split(" (")[0]
+    if w in metrics:
+        return w == metric.lower()
+    return w == col.lower() or w == col.lower().split(" (")[0]
 
 
 def _columns(tables: list[Table], wanted: list[str]) -> list[Table]:
-    out, used = [], set()
+    """The tables cut to the columns ``wanted`` (in that order): those holding all of them where
+    one does (Table 3 for accuracy, pgd20, autoattack; not Table 1 too), else each holding any."""
+    cut, metrics = [], {m.lower() for t in tables for m in t.columns.values()}
     for t in tables:
-        keep = []
+        keep, found = [], []
         for w in wanted:
-            hits = [c for c, m in t.columns.items() if _matches(c, m, w) and c not in keep]
-            used.update([w] if hits else [])
+            hits = [c for c, m in t.columns.items() if _matches(c, m, w, metrics) and c not in keep]
+            found += [w] if hits else []
             keep += hits
         if keep:
-            out.append(keep_columns(t, keep))
+            cut.append((keep_columns(t, keep), set(found)))
+    used = set().union(*(f for _, f in cut))
     unknown = [w for w in wanted if w not in used]
     if unknown:
         known = sorted({m for t in tables for m in t.columns.values()})
         raise BenchError(f"--columns {', '.join(unknown)}: no such column in these runs' tables; "
                          f"they have: {', '.join(known)}")
-    return out
+    whole = [t for t, f in cut if f == set(wanted)]
+    return whole or [t for t, _ in cut]
 
 
 def _split(values: list[str], names: list[str]) -> list[tuple[str, str]]:
-    """(row, new name) pairs of ``--rows``: a value that names a row (or OLD=NEW with OLD a row) is
-    one; any other is a comma list."""
+    """(row, new name) pairs of ``--rows``: each value a comma list of NAME or OLD=NEW, or, where a
+    part of it names no row, one NAME or OLD=NEW (a new name may hold a comma)."""
+    def names_a_row(p: str) -> bool:
+        return p.strip() in names or p.partition("=")[0].strip() in names
     items = []
     for v in values:
-        parts = [v] if v in names or v.split("=", 1)[0].strip() in names else v.split(",")
+        parts = v.split(",")
+        if not all(names_a_row(p) for p in parts if p.strip()) and names_a_row(v):
+            parts = [v]
         for p in (p.strip() for p in parts if p.strip()):
             old, _, new = p.partition("=")
-            old = old.strip() if p not in names else p
-            items.append((old, new.strip() or old))
+            old = p if p in names else old.strip()
+            items.append((old, new.strip() if p not in names and new.strip() else old))
     return items
 
 
