@@ -97,7 +97,7 @@ def test_tables_values_names_best_and_footnotes(three, tmp_path):
     assert nrow.count("–") == 5  # n (no numbers), JFS, MFS, IS, FID
     # lower Fisher scores are better: 0.02 ± 0.001 against 0.5 ± 0.01
     jrow = [line for line in md2.splitlines() if line.startswith("| run-jeat")][0]
-    assert "**0.02** [1]" in jrow and "**0.15** [1]" in jrow and "**2.50** [2]" in jrow  # IS 2.5 ± 0.1 vs 2.0 ± 0.1
+    assert "**0.020** [1]" in jrow and "**0.15** [1]" in jrow and "**2.50** [2]" in jrow  # IS 2.5 ± 0.1 vs 2.0 ± 0.1
 
 
 def test_paper_rows_only_beside_cifar_runs_or_when_asked(three, tmp_path):

@@ -36,6 +36,19 @@ def _with_std(v: float, std: float, percent: bool) -> tuple[str, str]:
     return (value if d == shown else f"{v:.{d}f}"), f"{std:.{d}f}"
 
 
+def _decimals(t: Table, col: str) -> int | None:
+    """One number of decimals for a whole column, the most any of its cells needs (at most 4), so
+    that its numbers line up; None (each cell its own) where one is in scientific notation."""
+    percent = is_percent(t.columns[col])
+    texts = []
+    for i, v in t.df[col].items():
+        if not pd.isna(v):
+            texts += _with_std(v, t.stds[(i, col)], percent) if (i, col) in t.stds else [_fmt(v, percent)]
+    if not texts or any("e" in x or "n" in x for x in texts):
+        return None
+    return min(4, max(len(x.split(".")[1]) if "." in x else 0 for x in texts))
+
+
 def _best(t: Table) -> dict[str, set[int]]:
     """Column -> the rows marked best: per group of our rows with the same data set and threat
     model (``Table.comparable``), the significantly best (``bench.outputs.table_bold``)."""
@@ -81,6 +94,7 @@ def cells(t: Table) -> tuple[list[list[Cell]], list[str]]:
     best = _best(t)
     marks: dict[str, int] = {}
     body = []
+    decimals = {col: _decimals(t, col) for col in t.columns}
     for i, row in t.df.iterrows():
         out = []
         for col in t.columns:
@@ -88,6 +102,9 @@ def cells(t: Table) -> tuple[list[list[Cell]], list[str]]:
             value, std = _fmt(row[col], percent), None
             if (i, col) in t.stds:
                 value, std = _with_std(row[col], t.stds[(i, col)], percent)
+            if decimals[col] is not None and value != "–":
+                d = decimals[col]
+                value, std = f"{row[col]:.{d}f}", None if std is None else f"{t.stds[(i, col)]:.{d}f}"
             note = footnote(t, i, col)
             if note is not None and note not in marks:
                 marks[note] = len(marks) + 1
