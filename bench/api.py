@@ -106,6 +106,7 @@ def evaluate(model, dataset: str | None = None, suites: str | list[str] = "all",
     value (or ``normalize``).  Bad arguments are a one-line ``BenchError``."""
     from torch import nn
 
+    from bench.core.energy import eval_mode
     from bench.run import runner
 
     if not isinstance(model, nn.Module):
@@ -127,8 +128,9 @@ def evaluate(model, dataset: str | None = None, suites: str | list[str] = "all",
         folder = Path(out)
     kw = {"log": log} if log is not None else {}
     try:
-        res = runner.run(model=model, suite=suites, out=folder, dataset=dataset, data_root=data_root, device=device,
-                         resume=resume, download=download, settings=settings, name=name, **kw)
+        with eval_mode(model):  # evaluated in eval mode; every submodule's own mode given back after
+            res = runner.run(model=model, suite=suites, out=folder, dataset=dataset, data_root=data_root,
+                             device=device, resume=resume, download=download, settings=settings, name=name, **kw)
     except BaseException:
         if out is None:
             shutil.rmtree(folder, ignore_errors=True)

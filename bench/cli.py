@@ -21,6 +21,16 @@ DEVICE = click.Choice(["auto", "cpu", "cuda"])
 N_REF_HELP = SPECS["n_ref"].help
 
 
+class NonEmptyPath(click.Path):
+    """A path argument or option that refuses ``''``: an empty path would be the working folder
+    (``--out ''`` wrote results.json, tables/, figures/ and cache/ there)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path, which would mean the working folder; give a path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class SuiteOption(click.Option):
     """``--suite``, whose help lists the registered suites (``bench.metrics.suites.names``) when shown."""
 
@@ -42,7 +52,7 @@ def cli():
               "py:module:function, rb:NAME. Default: the released digits JEAT model. Repeatable: each model into "
               "OUT/<its stem>, then one table over them into OUT/tables")
 @click.option("--suite", default="all", show_default=True, cls=SuiteOption)
-@click.option("--out", default="runs/default", show_default=True, type=click.Path(path_type=Path))
+@click.option("--out", default="runs/default", show_default=True, type=NonEmptyPath(path_type=Path))
 @click.option("--dataset", default=None, help="digits, fashion-mnist, cifar10, cifar100, folder:PATH, npz:PATH "
               "(default: the checkpoint's)")
 @click.option("--data-root", default=None, help="directory holding CIFAR / Fashion-MNIST data")
@@ -54,10 +64,10 @@ def cli():
 @click.option("--name", default=None, help="the run's row label in tables (results.json run.name); changes no number")
 def run(model, suite, out, dataset, data_root, download, arch, device, resume, name, **settings):
     """Evaluate a model; writes OUT/results.json, OUT/tables, OUT/figures, OUT/samples."""
-    from bench.run import runner
+    from bench.run import runner, several
 
     if len(model) > 1:  # several: each into OUT/<stem>, then one bench table over them
-        built = runner.run_many(list(model), out, name=name, suite=suite, dataset=dataset, data_root=data_root,
+        built = several.run_many(list(model), out, name=name, suite=suite, dataset=dataset, data_root=data_root,
                                 arch=arch, device=device, resume=resume, download=download, settings=settings)
         if built is not None:
             click.echo(f"wrote {len(built.runs)} runs and their tables to {Path(out) / 'tables'}")
@@ -76,7 +86,7 @@ def run(model, suite, out, dataset, data_root, download, arch, device, resume, n
 
 @cli.command()
 @click.option("--recipe", required=True, help="recipe name (see `bench models`) or path to a .toml")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="output .safetensors")
+@click.option("--out", required=True, type=NonEmptyPath(dir_okay=False, path_type=Path), help="output .safetensors")
 @click.option("--epochs", default=None, type=int, help="override the recipe's epochs")
 @click.option("--device", default="auto", type=DEVICE, show_default=True)
 @click.option("--seed", default=None, type=int, help="default: the recipe's seed")
@@ -100,8 +110,8 @@ def train(recipe, out, epochs, device, seed, resume, data_root, download):
 
 
 @cli.command()
-@click.argument("dirs", metavar="DIR...", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="directory for the tables and report.html")
+@click.argument("dirs", metavar="DIR...", nargs=-1, required=True, type=NonEmptyPath(path_type=Path))
+@click.option("--out", required=True, type=NonEmptyPath(path_type=Path), help="directory for the tables and report.html")
 @click.option("--over-seeds", is_flag=True, help="one row per model over its runs at several seeds (same "
               "checkpoint and settings): the mean, ± the standard deviation over the seeds")
 @click.option("--columns", default=None, metavar="LIST", help="comma list of the columns to show, in order: "
@@ -132,8 +142,8 @@ def table(dirs, out, over_seeds, columns, rows, caption, label, with_paper):
 
 
 @cli.command()
-@click.argument("run_dir", metavar="DIR", type=click.Path(path_type=Path))
-@click.option("--baseline", required=True, type=click.Path(path_type=Path), help="baseline results.json")
+@click.argument("run_dir", metavar="DIR", type=NonEmptyPath(path_type=Path))
+@click.option("--baseline", required=True, type=NonEmptyPath(path_type=Path), help="baseline results.json")
 @click.option("--tolerance", "tolerances", multiple=True, metavar="NAME=ABS",
               help="absolute tolerance for one metric, in results.json units (repeatable); NAME may be "
               "a wildcard, e.g. 'ood_auroc_*=0.01'")
@@ -145,9 +155,9 @@ def table(dirs, out, over_seeds, columns, rows, caption, label, with_paper):
               "not a failure; only the wrong direction fails")
 @click.option("--strict", is_flag=True, help="missing and not-checkable metrics fail too (CI: nothing passes "
               "unchecked)")
-@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="write JUnit XML here "
+@click.option("--junit", type=NonEmptyPath(dir_okay=False, path_type=Path), help="write JUnit XML here "
               "(one test case per metric)")
-@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="append a Markdown "
+@click.option("--markdown", type=NonEmptyPath(dir_okay=False, path_type=Path), help="append a Markdown "
               "summary here, e.g. $GITHUB_STEP_SUMMARY")
 @click.pass_context
 def check(ctx, run_dir, baseline, tolerances, exact, statistical, one_sided, strict, junit, markdown):
@@ -174,17 +184,17 @@ EXTRACTOR_WEIGHTS_HELP = "weights file of a --fid-extractor encoder (DINOv2, CLI
 
 
 @cli.command()
-@click.argument("path", metavar="PATH", type=click.Path(path_type=Path))
+@click.argument("path", metavar="PATH", type=NonEmptyPath(path_type=Path))
 @click.option("--dataset", required=True, help="the data set whose training split is the reference: digits, "
               "fashion-mnist, cifar10, cifar100, folder:PATH, npz:PATH")
-@click.option("--out", default=None, type=click.Path(path_type=Path), help="default: runs/samples-<PATH name>")
-@click.option("--ref-stats", "ref_stats", default=None, type=click.Path(dir_okay=False),
+@click.option("--out", default=None, type=NonEmptyPath(path_type=Path), help="default: runs/samples-<PATH name>")
+@click.option("--ref-stats", "ref_stats", default=None, type=NonEmptyPath(dir_okay=False),
               help="reference statistics file (bench ref-stats) instead of the training split's")
 @click.option("--data-root", default=None, help="directory holding CIFAR / Fashion-MNIST data")
 @click.option("--fid-extractor", default="auto", show_default=True,
               help="auto, inception, fid-helper, dinov2-vit-s14, clip-vit-b32, vgg16 ...")
-@click.option("--extractor-weights", default=None, type=click.Path(dir_okay=False), help=EXTRACTOR_WEIGHTS_HELP)
-@click.option("--inception-weights", default=None, type=click.Path(dir_okay=False),
+@click.option("--extractor-weights", default=None, type=NonEmptyPath(dir_okay=False), help=EXTRACTOR_WEIGHTS_HELP)
+@click.option("--inception-weights", default=None, type=NonEmptyPath(dir_okay=False),
               help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (Inception Score)")
 @click.option("--n-ref", default=None, type=int, help=N_REF_HELP)
 @click.option("--device", default="auto", type=DEVICE, show_default=True)
@@ -207,13 +217,13 @@ def samples(path, dataset, out, ref_stats, data_root, fid_extractor, extractor_w
 
 @cli.command("ref-stats")
 @click.option("--dataset", required=True, help="digits, fashion-mnist, cifar10, cifar100, folder:PATH, npz:PATH")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="output .npz")
+@click.option("--out", required=True, type=NonEmptyPath(dir_okay=False, path_type=Path), help="output .npz")
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
 @click.option("--data-root", default=None, help="directory holding CIFAR / Fashion-MNIST data")
 @click.option("--fid-extractor", default="auto", show_default=True,
               help="auto, inception, fid-helper, dinov2-vit-s14, clip-vit-b32, vgg16 ...")
-@click.option("--extractor-weights", default=None, type=click.Path(dir_okay=False), help=EXTRACTOR_WEIGHTS_HELP)
-@click.option("--inception-weights", default=None, type=click.Path(dir_okay=False))
+@click.option("--extractor-weights", default=None, type=NonEmptyPath(dir_okay=False), help=EXTRACTOR_WEIGHTS_HELP)
+@click.option("--inception-weights", default=None, type=NonEmptyPath(dir_okay=False))
 @click.option("--features/--no-features", default=True, show_default=True,
               help="store the reference features (KID and precision/recall need them)")
 @click.option("--mu-sigma/--no-mu-sigma", "mu_sigma", default=True, show_default=True,
@@ -324,7 +334,7 @@ def _main(argv) -> int:
         if type(e).__name__ == "NoArgsIsHelpError":  # bare `bench`: show the help
             click.echo(e.ctx.get_help() if e.ctx else str(e))
             return 0
-        click.echo(f"error: {e.format_message()}" + (f" (see bench {e.ctx.info_name} --help)" if e.ctx else ""),
+        click.echo(f"error: {e.format_message()}" + (f" (see {e.ctx.command_path} --help)" if e.ctx else ""),
                    err=True)
         return 2
     except click.ClickException as e:  # bad file arguments and the like

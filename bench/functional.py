@@ -4,14 +4,18 @@ notebook or another library.  Each is a thin, documented wrapper over the code t
 second (``tests/test_functional.py`` runs them: ``doctest.testmod(bench.functional)``).
 
 Images are float tensors (N, C, H, W) in [0, 1]; ``model`` is an ``bench.core.energy.EnergyModel``
-(or any module mapping such images to logits (N, K)).
+(or any module mapping such images to logits (N, K)).  Bad input is one ``ValueError`` naming the
+problem: non-finite logits, probabilities, scores or features (``non-finite logits (NaN or inf)
+in 4 of the 4 rows``; a model's logits on the images too), an empty set, a FID of fewer than two
+samples, feature sets of different sizes.  A module passed in training mode is evaluated in eval
+mode and given back in its own mode (``bench.core.energy.eval_mode``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from bench.core.energy import EnergyModel
+from bench.core.energy import EnergyModel, eval_mode
 
 __all__ = ["energy", "accuracy", "robust_accuracy", "ece", "reliability", "nll", "brier", "fisher_scores",
            "ssim", "ssim_nearest_neighbours", "fid", "kid", "precision_recall", "auroc", "ood_measures", "psnr"]
@@ -19,6 +23,40 @@ __all__ = ["energy", "accuracy", "robust_accuracy", "ece", "reliability", "nll",
 
 def _model(model) -> EnergyModel:
     return model if isinstance(model, EnergyModel) else EnergyModel(model)
+
+
+def _finite(t: torch.Tensor, what: str) -> torch.Tensor:
+    """``t`` (rows of logits, probabilities, scores or features), or the one ValueError naming how
+    many of its rows hold NaN or inf (the runner's wording for a model's logits)."""
+    rows = t.detach().flatten(1) if t.ndim > 1 else t.detach().reshape(-1, 1)
+    bad = ~torch.isfinite(rows).all(1)
+    if bad.any():
+        raise ValueError(f"non-finite {what} (NaN or inf) in {int(bad.sum())} of the {len(bad)} rows")
+    return t
+
+
+def _not_empty(t: torch.Tensor, what: str) -> torch.Tensor:
+    if t.numel() == 0:
+        raise ValueError(f"{what} of an empty set")
+    return t
+
+
+def _model_logits_finite(m: EnergyModel, x: torch.Tensor) -> None:
+    """The model's logits on ``x`` must be finite (one forward pass, no gradient)."""
+    with torch.no_grad():
+        _finite(m.logits(x), "logits")
+
+
+def _feature_sets(gen: torch.Tensor, ref: torch.Tensor, least: int) -> None:
+    """Two feature sets (N, D) of the same D, each of ``least`` rows or more, finite."""
+    if gen.ndim != 2 or ref.ndim != 2:
+        raise ValueError(f"features must be (N, D) each, got shapes {tuple(gen.shape)} and {tuple(ref.shape)}")
+    if gen.shape[1] != ref.shape[1]:
+        raise ValueError(f"the feature sets differ in size: {gen.shape[1]} and {ref.shape[1]} features per sample")
+    if min(len(gen), len(ref)) < least:
+        raise ValueError(f"needs at least {least} samples in each feature set, got {len(gen)} and {len(ref)}")
+    _finite(gen, "features")
+    _finite(ref, "features")
 
 
 def energy(model, x: torch.Tensor, y: torch.Tensor | None = None, kind: str = "joint") -> torch.Tensor:
@@ -45,7 +83,7 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float, int]:
     """
     from bench.metrics.robustness import proportion
 
-    return proportion(logits.argmax(1) == y)
+    return proportion(_finite(logits, "logits").argmax(1) == y)
 
 
 def robust_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf", steps: int = 20,
@@ -66,7 +104,10 @@ def robust_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps: float, norm: s
     """
     from bench.metrics.robustness import attack_points, proportion
 
-    _, robust, _ = attack_points(_model(model).eval(), x, y, eps, steps, step_size, loss, restarts, generator, norm)
+    m = _model(model)
+    with eval_mode(m):
+        _model_logits_finite(m, x)
+        _, robust, _ = attack_points(m, x, y, eps, steps, step_size, loss, restarts, generator, norm)
     return proportion(robust)
 
 
@@ -79,7 +120,7 @@ def ece(probs: torch.Tensor, correct: torch.Tensor, bins: int = 20) -> float:
     """
     from bench.metrics.calibration import expected_calibration_error
 
-    return expected_calibration_error(probs, correct, bins)[0]
+    return expected_calibration_error(_finite(probs, "probabilities"), correct, bins)[0]
 
 
 def reliability(probs: torch.Tensor, correct: torch.Tensor, bins: int = 20) -> dict:
@@ -92,7 +133,7 @@ def reliability(probs: torch.Tensor, correct: torch.Tensor, bins: int = 20) -> d
     """
     from bench.metrics.calibration import expected_calibration_error
 
-    return expected_calibration_error(probs, correct, bins)[1]
+    return expected_calibration_error(_finite(probs, "probabilities"), correct, bins)[1]
 
 
 def nll(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -103,7 +144,7 @@ def nll(logits: torch.Tensor, y: torch.Tensor) -> float:
     """
     from bench.metrics.calibration import nll_per_point
 
-    return nll_per_point(logits, y).mean().item()
+    return nll_per_point(_not_empty(_finite(logits, "logits"), "nll"), y).mean().item()
 
 
 def brier(probs: torch.Tensor, y: torch.Tensor) -> float:
@@ -114,7 +155,7 @@ def brier(probs: torch.Tensor, y: torch.Tensor) -> float:
     """
     from bench.metrics.calibration import brier_per_point
 
-    return brier_per_point(probs, y).mean().item()
+    return brier_per_point(_not_empty(_finite(probs, "probabilities"), "brier"), y).mean().item()
 
 
 def fisher_scores(model, x: torch.Tensor, y: torch.Tensor, probes: int = 16, exact: bool = False,
@@ -133,8 +174,10 @@ def fisher_scores(model, x: torch.Tensor, y: torch.Tensor, probes: int = 16, exa
     """
     from bench.metrics.fisher import fisher_scores as terms_of
 
-    m = _model(model).eval()
-    t = terms_of(m, x, y, probes=probes, exact=exact, generator=generator)
+    m = _model(model)
+    with eval_mode(m):
+        _model_logits_finite(m, x)
+        t = terms_of(m, x, y, probes=probes, exact=exact, generator=generator)
     return {"jfs": t["joint"]["score"].double().mean().item(), "mfs": t["marginal"]["score"].double().mean().item()}
 
 
@@ -179,6 +222,7 @@ def fid(gen_features: torch.Tensor, ref_features: torch.Tensor) -> float:
     from bench.engines.refstats import statistics
     from bench.engines.sample_quality import frechet_distance
 
+    _feature_sets(gen_features, ref_features, 2)  # a covariance needs two samples
     return frechet_distance(gen_features, statistics(ref_features))
 
 
@@ -193,6 +237,7 @@ def kid(gen_features: torch.Tensor, ref_features: torch.Tensor) -> tuple[float |
     """
     from bench.engines.sample_quality import kid_prc
 
+    _feature_sets(gen_features, ref_features, 1)
     k = kid_prc(gen_features, ref_features)
     return k["kid_mean"], k["kid_std"]
 
@@ -207,6 +252,7 @@ def precision_recall(gen_features: torch.Tensor, ref_features: torch.Tensor) -> 
     """
     from bench.engines.sample_quality import kid_prc
 
+    _feature_sets(gen_features, ref_features, 1)
     k = kid_prc(gen_features, ref_features)
     return k["precision"], k["recall"]
 
@@ -220,7 +266,7 @@ def auroc(scores_in: torch.Tensor, scores_out: torch.Tensor) -> tuple[float, flo
     """
     from bench.metrics.ood import auroc as auroc_of
 
-    return auroc_of(scores_in, scores_out)
+    return auroc_of(_finite(scores_in, "scores"), _finite(scores_out, "scores"))
 
 
 def ood_measures(scores_in: torch.Tensor, scores_out: torch.Tensor) -> dict[str, tuple[float, float | None]]:
@@ -232,7 +278,7 @@ def ood_measures(scores_in: torch.Tensor, scores_out: torch.Tensor) -> dict[str,
     """
     from bench.metrics.ood import ood_measures as measures
 
-    return measures(scores_in, scores_out)
+    return measures(_finite(scores_in, "scores"), _finite(scores_out, "scores"))
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:

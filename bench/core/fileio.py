@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 from bench.core.errors import BenchError, CannotWrite
@@ -53,9 +54,13 @@ def check_writable(path: str | Path) -> None:
         raise CannotWrite(path, e) from None
 
 
+OUT_FOLDERS = ("tables", "figures", "samples", "cache")  # the folders bench writes under --out
+
+
 def check_out(out: str | Path) -> None:
     """Make the ``--out`` folder and prove it writable (a probe file, named by the process so two
-    runs into one folder never share it), or refuse as ``cannot write to --out OUT: reason``."""
+    runs into one folder never share it), or refuse as ``cannot write to --out OUT: reason``; refuse
+    an ``OUT_FOLDERS`` folder that is a symbolic link leading out of OUT (bench writes inside only)."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -64,6 +69,40 @@ def check_out(out: str | Path) -> None:
         probe.unlink()
     except OSError as e:
         raise BenchError(f"cannot write to --out {out}: {e.strerror or e}") from None
+    root = out.resolve()
+    for name in OUT_FOLDERS:
+        link = out / name
+        if link.is_symlink() and not Path(os.path.realpath(link)).is_relative_to(root):
+            raise BenchError(f"{link} is a symbolic link to {os.readlink(link)}, outside --out {out}; bench "
+                             "writes inside --out only: remove the link or use another --out")
+
+
+TEMPORARY = re.compile(r"\..+\.(?:tmp|probe)(\d+)|\.write-test(\d+)")  # the names the writers above give
+
+
+def temporary_pid(name: str) -> int | None:
+    """The process id in the name of a temporary file these writers make (``atomic_write_bytes``,
+    ``check_writable``, ``check_out``), None for any other name."""
+    m = TEMPORARY.fullmatch(name)
+    return int(m.group(1) or m.group(2)) if m else None
+
+
+def remove_stale_temporaries(folder: str | Path, alive) -> list[Path]:
+    """Remove, under ``folder`` (its subfolders too, no symbolic link followed), the temporary files
+    of processes that are not ``alive(pid)`` (a writer killed with -9 leaves them); -> the removed
+    files.  A file that cannot be removed is left."""
+    removed = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            pid = temporary_pid(name)
+            if pid is None or pid == os.getpid() or alive(pid):
+                continue
+            try:
+                (Path(root) / name).unlink()
+            except OSError:
+                continue
+            removed.append(Path(root) / name)
+    return removed
 
 
 def sha256_files(files, root: str | Path) -> str:

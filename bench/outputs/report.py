@@ -65,10 +65,11 @@ def data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def recorded_figures(res: Results) -> list[str]:
-    """The figure paths the metrics' details record (``FIGURE_KEYS``), each once, in metric order."""
+def recorded_figures(res: Results | dict) -> list[str]:
+    """The figure paths the metrics' details record (``FIGURE_KEYS``), each once, in metric order
+    (of a Results or its ``metrics``: name -> Result)."""
     found = []
-    for r in res.metrics.values():
+    for r in (res.metrics if isinstance(res, Results) else res).values():
         details = r.details if isinstance(r.details, dict) else {}
         for key in FIGURE_KEYS:
             v = details.get(key)
@@ -95,6 +96,14 @@ def figures(run_dir: Path, res: Results) -> list[Path]:
         return (FIGURE_DIRS.index(top) if top in FIGURE_DIRS else len(FIGURE_DIRS), p)
 
     return sorted(found, key=order)
+
+
+def missing_figures(run_dir: Path, res: Results | dict) -> list[str]:
+    """The PNG paths ``res`` records inside ``run_dir`` whose files are not there (deleted since):
+    the report names them, and ``bench run`` computes their group again rather than reuse its cache."""
+    root = Path(run_dir).resolve()
+    return [rec for rec in recorded_figures(res) if (p := (root / rec).resolve()).suffix.lower() == ".png"
+            and p.is_relative_to(root) and not p.is_file()]
 
 
 def _num(v) -> str:
@@ -145,9 +154,11 @@ def _suite_of(res: Results) -> dict[str, str]:
 
 def _figures(run_dir: Path, res: Results) -> str:
     """The run's figures grouped by suite (in the order the suites ran), clean before attacked."""
-    figs = figures(run_dir, res)
+    figs, missing = figures(run_dir, res), missing_figures(run_dir, res)
+    gone = (f'<p class="meta null">Recorded in results.json but missing from {e(run_dir)}: '
+            f'{e(", ".join(missing))}.</p>' if missing else "")
     if not figs:
-        return '<p class="meta">No figures recorded in results.json.</p>'
+        return gone or '<p class="meta">No figures recorded in results.json.</p>'
     suite_of = _suite_of(res)
     order = [str(s) for s in res.run.get("suites") or []]
     by_suite: dict[str, list[Path]] = {}
@@ -162,7 +173,7 @@ def _figures(run_dir: Path, res: Results) -> str:
             items.append(f'<figure{wide}><img src="{data_uri(p)}" alt="{e(rel)}" loading="eager">'
                          f"<figcaption>{e(rel)}</figcaption></figure>")
         parts.append(f"<h4>{e(suite)}</h4>" + '<div class="figs">' + "".join(items) + "</div>")
-    return "".join(parts)
+    return gone + "".join(parts)
 
 
 def _png_width(path: Path) -> int:

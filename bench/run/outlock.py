@@ -2,7 +2,8 @@
 and holding the owner's pid, host, start time and command.  A second run that finds a live lock
 stops at once with one line (``BenchError``, exit 2); a lock whose pid is dead on this host is
 stale (a run killed with -9) and taken over, with a note.  The lock is removed when the run ends,
-also on an error or an interrupt.  Under torchrun only rank 0 locks (bench.run.runner)."""
+also on an error or an interrupt.  Under torchrun only rank 0 locks (bench.run.runner).  Once the
+lock is taken, the temporary files of dead processes left in the folder are removed (a note names them)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.core.errors import BenchError, CannotWrite
+from bench.core.fileio import remove_stale_temporaries
 
 NAME = ".bench.lock"
 
@@ -77,8 +79,18 @@ def acquire(out: Path, command: str | None = None, log: Callable[[str], None] = 
             raise CannotWrite(path, e) from None
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(rec) + "\n")
+        _clean(Path(out), log)
         return path
     raise BenchError(_in_use(out, _read(path)))
+
+
+def _clean(out: Path, log: Callable[[str], None]) -> None:
+    """With the folder locked, the temporary files of dead processes (``.results.json.tmpPID`` of a
+    run killed with -9) are stale: removed, with a note naming them."""
+    removed = remove_stale_temporaries(out, _alive)
+    if removed:
+        names = ", ".join(str(p.relative_to(out)) for p in removed[:3]) + (" ..." if len(removed) > 3 else "")
+        log(f"note: removed {len(removed)} temporary file(s) left in {out} by processes no longer running: {names}")
 
 
 def _in_use(out: Path, rec: dict | None) -> str:

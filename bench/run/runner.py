@@ -9,7 +9,6 @@ import contextlib
 import datetime as _dt
 import json
 import platform
-import re
 import shutil
 import tempfile
 import time
@@ -26,7 +25,7 @@ from bench.core.results import Results, platform_record
 from bench.core.settings import DEFAULTS, Norm, complete, dataset_defaults, validate
 from bench.inputs import checkpoints, data, zoo
 from bench.metrics import Context, Result, registry, suites
-from bench.outputs import tables
+from bench.outputs import report, tables
 from bench.run import cache_keys, compute, outlock, run_union
 from bench.runtime import checks as sanity
 from bench.runtime import distributed, fastpath
@@ -186,34 +185,6 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
         return _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log, lock, name)
 
 
-def model_stem(spec: str) -> str:
-    """The folder name of a model among several (``bench run --model a --model b``): a file's stem,
-    else the spec with ``:`` and ``/`` as ``-`` (``py:mod:make`` -> ``py-mod-make``)."""
-    if spec.startswith(("py:", "rb:")):
-        return re.sub(r"[:/\\]+", "-", spec)
-    return Path(spec).stem
-
-
-def run_many(models: list[str], out: str | Path, name: str | None = None, **kw):
-    """Each model into ``out/<model_stem>`` (``run``), then ``bench table`` over them into
-    ``out/tables``; returns the ``bench.outputs.tables.Built`` (None on a torchrun rank other than 0).  Two
-    models of one stem are refused before anything runs.  ``name``: each run's row label, suffixed
-    by its stem."""
-    from bench.outputs import tables as tabling
-
-    stems = [model_stem(m) for m in models]
-    dup = sorted({s for s in stems if stems.count(s) > 1})
-    if dup:
-        raise BenchError(f"--model: two models would write to the same folder {Path(out) / dup[0]}; "
-                         "rename one or run them one at a time")
-    dirs = [Path(out) / s for s in stems]
-    for m, d, s in zip(models, dirs, stems, strict=True):
-        run(model=m, out=d, name=f"{name} ({s})" if name else None, **kw)
-    if distributed.active() and distributed.rank() != 0:
-        return None
-    return tabling.build(dirs, Path(out) / "tables")
-
-
 @dataclass
 class _Plan:
     """One run, resolved: where it writes, its groups, the model and data, its settings, the
@@ -240,21 +211,27 @@ def _run(model, suite, out, dataset, data_root, arch, device, resume, download, 
     return _finish(plan)
 
 
-def _prepare(model, suite, out: Path, dataset, data_root, arch, device, download, settings, log,
-             lock: contextlib.ExitStack, name: str | None) -> _Plan:
-    """Resolve the model, data, settings and groups; take the --out lock; check the model; start
-    the results record with what an earlier run in --out adds to it (``bench.run.run_union``)."""
-    started = time.time()
+def resolve(model, suite, dataset, data_root, arch, download, settings) -> tuple:
+    """-> (suite names, groups, Loaded, Dataset, settings): everything a bad argument fails in,
+    before --out is touched (``bench.run.several`` resolves every model of a run first)."""
     suite_names = suites.resolve(suite)
     groups = suites.groups_for(suite_names)
-    dev = distributed.init(resolve_device(device))
     loaded, ds = resolve_model(model, dataset, data_root, arch, download, (settings or {}).get("normalize"))
     s = resolve_settings(settings or {}, loaded, ds)
     # metric names that depend on the settings (the OOD group: one per --ood set) are fixed here,
     # before any cache is read (bench.metrics.Group.for_settings); a bad --ood fails here, early;
     # a group with no metrics under these settings (the robustness curve without --eps-grid, the
     # adaptive attacks without a defence) does not run
-    groups = [g for g in (g.for_settings(s) for g in groups) if g.metrics]
+    return suite_names, [g for g in (g.for_settings(s) for g in groups) if g.metrics], loaded, ds, s
+
+
+def _prepare(model, suite, out: Path, dataset, data_root, arch, device, download, settings, log,
+             lock: contextlib.ExitStack, name: str | None) -> _Plan:
+    """Resolve the model, data, settings and groups; take the --out lock; check the model; start
+    the results record with what an earlier run in --out adds to it (``bench.run.run_union``)."""
+    started = time.time()
+    dev = distributed.init(resolve_device(device))
+    suite_names, groups, loaded, ds, s = resolve(model, suite, dataset, data_root, arch, download, settings)
     main = distributed.is_main()
     if main:
         check_out(out)
@@ -322,6 +299,10 @@ def _run_groups(plan: _Plan, resume: bool) -> None:
                                    | ({"inputs": inputs} if inputs is not None else {}))
         path = cache_dir / f"{g.name}-{key}.json"
         entry = cache_keys.read_cache(path, g, key) if resume and plan.main else None
+        missing = report.missing_figures(plan.out, entry[0]) if entry is not None else []
+        if missing:  # the cached numbers without their figures: not a complete hit, computed again
+            log(f"[{g.suite}] {g.name}: cached, but its figure file(s) {', '.join(missing)} are missing: recomputing")
+            entry = None
         entry = distributed.broadcast(entry)  # every rank takes the same path through the groups
         if entry is not None:
             cached, computed_on = entry
