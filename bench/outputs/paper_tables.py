@@ -1,13 +1,15 @@
-"""What each table holds: Tables 1-3 beside the paper's own numbers, the OOD detection tables and
-one table per suite, from one or more results (``bench.outputs.tables`` writes them, ``bench.outputs.table_format``
-formats them, ``bench.outputs.report`` shows them).
+"""What Tables 1-3 hold, beside the paper's own numbers, and the row helpers every table shares
+(``bench.outputs.more_tables`` builds the others with them, ``bench.outputs.table_select`` chooses
+what is shown, ``bench.outputs.tables`` writes them, ``table_format`` and ``table_latex`` format
+them, ``bench.outputs.report`` shows them).
 
 Each table is a pandas DataFrame with a ``Model`` column, our rows first and the paper's rows
 (``source`` = paper) after; values are floats (NaN where missing), with the reason of a missing
 value kept as a note per cell.  Each row states what its numbers are comparable under (``CONTEXT``):
 its data set, its threat model (norm, eps; in tables with a metric whose group declares ``eps``)
-and its number of points n (a cell on other points says so in a note); the best is marked only
-among our rows of the same data set and threat model (``bench.outputs.table_format``).
+and its number of points n (a cell on other points says so in a note); each of our cells keeps its
+result (``Table.results``), from which the significantly best among our rows of the same data set
+and threat model is marked (``bench.outputs.table_bold``).
 """
 
 from __future__ import annotations

@@ -102,7 +102,8 @@ def load_runs(dirs) -> list[tuple[Path, Results]]:
     for d in dirs:
         file = (Path(d) / "results.json" if Path(d).is_dir() else Path(d)).resolve()
         if file in seen:
-            raise BenchError(f"{d} is given twice (as {seen[file]}): each run is one row, give it once")
+            also = f" (as {seen[file]})" if seen[file] != str(d) else ""
+            raise BenchError(f"{d} is given twice{also}: each run is one row, give it once")
         seen[file] = str(d)
     return runs
 
