@@ -114,12 +114,25 @@ def train(recipe, out, epochs, device, seed, resume, data_root, download):
 @click.option("--out", required=True, type=NonEmptyPath(path_type=Path), help="directory for the tables and report.html")
 @click.option("--over-seeds", is_flag=True, help="one row per model over its runs at several seeds (same "
               "checkpoint and settings): the mean, ± the standard deviation over the seeds")
-def table(dirs, out, over_seeds):
-    """Tables 1-3 across runs (DIR/results.json), beside the paper's numbers: CSV, LaTeX, Markdown
-    and report.html into OUT; the Markdown is printed."""
+@click.option("--columns", default=None, metavar="LIST", help="comma list of the columns to show, in order: "
+              "metric names (accuracy, pgd20, autoattack, ece) or column names; the tables holding them all (else "
+              "each holding any) are written")
+@click.option("--rows", "rows", multiple=True, metavar="NAME|OLD=NEW", help="the rows to show, in order, each "
+              "NAME or OLD=NEW to rename it (a comma list, or repeat the option)")
+@click.option("--caption", default=None, help="caption of every table written (the shared data set, threat "
+              "model and n, and how bold is decided, are added in LaTeX)")
+@click.option("--label", default=None, help="LaTeX \\label (default tab:NAME; with several tables LABEL-NAME)")
+@click.option("--with-paper/--without-paper", "with_paper", default=None, help="the paper's rows: all, or none "
+              "(default: only beside runs on the paper's data sets, CIFAR-10 and CIFAR-100)")
+def table(dirs, out, over_seeds, columns, rows, caption, label, with_paper):
+    """Tables across runs (DIR/results.json), beside the paper's numbers where they compare: CSV,
+    LaTeX (booktabs), Markdown and report.html into OUT; the Markdown is printed."""
     from bench.outputs import tables
+    from bench.outputs.table_select import Choice
 
-    built = tables.build(dirs, out, over_seeds=over_seeds)
+    choice = Choice([c.strip() for c in columns.split(",") if c.strip()] if columns else None, list(rows) or None,
+                    caption, label, with_paper)
+    built = tables.build(dirs, out, over_seeds=over_seeds, choice=choice)
     for t in built.tables:
         click.echo(tables.to_markdown(t))
     if built.report_error:

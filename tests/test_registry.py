@@ -12,7 +12,7 @@ from bench.cli import main
 from bench.core.results import read
 from bench.inputs import checkpoints
 from bench.metrics import PROPORTION, Metric, Result, register, relative, suites
-from bench.outputs import paper_tables
+from bench.outputs import more_tables
 from bench.outputs.check_rules import statistical as default_tolerance
 from tests.conftest import tiny_model
 
@@ -106,9 +106,9 @@ def test_a_new_group_with_a_new_suite_is_one_module(registry, ckpt, tmp_path, ca
     assert "2 ok, 0 regression(s), 0 not checkable" in capsys.readouterr().out
     # tables: its suite's table, the share in percent, best by its declared direction
     md = (out / "tables" / "gadgetry.md").read_text()
-    assert "| Model | Data set | n | Widgets | Size |" in md and "| 25.00 | 3.00 |" in md
-    t = paper_tables.suite_tables([res, res])[0]
-    assert t.better == {"Widgets": "max", "Size": "min"}
+    assert "| Model | Data set | n | Widgets (%) | Size |" in md and "| 25.00 | 3.00 |" in md
+    t = more_tables.suite_tables([res, res])[0]
+    assert t.better == {"Widgets (%)": "max", "Size": "min"}
     assert json.loads((out / "results.json").read_text())["metrics"]["widget_share"]["value"] == 0.25
 
 

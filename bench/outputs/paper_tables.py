@@ -1,13 +1,15 @@
-"""What each table holds: Tables 1-3 beside the paper's own numbers, the OOD detection tables and
-one table per suite, from one or more results (``bench.outputs.tables`` writes them, ``bench.outputs.table_format``
-formats them, ``bench.outputs.report`` shows them).
+"""What Tables 1-3 hold, beside the paper's own numbers, and the row helpers every table shares
+(``bench.outputs.more_tables`` builds the others with them, ``bench.outputs.table_select`` chooses
+what is shown, ``bench.outputs.tables`` writes them, ``table_format`` and ``table_latex`` format
+them, ``bench.outputs.report`` shows them).
 
 Each table is a pandas DataFrame with a ``Model`` column, our rows first and the paper's rows
 (``source`` = paper) after; values are floats (NaN where missing), with the reason of a missing
 value kept as a note per cell.  Each row states what its numbers are comparable under (``CONTEXT``):
 its data set, its threat model (norm, eps; in tables with a metric whose group declares ``eps``)
-and its number of points n (a cell on other points says so in a note); the best is marked only
-among our rows of the same data set and threat model (``bench.outputs.table_format``).
+and its number of points n (a cell on other points says so in a note); each of our cells keeps its
+result (``Table.results``), from which the significantly best among our rows of the same data set
+and threat model is marked (``bench.outputs.table_bold``).
 """
 
 from __future__ import annotations
@@ -16,17 +18,35 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 import pandas as pd
 
-from bench.core.results import Results
+from bench.core.results import Result, Results
 from bench.inputs import zoo
-from bench.metrics import registry, suites
+from bench.metrics import registry
+
+PERCENT_UNITS = ("ECE",)  # a family shown in % in every column, as its headline metric (ece) is
+HEADER_UNITS = ("nats", "dB")  # units a column header names; the others are the metric's own scale
+
+
+def is_percent(metric: str) -> bool:
+    """Shown in %: declared with display ``percent`` (bench.metrics.Metric), or of a family whose
+    headline metric is (MCE, adaptive and scaled ECE beside ECE: one unit per family)."""
+    spec = registry.spec(metric)
+    return spec is not None and (spec.display == "percent" or spec.unit in PERCENT_UNITS)
 
 
 def _scale(metric: str) -> float:
-    """100 for a metric declared with display ``percent`` (bench.metrics.Metric), else 1."""
-    return 100.0 if registry.spec(metric).display == "percent" else 1.0
+    """100 for a metric shown in % (``is_percent``), else 1."""
+    return 100.0 if is_percent(metric) else 1.0
+
+
+def header(column: str, metric: str) -> str:
+    """A column's header with its unit: ``(%)`` for a percent column, ``(nats)``, ``(dB)``."""
+    spec = registry.spec(metric)
+    unit = "%" if is_percent(metric) else spec.unit if spec is not None and spec.unit in HEADER_UNITS else None
+    return column if unit is None or f"({unit})" in column else f"{column} ({unit})"
 
 
 def _better(columns: dict[str, str]) -> dict[str, str]:
@@ -46,6 +66,8 @@ class Table:
     notes: dict[tuple[int, str], str] = field(default_factory=dict)  # (row, column) -> reason
     context: list[str] = field(default_factory=list)  # the CONTEXT columns after source (_finish)
     stds: dict[tuple[int, str], float] = field(default_factory=dict)  # (row, column) -> std, shown "v ± std"
+    results: dict[tuple[int, str], Result] = field(default_factory=dict)  # (row, column) -> our run's result
+    label: str | None = None  # LaTeX \label (default tab:NAME)
 
     @property
     def comparable(self) -> list[str]:
@@ -55,6 +77,13 @@ class Table:
 
 CONTEXT = ("Data set", "Threat model", "n")
 PAPER_THREAT = "Linf, eps 8/255"  # the JEAT paper's CIFAR threat model
+
+
+def eps_text(eps: float) -> str:
+    """An attack radius as written: ``8/255`` where it is k/255 for k in 1..32 (image radii), else
+    four significant digits."""
+    k = eps * 255
+    return f"{round(k)}/255" if 1 <= round(k) <= 32 and abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
 
 
 def _uses_threat(metrics) -> bool:
@@ -71,7 +100,7 @@ def _dataset(r: Results) -> str:
 
 def _threat_text(r: Results) -> str:
     norm, eps = _threat(r)
-    text = f"{norm}, eps {eps:.4g}" if isinstance(eps, int | float) else norm
+    text = f"{norm}, eps {eps_text(eps)}" if isinstance(eps, int | float) else norm
     cfg = r.run.get("config") or {}
     if cfg.get("defense") not in (None, "none"):  # defended inference (bench.engines.defense)
         text += f", {cfg['defense']} K={cfg.get('refine_steps')} C={cfg.get('refine_chains')}"
@@ -95,16 +124,17 @@ def _finish(t: Table, runs: list[Results], picked=None) -> Table:
             ds.append(_dataset(r))
             tm.append(_threat_text(r))
             got = [(col, r.metrics.get(picked(i, m) if picked else m)) for col, m in t.columns.items()]
+            t.results.update({(i, col): res for col, res in got if res is not None})
             got = [(col, res) for col, res in got if res is not None and res.value is not None]
             n = got[0][1].n if got else None
             ns.append(float(n) if n else math.nan)
             for col, res in got:
                 if res.n and res.n != n:
-                    t.notes.setdefault((i, col), f"n = {res.n}")
+                    t.notes.setdefault((i, col), f"on n = {res.n} points, not the row's n = {n}")
                 raised = [f.get("flag") for f in (res.details or {}).get("flags") or []]
                 if raised:  # the sanity flags of the cell's number (bench.runtime.checks)
                     old = t.notes.get((i, col))
-                    t.notes[(i, col)] = (f"{old}; " if old else "") + "flags: " + ", ".join(raised)
+                    t.notes[(i, col)] = (f"{old}; " if old else "") + "sanity flags raised: " + ", ".join(raised)
         else:
             ds.append(_paper_dataset(str(model)))
             tm.append(PAPER_THREAT)
@@ -127,14 +157,17 @@ METHOD_NAMES = {"normal": "Normal", "noise": "Noise", "at": "AT", "prejeat": "Pr
 
 
 def label(res: Results) -> str:
-    """A row's name: ``run.name`` where the run was given one (``bench run --name``), else method
-    and model, e.g. ``JEAT (digits-cnn, digits)``; never the file path."""
+    """A row's name: ``run.name`` where the run was given one (``bench run --name``), else the
+    checkpoint's stem (``digits-jeat`` of ``.../digits-jeat.safetensors``, ``SmallCNN`` of
+    ``py:mymodel:SmallCNN``), else its training method (``JEAT``); never the whole path."""
     if isinstance(res.run, dict) and isinstance(res.run.get("name"), str) and res.run["name"].strip():
         return res.run["name"].strip()
-    m = res.model
-    method = m.get("method")
-    name = METHOD_NAMES.get(str(method).lower(), str(method)) if method else "model"
-    return f"{name} ({m.get('arch')}, {m.get('dataset')})"
+    path = str(res.model.get("path") or "").strip()
+    stem = path.rsplit(":", 1)[-1] if re.match(r"^(py|rb):", path) else PurePath(path).stem if path else ""
+    if stem:
+        return stem
+    method = res.model.get("method")
+    return METHOD_NAMES.get(str(method).lower(), str(method)) if method else "model"
 
 
 def _short(v) -> str:
@@ -289,7 +322,7 @@ def table3(runs: list[Results]) -> Table:
                     notes[(i, col)] = note
                 if len(norms) > 1 and metric != "accuracy":
                     eps = threats[i][1]
-                    notes[(i, col)] = f"{threats[i][0]}" + (f", eps {eps:.4g}" if eps is not None else "")
+                    notes[(i, col)] = f"{threats[i][0]}" + (f", eps {eps_text(eps)}" if eps is not None else "")
         rows.append(row)
     for _, r in paper("table3").iterrows():
         row = {"Model": f"paper: {r['model']}, CIFAR-10", "source": "paper",
@@ -302,66 +335,3 @@ def table3(runs: list[Results]) -> Table:
     t = Table("table3", "Standard accuracy, PGD-20 and AutoAttack robustness (%) (Table 3); each row's "
               "numbers come from the same test points.", pd.DataFrame(rows), cols, _better(cols), notes)
     return _finish(t, runs, lambda i, m: picks[i][m] or m)
-
-
-OOD_AUROC = re.compile(r"^ood_(adv_)?auroc_(pxgrad|px|py)_([a-z0-9_]+)$")  # bench.metrics.ood names
-
-
-def ood_tables(runs: list[Results]) -> list[Table]:
-    """OOD detection AUROC (rows: models, columns: set x score), clean (``ood``) and with the OOD
-    points attacked (``ood_adv``); a table only where some run has its metrics.  No paper rows:
-    the JEAT paper reports no OOD detection."""
-    tables = []
-    for adv, name, caption in (
-            ("", "ood", "OOD detection AUROC (in-distribution positive; 0.5 is chance) per OOD set and score "
-             "(px = logsumexp f = -E(x), py = max softmax, pxgrad = -||grad_x log p(x)||)."),
-            ("adv_", "ood_adv", "Robust OOD detection AUROC: every OOD point pushed by L-inf PGD (eps) to raise "
-             "the score under test.")):
-        found = []
-        for r in runs:
-            for m in r.metrics:
-                hit = OOD_AUROC.match(m)
-                if hit and (hit.group(1) or "") == adv and m not in found:
-                    found.append(m)
-        if not found:
-            continue
-        cols = {f"{OOD_AUROC.match(m).group(3)} {OOD_AUROC.match(m).group(2)}": m for m in found}
-        rows, notes = _rows(runs, cols)
-        tables.append(_finish(Table(name, caption, pd.DataFrame(rows), cols, _better(cols), notes), runs))
-    return tables
-
-
-def suite_tables(runs: list[Results]) -> list[Table]:
-    """One table per suite, named after it, of the metrics that declare a ``column``
-    (bench.metrics.Metric) and that some run holds: a newly registered metric's table, with no
-    code here.  No paper rows."""
-    tables = []
-    for suite in suites.names():
-        cols = {}
-        for sp in (sp for g in suites.groups_for([suite], runnable=False) for sp in g.specs if sp.column):
-            held = sorted({m for r in runs for m in r.metrics if sp.matches(m)})
-            if len(held) == 1:  # a pattern only where it names one metric (bench.metrics.adaptive)
-                cols[sp.column] = held[0]
-        if cols:
-            rows, notes = _rows(runs, cols)
-            caption = f"The {suite} suite: " + ", ".join(f"{c} ({registry.spec(m).unit or m})" for c, m in cols.items()) + "."
-            tables.append(_spread(_finish(Table(suite, caption, pd.DataFrame(rows), cols, _better(cols), notes), runs),
-                                  runs))
-    return tables
-
-
-def _spread(t: Table, runs: list[Results]) -> Table:
-    """Each metric column's recorded std (in the column's scale; shown ``value ± std``) and n, as
-    the columns ``COL std`` and ``COL n`` after the values (CSV only: the text tables show the std
-    in the cell and n in the context)."""
-    for col, m in t.columns.items():
-        std, n = [], []
-        for i, r in enumerate(runs):
-            res = r.metrics.get(m)
-            held = res is not None and res.value is not None
-            std.append(res.std * _scale(m) if held and isinstance(res.std, int | float) else math.nan)
-            n.append(float(res.n) if held and res.n else math.nan)
-            if not math.isnan(std[-1]):
-                t.stds[(i, col)] = std[-1]
-        t.df[f"{col} std"], t.df[f"{col} n"] = std, n
-    return t

@@ -2,9 +2,10 @@
 as files: ``bench run`` writes a run's tables (``write_run_tables``), ``bench table`` several runs'
 tables and their report.html (``build``).
 
-What each table holds is ``bench.outputs.paper_tables``; the formats ``bench.outputs.table_format``: CSV, LaTeX
-(booktabs) and Markdown; LaTeX and Markdown mark the best of our rows per column in bold, and a
-missing metric shows a dash with its reason as a footnote.
+What each table holds is ``bench.outputs.paper_tables``, what of it is shown ``bench.outputs.table_select``;
+the formats CSV, LaTeX (``bench.outputs.table_latex``, booktabs) and Markdown (``bench.outputs.table_format``);
+LaTeX and Markdown mark the significantly best of our rows per column in bold
+(``bench.outputs.table_bold``), and a missing metric shows a dash with its reason as a footnote.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from bench.outputs import seed_spread
 from bench.outputs.more_tables import all_tables, run_tables
 from bench.outputs.paper_tables import Table, labels
 from bench.outputs.report import write_report
-from bench.outputs.table_format import to_latex, to_markdown
+from bench.outputs.table_format import to_markdown
+from bench.outputs.table_latex import to_latex
+from bench.outputs.table_select import Choice, choose
 
 CURVES_FIGURE = "robustness_curves.png"  # bench table: several runs' curves on one plot
 
@@ -94,7 +97,15 @@ def load_runs(dirs) -> list[tuple[Path, Results]]:
     file that is not JSON, a results file of another schema or shape."""
     if not dirs:
         raise BenchError("no result directories given")
-    return [(Path(d) if Path(d).is_dir() else Path(d).parent, results.read(d)) for d in dirs]
+    runs = [(Path(d) if Path(d).is_dir() else Path(d).parent, results.read(d)) for d in dirs]
+    seen: dict[Path, str] = {}
+    for d in dirs:
+        file = (Path(d) / "results.json" if Path(d).is_dir() else Path(d)).resolve()
+        if file in seen:
+            also = f" (as {seen[file]})" if seen[file] != str(d) else ""
+            raise BenchError(f"{d} is given twice{also}: each run is one row, give it once")
+        seen[file] = str(d)
+    return runs
 
 
 SEEDS_WITH_SPREAD = (" Rows marked [seeds ...] are the mean over those seeds, ± the standard deviation "
@@ -103,11 +114,13 @@ SEEDS_WITHOUT_SPREAD = (" Rows marked [seeds ...] are the mean over those seeds;
                         "over the seeds is in the suite tables (this table shows none).")
 
 
-def build(dirs, out: str | Path, report: bool = True, over_seeds: bool = False) -> Built:
+def build(dirs, out: str | Path, report: bool = True, over_seeds: bool = False, choice: Choice | None = None) -> Built:
     """``bench table``: Tables 1-3 over the runs in ``dirs`` beside the paper's numbers, written as
     CSV, LaTeX and Markdown into ``out``, with ``out/report.html`` (tables, every run's figures,
-    settings and versions).  All three tables are written, a run without a table's metrics showing
-    dashes with the reason ("not run") in a footnote.  A failing report is recorded in
+    settings and versions).  A table or column of which no run holds a metric is left out; a run
+    without a metric of a table shows a dash with the reason ("not run") in a footnote; ``choice``:
+    the columns, rows, caption, label and paper rows asked for (``table_select``).  An ``out``
+    that holds a run (results.json) is refused: its report.html would be overwritten.  A failing report is recorded in
     ``report_error``, never losing the tables written before it.  ``over_seeds``: the runs of one
     model at several seeds are one row, mean ± the standard deviation over the seeds
     (``bench.outputs.seed_spread``); the report still shows every run."""
@@ -115,10 +128,13 @@ def build(dirs, out: str | Path, report: bool = True, over_seeds: bool = False) 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise BenchError(f"--out {out} exists and is not a directory")
+    if (out / "results.json").exists():
+        raise BenchError(f"--out {out} holds a run (results.json): its report.html would be overwritten; "
+                         "choose another directory")
     rows = [r for _, r in runs]
     if over_seeds:
         rows = seed_spread.over_seeds(rows)
-    tables = all_tables(rows)
+    tables = choose(all_tables(rows), choice or Choice())
     if over_seeds and len(rows) < len(runs):
         for t in tables:  # only a table that shows spreads promises them (Tables 1-3 show none)
             t.caption += SEEDS_WITH_SPREAD if t.stds else SEEDS_WITHOUT_SPREAD
