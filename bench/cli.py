@@ -57,24 +57,32 @@ def cli():
               "(default: the checkpoint's)")
 @click.option("--data-root", default=None, help="directory holding CIFAR / Fashion-MNIST data")
 @click.option("--download", is_flag=True, help="download CIFAR / Fashion-MNIST if missing (needs network)")
+@click.option("--rb-model-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="folder of rb:NAME models in RobustBench's layout, DIR/<dataset>/Linf/<NAME>.pt: a file there is "
+              "read with no network, a missing one downloaded there (default: ./models, robustbench's own)")
 @click.option("--arch", default=None, help="architecture of a plain state dict, e.g. wrn-28-10, resnet18")
 @click.option("--device", default="auto", type=DEVICE, show_default=True)
 @setting_options
 @click.option("--resume/--no-resume", default=True, show_default=True, help="reuse finished metrics in --out")
 @click.option("--name", default=None, help="the run's row label in tables (results.json run.name); changes no number")
-def run(model, suite, out, dataset, data_root, download, arch, device, resume, name, **settings):
+def run(model, suite, out, dataset, data_root, download, rb_model_dir, arch, device, resume, name, **settings):
     """Evaluate a model; writes OUT/results.json, OUT/tables, OUT/figures, OUT/samples."""
     from bench.run import runner, several
 
+    if rb_model_dir is not None and not any(m.startswith("rb:") for m in model):
+        raise BenchError("--rb-model-dir is the folder of rb:NAME models; no --model rb:NAME was given")
+
     if len(model) > 1:  # several: each into OUT/<stem>, then one bench table over them
         built = several.run_many(list(model), out, name=name, suite=suite, dataset=dataset, data_root=data_root,
-                                arch=arch, device=device, resume=resume, download=download, settings=settings)
+                                 arch=arch, device=device, resume=resume, download=download, settings=settings,
+                                 rb_model_dir=rb_model_dir)
         if built is not None:
             click.echo(f"wrote {len(built.runs)} runs and their tables to {Path(out) / 'tables'}")
         return
     model = model[0] if model else None
     res = runner.run(model=model, suite=suite, out=out, dataset=dataset, data_root=data_root, arch=arch,
-                     device=device, resume=resume, download=download, settings=settings, name=name)
+                     device=device, resume=resume, download=download, settings=settings, name=name,
+                     rb_model_dir=rb_model_dir)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return
     width = max(len(k) for k in res.metrics) if res.metrics else 0

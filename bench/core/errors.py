@@ -18,3 +18,10 @@ class CannotWrite(BenchError, OSError):
 
     def __str__(self) -> str:
         return self.message
+
+
+def short_reason(e: BaseException) -> str:
+    """The first line of an exception's message, at most 200 characters ("" for none): what an
+    ``error:`` line quotes of a library's failure."""
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else ""

@@ -11,7 +11,8 @@ Accepted ``--model`` forms:
     PATH.pt / PATH.pth      a plain state dict (``--arch`` required; ``module.`` is stripped),
                             or a JEM checkpoint (``model_state_dict`` with ``f.*`` and ``class_output.*``)
     py:module:function      a factory returning an nn.Module (or an EnergyModel); runs only when named
-    rb:NAME                 a RobustBench model zoo entry (needs robustbench and the network)
+    rb:NAME                 a RobustBench model zoo entry (the robustbench extra; its file from
+                            --rb-model-dir, downloaded only when missing: bench.inputs.rb_zoo)
 
 Normalisation (the model's mean and std, applied to [0, 1] inputs): the own format records it; a JEM
 checkpoint takes JEM's (x - 0.5) / 0.5; anything else takes ``normalize`` (``--normalize``: a
@@ -35,8 +36,9 @@ from bench import __version__
 from bench.core import pyspec
 from bench.core.energy import EnergyModel
 from bench.core.errors import BenchError
+from bench.core.errors import short_reason as _short
 from bench.core.fileio import atomic_write_bytes, sha256
-from bench.inputs import nets
+from bench.inputs import nets, rb_zoo
 
 FORMAT = 1
 
@@ -137,11 +139,12 @@ def build_model(meta: dict) -> EnergyModel:
 
 def load(spec: str | nn.Module, arch: str | None = None, num_classes: int | None = None,
          input_shape: tuple | None = None, arch_kwargs: dict | None = None,
-         mean=None, std=None, normalize: str | None = None) -> Loaded:
+         mean=None, std=None, normalize: str | None = None, rb_model_dir: str | Path | None = None) -> Loaded:
     """Load any accepted ``--model`` form (see module docstring), or an nn.Module in memory.  ``num_classes`` and
     ``input_shape`` come from the data set for foreign files that do not record them.
     ``normalize`` (``--normalize``, see ``parse_normalize``) or ``mean``/``std`` set the
-    normalisation of a foreign model; ``meta['normalization']`` records what was used and why."""
+    normalisation of a foreign model; ``meta['normalization']`` records what was used and why.
+    ``rb_model_dir`` (``--rb-model-dir``): where ``rb:NAME`` files are, in RobustBench's layout."""
     given = None
     if normalize is not None:
         mean, std = parse_normalize(normalize)
@@ -158,7 +161,7 @@ def load(spec: str | nn.Module, arch: str | None = None, num_classes: int | None
     elif spec.startswith("py:"):
         loaded = _load_factory(spec, num_classes, input_shape, mean, std, given)
     elif spec.startswith("rb:"):
-        loaded = _load_robustbench(spec, num_classes, input_shape, mean, std, given)
+        loaded = _load_robustbench(spec, num_classes, input_shape, mean, std, given, rb_model_dir)
     else:
         path = Path(spec)
         if not path.exists():
@@ -370,30 +373,15 @@ def module_sha256(module: nn.Module) -> str:
     return weights_sha256(module)
 
 
-def _load_robustbench(spec: str, num_classes, input_shape, mean=None, std=None, given=None) -> Loaded:
-    name = spec[3:]
-    try:
-        from robustbench.utils import load_model
-    except Exception as e:
-        raise BenchError(f"rb:{name} needs the robustbench extra (pip install 'jeat-bench[robustbench]'): "
-                         f"{type(e).__name__}: {_short(e)}") from None
-    dataset = "cifar100" if num_classes == 100 else "cifar10"
-    try:
-        net = load_model(model_name=name, dataset=dataset, threat_model="Linf")
-    except Exception as e:
-        raise BenchError(f"cannot load RobustBench model {name!r} (network needed on first use): "
-                         f"{type(e).__name__}: {_short(e)}") from None
+def _load_robustbench(spec: str, num_classes, input_shape, mean, std, given, model_dir) -> Loaded:
+    net, file_sha256 = rb_zoo.load_net(spec[3:], num_classes, model_dir)
     # RobustBench models take [0, 1] and normalise inside: mean 0, std 1 unless --normalize says otherwise
     model = EnergyModel(net, 0.0 if mean is None else mean, 1.0 if std is None else std, input_shape, num_classes)
-    meta = {"arch": f"rb:{name}", "num_classes": num_classes, "input_shape": list(input_shape or []),
+    meta = {"arch": spec, "num_classes": num_classes, "input_shape": list(input_shape or []),
             "method": None, "source_format": "robustbench",
             "normalization": _normalization(model, given or "default (mean 0, std 1: RobustBench models take [0, 1])")}
-    return Loaded(model.eval(), meta, spec, None)
+    return Loaded(model.eval(), meta, spec, file_sha256)
 
 
 def _few(keys: list[str], n: int = 3) -> str:
     return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
-
-
-def _short(e: Exception) -> str:
-    return str(e).strip().splitlines()[0][:200] if str(e).strip() else ""

@@ -41,9 +41,10 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_model(spec: str | None, dataset: str | None, data_root, arch, download=False, normalize=None):
+def resolve_model(spec: str | None, dataset: str | None, data_root, arch, download=False, normalize=None,
+                  rb_model_dir=None):
     """-> (Loaded, Dataset).  Own files name their data set; foreign ones and a model in memory
-    (an nn.Module, ``bench.evaluate``) need --dataset."""
+    (an nn.Module, ``bench.evaluate``) need --dataset.  ``rb_model_dir``: where ``rb:NAME`` files are."""
     in_memory = isinstance(spec, torch.nn.Module)
     if not in_memory:
         spec = zoo.resolve_spec(spec) if spec else str(zoo.released_path())
@@ -59,7 +60,7 @@ def resolve_model(spec: str | None, dataset: str | None, data_root, arch, downlo
     if len(ds.test) == 0 or len(ds.train) == 0:
         raise BenchError(f"data set {name} is empty")
     loaded = checkpoints.load(spec, arch=arch, num_classes=ds.num_classes, input_shape=ds.input_shape,
-                              normalize=normalize)
+                              normalize=normalize, rb_model_dir=rb_model_dir)
     check_compatible(loaded, ds)
     loaded.weights_sha256 = checkpoints.weights_sha256(loaded.model)  # lazy modules are initialised now
     return loaded, ds
@@ -177,12 +178,16 @@ def versions() -> dict:
 def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/default",
         dataset: str | None = None, data_root: str | None = None, arch: str | None = None,
         device: str = "auto", resume: bool = True, download: bool = False,
-        settings: dict | None = None, log=progress.say, name: str | None = None) -> Results:
+        settings: dict | None = None, log=progress.say, name: str | None = None,
+        rb_model_dir: str | Path | None = None) -> Results:
     """Run the suites on the model into ``out``, holding ``out/.bench.lock`` from the check of
     --out to the end (``bench.run.outlock``: a second run into the same folder stops at once).
-    ``name``: the run's row label in tables (``run.name``), no setting: it keys no cache."""
+    ``name``: the run's row label in tables (``run.name``), no setting: it keys no cache.
+    ``rb_model_dir`` (``--rb-model-dir``): the folder of ``rb:NAME`` files in RobustBench's layout
+    (``bench.inputs.rb_zoo``), no setting either: the weights' digest identifies the model."""
     with contextlib.ExitStack() as lock:
-        return _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log, lock, name)
+        return _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log, lock, name,
+                    rb_model_dir)
 
 
 @dataclass
@@ -205,18 +210,20 @@ class _Plan:
 
 
 def _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log,
-         lock: contextlib.ExitStack, name: str | None = None) -> Results:
-    plan = _prepare(model, suite, Path(out), dataset, data_root, arch, device, download, settings, log, lock, name)
+         lock: contextlib.ExitStack, name: str | None = None, rb_model_dir=None) -> Results:
+    plan = _prepare(model, suite, Path(out), dataset, data_root, arch, device, download, settings, log, lock, name,
+                    rb_model_dir)
     _run_groups(plan, resume)
     return _finish(plan)
 
 
-def resolve(model, suite, dataset, data_root, arch, download, settings) -> tuple:
+def resolve(model, suite, dataset, data_root, arch, download, settings, rb_model_dir=None) -> tuple:
     """-> (suite names, groups, Loaded, Dataset, settings): everything a bad argument fails in,
     before --out is touched (``bench.run.several`` resolves every model of a run first)."""
     suite_names = suites.resolve(suite)
     groups = suites.groups_for(suite_names)
-    loaded, ds = resolve_model(model, dataset, data_root, arch, download, (settings or {}).get("normalize"))
+    loaded, ds = resolve_model(model, dataset, data_root, arch, download, (settings or {}).get("normalize"),
+                               rb_model_dir)
     s = resolve_settings(settings or {}, loaded, ds)
     # metric names that depend on the settings (the OOD group: one per --ood set) are fixed here,
     # before any cache is read (bench.metrics.Group.for_settings); a bad --ood fails here, early;
@@ -226,12 +233,13 @@ def resolve(model, suite, dataset, data_root, arch, download, settings) -> tuple
 
 
 def _prepare(model, suite, out: Path, dataset, data_root, arch, device, download, settings, log,
-             lock: contextlib.ExitStack, name: str | None) -> _Plan:
+             lock: contextlib.ExitStack, name: str | None, rb_model_dir=None) -> _Plan:
     """Resolve the model, data, settings and groups; take the --out lock; check the model; start
     the results record with what an earlier run in --out adds to it (``bench.run.run_union``)."""
     started = time.time()
     dev = distributed.init(resolve_device(device))
-    suite_names, groups, loaded, ds, s = resolve(model, suite, dataset, data_root, arch, download, settings)
+    suite_names, groups, loaded, ds, s = resolve(model, suite, dataset, data_root, arch, download, settings,
+                                                 rb_model_dir)
     main = distributed.is_main()
     if main:
         check_out(out)

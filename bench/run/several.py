@@ -42,13 +42,13 @@ def check_stems(models: list[str], out: str | Path) -> list[str]:
 
 
 def resolve_all(models: list[str], suite="all", dataset=None, data_root=None, arch=None, device="auto",
-                download=False, settings=None, **_) -> None:
+                download=False, settings=None, rb_model_dir=None, **_) -> None:
     """Resolve every model as its run will (``runner.resolve``: file, data set, normalisation,
     settings, suites) and drop it; the first failure is the error, naming its model."""
     runner.resolve_device(device)
     for m in models:
         try:
-            runner.resolve(m, suite, dataset, data_root, arch, download, settings)
+            runner.resolve(m, suite, dataset, data_root, arch, download, settings, rb_model_dir)
         except BenchError as e:
             if m in str(e):
                 raise
