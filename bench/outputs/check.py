@@ -1,10 +1,12 @@
 """Regression check of a run against a baseline results.json (``bench check``).
 
-Only comparable runs are compared.  The same model: ``model.sha256`` (the file),
-``model.weights_sha256`` (the weights as loaded) and ``model.dataset``; the same data: the digests
-of both splits (``run.data.train_sha256``, ``test_sha256``); the same settings: every key of
-``run.config`` that can change a metric both hold (a setting newer than the baseline counts as its
-default, which the older run used).
+Only comparable runs are compared.  The same model: ``model.weights_sha256`` (the weights as
+loaded; the file's ``model.sha256`` is recorded, not compared, unless a run predates the weights
+digest) and ``model.dataset``; the same data: the digests of both splits (``run.data.train_sha256``,
+``test_sha256``); the same settings: every key of ``run.config`` that can change a metric both hold,
+compared as values (a setting newer than the baseline counts as its default, which the older run
+used).  ``bench check --another-model`` and ``bench compare`` (``bench.outputs.gates``,
+``bench.outputs.compare``) compare other models: everything but the model must be equal.
 Where they differ, ``check`` names them and stops with exit code 2: bad input, not a regression.
 A baseline is refused the same way when one of its values is non-finite, outside its metric's
 declared bounds (``Metric.bounds``: an accuracy of 1.258), of the wrong type, or disagrees with
@@ -54,7 +56,7 @@ from bench.outputs.check_rules import EXACT_REL, known  # noqa: F401  (re-export
 _TOL = re.compile(r"^\s*([A-Za-z0-9_.\-*?\[\]]+)\s*=\s*(\S+)\s*$")
 
 
-def parse_tolerances(items, names) -> dict[str, float]:
+def parse_tolerances(items, names, option: str = "--tolerance") -> dict[str, float]:
     """``NAME=ABS`` strings -> {name: abs}; NAME may be a wildcard (``ood_auroc_*``, fnmatch) and
     sets every metric of ``names`` it matches (a later item wins).  Bad syntax, a negative or
     non-finite tolerance, a name that is no metric (of ``known()`` or of either run) and a pattern
@@ -63,22 +65,22 @@ def parse_tolerances(items, names) -> dict[str, float]:
     for item in items or ():
         m = _TOL.match(item)
         if not m:
-            raise BenchError(f"--tolerance {item!r}: expected NAME=ABS, e.g. accuracy=0.01")
+            raise BenchError(f"{option} {item!r}: expected NAME=ABS, e.g. accuracy=0.01")
         name, raw = m.groups()
         try:
             tol = float(raw)
         except ValueError:
-            raise BenchError(f"--tolerance {item!r}: {raw!r} is not a number") from None
+            raise BenchError(f"{option} {item!r}: {raw!r} is not a number") from None
         if not math.isfinite(tol) or tol < 0:
-            raise BenchError(f"--tolerance {item!r}: the tolerance must be a finite number >= 0")
+            raise BenchError(f"{option} {item!r}: the tolerance must be a finite number >= 0")
         if any(ch in name for ch in "*?["):
             matched = sorted(n for n in names if fnmatch.fnmatchcase(n, name))
             if not matched:
-                raise BenchError(f"--tolerance {item!r}: the pattern {name!r} matches no metric of either run")
+                raise BenchError(f"{option} {item!r}: the pattern {name!r} matches no metric of either run")
             out.update(dict.fromkeys(matched, tol))
             continue
         if name not in names:
-            raise BenchError(f"--tolerance {item!r}: unknown metric {name!r} (known: {', '.join(sorted(names))})")
+            raise BenchError(f"{option} {item!r}: unknown metric {name!r} (known: {', '.join(sorted(names))})")
         out[name] = tol
     return out
 
@@ -107,14 +109,29 @@ def compared_settings(base: Results, cur: Results) -> set[str] | None:
 
 
 def setting_differences(base: Results, cur: Results) -> list[str]:
-    """What makes the two runs different evaluations: the model (file, weights as loaded, data
-    set), the data digests and the run.config settings that change a number the two hold
-    (``compared_settings``: a baseline made with another --n-gen still checks a robust-only run)."""
+    """What makes the two runs different evaluations, or evaluations of different models: the
+    model (``model_differences``) and everything else (``evaluation_differences``)."""
+    return model_differences(base, cur) + evaluation_differences(base, cur)
+
+
+def model_differences(base: Results, cur: Results) -> list[str]:
+    """Whether two runs evaluated other models: by ``model.weights_sha256``, the weights as loaded
+    (normalisation included), whatever file or ``bench.evaluate`` module they came from; the file
+    digest ``model.sha256`` only where a run predates the weights digest."""
+    key = "weights_sha256" if base.model.get("weights_sha256") and cur.model.get("weights_sha256") else "sha256"
+    b, c = base.model.get(key), cur.model.get(key)
+    return [] if b == c else [f"model.{key} (baseline {_show(b)}, current {_show(c)})"]
+
+
+def evaluation_differences(base: Results, cur: Results) -> list[str]:
+    """What makes two runs different evaluations whatever the model: the data set and its digests,
+    the feature extractors, and the run.config settings that change a number the two hold
+    (``compared_settings``: a baseline made with another --n-gen still checks a robust-only run),
+    compared as values (``same_value``: ``0.286/0.353`` is ``0.2860/0.3530``)."""
     diffs = []
-    for key in ("sha256", "weights_sha256", "dataset"):
-        b, c = base.model.get(key), cur.model.get(key)
-        if b != c:
-            diffs.append(f"model.{key} (baseline {_show(b)}, current {_show(c)})")
+    b, c = base.model.get("dataset"), cur.model.get("dataset")
+    if b != c:
+        diffs.append(f"model.dataset (baseline {_show(b)}, current {_show(c)})")
     for key in ("train_sha256", "test_sha256"):
         b, c = _data(base).get(key), _data(cur).get(key)
         if b != c:
@@ -127,7 +144,7 @@ def setting_differences(base: Results, cur: Results) -> list[str]:
     relevant = compared_settings(base, cur)
     for key in sorted(keys if relevant is None else keys & relevant):
         b, c = _setting(bc, key), _setting(cc, key)
-        if b != c:
+        if not same_value(b, c):
             shown = [_show(v) + (" (absent: its default)" if key not in d and key in DEFAULTS else "")
                      for v, d in ((b, bc), (c, cc))]
             diffs.append(f"run.config.{key} (baseline {shown[0]}, current {shown[1]})")
@@ -146,6 +163,37 @@ def extractor_differences(base: Results, cur: Results) -> list[str]:
             out.append(f"{name}'s feature extractor (baseline {ib}, current {ic})")
     more = f" (and {len(out) - 1} more metrics of that extractor)" if len(out) > 1 else ""
     return [out[0] + more] if out else []
+
+
+_SEPARATORS = re.compile(r"([,/:;\s]+)")
+
+
+def same_value(a, b, rel: float = 1e-9) -> bool:
+    """Whether two recorded settings are the same value: numbers within ``rel`` (and 1e-12), lists
+    and objects item by item, and strings equal or equal number by number between the same
+    separators (``--normalize 0.286/0.353`` is ``0.2860/0.3530``); a boolean equals only a boolean."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b or math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(same_value(x, y, rel) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k], rel) for k in a)
+    if isinstance(a, str) and isinstance(b, str):
+        if a == b:
+            return True
+        pa, pb = _SEPARATORS.split(a.strip()), _SEPARATORS.split(b.strip())
+        return len(pa) == len(pb) and all(x == y or (i % 2 == 0 and _close(x, y, rel))
+                                          for i, (x, y) in enumerate(zip(pa, pb, strict=True)))
+    return a == b
+
+
+def _close(x: str, y: str, rel: float) -> bool:
+    try:
+        return same_value(float(x), float(y), rel)
+    except ValueError:
+        return False
 
 
 def _setting(config: dict, key: str):
