@@ -16,7 +16,7 @@ top-class confidence under ECE) record their per-point floats in ``details["per_
 
     {"f32le": "<base64>", "n": 450, "of": "NLL per test point in order"}
 
-float32, little-endian, base64: 600 characters for 450 points.  ``bench compare`` pairs two
+float32, little-endian, base64: 2,400 characters for 450 points.  ``bench compare`` pairs two
 models' records point by point (a paired standard error, a paired bootstrap).
 Nothing here imports torch: ``bench check`` reads these records.
 """

@@ -45,6 +45,7 @@ from bench.core import fingerprint, outcomes, results
 from bench.core.errors import BenchError
 from bench.core.results import Results
 from bench.core.settings import DEFAULTS, FASTPATH_SETTINGS
+from bench.core.values import same_value
 from bench.metrics import registry
 from bench.outputs import check_rules
 from bench.outputs.check_output import IMPROVED, MISSING, NOT_CHECKABLE, OK, REGRESSION, Report, Row
@@ -53,6 +54,9 @@ from bench.outputs.check_output import (
 )
 from bench.outputs.check_rules import EXACT_REL, known  # noqa: F401  (re-exported)
 
+# settings that are part of the model, which ``model.weights_sha256`` holds (the mean and std are
+# buffers of the EnergyModel): not compared as settings of the evaluation
+MODEL_SETTINGS = ("normalize",)
 _TOL = re.compile(r"^\s*([A-Za-z0-9_.\-*?\[\]]+)\s*=\s*(\S+)\s*$")
 
 
@@ -120,7 +124,13 @@ def model_differences(base: Results, cur: Results) -> list[str]:
     digest ``model.sha256`` only where a run predates the weights digest."""
     key = "weights_sha256" if base.model.get("weights_sha256") and cur.model.get("weights_sha256") else "sha256"
     b, c = base.model.get(key), cur.model.get(key)
-    return [] if b == c else [f"model.{key} (baseline {_show(b)}, current {_show(c)})"]
+    diffs = [] if b == c else [f"model.{key} (baseline {_show(b)}, current {_show(c)})"]
+    if key == "sha256":  # the file digest leaves out the normalisation the weights digest holds
+        bc, cc = (r.run.get("config") if isinstance(r.run.get("config"), dict) else {} for r in (base, cur))
+        for k in MODEL_SETTINGS:
+            if not same_value(bv := _setting(bc, k), cv := _setting(cc, k)):
+                diffs.append(f"run.config.{k} (baseline {_show(bv)}, current {_show(cv)})")
+    return diffs
 
 
 def evaluation_differences(base: Results, cur: Results) -> list[str]:
@@ -140,7 +150,7 @@ def evaluation_differences(base: Results, cur: Results) -> list[str]:
     bc, cc = base.run.get("config") or {}, cur.run.get("config") or {}
     if not isinstance(bc, dict) or not isinstance(cc, dict):
         return diffs + ["run.config is not an object"]
-    keys = (set(bc) | set(cc)) - set(FASTPATH_SETTINGS)
+    keys = (set(bc) | set(cc)) - set(FASTPATH_SETTINGS) - set(MODEL_SETTINGS)
     relevant = compared_settings(base, cur)
     for key in sorted(keys if relevant is None else keys & relevant):
         b, c = _setting(bc, key), _setting(cc, key)
@@ -163,37 +173,6 @@ def extractor_differences(base: Results, cur: Results) -> list[str]:
             out.append(f"{name}'s feature extractor (baseline {ib}, current {ic})")
     more = f" (and {len(out) - 1} more metrics of that extractor)" if len(out) > 1 else ""
     return [out[0] + more] if out else []
-
-
-_SEPARATORS = re.compile(r"([,/:;\s]+)")
-
-
-def same_value(a, b, rel: float = 1e-9) -> bool:
-    """Whether two recorded settings are the same value: numbers within ``rel`` (and 1e-12), lists
-    and objects item by item, and strings equal or equal number by number between the same
-    separators (``--normalize 0.286/0.353`` is ``0.2860/0.3530``); a boolean equals only a boolean."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return a == b or math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(same_value(x, y, rel) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same_value(a[k], b[k], rel) for k in a)
-    if isinstance(a, str) and isinstance(b, str):
-        if a == b:
-            return True
-        pa, pb = _SEPARATORS.split(a.strip()), _SEPARATORS.split(b.strip())
-        return len(pa) == len(pb) and all(x == y or (i % 2 == 0 and _close(x, y, rel))
-                                          for i, (x, y) in enumerate(zip(pa, pb, strict=True)))
-    return a == b
-
-
-def _close(x: str, y: str, rel: float) -> bool:
-    try:
-        return same_value(float(x), float(y), rel)
-    except ValueError:
-        return False
 
 
 def _setting(config: dict, key: str):
