@@ -79,7 +79,14 @@ def test_z_test_against_scipys_normal():
 @pytest.mark.parametrize("b,c", [(0, 0), (10, 2), (2, 10), (161, 8), (30, 30)])
 def test_worse_share_at_margin_zero_is_mcnemars_one_sided_test(b, c):
     expected = 1.0 if b + c == 0 else binomtest(b, b + c, 0.5, alternative="greater").pvalue
-    assert paired.worse_share_p(b, c, 1000) == pytest.approx(expected, rel=1e-12)
+    assert paired.worse_share_p(b, c, 1000) == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+def test_mcnemar_one_sided_tail_does_not_cancel_to_zero():
+    """P(X >= 266) for X ~ Bin(276, 1/2) is about 1e-65: computed as 1 - P(X < 266) it was 0."""
+    expected = binomtest(266, 276, 0.5, alternative="greater").pvalue
+    assert 0 < expected < 1e-60
+    assert paired.mcnemar_exact(266, 10, "greater") == pytest.approx(expected, rel=1e-9, abs=0)
 
 
 def test_worse_share_above_a_margin_by_hand():

@@ -37,8 +37,8 @@ def mcnemar_exact(b: int, c: int, alternative: str = "two-sided") -> float:
     n = b + c
     if n == 0:
         return 1.0
-    if alternative == "greater":
-        return 1.0 - _binom_cdf_half(b - 1, n)
+    if alternative == "greater":  # P(X >= b) = P(X <= n - b) by symmetry, not 1 - P(X < b) (which cancels to 0)
+        return _binom_cdf_half(n - b, n)
     if alternative == "less":
         return _binom_cdf_half(b, n)
     if alternative != "two-sided":

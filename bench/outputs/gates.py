@@ -91,7 +91,7 @@ def another_model(base: Results, cur: Results, margins: dict[str, float], alpha:
 
 
 def _gate_row(name: str, t: compare.Test, p, p_holm, margin: float, alpha: float) -> Row:
-    counts = f"{t.only_a} points for the baseline only, {t.only_b} for this run only; " if t.test == compare.MCNEMAR else ""
+    counts = f"of {t.n} points, baseline only {t.only_a}, this run only {t.only_b}; " if t.test == compare.MCNEMAR else ""
     if t.a is None or t.b is None:
         if t.a is None and t.b is None:
             return Row(name, None, None, None, None, OK, "null in both")
