@@ -122,3 +122,30 @@ def test_per_point_float_records_round_trip():
 ])
 def test_settings_compared_as_values(a, b, same):
     assert same_value(a, b) is same and same_value(b, a) is same
+
+
+def test_paired_delong_against_a_brute_force_computation():
+    """DeLong's paired test of two AUROCs on the same points, against placement values computed
+    pair by pair (psi = 1, 1/2, 0) and scikit-learn's AUROCs; ties included."""
+    from sklearn.metrics import roc_auc_score
+
+    from bench.core import roc
+
+    rng = np.random.default_rng(5)
+    in_a, out_a = rng.normal(1.0, 1, 60).round(1), rng.normal(0, 1, 50).round(1)
+    in_b, out_b = in_a + rng.normal(0, 0.5, 60).round(1), out_a + rng.normal(0.3, 0.5, 50).round(1)
+
+    def brute(a, b):
+        psi = (a[:, None] > b[None, :]) + 0.5 * (a[:, None] == b[None, :])
+        return psi.mean(1), psi.mean(0)
+
+    (v10a, v01a), (v10b, v01b) = brute(in_a, out_a), brute(in_b, out_b)
+    labels = np.r_[np.ones(60), np.zeros(50)]
+    auc_a, auc_b = roc_auc_score(labels, np.r_[in_a, out_a]), roc_auc_score(labels, np.r_[in_b, out_b])
+    s10 = np.cov(np.c_[v10a, v10b].T)  # DeLong's covariance of the structural components
+    s01 = np.cov(np.c_[v01a, v01b].T)
+    w = np.array([-1.0, 1.0])
+    se = math.sqrt(w @ s10 @ w / 60 + w @ s01 @ w / 50)
+    diff, got = roc.paired_difference(in_a, out_a, in_b, out_b)
+    assert diff == pytest.approx(auc_b - auc_a, rel=1e-12) and got == pytest.approx(se, rel=1e-12)
+    assert roc.auroc(in_a, out_a)[0] == pytest.approx(auc_a, rel=1e-12)

@@ -45,3 +45,28 @@ def test_fisher_and_psnr_records(digits, tmp_path):
     for name in ("denoise_psnr", "denoise_psnr_noisy"):
         v = outcomes.values_of(res[name].details)
         assert len(v) == 12 and v.mean() == pytest.approx(res[name].value, rel=1e-6), name
+
+
+def test_auroc_records_and_the_paired_delong_test(tmp_path):
+    """Two released digits models on the same OOD points: the recorded scores give the recorded
+    AUROC (scikit-learn), and bench compare tests the difference by DeLong's paired test."""
+    from sklearn.metrics import roc_auc_score
+
+    from bench.core.results import read
+    from bench.outputs import compare
+    from bench.run import runner
+
+    settings = {"n_eval": 25, "ood": "uniform", "ood_scores": "px,py", "pgd_steps": 2}
+    for name in ("jeat", "normal"):
+        runner.run(str(zoo.released_path(name)), settings=settings, suite="ood", out=tmp_path / name,
+                   device="cpu", log=lambda m: None)
+    comp = compare.compare_runs([tmp_path / "jeat", tmp_path / "normal"])
+    tests = {t.metric: t for t in next(iter(comp.tests.values()))}
+    res = read(tmp_path / "normal")
+    r = res.metrics["ood_auroc_px_uniform"]
+    s_in, s_out = outcomes.unpack_values(r.details["per_point_in"]), outcomes.values_of(r.details)
+    assert len(s_in) == 25 and len(s_out) == 25
+    assert roc_auc_score(np.r_[np.ones(25), np.zeros(25)], np.r_[s_in, s_out]) == pytest.approx(r.value, abs=1e-6)
+    for name in ("ood_auroc_px_uniform", "ood_adv_auroc_py_uniform"):
+        assert tests[name].test == compare.DELONG and tests[name].se is not None, name
+    assert tests["ood_aupr_in_px_uniform"].test in (compare.INDEPENDENT, "")

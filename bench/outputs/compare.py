@@ -7,12 +7,15 @@ How each metric is tested, in this order (``paired_test``):
 - a share of points (accuracy, PGD-20, AutoAttack, a robustness curve; ``Metric.portable.unit``
   ``points``) whose per-point outcomes both runs record (``details.outcomes``): the discordant
   counts (points counted for A only, for B only) and McNemar's exact test;
+- an AUROC (``ood_auroc_*``, ``ood_adv_auroc_*``) whose in-distribution and OOD scores both runs
+  record: DeLong's paired test (DeLong, DeLong and Clarke-Pearson 1988), the difference of the
+  placement values point by point, a normal p;
 - a binned calibration error (ECE, MCE, adaptive ECE, their ``_ts`` and ``_fgsm`` forms) whose
   per-point confidences and correctness both record: a paired bootstrap over points (the same
   resampled points for both models), its standard deviation as the standard error, a normal p;
 - a mean over points (NLL, Brier, PSNR, Fisher scores and terms) whose per-point values both record
   (``details.per_point``): the paired standard error of the per-point differences, a normal p;
-- anything else (FID, KID, an AUROC, a run without per-point records): independent standard errors
+- anything else (FID, KID, AUPR, FPR95, a run without per-point records): independent standard errors
   sqrt(se_A^2 + se_B^2) from the recorded ``std`` (or the binomial error of a share), a normal p,
   and the output says so; no recorded error, no test.
 
@@ -26,7 +29,7 @@ import fnmatch
 import math
 from dataclasses import dataclass
 
-from bench.core import binned_calibration, outcomes, paired
+from bench.core import binned_calibration, outcomes, paired, roc
 from bench.core.errors import BenchError
 from bench.core.results import Result, Results
 from bench.core.stats import proportion_se
@@ -34,6 +37,8 @@ from bench.metrics import registry
 from bench.outputs import check
 
 MCNEMAR, BOOTSTRAP, PAIRED_MEAN, INDEPENDENT = "McNemar exact", "paired bootstrap", "paired mean", "independent"
+DELONG = "paired DeLong"
+IN_SCORES = "per_point_in"  # an AUROC's in-distribution scores (bench.metrics.ood.IN_SCORES)
 N_BOOT = 2000
 
 # binned calibration errors recomputed on resampled points: base name -> statistic(conf, correct, bins)
@@ -54,7 +59,7 @@ class Test:
     b: float | None
     diff: float | None = None  # B - A
     se: float | None = None
-    test: str = ""  # MCNEMAR, BOOTSTRAP, PAIRED_MEAN, INDEPENDENT, or "" (not tested)
+    test: str = ""  # MCNEMAR, DELONG, BOOTSTRAP, PAIRED_MEAN, INDEPENDENT, or "" (not tested)
     only_a: int | None = None  # points counted for A and not for B (a share of points)
     only_b: int | None = None
     p: float | None = None  # two-sided
@@ -87,6 +92,11 @@ def paired_test(name: str, ra: Result, rb: Result, seed: int = 0, n_boot: int = 
         t.only_a, t.only_b = paired.discordant(bits_a, bits_b)
         t.diff, t.se = paired.proportion_difference(t.only_a, t.only_b, len(bits_a))
         t.test, t.p = MCNEMAR, paired.mcnemar_exact(t.only_a, t.only_b)
+        return t
+    ins_a, ins_b = (outcomes.unpack_values((r.details or {}).get(IN_SCORES)) for r in (ra, rb))
+    if same_vals and ins_a is not None and ins_b is not None and ins_a.shape == ins_b.shape:
+        t.diff, t.se = roc.paired_difference(ins_a, vals_a, ins_b, vals_b)
+        t.test, t.p = DELONG, paired.z_test(t.diff, t.se)
         return t
     if (stat := _binned(name)) and same_vals and same_bits and len(vals_a) == len(bits_a):
         bins = int((rb.details or {}).get("n_bins") or 20)
