@@ -50,7 +50,10 @@ def _heading(comp: Comparison, label: str) -> str:
 
 
 def _footer(comp: Comparison) -> list[str]:
-    notes = sorted({f"{t.metric}: {t.note}" for ts in comp.tests.values() for t in ts if t.note})
+    by_note: dict[str, list[str]] = {}
+    for t in (t for ts in comp.tests.values() for t in ts if t.note):
+        by_note.setdefault(t.note, []).append(t.metric)
+    notes = [f"{', '.join(dict.fromkeys(names))}: {note}" for note, names in by_note.items()]
     return [f"Holm's correction over {sum(t.p is not None for ts in comp.tests.values() for t in ts)} tests; "
             f"significant at {comp.alpha}"] + notes
 
