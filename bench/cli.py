@@ -183,7 +183,7 @@ def check(ctx, run_dir, baseline, tolerances, exact, statistical, one_sided, str
 def compare(run_dirs, metrics, alpha, seed, markdown, csv_path, latex, junit):
     """Models evaluated on the same points with the same settings, each against the first: the
     difference per metric, its standard error and a paired test (McNemar, paired mean, paired
-    bootstrap), Holm-corrected.  Exit 0, or 2 when the runs are not the same evaluation."""
+    bootstrap, paired DeLong), Holm-corrected.  Exit 0, or 2 when the runs are not the same evaluation."""
     from bench.outputs import compare as comparing
     from bench.outputs import compare_output
 

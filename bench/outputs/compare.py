@@ -90,6 +90,7 @@ def paired_test(name: str, ra: Result, rb: Result, seed: int = 0, n_boot: int = 
     same_vals = vals_a is not None and vals_b is not None and vals_a.shape == vals_b.shape
     if _shares(name) and same_bits:
         t.only_a, t.only_b = paired.discordant(bits_a, bits_b)
+        t.n = len(bits_a)
         t.diff, t.se = paired.proportion_difference(t.only_a, t.only_b, len(bits_a))
         t.test, t.p = MCNEMAR, paired.mcnemar_exact(t.only_a, t.only_b)
         return t
