@@ -151,7 +151,7 @@ def table(dirs, out, over_seeds, columns, rows, caption, label, with_paper):
 
 @cli.command()
 @click.argument("run_dir", metavar="DIR", type=NonEmptyPath(path_type=Path))
-@click.option("--baseline", required=True, type=NonEmptyPath(path_type=Path), help="baseline results.json")
+@click.option("--baseline", type=NonEmptyPath(path_type=Path), help="baseline results.json (optional with --require)")
 @click.option("--tolerance", "tolerances", multiple=True, metavar="NAME=ABS",
               help="absolute tolerance for one metric, in results.json units (repeatable); NAME may be "
               "a wildcard, e.g. 'ood_auroc_*=0.01'")
@@ -167,15 +167,27 @@ def table(dirs, out, over_seeds, columns, rows, caption, label, with_paper):
               "(one test case per metric)")
 @click.option("--markdown", type=NonEmptyPath(dir_okay=False, path_type=Path), help="append a Markdown "
               "summary here, e.g. $GITHUB_STEP_SUMMARY")
+@click.option("--require", "requires", multiple=True, metavar="'METRIC>=X'",
+              help="a threshold the run must meet, e.g. 'pgd20>=0.60' or 'ece<=0.10' (repeatable; with or "
+              "without --baseline); unmet, missing or null fails")
+@click.option("--another-model", "another", is_flag=True, help="DIR evaluates another model than --baseline on "
+              "the same evaluation: fail only where it is significantly worse (paired one-sided tests, Holm)")
+@click.option("--margin", "margins", multiple=True, metavar="NAME=X", help="--another-model: how much worse "
+              "a metric may be before it fails (results.json units; NAME may be a wildcard; default 0)")
+@click.option("--alpha", type=float, default=0.05, show_default=True, help="--another-model: test level")
 @click.pass_context
-def check(ctx, run_dir, baseline, tolerances, exact, statistical, one_sided, strict, junit, markdown):
-    """Compare DIR/results.json with a baseline: exit 0 within tolerance, 1 on regression,
-    2 when the two are not the same evaluation (model, data, settings) or the input is bad."""
+def check(ctx, run_dir, baseline, tolerances, exact, statistical, one_sided, strict, junit, markdown,
+          requires, another, margins, alpha):
+    """Compare DIR/results.json with a baseline: exit 0 within tolerance, 1 on regression (or an
+    unmet --require), 2 when the two are not the same evaluation (model, data, settings; with
+    --another-model everything but the model) or the input is bad."""
     from bench.outputs import check as checking
+    from bench.outputs import gates
 
     try:
-        report = checking.check(run_dir, baseline, tolerances, exact=exact, strict=strict, statistical=statistical,
-                                one_sided=one_sided)
+        report = gates.run_check(run_dir, baseline, tolerances, exact=exact, strict=strict, statistical=statistical,
+                                 one_sided=one_sided, requires=requires, another=another, margin_items=margins,
+                                 alpha=alpha)
     except BenchError as e:  # not compared: CI still gets a file that says why
         click.echo(f"error: {e}", err=True)  # the verdict first, whatever writing the files says
         checking.write_outputs(str(e), junit, markdown, checking.run_label(run_dir), "exact" if exact else "portable")
@@ -186,6 +198,29 @@ def check(ctx, run_dir, baseline, tolerances, exact, statistical, one_sided, str
     checking.write_outputs(report, junit, markdown)
     if report.exit_code:
         ctx.exit(report.exit_code)
+
+
+@cli.command()
+@click.argument("run_dirs", metavar="DIR DIR [DIR ...]", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--metrics", "metrics", multiple=True, metavar="NAMES", help="comma list of metrics (wildcards, "
+              "e.g. 'pgd20*,ece'); default: every metric all runs hold")
+@click.option("--alpha", type=float, default=0.05, show_default=True, help="level of the Holm-corrected tests")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the paired bootstrap")
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="append Markdown here")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="write CSV here")
+@click.option("--latex", type=click.Path(dir_okay=False, path_type=Path), help="write a LaTeX tabular here")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="write JUnit XML here "
+              "(a metric significantly worse than the first run's fails)")
+def compare(run_dirs, metrics, alpha, seed, markdown, csv_path, latex, junit):
+    """Models evaluated on the same points with the same settings, each against the first: the
+    difference per metric, its standard error and a paired test (McNemar, paired mean, paired
+    bootstrap, paired DeLong), Holm-corrected.  Exit 0, or 2 when the runs are not the same evaluation."""
+    from bench.outputs import compare as comparing
+    from bench.outputs import compare_output
+
+    comp = comparing.compare_runs(list(run_dirs), metrics, alpha=alpha, seed=seed)
+    click.echo(compare_output.to_text(comp))
+    compare_output.write(comp, markdown, csv_path, latex, junit)
 
 
 EXTRACTOR_WEIGHTS_HELP = "weights file of a --fid-extractor encoder (DINOv2, CLIP, VGG16; never downloaded)"

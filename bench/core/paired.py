@@ -37,8 +37,8 @@ def mcnemar_exact(b: int, c: int, alternative: str = "two-sided") -> float:
     n = b + c
     if n == 0:
         return 1.0
-    if alternative == "greater":
-        return 1.0 - _binom_cdf_half(b - 1, n)
+    if alternative == "greater":  # P(X >= b) = P(X <= n - b) by symmetry, not 1 - P(X < b) (which cancels to 0)
+        return _binom_cdf_half(n - b, n)
     if alternative == "less":
         return _binom_cdf_half(b, n)
     if alternative != "two-sided":
@@ -66,3 +66,79 @@ def holm(pvalues: dict) -> dict:
         running = max(running, min(1.0, (m - i) * p))
         out[name] = running
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# means over points, statistics recomputed on resampled points, and the gates' one-sided tests
+
+
+def normal_p(z: float, alternative: str = "two-sided") -> float:
+    """The p-value of a standard normal statistic ``z``: two-sided, ``less`` (P(Z <= z)) or
+    ``greater`` (P(Z >= z))."""
+    if alternative == "less":
+        return 0.5 * math.erfc(-z / math.sqrt(2.0))
+    if alternative == "greater":
+        return 0.5 * math.erfc(z / math.sqrt(2.0))
+    return math.erfc(abs(z) / math.sqrt(2.0))
+
+
+def mean_difference(a, b) -> tuple[float, float]:
+    """(mean of b - a, its paired standard error sd(b - a) / sqrt(n), sd with n - 1) of two
+    per-point records of the same points; n = 1 gives an error of 0 (nothing to estimate it from)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"per-point records of different lengths ({a.size} and {b.size} points)")
+    d = b - a
+    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else 0.0
+    return float(d.mean()), se
+
+
+def proportion_difference(b: int, c: int, n: int) -> tuple[float, float]:
+    """(difference of two shares of the same n points, B minus A, and its paired standard error)
+    from the discordant counts: b points counted for A only, c for B only.  The per-point
+    differences are -1 (b times), +1 (c times) and 0, so this is ``mean_difference`` of them."""
+    if n <= 0 or b + c > n:
+        raise ValueError(f"discordant counts {b} + {c} exceed the {n} points")
+    mean = (c - b) / n
+    se = math.sqrt(max((b + c) - n * mean * mean, 0.0) / (n - 1) / n) if n > 1 else 0.0
+    return mean, se
+
+
+def bootstrap_difference(stat, a: tuple, b: tuple, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A paired bootstrap over points: (stat(*b) - stat(*a), the standard deviation of that
+    difference over ``n_boot`` resamples of the points, the same resample for both models).
+    ``a`` and ``b`` are tuples of per-point arrays of one length (e.g. confidence and correctness
+    for ECE); ``stat`` maps such a tuple to a number.  Seeded: the same call gives the same error."""
+    a, b = tuple(np.asarray(x) for x in a), tuple(np.asarray(x) for x in b)
+    n = len(a[0])
+    if n == 0 or any(len(x) != n for x in a + b):
+        raise ValueError("per-point records of different lengths")
+    observed = float(stat(*b)) - float(stat(*a))
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    for i in range(n_boot):
+        idx = rng.integers(0, n, n)
+        diffs[i] = float(stat(*(x[idx] for x in b))) - float(stat(*(x[idx] for x in a)))
+    return observed, float(diffs.std(ddof=1))
+
+
+def z_test(diff: float, se: float, alternative: str = "two-sided", margin: float = 0.0) -> float:
+    """The normal-approximation p-value of a difference ``diff`` with standard error ``se`` against
+    ``-margin``: two-sided, or ``less`` (H1: diff < -margin, the gate's 'worse by more than the
+    margin').  A zero error decides by the sign alone (p 0 or 1)."""
+    shift = diff + margin
+    if se <= 0 or not math.isfinite(se):
+        if alternative == "two-sided":
+            return 1.0 if shift == 0 else 0.0
+        return 0.0 if (shift < 0 if alternative == "less" else shift > 0) else 1.0
+    return normal_p(shift / se, alternative)
+
+
+def worse_share_p(b: int, c: int, n: int, margin: float = 0.0) -> float:
+    """The gate for a share of points where higher is better: p of 'B is worse than A by more than
+    ``margin``' from the discordant counts (b: A only, c: B only).  At margin 0 McNemar's exact
+    one-sided test (b > c); above it the paired z-test of the per-point differences against -margin."""
+    if margin == 0:
+        return mcnemar_exact(b, c, "greater")
+    diff, se = proportion_difference(b, c, n)
+    return z_test(diff, se, "less", margin)

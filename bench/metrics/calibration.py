@@ -12,9 +12,10 @@ a bin of their own, so the two agree except for confidences lying exactly on an 
 
 ``ece`` uses the first ``n_eval`` test points as they are; ``ece_fgsm`` the same points after
 one FGSM step of size eps on the cross-entropy (Eq. 2), the adversarial data of Fig. 16.  Values
-are fractions (0.05 = 5 %); ``std`` is null: ECE has no closed-form standard error and is not
-bootstrapped.  Each group writes its reliability diagram (``figures/reliability_clean.png``,
-``figures/reliability_fgsm.png``) and records the per-bin counts, accuracies and confidences.
+are fractions (0.05 = 5 %); ``std`` is null: ECE has no closed-form standard error.  Each group
+writes its reliability diagram (``figures/reliability_clean.png``, ``figures/reliability_fgsm.png``)
+and records the per-bin counts, accuracies and confidences, and each point's confidence
+(``details.per_point``, from which ``bench compare`` bootstraps the difference of two models' ECE).
 """
 
 from __future__ import annotations
@@ -23,67 +24,16 @@ import numpy as np
 import torch
 
 from bench.core import outcomes
+from bench.core.binned_calibration import (  # noqa: F401  (re-exported: bench.functional, tests)
+    adaptive_calibration_error,
+    expected_calibration_error,
+    max_calibration_error,
+)
 from bench.engines import defense
 from bench.engines.attacks import check_in_ball, fgsm
 from bench.metrics import ECE, MEAN, Context, Metric, Result, mean_se, register, stable
 
 STD_NOTE = "null: ECE has no closed-form standard error (not bootstrapped)"
-
-
-def expected_calibration_error(probs_or_conf, correct, bins: int = 20) -> tuple[float, dict]:
-    """ECE with ``bins`` equal-width (lo, hi] bins on the top-class confidence.
-
-    ``probs_or_conf``: class probabilities (N, K), whose row maximum is the confidence, or the
-    confidences themselves (N,).  ``correct``: (N,) booleans (or 0/1), whether the top-class
-    prediction is right.  Returns ``(ece, stats)``; ``stats`` is a JSON-ready dict: ``edges``
-    (bins + 1), per bin ``count``, ``accuracy`` and ``confidence`` (None for an empty bin), and
-    ``n``, ``avg_accuracy``, ``avg_confidence``, ``ece``.
-    """
-    p = _numpy(probs_or_conf).astype(np.float64)
-    ok = _numpy(correct)
-    if p.ndim == 2:
-        conf = p.max(axis=1)
-    elif p.ndim == 1:
-        conf = p
-    else:
-        raise ValueError(f"expected probabilities (N, K) or confidences (N,), got shape {p.shape}")
-    if ok.ndim != 1 or len(ok) != len(conf):
-        raise ValueError(f"correct must have shape ({len(conf)},), got {ok.shape}")
-    if ok.dtype != np.bool_:
-        if not np.isin(ok, (0, 1)).all():
-            raise ValueError("correct must hold booleans or 0/1 (whether each prediction is right)")
-        ok = ok.astype(bool)
-    if not isinstance(bins, int | np.integer) or bins < 1:
-        raise ValueError(f"bins must be a positive integer, got {bins!r}")
-    n = len(conf)
-    if n == 0:
-        raise ValueError("expected calibration error of an empty set")
-    if not np.isfinite(p).all() or p.min() < 0 or p.max() > 1 + 1e-6:
-        raise ValueError(f"probabilities must lie in [0, 1], found [{p.min():.4g}, {p.max():.4g}]"
-                         " (softmax the logits first)")
-
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    # searchsorted 'left': edges[i] < c <= edges[i + 1] -> bin i; c == 0 -> bin 0; c >= 1 -> last bin
-    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
-    count = np.bincount(idx, minlength=bins)
-    acc_sum = np.bincount(idx, weights=ok.astype(np.float64), minlength=bins)
-    conf_sum = np.bincount(idx, weights=conf, minlength=bins)
-    # sum_b (n_b / N) |acc_b - conf_b| = sum_b |sum_{i in b} (correct_i - conf_i)| / N
-    ece = float(np.abs(acc_sum - conf_sum).sum() / n)
-    nonempty = count > 0
-    acc_b = np.where(nonempty, acc_sum / np.maximum(count, 1), np.nan)
-    conf_b = np.where(nonempty, conf_sum / np.maximum(count, 1), np.nan)
-    stats = {"edges": [float(e) for e in edges], "count": [int(c) for c in count],
-             "accuracy": [None if np.isnan(a) else float(a) for a in acc_b],
-             "confidence": [None if np.isnan(c) else float(c) for c in conf_b],
-             "n": int(n), "avg_accuracy": float(ok.mean()), "avg_confidence": float(conf.mean()), "ece": ece}
-    return ece, stats
-
-
-def _numpy(a) -> np.ndarray:
-    if isinstance(a, torch.Tensor):
-        return a.detach().cpu().numpy()
-    return np.asarray(a)
 
 
 def _collect(ctx: Context, adversarial: bool, tag: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -92,6 +42,13 @@ def _collect(ctx: Context, adversarial: bool, tag: str) -> tuple[torch.Tensor, t
     z, y, max_dist = _logits_of(ctx, split.x, split.y, adversarial, tag)
     conf, pred = torch.softmax(z, dim=1).max(dim=1)
     return conf, pred == y, ({"max_dist": max_dist} if adversarial else {})
+
+
+def _conf_of(adversarial: bool, scaled: bool = False) -> str:  # the record bench compare bootstraps ECE from
+    return f"{'temperature-scaled ' if scaled else ''}top-class confidence per {_POINT[adversarial]} in order"
+
+
+_POINT = {False: "test point", True: "FGSM input"}
 
 
 def _fgsm_threat(s: dict, max_dist: float) -> dict:
@@ -116,7 +73,8 @@ def _ece_result(ctx: Context, adversarial: bool) -> Result:
     plots.reliability_diagram(stats, fig.path, title)
     details = {"bins": stats, "figure": fig.rel, "n_bins": bins,
                "binning": "equal-width (lo, hi] bins on the top-class softmax confidence", "std": STD_NOTE,
-               outcomes.KEY: outcomes.pack(ok, "correct under FGSM" if adversarial else "correct clean")}
+               outcomes.KEY: outcomes.pack(ok, "correct under FGSM" if adversarial else "correct clean"),
+               outcomes.VALUES_KEY: outcomes.pack_values(conf, _conf_of(adversarial))}
     if adversarial:
         details["threat_model"] = _fgsm_threat(s, info["max_dist"])
     return Result(ece, None, len(ok), details=details)
@@ -166,8 +124,7 @@ def ece_fgsm_group(ctx: Context) -> dict[str, Result]:
 #               would be)
 #
 # ``std``: the standard error of the mean for nll and brier (and their _ts forms); null for the
-# binned errors and the temperature.  Reliability diagrams after scaling:
-# ``figures/reliability_clean_ts.png``, ``figures/reliability_fgsm_ts.png``.
+# binned errors and the temperature.  Reliability diagrams: ``figures/reliability_*_ts.png``.
 
 CALIBRATION_FRACTION = 0.1  # the last 10 % of the training split fits the temperature
 TEMPERATURE_BOUNDS = (1e-2, 1e2)
@@ -206,27 +163,6 @@ def brier_per_point(probs, y) -> torch.Tensor:
     p = torch.as_tensor(probs).double()
     onehot = torch.nn.functional.one_hot(torch.as_tensor(y).long(), p.shape[1]).double()
     return ((p - onehot) ** 2).sum(1)
-
-
-def max_calibration_error(probs_or_conf, correct, bins: int = 20) -> float:
-    """max over the non-empty equal-width (lo, hi] bins of |acc_b - conf_b|."""
-    _, stats = expected_calibration_error(probs_or_conf, correct, bins)
-    gaps = [abs(a - c) for a, c in zip(stats["accuracy"], stats["confidence"], strict=True) if a is not None]
-    return float(max(gaps))
-
-
-def adaptive_calibration_error(probs_or_conf, correct, bins: int = 20) -> tuple[float, dict]:
-    """ECE over equal-mass bins (see above); returns (value, per-bin counts and edges)."""
-    p = _numpy(probs_or_conf).astype(np.float64)
-    conf = p.max(axis=1) if p.ndim == 2 else p
-    ok = _numpy(correct).astype(np.float64)
-    if len(conf) == 0 or len(ok) != len(conf):
-        raise ValueError("adaptive calibration error needs as many (non-zero) correctness flags as confidences")
-    order = np.argsort(conf, kind="stable")
-    groups = [g for g in np.array_split(order, min(int(bins), len(conf))) if len(g)]
-    ace = sum(abs(ok[g].sum() - conf[g].sum()) for g in groups) / len(conf)
-    return float(ace), {"count": [len(g) for g in groups],
-                        "upper_confidence": [float(conf[g].max()) for g in groups]}
 
 
 def fit_temperature(logits, y, bounds=TEMPERATURE_BOUNDS) -> float:
@@ -354,7 +290,8 @@ def _extra_results(ctx: Context, adversarial: bool) -> dict[str, Result]:
         tag = "_ts" if scaled else ""
         for name, per_point in (("nll", nll_per_point(zs, y)), ("brier", brier_per_point(p, y))):
             mean, se, _ = mean_se(per_point)
-            out[f"{name}{tag}{suffix}"] = Result(mean, se, n, details=dict(base))
+            record = outcomes.pack_values(per_point, f"{name}{tag} per {_POINT[adversarial]} in order")
+            out[f"{name}{tag}{suffix}"] = Result(mean, se, n, details={**base, outcomes.VALUES_KEY: record})
         if scaled:
             ece, stats = expected_calibration_error(conf, ok, bins)
             if refused is None:
@@ -362,14 +299,16 @@ def _extra_results(ctx: Context, adversarial: bool) -> dict[str, Result]:
                 title = (f"FGSM data (eps = {float(s['eps']):.4g})" if adversarial else "Clean data") + \
                     f", temperature {t:.3g} ({t_info['split']}), n = {n}"
                 plots.reliability_diagram(stats, fig.path, title)
-                base_ts = {**base, "bins": stats, "n_bins": bins, "figure": fig.rel, "std": STD_NOTE}
+                base_ts = {**base, "bins": stats, "n_bins": bins, "figure": fig.rel, "std": STD_NOTE,
+                           outcomes.VALUES_KEY: outcomes.pack_values(conf, _conf_of(adversarial, scaled=True))}
                 out[f"ece_ts{suffix}"] = Result(ece, None, n, details=base_ts)
         else:
+            with_conf = {**base, outcomes.VALUES_KEY: outcomes.pack_values(conf, _conf_of(adversarial))}
             mce = max_calibration_error(conf, ok, bins)
-            out[f"mce{suffix}"] = Result(mce, None, n, details={**base, "n_bins": bins, "std": STD_NOTE,
+            out[f"mce{suffix}"] = Result(mce, None, n, details={**with_conf, "n_bins": bins, "std": STD_NOTE,
                                                               "binning": "equal-width (lo, hi] bins"})
             ace, ace_bins = adaptive_calibration_error(conf, ok, bins)
-            out[f"ece_adaptive{suffix}"] = Result(ace, None, n, details={**base, "bins": ace_bins, "std": STD_NOTE,
+            out[f"ece_adaptive{suffix}"] = Result(ace, None, n, details={**with_conf, "bins": ace_bins, "std": STD_NOTE,
                                                                          "binning": "equal-mass bins"})
     if not adversarial and refused is None:
         out["temperature"] = Result(t, None, t_info["n"], details={**t_info, "std": "null: a fitted parameter"})

@@ -39,12 +39,14 @@ import math
 
 import torch
 
+from bench.core import outcomes
 from bench.core.energy import EnergyModel, evaluates
 from bench.engines.sampling import SGLDConfig, sgld
 from bench.engines.ssim import WIN, show_order, ssim
 from bench.metrics import STABLE, Context, Metric, Result, absolute, mean_se, register
 
 STD_NOTE = "standard error over images, sd / sqrt(n)"
+PSNR_OF = "PSNR (dB) per image in order"
 N_SHOW = 8
 LABELS = {"predicted": "predicted: argmax_y f(x_noisy)[y], the model's label for the noisy image",
           "oracle": "oracle: the image's ground-truth label y"}
@@ -164,11 +166,15 @@ def _results(clean, noisy, den: dict, counts: list[int], common: dict) -> dict[s
         by_steps[str(c)] = {"psnr": pv, "psnr_se": pse, "ssim": sv, "ssim_se": sse,
                             "psnr_of_mean_mse": mse_psnr(den[c])}
     out = {}
-    v, se, sd = mean_se(psnr(noisy, clean))
-    out["denoise_psnr_noisy"] = Result(v, se, n, details={**common, "sd": sd, "psnr_of_mean_mse": mse_psnr(noisy)})
-    v, se, sd = mean_se(psnr(den[last], clean))
+    per = psnr(noisy, clean)
+    v, se, sd = mean_se(per)
+    out["denoise_psnr_noisy"] = Result(v, se, n, details={**common, "sd": sd, "psnr_of_mean_mse": mse_psnr(noisy),
+                                                         outcomes.VALUES_KEY: outcomes.pack_values(per, PSNR_OF)})
+    per = psnr(den[last], clean)
+    v, se, sd = mean_se(per)
     out["denoise_psnr"] = Result(v, se, n, details={**common, "sd": sd, "steps": last, "by_steps": by_steps,
-                                                   "psnr_of_mean_mse": mse_psnr(den[last])})
+                                                   "psnr_of_mean_mse": mse_psnr(den[last]),
+                                                   outcomes.VALUES_KEY: outcomes.pack_values(per, PSNR_OF)})
     if not ssim_ok:
         why = f"SSIM needs images of at least {WIN}x{WIN} (win_size {WIN}); these are {tuple(clean.shape[-2:])}"
         out["denoise_ssim_noisy"] = Result.missing(why, n)

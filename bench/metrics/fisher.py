@@ -69,6 +69,7 @@ import math
 
 import torch
 
+from bench.core import outcomes
 from bench.core.energy import Energy, EnergyModel, evaluates
 from bench.engines.taylor import JetUnsupported, forward_over_forward, hvp_batched, jet
 from bench.metrics import STABLE, Context, Metric, Result, mean_se, register, standard_error
@@ -304,6 +305,7 @@ def _summary(terms: dict[str, torch.Tensor], exact: bool, probes: int) -> Result
         "median": s.median().item(),
         "trace": "exact" if exact else f"hutchinson ({probes} rademacher probes)",
         "std": STD_NOTE,
+        outcomes.VALUES_KEY: outcomes.pack_values(s, "score per point in order"),
     }
     if not exact and "trace_probe_var" in terms and probes > 1:
         details["trace_probe_se"] = math.sqrt(terms["trace_probe_var"].double().sum().item()) / n
@@ -369,5 +371,6 @@ def fisher_group(ctx: Context) -> dict[str, Result]:
             mean, se, sd = mean_se(terms[kind][key].double())
             res[f"{name}_{t}"] = Result(mean, se, r.n, details={
                 "term": f"{what} {name} ({r.details['energy']})", "sd": sd, "std": STD_NOTE,
-                "trace": r.details["trace"], "fisher_space": space})
+                "trace": r.details["trace"], "fisher_space": space,
+                outcomes.VALUES_KEY: outcomes.pack_values(terms[kind][key], f"{t} term per point in order")})
     return res

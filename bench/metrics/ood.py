@@ -42,12 +42,11 @@ in-distribution points against each set, in the style of JEM's Fig. 5.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-from bench.core import settings
+from bench.core import outcomes, settings
+from bench.core.roc import auroc, score_arrays  # auroc re-exported: bench.functional, tests
 from bench.core.stats import proportion_se
 from bench.engines import defense
 from bench.engines.attacks import check_in_ball, pgd
@@ -61,6 +60,7 @@ MEASURES = ("auroc", "aupr_in", "aupr_out", "fpr95")
 PORTABLE = {"auroc": PAIRS, "aupr_in": Portable("absolute", abs=0.002), "aupr_out": Portable("absolute", abs=0.002),
             "fpr95": POINTS}
 TPR_LEVEL = 0.95
+IN_SCORES = "per_point_in"  # details key of an AUROC's in-distribution scores (its OOD ones: outcomes.VALUES_KEY)
 SCORE_MEANING = {"px": "logsumexp f(x) = -E(x) (log p(x) up to a constant)",
                  "py": "max softmax probability",
                  "pxgrad": "-||d log p(x) / dx||_2 (pixel space)"}
@@ -70,30 +70,6 @@ ADV_SETTINGS = OOD_SETTINGS + ("norm", "eps", "pgd_steps", "pgd_step_size", "bat
 
 # --------------------------------------------------------------------------------------------
 # the measures
-
-
-def _arrays(s_in, s_out) -> tuple[np.ndarray, np.ndarray]:
-    a = np.asarray(s_in.detach().cpu() if isinstance(s_in, torch.Tensor) else s_in, dtype=np.float64).ravel()
-    b = np.asarray(s_out.detach().cpu() if isinstance(s_out, torch.Tensor) else s_out, dtype=np.float64).ravel()
-    if len(a) == 0 or len(b) == 0:
-        raise ValueError("OOD measures need at least one in-distribution and one OOD score")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise ValueError("OOD scores must be finite")
-    return a, b
-
-
-def auroc(s_in, s_out) -> tuple[float, float | None]:
-    """(AUROC, DeLong standard error) with the in-distribution scores positive; ties count 1/2."""
-    a, b = _arrays(s_in, s_out)
-    b_sorted, a_sorted = np.sort(b), np.sort(a)
-    # placement values: each positive's share of negatives below it (ties 1/2), and vice versa
-    v10 = (np.searchsorted(b_sorted, a, "left") + np.searchsorted(b_sorted, a, "right")) / (2.0 * len(b))
-    v01 = (len(a) - (np.searchsorted(a_sorted, b, "left") + np.searchsorted(a_sorted, b, "right")) / 2.0) / len(a)
-    auc = float(v10.mean())
-    if len(a) < 2 or len(b) < 2:
-        return auc, None
-    var = v10.var(ddof=1) / len(a) + v01.var(ddof=1) / len(b)
-    return auc, math.sqrt(max(var, 0.0))
 
 
 def _curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +94,7 @@ def average_precision(scores, positive) -> float:
 
 def fpr_at_tpr(s_in, s_out, level: float = TPR_LEVEL) -> float:
     """The FPR at the first threshold (highest down) whose TPR reaches ``level``."""
-    a, b = _arrays(s_in, s_out)
+    a, b = score_arrays(s_in, s_out)
     tps, fps = _curve(np.r_[a, b], np.r_[np.ones(len(a), bool), np.zeros(len(b), bool)])
     k = int(np.argmax(tps / len(a) >= level))  # the last point has TPR 1, so one exists
     return float(fps[k] / len(b))
@@ -126,7 +102,7 @@ def fpr_at_tpr(s_in, s_out, level: float = TPR_LEVEL) -> float:
 
 def ood_measures(s_in, s_out) -> dict[str, tuple[float, float | None]]:
     """{measure: (value, std)} for in-distribution scores ``s_in`` (positive) and OOD ``s_out``."""
-    a, b = _arrays(s_in, s_out)
+    a, b = score_arrays(s_in, s_out)
     scores = np.r_[a, b]
     is_in = np.r_[np.ones(len(a), bool), np.zeros(len(b), bool)]
     fpr = fpr_at_tpr(a, b)
@@ -264,6 +240,9 @@ def _results(prefix: str, s_in: dict, s_out: dict, specs, infos, extra: dict) ->
                            "n_out": len(b), "positive": "in-distribution", **extra}
                 if se is None:
                     details["std"] = "null: no closed-form standard error (not bootstrapped)"
+                if m == "auroc":  # the scores bench compare pairs (DeLong's paired test)
+                    details[outcomes.VALUES_KEY] = outcomes.pack_values(b, f"{sc} score per OOD point in order")
+                    details[IN_SCORES] = outcomes.pack_values(a, f"{sc} score per test point in order")
                 out[f"{prefix}_{m}_{sc}_{spec.name}"] = Result(v, se, len(b), details=details)
     return out
 

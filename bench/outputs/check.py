@@ -1,10 +1,12 @@
 """Regression check of a run against a baseline results.json (``bench check``).
 
-Only comparable runs are compared.  The same model: ``model.sha256`` (the file),
-``model.weights_sha256`` (the weights as loaded) and ``model.dataset``; the same data: the digests
-of both splits (``run.data.train_sha256``, ``test_sha256``); the same settings: every key of
-``run.config`` that can change a metric both hold (a setting newer than the baseline counts as its
-default, which the older run used).
+Only comparable runs are compared.  The same model: ``model.weights_sha256`` (the weights as
+loaded; the file's ``model.sha256`` is recorded, not compared, unless a run predates the weights
+digest) and ``model.dataset``; the same data: the digests of both splits (``run.data.train_sha256``,
+``test_sha256``); the same settings: every key of ``run.config`` that can change a metric both hold,
+compared as values (a setting newer than the baseline counts as its default, which the older run
+used).  ``bench check --another-model`` and ``bench compare`` (``bench.outputs.gates``,
+``bench.outputs.compare``) compare other models: everything but the model must be equal.
 Where they differ, ``check`` names them and stops with exit code 2: bad input, not a regression.
 A baseline is refused the same way when one of its values is non-finite, outside its metric's
 declared bounds (``Metric.bounds``: an accuracy of 1.258), of the wrong type, or disagrees with
@@ -43,6 +45,7 @@ from bench.core import fingerprint, outcomes, results
 from bench.core.errors import BenchError
 from bench.core.results import Results
 from bench.core.settings import DEFAULTS, FASTPATH_SETTINGS
+from bench.core.values import same_value
 from bench.metrics import registry
 from bench.outputs import check_rules
 from bench.outputs.check_output import IMPROVED, MISSING, NOT_CHECKABLE, OK, REGRESSION, Report, Row
@@ -51,10 +54,13 @@ from bench.outputs.check_output import (
 )
 from bench.outputs.check_rules import EXACT_REL, known  # noqa: F401  (re-exported)
 
+# settings that are part of the model, which ``model.weights_sha256`` holds (the mean and std are
+# buffers of the EnergyModel): not compared as settings of the evaluation
+MODEL_SETTINGS = ("normalize",)
 _TOL = re.compile(r"^\s*([A-Za-z0-9_.\-*?\[\]]+)\s*=\s*(\S+)\s*$")
 
 
-def parse_tolerances(items, names) -> dict[str, float]:
+def parse_tolerances(items, names, option: str = "--tolerance") -> dict[str, float]:
     """``NAME=ABS`` strings -> {name: abs}; NAME may be a wildcard (``ood_auroc_*``, fnmatch) and
     sets every metric of ``names`` it matches (a later item wins).  Bad syntax, a negative or
     non-finite tolerance, a name that is no metric (of ``known()`` or of either run) and a pattern
@@ -63,22 +69,22 @@ def parse_tolerances(items, names) -> dict[str, float]:
     for item in items or ():
         m = _TOL.match(item)
         if not m:
-            raise BenchError(f"--tolerance {item!r}: expected NAME=ABS, e.g. accuracy=0.01")
+            raise BenchError(f"{option} {item!r}: expected NAME=ABS, e.g. accuracy=0.01")
         name, raw = m.groups()
         try:
             tol = float(raw)
         except ValueError:
-            raise BenchError(f"--tolerance {item!r}: {raw!r} is not a number") from None
+            raise BenchError(f"{option} {item!r}: {raw!r} is not a number") from None
         if not math.isfinite(tol) or tol < 0:
-            raise BenchError(f"--tolerance {item!r}: the tolerance must be a finite number >= 0")
+            raise BenchError(f"{option} {item!r}: the tolerance must be a finite number >= 0")
         if any(ch in name for ch in "*?["):
             matched = sorted(n for n in names if fnmatch.fnmatchcase(n, name))
             if not matched:
-                raise BenchError(f"--tolerance {item!r}: the pattern {name!r} matches no metric of either run")
+                raise BenchError(f"{option} {item!r}: the pattern {name!r} matches no metric of either run")
             out.update(dict.fromkeys(matched, tol))
             continue
         if name not in names:
-            raise BenchError(f"--tolerance {item!r}: unknown metric {name!r} (known: {', '.join(sorted(names))})")
+            raise BenchError(f"{option} {item!r}: unknown metric {name!r} (known: {', '.join(sorted(names))})")
         out[name] = tol
     return out
 
@@ -107,14 +113,35 @@ def compared_settings(base: Results, cur: Results) -> set[str] | None:
 
 
 def setting_differences(base: Results, cur: Results) -> list[str]:
-    """What makes the two runs different evaluations: the model (file, weights as loaded, data
-    set), the data digests and the run.config settings that change a number the two hold
-    (``compared_settings``: a baseline made with another --n-gen still checks a robust-only run)."""
+    """What makes the two runs different evaluations, or evaluations of different models: the
+    model (``model_differences``) and everything else (``evaluation_differences``)."""
+    return model_differences(base, cur) + evaluation_differences(base, cur)
+
+
+def model_differences(base: Results, cur: Results) -> list[str]:
+    """Whether two runs evaluated other models: by ``model.weights_sha256``, the weights as loaded
+    (normalisation included), whatever file or ``bench.evaluate`` module they came from; the file
+    digest ``model.sha256`` only where a run predates the weights digest."""
+    key = "weights_sha256" if base.model.get("weights_sha256") and cur.model.get("weights_sha256") else "sha256"
+    b, c = base.model.get(key), cur.model.get(key)
+    diffs = [] if b == c else [f"model.{key} (baseline {_show(b)}, current {_show(c)})"]
+    if key == "sha256":  # the file digest leaves out the normalisation the weights digest holds
+        bc, cc = (r.run.get("config") if isinstance(r.run.get("config"), dict) else {} for r in (base, cur))
+        for k in MODEL_SETTINGS:
+            if not same_value(bv := _setting(bc, k), cv := _setting(cc, k)):
+                diffs.append(f"run.config.{k} (baseline {_show(bv)}, current {_show(cv)})")
+    return diffs
+
+
+def evaluation_differences(base: Results, cur: Results) -> list[str]:
+    """What makes two runs different evaluations whatever the model: the data set and its digests,
+    the feature extractors, and the run.config settings that change a number the two hold
+    (``compared_settings``: a baseline made with another --n-gen still checks a robust-only run),
+    compared as values (``same_value``: ``0.286/0.353`` is ``0.2860/0.3530``)."""
     diffs = []
-    for key in ("sha256", "weights_sha256", "dataset"):
-        b, c = base.model.get(key), cur.model.get(key)
-        if b != c:
-            diffs.append(f"model.{key} (baseline {_show(b)}, current {_show(c)})")
+    b, c = base.model.get("dataset"), cur.model.get("dataset")
+    if b != c:
+        diffs.append(f"model.dataset (baseline {_show(b)}, current {_show(c)})")
     for key in ("train_sha256", "test_sha256"):
         b, c = _data(base).get(key), _data(cur).get(key)
         if b != c:
@@ -123,11 +150,11 @@ def setting_differences(base: Results, cur: Results) -> list[str]:
     bc, cc = base.run.get("config") or {}, cur.run.get("config") or {}
     if not isinstance(bc, dict) or not isinstance(cc, dict):
         return diffs + ["run.config is not an object"]
-    keys = (set(bc) | set(cc)) - set(FASTPATH_SETTINGS)
+    keys = (set(bc) | set(cc)) - set(FASTPATH_SETTINGS) - set(MODEL_SETTINGS)
     relevant = compared_settings(base, cur)
     for key in sorted(keys if relevant is None else keys & relevant):
         b, c = _setting(bc, key), _setting(cc, key)
-        if b != c:
+        if not same_value(b, c):
             shown = [_show(v) + (" (absent: its default)" if key not in d and key in DEFAULTS else "")
                      for v, d in ((b, bc), (c, cc))]
             diffs.append(f"run.config.{key} (baseline {shown[0]}, current {shown[1]})")
