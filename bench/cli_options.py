@@ -30,6 +30,16 @@ class _Number(click.ParamType):
 NUMBER = _Number()
 
 
+class NonEmptyPath(click.Path):
+    """A path argument or option that refuses ``''``: an empty path would be the working folder
+    (``--out ''`` wrote results.json, tables/, figures/ and cache/ there)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path, which would mean the working folder; give a path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class _Counts(click.ParamType):
     """Positive integers as a comma list, e.g. 10,50."""
 

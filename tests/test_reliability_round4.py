@@ -155,7 +155,8 @@ def test_functional_model_functions_give_the_module_back_in_its_own_mode():
 # the command line: usage errors name the command once; an empty path is refused
 
 
-@pytest.mark.parametrize("argv, command", [(["compare"], "bench"), (["--bogus"], "bench"),
+@pytest.mark.parametrize("argv, command", [(["no-such-command"], "bench"), (["--bogus"], "bench"),
+                                           (["compare"], "bench compare"),
                                            (["run", "--bogus"], "bench run"), (["table"], "bench table")])
 def test_usage_error_names_the_program_once(argv, command, capsys):
     assert main(argv) == 2
