@@ -71,3 +71,41 @@ def test_bench_run_refuses_a_step_size_of_zero_or_below(tmp_path, capsys, use_gr
     assert code == 2
     assert _one_error(capsys) == f"error: {option[2:]} must be a positive number, got {float(value)}"
     assert not (out / "results.json").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# an edited FID reference cache is recomputed, not served
+
+
+def test_an_edited_fid_reference_cache_is_recomputed(tmp_path, capsys):
+    """The issue: 0.5 added to the cached mu and features (meta untouched) gave FID 603.0 instead of
+    88.3, ``reference_cache: hit``, no warning."""
+    from bench.engines import refstats
+    from bench.engines import sample_quality as Q
+    from tests.test_generative import digits_npz, tiny_extractors
+
+    ext, _ = tiny_extractors()
+    _, ds = digits_npz(tmp_path, 10)
+    x = ds.train.x
+    stats, feats, info = refstats.reference_features(x, ext, "small", "train")
+    assert info["cache"] == "miss"
+    path = next((tmp_path / "jeat-cache" / "fid-ref").glob("*.npz"))
+    gen = ds.test.x[:20]
+    honest = Q.fid_is(gen, x, ext, "small")["fid"]
+    assert refstats.reference_features(x, ext, "small", "train")[2]["cache"] == "hit"  # untouched: served
+    capsys.readouterr()
+
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["mu"] = arrays["mu"] + 0.5
+    arrays["features"] = arrays["features"] + 0.5
+    np.savez(path, **arrays)  # the meta (and the digest, where one is written) untouched
+    s2, f2, i2 = refstats.reference_features(x, ext, "small", "train")
+    assert i2["cache"] == "miss"  # recomputed (and written again), never "hit"
+    np.testing.assert_array_equal(s2["mu"], stats["mu"])  # the features' own mean, not mu + 0.5
+    np.testing.assert_allclose(s2["mu"], feats.double().mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(f2, feats)
+    err = capsys.readouterr().err
+    assert f"warning: the FID reference cache {path} does not match the digest written with it" in err, err
+    assert Q.fid_is(gen, x, ext, "small")["fid"] == honest  # the rewritten file is served again
+    assert refstats.reference_features(x, ext, "small", "train")[2]["cache"] == "hit"
