@@ -109,16 +109,35 @@ def read_raw(path: str | Path, what: str = "") -> tuple[Results, dict]:
             raise BenchError(f"{name}: no results.json in it (write one with `bench run --out {path}`)")
     elif not p.exists():
         raise BenchError(f"{name}: no such file or directory")
+    elif not p.is_file():
+        raise BenchError(f"{name}: {not_a_file(p)}")
     raw = read_json(p)
     return Results.from_json(raw, str(p)), raw
 
 
+def not_a_file(p: Path) -> str:
+    """What ``p``, which exists, is when it is not a regular file (``/dev/null``: a character device)."""
+    import stat
+
+    mode = p.stat().st_mode
+    kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+    return "not a regular file (" + next((what for test, what in kinds if test(mode)), "of another kind") + ")"
+
+
 def read_json(path: str | Path) -> dict:
+    """The JSON of a regular file; one line for a missing path, one that is no regular file
+    (``/dev/null``), an empty file and invalid JSON."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise BenchError(f"file not found: {p}")
+    if not p.is_file():
+        raise BenchError(f"{p}: {not_a_file(p)}")
     try:
-        return json.loads(p.read_text())
+        text = p.read_text()
+        if not text.strip():
+            raise BenchError(f"{p}: the file is empty (no JSON in it)")
+        return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BenchError(f"{p}: not valid JSON ({e})") from None
 
