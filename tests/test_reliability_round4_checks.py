@@ -369,7 +369,8 @@ def test_an_edited_catalogue_holds_nothing_in_process(tmp_path, monkeypatch, cap
     ("eps", "0.1", "run.config.eps is the text '0.1', but eps takes a number: the types differ"),
     ("n_eval", 360.0, "run.config.n_eval is the number 360.0, but n_eval takes an integer: the types differ"),
     ("gen_clamp", 1, "run.config.gen_clamp is the integer 1, but gen_clamp takes true or false: the types differ"),
-    ("pgd_step_size", -0.025, "run.config.pgd_step_size: pgd-step-size must be a positive number, got -0.025"),
+    ("denoise_steps", "10,50", "run.config.denoise_steps is the text '10,50', but denoise_steps takes a list: "
+     "the types differ"),
 ])
 def test_a_baseline_setting_of_another_type_is_named(tmp_path, capsys, key, value, message):
     """The issue: a baseline whose config.eps is the string "0.1" was refused as "baseline 0.1,
@@ -400,3 +401,14 @@ def test_a_baseline_that_is_no_regular_file_or_empty_is_named(tmp_path, capsys):
     assert _one_error(capsys) == f"error: {empty}: the file is empty (no JSON in it)"
     assert main(["check", str(cur), "--baseline", str(tmp_path / "none.json")]) == 2
     assert _one_error(capsys) == f"error: baseline {tmp_path / 'none.json'}: no such file or directory"
+
+
+def test_a_derived_setting_on_its_bound_is_not_refused(tmp_path, capsys):
+    """At eps 0 the derived PGD step is 0 (eps / 4): a recorded value is judged by its type only."""
+    from tests.test_check_paired import metrics, write
+    from tests.test_tables import CONFIG
+
+    config = dict(CONFIG, eps=0.0, pgd_step_size=0.0, landscape_radius=0.0)
+    base = write(tmp_path, "base", metrics(), config=config)
+    cur = write(tmp_path, "cur", metrics(), config=config)
+    assert main(["check", str(cur), "--baseline", str(base / "results.json")]) == 0, capsys.readouterr()

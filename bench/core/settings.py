@@ -309,20 +309,20 @@ _HOLDS = {"int": ("an integer", int), "count": ("an integer", int), "number": ("
 
 
 def recorded_refusal(name: str, v) -> str | None:
-    """Why ``v``, a run's recorded value of setting ``name`` (results.json ``run.config``), is not a
-    value the setting takes, in words (``run.config.eps is the text '0.1', ...: the types differ``);
-    None: it is.  A file need not exist here (another machine's path); a name this bench does not
-    declare (an older or newer run's) and a null (unset, derived) are not judged."""
+    """Why ``v``, a run's recorded value of setting ``name`` (results.json ``run.config``), is not of
+    the type the setting holds, in words (``run.config.eps is the text '0.1', but eps takes a number:
+    the types differ``); None: it is.  Only the type is judged: a recorded value was validated when
+    it was given, and a derived one may sit on a bound (at eps 0 the derived PGD step is 0); a name
+    this bench does not declare (an older or newer run's) and a null (unset) are not judged."""
     st = SPECS.get(name)
     if st is None or v is None:
         return None
     words, types = _HOLDS[st.kind]
-    if isinstance(v, bool) != (st.kind == "bool") or not isinstance(v, types):
-        got = {bool: "true/false", int: "the integer", float: "the number", str: "the text", list: "the list",
-               dict: "the object"}.get(type(v), type(v).__name__)
-        return f"run.config.{name} is {got} {v!r}, but {name} takes {words}: the types differ"
-    why = None if st.kind == "file" else st.check(v)
-    return f"run.config.{name}: {why}" if why else None
+    if isinstance(v, bool) == (st.kind == "bool") and isinstance(v, types):
+        return None
+    got = {bool: "true/false", int: "the integer", float: "the number", str: "the text", list: "the list",
+           dict: "the object"}.get(type(v), type(v).__name__)
+    return f"run.config.{name} is {got} {v!r}, but {name} takes {words}: the types differ"
 
 
 def _check_eps(what: str, eps: float, norm: str, input_shape) -> None:
