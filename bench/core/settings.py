@@ -301,30 +301,6 @@ def validate(s: dict, input_shape=None) -> None:
             _check_eps(what, eps, s.get("norm", Norm.LINF), input_shape)
 
 
-# what JSON type each kind of setting holds in results.json's run.config, in words and as Python types
-_HOLDS = {"int": ("an integer", int), "count": ("an integer", int), "number": ("a number", (int, float)),
-          "fraction": ("a number", (int, float)), "bool": ("true or false", bool), "text": ("text", str),
-          "file": ("text", str), "choice": ("text", str), "choices": ("text", str), "counts": ("a list", list),
-          "numbers": ("a list", list)}
-
-
-def recorded_refusal(name: str, v) -> str | None:
-    """Why ``v``, a run's recorded value of setting ``name`` (results.json ``run.config``), is not of
-    the type the setting holds, in words (``run.config.eps is the text '0.1', but eps takes a number:
-    the types differ``); None: it is.  Only the type is judged: a recorded value was validated when
-    it was given, and a derived one may sit on a bound (at eps 0 the derived PGD step is 0); a name
-    this bench does not declare (an older or newer run's) and a null (unset) are not judged."""
-    st = SPECS.get(name)
-    if st is None or v is None:
-        return None
-    words, types = _HOLDS[st.kind]
-    if isinstance(v, bool) == (st.kind == "bool") and isinstance(v, types):
-        return None
-    got = {bool: "true/false", int: "the integer", float: "the number", str: "the text", list: "the list",
-           dict: "the object"}.get(type(v), type(v).__name__)
-    return f"run.config.{name} is {got} {v!r}, but {name} takes {words}: the types differ"
-
-
 def _check_eps(what: str, eps: float, norm: str, input_shape) -> None:
     """One attack radius (``--eps`` or a value of ``--eps-grid``) inside its norm's range."""
     from bench.core.errors import BenchError

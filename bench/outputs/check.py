@@ -42,7 +42,7 @@ from pathlib import Path
 from bench.core import fingerprint, results
 from bench.core.errors import BenchError
 from bench.core.results import Results
-from bench.core.settings import DEFAULTS, FASTPATH_SETTINGS, recorded_refusal
+from bench.core.settings import DEFAULTS, FASTPATH_SETTINGS
 from bench.metrics import registry
 from bench.outputs import check_rules
 from bench.outputs.check_output import IMPROVED, MISSING, NOT_CHECKABLE, OK, REGRESSION, Report, Row
@@ -203,10 +203,10 @@ def refuse_bad_baseline(base: Results, raw: dict, where: str, records: bool = Tr
 
 def refuse_bad_settings(res: Results, where: str) -> None:
     """One line (exit 2) for a run or baseline whose recorded setting is not one its declaration
-    takes (``settings.recorded_refusal``: an eps of "0.1", text where a number is declared)."""
+    takes (``results.setting_refusal``: an eps of "0.1", text where a number is declared)."""
     config = res.run.get("config")
     for key, v in (config.items() if isinstance(config, dict) else ()):
-        why = recorded_refusal(key, v)
+        why = results.setting_refusal(key, v)
         if why:
             raise BenchError(f"{where}: {why}")
 
