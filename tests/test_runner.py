@@ -136,10 +136,10 @@ def test_a_hand_edited_cache_entry_is_recomputed_not_served(tmp_path, capsys, ed
     elif edit == "n":
         m["n"] = "fifty"
     else:  # a consistent-looking entry (digest recomputed) whose value cannot be an ECE
-        from bench.run.cache_keys import _digest
+        from bench.run.cache_keys import metrics_digest
 
         m["value"] = 7.5
-        doc["digest"] = _digest(doc["metrics"])
+        doc["digest"] = metrics_digest(doc["metrics"])
     entry.write_text(_json.dumps(doc))
     capsys.readouterr()
     assert cli_main(args) == 0

@@ -144,6 +144,40 @@ class Metric:
         slack = 1e-9 * max(1.0, abs(value))
         return (lo is None or value >= lo - slack) and (hi is None or value <= hi + slack)
 
+    def refusal(self, doc, records: bool = True) -> str | None:
+        """Why ``doc`` (this metric's record as results.json or a cache entry holds it: value, n,
+        details) is not one of its values, in words; None: it is.  A value of the wrong type,
+        non-finite or outside ``bounds``; an n that is no count; and with ``records`` its per-point
+        record (``details.outcomes``): one that does not parse (not hex, too short), counts other
+        points than n, or disagrees with a share-of-points value (edited by hand).  The one rule
+        for what is read back: ``bench check``'s baseline, the per-group cache, the groups an
+        earlier run in ``--out`` adds."""
+        from bench.core import outcomes
+
+        v = doc.get("value") if isinstance(doc, dict) else None
+        n = doc.get("n", 0) if isinstance(doc, dict) else None
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            return f"n {n!r} is not a count"
+        if not self.admits(v):
+            lo, hi = self.bounds
+            return (f"value {v!r} is not a finite number in "
+                    f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]")
+        details = doc.get("details")
+        record = details.get(outcomes.KEY) if isinstance(details, dict) else None
+        if not records or record is None:
+            return None
+        bits = outcomes.unpack(record)
+        if bits is None:
+            return f"its per-point record does not parse (bits not hex, or not n = {record.get('n')!r} bits long)" \
+                if isinstance(record, dict) else "its per-point record is not an object"
+        if len(bits) != n:
+            return f"n {n} disagrees with its per-point record of {len(bits)} points: edited by hand?"
+        if v is not None and self.portable is not None and self.portable.unit == "points" and n \
+                and abs(bits.mean() - v) > 0.5 / n:
+            return (f"value {v!r} disagrees with its per-point record ({int(bits.sum())} of {n} points): "
+                    "edited by hand?")
+        return None
+
     def __post_init__(self):
         if self.display not in DISPLAYS:
             raise ValueError(f"metric {self.name}: display {self.display!r}: expected one of {', '.join(DISPLAYS)}")

@@ -84,6 +84,32 @@ class Results:
             raise BenchError(f"{where}: malformed results file ({type(e).__name__}: {e})") from None
 
 
+# what JSON type each kind of setting holds in results.json's run.config, in words and as Python types
+_HOLDS = {"int": ("an integer", int), "count": ("an integer", int), "number": ("a number", (int, float)),
+          "fraction": ("a number", (int, float)), "bool": ("true or false", bool), "text": ("text", str),
+          "file": ("text", str), "choice": ("text", str), "choices": ("text", str), "counts": ("a list", list),
+          "numbers": ("a list", list)}
+
+
+def setting_refusal(name: str, v) -> str | None:
+    """Why ``v``, a run's recorded value of setting ``name`` (results.json ``run.config``), is not of
+    the type the setting holds, in words (``run.config.eps is the text '0.1', but eps takes a number:
+    the types differ``); None: it is.  Only the type is judged: a recorded value was validated when
+    it was given, and a derived one may sit on a bound (at eps 0 the derived PGD step is 0); a name
+    this bench does not declare (an older or newer run's) and a null (unset) are not judged."""
+    from bench.core.settings import SPECS
+
+    st = SPECS.get(name)
+    if st is None or v is None or st.kind not in _HOLDS:
+        return None
+    words, types = _HOLDS[st.kind]
+    if isinstance(v, bool) == (st.kind == "bool") and isinstance(v, types):
+        return None
+    got = {bool: "true/false", int: "the integer", float: "the number", str: "the text", list: "the list",
+           dict: "the object"}.get(type(v), type(v).__name__)
+    return f"run.config.{name} is {got} {v!r}, but {name} takes {words}: the types differ"
+
+
 def platform_record(device) -> dict:
     """Where a run's numbers were computed (results.json ``run.platform``): the platform fingerprint
     of ``bench.core.fingerprint``, which ``bench check --exact`` compares."""
@@ -109,16 +135,35 @@ def read_raw(path: str | Path, what: str = "") -> tuple[Results, dict]:
             raise BenchError(f"{name}: no results.json in it (write one with `bench run --out {path}`)")
     elif not p.exists():
         raise BenchError(f"{name}: no such file or directory")
+    elif not p.is_file():
+        raise BenchError(f"{name}: {not_a_file(p)}")
     raw = read_json(p)
     return Results.from_json(raw, str(p)), raw
 
 
+def not_a_file(p: Path) -> str:
+    """What ``p``, which exists, is when it is not a regular file (``/dev/null``: a character device)."""
+    import stat
+
+    mode = p.stat().st_mode
+    kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+    return "not a regular file (" + next((what for test, what in kinds if test(mode)), "of another kind") + ")"
+
+
 def read_json(path: str | Path) -> dict:
+    """The JSON of a regular file; one line for a missing path, one that is no regular file
+    (``/dev/null``), an empty file and invalid JSON."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise BenchError(f"file not found: {p}")
+    if not p.is_file():
+        raise BenchError(f"{p}: {not_a_file(p)}")
     try:
-        return json.loads(p.read_text())
+        text = p.read_text()
+        if not text.strip():
+            raise BenchError(f"{p}: the file is empty (no JSON in it)")
+        return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BenchError(f"{p}: not valid JSON ({e})") from None
 

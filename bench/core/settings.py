@@ -58,6 +58,10 @@ from bench.core.choices import (  # noqa: E402,F401  (the closed vocabularies, r
     OodScore,
 )
 
+# a number's sign: what it refuses (a step size of 0 or below moves nothing, or climbs the loss
+# the wrong way; a negative noise or radius is a sign error); ``any``: a number of either sign
+SIGNS: dict[str, Callable[[float], bool]] = {"positive": lambda v: v <= 0, "non-negative": lambda v: v < 0,
+                                              "any": lambda v: False}
 KINDS = ("int", "count", "number", "fraction", "bool", "text", "file", "choice", "choices", "counts", "numbers")
 
 
@@ -71,11 +75,11 @@ class Setting:
     kinds: ``int`` an integer (in ``bounds`` when given); ``count`` a positive integer; ``number`` a finite float (``8/255``
     on the command line); ``fraction`` a number in [0, 1]; ``bool`` a --x/--no-x flag; ``text``;
     ``file`` an existing file; ``choice`` one of ``choices``; ``choices`` a comma list of some of
-    them; ``counts`` positive integers
-    (comma list on the command line).  ``derive(s, linf_eps)`` gives the value of a setting left
-    ``file`` an existing file; ``choice`` one of ``choices``; ``counts`` positive integers
-    (comma list on the command line); ``numbers`` finite numbers (a comma list, ``2/255`` allowed).  ``derive(s, linf_eps)`` gives the value of a setting left
-    None once the others are known (``complete``); ``derived_from`` says so in words."""
+    them; ``counts`` positive integers (comma list on the command line); ``numbers`` finite numbers
+    (a comma list, ``2/255`` allowed).  ``sign`` (every ``number`` and ``numbers`` setting declares
+    one): ``positive`` (a step size), ``non-negative`` (a noise, a radius) or ``any``.
+    ``derive(s, linf_eps)`` gives the value of a setting left None once the others are known
+    (``complete``); ``derived_from`` says so in words."""
 
     name: str
     kind: str
@@ -86,10 +90,14 @@ class Setting:
     derive: Callable[[dict, float], Any] | None = None
     option: bool = True  # a ``bench run`` option
     bounds: tuple[int, int] | None = None  # an int's range, low <= v < high
+    sign: str | None = None  # a number's sign (SIGNS); every number declares one
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"setting {self.name}: kind {self.kind!r}: expected one of {', '.join(KINDS)}")
+        if (self.kind in ("number", "numbers")) != (self.sign is not None) or self.sign not in (None, *SIGNS):
+            raise ValueError(f"setting {self.name}: a number declares its sign (one of {', '.join(SIGNS)}), "
+                             "and only a number has one")
         if (self.kind in ("choice", "choices")) != (self.choices is not None):
             raise ValueError(f"setting {self.name}: a choice needs its enum, and only a choice has one")
 
@@ -131,7 +139,17 @@ class Setting:
                                or any(isinstance(c, bool) or not isinstance(c, int | float) or not math.isfinite(c)
                                       for c in v)):
             return f"{shown} a comma list of finite numbers (e.g. 0,0.05,0.1 or 2/255,4/255), got {v}"
+        if k in ("number", "numbers"):
+            return self._signed(v if k == "numbers" else [v])
         return None
+
+
+    def _signed(self, values) -> str | None:
+        """Why one of ``values`` (finite numbers) has not the setting's ``sign``; None: all do."""
+        bad = next((v for v in values if SIGNS[self.sign](v)), None)
+        if bad is None:
+            return None
+        return f"{self.flag[2:]}{' value' if self.kind == 'numbers' else ''} must be a {self.sign} number, got {bad}"
 
 
 def _power(n: int) -> str:
@@ -168,9 +186,9 @@ SETTINGS: tuple[Setting, ...] = (
             "for Fashion-MNIST)"),
     # threat model (robust, calibration, ood)
     Setting("norm", "choice", Norm.LINF, "threat model of PGD, FGSM (FGM under L2) and AutoAttack", Norm),
-    Setting("eps", "number", None, _EPS_HELP),
+    Setting("eps", "number", None, _EPS_HELP, sign="non-negative"),
     Setting("pgd_steps", "count", 20, "PGD steps"),
-    Setting("pgd_step_size", "number", None, "PGD step", derived_from="eps / 4", derive=_step),
+    Setting("pgd_step_size", "number", None, "PGD step", derived_from="eps / 4", derive=_step, sign="positive"),
     Setting("pgd_restarts", "count", 1, "PGD restarts (a point counts as robust if it survives all)"),
     Setting("aa_version", "choice", AAVersion.STANDARD, "AutoAttack version", AAVersion),
     Setting("n_aa", "count", None, "AutoAttack points, the first of the evaluation points (default: n-eval; "
@@ -178,7 +196,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("eps_grid", "numbers", None,
             "robustness curve: the attack radii, a comma list in --eps's units (e.g. 0,0.05,0.1 or 2/255,4/255); every "
             "attack of --curve-attacks runs at each (eps 0, clean accuracy, always included); --eps stays the single "
-            "threat model of the other metrics and Tables 1-3 (default: no curve)"),
+            "threat model of the other metrics and Tables 1-3 (default: no curve)", sign="non-negative"),
     Setting("curve_attacks", "text", None,
             "attacks of the robustness curve, comma list of registered ones (bench.metrics.curves: pgd20, "
             "pgd20_energy, autoattack, ...) (default: every registered attack that supports --norm)"),
@@ -190,8 +208,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("refine_steps", "count", 10, "sgld-refine: SGLD steps K"),
     Setting("refine_chains", "count", 1, "sgld-refine: chains C (logits averaged)"),
     Setting("refine_step_size", "number", JEM_SGLD_STEP_SIZE, "sgld-refine: SGLD step in [0,1] pixel space "
-            "(docs/CONVENTIONS.md; JEM's sgld_lr 1 -> 0.5)"),
-    Setting("refine_noise", "number", JEM_SGLD_NOISE, "sgld-refine: SGLD noise in pixels (JEM's 0.01 -> 0.005)"),
+            "(docs/CONVENTIONS.md; JEM's sgld_lr 1 -> 0.5)", sign="positive"),
+    Setting("refine_noise", "number", JEM_SGLD_NOISE, "sgld-refine: SGLD noise in pixels (JEM's 0.01 -> 0.005)", sign="non-negative"),
     Setting("eot", "count", None, "EOT-PGD / BPDA+EOT gradient draws per step (default 8 where the adaptive "
             "attacks run; setting it runs them on an undefended, e.g. stochastic, model too)"),
     Setting("defense_repeats", "count", 5, "adaptive attacks: fresh draws of the defence a point must survive "
@@ -213,9 +231,9 @@ SETTINGS: tuple[Setting, ...] = (
             "uniform, or the checkpoint's replay buffer", GenInit),
     Setting("gen_steps", "count", 100, "SGLD steps"),
     Setting("gen_step_size", "number", JEM_SGLD_STEP_SIZE,
-            "SGLD step in [0,1] pixel space (docs/CONVENTIONS.md): JEM's sgld_lr 1 on (x-0.5)/0.5 -> 0.5"),
+            "SGLD step in [0,1] pixel space (docs/CONVENTIONS.md): JEM's sgld_lr 1 on (x-0.5)/0.5 -> 0.5", sign="positive"),
     Setting("gen_noise", "number", JEM_SGLD_NOISE,
-            "SGLD noise in pixels: JEM's sgld_std 0.01 -> 0.005 (unset in a py: call: sqrt(step), Eq. 10)"),
+            "SGLD noise in pixels: JEM's sgld_std 0.01 -> 0.005 (unset in a py: call: sqrt(step), Eq. 10)", sign="non-negative"),
     Setting("gen_clamp", "bool", True, "clamp SGLD iterates to [0, 1]"),
     Setting("inception_weights", "file", None, "torch-fidelity's weights-inception-2015-12-05-6726825d.pth "
             "(enables Inception Score offline)"),
@@ -247,14 +265,14 @@ SETTINGS: tuple[Setting, ...] = (
     # landscape
     Setting("landscape_images", "count", 4, "images whose energy landscape is drawn"),
     Setting("landscape_radius", "number", None, "half-width of the landscape's square",
-            derived_from="2 * the L-inf eps", derive=_radius),
+            derived_from="2 * the L-inf eps", derive=_radius, sign="positive"),
     Setting("landscape_resolution", "count", 41, "grid points per side of the landscape"),
     # denoise (App. G.1)
     Setting("denoise_images", "count", 200, "noisy test images denoised"),
-    Setting("denoise_var", "number", 0.3, "variance of the added Gaussian noise"),
+    Setting("denoise_var", "number", 0.3, "variance of the added Gaussian noise", sign="positive"),
     Setting("denoise_steps", "counts", [10, 50], "Langevin step counts reported"),
-    Setting("denoise_step_size", "number", 0.02, "Langevin step"),
-    Setting("denoise_noise", "number", 0.0, "Langevin noise"),
+    Setting("denoise_step_size", "number", 0.02, "Langevin step", sign="positive"),
+    Setting("denoise_noise", "number", 0.0, "Langevin noise", sign="non-negative"),
     Setting("denoise_label", "choice", DenoiseLabel.PREDICTED, "label of the denoising energy E(x, y): the "
             "model's prediction on the noisy image or the true label (oracle)", DenoiseLabel),
 )

@@ -43,7 +43,9 @@ The disk cache: reference statistics (mu and sigma of the training split's featu
 features are cached under ``$JEAT_BENCH_CACHE`` (default ``~/.cache/jeat-bench``) in ``fid-ref/``,
 keyed by the data set's name, split, a sha256 of its uint8 images, the extractor's identity (name +
 sha256 of its weights), the feature layer and torch-fidelity's version: a second run skips the
-training set entirely (``details['reference_cache'] == 'hit'``).
+training set entirely (``details['reference_cache'] == 'hit'``).  Each cache file holds a sha256
+of its meta and arrays (``digest``): a file whose arrays do not match it (edited by hand, or
+written before the digest was) is recomputed after a warning line, never served.
 """
 
 from __future__ import annotations
@@ -292,28 +294,53 @@ def _reference_key(u8: torch.Tensor, ext: features.Extractor, name: str, split: 
     return key, cache_dir() / "fid-ref" / f"{_slug(name)}-{split}-{_slug(ext.name)}-{digest}.npz"
 
 
+CACHED_ARRAYS = ("mu", "sigma", "features")
+
+
+def _arrays_digest(meta: str, arrays: dict) -> str:
+    """sha256 of a cache file's meta and of its arrays (name, dtype, shape and bytes of each)."""
+    h = hashlib.sha256(meta.encode())
+    for name in CACHED_ARRAYS:
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def _read_reference(key: dict, path: Path) -> tuple[dict, torch.Tensor] | None:
-    """(stats, features) cached under ``key``, or None (missing, unreadable, another key, or an
-    older cache file without features)."""
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if json.loads(str(z["meta"])) == key:
-                    return {"mu": z["mu"], "sigma": z["sigma"]}, torch.from_numpy(z["features"])
-        except Exception:
-            pass  # unreadable: recompute and overwrite
-    return None
+    """(stats, features) cached under ``key``, or None (missing, unreadable, another key, an older
+    cache file without features, or arrays that do not match the digest written with them: an
+    edited file is recomputed, after a warning line, never served)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = str(z["meta"])
+            if json.loads(meta) != key:
+                return None
+            arrays = {k: z[k] for k in CACHED_ARRAYS}
+            digest = str(z["digest"]) if "digest" in z.files else None
+    except Exception:
+        return None  # unreadable: recompute and overwrite
+    if digest != _arrays_digest(meta, arrays):
+        from bench.core import progress
+
+        progress.say(f"warning: the FID reference cache {path} does not match the digest written with it "
+                     f"({'none recorded' if digest is None else 'its arrays were edited'}); it is recomputed")
+        return None
+    return {"mu": arrays["mu"], "sigma": arrays["sigma"]}, torch.from_numpy(arrays["features"])
 
 
 def _write_reference(key: dict, path: Path, stats: dict, features: torch.Tensor) -> bool:
-    """Cache the reference; False (after a warning line) when the cache cannot be written."""
-    import io
-
+    """Cache the reference with a digest of its arrays; False (after a warning line) when the
+    cache cannot be written."""
     from bench.core.fileio import atomic_write_bytes
 
+    meta = json.dumps(key, sort_keys=True)
+    arrays = {"mu": np.asarray(stats["mu"]), "sigma": np.asarray(stats["sigma"]),
+              "features": features.detach().cpu().numpy()}
     buf = io.BytesIO()
-    np.savez(buf, mu=stats["mu"], sigma=stats["sigma"], features=features.detach().cpu().numpy(),
-             meta=np.array(json.dumps(key, sort_keys=True)))
+    np.savez(buf, **arrays, meta=np.array(meta), digest=np.array(_arrays_digest(meta, arrays)))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, buf.getvalue())
@@ -324,4 +351,3 @@ def _write_reference(key: dict, path: Path, stats: dict, features: torch.Tensor)
                      "going on without it (set JEAT_BENCH_CACHE to a writable folder)")
         return False
     return True
-

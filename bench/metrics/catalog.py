@@ -6,7 +6,9 @@ suite, metrics and their facts, settings, needs) and the sha256 of the sources t
 come from: the module itself and the torch-free modules whose constants they use
 (``DECLARATION_SOURCES``).  ``groups()`` serves a module's groups from the file only while every
 digest matches the sources on disk; otherwise the registry imports the module, which is the truth
-(``bench.metrics.registry.declared_groups``).  A metric module outside the catalogue (an entry
+(``bench.metrics.registry.declared_groups``).  The file also holds its own digest (``sha256``, of
+its modules): a file edited by hand (a tolerance loosened in an installed copy) or malformed (``[]``)
+is ignored as if absent, after one warning line, and the modules are imported instead.  A metric module outside the catalogue (an entry
 point, a module added to the package) is imported too.  ``tests/test_layers.py`` checks the file
 equals the live registry; after changing a declaration, write it again:
 
@@ -59,13 +61,20 @@ def entry(g) -> dict:
 
 
 def build(groups: dict, modules: list[str]) -> dict:
-    """The catalogue of registered ``groups`` (``bench.metrics.registry.load_all()``) of ``modules``."""
+    """The catalogue of registered ``groups`` (``bench.metrics.registry.load_all()``) of ``modules``:
+    ``{"modules": {module: {"sha256": its sources' digest, "groups": [entry, ...]}}, "sha256": ...}``,
+    the last the file's own digest (``own_digest`` of its modules)."""
     out = {}
     for m in modules:
         digest = source_digest(m)
         if digest is not None:
             out[m] = {"sha256": digest, "groups": [entry(g) for g in groups.values() if g.module == m]}
-    return out
+    return {"modules": out, "sha256": own_digest(out)}
+
+
+def own_digest(modules: dict) -> str:
+    """sha256 of the catalogue's modules as JSON (keys sorted): an edited file no longer matches it."""
+    return hashlib.sha256(json.dumps(modules, sort_keys=True).encode()).hexdigest()
 
 
 def held(module: str) -> list[dict] | None:
@@ -74,15 +83,40 @@ def held(module: str) -> list[dict] | None:
     found = _load().get(module)
     if found is None or found["sha256"] != source_digest(module):
         return None
-    return [{**e, "specs": tuple(_metric(d) for d in e["specs"])} for e in found["groups"]]
+    return found["groups"]
 
 
 @functools.lru_cache(maxsize=1)
 def _load() -> dict:
+    """The catalogue's modules, their specs as ``Metric``; {} where the file is absent, or (after a
+    warning line, once) where it is no catalogue or does not match its own digest: the registry
+    then imports the metric modules, whose declarations are the truth."""
     try:
-        return json.loads(PATH.read_text())
-    except (OSError, ValueError):
+        doc = json.loads(PATH.read_text())
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError) as e:
+        return _ignored(f"not readable as JSON ({type(e).__name__})")
+    if not isinstance(doc, dict) or not isinstance(doc.get("modules"), dict):
+        kind = {dict: "object", list: "array", str: "string"}.get(type(doc), type(doc).__name__)
+        return _ignored(f"not a catalogue (a JSON {kind} without its modules)")
+    if doc.get("sha256") != own_digest(doc["modules"]):
+        return _ignored("it does not match its own digest: edited by hand? Write it again with "
+                        "`python tools/make_catalog.py`" if "sha256" in doc else "it records no digest of its own")
+    try:
+        return {m: {"sha256": str(e["sha256"]),
+                    "groups": [{**g, "specs": tuple(_metric(d) for d in g["specs"])} for g in e["groups"]]}
+                for m, e in doc["modules"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        return _ignored(f"malformed ({type(e).__name__})")
+
+
+def _ignored(why: str) -> dict:
+    from bench.core import progress
+
+    progress.say(f"warning: the metric catalogue {PATH} is ignored: {why}; the metric modules are imported "
+                 "for their facts instead")
+    return {}
 
 
 def write(groups: dict, modules: list[str]) -> Path:

@@ -41,7 +41,7 @@ import math
 import re
 from pathlib import Path
 
-from bench.core import fingerprint, outcomes, results
+from bench.core import fingerprint, results
 from bench.core.errors import BenchError
 from bench.core.results import Results
 from bench.core.settings import DEFAULTS, FASTPATH_SETTINGS
@@ -217,30 +217,31 @@ def fingerprint_differences(base: Results, cur: Results, metric: str | None = No
 
 
 def refuse_bad_baseline(base: Results, raw: dict, where: str, records: bool = True) -> None:
-    """One line (exit 2) for a baseline no check can trust: a value of the wrong type, non-finite or
-    outside its metric's bounds, an n that is no count, and (``records``) a value disagreeing with
-    its own per-point record (a run's disagreement is compared instead: a regression)."""
-    for name, r in base.metrics.items():
+    """One line (exit 2) for a baseline no check can trust (``Metric.refusal``): a value of the wrong
+    type, non-finite or outside its metric's bounds, an n that is no count, and (``records``) a
+    per-point record that does not parse, counts other points than n, or disagrees with the value
+    (a run's disagreement is compared instead: a regression)."""
+    for name in base.metrics:
         doc = raw.get(name) if isinstance(raw, dict) else None
-        v = doc.get("value") if isinstance(doc, dict) else None
-        n = doc.get("n", 0) if isinstance(doc, dict) else None
-        sp = registry.spec(name)
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise BenchError(f"{where}: metric {name}: n {n!r} is not a count")
-        if not sp.admits(v):
-            lo, hi = sp.bounds
-            raise BenchError(f"{where}: metric {name}: value {v!r} is not a finite number in "
-                             f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]")
-        bits = outcomes.of(r.details)
-        if records and bits is not None and v is not None and sp.portable is not None and sp.portable.unit == "points" \
-                and len(bits) == n and n and abs(bits.mean() - v) > 0.5 / n:
-            raise BenchError(f"{where}: metric {name}: value {v!r} disagrees with its per-point record "
-                             f"({int(bits.sum())} of {n} points): edited by hand?")
+        why = registry.spec(name).refusal(doc, records)
+        if why:
+            raise BenchError(f"{where}: metric {name}: {why}")
+
+
+def refuse_bad_settings(res: Results, where: str) -> None:
+    """One line (exit 2) for a run or baseline whose recorded setting is not one its declaration
+    takes (``results.setting_refusal``: an eps of "0.1", text where a number is declared)."""
+    config = res.run.get("config")
+    for key, v in (config.items() if isinstance(config, dict) else ()):
+        why = results.setting_refusal(key, v)
+        if why:
+            raise BenchError(f"{where}: {why}")
 
 
 def _read(path, what: str) -> Results:
     res, raw = results.read_raw(path, what)
     refuse_bad_baseline(res, raw.get("metrics"), str(path), records=what == "baseline")
+    refuse_bad_settings(res, str(path))
     return res
 
 

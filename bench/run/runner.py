@@ -261,6 +261,11 @@ def _prepare(model, suite, out: Path, dataset, data_root, arch, device, download
            "versions": vers, "settings": s, "code": lambda g: cache_keys.code_sha256(g.fn.__module__, memo)}
     kept = distributed.on_main(  # rank 0 reads --out; every rank refuses alike
         lambda: run_union.keep(run_union.earlier(out, log), {g.name for g in groups}, now, out, log))
+    # a kept group whose stored metrics fail the cache's rules (edited by hand) is computed again
+    again = [g for g in (registry.load_all()[n].for_settings(s) for n in kept.recompute) if g.metrics]
+    groups += again
+    code.update({g.name: cache_keys.code_sha256(g.fn.__module__, memo) for g in again})
+    suite_names = list(dict.fromkeys([*suite_names, *(g.suite for g in again)]))
     # the run's settings and, for the groups (bench.metrics.registry.IDENTITY_KEYS), what they evaluate
     s_run = dict(s, model_sha256=loaded.sha256, weights_sha256=loaded.weights_sha256,
                  data_sha256=identity["data"],
@@ -316,7 +321,8 @@ def _run_groups(plan: _Plan, resume: bool) -> None:
             cached, computed_on = entry
             res.metrics.update(cached)
             res.run["cache"]["hits"].append(g.name)
-            res.run["groups"][g.name] = _group_record(g, computed_on or res.run["platform"], True, res.run["platform"])
+            res.run["groups"][g.name] = _group_record(g, computed_on or res.run["platform"], True, res.run["platform"],
+                                                      res.metrics)
             log(f"[{g.suite}] {g.name}: cached")
         else:
             t0 = time.time()
@@ -327,7 +333,7 @@ def _run_groups(plan: _Plan, resume: bool) -> None:
             if cacheable and plan.main:  # a transient fault (out of memory) is retried by the next run
                 cache_keys.write_cache(path, g, key, computed, res.run["platform"])
             res.metrics.update(computed)
-            res.run["groups"][g.name] = _group_record(g, res.run["platform"], False, res.run["platform"])
+            res.run["groups"][g.name] = _group_record(g, res.run["platform"], False, res.run["platform"], res.metrics)
             res.run["cache"]["computed"].append(g.name)
             log(f"[{g.suite}] {g.name}: " + ", ".join(_fmt(k, v) for k, v in computed.items()))
         flags = sanity.run_flags({k: res.metrics[k] for k in g.metrics if k in res.metrics})
@@ -351,11 +357,14 @@ def _finish(plan: _Plan) -> Results:
     return plan.res
 
 
-def _group_record(g, computed_on: dict, cached: bool, run_platform: dict) -> dict:
-    """results.json's ``run.groups[name]``: a finished group, its suite and metrics, and the platform
-    its numbers were computed on where that is not the run's ``platform`` (a cached group keeps the
-    one it was computed on, not this process's: ``bench check --exact`` compares each metric's own)."""
-    rec = {"suite": g.suite, "metrics": list(g.metrics), "cached": cached}
+def _group_record(g, computed_on: dict, cached: bool, run_platform: dict, metrics: dict[str, Result]) -> dict:
+    """results.json's ``run.groups[name]``: a finished group, its suite and metrics, the digest of
+    those metrics as results.json holds them (a later run into the same --out keeps the group only
+    while they match it: ``run_union``), and the platform its numbers were computed on where that is
+    not the run's ``platform`` (a cached group keeps the one it was computed on, not this process's:
+    ``bench check --exact`` compares each metric's own)."""
+    digest = cache_keys.metrics_digest(cache_keys.stored({m: metrics[m] for m in g.metrics}))
+    rec = {"suite": g.suite, "metrics": list(g.metrics), "cached": cached, "digest": digest}
     if computed_on != run_platform:
         rec["platform"] = computed_on
     return rec
