@@ -67,6 +67,13 @@ class Loaded:
     weights_sha256: str | None = None  # weights_sha256(model), set by ``load`` (and by the runner after
     # the first forward pass, which initialises lazy modules)
 
+    @property
+    def label(self) -> str:
+        """A short name for figures: a file's stem (``digits-jeat``), a module's class, a spec."""
+        if self.meta.get("source_format") == "module":
+            return str(self.meta.get("arch", "")).rpartition(".")[2]
+        return Path(self.path).stem if self.meta.get("source_format") not in ("py", "robustbench") else self.path
+
     def describe(self) -> dict:
         """The ``model`` block of results.json."""
         m = self.meta

@@ -113,4 +113,4 @@ def _num(v, fmt: str = ".4g") -> str:
 def aligned(rows: list[dict]) -> list[str]:
     """A header and the rows, each column as wide as its widest cell."""
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in COLUMNS}
-    return ["  ".join(f"{r[c]:<{widths[c]}}" for c in COLUMNS).rstrip() for r in [dict(zip(COLUMNS, COLUMNS)), *rows]]
+    return ["  ".join(f"{r[c]:<{widths[c]}}" for c in COLUMNS).rstrip() for r in [{c: c for c in COLUMNS}, *rows]]

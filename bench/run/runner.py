@@ -284,8 +284,8 @@ def _prepare(model, suite, out: Path, dataset, data_root, arch, device, download
                  generation_code_sha256=cache_keys.code_sha256("bench.engines.generation", memo))  # keys samples.npz
     net = fastpath.apply(loaded.model.to(dev).eval(), fastpath.FastPath.from_settings(s))
     checks = sanity.check_model(net, ds.test.x[:sanity.N_IMAGES].to(dev), log)  # RNG state kept
-    ctx = Context(net, ds, s_run, dev, out, progress=progress.bar,
-                  replay_buffer=loaded.replay_buffer, data_root=data_root, train_used=train_used(loaded))
+    ctx = Context(net, ds, s_run, dev, out, progress=progress.bar, replay_buffer=loaded.replay_buffer,
+                  data_root=data_root, train_used=train_used(loaded), model_name=str(name or loaded.label))
     (out / "cache").mkdir(exist_ok=True)
     plat = platform_record(dev)
     res = Results(loaded.describe() | {"dataset": ds.name, "num_classes": ds.num_classes}, {
