@@ -1,4 +1,5 @@
-"""The Python API beside the command line: ``bench.evaluate(model, dataset=..., suites=...)``.
+"""The Python API beside the command line: ``bench.load(name_or_path)`` and
+``bench.evaluate(model, data, suites=...)``.
 
 A notebook user evaluates a model in memory, an ``nn.Module`` that returns logits, and gets the
 numbers ``bench run`` would give for the same weights, data, seed and settings: ``evaluate`` calls
@@ -6,19 +7,27 @@ the runner (``bench.run.runner.run``) with the module where ``bench run`` passes
 settings, their names, validation, caching and results.json are the command line's.  ::
 
     import bench
-    res = bench.evaluate(net, dataset="digits", suites="robust,calibration", normalize="half", n_eval=200)
+    net = bench.load("fmnist-jeat")                    # a released model (bench models), an nn.Module
+    res = bench.evaluate(net, suites="robust,calibration", n_eval=200)   # on its own data set
+    res = bench.evaluate(my_net, (x, y), normalize="half", eps=8 / 255)  # arrays in [0, 1], labels
+    print(res)                # one metric a line: value, ± standard error, n; then the eps used
     res.metrics["pgd20"].value
     res.to_frame()            # pandas: one row per metric (value, std, n, reason, suite)
     res.save("runs/mine")     # the folder ``bench run --out runs/mine`` writes
 
+``data`` is a data set's name (``digits``, ``cifar10``, ``npz:PATH``, ...), arrays ``(x, y)`` or
+``((x_train, y_train), (x_test, y_test))``, or a torch ``Dataset`` of (image, label): see
+``evaluate`` for how arrays are checked, identified (the sha256 of their content) and what happens
+without a training split.
+
 The module's input normalisation is given as for a plain state dict on the command line:
 ``normalize`` (``--normalize``: a preset such as ``cifar10``, ``half`` for [-1, 1] inputs, or
 ``"M1,M2,M3/S1,S2,S3"``) or ``mean``/``std``; the module then receives (x - mean) / std of images x
-in [0, 1].  Without either it receives [0, 1] images.  An ``EnergyModel`` brings its own.  The
-model's identity in results.json: ``model.sha256`` is the sha256 of the module's state dict and
-``model.path``/``model.arch`` its class (a file's sha256 and path in ``bench run``).
+in [0, 1].  Without either it receives [0, 1] images.  An ``EnergyModel``, and a model from
+``bench.load``, brings its own.  The model's identity in results.json: ``model.sha256`` is the
+sha256 of the module's state dict and ``model.path``/``model.arch`` its class (a file's sha256 and
+path in ``bench run``, and for a model from ``bench.load`` whose weights are still the file's).
 """
-
 from __future__ import annotations
 
 import difflib
