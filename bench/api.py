@@ -155,7 +155,8 @@ def evaluate(model, data=None, suites: str | list[str] = "all", out: str | Path 
 
         import bench, numpy as np
         net = bench.load("digits-jeat")
-        x, y = np.load("mine.npz")["x"], np.load("mine.npz")["y"]   # (N, 1, 8, 8) in [0, 1], labels
+        z = np.load("mine.npz")
+        x, y = z["x"], z["y"]          # (N, 1, 8, 8) float in [0, 1] (or uint8), integer labels
         ev = bench.evaluate(net, (x, y), suites="robust,calibration", eps=0.1, n_eval=200)
         print(ev)                  # one metric a line: value, ± standard error, n; then the eps
     """

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import bench
+from bench.api import _data
 from bench.cli import main
 from bench.core.errors import BenchError
 from bench.inputs import data, zoo
@@ -134,14 +135,17 @@ def test_a_torch_dataset_yielding_tensors_or_pil_images():
         def __getitem__(self, i):
             return self.transform(Image.fromarray(self.images[i])), i % 10
 
-    raw = bench.api._data(tiny_model(), Pictures(lambda im: im), None)  # PIL images as they are
-    tensor = bench.api._data(tiny_model(), Pictures(transforms.ToTensor()), None)
+    raw = _data(tiny_model(), Pictures(lambda im: im), None)  # PIL images as they are
+    tensor = _data(tiny_model(), Pictures(transforms.ToTensor()), None)
     expected = torch.from_numpy(Pictures(None).images).float().unsqueeze(1) / 255
     assert torch.equal(raw.test.x, expected) and torch.allclose(tensor.test.x, expected, atol=1e-7)
     assert raw.test.y.tolist() == [i % 10 for i in range(12)] and raw.num_classes == 10
+    assert raw.train_is_test and raw.name == "arrays"
+    pair = _data(tiny_model(), (Pictures(lambda im: im), Pictures(transforms.ToTensor())), None)
+    assert not pair.train_is_test and torch.equal(pair.train.x, raw.test.x)  # (training Dataset, test Dataset)
     normalised = Pictures(transforms.Compose([transforms.ToTensor(), transforms.Normalize(0.5, 0.5)]))
     with pytest.raises(BenchError, match="a transforms.Normalize in the Dataset") as e:
-        bench.api._data(tiny_model(), normalised, None)
+        _data(tiny_model(), normalised, None)
     assert "\n" not in str(e.value)
 
 
