@@ -1,19 +1,21 @@
 """JEAT-Bench: classifiers read as energy-based models, evaluated for robustness and generation.
 
-``bench.evaluate(model, dataset=..., suites=...)`` evaluates a model in memory (``bench.api``);
+``bench.load(name_or_path)`` returns a released or saved model as an ``nn.Module``;
+``bench.evaluate(model, data=..., suites=...)`` evaluates a model in memory on a data set's name,
+arrays or a torch Dataset (``bench.api``);
 ``bench.functional`` holds a pure function on tensors for every metric family.  Both load on
 first use, so ``import bench`` (and ``bench check``) imports no torch."""
 
 __version__ = "0.1.0"
 
-__all__ = ["evaluate", "functional", "__version__"]
+__all__ = ["evaluate", "functional", "load", "__version__"]
 
 
 def __getattr__(name: str):
-    if name == "evaluate":
-        from bench.api import evaluate
+    if name in ("evaluate", "load"):
+        from bench import api
 
-        return evaluate
+        return getattr(api, name)
     if name == "functional":
         import importlib
 

@@ -80,10 +80,10 @@ def run(model, suite, out, dataset, data_root, download, rb_model_dir, arch, dev
                      rb_model_dir=rb_model_dir)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return
-    width = max(len(k) for k in res.metrics) if res.metrics else 0
-    for k, r in res.metrics.items():
-        val = f"{r.value:.4f}" if r.value is not None else f"null  ({r.reason})"
-        click.echo(f"{k:<{width}}  {val}")
+    from bench.outputs import console
+
+    for line in console.summary(res):  # value, ± standard error, n; then the threat model (eps)
+        click.echo(line)
     click.echo(f"wrote {Path(out) / 'results.json'} in {res.run['seconds']:.1f} s")
 
 
@@ -199,15 +199,12 @@ def models():
     from bench.inputs import zoo
 
     for name_of_zoo in zoo.ZOOS:
-        man = zoo.manifest(name_of_zoo)
-        if not man:
+        rows = zoo.released_rows(name_of_zoo)
+        if not rows:
             continue
-        click.echo(f"released checkpoints ({zoo.models_dir() / name_of_zoo}; --model NAME):")
-        for name, e in sorted(man.get("models", {}).items()):
-            acc, rob = e.get("clean_test_accuracy"), e.get("pgd20_test_accuracy")
-            shown = " ".join(f"{k}={v:.4f}" for k, v in (("acc", acc), ("pgd20", rob)) if isinstance(v, float))
-            click.echo(f"  {name:<16} method={e.get('method', '?'):<8} {shown}  "
-                       f"trained {e.get('training_seconds', '?')} s  sha256={str(e.get('sha256'))[:12]}")
+        click.echo(f"released checkpoints ({zoo.models_dir() / name_of_zoo}; --model NAME, bench.load(NAME)):")
+        for line in zoo.aligned(rows):
+            click.echo(f"  {line}")
     click.echo("recipes:")
     for r in zoo.recipe_names():
         click.echo(f"  {r}")

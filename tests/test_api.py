@@ -93,7 +93,7 @@ def test_evaluate_into_out_and_an_energy_model(released, tmp_path, one_thread):
 
 @pytest.mark.parametrize("call, message", [
     (lambda net: bench.evaluate("models/digits/digits-jeat.safetensors", dataset="digits"), "takes an nn.Module"),
-    (lambda net: bench.evaluate(net), "needs dataset="),
+    (lambda net: bench.evaluate(net), "needs data="),
     (lambda net: bench.evaluate(net, "digits", n_evl=10), "unknown setting 'n_evl'; did you mean n_eval"),
     (lambda net: bench.evaluate(net, "digits", n_eval=0), "n-eval must be a positive integer, got 0"),
     (lambda net: bench.evaluate(net, "digits", eps=8), "outside"),

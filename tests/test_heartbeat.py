@@ -52,3 +52,36 @@ def test_autoattack_blocks_beat_in_a_log_and_say_they_resume(tmp_path, monkeypat
     resumed = [s for s in lines if "resuming" in s]
     assert resumed == [f"[autoattack] resuming points 10-19 from an interrupted run (state-{first}.json): "
                        "the attacks it finished are not rerun"]
+
+
+def test_one_block_says_so_instead_of_a_count_that_never_moves():
+    """Issue 31: 20 points in one batch of 250 printed '0/20 points done, ..., ETA after the first
+    block' on every beat although no count moves before all 20 finish together."""
+    now = [100.0]
+    beat = progress.Heartbeat("autoattack", 20, every=3600, say=lambda m: None, block=250)
+    beat._clock = lambda: now[0]
+    with beat:
+        now[0] = 190.0
+        assert beat.line() == "[autoattack] all 20 points in one block, 1m30s elapsed (they finish together)"
+        beat.advance(20)
+        assert beat.line() == "[autoattack] 20/20 points done, 1m30s elapsed"
+    several = progress.Heartbeat("autoattack", 30, every=3600, say=lambda m: None, block=10)
+    several._clock = lambda: now[0]
+    with several:  # several blocks: the count and its ETA after the first
+        assert several.line() == "[autoattack] 0/30 points done, 0s elapsed, ETA after the first block"
+
+
+def test_autoattack_heartbeat_in_one_block_never_promises_an_eta(monkeypatch):
+    monkeypatch.setenv("JEAT_BENCH_HEARTBEAT", "0.05")
+    monkeypatch.setenv("CI", "true")
+    lines = []
+    monkeypatch.setattr(progress, "say", lines.append)
+    model, x, y = tiny_model(), torch.rand(20, 1, 8, 8), torch.arange(20) % 10
+
+    def slow(xb, yb, state_path):
+        time.sleep(0.3)
+        return {"n": len(yb)}
+
+    aa_adapter.run_blocks(slow, model, x, y, AAConfig(eps=0.1), Execution("cpu", 250), None)
+    assert lines and not any("ETA" in s or "0/20" in s for s in lines), lines
+    assert all(s.startswith("[autoattack] all 20 points in one block") for s in lines), lines

@@ -39,13 +39,17 @@ def heartbeat_seconds() -> float:
 class Heartbeat:
     """A line every ``every`` seconds while a slow step runs, on a terminal and in CI logs alike:
     ``[desc] 250/1000 points done, 2m10s elapsed, ETA 6m30s`` (the ETA from the points finished so
-    far; none before the first ones).  Use as a context manager; ``advance(k)`` counts k points done."""
+    far; none before the first ones).  Use as a context manager; ``advance(k)`` counts k points done.
+    ``block``: the points finished together (a batch); when one block holds them all no count moves
+    before the end, so the line says so instead of a count and an ETA that never come:
+    ``[desc] all 20 points in one block, 1m30s elapsed (they finish together)``."""
 
-    def __init__(self, desc: str, total: int, every: float | None = None, say=say, unit: str = "points"):
+    def __init__(self, desc: str, total: int, every: float | None = None, say=say, unit: str = "points",
+                 block: int | None = None):
         import threading
         import time
 
-        self.desc, self.total, self.unit, self.say = desc, int(total), unit, say
+        self.desc, self.total, self.unit, self.say, self.block = desc, int(total), unit, say, block
         self.every = heartbeat_seconds() if every is None else every
         self.done, self._clock = 0, time.monotonic
         self._stop = threading.Event()
@@ -53,6 +57,9 @@ class Heartbeat:
 
     def line(self) -> str:
         elapsed = self._clock() - self.started
+        if self.done == 0 and self.block is not None and self.total <= self.block:
+            return (f"[{self.desc}] all {self.total} {self.unit} in one block, {_duration(elapsed)} elapsed "
+                    "(they finish together)")
         text = f"[{self.desc}] {self.done}/{self.total} {self.unit} done, {_duration(elapsed)} elapsed"
         if 0 < self.done < self.total:
             return text + f", ETA {_duration(elapsed / self.done * (self.total - self.done))}"

@@ -297,7 +297,7 @@ def run_blocks(attack: Callable, model: torch.nn.Module, x: torch.Tensor, y: tor
     out, states = [], []
     say = progress.say if distributed.is_main() else (lambda m: None)
     points = sum(len(y[b * batch_size:(b + 1) * batch_size]) for b in mine)
-    with progress.Heartbeat("autoattack", points, say=say) as beat:  # a line every N s, a bar or not
+    with progress.Heartbeat("autoattack", points, say=say, block=batch_size) as beat:  # a line every N s, a bar or not
         for b in run.iterate(mine, "autoattack", len(mine)):
             xb, yb = x[b * batch_size:(b + 1) * batch_size], y[b * batch_size:(b + 1) * batch_size]
             state_path = None

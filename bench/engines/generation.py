@@ -124,10 +124,11 @@ def generated(ctx) -> Generated:
 
 
 def _grid(ctx, x, y, path: Path, n_div: int) -> None:
-    from bench.engines import plots
+    from bench.engines import sample_figures
 
     s = ctx.settings
     eq = "Eq. 17, E(x,y)" if s.get("gen_energy", "joint") == "joint" else "Eq. 16, E(x,y) - E(x)"
     title = (f"{ctx.data.name}: SGLD samples ({eq}; {s.get('gen_init', 'gaussian')} start, "
              f"{s.get('gen_steps')} steps)" + (f"; {n_div} diverged" if n_div else ""))
-    plots.sample_grid(x, y, path, class_names=list(ctx.data.classes) or None, title=title)
+    sample_figures.sample_grid(x, y, path, class_names=list(ctx.data.classes) or None, title=title,
+                               model=ctx.model_name)

@@ -36,11 +36,15 @@ def panel_grid(n: int, max_cols: int, width: float, height: float, title: str = 
     return fig, axes[:n]
 
 
-def save(fig: Figure, path: str | Path) -> Path:
+def save(fig: Figure, path: str | Path, model: str = "") -> Path:
     """Write ``fig`` as PNG to ``path`` (parent folders created) and return the path; a failed
-    write is ``CannotWrite`` (``cannot write PATH: reason``)."""
+    write is ``CannotWrite`` (``cannot write PATH: reason``).  ``model``: the evaluated model's name
+    (``Context.figure(...).model``), put first in the figure's title, so that a figure copied out
+    of its run still says whose it is."""
     from bench.core.errors import CannotWrite
 
+    if model:
+        fig.suptitle("\n".join(t for t in (f"model: {model}", fig.get_suptitle()) if t), fontsize=9)
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,18 +54,22 @@ def save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def reliability_diagram(bins_stats: Mapping, path: str | Path, title: str = "") -> Path:
+def reliability_diagram(bins_stats: Mapping, path: str | Path, title: str = "", model: str = "") -> Path:
     """Reliability diagram in the style of the paper's Fig. 16 (after Guo et al. 2017).
 
     ``bins_stats`` is the per-bin record of ``bench.metrics.calibration.expected_calibration_error``:
     ``edges`` (B + 1 bin edges), ``count``, ``accuracy`` and ``confidence`` per bin (None for an
     empty bin), and optionally ``ece``, ``avg_accuracy``, ``avg_confidence``.
 
-    Top panel: per-bin accuracy as bars, the gap between average confidence and accuracy as red
-    bars from the accuracy to the confidence, and the diagonal of perfect calibration.  Bottom
-    panel: the confidence histogram (examples per bin) with vertical lines at the average
-    confidence and the accuracy.
+    Top panel: per-bin accuracy as bars and the diagonal of perfect calibration; the gap between
+    average confidence and accuracy drawn from one to the other, each way in its own legended
+    colour: red above the bar where the bin is over-confident (confidence above accuracy), dark
+    over the bar's top where it is under-confident (accuracy above confidence).  Bottom panel: the
+    confidence histogram (examples per bin) with vertical lines at the average confidence and the
+    accuracy.  A long ``title`` wraps; ``model`` names the model above it.
     """
+    import textwrap
+
     count = [int(c) for c in bins_stats["count"]]
     nbins = len(count)
     edges = list(bins_stats.get("edges") or [i / nbins for i in range(nbins + 1)])
@@ -79,26 +87,35 @@ def reliability_diagram(bins_stats: Mapping, path: str | Path, title: str = "") 
     if n and math.isnan(avg_acc):
         avg_acc = sum(count[i] * acc[i] for i in full) / n
 
-    fig = new_figure(4.8, 6.0)
+    fig = new_figure(4.8, 6.6)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
 
     top.plot([0, 1], [0, 1], ls="--", color="0.45", lw=1, label="Perfect calibration", zorder=1)
     top.bar([lefts[i] for i in full], [acc[i] for i in full], width=[widths[i] for i in full],
             align="edge", color="#1f77b4", edgecolor="black", lw=0.6, label="Accuracy", zorder=2)
-    # gap: from the bin's accuracy up (over-confidence) or down (under-confidence) to its confidence
-    top.bar([lefts[i] for i in full], [conf[i] - acc[i] for i in full], bottom=[acc[i] for i in full],
-            width=[widths[i] for i in full], align="edge", color="#d62728", alpha=0.45,
-            edgecolor="#d62728", lw=0.6, hatch="//", label="Gap (confidence - accuracy)", zorder=3)
+    # gap: from the bin's accuracy up to its confidence (over-confident: on white, above the bar) or
+    # down (under-confident: over the bar's top), opaque so each shows the colour its legend entry does
+    from matplotlib.patches import Patch
+
+    handles = top.get_legend_handles_labels()[0]
+    for sign, colour, edge, hatch, label in (
+            (1, "#f4a4a4", "#d62728", "//", "Gap, over-confident (confidence > accuracy)"),
+            (-1, "#0b2e59", "white", "\\\\", "Gap, under-confident (accuracy > confidence)")):
+        bins = [i for i in full if sign * (conf[i] - acc[i]) > 0]
+        top.bar([lefts[i] for i in bins], [conf[i] - acc[i] for i in bins], bottom=[acc[i] for i in bins],
+                width=[widths[i] for i in bins], align="edge", color=colour, edgecolor=edge, lw=0.6, hatch=hatch,
+                zorder=3)
+        handles.append(Patch(facecolor=colour, edgecolor=edge, hatch=hatch, lw=0.6, label=label))
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
     top.set_ylabel("Accuracy")
-    top.legend(loc="upper left", fontsize=8, frameon=True)
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=7, frameon=True)
     ece = _num(bins_stats.get("ece"))
     if not math.isnan(ece):
         top.text(0.97, 0.04, f"ECE = {100 * ece:.2f}%", transform=top.transAxes, ha="right", va="bottom",
                  fontsize=10, bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.6"})
     if title:
-        top.set_title(title, fontsize=10)
+        top.set_title(textwrap.fill(title.replace(" = ", "\u00a0=\u00a0"), 58, break_on_hyphens=False), fontsize=10)  # "n = 450" unbroken
 
     bottom.bar(lefts, count, width=widths, align="edge", color="#1f77b4", edgecolor="black", lw=0.6)
     if n:
@@ -109,7 +126,7 @@ def reliability_diagram(bins_stats: Mapping, path: str | Path, title: str = "") 
     bottom.set_xlim(0, 1)
     bottom.set_xlabel("Confidence")
     bottom.set_ylabel("Count")
-    return save(fig, path)
+    return save(fig, path, model)
 
 
 def _num(v) -> float:
@@ -138,7 +155,7 @@ def _image(ax, img, title: str = "", fontsize: float = 7) -> None:
         ax.set_title(title, fontsize=fontsize)
 
 
-def ssim_neighbours_grid(generated, neighbours, ssim_values, path: str | Path, title: str = "") -> Path:
+def ssim_neighbours_grid(generated, neighbours, ssim_values, path: str | Path, title: str = "", model: str = "") -> Path:
     """Fig. 7: each row a generated image, then its k nearest training images, SSIM in the titles.
 
     ``generated`` (R, C, H, W); ``neighbours`` (R, k, C, H, W); ``ssim_values`` (R, k)."""
@@ -155,7 +172,7 @@ def ssim_neighbours_grid(generated, neighbours, ssim_values, path: str | Path, t
             axes[r][0].spines[side].set_linewidth(1.5)
     if title:
         fig.suptitle(title, fontsize=9)
-    return save(fig, path)
+    return save(fig, path, model)
 
 
 def _contour(ax, energies, coords, image=None, title: str = "", levels: int = 20):
@@ -190,7 +207,7 @@ def _stroke():
     return patheffects.withStroke(linewidth=3.5, foreground="black")
 
 
-def energy_contour(energies, coords, path: str | Path, image=None, title: str = "") -> Path:
+def energy_contour(energies, coords, path: str | Path, image=None, title: str = "", model: str = "") -> Path:
     """One energy landscape: ``energies`` (R, R) of E(x + alpha d1 + beta d2, y) over ``coords`` (R,)
     for alpha (first axis) and beta (second axis), with a colour bar and the image as an inset."""
     fig = new_figure(4.4, 3.8)
@@ -200,10 +217,11 @@ def energy_contour(energies, coords, path: str | Path, image=None, title: str = 
     cb.set_label("energy E(x, y)", fontsize=8)
     cb.ax.tick_params(labelsize=7)
     ax.legend(loc="upper right", fontsize=7, framealpha=0.7)
-    return save(fig, path)
+    return save(fig, path, model)
 
 
-def energy_contours(energies, coords, path: str | Path, images=None, titles=None, title: str = "") -> Path:
+def energy_contours(energies, coords, path: str | Path, images=None, titles=None, title: str = "",
+                    model: str = "") -> Path:
     """Several energy landscapes side by side: ``energies`` (n, R, R), ``coords`` (R,), one panel
     each (own colour scale), images as insets."""
     fig, axes = panel_grid(int(energies.shape[0]), 4, 3.3, 3.1, title)
@@ -217,10 +235,10 @@ def energy_contours(energies, coords, path: str | Path, images=None, titles=None
         axes[0].legend(loc="upper right", fontsize=6, framealpha=0.7)  # the markers: image, grid minimum
     if title:
         fig.suptitle(title, fontsize=9)
-    return save(fig, path)
+    return save(fig, path, model)
 
 
-def image_columns(columns, path: str | Path, title: str = "", row_labels=None) -> Path:
+def image_columns(columns, path: str | Path, title: str = "", row_labels=None, model: str = "") -> Path:
     """A grid with one column per (heading, images (R, C, H, W)) pair, e.g. Fig. 15: original |
     noisy | denoised after 10 steps | after 50 steps."""
     rows = int(columns[0][1].shape[0])
@@ -234,69 +252,7 @@ def image_columns(columns, path: str | Path, title: str = "", row_labels=None) -
                 axes[r][0].set_ylabel(str(row_labels[r]), fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    return save(fig, path)
-
-
-# --------------------------------------------------------------------------------------------
-# generated samples (Fig. 6)
-
-
-def sample_mosaic(x, y, per_class: int = 10, num_classes: int | None = None, pad: int = 1):
-    """The Fig. 6 layout as one RGB array: row c holds the first ``per_class`` images of label c
-    (x (N, C, H, W) in [0, 1], y (N,)); pads are white, empty cells light grey, and a diverged
-    (non-finite) image is a red cell.  -> (array (R*(H+pad)+pad, K*(W+pad)+pad, 3), row labels)."""
-    import numpy as np
-
-    a = x.detach().cpu().float().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=np.float32)
-    lab = y.detach().cpu().numpy() if hasattr(y, "detach") else np.asarray(y)
-    n, c, h, w = a.shape
-    rows = list(range(int(num_classes))) if num_classes else sorted(int(v) for v in np.unique(lab))
-    cols = max(1, min(int(per_class), max((int((lab == r).sum()) for r in rows), default=1)))
-    mosaic = np.ones((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, 3), dtype=np.float32)
-    for i, r in enumerate(rows):
-        idx = np.flatnonzero(lab == r)[:cols]
-        for j in range(cols):
-            top, left = pad + i * (h + pad), pad + j * (w + pad)
-            cell = mosaic[top:top + h, left:left + w]
-            if j >= len(idx):
-                cell[:] = 0.85
-                continue
-            img = a[idx[j]]
-            if not np.isfinite(img).all():
-                cell[:] = (0.85, 0.1, 0.1)
-                continue
-            img = np.clip(img, 0, 1).transpose(1, 2, 0)
-            cell[:] = img if c == 3 else np.repeat(img[..., :1], 3, axis=2)
-    return mosaic, rows
-
-
-def sample_grid(x, y, path: str | Path, class_names=None, per_class: int = 10, title: str = "",
-                num_classes: int | None = None) -> Path:
-    """Generated images, one row per class as in the paper's Fig. 6 (first ``per_class`` images
-    of each class; diverged chains, NaN images, shown as red cells).  One image on one axes, so
-    100 classes x 10 columns draw as fast as 10 x 10."""
-    if num_classes is None and class_names:
-        num_classes = len(class_names)
-    mosaic, rows = sample_mosaic(x, y, per_class, num_classes)
-    h_px, w_px = mosaic.shape[:2]
-    cell = 0.55 if x.shape[-1] <= 16 else 0.8  # inches per image
-    n_cols = max(1, round((w_px - 1) / (x.shape[-1] + 1)))
-    width = cell * n_cols + 1.0
-    height = width * h_px / w_px * (width - 1.0) / width + (0.45 if title else 0.15)
-    fig = new_figure(width, max(1.2, height))
-    ax = fig.subplots()
-    ax.imshow(mosaic, interpolation="nearest")
-    h = x.shape[-2]
-    ax.set_yticks([1 + i * (h + 1) + h / 2 - 0.5 for i in range(len(rows))])
-    names = [str(class_names[r]) if class_names and r < len(class_names) else str(r) for r in rows]
-    ax.set_yticklabels(names, fontsize=7 if len(rows) <= 20 else 4)
-    ax.set_xticks([])
-    ax.tick_params(length=0)
-    for side in ("left", "right", "top", "bottom"):
-        ax.spines[side].set_visible(False)
-    if title:
-        ax.set_title(title, fontsize=8)
-    return save(fig, path)
+    return save(fig, path, model)
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,7 +263,7 @@ LOG_SCALE_SHARE = 0.8  # a histogram with one bin above this share of its points
 
 
 def ood_histograms(in_scores, out_scores: Mapping, path: str | Path, score: str = "score", title: str = "",
-                   auroc: Mapping | None = None) -> Path:
+                   auroc: Mapping | None = None, model: str = "") -> Path:
     """Histograms of one OOD score: the in-distribution scores ``in_scores`` (N,) against each set
     of ``out_scores`` ({set name: (M,)}), one panel per set, shared bins over both, densities; each
     set's ``auroc`` in its panel's title, and a log density axis where one bin holds most points
@@ -342,10 +298,10 @@ def ood_histograms(in_scores, out_scores: Mapping, path: str | Path, score: str 
         ax.legend(fontsize=7, framealpha=0.7)
     if title:
         fig.suptitle(title, fontsize=9)
-    return save(fig, path)
+    return save(fig, path, model)
 
 
-def robustness_curves(lines, path: str | Path, title: str = "", xlabel: str = "eps") -> Path:
+def robustness_curves(lines, path: str | Path, title: str = "", xlabel: str = "eps", model: str = "") -> Path:
     """Accuracy (%) against the attack radius: one line per ``(label, eps, accuracy, standard
     error)`` of ``lines`` (accuracies as fractions), each with a +-1 standard error band.  A label
     ``run: attack`` takes its run's colour and its attack's line style (several runs on one plot);
@@ -381,4 +337,4 @@ def robustness_curves(lines, path: str | Path, title: str = "", xlabel: str = "e
                   bbox_to_anchor=(1.02, 1) if outside else None)
     if title:
         ax.set_title(title, fontsize=9)
-    return save(fig, path)
+    return save(fig, path, model)

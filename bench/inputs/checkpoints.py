@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from bench.core.energy import EnergyModel
 from bench.core.errors import BenchError
 from bench.core.errors import short_reason as _short
 from bench.core.fileio import atomic_write_bytes, sha256
-from bench.inputs import nets, rb_zoo
+from bench.inputs import nets, rb_zoo, state_dicts
 
 FORMAT = 1
 
@@ -69,6 +68,13 @@ class Loaded:
 
     weights_sha256: str | None = None  # weights_sha256(model), set by ``load`` (and by the runner after
     # the first forward pass, which initialises lazy modules)
+
+    @property
+    def label(self) -> str:
+        """A short name for figures: a file's stem (``digits-jeat``), a module's class, a spec."""
+        if self.meta.get("source_format") == "module":
+            return str(self.meta.get("arch", "")).rpartition(".")[2]
+        return Path(self.path).stem if self.meta.get("source_format") not in ("py", "robustbench") else self.path
 
     def describe(self) -> dict:
         """The ``model`` block of results.json."""
@@ -218,7 +224,7 @@ def _load_own(path: Path) -> Loaded:
     except Exception as e:  # e.g. input_shape [0] or an arch_kwargs the network does not take
         raise BenchError(f"{path}: bench metadata does not build a model ({type(e).__name__}: {_short(e)})") from None
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    _load_state(model.net, state, str(path), meta["arch"])
+    state_dicts.load_state(model.net, state, str(path), meta["arch"])
     return Loaded(model.eval(), meta, str(path), sha256(path), tensors.get("replay_buffer"))
 
 
@@ -248,12 +254,12 @@ def _load_torch(path: Path, arch, num_classes, input_shape, arch_kwargs, mean, s
     if not isinstance(obj, dict):
         raise BenchError(f"{path}: not a checkpoint (holds a {type(obj).__name__}, expected a state dict)")
     replay = obj.get("replay_buffer") if isinstance(obj.get("replay_buffer"), torch.Tensor) else None
-    state = _unwrap(obj, path)
+    state = state_dicts.unwrap(obj, path)
     if num_classes is None or input_shape is None:
         raise BenchError(f"{path}: a foreign checkpoint needs the data set to know num_classes and input shape")
     is_jem = any(k.startswith("f.") for k in state) and "class_output.weight" in state
     if is_jem:
-        arch = arch or _jem_arch(state)
+        arch = arch or state_dicts.jem_arch(state)
         mean = 0.5 if mean is None else mean  # JEM trains on (x - 0.5) / 0.5
         std = 0.5 if std is None else std
         method = "jem"
@@ -272,7 +278,7 @@ def _load_torch(path: Path, arch, num_classes, input_shape, arch_kwargs, mean, s
             "mean": 0.0 if mean is None else mean, "std": 1.0 if std is None else std, "method": method,
             "source_format": "jem" if is_jem else "state_dict"}
     model = build_model(meta)
-    _load_state(model.net, state, str(path), arch)
+    state_dicts.load_state(model.net, state, str(path), arch)
     if given:
         meta["normalization"] = _normalization(model, given)
     elif is_jem:
@@ -282,50 +288,6 @@ def _load_torch(path: Path, arch, num_classes, input_shape, arch_kwargs, mean, s
     else:
         meta["normalization"] = _normalization(model, "default (mean 0, std 1)", PLAIN_STATE_DICT_WARNING)
     return Loaded(model.eval(), meta, str(path), sha256(path), replay)
-
-
-def _unwrap(obj: dict, path: Path) -> dict:
-    for key in ("model_state_dict", "state_dict", "model"):
-        if isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    state = {}
-    for k, v in obj.items():
-        if isinstance(v, torch.Tensor):
-            state[re.sub(r"^(module\.|_orig_mod\.)+", "", k)] = v
-    if not state:
-        raise BenchError(f"{path}: not a checkpoint (no tensors found)")
-    return state
-
-
-def _jem_arch(state: dict) -> str:
-    n_blocks = len({k.split(".")[2] for k in state if k.startswith("f.layer1.")})
-    width = state["f.layer1.0.conv1.weight"].shape[0] // 16
-    return f"jem-wrn-{6 * n_blocks + 4}-{width}"
-
-
-def _load_state(net: nn.Module, state: dict, where: str, arch: str) -> None:
-    own = net.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_few(unexpected)}")
-        raise BenchError(f"{where}: does not match arch {arch!r}: {'; '.join(parts)}")
-    bad = [k for k in state if state[k].shape != own[k].shape]
-    if bad:
-        k = bad[0]
-        raise BenchError(f"{where}: shape mismatch for {arch!r} at {k}: file {tuple(state[k].shape)},"
-                         f" model {tuple(own[k].shape)} ({len(bad)} tensors differ)")
-    cast = [k for k in state if own[k].is_floating_point() and not state[k].is_floating_point()]
-    if cast:  # a quantised or integer tensor would be cast to float silently, and evaluate wrongly
-        k = cast[0]
-        raise BenchError(f"{where}: tensor {k} is {state[k].dtype}, but {arch!r} needs floats there ({own[k].dtype}); "
-                         f"refusing to cast it ({len(cast)} such tensors; dequantise the checkpoint first)")
-    net.load_state_dict(state, strict=False)
 
 
 def _load_factory(spec: str, num_classes, input_shape, mean, std, given=None) -> Loaded:
@@ -357,9 +319,24 @@ def _wrap_module(obj: nn.Module, what: str, kind: str, num_classes, input_shape,
     return model, meta
 
 
+def remember_source(loaded: Loaded) -> EnergyModel:
+    """``loaded``'s model, remembering the file it came from (``bench.load``): evaluated in memory
+    with its weights unchanged, it is that file again (``_load_module``)."""
+    model = loaded.model
+    model.bench_source = {"path": loaded.path, "sha256": loaded.sha256, "meta": dict(loaded.meta),
+                          "weights_sha256": loaded.weights_sha256, "replay_buffer": loaded.replay_buffer}
+    return model
+
+
 def _load_module(obj: nn.Module, num_classes, input_shape, mean, std, given=None) -> Loaded:
     """A model in memory (``bench.evaluate``): no file, so its identity is the sha256 of its state
-    dict (``module_sha256``) and its class name, recorded where a file's sha256 and path go."""
+    dict (``module_sha256``) and its class name, recorded where a file's sha256 and path go.  A
+    model ``bench.load`` returned (``remember_source``) whose weights and normalisation are still
+    the file's is that file: its path, sha256 and metadata (method, data set, threat model)."""
+    source = getattr(obj, "bench_source", None)
+    if isinstance(obj, EnergyModel) and isinstance(source, dict) and not given \
+            and weights_sha256(obj) == source.get("weights_sha256"):
+        return Loaded(obj.eval(), dict(source["meta"]), source["path"], source["sha256"], source.get("replay_buffer"))
     what = f"{type(obj).__module__}.{type(obj).__qualname__}"
     model, meta = _wrap_module(obj, f"module {what}", "given", num_classes, input_shape, mean, std, given)
     inner = model.net if isinstance(obj, EnergyModel) else obj
@@ -381,7 +358,3 @@ def _load_robustbench(spec: str, num_classes, input_shape, mean, std, given, mod
             "method": None, "source_format": "robustbench",
             "normalization": _normalization(model, given or "default (mean 0, std 1: RobustBench models take [0, 1])")}
     return Loaded(model.eval(), meta, spec, file_sha256)
-
-
-def _few(keys: list[str], n: int = 3) -> str:
-    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")

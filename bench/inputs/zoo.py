@@ -65,3 +65,52 @@ def resolve_spec(spec: str) -> str:
 
 def recipe_names() -> list[str]:
     return sorted(p.stem for p in recipes_dir().glob("*.toml"))
+
+
+def header_metadata(path: Path) -> dict:
+    """The ``bench`` metadata of a safetensors file, read from its JSON header alone (no tensor,
+    no torch); {} when the file is missing or holds none."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            head = json.loads(f.read(size))
+        meta = json.loads(head.get("__metadata__", {}).get("bench", "{}"))
+    except (OSError, ValueError, struct.error, AttributeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+COLUMNS = ("name", "method", "arch", "activation", "train eps", "accuracy", "pgd20", "pgd20 eps", "trained",
+           "sha256")
+
+
+def released_rows(zoo: str) -> list[dict]:
+    """One row per released checkpoint of ``zoo`` (``bench models``): its name, method, architecture
+    and activation (from the file's metadata; ``default``: the architecture's own), the L-inf eps
+    it was trained at (its threat model; '-' for a method without one), clean and PGD-20 test accuracy and the eps of that PGD-20 (the
+    manifest's), training seconds and the file's sha256 prefix."""
+    rows = []
+    for name, e in sorted(manifest(zoo).get("models", {}).items()):
+        meta = header_metadata(models_dir() / zoo / e.get("file", f"{name}.safetensors"))
+        tm = meta.get("threat_model") or {}
+        kwargs = meta.get("arch_kwargs") or {}
+        rows.append({"name": name, "method": e.get("method", "?"), "arch": meta.get("arch", "?"),
+                     "activation": kwargs.get("act") or e.get("activation") or "default",
+                     "train eps": _num(tm.get("eps")) if tm else "-",
+                     "accuracy": _num(e.get("clean_test_accuracy"), ".4f"),
+                     "pgd20": _num(e.get("pgd20_test_accuracy"), ".4f"), "pgd20 eps": _num(e.get("eps")),
+                     "trained": f"{e['training_seconds']:.0f} s" if isinstance(e.get("training_seconds"), int | float)
+                     else "?", "sha256": str(e.get("sha256"))[:12]})
+    return rows
+
+
+def _num(v, fmt: str = ".4g") -> str:
+    return format(v, fmt) if isinstance(v, int | float) and not isinstance(v, bool) else "?"
+
+
+def aligned(rows: list[dict]) -> list[str]:
+    """A header and the rows, each column as wide as its widest cell."""
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in COLUMNS}
+    return ["  ".join(f"{r[c]:<{widths[c]}}" for c in COLUMNS).rstrip() for r in [{c: c for c in COLUMNS}, *rows]]

@@ -70,7 +70,7 @@ def _ece_result(ctx: Context, adversarial: bool) -> Result:
     fig = ctx.figure(name)
     title = (f"FGSM data ({s.get('norm', 'Linf')} eps = {float(s['eps']):.4g})" if adversarial else "Clean data") + \
         f", {ctx.data.name}, n = {len(ok)}"
-    plots.reliability_diagram(stats, fig.path, title)
+    plots.reliability_diagram(stats, fig.path, title, model=fig.model)
     details = {"bins": stats, "figure": fig.rel, "n_bins": bins,
                "binning": "equal-width (lo, hi] bins on the top-class softmax confidence", "std": STD_NOTE,
                outcomes.KEY: outcomes.pack(ok, "correct under FGSM" if adversarial else "correct clean"),
@@ -298,7 +298,7 @@ def _extra_results(ctx: Context, adversarial: bool) -> dict[str, Result]:
                 fig = ctx.figure(f"reliability_{'fgsm' if adversarial else 'clean'}_ts.png")
                 title = (f"FGSM data (eps = {float(s['eps']):.4g})" if adversarial else "Clean data") + \
                     f", temperature {t:.3g} ({t_info['split']}), n = {n}"
-                plots.reliability_diagram(stats, fig.path, title)
+                plots.reliability_diagram(stats, fig.path, title, model=fig.model)
                 base_ts = {**base, "bins": stats, "n_bins": bins, "figure": fig.rel, "std": STD_NOTE,
                            outcomes.VALUES_KEY: outcomes.pack_values(conf, _conf_of(adversarial, scaled=True))}
                 out[f"ece_ts{suffix}"] = Result(ece, None, n, details=base_ts)

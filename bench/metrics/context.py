@@ -20,10 +20,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Figure:
-    """A figure a group writes: ``path`` to save it at, ``rel`` (relative to OUT) to record."""
+    """A figure a group writes: ``path`` to save it at, ``rel`` (relative to OUT) to record, and
+    ``model``, the evaluated model's name, for the figure to show (the plots' ``model=``)."""
 
     path: Path
     rel: str
+    model: str = ""
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Context:
     progress: Callable | None = None  # progress(iterable, desc=..., total=...) -> iterable
     sharded: bool = False  # set by the runner while a sharded group runs under torchrun
     figures_made: list[str] = field(default_factory=list)  # ``figure``'s relative paths, in order
+    model_name: str = ""  # the run's name, else the model's file stem or class: named in every figure
     _memo: dict = field(default_factory=dict, repr=False)
 
     def once(self, key, make: Callable[[], Any]) -> Any:
@@ -75,7 +78,7 @@ class Context:
         """The one way a group makes a figure: ``OUT/figures/<name>`` (its folder made), recorded
         in ``figures_made``; put its ``rel`` in the metric's details (``figure`` or ``figures``),
         where report.html finds it."""
-        f = Figure(self.out / "figures" / name, f"figures/{name}")
+        f = Figure(self.out / "figures" / name, f"figures/{name}", self.model_name)
         f.path.parent.mkdir(parents=True, exist_ok=True)
         if f.rel not in self.figures_made:
             self.figures_made.append(f.rel)

@@ -146,7 +146,7 @@ def curve_group(ctx: Context) -> dict[str, Result]:
             out[metric_name(attack.name, eps)] = res
             points[eps] = flags
         _record(attack, {e: out[metric_name(attack.name, e)] for e in points}, points)
-    _draw(out, s, fig)
+    _draw(out, s, fig, ctx.model_name)
     return out
 
 
@@ -186,7 +186,7 @@ def _record(attack: CurveAttack, results: dict[float, Result], flags: dict[float
         results[e].details["curve"] = dict(summary, eps=e)
 
 
-def _draw(out: dict[str, Result], s: Mapping, fig) -> None:
+def _draw(out: dict[str, Result], s: Mapping, fig, model: str = "") -> None:
     from bench.core import curve_data
     from bench.core.results import Results
     from bench.engines import plots
@@ -194,7 +194,8 @@ def _draw(out: dict[str, Result], s: Mapping, fig) -> None:
     lines = curve_data.curve_lines([Results({}, {}, out)])
     if lines:
         norm = s.get("norm", "Linf")
-        plots.robustness_curves(lines, fig, title=f"Robust accuracy against eps ({norm})", xlabel=f"eps ({norm})")
+        plots.robustness_curves(lines, fig, title=f"Robust accuracy against eps ({norm})", xlabel=f"eps ({norm})",
+                                model=model)
 
 
 # --------------------------------------------------------------------------------------------

@@ -123,7 +123,7 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
     fig = ctx.figure("denoise.png")
     plots.image_columns(cols, fig.path,
                         title=f"Langevin denoising on E(x, y), noise variance {float(s['denoise_var']):g}",
-                        row_labels=[f"y={int(split.y[r])}" for r in rows])
+                        row_labels=[f"y={int(split.y[r])}" for r in rows], model=fig.model)
     common["figure"] = fig.rel
     return _results(clean, noisy, den, counts, common)
 

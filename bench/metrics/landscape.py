@@ -145,11 +145,12 @@ def landscape_group(ctx: Context) -> dict[str, Result]:
     for i in range(n):
         fig = ctx.figure(f"landscape_{i}.png")
         p = fig.path
-        plots.energy_contour(grid[i], coords, p, x[i], titles[i])
+        plots.energy_contour(grid[i], coords, p, x[i], titles[i], model=fig.model)
         files.append(fig.rel)
     every = ctx.figure("landscape.png")
     plots.energy_contours(grid, coords, every.path, x, titles,
-                          title=f"E(x + a d1 + b d2, y), |a|, |b| <= {radius:.3g} (L-inf unit directions)")
+                          title=f"E(x + a d1 + b d2, y), |a|, |b| <= {radius:.3g} (L-inf unit directions)",
+                          model=every.model)
     files.append(every.rel)
 
     common = {"radius": radius, "resolution": res_n, "images": n, "figures": files,

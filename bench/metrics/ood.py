@@ -256,7 +256,7 @@ def _histograms(ctx: Context, prefix: str, s_in: dict, s_out: dict, specs, title
         fig = ctx.figure(f"{prefix}_{sc}.png")
         auroc = {spec.name: out[f"{prefix}_auroc_{sc}_{spec.name}"].value for spec in specs}
         plots.ood_histograms(a, {spec.name: s_out[spec.name][sc] for spec in specs}, fig.path,
-                             score=f"{sc}: {SCORE_MEANING[sc]}", title=title, auroc=auroc)
+                             score=f"{sc}: {SCORE_MEANING[sc]}", title=title, auroc=auroc, model=fig.model)
         for r in out.values():
             if r.details["score"] == sc:
                 r.details["figure"] = fig.rel

@@ -53,7 +53,7 @@ def ssim_group(ctx: Context) -> dict[str, Result]:
         path = fig.path
         plots.ssim_neighbours_grid(gx[rows], train[idx[rows]], vals[rows], path,
                                    title=f"Generated images (left) and their {vals.shape[1]} nearest training "
-                                         f"images by SSIM ({ctx.data.name})")
+                                         f"images by SSIM ({ctx.data.name})", model=fig.model)
         details["figure"] = fig.rel
         details["shown"] = {"generated": rows, "neighbours": idx[rows].tolist(),
                             "ssim": [[round(v, 5) for v in r] for r in vals[rows].tolist()]}

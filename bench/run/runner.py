@@ -44,19 +44,21 @@ def resolve_device(device: str) -> torch.device:
 def resolve_model(spec: str | None, dataset: str | None, data_root, arch, download=False, normalize=None,
                   rb_model_dir=None):
     """-> (Loaded, Dataset).  Own files name their data set; foreign ones and a model in memory
-    (an nn.Module, ``bench.evaluate``) need --dataset.  ``rb_model_dir``: where ``rb:NAME`` files are."""
+    (an nn.Module, ``bench.evaluate``) need --dataset.  ``dataset``: a name, or a ``Dataset``
+    already in memory (``bench.evaluate(data=(x, y))``).  ``rb_model_dir``: where ``rb:NAME`` files are."""
     in_memory = isinstance(spec, torch.nn.Module)
     if not in_memory:
         spec = zoo.resolve_spec(spec) if spec else str(zoo.released_path())
     meta = None if in_memory else _peek_meta(spec)
-    name = dataset or (meta or {}).get("dataset")
+    given = dataset if isinstance(dataset, data.Dataset) else None  # data in memory (bench.evaluate)
+    name = (given.name if given else dataset) or (meta or {}).get("dataset")
     if name is None:
         if in_memory:
             raise BenchError("a model in memory records no data set; pass dataset=")
         if not spec.startswith(("py:", "rb:")):
             checkpoints.load(spec, arch=arch)  # a missing or unreadable file says so first
         raise BenchError(f"{spec}: the checkpoint does not record its data set; pass --dataset")
-    ds = data.load(name, data_root, download)
+    ds = given or data.load(name, data_root, download)
     if len(ds.test) == 0 or len(ds.train) == 0:
         raise BenchError(f"data set {name} is empty")
     loaded = checkpoints.load(spec, arch=arch, num_classes=ds.num_classes, input_shape=ds.input_shape,
@@ -272,8 +274,8 @@ def _prepare(model, suite, out: Path, dataset, data_root, arch, device, download
                  generation_code_sha256=cache_keys.code_sha256("bench.engines.generation", memo))  # keys samples.npz
     net = fastpath.apply(loaded.model.to(dev).eval(), fastpath.FastPath.from_settings(s))
     checks = sanity.check_model(net, ds.test.x[:sanity.N_IMAGES].to(dev), log)  # RNG state kept
-    ctx = Context(net, ds, s_run, dev, out, progress=progress.bar,
-                  replay_buffer=loaded.replay_buffer, data_root=data_root, train_used=train_used(loaded))
+    ctx = Context(net, ds, s_run, dev, out, progress=progress.bar, replay_buffer=loaded.replay_buffer,
+                  data_root=data_root, train_used=train_used(loaded), model_name=str(name or loaded.label))
     (out / "cache").mkdir(exist_ok=True)
     plat = platform_record(dev)
     res = Results(loaded.describe() | {"dataset": ds.name, "num_classes": ds.num_classes}, {

@@ -203,17 +203,17 @@ SHOWN = 100  # images in the grid of bench samples: the first ones (per class wh
 def _grid(samples: SampleSet, ds, out: Path) -> str:
     """OUT/figures/samples.png: the submitted images, one row per class (10 each) when labelled,
     else the first 100 in rows of 10; -> its path relative to OUT."""
-    from bench.engines import plots
+    from bench.engines import sample_figures
 
     path = out / "figures" / "samples.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     if samples.y is not None:
-        plots.sample_grid(samples.x, samples.y, path, class_names=ds.classes or None, num_classes=ds.num_classes,
-                          title=f"submitted images, {len(samples.x)} in all")
+        sample_figures.sample_grid(samples.x, samples.y, path, class_names=ds.classes or None,
+                                   num_classes=ds.num_classes, title=f"submitted images, {len(samples.x)} in all")
     else:
         x = samples.x[:SHOWN]
-        plots.sample_grid(x, torch.arange(len(x)) // 10, path, class_names=[""] * ((len(x) + 9) // 10),
-                          title=f"the first {len(x)} of {len(samples.x)} submitted images")
+        sample_figures.sample_grid(x, torch.arange(len(x)) // 10, path, class_names=[""] * ((len(x) + 9) // 10),
+                                   title=f"the first {len(x)} of {len(samples.x)} submitted images")
     return "figures/samples.png"
 
 
