@@ -160,3 +160,61 @@ def test_temperature_refused_without_unseen_points(tmp_path, digits):
     m = cal.calibration_extra_group(ctx)
     assert m["temperature"].value is None and "no second fold" in m["temperature"].reason
     assert m["nll_ts"].value is None and m["nll"].value is not None
+
+
+_GROUPS = ("ece", "ece_fgsm", "calibration_extra", "calibration_extra_fgsm")
+
+
+def _calibration_suite(model, digits, tmp_path, one_ctx: bool, **settings) -> tuple[dict, int]:
+    """The four calibration groups on one Context (one run) or each on its own (as separate runs),
+    through the runner's defended-model swap; -> (every metric's value and details, rows the network saw)."""
+    from bench.core.settings import DEFAULTS
+    from bench.engines import defense
+    from bench.metrics import Context
+    from bench.metrics.registry import load_all
+
+    s = dict(DEFAULTS, n_eval=90, ece_bins=20, batch_size=40, eps=0.1, norm="Linf", seed=0, **settings)
+    rows = []
+    hook = model.net.register_forward_hook(lambda mod, args, out: rows.append(len(out)))
+    out, ctx = {}, None
+    try:
+        for name in _GROUPS:
+            ctx = ctx if (one_ctx and ctx) else Context(model, digits, s, torch.device("cpu"), tmp_path / name)
+            g = load_all()[name]
+            with defense.applied(g, ctx):
+                out.update({k: (r.value, r.details) for k, r in g.fn(ctx).items()})
+    finally:
+        hook.remove()
+    return out, sum(rows)
+
+
+def test_one_run_makes_the_logits_and_fgsm_inputs_once(tmp_path, digits):
+    """One run computes the clean logits of the 90 points once (not in ece, calibration_extra and its
+    cross-fit: 3 x 90 rows) and the FGSM inputs and their logits once (not in both FGSM groups:
+    2 x 180 rows), with every value and detail bit-equal to each group computed on its own (there
+    calibration_extra_fgsm fits the temperature on the clean logits too)."""
+    from bench.inputs import checkpoints
+
+    model = checkpoints.load(str(zoo.models_dir() / "digits" / "digits-normal.safetensors")).model.eval()
+    shared, rows = _calibration_suite(model, digits, tmp_path, one_ctx=True)
+    alone, rows_alone = _calibration_suite(model, digits, tmp_path, one_ctx=False)
+    assert rows == 90 + 180
+    assert rows_alone == 90 + 180 + 90 + (180 + 90)
+    assert shared.keys() == alone.keys() and len(shared) == 17
+    for k in shared:  # NaN-free: == on floats and the per-point records is bit equality
+        assert shared[k][0] == alone[k][0], k
+        assert shared[k][1] == alone[k][1], k
+
+
+def test_a_defended_run_shares_nothing(tmp_path, digits):
+    """Under sgld-refine each group draws the defence's noise from its own generator, so its logits
+    are its own: one run gives what each group gives alone (sharing would give ece's draws to
+    calibration_extra)."""
+    from bench.inputs import checkpoints
+
+    model = checkpoints.load(str(zoo.models_dir() / "digits" / "digits-normal.safetensors")).model.eval()
+    kw = {"defense": "sgld-refine", "refine_steps": 2, "refine_noise": 0.05}
+    shared, _ = _calibration_suite(model, digits, tmp_path, one_ctx=True, **kw)
+    alone, _ = _calibration_suite(model, digits, tmp_path, one_ctx=False, **kw)
+    for k in ("ece", "nll", "ece_fgsm", "nll_fgsm", "temperature"):
+        assert shared[k][0] == alone[k][0], k

@@ -21,6 +21,7 @@ from bench.core.stats import proportion_se
 from bench.engines import features, refstats
 from bench.engines.features import FEATURES, ISC_LAYER
 from bench.engines.frechet import fd_infinity
+from bench.engines.precision_recall import precision_recall
 from bench.runtime.execution import Execution
 
 ISC_SPLITS = 10
@@ -83,10 +84,14 @@ def frechet_distance(gen_feats: torch.Tensor, ref: dict) -> float:
     return float(fid_statistics_to_metric(gen, ref, False)["frechet_inception_distance"])
 
 
-def fd_infinity_result(feats: torch.Tensor, ref: dict, n: int, details: dict) -> Result:
+def fd_infinity_result(feats: torch.Tensor, ref: dict, n: int, details: dict,
+                       device: torch.device | str = "cpu") -> Result:
     """The bias-corrected Frechet distance of ``feats`` to the reference statistics {mu, sigma}
-    (``bench.engines.frechet.fd_infinity``, subsets seeded by ``TF_SEED``), with its fit in the details."""
-    inf = fd_infinity(feats, ref["mu"], ref["sigma"], seed=TF_SEED)
+    (``bench.engines.frechet.fd_infinity``, subsets seeded by ``TF_SEED``), with its fit in the details.
+    Its distances are computed in torch float64 on ``device`` when that is not the CPU (equal to the
+    CPU's numpy distances to 1e-6 relative); on the CPU by numpy, as before."""
+    on = None if torch.device(device).type == "cpu" else device
+    inf = fd_infinity(feats, ref["mu"], ref["sigma"], seed=TF_SEED, device=on)
     if inf["value"] is None:
         return Result.missing(inf["reason"], n=n, **details)
     fit = {k: inf[k] for k in ("slope", "sizes", "fd", "draws", "seed", "fit")}
@@ -128,17 +133,13 @@ def kid_prc(gen: torch.Tensor, ref: torch.Tensor, device: torch.device | str = "
     seed 2020) and precision/recall (its ``prc_features_to_metric``: Kynkaanniemi et al. 2019,
     k = 3 nearest-neighbour balls; precision: share of generated features inside a real ball,
     recall: share of real features inside a generated ball) of the features gen (generated) and
-    ref (real).  PR runs on ``device``; values are None (with 'reason_kid'/'reason_prc') when a set
-    is too small."""
-    from torch_fidelity.metric_prc import prc_features_to_metric
-
+    ref (real).  PR runs wholly on ``device`` (``bench.engines.precision_recall``, equal to
+    torch-fidelity's); values are None (with 'reason_kid'/'reason_prc') when a set is too small."""
     gen, ref = gen.detach().cpu().float(), ref.detach().cpu().float()
     out = kid(gen, ref) | {"prc_neighborhood": PRC_NEIGHBORHOOD}
     if min(len(gen), len(ref)) > PRC_NEIGHBORHOOD:
         dev = torch.device(device)
-        prc = prc_features_to_metric(gen.to(dev), ref.to(dev), prc_neighborhood=PRC_NEIGHBORHOOD,
-                                     prc_batch_size=PRC_BATCH, save_cpu_ram=True, verbose=False)
-        out["precision"], out["recall"] = prc["precision"], prc["recall"]
+        out["precision"], out["recall"] = precision_recall(gen.to(dev), ref.to(dev), PRC_NEIGHBORHOOD, PRC_BATCH)
     else:
         out["precision"] = out["recall"] = None
         out["reason_prc"] = (f"precision/recall need more than {PRC_NEIGHBORHOOD} images on each side (k-NN balls); "
@@ -161,7 +162,8 @@ def feature_results(r: dict, details: dict, device: torch.device | str = "cpu") 
               kid="torch-fidelity kid_features_to_metric: unbiased MMD^2, polynomial kernel (x.y/d + 1)^3, "
                   f"seed {TF_SEED}", std="standard deviation of the MMD^2 over the subsets")
     pd_ = dict(details, prc_neighborhood=k["prc_neighborhood"], n_reference=k["n_reference"],
-               prc="torch-fidelity prc_features_to_metric (Kynkaanniemi et al. 2019), generated = input1",
+               prc="Kynkaanniemi et al. 2019 k-NN balls, torch-fidelity's prc_features_to_metric computed on the "
+                   "run's device (bench.engines.precision_recall), generated = input1",
                std="standard error of the proportion, sqrt(p(1-p)/n)")
     out = {}
     if k["kid_mean"] is None:
@@ -259,7 +261,7 @@ def fid_is_results(r: dict, ext: features.Extractor, n: int, details: dict,
     if fid_bias_note(n):
         fid_details["bias"] = fid_bias_note(n)
     out = {"fid": Result(r["fid"], None, n, details=fid_details),
-           "fid_inf": fd_infinity_result(r["features_generated"], r["reference_statistics"], n, details)}
+           "fid_inf": fd_infinity_result(r["features_generated"], r["reference_statistics"], n, details, device)}
     if r["is_mean"] is None:
         reason = (ext.no_logits or NO_LOGITS) if not ext.has_logits else f"Inception Score needs {ISC_SPLITS} images (splits); got {n}"
         out["is_mean"] = Result.missing(reason, n=n, **details)

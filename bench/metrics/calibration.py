@@ -38,8 +38,7 @@ STD_NOTE = "null: ECE has no closed-form standard error (not bootstrapped)"
 
 def _collect(ctx: Context, adversarial: bool, tag: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Top-class confidence and correctness of the first n_eval test points, clean or after FGSM."""
-    split = ctx.data.test.subset(ctx.settings["n_eval"])
-    z, y, max_dist = _logits_of(ctx, split.x, split.y, adversarial, tag)
+    z, y, max_dist = _eval_logits(ctx, adversarial, tag)
     conf, pred = torch.softmax(z, dim=1).max(dim=1)
     return conf, pred == y, ({"max_dist": max_dist} if adversarial else {})
 
@@ -200,6 +199,30 @@ def _logits_of(ctx: Context, x_all: torch.Tensor, y_all: torch.Tensor, adversari
             ctx.gather_max(max_dist))
 
 
+def _eval_logits(ctx: Context, adversarial: bool, tag: str):
+    """``_logits_of`` the first n_eval test points, clean or after FGSM, made once per run for the groups
+    that use them (ece, calibration_extra and its cross-fit; ece_fgsm, calibration_extra_fgsm), keyed by
+    what they depend on: n_eval, the batch size, and eps and norm under attack.  FGSM is deterministic,
+    so the values are each group's own, whichever makes them.  Not shared under a defence (its noise
+    is per group), nor when non-finite (made again, so the runner's watch on the model sees them)."""
+    s = ctx.settings
+    split = ctx.data.test.subset(s["n_eval"])
+    made = []
+
+    def make():
+        made.append(True)
+        return _logits_of(ctx, split.x, split.y, adversarial, tag)
+
+    if s.get("defense", defense.Defense.NONE) not in (None, defense.Defense.NONE):
+        return make()
+    threat = (float(s["eps"]), s.get("norm", "Linf")) if adversarial else None  # clean groups do not declare it
+    key = ("calibration_eval_logits", s["n_eval"], int(s["batch_size"]), threat)
+    z, y, max_dist = ctx.once(key, make)
+    if not made and not bool(torch.isfinite(z).all()):
+        return make()
+    return z, y, max_dist
+
+
 def _temperature(ctx: Context) -> tuple[torch.Tensor, dict]:
     """Per evaluation point, the temperature that scales it (memoised per run), and the record of
     the fit: from the held-out training tail when the checkpoint left it unseen, else a two-fold
@@ -223,8 +246,7 @@ def _temperature(ctx: Context) -> tuple[torch.Tensor, dict]:
         if n_eval < 2:
             raise _NoSplit(f"refused: {n_eval} evaluation point(s) leave no second fold for the cross-fit, and the "
                            "checkpoint records no held-out training points (train_n)")
-        split = ctx.data.test.subset(ctx.settings["n_eval"])
-        z, y, _ = _logits_of(ctx, split.x, split.y, False, "temperature")
+        z, y, _ = _eval_logits(ctx, False, "temperature")
         half = (n_eval + 1) // 2
         folds = (slice(0, half), slice(half, n_eval))
         ts = [fit_temperature(z[f], y[f]) for f in folds]
@@ -267,8 +289,7 @@ def _extra_results(ctx: Context, adversarial: bool) -> dict[str, Result]:
     s = ctx.settings
     suffix = "_fgsm" if adversarial else ""
     bins = int(s.get("ece_bins") or 20)
-    split = ctx.data.test.subset(s["n_eval"])
-    z, y, max_dist = _logits_of(ctx, split.x, split.y, adversarial, "calibration" + suffix)
+    z, y, max_dist = _eval_logits(ctx, adversarial, "calibration" + suffix)
     n = len(y)
     try:
         t_points, t_info = _temperature(ctx)

@@ -88,7 +88,7 @@ def judge_scores(logits: torch.Tensor, feats: torch.Tensor, y: torch.Tensor, ref
     if fid_bias_note(n):
         fdd["bias"] = fid_bias_note(n)
     out["fd_judge"] = Result(fd, None, n, details=fdd)
-    out["fd_judge_inf"] = fd_infinity_result(feats, ref, n, dict(details, feature_dim=int(feats.shape[1])))
+    out["fd_judge_inf"] = fd_infinity_result(feats, ref, n, dict(details, feature_dim=int(feats.shape[1])), device)
     k = kid(feats, ref_feats)
     if k["kid_mean"] is None:
         out["kid_judge"] = Result.missing(k["reason_kid"], n=n, **details)
