@@ -24,6 +24,10 @@ from bench.core.cost import Sizes, Work
 PROBE_SECONDS = 0.25  # a probe's batch stops growing once one pass takes this long
 MARGIN = 0.2  # of the available CPU memory, left to everything else (and at least MARGIN_BYTES)
 MARGIN_BYTES = 1 << 30
+# the peak of a forward+backward pass over the bytes autograd saves for it, on a CPU: measured 1.35
+# (WRN-28-10, batch 16: 23.9 MB per image of resident-set growth, 17.6 MB saved) to 1.7 (batch 4)
+SAVED_TO_PEAK = 2.0
+ACCURACY_POINTS = 32  # fewer probe points (a large model on a CPU): the accuracy is not estimated (taken as 1)
 CUTS = ("n_aa", "n_eval", "n_gen", "n_ref", "n_judge_ref", "n_score", "gen_steps", "denoise_images")
 
 
@@ -71,14 +75,14 @@ def _timed(fn, device: torch.device) -> float:
 def time_kind(model, x: torch.Tensor, kind: str, batch: int, device: torch.device) -> tuple[float, float, int]:
     """-> (seconds per image, seconds per call, the largest batch timed): passes of 1, 8, 64, ...
     images up to ``batch`` (stopping once one takes ``PROBE_SECONDS``), each size once untimed and then
-    the best of three (the least disturbed by other processes);
+    the best of three (the least disturbed by other processes; once for a pass over ``PROBE_SECONDS``);
     per image and per call from the smallest and the largest batch timed."""
     times, n = {}, 1
-    _pass(model, x[:1].to(device), kind)  # warm-up
     while True:
         xb = x[:n].to(device)
-        _pass(model, xb, kind)  # a new shape: its kernels chosen and its memory allocated first
-        times[n] = min(_timed(lambda xb=xb: _pass(model, xb, kind), device) for _ in range(3))
+        first = _timed(lambda xb=xb: _pass(model, xb, kind), device)  # a new shape: kernels chosen, memory allocated
+        reps = 3 if first < PROBE_SECONDS else 1  # a slow pass (a large model on a CPU) is timed once
+        times[n] = min(_timed(lambda xb=xb: _pass(model, xb, kind), device) for _ in range(reps))
         if n >= min(batch, len(x)) or times[n] > PROBE_SECONDS:
             break
         n = min(8 * n, batch, len(x))
@@ -91,8 +95,9 @@ def time_kind(model, x: torch.Tensor, kind: str, batch: int, device: torch.devic
 
 def peak_per_image(model, x: torch.Tensor, kind: str, device: torch.device) -> tuple[float | None, str]:
     """The peak memory of one pass of ``kind`` over x, per image, and how it was measured: on a GPU
-    ``torch.cuda.max_memory_allocated``; on Linux the process's peak resident set (VmHWM, reset
-    through /proc/self/clear_refs) above its resident set before the pass; else None."""
+    ``torch.cuda.max_memory_allocated`` above what was allocated before; elsewhere the bytes of the
+    tensors autograd saves for the backward pass (``saved_tensors_hooks``, each storage once, the
+    weights left out), times ``SAVED_TO_PEAK`` for the backward's own buffers on top."""
     n = len(x)
     x = x.to(device)
     if device.type == "cuda":
@@ -101,22 +106,18 @@ def peak_per_image(model, x: torch.Tensor, kind: str, device: torch.device) -> t
         torch.cuda.reset_peak_memory_stats(device)
         _pass(model, x, kind)
         return (torch.cuda.max_memory_allocated(device) - base) / n, "torch.cuda.max_memory_allocated"
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current resident set
-        base = _status_kb("VmRSS")
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         _pass(model, x, kind)
-        return max(0.0, _status_kb("VmHWM") - base) * 1024 / n, "peak resident set (VmHWM) growth"
-    except (OSError, ValueError):
-        return None, "unmeasured (no /proc/self/clear_refs)"
-
-
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise ValueError(key)
+    return SAVED_TO_PEAK * sum(seen.values()) / n, f"{SAVED_TO_PEAK:g} x the tensors saved for the backward"
 
 
 def free_memory(device: torch.device) -> tuple[float | None, str]:
@@ -149,12 +150,13 @@ def probe(model, ds, s: dict, device: torch.device, kinds: set) -> Probe:
     model.eval()
     try:
         for kind in ("forward", "backward", "second"):
-            if kind in kinds or kind == "backward":
+            if kind in kinds or kind in ("forward", "backward"):
                 p.unit[kind], p.call[kind], n = time_kind(model, x, kind, batch, device)
                 if kind == "backward":
                     p.peak_per_image, p.peak_source = peak_per_image(model, x[:n], kind, device)
-        with torch.no_grad():
-            p.accuracy = float((model.logits(x.to(device)).argmax(1).cpu() == y).float().mean())
+                if kind == "forward" and n >= ACCURACY_POINTS:  # as many points as the probe passed
+                    with torch.no_grad():
+                        p.accuracy = float((model.logits(x[:n].to(device)).argmax(1).cpu() == y[:n]).float().mean())
     finally:
         model.train(was)
     if "ssim" in kinds:
@@ -236,19 +238,19 @@ def total(lines: list[Line]) -> float:
     return sum(li.seconds or 0.0 for li in lines)
 
 
-def cuts(groups, s: dict, sizes: Sizes, p: Probe, cached: set, generation, gen_cost) -> list[tuple[str, float]]:
-    """The settings that cut the estimate most: -> [(option, seconds saved by halving it)], largest first."""
+def cuts(groups, s: dict, sizes: Sizes, p: Probe, cached: set, generation, gen_cost) -> list[tuple]:
+    """The settings that cut the estimate most: -> [(setting, half its value, seconds saved)], largest first."""
     base, out = total(estimate(groups, s, sizes, p, cached, generation)), []
     for k in CUTS:
-        v = s.get(k)
+        v = sizes.n_test if k == "n_eval" and s.get(k) is None else s.get(k)  # n_eval unset: all test points
         if not isinstance(v, int) or v < 2:
             continue
         s2 = dict(s, **{k: v // 2})
         gen2 = gen_cost(s2) if generation is not None else None
         saved = base - total(estimate(groups, s2, sizes, p, cached, gen2))
         if saved > 0.05 * base and saved > 1:
-            out.append((k, saved))
-    return sorted(out, key=lambda t: -t[1])[:3]
+            out.append((k, v // 2, saved))
+    return sorted(out, key=lambda t: -t[2])[:3]
 
 
 def format_lines(lines: list[Line], p: Probe, device, batch: int) -> list[str]:
@@ -334,7 +336,7 @@ def show(groups, ctx, s: dict, p: Probe, cached: set, log) -> list[Line]:
     log(f"  total about {duration(total(lines))}" + (f" (+ {unknown} group(s) of unknown cost)" if unknown else ""))
     best = cuts(groups, s, sizes, p, cached, gen, gen_cost)
     if best:
-        log("  cut most by: " + ", ".join(f"--{k.replace('_', '-')} {s[k] // 2} (saves {duration(v)})" for k, v in best))
+        log("  cut most by: " + ", ".join(f"--{k.replace('_', '-')} {n} (saves {duration(v)})" for k, n, v in best))
     return lines
 
 
