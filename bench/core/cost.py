@@ -11,7 +11,8 @@ The kinds of work (``KINDS``), each counted in images (one image through one pas
 - ``second``: a forward and a double backward (one Hutchinson probe of a Hessian's trace);
 - ``extractor``: an image through the FID feature extractor (Inception at 299 x 299);
 - ``ssim``: one SSIM comparison of two images (counted as images, no calls);
-- ``figure``: a panel (axes) of a figure drawn and saved, its calls the figures.
+- ``figure``: a panel (axes) of a figure drawn and saved, its calls the figures (the probe
+  times a figure: its panels do not change its time much).
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ class Work:
     def summary(self) -> str:
         parts = []
         for k, label in (("forward", "fwd"), ("backward", "fwd+bwd"), ("second", "2nd-order"),
-                         ("extractor", "extractor images"), ("ssim", "SSIM pairs"),
-                         ("figure", "figure panels")):
+                         ("extractor", "extractor images"), ("ssim", "SSIM pairs")):
             if getattr(self, k):
                 parts.append(f"{_count(getattr(self, k))} {label}")
+        if self.calls.get("figure"):
+            parts.append(f"{self.calls['figure']:.0f} figure(s)")
         return ", ".join(parts) or "nothing"
 
 
