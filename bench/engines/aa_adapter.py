@@ -328,4 +328,5 @@ def autoattack_work(n: int, accuracy: float | None, batch: int, num_classes: int
     robust, targets = n * acc, min(9, max(1, num_classes - 1))
     return (cost.passes("forward", n, batch, 2) + cost.passes("backward", robust, batch, 100)
             + cost.passes("backward", robust, batch, 2 * 100 * targets) + cost.passes("forward", robust, batch, 5000)
-            + cost.Work(note=f"AutoAttack upper bound: the {acc:.0%} of points classified correctly all survive"))
+            + cost.Work(note="AutoAttack upper bound: " + (f"the {acc:.0%} of points classified correctly all survive"
+                                                           if accuracy is not None else "every point survives")))
