@@ -60,13 +60,22 @@ for _command in (table, check, compare):  # the commands that read runs (bench/c
 @setting_options
 @click.option("--resume/--no-resume", default=True, show_default=True, help="reuse finished metrics in --out")
 @click.option("--name", default=None, help="the run's row label in tables (results.json run.name); changes no number")
-def run(model, suite, out, dataset, data_root, download, rb_model_dir, arch, device, resume, name, **settings):
+@click.option("--plan", "plan_only", is_flag=True, help="print the run's plan (each group's work and estimated time "
+              "on this device) and exit, writing nothing")
+def run(model, suite, out, dataset, data_root, download, rb_model_dir, arch, device, resume, name, plan_only,
+        **settings):
     """Evaluate a model; writes OUT/results.json, OUT/tables, OUT/figures, OUT/samples."""
     from bench.run import runner, several
 
     if rb_model_dir is not None and not any(m.startswith("rb:") for m in model):
         raise BenchError("--rb-model-dir is the folder of rb:NAME models; no --model rb:NAME was given")
 
+    if plan_only:  # each model's plan, nothing written
+        for m in model or (None,):
+            runner.run(model=m, suite=suite, out=Path(out) / several.model_stem(m) if len(model) > 1 else out,
+                       dataset=dataset, data_root=data_root, arch=arch, device=device, resume=resume,
+                       download=download, settings=settings, rb_model_dir=rb_model_dir, plan_only=True)
+        return
     if len(model) > 1:  # several: each into OUT/<stem>, then one bench table over them
         built = several.run_many(list(model), out, name=name, suite=suite, dataset=dataset, data_root=data_root,
                                  arch=arch, device=device, resume=resume, download=download, settings=settings,

@@ -23,11 +23,17 @@ def sha256(path: str | Path) -> str:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write, fsync, rename: a kill never leaves a half-written file under ``path``, and a failed
     write or rename leaves no temporary file behind."""
+    atomic_write_with(path, lambda f: f.write(data))
+
+
+def atomic_write_with(path: str | Path, write) -> None:
+    """``write(f)`` into a temporary file beside ``path``, then fsync and rename, as
+    ``atomic_write_bytes``: for a file written in parts, never held whole in memory."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from bench.core import progress
+from bench.core import cost, progress
 from bench.core.energy import evaluates
 from bench.runtime import distributed
 from bench.runtime.execution import Execution
@@ -314,3 +314,19 @@ def run_blocks(attack: Callable, model: torch.nn.Module, x: torch.Tensor, y: tor
     for p in states:
         remove_state(p)
     return out
+
+
+def autoattack_work(n: int, accuracy: float | None, batch: int, num_classes: int, version: str | None = "standard",
+                    norm: str | None = "Linf") -> cost.Work | None:
+    """pyautoattack's standard version (L-inf, L2) on n points, as work (``bench.core.cost``):
+    APGD-CE (100 steps) on all, then APGD-T and FAB-T (100 steps per target class, up to 9) and
+    Square (5,000 forward queries) on the points still robust, bounded above by the share
+    ``accuracy`` classified correctly; None (unknown) for another version or norm."""
+    if (version or "standard") != "standard" or (norm or "Linf") not in ("Linf", "L2"):
+        return None
+    acc = 1.0 if accuracy is None else accuracy
+    robust, targets = n * acc, min(9, max(1, num_classes - 1))
+    return (cost.passes("forward", n, batch, 2) + cost.passes("backward", robust, batch, 100)
+            + cost.passes("backward", robust, batch, 2 * 100 * targets) + cost.passes("forward", robust, batch, 5000)
+            + cost.Work(note="AutoAttack upper bound: " + (f"the {acc:.0%} of points classified correctly all survive"
+                                                           if accuracy is not None else "every point survives")))

@@ -5,7 +5,6 @@ generation key (``generation_key``: settings, model, data, code)."""
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -15,7 +14,8 @@ import numpy as np
 import torch
 
 from bench import __version__
-from bench.core.fileio import atomic_write_bytes
+from bench.core import cost
+from bench.core.fileio import atomic_write_with
 from bench.core.settings import DEFAULTS, GEN_SETTINGS
 from bench.engines.sampling import CHAIN_BLOCK, SGLDConfig, generate
 from bench.runtime import distributed
@@ -50,6 +50,13 @@ def generation_key(ctx) -> dict:
     return json.loads(json.dumps(key, sort_keys=True, default=str))
 
 
+def generation_cost(s, n_classes: int) -> cost.Work:
+    """The generated set's work: ``gen_steps`` SGLD steps (a forward and a backward each) for each
+    of ``n_gen`` chains, in batches of ``batch_size``, and its grid figure."""
+    n = int(s.get("n_gen") or DEFAULTS["n_gen"])
+    return cost.passes("backward", n, cost.batch(s), int(s.get("gen_steps") or DEFAULTS["gen_steps"])) + cost.figures(1)
+
+
 def samples_dir(ctx) -> Path:
     return Path(ctx.out) / "samples"
 
@@ -74,13 +81,14 @@ def load_samples(path: Path, key: dict | None = None):
 
 
 def save_samples(path: Path, x: torch.Tensor, y: torch.Tensor, meta: dict) -> Path:
-    """Write x (float32, NaN for diverged chains), y and the JSON ``meta`` atomically."""
+    """Write x (float32, NaN for diverged chains), y and the JSON ``meta`` atomically, streamed to
+    the file (numpy writes the arrays in chunks): no second copy of the images is made in memory
+    (x already float32 on the CPU is written as it is)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.savez(buf, x=x.detach().cpu().float().numpy(), y=y.detach().cpu().numpy().astype(np.int64),
-             meta=np.array(json.dumps(meta, sort_keys=True)))
-    atomic_write_bytes(path, buf.getvalue())
+    arrays = {"x": x.detach().cpu().float().numpy(), "y": y.detach().cpu().numpy().astype(np.int64),
+              "meta": np.array(json.dumps(meta, sort_keys=True))}
+    atomic_write_with(path, lambda f: np.savez(f, **arrays))
     return path
 
 

@@ -351,3 +351,11 @@ def _write_reference(key: dict, path: Path, stats: dict, features: torch.Tensor)
                      "going on without it (set JEAT_BENCH_CACHE to a writable folder)")
         return False
     return True
+
+
+def reference_at_hand(x: torch.Tensor, ext: features.Extractor, name: str, split: str = "train") -> bool:
+    """Whether ``reference_features`` of these images would find their features without the
+    extractor (shipped with features, or in the disk cache): the run's plan counts them otherwise."""
+    key, path = _reference_key(features.to_uint8_rgb(x), ext, name, split)
+    found = find_shipped(key)
+    return (found is not None and found[1] is not None) or path.is_file()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench.core import outcomes
+from bench.core import cost, outcomes
 from bench.core.binned_calibration import (  # noqa: F401  (re-exported: bench.functional, tests)
     adaptive_calibration_error,
     expected_calibration_error,
@@ -79,7 +79,19 @@ def _ece_result(ctx: Context, adversarial: bool) -> Result:
     return Result(ece, None, len(ok), details=details)
 
 
-@register("ece", "calibration", metrics=(Metric("ece", "ECE", False, "percent", ECE, 1.0, column="ECE (%)",
+def clean_cost(s, z: cost.Sizes) -> cost.Work:
+    """The clean forward, and a reliability diagram (two panels)."""
+    return cost.passes("forward", cost.count(s, "n_eval", z.n_test), cost.batch(s)) + cost.figures(1, 2)
+
+
+def fgsm_cost(s, z: cost.Sizes) -> cost.Work:
+    """FGSM: one forward+backward per point, then the clean and the attacked forward."""
+    n = cost.count(s, "n_eval", z.n_test)
+    return (cost.passes("backward", n, cost.batch(s)) + cost.passes("forward", n, cost.batch(s), 2)
+            + cost.figures(1, 2))
+
+
+@register("ece", "calibration", cost=clean_cost, metrics=(Metric("ece", "ECE", False, "percent", ECE, 1.0, column="ECE (%)",
                                                 portable=stable(2.0), bounds=(0.0, 1.0)),),
           settings=("n_eval", "ece_bins", *defense.SETTINGS), sharded=True)
 def ece_group(ctx: Context) -> dict[str, Result]:
@@ -87,7 +99,7 @@ def ece_group(ctx: Context) -> dict[str, Result]:
     return {"ece": _ece_result(ctx, adversarial=False)}
 
 
-@register("ece_fgsm", "calibration", metrics=(Metric("ece_fgsm", "ECE", False, "percent", ECE, 1.0, column="ECE FGSM (%)",
+@register("ece_fgsm", "calibration", cost=fgsm_cost, metrics=(Metric("ece_fgsm", "ECE", False, "percent", ECE, 1.0, column="ECE FGSM (%)",
                                                     portable=stable(2.0), bounds=(0.0, 1.0)),),
           settings=("n_eval", "ece_bins", "norm", "eps", *defense.SETTINGS), sharded=True)
 def ece_fgsm_group(ctx: Context) -> dict[str, Result]:
@@ -339,13 +351,13 @@ def _extra_results(ctx: Context, adversarial: bool) -> dict[str, Result]:
     return out
 
 
-@register("calibration_extra", "calibration", metrics=tuple(map(extra_spec, EXTRA)), settings=("n_eval", "ece_bins", *defense.SETTINGS), sharded=True)
+@register("calibration_extra", "calibration", cost=clean_cost, metrics=tuple(map(extra_spec, EXTRA)), settings=("n_eval", "ece_bins", *defense.SETTINGS), sharded=True)
 def calibration_extra_group(ctx: Context) -> dict[str, Result]:
     """NLL, Brier, MCE, adaptive ECE, the fitted temperature and the scaled ECE, NLL and Brier."""
     return _extra_results(ctx, adversarial=False)
 
 
-@register("calibration_extra_fgsm", "calibration", metrics=tuple(map(extra_spec, EXTRA_FGSM)),
+@register("calibration_extra_fgsm", "calibration", cost=fgsm_cost, metrics=tuple(map(extra_spec, EXTRA_FGSM)),
           settings=("n_eval", "ece_bins", "norm", "eps", *defense.SETTINGS), sharded=True)
 def calibration_extra_fgsm_group(ctx: Context) -> dict[str, Result]:
     """The same on the FGSM inputs (temperature from the clean held-out points)."""

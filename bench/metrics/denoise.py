@@ -39,7 +39,7 @@ import math
 
 import torch
 
-from bench.core import outcomes
+from bench.core import cost, outcomes
 from bench.core.energy import EnergyModel, evaluates
 from bench.engines.sampling import SGLDConfig, sgld
 from bench.engines.ssim import WIN, show_order, ssim
@@ -87,7 +87,18 @@ def langevin_denoise(model: EnergyModel, x_noisy: torch.Tensor, y: torch.Tensor,
 
 
 
-@register("denoise", "denoise",
+def denoise_cost(s, z: cost.Sizes) -> cost.Work:
+    """One Langevin chain per image up to the largest step count (forward+backward per step), and
+    the predicted label's forward."""
+    n = cost.count(s, "denoise_images", z.n_test)
+    steps = s["denoise_steps"]
+    steps = max(steps) if isinstance(steps, list | tuple) else int(steps)
+    counts = len(s["denoise_steps"]) if isinstance(s["denoise_steps"], list | tuple) else 1
+    return (cost.passes("backward", n, cost.batch(s), steps) + cost.passes("forward", n, cost.batch(s))
+            + cost.figures(1, min(n, N_SHOW) * (2 + counts)))
+
+
+@register("denoise", "denoise", cost=denoise_cost,
           metrics=(Metric("denoise_psnr_noisy", "dB", True, column="PSNR noisy", tolerance=absolute(0.5), portable=STABLE),
                    Metric("denoise_psnr", "dB", True, column="PSNR", tolerance=absolute(0.5), portable=STABLE),
                    Metric("denoise_ssim_noisy", "ssim", True, column="SSIM noisy", tolerance=absolute(0.02), range=2.0, portable=STABLE,

@@ -69,7 +69,7 @@ import math
 
 import torch
 
-from bench.core import outcomes
+from bench.core import cost, outcomes
 from bench.core.energy import Energy, EnergyModel, evaluates
 from bench.engines.taylor import JetUnsupported, forward_over_forward, hvp_batched, jet
 from bench.metrics import STABLE, Context, Metric, Result, mean_se, register, standard_error
@@ -334,7 +334,17 @@ def _metrics() -> tuple[Metric, ...]:
     return tuple(out)
 
 
-@register("fisher", "score", metrics=_metrics(),
+def fisher_cost(s, z: cost.Sizes) -> cost.Work:
+    """n_score points: the gradients of both energies, and per probe (or, with exact_trace, per input
+    dimension) a Taylor-mode pass (``jet``: the derivatives ride along a batched forward; timed as
+    one forward, as measured on the digits run: 7,200 probe-points in the time of as many forwards)."""
+    n = cost.count(s, "n_score", z.n_test)
+    per = math.prod(z.image_shape) if s.get("exact_trace") else int(s["probes"])
+    return (cost.passes("backward", n, cost.batch(s), 2)
+            + cost.passes("forward", n * per, cost.batch(s), note="jet passes timed as forwards"))
+
+
+@register("fisher", "score", metrics=_metrics(), cost=fisher_cost,
           settings=("seed", "n_score", "probes", "exact_trace", "fisher_space"), sharded=True)
 def fisher_group(ctx: Context) -> dict[str, Result]:
     """``jfs`` (Eq. 23, ground-truth labels) and ``mfs`` (Eq. 24) on the first ``n_score`` test

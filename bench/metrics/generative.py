@@ -41,11 +41,13 @@ from dataclasses import replace
 
 import torch
 
+from bench.core import cost
 from bench.core.settings import GEN_SETTINGS
 from bench.core.stats import proportion_se
 from bench.engines import features
 from bench.engines.features import FEATURE_BATCH, ISC_LAYER
 from bench.engines.sample_quality import (
+    DIVERSITY_MAX,
     FEATURE_METRICS,
     ISC_SPLITS,
     NO_LOGITS,
@@ -131,7 +133,18 @@ def reference_digests(ctx: Context) -> dict:
     return {"extractor": extractor, **files, "shipped_refstats": shipped}
 
 
-@register("is_fid", "generative",
+def is_fid_cost(s, z: cost.Sizes) -> cost.Work:
+    """The generated images through the extractor, the reference too unless its features are at
+    hand (shipped, --ref-stats or the disk cache), and diversity_ssim's pairs (both sets, capped)."""
+    n_gen = int(s.get("n_gen") or 0)
+    n_ref = cost.count(s, "n_ref", z.n_train)
+    ref = 0 if z.reference_cached or s.get("ref_stats") else n_ref
+    pairs = min(n_gen, DIVERSITY_MAX) ** 2 + min(n_ref, DIVERSITY_MAX) ** 2
+    note = f"FID reference: {ref} training images through the extractor, once (then cached)" if ref else ""
+    return cost.Work(extractor=n_gen + ref, ssim=pairs, calls={"extractor": 1 + (ref > 0)}, note=note)
+
+
+@register("is_fid", "generative", cost=is_fid_cost,
           metrics=(Metric("is_mean", "score", True, column="IS", tolerance=relative(0.10), portable=DRIFTING, bounds=(1.0, None)),
                    Metric("is_std", "score", tolerance=relative(0.25), portable=DRIFTING, bounds=(0.0, None)),
                    Metric("fid", "fid", False, column="FID", tolerance=relative(0.10), portable=DRIFTING, bounds=(0.0, None)),

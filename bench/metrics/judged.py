@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from bench.core import cost
 from bench.core.settings import GEN_SETTINGS
 from bench.engines import judges
 from bench.engines.density_coverage import NEAREST_K, density_coverage
@@ -110,7 +111,14 @@ def judge_scores(logits: torch.Tensor, feats: torch.Tensor, y: torch.Tensor, ref
     return out
 
 
-@register("judged", "generative",
+def judged_cost(s, z: cost.Sizes) -> cost.Work:
+    """The generated images and the judge's reference through the judge network, counted as
+    forwards of the evaluated model (the released judges share its architecture)."""
+    n = int(s.get("n_gen") or 0) + cost.count(s, "n_judge_ref", z.n_train)
+    return cost.passes("forward", n, cost.batch(s), note="judge timed as the evaluated model")
+
+
+@register("judged", "generative", cost=judged_cost,
           metrics=(Metric("is_judge", "score", True, column="IS (judge)", portable=DRIFTING, bounds=(1.0, None)),
                    Metric("fd_judge", "fd", False, column="FD (judge)", portable=DRIFTING, bounds=(0.0, None)),
                    Metric("fd_judge_inf", "fd", False, column="FD-inf (judge)", portable=DRIFTING),

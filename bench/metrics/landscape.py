@@ -40,7 +40,7 @@ import math
 
 import torch
 
-from bench.core import settings
+from bench.core import cost, settings
 from bench.core.energy import EnergyModel, evaluates
 from bench.core.stats import proportion_se
 from bench.metrics import MEAN, STABLE, Context, Metric, Result, mean_se, register
@@ -113,7 +113,14 @@ def landscape_summary(grid: torch.Tensor, centre: torch.Tensor, coords: torch.Te
 
 
 
-@register("landscape", "landscape",
+def landscape_cost(s, z: cost.Sizes) -> cost.Work:
+    """One forward per grid point per image; a contour figure per image and one of them all."""
+    n = cost.count(s, "landscape_images", z.n_test)
+    return (cost.passes("forward", n * int(s["landscape_resolution"]) ** 2, cost.batch(s))
+            + cost.figures(n) + cost.figures(1, n))
+
+
+@register("landscape", "landscape", cost=landscape_cost,
           metrics=(Metric("landscape_flatness", "energy", column="Flatness", tolerance=MEAN, portable=STABLE),
                    Metric.proportion("landscape_center_is_min", higher_is_better=None, display="float",
                                      column="Centre is min"),

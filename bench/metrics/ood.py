@@ -45,7 +45,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench.core import outcomes, settings
+from bench.core import cost, outcomes, settings
 from bench.core.roc import auroc, score_arrays  # auroc re-exported: bench.functional, tests
 from bench.core.stats import proportion_se
 from bench.engines import defense
@@ -262,7 +262,33 @@ def _histograms(ctx: Context, prefix: str, s_in: dict, s_out: dict, specs, title
                 r.details["figure"] = fig.rel
 
 
-@register("ood", "ood", metrics=specs("ood"), settings=OOD_SETTINGS, sharded=True, names=metric_names,
+def _ood_sizes(s, z: cost.Sizes) -> tuple[int, int, list[str]]:
+    """(in-distribution points, OOD points over all sets, scores)."""
+    n_in = cost.count(s, "n_eval", z.n_test)
+    n_out = int(s.get("n_ood") or n_in) * len(ood_sets(s))
+    return n_in, n_out, score_list(s)
+
+
+def ood_cost(s, z: cost.Sizes) -> cost.Work:
+    """Every point scored once: one forward for px and py, a forward+backward for pxgrad."""
+    n_in, n_out, which = _ood_sizes(s, z)
+    w = cost.passes("forward", n_in + n_out, cost.batch(s)) if {"px", "py"} & set(which) else cost.Work()
+    w += cost.figures(len(which), len(ood_sets(s)))  # a histogram figure per score, a panel per set
+    return w + (cost.passes("backward", n_in + n_out, cost.batch(s)) if "pxgrad" in which else cost.Work())
+
+
+def ood_adv_cost(s, z: cost.Sizes) -> cost.Work:
+    """Per score: the test points scored, and PGD (pgd_steps) on the OOD points raising it: a
+    forward+backward per step for px and py, a second-order pass per step for pxgrad."""
+    n_in, n_out, which = _ood_sizes(s, z)
+    b, steps, w = cost.batch(s), int(s["pgd_steps"]), cost.figures(len(which), len(ood_sets(s)))
+    for sc in which:
+        kind = "backward" if sc == "pxgrad" else "forward"
+        w += cost.passes(kind, n_in + n_out, b) + cost.passes("second" if sc == "pxgrad" else "backward", n_out, b, steps)
+    return w
+
+
+@register("ood", "ood", metrics=specs("ood"), cost=ood_cost, settings=OOD_SETTINGS, sharded=True, names=metric_names,
           inputs=set_digests)
 def ood_group(ctx: Context) -> dict[str, Result]:
     """AUROC, AUPR-in, AUPR-out and FPR95 of every score against every OOD set."""
@@ -277,7 +303,7 @@ def ood_group(ctx: Context) -> dict[str, Result]:
     return out
 
 
-@register("ood_adv", "ood", metrics=specs("ood_adv"), settings=ADV_SETTINGS, sharded=True,
+@register("ood_adv", "ood", metrics=specs("ood_adv"), cost=ood_adv_cost, settings=ADV_SETTINGS, sharded=True,
           names=lambda s: metric_names(s, adversarial=True), inputs=set_digests)
 def ood_adv_group(ctx: Context) -> dict[str, Result]:
     """The same measures after PGD has pushed every OOD point to raise the score under test."""

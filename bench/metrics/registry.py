@@ -122,6 +122,9 @@ class Group:
     # (the OOD images, the resolved feature extractor and reference files): they key its cache too
     inputs: Callable[..., dict] | None = None
     module: str = ""  # the module that registered it (its place in the suite order: module_rank)
+    # cost(settings, sizes: bench.core.cost.Sizes) -> bench.core.cost.Work: its work under a run's
+    # settings (bench run's plan, bench.run.plan); None: the plan says "cost unknown"
+    cost: Callable[..., object] | None = None
 
     def __post_init__(self):
         if "generated" in self.needs:  # the generated set depends on these: the group's numbers too
@@ -183,7 +186,8 @@ NEEDS = ("generated",)
 
 def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings: tuple[str, ...],
              sharded: bool = False, names: Callable[[dict], tuple[str, ...]] | None = None,
-             needs: tuple[str, ...] = (), inputs: Callable[..., dict] | None = None):
+             needs: tuple[str, ...] = (), inputs: Callable[..., dict] | None = None,
+             cost: Callable[..., object] | None = None):
     """Decorator: register ``fn(ctx) -> {metric: Result}`` as group ``name`` of ``suite`` (a new
     suite name makes a new suite: bench.metrics.suites).  ``metrics`` declares every metric the group
     returns, each a ``Metric`` (a bare name is a ``Metric`` with no facts: plain float, not
@@ -196,7 +200,8 @@ def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings:
     ``GEN_SETTINGS``, for it); every setting it reads is listed in ``settings`` (declared in
     ``bench.core.settings.SETTINGS``), which keys its cache: the group sees ``ctx.settings`` as a
     ``SettingsView`` of those, and reading another is an ``UndeclaredSetting`` error.  ``inputs(ctx)``
-    gives the digests of the files or data it reads beyond the settings, which key its cache too."""
+    gives the digests of the files or data it reads beyond the settings, which key its cache too.
+    ``cost(settings, sizes)`` gives its work (``bench.core.cost.Work``) for the run's plan."""
     specs = tuple(m if isinstance(m, Metric) else Metric(m) for m in metrics or ())
     if not specs:
         raise ValueError(f"group {name}: declare its metrics")
@@ -225,7 +230,7 @@ def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings:
 
         exact = tuple(sp.name for sp in specs if not sp.is_pattern)
         group = Group(name, suite, exact, tuple(settings), guarded, sharded, names, specs, tuple(needs), inputs,
-                      fn.__module__)
+                      fn.__module__, cost)
         GROUPS[name] = group
         return guarded
 

