@@ -116,14 +116,26 @@ def test_unknown_amp_mode_is_refused():
         fastpath.FastPath.from_settings({"amp": "fp16"})
 
 
-def test_fast_path_run_passes_check_against_the_plain_run(tmp_path):
+# the groups of the end-to-end comparison: clean accuracy, both PGD-20 attacks, the two ECEs and the
+# landscape, i.e. gradient-free passes (bf16), attack gradients (float32) and a grid of forwards.
+# AutoAttack (iteration-bound: minutes of CPU even on 4 points) is left to
+# tests/test_autoattack.py::test_autoattack_runs_in_float32_under_amp_bf16, which checks at the
+# unit level that every one of its passes stays float32 under --amp bf16.
+E2E_GROUPS = ("accuracy", "pgd20", "pgd20_energy", "ece", "ece_fgsm", "landscape")
+
+
+def test_fast_path_run_passes_check_against_the_plain_run(tmp_path, use_groups, one_thread):
     """End to end on the released JEAT checkpoint: bf16 + channels_last moves no metric beyond
     bench check's tolerance, and bench check accepts the comparison (noting the fast paths)."""
+    from bench.metrics import load_all
+
+    use_groups({k: g for k, g in load_all().items() if k in E2E_GROUPS})
     kw = dict(model=str(zoo.released_path()), suite="robust,calibration,landscape", log=lambda m: None,
-              settings={"n_eval": 100, "n_aa": 4, "landscape_images": 2, "landscape_resolution": 9})
+              settings={"n_eval": 100, "landscape_images": 2, "landscape_resolution": 9})
     plain = runner.run(out=tmp_path / "plain", **kw)
     kw["settings"] = dict(kw["settings"], amp="bf16", channels_last=True)
     fast = runner.run(out=tmp_path / "fast", **kw)
+    assert set(plain.metrics) == set(fast.metrics) >= {"accuracy", "pgd20", "ece_fgsm", "landscape_flatness"}
     assert fast.run["config"]["amp"] == "bf16" and plain.run["config"]["amp"] == "off"
     assert not check.setting_differences(plain, fast)
     report = check.compare(read_results(tmp_path / "plain"), read_results(tmp_path / "fast"))
