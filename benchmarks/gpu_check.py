@@ -49,6 +49,9 @@ PEAKS = {"H100": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4}, "H200": {"fp32": 
 PAPER_REDUCED = dict(data=(2000, 1000), arch="wrn-28-10", settings={
     "n_eval": 1000, "n_aa": 100, "n_gen": 1000, "n_ref": 2000, "n_score": 100, "probes": 16,
     "landscape_images": 4, "landscape_resolution": 41, "denoise_images": 200,
+    # the OOD groups attack every OOD set under every score (pxgrad: through a gradient norm): on
+    # --tiny ood_adv does 32x pgd20's FLOPs, so 500 points a set keep it near two minutes
+    "n_ood": 500,
 })
 TINY = dict(data=(40, 20), arch="wrn-10-1", settings={
     "n_eval": 8, "n_aa": 2, "batch_size": 8, "n_gen": 10, "gen_steps": 2, "n_ref": 10, "n_score": 2,
