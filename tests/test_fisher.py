@@ -43,9 +43,9 @@ def test_hutchinson_within_5_percent_of_exact_trace(digits):
 
 
 @pytest.mark.parametrize("method", ["jet", "forward", "reverse"])
-def test_relu_joint_trace_is_exactly_zero(digits, method):
+def test_relu_joint_trace_is_exactly_zero(digits, method, one_thread):
     m = tiny_model(act="relu", width=8).requires_grad_(False)
-    x, y = _points(digits)
+    x, y = _points(digits, 4)  # exact traces: 64 Hessian-vector products a point (reverse: 34 s CPU on 12)
     for kw in ({"exact": True}, {"probes": 8, "generator": torch.Generator().manual_seed(1)}):
         t = fisher_scores(m, x, y, method=method, **kw)
         assert torch.equal(t["joint"]["trace"], torch.zeros(len(x)))
@@ -148,20 +148,20 @@ def _by_hessian(model, x, y, kind: str) -> tuple[float, float]:
     return sum(grads) / len(grads), sum(traces) / len(traces)
 
 
-def test_fisher_group_through_context(digits, tmp_path):
+def test_fisher_group_through_context(digits, tmp_path, one_thread):
     g = load_all()["fisher"]
     assert g.suite == "score" and g.metrics == ("jfs", "mfs", "jfs_grad", "jfs_trace", "mfs_grad", "mfs_trace")
     assert {"n_score", "probes", "exact_trace", "seed"} <= set(g.settings) and "batch_size" not in g.settings
     m = tiny_model(act="softplus", width=4).requires_grad_(False)
-    s = dict(DEFAULTS, eps=0.1, n_score=40, probes=8, batch_size=16)
+    s = dict(DEFAULTS, eps=0.1, n_score=16, probes=8, batch_size=8)  # the exact pass: 64 HVPs a point
     res = g.fn(Context(m, digits, s, torch.device("cpu"), tmp_path))
-    again = g.fn(Context(m, digits, dict(s, batch_size=40), torch.device("cpu"), tmp_path))
+    again = g.fn(Context(m, digits, dict(s, batch_size=16), torch.device("cpu"), tmp_path))
     exact = g.fn(Context(m, digits, dict(s, exact_trace=True), torch.device("cpu"), tmp_path))
     for name in ("jfs", "mfs"):
         r = res[name]
-        assert r.n == 40 and r.value is not None and r.std is not None and r.std > 0
+        assert r.n == 16 and r.value is not None and r.std is not None and r.std > 0
         assert r.value == pytest.approx(r.details["grad_term"] - r.details["trace_term"], rel=1e-6, abs=1e-9)
-        assert r.std == pytest.approx(r.details["sd"] / 40**0.5)
+        assert r.std == pytest.approx(r.details["sd"] / 16**0.5)
         assert r.details["trace"].startswith("hutchinson") and r.details["trace_probe_se"] > 0
         assert r.details["second_derivatives"].startswith("second-order Taylor mode")
         assert again[name].value == pytest.approx(r.value, rel=1e-5, abs=1e-9)  # seeded, batch-independent
@@ -169,11 +169,11 @@ def test_fisher_group_through_context(digits, tmp_path):
         # the decomposition as metrics of its own: the details' terms, with their own standard errors
         assert res[f"{name}_grad"].value == pytest.approx(r.details["grad_term"], rel=1e-9)
         assert res[f"{name}_trace"].value == pytest.approx(r.details["trace_term"], rel=1e-9)
-        assert res[f"{name}_grad"].n == 40 and res[f"{name}_trace"].std > 0
+        assert res[f"{name}_grad"].n == 16 and res[f"{name}_trace"].std > 0
         assert exact[name].details["grad_term"] == pytest.approx(r.details["grad_term"], rel=1e-6)
         # Hutchinson's mean agrees with the exact one within a few of its own standard errors
         assert abs(r.details["trace_term"] - exact[name].details["trace_term"]) < 4 * r.details["trace_probe_se"]
-    direct = fisher_scores(m, digits.test.x[:40], digits.test.y[:40], exact=True)
+    direct = fisher_scores(m, digits.test.x[:16], digits.test.y[:16], exact=True)
     assert exact["jfs"].value == pytest.approx(direct["joint"]["score"].double().mean().item(), rel=1e-6)
     assert exact["mfs"].value == pytest.approx(direct["marginal"]["score"].double().mean().item(), rel=1e-6)
     # and those per-point terms against an independent computation on 6 of the points: the gradient
@@ -353,14 +353,14 @@ def _lse_reference(m, x, y):
     return {k: torch.stack(v) for k, v in out.items()}
 
 
-def test_piecewise_linear_traces_joint_zero_marginal_logsumexp(digits, tmp_path):
+def test_piecewise_linear_traces_joint_zero_marginal_logsumexp(digits, tmp_path, one_thread):
     """The paper's activation (leaky ReLU 0.2, no normalisation layer): the joint trace term is 0,
     the marginal one the log-sum-exp curvature computed from jacrev's Jacobian; the group's
     decomposition metrics equal those means, and both scores are >= 0 (as in the paper's Table 2)."""
     m = tiny_model(act="leaky_relu", width=4, seed=3).requires_grad_(False)
     assert not any(isinstance(mod, (nn.BatchNorm2d, nn.SiLU)) for mod in m.modules())
     assert any(isinstance(mod, nn.LeakyReLU) and mod.negative_slope == 0.2 for mod in m.modules())
-    n = 12
+    n = 4  # exact traces: 64 Hessian-vector products a point, twice
     x, y = digits.test.x[:n], digits.test.y[:n]
     ref = _lse_reference(m, x, y)
     assert ref["marginal_trace"].abs().min() > 1e-6  # the curvature is there to be found
