@@ -56,6 +56,14 @@ def one_thread():
 
 
 @pytest.fixture
+def one_thread_own_cache(one_thread, monkeypatch, tmp_path):
+    """One thread, and a ``$JEAT_BENCH_CACHE`` of the test's own: no cache entry of another test
+    (or of the user) serves a run that a fault test means to compute."""
+    monkeypatch.setenv("JEAT_BENCH_CACHE", str(tmp_path / "jeat-cache"))
+    yield
+
+
+@pytest.fixture
 def fid_cache_one_thread(tmp_path, monkeypatch):
     """An empty FID reference cache of the test's own, and one torch thread (restored after)."""
     monkeypatch.setenv("JEAT_BENCH_CACHE", str(tmp_path / "jeat-cache"))

@@ -72,7 +72,7 @@ def _metrics(path_or_bytes) -> dict:
 
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err, err
     return err
 
 

@@ -20,13 +20,7 @@ from tests.test_reliability import FAST, fitted_tiny_model
 WARNING = "warning: the model is not deterministic: two forward passes of the same images differ by up to"
 
 
-@pytest.fixture(autouse=True)
-def few_threads(monkeypatch, tmp_path):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("JEAT_BENCH_CACHE", str(tmp_path / "jeat-cache"))
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_own_cache")
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,22 +22,9 @@ from bench.metrics import Group, Result
 from bench.outputs import report
 from bench.run import outlock
 from tests.conftest import tiny_model
-from tests.test_reliability import FAST, META
+from tests.test_reliability import FAST, META, _one_error_line
 
-
-@pytest.fixture(autouse=True)
-def few_threads(monkeypatch, tmp_path):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("JEAT_BENCH_CACHE", str(tmp_path / "jeat-cache"))
-    yield
-    torch.set_num_threads(n)
-
-
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
+pytestmark = pytest.mark.usefixtures("one_thread_own_cache")
 
 
 # --------------------------------------------------------------------------------------------

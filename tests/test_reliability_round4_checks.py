@@ -19,14 +19,7 @@ from bench.core.errors import BenchError
 from bench.metrics import Group
 from tests.test_reliability import FAST, ROOT
 
-
-@pytest.fixture(autouse=True)
-def one_thread_own_cache(monkeypatch, tmp_path):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("JEAT_BENCH_CACHE", str(tmp_path / "jeat-cache"))
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_own_cache")
 
 
 def _one_error(capsys) -> str:
