@@ -41,10 +41,8 @@ def pack(flags, of: str) -> dict:
 def unpack(record) -> np.ndarray | None:
     """The booleans of a record; None for a missing or malformed one (never raises: a baseline
     edited by hand is judged by its values, and its record is then refused by ``consistent``)."""
-    if not isinstance(record, dict):
-        return None
-    bits, n = record.get("bits"), record.get("n")
-    if not isinstance(bits, str) or not isinstance(n, int) or isinstance(n, bool) or n < 0:
+    bits, n = _text_and_count(record, "bits")
+    if bits is None:
         return None
     try:
         raw = bytes.fromhex(bits)
@@ -77,10 +75,8 @@ def pack_values(values, of: str) -> dict:
 
 def unpack_values(record) -> np.ndarray | None:
     """The float64 values of a ``pack_values`` record; None for a missing or malformed one."""
-    if not isinstance(record, dict):
-        return None
-    raw, n = record.get("f32le"), record.get("n")
-    if not isinstance(raw, str) or not isinstance(n, int) or isinstance(n, bool) or n < 0:
+    raw, n = _text_and_count(record, "f32le")
+    if raw is None:
         return None
     try:
         data = base64.b64decode(raw, validate=True)
@@ -94,6 +90,17 @@ def unpack_values(record) -> np.ndarray | None:
 def values_of(details) -> np.ndarray | None:
     """The per-point floats a metric's ``details`` record, if any."""
     return unpack_values(details.get(VALUES_KEY)) if isinstance(details, dict) else None
+
+
+def _text_and_count(record, key: str) -> tuple[str | None, int]:
+    """(the record's encoded text under ``key``, its point count ``n``), or (None, 0) for a record
+    that is no dict or whose text or count is malformed (a bool, a negative or a non-integer n)."""
+    if not isinstance(record, dict):
+        return None, 0
+    text, n = record.get(key), record.get("n")
+    if not isinstance(text, str) or not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        return None, 0
+    return text, n
 
 
 def _numpy_bool(flags) -> np.ndarray:

@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from bench.core import outcomes
-from bench.core.paired import discordant, mcnemar_exact
+from bench.core.paired import discordant, mcnemar_exact, z_test
 from bench.core.results import Result
 
 ALPHA = 0.05
@@ -57,10 +57,7 @@ def p_value(a: Result, b: Result) -> float | None:
     se_a, se_b = _standard_error(a), _standard_error(b)
     if se_a is None or se_b is None:
         return None
-    spread = math.hypot(se_a, se_b)
-    if spread == 0:
-        return 0.0 if a.value != b.value else 1.0
-    return math.erfc(abs(a.value - b.value) / spread / math.sqrt(2))
+    return z_test(a.value - b.value, math.hypot(se_a, se_b))  # independent: sqrt(se_a^2 + se_b^2)
 
 
 def significantly_best(values: dict[int, float], results: dict[int, Result], how: str) -> set[int]:
