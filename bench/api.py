@@ -3,7 +3,7 @@
 
 A notebook user evaluates a model in memory, an ``nn.Module`` that returns logits, and gets the
 numbers ``bench run`` would give for the same weights, data, seed and settings: ``evaluate`` calls
-the runner (``bench.run.runner.run``) with the module where ``bench run`` passes a file, so the
+the runner (``bench.pipeline.runner.run``) with the module where ``bench run`` passes a file, so the
 settings, their names, validation, caching and results.json are the command line's.  ::
 
     import bench
@@ -163,7 +163,7 @@ def evaluate(model, data=None, suites: str | list[str] = "all", out: str | Path 
     from torch import nn
 
     from bench.core.energy import eval_mode
-    from bench.run import runner
+    from bench.pipeline import runner
 
     if not isinstance(model, nn.Module):
         raise BenchError(f"bench.evaluate takes an nn.Module (or an EnergyModel), not a {type(model).__name__}; "

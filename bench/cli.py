@@ -65,7 +65,7 @@ for _command in (table, check, compare):  # the commands that read runs (bench/c
 def run(model, suite, out, dataset, data_root, download, rb_model_dir, arch, device, resume, name, plan_only,
         **settings):
     """Evaluate a model; writes OUT/results.json, OUT/tables, OUT/figures, OUT/samples."""
-    from bench.run import runner, several
+    from bench.pipeline import runner, several
 
     if rb_model_dir is not None and not any(m.startswith("rb:") for m in model):
         raise BenchError("--rb-model-dir is the folder of rb:NAME models; no --model rb:NAME was given")
@@ -109,7 +109,7 @@ def train(recipe, out, epochs, device, seed, resume, data_root, download):
     """Train a model from a recipe (normal, noise, at, prejeat, jeat, jem).  Under torchrun
     (``torchrun --nproc_per_node=N -m bench train ...``) it trains data-parallel on N processes."""
     from bench import train as training
-    from bench.run import runner
+    from bench.pipeline import runner
 
     try:
         summary = training.train(recipe, out, epochs=epochs, device=str(runner.resolve_device(device)),
@@ -144,10 +144,10 @@ def samples(path, dataset, out, ref_stats, data_root, fid_extractor, extractor_w
     """Sample quality of any generator's images (an .npz with x [and y], a folder of PNGs, a .pt
     tensor): FID, KID, precision/recall, IS, SSIM nearest neighbours and diversity against the
     training split of DATASET; writes OUT/results.json, OUT/tables, OUT/report.html."""
-    from bench.run import samples_io
+    from bench.pipeline import samples_command
 
     out = out or Path("runs") / f"samples-{Path(path).stem or 'samples'}"
-    res = samples_io.evaluate(path, dataset, out, data_root=data_root, ref_stats=ref_stats,
+    res = samples_command.evaluate(path, dataset, out, data_root=data_root, ref_stats=ref_stats,
                               fid_extractor=fid_extractor, inception_weights=inception_weights, n_ref=n_ref,
                               device=device, extractor_weights=extractor_weights)
     width = max(len(k) for k in res.metrics)
@@ -182,7 +182,7 @@ def ref_stats(dataset, out, split, data_root, fid_extractor, extractor_weights, 
     from bench.engines import refstats
     from bench.engines.features import FEATURE_BATCH, ExtractorUnavailable, resolve_extractor
     from bench.inputs import data
-    from bench.run import runner
+    from bench.pipeline import runner
     from bench.runtime.execution import Execution
 
     fileio.check_writable(out)  # before minutes of features, not after them

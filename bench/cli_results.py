@@ -31,14 +31,14 @@ from bench.core.errors import BenchError
 def table(dirs, out, over_seeds, columns, rows, caption, label, with_paper):
     """Tables across runs (DIR/results.json), beside the paper's numbers where they compare: CSV,
     LaTeX (booktabs), Markdown and report.html into OUT; the Markdown is printed."""
-    from bench.outputs import tables
+    from bench.outputs import table_files
     from bench.outputs.table_select import Choice
 
     choice = Choice([c.strip() for c in columns.split(",") if c.strip()] if columns else None, list(rows) or None,
                     caption, label, with_paper)
-    built = tables.build(dirs, out, over_seeds=over_seeds, choice=choice)
+    built = table_files.build(dirs, out, over_seeds=over_seeds, choice=choice)
     for t in built.tables:
-        click.echo(tables.to_markdown(t))
+        click.echo(table_files.to_markdown(t))
     if built.report_error:
         click.echo(f"warning: report.html not written: {built.report_error}", err=True)
     click.echo(f"wrote {len(built.paths)} table files" + (f" and {built.report}" if built.report else "")

@@ -8,7 +8,7 @@ FLOPs counted, against the device's FLOP bound.
 
 The script writes a CIFAR-shaped synthetic data set (``npz:``; 2,000 training and 1,000 test
 images, 32x32x3, uniform noise with random labels) and a randomly initialised checkpoint (a plain
-state dict, ``--arch``), then runs ``bench.run.runner.run`` once per suite into its own output
+state dict, ``--arch``), then runs ``bench.pipeline.runner.run`` once per suite into its own output
 folder with a fresh reference-statistics cache (the FID reference is computed, as on a first run).
 
 Seconds: each group's ``compute`` call, the device synchronised before and after (the runner's
@@ -85,7 +85,7 @@ def timed_groups(device: torch.device, rows: list):
     """While open, every group the runner computes is timed and its FLOPs counted (a row each)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from bench.run import compute
+    from bench.pipeline import compute
 
     plain = compute.compute
 
@@ -128,7 +128,7 @@ def sync(device: torch.device) -> None:
 
 def run_suites(work: Path, scale: dict, suites, device: torch.device, log=print) -> tuple[list, dict]:
     """Each suite once through the runner: (one row per group, suite -> wall seconds of its run)."""
-    from bench.run import runner
+    from bench.pipeline import runner
 
     spec = write_data(work / "cifar-shaped.npz", *scale["data"])
     model = write_model(work / "model.pt", scale["arch"])

@@ -6,7 +6,7 @@
 K = 0 is plain inference.  The numbers are those of the ``adaptive`` group (bench.metrics.adaptive):
 a point is robust when correct clean and under attack in all R draws; ``pgd20`` is the plain attack
 evaluated once (as the ``pgd20`` metric does), ``pgd20_R`` the same attack over R draws.  Prints a
-Markdown table and the flags each configuration raised (bench.runtime.checks).
+Markdown table and the flags each configuration raised (bench.runtime.sanity).
 
 ``--json FILE`` also records each point's outcome per attack; ``--compare A.json B.json`` counts the
 points whose outcome differs between two such runs, e.g. one made under ``ATEN_CPU_CAPABILITY=default``
@@ -25,7 +25,7 @@ from bench.engines.attacks import bpda_eot_pgd, eot_pgd, pgd_restarts
 from bench.engines.defense import RefineConfig, RefinedModel
 from bench.inputs import checkpoints, data
 from bench.metrics.adaptive import survives
-from bench.runtime import checks
+from bench.runtime import sanity
 
 
 def main() -> None:
@@ -76,7 +76,7 @@ def _evaluate(model, x, y, eps, a) -> dict:
     def robust(attack, repeats):
         adv = x.clone()
         adv[idx] = attack(model, x[idx], y[idx], eps, "Linf", generator=torch.Generator().manual_seed(2))
-        checks.check_in_ball(x, adv, eps, "Linf")
+        sanity.check_in_ball(x, adv, eps, "Linf")
         return clean & survives(model, adv, y, repeats)
 
     plain = robust(lambda m, xx, yy, e, nm, generator: pgd_restarts(m, xx, yy, e, kw["steps"], kw["step_size"],
@@ -102,8 +102,8 @@ def _evaluate(model, x, y, eps, a) -> dict:
         worst &= f
     out["points"]["worst"] = _bits(worst)
     out["worst"] = worst.double().mean().item()
-    raised = checks.collect([checks.randomness_flag(model, x, None, "pgd20"),
-                             checks.gradient_flag(checks.masked_share(model, x, y), len(x), "pgd20")])
+    raised = sanity.collect([sanity.randomness_flag(model, x, None, "pgd20"),
+                             sanity.gradient_flag(sanity.masked_share(model, x, y), len(x), "pgd20")])
     out["flags"] = [f["flag"] for f in raised]
     return out
 

@@ -16,7 +16,7 @@ from bench.core.settings import DEFAULTS
 from bench.engines import aa_adapter
 from bench.metrics import Context, load_all
 from bench.metrics import robustness as rob
-from bench.outputs import tables
+from bench.outputs import table_files
 from bench.runtime import fastpath
 from tests.conftest import tiny_model, trained_model
 
@@ -112,14 +112,14 @@ def test_table3_puts_side_by_side_only_numbers_from_the_same_points(tmp_path):
         "accuracy_aa": _metric(0.90, 450), "pgd20_aa": _metric(0.70, 450)})
     old = _run(tmp_path, "c", "jem", {  # an older results file: AutoAttack on a subset, no _aa metrics
         "accuracy": _metric(0.95, 450), "pgd20": _metric(0.48, 450), "autoattack": _metric(0.55, 100)})
-    t = next(t for t in tables.build([subset, everywhere, old], tmp_path / "out", report=False).tables
+    t = next(t for t in table_files.build([subset, everywhere, old], tmp_path / "out", report=False).tables
              if t.name == "table3")
     assert list(t.columns) == ["Standard Accuracy", "Robustness (PGD-20, Linf)", "AutoAttack (Linf)"]
     ours = t.df[t.df["source"] == "ours"].reset_index(drop=True)[list(t.columns)]  # the numbers, not the context
     assert ours.iloc[0, 0:].tolist() == pytest.approx([97.0, 87.0, 82.0])  # all on the 100 points
     assert ours.iloc[1, 0:].tolist() == pytest.approx([90.0, 70.0, 65.0])
     assert ours.iloc[2, 0:2].tolist() == pytest.approx([95.0, 48.0]) and math.isnan(ours.iloc[2, 2])
-    md = tables.to_markdown(t)
+    md = table_files.to_markdown(t)
     assert "AutoAttack ran on 100 points, the other columns on 450" in md
     assert "first 100 of the test split" in md
     row_a = next(line for line in md.splitlines() if line.startswith("| JEAT |"))  # no checkpoint path: its method

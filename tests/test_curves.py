@@ -21,7 +21,7 @@ from bench.core.stats import proportion_se
 from bench.engines.attacks import pgd
 from bench.metrics import Context, _seed_for, curves, load_all, registry
 from bench.metrics import robustness as rob
-from bench.outputs import tables
+from bench.outputs import table_files
 from tests.conftest import tiny_model, trained_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -145,9 +145,9 @@ def test_run_and_bench_table_write_the_curves(digits, tmp_path):
                       {"config": dict(DEFAULTS, eps=0.1), "name": f"model {i}"}, out)
         res.write(d / "results.json")
         runs.append(res)
-        paths = tables.write_run_tables(res, d / "tables")
+        paths = table_files.write_run_tables(res, d / "tables")
         assert d / "tables" / "curve_pgd20.csv" in paths
-    built = tables.build([tmp_path / "run0", tmp_path / "run1"], tmp_path / "t")
+    built = table_files.build([tmp_path / "run0", tmp_path / "run1"], tmp_path / "t")
     assert (tmp_path / "t" / "robustness_curves.png").stat().st_size > 0
     assert built.report is not None and "robustness_curves.png" in built.report.read_text()
     rows = list(csv.DictReader((tmp_path / "t" / "curve_pgd20.csv").open()))

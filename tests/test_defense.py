@@ -1,4 +1,4 @@
-"""Defended inference and adaptive attacks (bench.engines.defense, bench.engines.attacks' EOT/BPDA, bench.runtime.checks).
+"""Defended inference and adaptive attacks (bench.engines.defense, bench.engines.attacks' EOT/BPDA, bench.runtime.sanity).
 
 References are exact: a linear classifier's robust accuracy in an L-inf ball is known in closed
 form (x robust iff margin(x) > eps * ||w||_1, away from the [0, 1] walls), and the full gradient
@@ -13,7 +13,7 @@ from torch import nn
 from bench.core.energy import EnergyModel
 from bench.engines.attacks import bpda_eot_pgd, eot_pgd, pgd
 from bench.engines.defense import RefineConfig, RefinedModel, defended
-from bench.runtime import checks
+from bench.runtime import sanity
 
 D, EPS = 16, 0.1
 
@@ -94,19 +94,19 @@ def test_plain_pgd_overestimates_a_stochastic_model_and_eot_closes_the_gap():
     assert 0.3 < exact < 0.7
     assert plain > exact + 0.15  # one draw per gradient: far too optimistic
     assert eot == pytest.approx(exact, abs=0.01)  # the expectation's gradient: the true attack
-    assert checks.randomness_flag(model, x, None, "pgd20")["flag"] == "randomness_without_eot"
-    assert checks.randomness_flag(model, x, 200, "eot_pgd") is None
+    assert sanity.randomness_flag(model, x, None, "pgd20")["flag"] == "randomness_without_eot"
+    assert sanity.randomness_flag(model, x, 200, "eot_pgd") is None
     deterministic = EnergyModel(Quantised(w, b), 0.0, 1.0, (1, 4, 4), 2)
-    assert checks.randomness_flag(deterministic, x, None, "pgd20") is None
+    assert sanity.randomness_flag(deterministic, x, None, "pgd20") is None
 
 
 def test_masked_gradients_flag_fires_and_bpda_recovers_the_attack():
     x, y, w, b = _points()
     model = QuantisedModel(Quantised(w, b), 0.0, 1.0, (1, 4, 4), 2)
-    share = checks.masked_share(model, x, y)
+    share = sanity.masked_share(model, x, y)
     assert share == 1.0  # rounding: zero gradient at every point
-    assert checks.gradient_flag(share, len(x), "pgd20")["flag"] == "masked_gradients"
-    assert checks.gradient_flag(checks.masked_share(EnergyModel(NoisyGradient(w, b, 0.0), 0.0, 1.0), x, y),
+    assert sanity.gradient_flag(share, len(x), "pgd20")["flag"] == "masked_gradients"
+    assert sanity.gradient_flag(sanity.masked_share(EnergyModel(NoisyGradient(w, b, 0.0), 0.0, 1.0), x, y),
                                 len(x), "pgd20") is None
     with torch.no_grad():
         clean = (model.logits(x).argmax(1) == y).double().mean().item()
@@ -166,7 +166,7 @@ def test_refined_logits_are_random_and_none_is_the_plain_model():
                                "refine_step_size": 0.5, "refine_noise": 0.05}, torch.Generator().manual_seed(0))
     a, b = refined.logits(x), refined.logits(x)
     assert a.shape == (4, 3) and not torch.equal(a, b)
-    assert not checks.determinism(refined, x)["deterministic"]
+    assert not sanity.determinism(refined, x)["deterministic"]
 
 
 def test_adaptive_group_through_compute_on_the_defended_model(digits, tmp_path, monkeypatch):
@@ -175,7 +175,7 @@ def test_adaptive_group_through_compute_on_the_defended_model(digits, tmp_path, 
     (so the worst case is at most every attack), and the flags are recorded and gathered."""
     from bench.core.settings import DEFAULTS
     from bench.metrics import Context, adaptive, load_all
-    from bench.run import compute
+    from bench.pipeline import compute
     from tests.conftest import tiny_model
 
     monkeypatch.setattr(adaptive, "_aa", lambda ctx: (lambda m, x, y, e, nm, generator=None: x))  # AA: its own tests
@@ -196,4 +196,4 @@ def test_adaptive_group_through_compute_on_the_defended_model(digits, tmp_path, 
     assert out["pgd20_defended"].details["threat_model"]["defense"]["refine_steps"] == 2
     assert [f["flag"] for f in out["pgd20_defended"].details["flags"]] == ["randomness_without_eot"]
     assert "flags" not in out["eot_pgd"].details  # EOT used: no randomness flag
-    assert {f["metric"] for f in checks.run_flags(out)} >= {"pgd20_defended"}
+    assert {f["metric"] for f in sanity.run_flags(out)} >= {"pgd20_defended"}

@@ -11,7 +11,7 @@ from bench.engines.attacks import pgd
 from bench.inputs import zoo
 from bench.metrics.fisher import fisher_scores
 from bench.outputs import check
-from bench.run import runner
+from bench.pipeline import runner
 from bench.runtime import fastpath
 from bench.runtime.execution import Execution
 from tests.conftest import trained_model

@@ -22,7 +22,7 @@ from bench.engines.sampling import BlockNoise, ReplayBuffer, SGLDConfig, generat
 from bench.inputs import checkpoints, data
 from bench.metrics import Context
 from bench.metrics import generative as G
-from bench.run import runner
+from bench.pipeline import runner
 from bench.runtime.execution import Execution
 from tests.conftest import tiny_model
 
@@ -693,7 +693,7 @@ class NaNForClasses(nn.Module):
 def test_diverged_fraction_is_reported_and_nulls_is_fid_above_the_threshold(tmp_path, tiny_fe):
     from bench.core.results import Results
     from bench.metrics import load_all
-    from bench.outputs import paper_tables, tables
+    from bench.outputs import paper_layout, table_files
 
     g = load_all()["is_fid"]
     assert "diverged_fraction" in g.metrics and "max_diverged" in g.settings
@@ -723,28 +723,28 @@ def test_diverged_fraction_is_reported_and_nulls_is_fid_above_the_threshold(tmp_
             validate(dict(DEFAULTS, max_diverged=bad))
     # Table 2 shows the share (in %) beside IS and FID
     run = Results({"method": "jeat", "arch": "toy", "dataset": "fake"}, {"config": {}}, res)
-    t2 = paper_tables.table2([run])
+    t2 = paper_layout.table2([run])
     assert t2.columns["Diverged (%)"] == "diverged_fraction"
     assert t2.df.loc[0, "Diverged (%)"] == pytest.approx(25.0)
-    md = tables.to_markdown(t2)
+    md = table_files.to_markdown(t2)
     assert "| 25.00 |" in md and "10 of 40 SGLD chains diverged" in md
 
 
 def test_table2_footnotes_the_fisher_space(tmp_path):
     from bench.core.results import Results
     from bench.metrics import Result
-    from bench.outputs import paper_tables, tables
+    from bench.outputs import paper_layout, table_files
 
     def run(space):
         return Results({"method": "jeat", "arch": "toy", "dataset": "fake"}, {"config": {"fisher_space": space}},
                        {"jfs": Result(0.5, 0.01, 10, details={"fisher_space": space}),
                         "mfs": Result(1.5, 0.01, 10, details={"fisher_space": space})})
 
-    md = tables.to_markdown(paper_tables.table2([run("pixel"), run("model")]))
-    assert paper_tables.FISHER_SPACE_NOTES["paper"] in md  # beside the paper's JFS/MFS
-    assert paper_tables.FISHER_SPACE_NOTES["pixel"] in md and paper_tables.FISHER_SPACE_NOTES["model"] in md
+    md = table_files.to_markdown(paper_layout.table2([run("pixel"), run("model")]))
+    assert paper_layout.FISHER_SPACE_NOTES["paper"] in md  # beside the paper's JFS/MFS
+    assert paper_layout.FISHER_SPACE_NOTES["pixel"] in md and paper_layout.FISHER_SPACE_NOTES["model"] in md
     paper_jeat = [line for line in md.splitlines() if line.startswith("| paper: JEAT")][0]
-    mark = md[md.index(paper_tables.FISHER_SPACE_NOTES["paper"]) - 4:].split("]")[0].split("[")[-1]
+    mark = md[md.index(paper_layout.FISHER_SPACE_NOTES["paper"]) - 4:].split("]")[0].split("[")[-1]
     assert f"0.023 [{mark}]" in paper_jeat
 
 

@@ -19,8 +19,8 @@ from bench.engines.attacks import check_in_ball, fgsm, pgd, uniform_start
 from bench.inputs import checkpoints, zoo
 from bench.metrics import Context, load_all
 from bench.metrics import robustness as rob
-from bench.outputs import paper_tables, tables
-from bench.run import cache_keys, runner
+from bench.outputs import paper_layout, table_files
+from bench.pipeline import cache_keys, runner
 from tests.conftest import trained_model
 
 EPS = 0.5
@@ -184,12 +184,12 @@ def _run(root, name, norm, eps):
 
 
 def test_table3_columns_name_the_norm(tmp_path):
-    t = paper_tables.table3([r for _, r in tables.load_runs([_run(tmp_path, "a", "L2", 0.5)])])
+    t = paper_layout.table3([r for _, r in table_files.load_runs([_run(tmp_path, "a", "L2", 0.5)])])
     assert list(t.columns) == ["Standard Accuracy", "Robustness (PGD-20, L2)", "AutoAttack (L2)"]
-    assert "paper: Linf, eps 8/255" in tables.to_markdown(t)  # the paper's rows are L-inf
-    mixed = paper_tables.table3([r for _, r in tables.load_runs([tmp_path / "a", _run(tmp_path, "b", "Linf", 0.1)])])
+    assert "paper: Linf, eps 8/255" in table_files.to_markdown(t)  # the paper's rows are L-inf
+    mixed = paper_layout.table3([r for _, r in table_files.load_runs([tmp_path / "a", _run(tmp_path, "b", "Linf", 0.1)])])
     assert list(mixed.columns) == ["Standard Accuracy", "Robustness (PGD-20)", "AutoAttack"]
-    md = tables.to_markdown(mixed)
+    md = table_files.to_markdown(mixed)
     assert "L2, eps 0.5" in md and "Linf, eps 0.1" in md
 
 

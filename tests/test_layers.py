@@ -146,7 +146,7 @@ def test_no_cycle_among_top_level_imports():
 # the layers, lowest first: a module imports only modules of its own layer or of layers below
 # (docs/ARCHITECTURE.md); bench.cli, bench.api, bench.functional, bench.train and the bench.data
 # shim sit on top and may import any of them
-LAYERS = ("core", "runtime", "inputs", "engines", "metrics", "outputs", "run")
+LAYERS = ("core", "runtime", "inputs", "engines", "metrics", "outputs", "pipeline")
 # what reads metric facts only: the registry's declarations, not a metric's code
 FACTS = {"bench.metrics", "bench.metrics.registry", "bench.metrics.catalog", "bench.metrics.suites"}
 
@@ -172,9 +172,9 @@ def upward(g: dict[str, set[str]]) -> list[str]:
 
 
 def test_the_layer_rule_finds_an_upward_import():
-    g = {"bench.core.a": {"bench.engines.b"}, "bench.engines.b": {"bench.core.a"}, "bench.cli": {"bench.run.x"},
-         "bench.run.x": {"bench.cli"}}
-    assert upward(g) == ["bench.core.a -> bench.engines.b", "bench.run.x -> bench.cli"]
+    g = {"bench.core.a": {"bench.engines.b"}, "bench.engines.b": {"bench.core.a"}, "bench.cli": {"bench.pipeline.x"},
+         "bench.pipeline.x": {"bench.cli"}}
+    assert upward(g) == ["bench.core.a -> bench.engines.b", "bench.pipeline.x -> bench.cli"]
 
 
 def test_no_module_imports_a_layer_above_its_own():
@@ -201,7 +201,7 @@ def test_layer_boundaries(module, forbidden):
     assert bad == [], f"{module} imports {bad}"
 
 
-@pytest.mark.parametrize("module", ["bench.outputs.check", "bench.outputs.tables", "bench.outputs.report"])
+@pytest.mark.parametrize("module", ["bench.outputs.check", "bench.outputs.table_files", "bench.outputs.report"])
 def test_outputs_read_facts_not_metric_code(module):
     known = modules()
     got = imports(module, known[module], known, top_level=False)
@@ -214,15 +214,15 @@ def test_no_cycle_among_all_imports():
     assert cycles(graph(top_level=False)) == []
 
 
-OUTPUTS = ("bench.core.results", "bench.outputs.check", "bench.outputs.check_output", "bench.outputs.paper_tables", "bench.outputs.table_format",
-           "bench.outputs.tables", "bench.outputs.report")
+OUTPUTS = ("bench.core.results", "bench.outputs.check", "bench.outputs.check_output", "bench.outputs.paper_layout", "bench.outputs.table_text",
+           "bench.outputs.table_files", "bench.outputs.report")
 
 
 def test_outputs_depend_one_way():
-    """report.html is built from the tables' content and formats (paper_tables, table_format);
+    """report.html is built from the tables' content and formats (paper_layout, table_text);
     ``bench table`` (tables.build) writes the report: report never imports tables, anywhere."""
     g = graph(top_level=False)
-    assert "bench.outputs.report" in g["bench.outputs.tables"] and "bench.outputs.tables" not in g["bench.outputs.report"]
+    assert "bench.outputs.report" in g["bench.outputs.table_files"] and "bench.outputs.table_files" not in g["bench.outputs.report"]
     assert cycles({m: g[m] & set(OUTPUTS) for m in OUTPUTS}) == []
 
 

@@ -198,7 +198,7 @@ def test_bad_ood_options_are_one_line_errors(tmp_path, capsys):
 def test_a_changed_ood_file_is_not_served_from_the_cache(tmp_path, digits):
     """The cache keys each OOD set by its images: the same npz: path with other images recomputes
     (before, 1.0 was served where a fresh run gave about 0.5)."""
-    from bench.run import runner
+    from bench.pipeline import runner
 
     f = tmp_path / "other.npz"
     flat = np.full((20, 8, 8), 0.0, np.float32)  # far from the digits: AUROC of px, py high
@@ -219,7 +219,7 @@ def test_ood_adv_scores_both_sides_through_one_path_under_bf16(tmp_path, digits)
     """Under --amp bf16, eps 0 (the attack moves nothing) and the in-distribution images as the OOD
     set, both sides are the same images: every AUROC is exactly 1/2.  Before, the in-distribution
     px/py came from float32 logits (beside pxgrad's gradient) and the attacked points' from bf16."""
-    from bench.run import runner
+    from bench.pipeline import runner
 
     f = tmp_path / "same.npz"
     np.savez(f, x=digits.test.x[:30, 0].numpy())

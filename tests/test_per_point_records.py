@@ -54,7 +54,7 @@ def test_auroc_records_and_the_paired_delong_test(tmp_path):
 
     from bench.core.results import read
     from bench.outputs import compare
-    from bench.run import runner
+    from bench.pipeline import runner
 
     settings = {"n_eval": 25, "ood": "uniform", "ood_scores": "px,py", "pgd_steps": 2}
     for name in ("jeat", "normal"):

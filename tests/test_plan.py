@@ -1,4 +1,4 @@
-"""The run's plan (bench/run/plan.py): the groups' declared work against hand counts, --plan
+"""The run's plan (bench/pipeline/plan.py): the groups' declared work against hand counts, --plan
 writing nothing, cached groups shown as cached, the batch size lowered to the free memory, and
 the generated set written without a second copy in memory."""
 
@@ -13,7 +13,7 @@ from bench.core import cost
 from bench.engines import generation
 from bench.inputs import checkpoints
 from bench.metrics import registry
-from bench.run import plan, runner
+from bench.pipeline import plan, runner
 from tests.conftest import tiny_model
 
 META = {"arch": "digits-cnn", "arch_kwargs": {"width": 4, "act": "silu"}, "num_classes": 10,

@@ -14,7 +14,7 @@ from bench.engines import features as F
 from bench.engines import refstats
 from bench.engines import sample_quality as Q
 from bench.inputs import checkpoints
-from bench.run import runner
+from bench.pipeline import runner
 from bench.runtime.execution import Execution
 from tests.conftest import tiny_model
 from tests.test_generative import META, TINY, digits_npz, tiny_extractors

@@ -12,7 +12,7 @@ from bench.cli import main
 from bench.core.results import read
 from bench.inputs import checkpoints
 from bench.metrics import PROPORTION, Metric, Result, register, relative, suites
-from bench.outputs import more_tables
+from bench.outputs import all_tables
 from bench.outputs.check_rules import statistical as default_tolerance
 from tests.conftest import tiny_model
 
@@ -60,7 +60,7 @@ def test_an_undeclared_returned_name_is_refused(registry, ckpt, tmp_path):
         return {"widget_share": Result(0.25, n=40), "gadget": Result(1.0, n=1)}
 
     with pytest.raises(RuntimeError, match=r"leaky returned undeclared metric\(s\) \['gadget'\]"):
-        from bench.run import runner
+        from bench.pipeline import runner
         runner.run(ckpt, "gadgetry", tmp_path / "run", device="cpu", log=lambda m: None)
     # a group whose names depend on the settings: each name must fall under one of its patterns
     g = metrics.Group("named", "gadgetry", (), (), leaky, names=lambda s: ("w_1", "v_1"), specs=(Metric("w_*"),))
@@ -107,7 +107,7 @@ def test_a_new_group_with_a_new_suite_is_one_module(registry, ckpt, tmp_path, ca
     # tables: its suite's table, the share in percent, best by its declared direction
     md = (out / "tables" / "gadgetry.md").read_text()
     assert "| Model | Data set | n | Widgets (%) | Size |" in md and "| 25.00 | 3.00 |" in md
-    t = more_tables.suite_tables([res, res])[0]
+    t = all_tables.suite_tables([res, res])[0]
     assert t.better == {"Widgets (%)": "max", "Size": "min"}
     assert json.loads((out / "results.json").read_text())["metrics"]["widget_share"]["value"] == 0.25
 
@@ -120,7 +120,7 @@ def test_reading_an_undeclared_setting_is_an_error_naming_group_and_setting(regi
     """The logit_margin of the guide, with n_eval read but not declared: before, a rerun at another
     --n-eval was served from the cache; now the first read is an error (in use and in tests)."""
     from bench.metrics.registry import UndeclaredSetting
-    from bench.run import runner
+    from bench.pipeline import runner
 
     def margin(ctx):
         n = ctx.settings["n_eval"]
@@ -240,7 +240,7 @@ def test_the_suite_lists_of_the_cli_and_the_readme_are_the_registry_s(registry, 
 def test_the_architecture_map_names_what_exists():
     """docs/ARCHITECTURE.md names every module of bench/ (the top-level files by path, those of the
     layer packages by name in their package's row) and only names that exist (it named
-    bench.metrics._MODULES, which did not, and left out registry.py, samples_io.py, errors.py)."""
+    bench.metrics._MODULES, which did not, and left out registry.py, samples_command.py, errors.py)."""
     import importlib
     import re
     from pathlib import Path
@@ -250,7 +250,7 @@ def test_the_architecture_map_names_what_exists():
     modules = sorted(p.relative_to(root).as_posix() for p in (root / "bench").glob("*.py") if not p.name.startswith("_"))
     assert [m for m in modules if f"`{m}`" not in text] == []
     rows = {line.split("|")[2].strip(" `"): line for line in text.splitlines() if line.startswith("| ") and "`bench/" in line}
-    for pkg in ("core", "runtime", "inputs", "engines", "metrics", "outputs", "run"):
+    for pkg in ("core", "runtime", "inputs", "engines", "metrics", "outputs", "pipeline"):
         row = rows.get(f"bench/{pkg}/", "")
         named = sorted(p.stem for p in (root / "bench" / pkg).glob("*.py") if not p.name.startswith("_"))
         assert [m for m in named if f"`{m}`" not in row] == [], pkg

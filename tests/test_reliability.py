@@ -22,7 +22,7 @@ from bench import metrics
 from bench.cli import main
 from bench.inputs import checkpoints, data
 from bench.metrics import Group, Result
-from bench.run import runner
+from bench.pipeline import runner
 from tests.conftest import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

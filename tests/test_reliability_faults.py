@@ -95,16 +95,16 @@ def test_alpha_pngs_refused_by_name(tmp_path, mode, capsys, ckpt):
 
 def test_one_image_reader_for_data_ood_and_samples(tmp_path):
     from bench.inputs import ood_data
-    from bench.run import samples_io
+    from bench.pipeline import samples_command
 
     _digit_folder(tmp_path / "p", "P")
     ds = data.load(f"folder:{tmp_path / 'p'}")
     ood = ood_data._folder(tmp_path / "p", 1000)
-    sam = samples_io.read_samples(tmp_path / "p", shape=(1, 8, 8))
+    sam = samples_command.read_samples(tmp_path / "p", shape=(1, 8, 8))
     assert torch.equal(ood.sort(0).values, ds.test.x.sort(0).values)
     assert torch.equal(sam.x, ds.test.x)
     _digit_folder(tmp_path / "a", "RGBA")
-    for read in (lambda: ood_data._folder(tmp_path / "a", 10), lambda: samples_io.read_samples(tmp_path / "a")):
+    for read in (lambda: ood_data._folder(tmp_path / "a", 10), lambda: samples_command.read_samples(tmp_path / "a")):
         with pytest.raises(BenchError, match="alpha channel"):
             read()
 

@@ -14,7 +14,7 @@ import torch
 from bench.cli import main
 from bench.core.errors import BenchError
 from bench.metrics import Group, registry
-from bench.run import outlock
+from bench.pipeline import outlock
 from tests.test_reliability import FAST, fitted_tiny_model
 
 WARNING = "warning: the model is not deterministic: two forward passes of the same images differ by up to"

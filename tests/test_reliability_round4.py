@@ -20,7 +20,7 @@ from bench.core.errors import BenchError
 from bench.inputs import checkpoints
 from bench.metrics import Group, Result
 from bench.outputs import report
-from bench.run import outlock
+from bench.pipeline import outlock
 from tests.conftest import tiny_model
 from tests.test_reliability import FAST, META, _one_error_line
 

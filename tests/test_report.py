@@ -15,7 +15,7 @@ from bench.cli import main
 from bench.core import results
 from bench.inputs import checkpoints
 from bench.outputs import report
-from bench.run import runner
+from bench.pipeline import runner
 from tests.test_tables import make_run, metric
 
 HOSTILE = '<script>alert("x")</script> & <b>'

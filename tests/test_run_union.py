@@ -9,7 +9,7 @@ from bench import cli
 from bench.core.errors import BenchError
 from bench.inputs import checkpoints
 from bench.metrics import Group, Result
-from bench.run import runner
+from bench.pipeline import runner
 from tests.conftest import tiny_model
 from tests.test_runner import META
 

@@ -6,7 +6,7 @@ import torch
 from bench.core.errors import BenchError
 from bench.inputs import checkpoints
 from bench.metrics import Group, Result
-from bench.run import runner
+from bench.pipeline import runner
 from tests.conftest import tiny_model
 
 META = {"arch": "digits-cnn", "arch_kwargs": {"width": 4, "act": "silu"}, "num_classes": 10,
@@ -136,7 +136,7 @@ def test_a_hand_edited_cache_entry_is_recomputed_not_served(tmp_path, capsys, ed
     elif edit == "n":
         m["n"] = "fifty"
     else:  # a consistent-looking entry (digest recomputed) whose value cannot be an ECE
-        from bench.run.cache_keys import metrics_digest
+        from bench.pipeline.cache_keys import metrics_digest
 
         m["value"] = 7.5
         doc["digest"] = metrics_digest(doc["metrics"])

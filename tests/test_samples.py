@@ -1,4 +1,4 @@
-"""`bench samples` (bench.run.samples_io), KID / precision-recall and diversity (bench.engines.sample_quality).
+"""`bench samples` (bench.pipeline.samples_command), KID / precision-recall and diversity (bench.engines.sample_quality).
 
 Features come from the small random-weight extractor of tests/test_generative.py (registered with
 torch-fidelity), never from Inception: every test takes seconds."""
@@ -15,7 +15,7 @@ from bench import cli
 from bench.core.errors import BenchError
 from bench.engines import refstats
 from bench.engines import sample_quality as Q
-from bench.run import samples_io
+from bench.pipeline import samples_command
 from tests.test_generative import TINY, digits_npz, tiny_extractors
 
 
@@ -124,12 +124,12 @@ def test_reading_npz_folder_and_pt_give_identical_numbers(tmp_path, tiny, small)
     paths = _save_all_formats(tmp_path / "s", u8, y)
     want_x, want_y = torch.from_numpy(u8[:, None] / 255.0).float(), torch.from_numpy(y)
     for k, p in paths.items():
-        s = samples_io.read_samples(p, ds.input_shape, ds.num_classes)
+        s = samples_command.read_samples(p, ds.input_shape, ds.num_classes)
         assert s.x.dtype == torch.float32 and torch.equal(s.x, want_x) and torch.equal(s.y, want_y), k
         assert s.info["format"] == {"npz_u8": "npz", "npz_float": "npz", "png": "png-folder", "pt": "pt"}[k]
     results = {}
     for k in ("npz_u8", "png", "pt"):
-        res = samples_io.evaluate(paths[k], name, tmp_path / f"out-{k}", fid_extractor=TINY, device="cpu",
+        res = samples_command.evaluate(paths[k], name, tmp_path / f"out-{k}", fid_extractor=TINY, device="cpu",
                                   log=lambda m: None)
         results[k] = {m: (r.value, r.std, r.n) for m, r in res.metrics.items()}
     assert all(results["npz_u8"][m][0] is not None for m in ("fid", "kid_mean", "precision", "recall",
@@ -141,7 +141,7 @@ def test_identical_sets_and_a_collapsed_sampler(tmp_path, tiny, small):
     name, ds = small
     same = tmp_path / "same.npz"
     np.savez(same, x=ds.train.x.numpy(), y=ds.train.y.numpy())
-    r = samples_io.evaluate(same, name, tmp_path / "same", fid_extractor=TINY, device="cpu", log=lambda m: None)
+    r = samples_command.evaluate(same, name, tmp_path / "same", fid_extractor=TINY, device="cpu", log=lambda m: None)
     m = r.metrics
     scale = float(np.trace(refstats.reference_statistics(ds.train.x, tiny, "x", cache=False)[0]["sigma"]))
     assert m["precision"].value == 1.0 and m["recall"].value == 1.0
@@ -155,7 +155,7 @@ def test_identical_sets_and_a_collapsed_sampler(tmp_path, tiny, small):
     # one image repeated, labelled as every class: recall collapses, diversity is 1
     one = tmp_path / "one.npz"
     np.savez(one, x=ds.train.x[:1].repeat(200, 1, 1, 1).numpy(), y=np.arange(200) % 10)
-    c = samples_io.evaluate(one, name, tmp_path / "one", fid_extractor=TINY, device="cpu", log=lambda m: None).metrics
+    c = samples_command.evaluate(one, name, tmp_path / "one", fid_extractor=TINY, device="cpu", log=lambda m: None).metrics
     assert c["recall"].value <= 2 / 200  # only the real points equal to that image fall in its balls
     assert c["diversity_ssim"].value == pytest.approx(1.0, abs=1e-5)
     assert c["diversity_ssim"].details["overall"] == pytest.approx(1.0, abs=1e-5)
@@ -175,7 +175,7 @@ def test_bench_samples_npz_with_diverged_chains_and_unlabelled_folder(tmp_path, 
     x[[3, 7]] = float("nan")  # bench's samples.npz marks diverged chains so
     p = tmp_path / "samples.npz"
     np.savez(p, x=x.numpy(), y=ds.train.y[:30].numpy(), meta=np.array("{}"))
-    s = samples_io.read_samples(p, ds.input_shape, ds.num_classes)
+    s = samples_command.read_samples(p, ds.input_shape, ds.num_classes)
     assert len(s.x) == 28 and s.info["n_nonfinite_dropped"] == 2
     assert torch.equal(s.y, ds.train.y[:30][[i for i in range(30) if i not in (3, 7)]])
     # a flat folder of RGB PNGs of grey images: no labels, diversity over the whole set
@@ -186,9 +186,9 @@ def test_bench_samples_npz_with_diverged_chains_and_unlabelled_folder(tmp_path, 
     for i in range(12):
         g = (ds.train.x[i, 0] * 255).round().to(torch.uint8).numpy()
         Image.fromarray(np.stack([g] * 3, -1), mode="RGB").save(flat / f"{i}.png")
-    s = samples_io.read_samples(flat, ds.input_shape, ds.num_classes)
+    s = samples_command.read_samples(flat, ds.input_shape, ds.num_classes)
     assert s.y is None and s.x.shape == (12, 1, 8, 8)
-    r = samples_io.evaluate(flat, name, tmp_path / "flat-out", fid_extractor=TINY, device="cpu", log=lambda m: None)
+    r = samples_command.evaluate(flat, name, tmp_path / "flat-out", fid_extractor=TINY, device="cpu", log=lambda m: None)
     d = r.metrics["diversity_ssim"]
     assert d.details["within_class"] is None and d.value == d.details["overall"]
 
@@ -209,7 +209,7 @@ def test_bench_samples_npz_with_diverged_chains_and_unlabelled_folder(tmp_path, 
 def test_bad_samples_are_one_line_errors(tmp_path, make, message):
     path = make(tmp_path)
     with pytest.raises(BenchError, match=message):
-        samples_io.read_samples(path, (1, 8, 8), 10)
+        samples_command.read_samples(path, (1, 8, 8), 10)
 
 
 def test_cli_bad_input_exit_2_one_line(tmp_path, capsys):
@@ -238,7 +238,7 @@ def test_samples_page_shows_the_submitted_images_and_its_own_table(tmp_path, tin
     x = ds.train.x[:30].clone()
     x[:, :, 0, 0] = 1.0  # a white top-left pixel in every image: visible in the grid
     np.savez(path, x=x.numpy())  # unlabelled: the first images in rows of 10
-    samples_io.evaluate(path, name, tmp_path / "out", fid_extractor=TINY, device="cpu", log=lambda m: None)
+    samples_command.evaluate(path, name, tmp_path / "out", fid_extractor=TINY, device="cpu", log=lambda m: None)
     out = tmp_path / "out"
     saved = json.loads((out / "results.json").read_text())
     assert saved["metrics"]["diversity_ssim"]["details"]["grid"] == "figures/samples.png"

@@ -106,7 +106,7 @@ def test_ssim_nn_result_is_scikit_image_and_refuses_small_images(digits):
     error, maximum and share above 0.9 against scikit-image's nearest-neighbour SSIMs by hand (one
     generated image a copy of a training image), k capped at the training set, and a null with
     the reason below the 7x7 window."""
-    from bench.metrics.ssim import ssim_nn_result
+    from bench.metrics.memorization import ssim_nn_result
     from bench.runtime.execution import Execution
 
     train = digits.train.x[:40]

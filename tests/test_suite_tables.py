@@ -3,7 +3,7 @@ landscape and denoise, with value ± std cells and std/n columns free of float n
 
 import pandas as pd
 
-from bench.outputs import more_tables, tables
+from bench.outputs import all_tables, table_files
 from tests.test_tables import make_run, metric
 
 SUITE_METRICS = {
@@ -35,9 +35,9 @@ CALIBRATION_PARTS = {
 
 
 def test_every_suite_gets_its_table(tmp_path):
-    runs = [tables.results.read(make_run(tmp_path, f"r{i}", "jeat", _all_metrics()) / "results.json")
+    runs = [table_files.results.read(make_run(tmp_path, f"r{i}", "jeat", _all_metrics()) / "results.json")
             for i in range(2)]
-    got = {t.name: t for t in more_tables.suite_tables(runs)}
+    got = {t.name: t for t in all_tables.suite_tables(runs)}
     expected = {k: v for k, v in SUITE_METRICS.items() if k != "calibration"} | CALIBRATION_PARTS
     assert set(got) == set(expected)
     for name, names in expected.items():
@@ -48,8 +48,8 @@ def test_every_suite_gets_its_table(tmp_path):
 def test_one_unit_per_family_in_the_header(tmp_path):
     """MCE, adaptive and scaled ECE in % as ECE is (0.25 -> 25.00), the unit in the header, never the
     caption's "ECE (%) (ECE)"; the FGSM and TS tables' headers leave out what their caption says."""
-    runs = [tables.results.read(make_run(tmp_path, "r", "jeat", _all_metrics()) / "results.json")]
-    got = {t.name: t for t in more_tables.suite_tables(runs)}
+    runs = [table_files.results.read(make_run(tmp_path, "r", "jeat", _all_metrics()) / "results.json")]
+    got = {t.name: t for t in all_tables.suite_tables(runs)}
     assert list(got["calibration"].columns) == ["ECE (%)", "NLL (nats)", "Brier", "MCE (%)", "Adaptive ECE (%)"]
     assert list(got["calibration_fgsm"].columns) == ["ECE (%)", "NLL (nats)", "Brier", "MCE (%)", "Adaptive ECE (%)"]
     assert list(got["calibration_ts"].columns) == ["Temperature", "ECE (%)", "NLL (nats)", "Brier"]
@@ -61,15 +61,15 @@ def test_one_unit_per_family_in_the_header(tmp_path):
 
 
 def test_a_suite_no_run_holds_has_no_table(tmp_path):
-    runs = [tables.results.read(make_run(tmp_path, "r", "jeat", {"ece": metric(0.1), "fid": metric(None, reason="x")})
+    runs = [table_files.results.read(make_run(tmp_path, "r", "jeat", {"ece": metric(0.1), "fid": metric(None, reason="x")})
                                 / "results.json")]
-    assert {t.name for t in more_tables.suite_tables(runs)} == {"calibration", "generative"}
+    assert {t.name for t in all_tables.suite_tables(runs)} == {"calibration", "generative"}
 
 
 def test_cells_show_std_and_csv_has_std_n_without_float_noise(tmp_path):
     a = make_run(tmp_path, "a", "jeat", _all_metrics(), sha="1" * 64)
     b = make_run(tmp_path, "b", "jeat", dict(_all_metrics(), ece=metric(0.3, None, n=450)), sha="2" * 64)
-    tables.build([a, b], tmp_path / "out", report=False)
+    table_files.build([a, b], tmp_path / "out", report=False)
     md = (tmp_path / "out" / "calibration.md").read_text()
     assert "47.61 ± 1.23" in md
     tex = (tmp_path / "out" / "calibration.tex").read_text()
@@ -77,7 +77,7 @@ def test_cells_show_std_and_csv_has_std_n_without_float_noise(tmp_path):
     csv = (tmp_path / "out" / "calibration.csv").read_text()
     assert "47.609999" not in csv and "0.47609999" not in csv
     back = pd.read_csv(tmp_path / "out" / "calibration.csv")
-    col = next(c for c, m in more_tables.suite_tables([tables.results.read(a / "results.json")])[0].columns.items()
+    col = next(c for c, m in all_tables.suite_tables([table_files.results.read(a / "results.json")])[0].columns.items()
                if m == "ece")
     assert back[col].tolist() == [47.61, 30.0]
     assert back[f"{col} std"].tolist()[0] == 1.23 and pd.isna(back[f"{col} std"].tolist()[1])

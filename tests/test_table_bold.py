@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from bench.core import outcomes
-from bench.outputs import tables
+from bench.outputs import table_files
 from bench.outputs.table_bold import p_value, significantly_best
 from tests.test_tables import make_run, metric
 
@@ -22,7 +22,7 @@ def shares(correct, n, of="correct under AutoAttack"):
 
 
 def _results(*metrics_):
-    return [tables.results.Result(m["value"], m["std"], m["n"], details=m.get("details") or {}) for m in metrics_]
+    return [table_files.results.Result(m["value"], m["std"], m["n"], details=m.get("details") or {}) for m in metrics_]
 
 
 def test_paired_rows_use_exact_mcnemar_on_the_discordant_points():
@@ -46,8 +46,8 @@ def test_equal_values_share_the_mark_and_a_small_n_gets_none(tmp_path):
         dirs = [make_run(tmp_path / str(n), name, "jeat", {"autoattack": shares(pts, n)}, sha=name * 32)
                 for name, pts in (("aa", range(int(0.65 * n))), ("bb", range(n - int(0.65 * n), n)),
                                   ("cc", range(int(low * n))))]
-        t = next(t for t in tables.build(dirs, tmp_path / f"o{n}", report=False).tables if t.name == "table3")
-        return [("**" in line) for line in tables.to_markdown(t).splitlines() if line.startswith("| ")][1:]
+        t = next(t for t in table_files.build(dirs, tmp_path / f"o{n}", report=False).tables if t.name == "table3")
+        return [("**" in line) for line in table_files.to_markdown(t).splitlines() if line.startswith("| ")][1:]
     assert table(20, 0.55) == [False, False, False]
     assert table(1000, 0.55) == [True, True, False]
     # the weaker pair at n = 1000: bb (points 350-999) against cc (0-549): 450 discordant for bb, 350 for cc
@@ -56,15 +56,15 @@ def test_equal_values_share_the_mark_and_a_small_n_gets_none(tmp_path):
 
 def test_rows_on_other_points_are_tested_by_independent_standard_errors():
     """Different n: no pairing; z = |a - b| / sqrt(se_a^2 + se_b^2), two-sided normal p (scipy)."""
-    a = tables.results.Result(0.60, 0.02, 500, details={})
-    b = tables.results.Result(0.54, 0.015, 900, details={})
+    a = table_files.results.Result(0.60, 0.02, 500, details={})
+    b = table_files.results.Result(0.54, 0.015, 900, details={})
     z = 0.06 / math.hypot(0.02, 0.015)
     assert p_value(a, b) == pytest.approx(2 * stats.norm.sf(z))
     assert significantly_best({0: 60.0, 1: 54.0}, {0: a, 1: b}, "max") == {0}  # z = 2.4
     # over seeds the std is the spread of k seeds: its standard error is sd / sqrt(k)
-    seeds = tables.results.Result(0.60, 0.04, 500, details={"seeds": [0, 1, 2, 3]})
+    seeds = table_files.results.Result(0.60, 0.04, 500, details={"seeds": [0, 1, 2, 3]})
     assert p_value(seeds, b) == pytest.approx(2 * stats.norm.sf(0.06 / math.hypot(0.02, 0.015)))
     # no standard error (ECE) and no bits: never significant, so never bold
-    ece = tables.results.Result(0.01, None, 500, details={})
+    ece = table_files.results.Result(0.01, None, 500, details={})
     assert p_value(ece, b) is None
     assert significantly_best({0: 1.0, 1: 30.0}, {0: ece, 1: ece}, "min") == set()

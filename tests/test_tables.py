@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.outputs import paper_tables, tables
+from bench.outputs import paper_layout, table_files
+from bench.outputs.over_seeds import over_seeds as merge_seeds
 from bench.outputs.table_latex import shared_context
 from bench.outputs.table_select import Choice
 
@@ -62,7 +63,7 @@ def three(tmp_path):
 
 
 def test_tables_values_names_best_and_footnotes(three, tmp_path):
-    built = tables.build(three, tmp_path / "out", report=False, choice=Choice(with_paper=True))
+    built = table_files.build(three, tmp_path / "out", report=False, choice=Choice(with_paper=True))
     t1, t2, t3 = built.tables[:3]  # then the suite tables
     ours = t1.df[t1.df["source"] == "ours"].reset_index(drop=True)
     assert list(ours["Model"]) == ["run-jeat", "run-at", "run-normal"]  # the checkpoints' stems
@@ -80,7 +81,7 @@ def test_tables_values_names_best_and_footnotes(three, tmp_path):
     assert "Diverged (%)" not in t2.columns  # no run holds diverged_fraction: no column of dashes
     assert len(t3.df[t3.df["source"] == "paper"]) == 4
 
-    md1 = tables.to_markdown(t1)
+    md1 = table_files.to_markdown(t1)
     rows = {line.split("|")[1].strip(): line for line in md1.splitlines() if line.startswith("| ")}
     # bold only the significantly best of ours (paper rows never): z on the standard errors,
     # 50 vs 40 % at n = 360: z = 2.7; 45 vs 2 %: z = 16; but 97 vs 95 %: z = 1.37, no mark
@@ -91,7 +92,7 @@ def test_tables_values_names_best_and_footnotes(three, tmp_path):
     # the missing metric: a dash with its reason as a footnote that says what it is
     assert "– [1]" in rows["run-at"]
     assert "[1] no value: attack skipped by test" in md1
-    md2 = tables.to_markdown(t2)
+    md2 = table_files.to_markdown(t2)
     assert "no value: no Inception weights" in md2 and "] no value: not run" in md2  # normal: no Table 2 metric
     nrow = [line for line in md2.splitlines() if line.startswith("| run-normal")][0]
     assert nrow.count("–") == 5  # n (no numbers), JFS, MFS, IS, FID
@@ -103,25 +104,25 @@ def test_tables_values_names_best_and_footnotes(three, tmp_path):
 def test_paper_rows_only_beside_cifar_runs_or_when_asked(three, tmp_path):
     """Digits runs get no CIFAR rows unless --with-paper; CIFAR-10 runs get the paper's CIFAR-10
     rows (not its CIFAR-100 ones); --without-paper drops them; a table nothing of ran is not written."""
-    digits = tables.build(three[2:], tmp_path / "d", report=False)  # the normal run: Table 1 metrics only
+    digits = table_files.build(three[2:], tmp_path / "d", report=False)  # the normal run: Table 1 metrics only
     assert [t.name for t in digits.tables] == ["table1", "table3"]
     assert all((t.df["source"] == "ours").all() for t in digits.tables)
     assert not (tmp_path / "d" / "table2.tex").exists()
     cifar = make_run(tmp_path, "cifar-jeat", "jeat", {"accuracy": share(0.9, 1000), "pgd20": share(0.5, 1000)},
                      dataset="cifar10", config=dict(CONFIG, eps=8 / 255))
-    t1 = tables.build([cifar], tmp_path / "c", report=False).tables[0]
+    t1 = table_files.build([cifar], tmp_path / "c", report=False).tables[0]
     assert list(t1.df["Model"]) == ["cifar-jeat", "paper: normal WRN-28-10, CIFAR-10"]
     assert list(t1.columns) == ["No Attack", "Normal Attack"]  # no energy attack ran
     assert t1.df.loc[0, "Threat model"] == "Linf, eps 8/255" == t1.df.loc[1, "Threat model"]
-    none = tables.build([cifar], tmp_path / "n", report=False, choice=Choice(with_paper=False)).tables[0]
+    none = table_files.build([cifar], tmp_path / "n", report=False, choice=Choice(with_paper=False)).tables[0]
     assert list(none.df["Model"]) == ["cifar-jeat"]
-    full = tables.build([cifar], tmp_path / "f", report=False, choice=Choice(with_paper=True)).tables[0]
+    full = table_files.build([cifar], tmp_path / "f", report=False, choice=Choice(with_paper=True)).tables[0]
     assert len(full.df) == 3
 
 
 def test_latex_is_balanced_booktabs_and_escaped(three, tmp_path):
     make_run(tmp_path, "odd", "jeat", {"accuracy": share(0.5), "pgd20": share(0.25)}, run_name="my_method (wrn_28_10)")
-    built = tables.build([*three, tmp_path / "odd"], tmp_path / "out", report=False)
+    built = table_files.build([*three, tmp_path / "odd"], tmp_path / "out", report=False)
     for t in built.tables:
         tex = (tmp_path / "out" / f"{t.name}.tex").read_text()
         begins, ends = re.findall(r"\\begin\{(\w+)\}", tex), re.findall(r"\\end\{(\w+)\}", tex)
@@ -149,7 +150,7 @@ def test_latex_is_balanced_booktabs_and_escaped(three, tmp_path):
 
 
 def test_csv_round_trips_through_pandas(three, tmp_path):
-    built = tables.build(three, tmp_path / "out", report=False)
+    built = table_files.build(three, tmp_path / "out", report=False)
     for t in built.tables:
         back = pd.read_csv(tmp_path / "out" / f"{t.name}.csv")
         spread = [f"{c} {k}" for c in t.columns for k in ("std", "n")] if t.name in ("generative", "score") else []
@@ -165,20 +166,20 @@ def test_rows_named_by_stem_and_the_same_stem_told_apart_without_paths(tmp_path)
     c = make_run(tmp_path, "c", "jeat", {"accuracy": metric(0.7)}, sha="2" * 64, config=dict(CONFIG, eps=0.2))
 
     def runs(*dirs, path="/ckpts/one/model.safetensors"):
-        out = [tables.load_runs([d])[0][1] for d in dirs]
+        out = [table_files.load_runs([d])[0][1] for d in dirs]
         for r in out:
             r.model["path"] = path  # the same file name in other folders
         return out
-    assert paper_tables.labels(runs(a, b, path=None)) == ["JEAT [sha256 11111111]", "JEAT [sha256 22222222]"]
-    assert paper_tables.labels(runs(a, b)) == ["model [sha256 11111111]", "model [sha256 22222222]"]
-    assert paper_tables.labels(runs(b, c)) == ["model [eps=0.1]", "model [eps=0.2]"]
-    assert len(set(paper_tables.labels(runs(a, a)))) == 2
-    assert paper_tables.labels(runs(a, path="py:mymodel:SmallCNN")) == ["SmallCNN"]  # not "model (py:..., ...)"
-    assert paper_tables.labels(runs(a, path="rb:Carmon2019Unlabeled")) == ["Carmon2019Unlabeled"]
+    assert paper_layout.labels(runs(a, b, path=None)) == ["JEAT [sha256 11111111]", "JEAT [sha256 22222222]"]
+    assert paper_layout.labels(runs(a, b)) == ["model [sha256 11111111]", "model [sha256 22222222]"]
+    assert paper_layout.labels(runs(b, c)) == ["model [eps=0.1]", "model [eps=0.2]"]
+    assert len(set(paper_layout.labels(runs(a, a)))) == 2
+    assert paper_layout.labels(runs(a, path="py:mymodel:SmallCNN")) == ["SmallCNN"]  # not "model (py:..., ...)"
+    assert paper_layout.labels(runs(a, path="rb:Carmon2019Unlabeled")) == ["Carmon2019Unlabeled"]
     # two recipes of one method and architecture (SiLU and leaky ReLU): named by their recipes
     two = runs(a, b)
     two[0].model["recipe"], two[1].model["recipe"] = "fmnist-jeat", "fmnist-jeat-lrelu"
-    assert paper_tables.labels(two) == ["model [recipe fmnist-jeat]", "model [recipe fmnist-jeat-lrelu]"]
+    assert paper_layout.labels(two) == ["model [recipe fmnist-jeat]", "model [recipe fmnist-jeat-lrelu]"]
 
 
 def test_cli_table_prints_markdown_and_writes_files(three, tmp_path, capsys):
@@ -228,10 +229,10 @@ def test_rows_state_dataset_threat_and_n_and_best_is_per_dataset_and_threat(tmp_
                  config=cfg3),
         make_run(tmp_path, "digits-at-03", "at", {"accuracy": share(0.92), "pgd20": _pgd(0.20, 0.3)}, config=cfg3),
     ]
-    built = tables.build(dirs, tmp_path / "out", report=False)
+    built = table_files.build(dirs, tmp_path / "out", report=False)
     t1, t3 = (next(t for t in built.tables if t.name == name) for name in ("table1", "table3"))
     for t in (t1, t3):
-        md = tables.to_markdown(t)
+        md = table_files.to_markdown(t)
         header = next(line for line in md.splitlines() if line.startswith("| Model"))
         assert "Data set" in header and "Threat model" in header and "| n |" in header, header
         rows = [line for line in md.splitlines() if line.startswith("| ") and "paper" not in line][1:]
@@ -266,7 +267,7 @@ def test_over_seeds_merges_one_model_and_keeps_the_others(tmp_path):
     a metric only one seed holds is null with the seed that lacks it."""
     runs = [_seeded(tmp_path, "jeat-s0", 0, 120.0), _seeded(tmp_path, "jeat-s1", 1, 126.0),
             _seeded(tmp_path, "at-s0", 0, 110.0, sha="cd" * 32, method="at")]
-    built = tables.build(runs, tmp_path / "out", report=False, over_seeds=True)
+    built = table_files.build(runs, tmp_path / "out", report=False, over_seeds=True)
     t2 = next(t for t in built.tables if t.name == "generative")  # the suite tables show the std
     ours = t2.df[t2.df["source"] == "ours"].reset_index(drop=True)
     assert list(ours["Model"]) == ["jeat-s0 [seeds 0, 1]", "at-s0"]
@@ -277,12 +278,12 @@ def test_over_seeds_merges_one_model_and_keeps_the_others(tmp_path):
     table2 = next(t for t in built.tables if t.name == "table2")  # shows no spread, so promises none
     assert not table2.stds and "± the standard deviation" not in table2.caption
     assert "is in the suite tables" in table2.caption
-    merged = tables.seed_spread.over_seeds([r for _, r in tables.load_runs(runs)])
+    merged = merge_seeds([r for _, r in table_files.load_runs(runs)])
     assert merged[0].metrics["fid"].details["values"] == [120.0, 126.0]
     assert merged[0].metrics["kid_mean"].value is None
     assert merged[0].metrics["kid_mean"].reason == "not held at seed(s) 1 of 2"
     # without the flag every run is a row
-    plain = tables.build(runs, tmp_path / "plain", report=False).tables[1]  # Table 2
+    plain = table_files.build(runs, tmp_path / "plain", report=False).tables[1]  # Table 2
     assert len(plain.df[plain.df["source"] == "ours"]) == 3
 
 
@@ -294,16 +295,16 @@ def test_over_seeds_keeps_the_reason_a_metric_is_null_at_every_seed():
     def run(seed, reason):
         return Results({"sha256": "ab" * 32}, {"name": "m", "seed": seed, "config": {"seed": seed}},
                        {"is_mean": Result.missing(reason), "fid": Result(100.0 + seed, None, 500)})
-    merged = tables.seed_spread.over_seeds([run(0, "no Inception logits"), run(1, "no Inception logits")])
+    merged = merge_seeds([run(0, "no Inception logits"), run(1, "no Inception logits")])
     assert merged[0].metrics["is_mean"].reason == "not held at seed(s) 0, 1 of 2: no Inception logits"
     assert merged[0].metrics["fid"].value == 100.5
-    mixed = tables.seed_spread.over_seeds([run(0, "one reason"), run(1, "another")])
+    mixed = merge_seeds([run(0, "one reason"), run(1, "another")])
     assert mixed[0].metrics["is_mean"].reason == "not held at seed(s) 0, 1 of 2"
 
 
 def test_over_seeds_does_not_merge_other_settings_or_a_repeated_seed(tmp_path):
     from bench.core import results
-    from bench.outputs.seed_spread import over_seeds
+    from bench.outputs.over_seeds import over_seeds
 
     a = results.read(_seeded(tmp_path, "a", 0, 120.0))
     b = results.read(_seeded(tmp_path, "b", 1, 126.0))

@@ -17,7 +17,7 @@ from bench.core.errors import BenchError
 from bench.core.settings import DEFAULTS
 from bench.inputs import checkpoints, data, nets
 from bench.metrics import Context, Group, Result
-from bench.run import runner
+from bench.pipeline import runner
 from tests.conftest import tiny_model
 from tests.test_data import _write_cifar10
 

@@ -1,5 +1,5 @@
 """The digest of a module's code and of every bench module it imports: what keys a metric
-group's cache entry (``bench.run.cache_keys``) and an attack's share of it (``bench.metrics.curves``)."""
+group's cache entry (``bench.pipeline.cache_keys``) and an attack's share of it (``bench.metrics.curves``)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """What a metric group costs, as a fact of the group: its work in passes of the model, images
 through the feature extractor and SSIM pairs, declared beside it (``@register(cost=...)``) as a
-function of the run's resolved settings and the data's sizes.  ``bench.run.plan`` turns the work
+function of the run's resolved settings and the data's sizes.  ``bench.pipeline.plan`` turns the work
 into seconds with a short timing probe of this device (``bench run --plan``).
 
 The kinds of work (``KINDS``), each counted in images (one image through one pass) and in calls

@@ -1,6 +1,6 @@
 """What the robustness curves (``bench.metrics.curves``, ``--eps-grid``) of one or more runs hold:
 their metrics per attack and radius, and the lines of their figure.  Plain data from results, for
-``bench.outputs.more_tables.curve_tables``, the run's figure and ``bench table``'s figure of several runs."""
+``bench.outputs.all_tables.curve_tables``, the run's figure and ``bench table``'s figure of several runs."""
 
 from __future__ import annotations
 

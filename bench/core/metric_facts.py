@@ -122,7 +122,7 @@ class Metric:
     (``ood_auroc_*``).  ``display``: ``percent`` (x 100, two decimals in tables) or ``float``;
     ``range``: the width of the metric's possible values where it is bounded (a tolerance of half
     of it or more bounds nothing); ``column``: its column label in its suite's table
-    (``bench.outputs.paper_tables.suite_tables``; Tables 1-3 and the OOD tables have their own layouts)."""
+    (``bench.outputs.paper_layout.suite_tables``; Tables 1-3 and the OOD tables have their own layouts)."""
 
     name: str
     unit: str = ""

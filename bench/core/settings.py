@@ -215,7 +215,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("defense_repeats", "count", 5, "adaptive attacks: fresh draws of the defence a point must survive "
             "(all of them) to count as robust"),
     Setting("sanity_checks", "bool", False, "extra passes for the sanity flags: PGD with 2x steps and 2 "
-            "restarts, and PGD at a large eps (bench.runtime.checks)"),
+            "restarts, and PGD at a large eps (bench.runtime.sanity)"),
     Setting("ece_bins", "count", 20, "bins of ece and mce (equal-width) and of ece_adaptive (equal-mass)"),
     # OOD detection (ood; bench.inputs.ood_data, bench.metrics.ood)
     Setting("ood", "text", "uniform,interp",

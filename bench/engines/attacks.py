@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from bench.core.compat import StrEnum
 from bench.core.energy import EnergyModel, evaluates
 from bench.core.settings import Norm
-from bench.runtime.checks import check_in_ball  # noqa: F401  (re-exported: the one threat-model check)
+from bench.runtime.sanity import check_in_ball  # noqa: F401  (re-exported: the one threat-model check)
 
 
 class Loss(StrEnum):

@@ -84,7 +84,7 @@ class RefinedModel(EnergyModel):
         self.input_shape, self.num_classes = base.input_shape, base.num_classes
 
     @property
-    def net(self):  # the network the forward hooks watch (bench.run.compute)
+    def net(self):  # the network the forward hooks watch (bench.pipeline.compute)
         return self.base.net
 
     @property

@@ -44,7 +44,7 @@ def generation_key(ctx) -> dict:
     key.update(model_sha256=s.get("model_sha256"), dataset=ctx.data.name,
                num_classes=int(ctx.data.num_classes), input_shape=list(ctx.data.input_shape),
                # set by the runner: the weights as loaded, both splits' images, this module's code
-               # (with the sampler's: bench.run.cache_keys.code_sha256 follows the imports)
+               # (with the sampler's: bench.pipeline.cache_keys.code_sha256 follows the imports)
                weights_sha256=s.get("weights_sha256"), data_sha256=s.get("data_sha256"),
                code_sha256=s.get("generation_code_sha256"))
     return json.loads(json.dumps(key, sort_keys=True, default=str))

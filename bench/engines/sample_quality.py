@@ -1,7 +1,7 @@
 """Sample quality from extracted features: FID and the Inception Score (``fid_is``), KID and
 precision/recall (``kid_prc``) through torch-fidelity, and the diversity of a set (mean pairwise SSIM,
 ``diversity_result``); with their ``Result`` records (``fid_is_results``), shared by the
-``is_fid`` group (``bench.metrics.generative``) and ``bench samples`` (``bench.run.samples_io``).
+``is_fid`` group (``bench.metrics.generative``) and ``bench samples`` (``bench.pipeline.samples_command``).
 
 FID, KID and precision/recall share one reference (``bench.engines.refstats.reference_features``): a
 ``--ref-stats`` file, else the statistics shipped for the bundled training split when they match the

@@ -1,5 +1,5 @@
 """Image files: the one reader of image folders, used by ``folder:`` data sets (``bench.inputs.data``),
-``--ood folder:`` sets (``bench.inputs.ood_data``) and ``bench samples`` (``bench.run.samples_io``).
+``--ood folder:`` sets (``bench.inputs.ood_data``) and ``bench samples`` (``bench.pipeline.samples_command``).
 
 Every image becomes an 8-bit array, (H, W) grey or (H, W, 3) RGB, by its mode:
 

@@ -1,5 +1,5 @@
 """Adaptive attacks against a random or refined defence (suite ``robust``; README, "Evaluating a
-stochastic or refined defence"), and the opt-in sanity passes (``bench.runtime.checks``).
+stochastic or refined defence"), and the opt-in sanity passes (``bench.runtime.sanity``).
 
 Group ``adaptive`` runs only when ``--defense`` is set or ``--eot`` is given (else it has no
 metrics and is skipped), on the first ``n_aa`` test points (``--n-aa``; give ``--n-aa`` equal to
@@ -28,7 +28,7 @@ from that reasoning, not yet measured across simulated machines (docs/CHECKS.md,
 attacks on a random defence").
 
 Group ``sanity`` (``--sanity-checks``; two extra attacks) gives ``pgd_stronger`` (PGD with twice
-``pgd_steps`` and two restarts) and ``pgd_large_eps`` (PGD at ``bench.runtime.checks.large_eps``), each
+``pgd_steps`` and two restarts) and ``pgd_large_eps`` (PGD at ``bench.runtime.sanity.large_eps``), each
 with its flag in ``details['flags']`` when raised.
 """
 
@@ -42,7 +42,7 @@ from bench.engines.aa_adapter import run_autoattack
 from bench.engines.attacks import bpda_eot_pgd, eot_pgd, pgd_restarts
 from bench.metrics import PROPORTION, Context, Metric, Portable, Result, register
 from bench.metrics.robustness import STD_NOTE, _split, check_in_norm_ball, check_robust_le_clean, proportion
-from bench.runtime import checks
+from bench.runtime import sanity
 
 DEFAULT_EOT = 8
 RANDOM_POINTS = Portable("points", share=0.05)
@@ -160,7 +160,7 @@ def adaptive_group(ctx: Context) -> dict[str, Result]:
         worst = rec["robust"] if worst is None else worst & rec["robust"]
         details = {"threat_model": {**threat, "attack": what}, f"max_{norm.lower()}": rec["max_dist"]}
         eot_used = n_eot if name in ("eot_pgd", "bpda_eot") else (20 if name == "aa_rand" else None)
-        flags = checks.collect([checks.randomness_flag(ctx.model, split.x[:checks.N_IMAGES].to(ctx.device),
+        flags = sanity.collect([sanity.randomness_flag(ctx.model, split.x[:sanity.N_IMAGES].to(ctx.device),
                                                        eot_used, name)])
         if flags:
             details["flags"] = flags
@@ -183,7 +183,7 @@ def sanity_group(ctx: Context) -> dict[str, Result]:
     s = ctx.settings
     eps, norm, kw = float(s["eps"]), s.get("norm", "Linf"), _pgd_kwargs(s)
     split = _split(ctx)
-    big = checks.large_eps(norm, tuple(split.x.shape[1:]))
+    big = sanity.large_eps(norm, tuple(split.x.shape[1:]))
 
     def attack(steps, restarts, step_size):
         def run(model, x, y, e, nm, generator=None):
@@ -194,12 +194,12 @@ def sanity_group(ctx: Context) -> dict[str, Result]:
     strong = robust_points(ctx, split, attack(2 * kw["steps"], 2 * kw["restarts"], kw["step_size"]),
                            "pgd_stronger", 1, eps)
     large = robust_points(ctx, split, attack(kw["steps"], kw["restarts"], big / 4), "pgd_large_eps", 1, big)
-    rise = checks.rise_flag(base["robust"], strong["robust"], "pgd_stronger")
-    far = checks.large_eps_flag(large["robust"], big, norm)
+    rise = sanity.rise_flag(base["robust"], strong["robust"], "pgd_stronger")
+    far = sanity.large_eps_flag(large["robust"], big, norm)
     return {
         "pgd_stronger": _result(strong["robust"], "robust under PGD with 2x steps and 2x restarts", {
             "steps": 2 * kw["steps"], "restarts": 2 * kw["restarts"], "pgd_robust": int(base["robust"].sum()),
-            "flags": checks.collect([rise])}),
+            "flags": sanity.collect([rise])}),
         "pgd_large_eps": _result(large["robust"], f"robust under PGD at {norm} eps {big:g}", {
-            "eps": big, "step_size": big / 4, "flags": checks.collect([far])}),
+            "eps": big, "step_size": big / 4, "flags": sanity.collect([far])}),
     }

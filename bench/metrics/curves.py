@@ -18,7 +18,7 @@ fooled at a smaller one is recorded as measured (``details['curve']['monotone']`
 never forced.  The figure ``figures/robustness_curve.png`` (accuracy against eps, one line per
 attack, +-1 standard error bands) is recorded in every curve metric's ``details['figure']``;
 ``bench table`` draws several runs' curves on one plot and writes one table per attack
-(``bench.outputs.more_tables.curve_tables``).
+(``bench.outputs.all_tables.curve_tables``).
 
 The attacks (``ATTACKS``) plug in by registration, the loop never names them:
 

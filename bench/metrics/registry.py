@@ -6,7 +6,7 @@ the ``bench.metrics`` package, and those that the ``jeat_bench.metrics`` entry p
 imports them so they register themselves.  It also enforces the declarations: a group sees its
 settings through a ``SettingsView`` of what it declared (plus the execution and identity keys), so
 reading an undeclared setting, which would leave its cache stale, is an error at once.
-``bench.outputs.check`` and ``bench.outputs.tables`` read facts through this module (from the
+``bench.outputs.check`` and ``bench.outputs.table_files`` read facts through this module (from the
 catalogue, ``declared_groups``) and never import a metric group's code (docs/ARCHITECTURE.md, "Layers").
 """
 
@@ -50,7 +50,7 @@ from bench.core.settings import FASTPATH_SETTINGS, GEN_SETTINGS, SPECS
 # read by the execution of every group (ctx.batches, ctx.execution, ctx.generator); a group whose
 # numbers depend on them (per-batch random streams, a seeded stream) declares them as well
 EXECUTION_KEYS = ("batch_size", "seed")
-# the identity of what is evaluated, added to the settings by the runner (bench.run.runner.run) and
+# the identity of what is evaluated, added to the settings by the runner (bench.pipeline.runner.run) and
 # keying every group's cache already: the checkpoint file's and the weights' (as loaded) sha256, the
 # digests of both splits, and the generation code's digest (which keys samples.npz)
 IDENTITY_KEYS = ("model_sha256", "weights_sha256", "data_sha256", "generation_code_sha256")
@@ -63,7 +63,7 @@ class UndeclaredSetting(RuntimeError):
 class CheckFailed(RuntimeError):
     """A run-time check of a group's own numbers failed (robust accuracy above clean accuracy, an
     adversarial example outside the threat model): the group's metrics become nulls with this
-    message as their reason (``bench.run.compute``), and the run goes on."""
+    message as their reason (``bench.pipeline.compute``), and the run goes on."""
 
 
 class SettingsView(Mapping):
@@ -123,7 +123,7 @@ class Group:
     inputs: Callable[..., dict] | None = None
     module: str = ""  # the module that registered it (its place in the suite order: module_rank)
     # cost(settings, sizes: bench.core.cost.Sizes) -> bench.core.cost.Work: its work under a run's
-    # settings (bench run's plan, bench.run.plan); None: the plan says "cost unknown"
+    # settings (bench run's plan, bench.pipeline.plan); None: the plan says "cost unknown"
     cost: Callable[..., object] | None = None
 
     def __post_init__(self):
@@ -280,7 +280,7 @@ def declared() -> list[Metric]:
 # the metric modules of this package in suite order (--suite all runs robust, calibration,
 # generative, score, memorization, landscape, denoise, ood); any other module of bench.metrics is
 # discovered and comes after them (by name), then the modules the entry points name
-ORDER = ("robustness", "calibration", "generative", "fisher", "ssim", "landscape", "denoise", "ood")
+ORDER = ("robustness", "calibration", "generative", "fisher", "memorization", "landscape", "denoise", "ood")
 # the package's own modules that hold no groups: the registry, the groups' Context, the suites
 SUPPORT = ("registry", "context", "suites", "catalog")
 ENTRY_POINTS = "jeat_bench.metrics"  # group of entry points naming metric modules outside this package

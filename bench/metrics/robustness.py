@@ -54,7 +54,7 @@ from bench.engines import aa_adapter, defense
 from bench.engines.aa_adapter import AAConfig, float32_input_grads, run_autoattack, run_blocks, summarise
 from bench.engines.attacks import NORMS, check_in_ball, pgd_restarts
 from bench.metrics import CheckFailed, Context, Metric, Result, register
-from bench.runtime import checks
+from bench.runtime import sanity
 from bench.runtime.execution import Execution
 
 STD_NOTE = "standard error of the proportion, sqrt(p(1-p)/n)"
@@ -63,7 +63,7 @@ STD_NOTE = "standard error of the proportion, sqrt(p(1-p)/n)"
 class RobustnessCheckError(CheckFailed):
     """A run-time check of an attack failed: robust accuracy above clean accuracy, or an
     adversarial example outside the threat model.  The evaluation gives no number: its metrics are
-    nulls with this message as their reason (``bench.run.compute``)."""
+    nulls with this message as their reason (``bench.pipeline.compute``)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ def check_robust_le_clean(clean_correct: torch.Tensor, robust_correct: torch.Ten
 
 
 def check_in_norm_ball(x: torch.Tensor, adv: torch.Tensor, eps: float, norm: str = "Linf") -> float:
-    """``bench.runtime.checks.check_in_ball`` raising ``RobustnessCheckError``: the largest perturbation norm."""
+    """``bench.runtime.sanity.check_in_ball`` raising ``RobustnessCheckError``: the largest perturbation norm."""
     try:
         return check_in_ball(x, adv, eps, norm)
     except RuntimeError as e:
@@ -199,11 +199,11 @@ def pgd_flags(ctx: Context, loss: str, tag: str, points: str = "n_eval",
 
 
 def attack_flags(ctx: Context, split, tag: str, eot: int | None = None) -> list[dict]:
-    """The cheap sanity flags of an attack (``bench.runtime.checks``) on the first batch of its points: the
+    """The cheap sanity flags of an attack (``bench.runtime.sanity``) on the first batch of its points: the
     model random while the attack drew one gradient, input gradients zero or non-finite."""
     x, y = split.x[:ctx.settings["batch_size"]].to(ctx.device), split.y[:ctx.settings["batch_size"]].to(ctx.device)
-    return checks.collect([checks.randomness_flag(ctx.model, x, eot, tag),
-                           checks.gradient_flag(checks.masked_share(ctx.model, x, y), len(x), tag)])
+    return sanity.collect([sanity.randomness_flag(ctx.model, x, eot, tag),
+                           sanity.gradient_flag(sanity.masked_share(ctx.model, x, y), len(x), tag)])
 
 
 def attack_points(model: EnergyModel, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step: float | None,
@@ -306,7 +306,7 @@ def _autoattack_flags(model, x, y, aa: AAConfig, run: Execution, state_dir, mode
     notes = sorted({m for i in infos for m in i["notes"]})
     if notes:
         details["notes"] = notes
-    square = checks.square_flag(details["warnings"])
+    square = sanity.square_flag(details["warnings"])
     if square:
         details["flags"] = [square]
     resumed = [dict(i["resumed"], state_key=i["state_key"]) for i in infos if i["resumed"]]

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from bench.core.fileio import atomic_write_bytes
 from bench.core.results import Results
-from bench.outputs import more_tables, paper_tables
-from bench.outputs.table_format import to_html
+from bench.outputs import all_tables, paper_layout
+from bench.outputs.table_text import to_html
 
 FIGURE_KEYS = ("figure", "figures", "grid")  # the details keys under which groups record the figures they wrote
 FIGURE_DIRS = ("figures", "samples")  # the order figures are shown in: figures/ first, then samples/
@@ -205,7 +205,7 @@ def run_section(run_dir: Path, res: Results, name: str, open_: bool = True) -> s
            ("seconds", r.get("seconds"))]
     if isinstance(r.get("cache"), dict):
         run.append(("cache", r["cache"]))
-    if r.get("flags"):  # the sanity flags raised (bench.runtime.checks), one line each
+    if r.get("flags"):  # the sanity flags raised (bench.runtime.sanity), one line each
         run.append(("flags", "; ".join(f"{f.get('flag')} ({f.get('metric')}): {f.get('message')}" for f in r["flags"])))
     config = ran_settings(res)
     versions = sorted((r.get("versions") or {}).items())
@@ -228,9 +228,9 @@ def _side_by_side(blocks: list[str]) -> str:
     return f'<div class="runs">{"".join(f"<div>{b}</div>" for b in blocks)}</div>' if len(blocks) > 1 else "".join(blocks)
 
 
-def render(runs: list[tuple[Path, Results]], tables: list[paper_tables.Table], title: str = "JEAT-Bench report",
+def render(runs: list[tuple[Path, Results]], tables: list[paper_layout.Table], title: str = "JEAT-Bench report",
            figures: list[Path] = ()) -> str:
-    names = paper_tables.labels([r for _, r in runs])
+    names = paper_layout.labels([r for _, r in runs])
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -252,7 +252,7 @@ def render(runs: list[tuple[Path, Results]], tables: list[paper_tables.Table], t
     return "\n".join(parts) + "\n"
 
 
-def write_report(path: str | Path, runs: list[tuple[Path, Results]], tables: list[paper_tables.Table],
+def write_report(path: str | Path, runs: list[tuple[Path, Results]], tables: list[paper_layout.Table],
                  title: str = "JEAT-Bench report", figures: list[Path] = ()) -> Path:
     """Write the page (atomically) to ``path`` and return it."""
     path = Path(path)
@@ -264,5 +264,5 @@ def write_report(path: str | Path, runs: list[tuple[Path, Results]], tables: lis
 def write_run_report(res: Results, out: str | Path) -> Path:
     """``bench run``'s page: ``out/report.html`` for the run in ``out``."""
     out = Path(out)
-    return write_report(out / "report.html", [(out, res)], more_tables.run_tables(res),
-                        title=f"JEAT-Bench: {paper_tables.label(res)}")
+    return write_report(out / "report.html", [(out, res)], all_tables.run_tables(res),
+                        title=f"JEAT-Bench: {paper_layout.label(res)}")

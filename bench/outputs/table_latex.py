@@ -2,7 +2,7 @@
 ``\\mathbf``), eps as ``$\\epsilon = 8/255$``, the unit in the header (``ECE (\\%)``), the context
 columns that every row shares (data set, threat model, n) said once in the caption, footnotes
 lettered below the table, a ``\\label``, and every text from the results escaped.  The cells are
-``table_format.cells``: the same values, bold marks and notes as the Markdown and HTML.  Needs
+``table_text.cells``: the same values, bold marks and notes as the Markdown and HTML.  Needs
 ``\\usepackage{booktabs}``.
 """
 
@@ -12,9 +12,9 @@ import math
 import re
 import string
 
-from bench.outputs.paper_tables import Table
+from bench.outputs.paper_layout import Table
 from bench.outputs.table_bold import RULE
-from bench.outputs.table_format import Cell, cells
+from bench.outputs.table_text import Cell, cells
 
 _SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
              "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from bench.core.errors import BenchError
-from bench.outputs.paper_tables import Table
+from bench.outputs.paper_layout import Table
 
 
 @dataclass

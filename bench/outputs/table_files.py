@@ -2,8 +2,8 @@
 as files: ``bench run`` writes a run's tables (``write_run_tables``), ``bench table`` several runs'
 tables and their report.html (``build``).
 
-What each table holds is ``bench.outputs.paper_tables``, what of it is shown ``bench.outputs.table_select``;
-the formats CSV, LaTeX (``bench.outputs.table_latex``, booktabs) and Markdown (``bench.outputs.table_format``);
+What each table holds is ``bench.outputs.paper_layout``, what of it is shown ``bench.outputs.table_select``;
+the formats CSV, LaTeX (``bench.outputs.table_latex``, booktabs) and Markdown (``bench.outputs.table_text``);
 LaTeX and Markdown mark the significantly best of our rows per column in bold
 (``bench.outputs.table_bold``), and a missing metric shows a dash with its reason as a footnote.
 """
@@ -21,13 +21,13 @@ from bench.core.fileio import atomic_write_bytes
 from bench.core.results import Results
 from bench.engines.plots import robustness_curves
 from bench.outputs import report as pages
-from bench.outputs import seed_spread
-from bench.outputs.more_tables import all_tables, run_tables
-from bench.outputs.paper_tables import Table, labels
+from bench.outputs.all_tables import all_tables, run_tables
+from bench.outputs.over_seeds import over_seeds as seeds_merged
+from bench.outputs.paper_layout import Table, labels
 from bench.outputs.report import write_report
-from bench.outputs.table_format import to_markdown
 from bench.outputs.table_latex import to_latex
 from bench.outputs.table_select import Choice, choose
+from bench.outputs.table_text import to_markdown
 
 CURVES_FIGURE = "robustness_curves.png"  # bench table: several runs' curves on one plot
 
@@ -123,7 +123,7 @@ def build(dirs, out: str | Path, report: bool = True, over_seeds: bool = False, 
     that holds a run (results.json) is refused: its report.html would be overwritten.  A failing report is recorded in
     ``report_error``, never losing the tables written before it.  ``over_seeds``: the runs of one
     model at several seeds are one row, mean ± the standard deviation over the seeds
-    (``bench.outputs.seed_spread``); the report still shows every run."""
+    (``bench.outputs.over_seeds``); the report still shows every run."""
     runs = load_runs(dirs)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -133,7 +133,7 @@ def build(dirs, out: str | Path, report: bool = True, over_seeds: bool = False, 
                          "choose another directory")
     rows = [r for _, r in runs]
     if over_seeds:
-        rows = seed_spread.over_seeds(rows)
+        rows = seeds_merged(rows)
     tables = choose(all_tables(rows), choice or Choice())
     if over_seeds and len(rows) < len(runs):
         for t in tables:  # only a table that shows spreads promises them (Tables 1-3 show none)

@@ -1,6 +1,6 @@
 """What Tables 1-3 hold, beside the paper's own numbers, and the row helpers every table shares
-(``bench.outputs.more_tables`` builds the others with them, ``bench.outputs.table_select`` chooses
-what is shown, ``bench.outputs.tables`` writes them, ``table_format`` and ``table_latex`` format
+(``bench.outputs.all_tables`` builds the others with them, ``bench.outputs.table_select`` chooses
+what is shown, ``bench.outputs.table_files`` writes them, ``table_text`` and ``table_latex`` format
 them, ``bench.outputs.report`` shows them).
 
 Each table is a pandas DataFrame with a ``Model`` column, our rows first and the paper's rows
@@ -132,7 +132,7 @@ def _finish(t: Table, runs: list[Results], picked=None) -> Table:
                 if res.n and res.n != n:
                     t.notes.setdefault((i, col), f"on n = {res.n} points, not the row's n = {n}")
                 raised = [f.get("flag") for f in (res.details or {}).get("flags") or []]
-                if raised:  # the sanity flags of the cell's number (bench.runtime.checks)
+                if raised:  # the sanity flags of the cell's number (bench.runtime.sanity)
                     old = t.notes.get((i, col))
                     t.notes[(i, col)] = (f"{old}; " if old else "") + "sanity flags raised: " + ", ".join(raised)
         else:

@@ -2,7 +2,7 @@
 and holding the owner's pid, host, start time and command.  A second run that finds a live lock
 stops at once with one line (``BenchError``, exit 2); a lock whose pid is dead on this host is
 stale (a run killed with -9) and taken over, with a note.  The lock is removed when the run ends,
-also on an error or an interrupt.  Under torchrun only rank 0 locks (bench.run.runner).  Once the
+also on an error or an interrupt.  Under torchrun only rank 0 locks (bench.pipeline.runner).  Once the
 lock is taken, the temporary files of dead processes left in the folder are removed (a note names them)."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench.core.errors import BenchError
 from bench.core.fileio import check_out
-from bench.run import runner
+from bench.pipeline import runner
 from bench.runtime import distributed
 
 TABLES = "tables"  # OUT/tables: the combined tables and report.html
@@ -57,9 +57,9 @@ def resolve_all(models: list[str], suite="all", dataset=None, data_root=None, ar
 
 def run_many(models: list[str], out: str | Path, name: str | None = None, **kw):
     """Each model into ``out/<model_stem>`` (``runner.run``), then ``bench table`` over them into
-    ``out/tables``; returns the ``bench.outputs.tables.Built`` (None on a torchrun rank other than 0).
+    ``out/tables``; returns the ``bench.outputs.table_files.Built`` (None on a torchrun rank other than 0).
     ``name``: each run's row label, suffixed by its stem."""
-    from bench.outputs import tables as tabling
+    from bench.outputs import table_files as tabling
 
     stems = check_stems(models, out)
     resolve_all(models, **kw)

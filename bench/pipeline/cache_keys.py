@@ -3,7 +3,7 @@ the settings the group declares (and the fast paths, which may move any number),
 of what it evaluates: the weights digest, the digests of both splits, the digest of the group's
 code (its module and every bench module it imports) and the library versions.  ``read_cache``
 trusts a cached file only if its metrics pass ``refusal``, the rule the groups an earlier run in
-``--out`` adds are held to as well (``bench.run.run_union``)."""
+``--out`` adds are held to as well (``bench.pipeline.kept_groups``)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def refusal(metrics, digest, g: Group) -> str | None:
     earlier results.json holds them; ``digest``: the one written with them) cannot be trusted, in
     words; None: they can.  They must match their digest (no hand edit), be exactly the group's
     metrics, and each one of its metric's values (``Metric.refusal``: type, bounds, the per-point
-    record).  The rule of the per-group cache and of the groups a run keeps (``run_union``)."""
+    record).  The rule of the per-group cache and of the groups a run keeps (``kept_groups``)."""
     from bench.metrics.registry import spec
 
     if not isinstance(metrics, dict):

@@ -168,8 +168,8 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
     from bench.core.settings import reference_size
     from bench.engines.features import FEATURE_BATCH
     from bench.inputs import data
-    from bench.outputs import tables
-    from bench.run import runner
+    from bench.outputs import table_files
+    from bench.pipeline import runner
 
     log = log or progress.say
     started = time.time()
@@ -193,7 +193,7 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
         "command": "samples", "suites": ["samples"], "seed": None, "device": str(dev), "versions": runner.versions(),
         "started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 2), "config": config}, metrics)
-    tables.write_run_outputs(res, out, log)
+    table_files.write_run_outputs(res, out, log)
     return res
 
 
@@ -257,7 +257,7 @@ def _feature_metrics(samples: SampleSet, ds, ref, extractor: tuple, ref_stats, d
 def _ssim_metrics(samples: SampleSet, ds, ref, ssim_k: int, dev, log) -> dict:
     """SSIM to the nearest training images and the SSIM diversity of the samples."""
     from bench.engines.sample_quality import diversity_result
-    from bench.metrics.ssim import ssim_nn_result
+    from bench.metrics.memorization import ssim_nn_result
 
     x, y = samples.x, samples.y
     metrics: dict = {}

@@ -1,5 +1,5 @@
 """Every table of a set of runs (``all_tables``; one run's: ``run_tables``): the paper's layouts of
-``bench.outputs.paper_tables``, then those built here with its row helpers: the OOD detection
+``bench.outputs.paper_layout``, then those built here with its row helpers: the OOD detection
 tables, one table per suite (the calibration suite in three), the robustness curves of
 ``--eps-grid`` (one table per attack) and ``bench samples``' own."""
 
@@ -13,7 +13,7 @@ import pandas as pd
 from bench.core.curve_data import curve_points
 from bench.core.results import Results
 from bench.metrics import registry, suites
-from bench.outputs.paper_tables import Table, _better, _finish, _rows, _scale, header, table1, table2, table3
+from bench.outputs.paper_layout import Table, _better, _finish, _rows, _scale, header, table1, table2, table3
 from bench.outputs.table_select import default
 
 OOD_AUROC = re.compile(r"^ood_(adv_)?auroc_(pxgrad|px|py)_([a-z0-9_]+)$")  # bench.metrics.ood names

@@ -14,7 +14,7 @@ import json
 import statistics
 
 from bench.core.results import Result, Results
-from bench.outputs.paper_tables import label
+from bench.outputs.paper_layout import label
 
 SPREAD = "standard deviation over the seeds"
 

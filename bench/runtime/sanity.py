@@ -8,7 +8,7 @@ caller).
 Flags (they warn about a number, after AutoAttack's ``checks`` and Carlini et al. 2019, "On
 evaluating adversarial robustness"): each is a dict ``{"flag", "message", ...evidence}`` recorded
 in the metric's ``details["flags"]``, gathered into ``run.flags`` of results.json, shown in the
-tables and the report, and printed as one console line each (``bench.run.runner``).
+tables and the report, and printed as one console line each (``bench.pipeline.runner``).
 
 =========================  ==============================================================  ==========
 flag                       raised when                                                     cost

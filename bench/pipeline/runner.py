@@ -23,12 +23,11 @@ from bench.core.results import Results, platform_record
 from bench.core.settings import DEFAULTS, Norm, complete, dataset_defaults, validate
 from bench.inputs import checkpoints, data, zoo
 from bench.metrics import Context, Result, registry, suites
-from bench.outputs import report, tables
-from bench.run import cache_keys, compute, outlock, run_union
-from bench.run import plan as runplan
-from bench.run.identity import data_record, versions  # noqa: F401  (re-exported: tests, samples_io)
-from bench.runtime import checks as sanity
-from bench.runtime import distributed, fastpath
+from bench.outputs import report, table_files
+from bench.pipeline import cache_keys, compute, kept_groups, outlock
+from bench.pipeline import plan as runplan
+from bench.pipeline.identity import data_record, versions  # noqa: F401  (re-exported: tests, samples_command)
+from bench.runtime import distributed, fastpath, sanity
 
 
 def resolve_device(device: str) -> torch.device:
@@ -149,11 +148,11 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
         settings: dict | None = None, log=progress.say, name: str | None = None,
         rb_model_dir: str | Path | None = None, plan_only: bool = False) -> Results | None:
     """Run the suites on the model into ``out``, holding ``out/.bench.lock`` from the check of
-    --out to the end (``bench.run.outlock``: a second run into the same folder stops at once).
+    --out to the end (``bench.pipeline.outlock``: a second run into the same folder stops at once).
     ``name``: the run's row label in tables (``run.name``), no setting: it keys no cache.
     ``rb_model_dir`` (``--rb-model-dir``): the folder of ``rb:NAME`` files in RobustBench's layout
     (``bench.inputs.rb_zoo``), no setting either: the weights' digest identifies the model.
-    Before the first group it prints the run's plan (``bench.run.plan``); ``plan_only``
+    Before the first group it prints the run's plan (``bench.pipeline.plan``); ``plan_only``
     (``--plan``): that alone, touching nothing under ``out`` (-> None)."""
     with contextlib.ExitStack() as lock:
         return _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log, lock, name,
@@ -195,7 +194,7 @@ def _run(model, suite, out, dataset, data_root, arch, device, resume, download, 
 
 def resolve(model, suite, dataset, data_root, arch, download, settings, rb_model_dir=None) -> tuple:
     """-> (suite names, groups, Loaded, Dataset, settings): everything a bad argument fails in,
-    before --out is touched (``bench.run.several`` resolves every model of a run first)."""
+    before --out is touched (``bench.pipeline.several`` resolves every model of a run first)."""
     suite_names = suites.resolve(suite)
     groups = suites.groups_for(suite_names)
     loaded, ds = resolve_model(model, dataset, data_root, arch, download, (settings or {}).get("normalize"),
@@ -211,7 +210,7 @@ def resolve(model, suite, dataset, data_root, arch, download, settings, rb_model
 def _prepare(model, suite, out: Path, dataset, data_root, arch, device, download, settings, log,
              lock: contextlib.ExitStack, name: str | None, rb_model_dir=None, plan_only: bool = False) -> _Plan:
     """Resolve the model, data, settings and groups; take the --out lock; check the model; start
-    the results record with what an earlier run in --out adds to it (``bench.run.run_union``)."""
+    the results record with what an earlier run in --out adds to it (``bench.pipeline.kept_groups``)."""
     started = time.time()
     dev = distributed.init(resolve_device(device))
     suite_names, groups, loaded, ds, s = resolve(model, suite, dataset, data_root, arch, download, settings,
@@ -238,7 +237,7 @@ def _prepare(model, suite, out: Path, dataset, data_root, arch, device, download
     now = {"weights_sha256": loaded.weights_sha256, "data": identity["data"], "dataset": ds.name,
            "versions": vers, "settings": s, "code": lambda g: cache_keys.code_sha256(g.fn.__module__, memo)}
     kept = distributed.on_main(  # rank 0 reads --out; every rank refuses alike
-        lambda: run_union.keep(run_union.earlier(out, log), {g.name for g in groups}, now, out, log))
+        lambda: kept_groups.keep(kept_groups.earlier(out, log), {g.name for g in groups}, now, out, log))
     # a kept group whose stored metrics fail the cache's rules (edited by hand) is computed again
     again = [g for g in (registry.load_all()[n].for_settings(s) for n in kept.recompute) if g.metrics]
     groups += again
@@ -267,7 +266,7 @@ def _prepare(model, suite, out: Path, dataset, data_root, arch, device, download
     return _Plan(out, groups, s, ctx, res, loaded.sha256 or loaded.path, ds.name, identity, code, main, log, started, probe)
 
 
-def _add_kept(res: Results, kept: run_union.Kept, now: dict) -> None:
+def _add_kept(res: Results, kept: kept_groups.Kept, now: dict) -> None:
     """The earlier run's groups this run keeps: their metrics, records and code digests."""
     if not kept.groups:
         return
@@ -340,7 +339,7 @@ def _finish(plan: _Plan) -> Results:
         distributed.close()
         return plan.res
     plan.res.run["seconds"] = round(time.time() - plan.started, 2)
-    tables.write_run_outputs(plan.res, plan.out, plan.log)
+    table_files.write_run_outputs(plan.res, plan.out, plan.log)
     distributed.close()
     return plan.res
 
@@ -348,7 +347,7 @@ def _finish(plan: _Plan) -> Results:
 def _group_record(g, computed_on: dict, cached: bool, run_platform: dict, metrics: dict[str, Result]) -> dict:
     """results.json's ``run.groups[name]``: a finished group, its suite and metrics, the digest of
     those metrics as results.json holds them (a later run into the same --out keeps the group only
-    while they match it: ``run_union``), and the platform its numbers were computed on where that is
+    while they match it: ``kept_groups``), and the platform its numbers were computed on where that is
     not the run's ``platform`` (a cached group keeps the one it was computed on, not this process's:
     ``bench check --exact`` compares each metric's own)."""
     digest = cache_keys.metrics_digest(cache_keys.stored({m: metrics[m] for m in g.metrics}))

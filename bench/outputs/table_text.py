@@ -1,5 +1,5 @@
 """Tables as text: Markdown and HTML (LaTeX: ``bench.outputs.table_latex``, from the same cells).
-Percent columns (``paper_tables.is_percent``) with two decimals; the significantly best of our rows
+Percent columns (``paper_layout.is_percent``) with two decimals; the significantly best of our rows
 per column in bold (``bench.outputs.table_bold``), among the rows of the same data set and threat
 model only; a missing value a dash with its reason as a numbered footnote.  All text from the
 results is escaped for the target format.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from bench.outputs.paper_tables import Table, is_percent
+from bench.outputs.paper_layout import Table, is_percent
 from bench.outputs.table_bold import significantly_best
 
 

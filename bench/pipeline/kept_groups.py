@@ -22,7 +22,7 @@ from bench.core import results
 from bench.core.errors import BenchError
 from bench.core.results import Result, Results
 from bench.metrics import registry
-from bench.run import cache_keys
+from bench.pipeline import cache_keys
 
 
 @dataclass
