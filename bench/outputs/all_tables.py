@@ -1,6 +1,7 @@
 """Every table of a set of runs (``all_tables``; one run's: ``run_tables``): the paper's layouts of
 ``bench.outputs.paper_layout``, then those built here with its row helpers: the OOD detection
-tables, one table per suite (the calibration suite in three), the robustness curves of
+tables, the shift suite's two (``shift_tables``), one table per suite (the calibration suite in
+three), the robustness curves of
 ``--eps-grid`` (one table per attack) and ``bench samples``' own."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pandas as pd
 from bench.core.curve_data import curve_points
 from bench.core.results import Results
 from bench.metrics import registry, suites
+from bench.outputs import shift_columns
 from bench.outputs.paper_layout import Table, _better, _finish, _rows, _scale, header, table1, table2, table3
 from bench.outputs.table_select import default
 
@@ -74,7 +76,7 @@ def suite_tables(runs: list[Results]) -> list[Table]:
     registered metric's table, with no code here.  Headers carry the unit (``header``).  No
     paper rows."""
     tables = []
-    for suite in suites.names():
+    for suite in (s for s in suites.names() if s != shift_columns.SUITE):  # shift_tables lays it out
         cols = {}
         for sp in (sp for g in suites.groups_for([suite], runnable=False) for sp in g.specs if sp.column):
             held = sorted({m for r in runs for m in r.metrics if sp.matches(m)})
@@ -105,6 +107,35 @@ def _spread(t: Table, runs: list[Results]) -> Table:
                 t.stds[(i, col)] = std[-1]
         t.df[f"{col} std"], t.df[f"{col} n"] = std, n
     return t
+
+
+SHIFT_CAPTION = ("Accuracy (%) under each common corruption (the mean over its severities; bench run --suite shift), "
+                 "their mean, and the mean corruption error mCE and the relative mCE (Hendrycks and Dietterich "
+                 "2019: errors relative to a reference model's, in %; lower is better).")
+SHIFT_CALIBRATION_CAPTION = ("Calibration and energy under shift: accuracy (%), ECE and the AUROC of the energy score "
+                             "-E(x) telling the clean points from the corrupted ones (AUROC E), at each corruption "
+                             "severity (s1-s5, the mean over the corruptions; s0: the clean test points).")
+
+
+def shift_tables(runs: list[Results]) -> list[Table]:
+    """The shift suite's two tables (``bench.outputs.shift_columns`` names their metrics), only
+    where some run holds a shift metric: ``shift``, a column per corruption (in the runs' order)
+    then the mean, mCE and relative mCE; ``shift_calibration``, accuracy, ECE and energy AUROC per
+    severity (0: clean).  No paper rows."""
+    if not shift_columns.held(runs):
+        return []
+    tables = []
+    main = {**shift_columns.corruption_columns(runs), **dict(shift_columns.SUMMARY)}
+    by_severity = {f"{q} s{k}": m for q, k, m in shift_columns.severity_columns(runs)}
+    for name, caption, cols in (("shift", SHIFT_CAPTION, main),
+                                ("shift_calibration", SHIFT_CALIBRATION_CAPTION, by_severity)):
+        cols = {header(c, m): m for c, m in cols.items()}
+        if not cols:
+            continue
+        rows, notes = _rows(runs, cols)
+        tables.append(_spread(_finish(Table(name, caption, pd.DataFrame(rows), cols, _better(cols), notes), runs),
+                              runs))
+    return tables
 
 
 def curve_tables(runs: list[Results]) -> list[Table]:
@@ -140,8 +171,8 @@ def samples_table(runs: list[Results]) -> list[Table]:
 
 
 def all_tables(runs: list[Results]) -> list[Table]:
-    return ([table1(runs), table2(runs), table3(runs)] + ood_tables(runs) + suite_tables(runs) + curve_tables(runs)
-            + samples_table(runs))
+    return ([table1(runs), table2(runs), table3(runs)] + ood_tables(runs) + shift_tables(runs) + suite_tables(runs)
+            + curve_tables(runs) + samples_table(runs))
 
 
 def run_tables(res: Results) -> list[Table]:
