@@ -168,10 +168,14 @@ def read_json(path: str | Path) -> dict:
         raise BenchError(f"{p}: not valid JSON ({e})") from None
 
 
+def json_text(obj) -> str:
+    """The text ``write_json`` writes: strict JSON (NaN/inf as null), indented by one, a final newline."""
+    return json.dumps(finite(obj), indent=1, sort_keys=False, allow_nan=False) + "\n"
+
+
 def write_json(path: str | Path, obj) -> None:
     """Atomic (write, fsync, rename), strict JSON: NaN/inf become null."""
-    text = json.dumps(finite(obj), indent=1, sort_keys=False, allow_nan=False)
-    atomic_write_bytes(path, (text + "\n").encode())
+    atomic_write_bytes(path, json_text(obj).encode())
 
 
 def finite(o):
