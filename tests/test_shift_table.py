@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
+from bench.cli import main
 from bench.core import outcomes, results
 from bench.core.metric_facts import PAIRS, Metric
 from bench.metrics import registry
@@ -196,3 +197,14 @@ def test_compare_tests_a_severity_accuracy_by_mcnemar(two, shift_facts):
     assert t.test == compare.MCNEMAR and (t.only_a, t.only_b) == (only_a, only_b)
     assert t.p == pytest.approx(binomtest(only_a, only_a + only_b, 0.5).pvalue, rel=1e-12)
     assert t.diff == pytest.approx(b.mean() - a.mean())
+
+
+def test_bench_table_prints_and_writes_them_with_no_paper_rows(two, tmp_path, capsys, shift_facts):
+    out = tmp_path / "tables"
+    assert main(["table", *map(str, two), "--out", str(out), "--with-paper", "--columns", "shift_acc_mean,acc s0"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("shift", "shift_calibration"):
+        md = (out / f"{name}.md").read_text()
+        assert f"**{name}**" in printed and md in printed and "paper:" not in md
+    assert "| mean (%) |" in (out / "shift.md").read_text()
+    assert "| acc s0 (%) |" in (out / "shift_calibration.md").read_text()
