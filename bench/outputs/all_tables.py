@@ -1,8 +1,7 @@
 """Every table of a set of runs (``all_tables``; one run's: ``run_tables``): the paper's layouts of
 ``bench.outputs.paper_layout``, then those built here with its row helpers: the OOD detection
 tables, the shift suite's two (``shift_tables``), one table per suite (the calibration suite in
-three), the robustness curves of
-``--eps-grid`` (one table per attack) and ``bench samples``' own."""
+three), the robustness curves of ``--eps-grid`` (one table per attack) and ``bench samples``' own."""
 
 from __future__ import annotations
 
