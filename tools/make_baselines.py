@@ -61,6 +61,7 @@ def add(name: str, baselines: Path, cases: dict, asked: list[str], out_root: Pat
     """``--add NAME``: run NAME's suite for each case that includes it, merge into its baseline."""
     suite, groups = resolve(name)
     chosen = cases_with(cases, suite, asked)
+    out_root.mkdir(parents=True, exist_ok=True)
     stem = f"add-{name}"
     failed = refused = 0
     with ThreadPoolExecutor(jobs) as pool:
@@ -97,7 +98,6 @@ def main() -> int:
     if a.add is not None:
         cases = json.loads((a.baselines / "cases.json").read_text())["cases"]
         out_root = a.out or ROOT / "runs" / "baselines"
-        out_root.mkdir(parents=True, exist_ok=True)
         try:
             return add(a.add, a.baselines, cases, a.cases, out_root, a.out or a.baselines, env, a.threads, a.jobs)
         except AddError as e:
