@@ -1,6 +1,7 @@
 """Pure functions on tensors, one or more per metric family: what the metric groups compute, for a
-notebook or another library.  Each is a thin, documented wrapper over the code the groups run
-(named in its docstring), never a second implementation, and its example runs in well under a
+notebook or another library.  Each is a thin, documented wrapper over the engine the groups run
+(``bench.engines``, or the numpy maths of ``bench.core``, named in its docstring), never a second
+implementation and never a metric module, and its example runs in well under a
 second (``tests/test_functional.py`` runs them: ``doctest.testmod(bench.functional)``).
 
 Images are float tensors (N, C, H, W) in [0, 1]; ``model`` is an ``bench.core.energy.EnergyModel``
@@ -77,12 +78,12 @@ def energy(model, x: torch.Tensor, y: torch.Tensor | None = None, kind: str = "j
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float, int]:
     """(top-1 accuracy, its standard error sqrt(p(1-p)/n), n) from logits (N, K) (the ``accuracy``
-    metric; ``bench.metrics.robustness.proportion``).
+    metric; ``bench.engines.robust_flags.proportion``).
 
     >>> accuracy(torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1, 1, 1]))
     (0.75, 0.21650635094610965, 4)
     """
-    from bench.metrics.robustness import proportion
+    from bench.engines.robust_flags import proportion
 
     return proportion(_finite(logits, "logits").argmax(1) == y)
 
@@ -103,7 +104,7 @@ def robust_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps: float, norm: s
     >>> robust_accuracy(net, x, y, eps=1.0)[0]              # the whole [0, 1] cube: none survives
     0.0
     """
-    from bench.metrics.robustness import attack_points, proportion
+    from bench.engines.robust_flags import attack_points, proportion
 
     m = _model(model)
     with eval_mode(m):
@@ -114,47 +115,49 @@ def robust_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps: float, norm: s
 
 def ece(probs: torch.Tensor, correct: torch.Tensor, bins: int = 20) -> float:
     """Expected calibration error over ``bins`` equal-width (lo, hi] confidence bins, from class
-    probabilities (N, K) or top-class confidences (N,) (``calibration.expected_calibration_error``).
+    probabilities (N, K) or top-class confidences (N,) (``bench.core.binned_calibration.expected_calibration_error``).
 
     >>> round(ece(torch.tensor([0.9, 0.9, 0.6, 0.6]), torch.tensor([True, True, True, False]), bins=10), 6)
     0.1
     """
-    from bench.metrics.calibration import expected_calibration_error
+    from bench.core.binned_calibration import expected_calibration_error
 
     return expected_calibration_error(_finite(probs, "probabilities"), correct, bins)[0]
 
 
 def reliability(probs: torch.Tensor, correct: torch.Tensor, bins: int = 20) -> dict:
     """The reliability diagram's numbers: per bin ``count``, ``accuracy`` and ``confidence`` (None
-    when empty), and ``edges`` (``calibration.expected_calibration_error``).
+    when empty), and ``edges`` (``bench.core.binned_calibration.expected_calibration_error``).
 
     >>> r = reliability(torch.tensor([0.9, 0.9, 0.6, 0.6]), torch.tensor([True, True, True, False]), bins=2)
     >>> r["count"], r["accuracy"], r["edges"]
     ([0, 4], [None, 0.75], [0.0, 0.5, 1.0])
     """
-    from bench.metrics.calibration import expected_calibration_error
+    from bench.core.binned_calibration import expected_calibration_error
 
     return expected_calibration_error(_finite(probs, "probabilities"), correct, bins)[1]
 
 
 def nll(logits: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean negative log-likelihood -log softmax(f)_y (the ``nll`` metric; ``calibration.nll_per_point``).
+    """Mean negative log-likelihood -log softmax(f)_y (the ``nll`` metric;
+    ``bench.engines.calibration_fit.nll_per_point``).
 
     >>> round(nll(torch.tensor([[0.0, 0.0]]), torch.tensor([1])), 6)   # log 2
     0.693147
     """
-    from bench.metrics.calibration import nll_per_point
+    from bench.engines.calibration_fit import nll_per_point
 
     return nll_per_point(_not_empty(_finite(logits, "logits"), "nll"), y).mean().item()
 
 
 def brier(probs: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean Brier score sum_k (p_k - [k = y])^2, in [0, 2] (the ``brier`` metric; ``calibration.brier_per_point``).
+    """Mean Brier score sum_k (p_k - [k = y])^2, in [0, 2] (the ``brier`` metric;
+    ``bench.engines.calibration_fit.brier_per_point``).
 
     >>> brier(torch.tensor([[0.5, 0.5], [1.0, 0.0]]), torch.tensor([0, 1]))   # (0.5 + 2) / 2
     1.25
     """
-    from bench.metrics.calibration import brier_per_point
+    from bench.engines.calibration_fit import brier_per_point
 
     return brier_per_point(_not_empty(_finite(probs, "probabilities"), "brier"), y).mean().item()
 
@@ -163,7 +166,7 @@ def fisher_scores(model, x: torch.Tensor, y: torch.Tensor, probes: int = 16, exa
                   generator: torch.Generator | None = None) -> dict[str, float]:
     """Mean Joint and Marginal Fisher scores, 0.5 ||grad_x E||^2 - tr Hess_x E with E(x, y) (``jfs``)
     and E(x) (``mfs``), the trace by Hutchinson with ``probes`` Rademacher probes or ``exact``
-    (``bench.metrics.fisher.fisher_scores``; pixel space).
+    (``bench.engines.fisher_terms.fisher_scores``; pixel space).
 
     A linear model f(x) = W x has E(x, y) = -w_y . x: no curvature, so JFS = 0.5 ||w_y||^2.
 
@@ -173,7 +176,7 @@ def fisher_scores(model, x: torch.Tensor, y: torch.Tensor, probes: int = 16, exa
     >>> round(s["jfs"], 4)
     12.5
     """
-    from bench.metrics.fisher import fisher_scores as terms_of
+    from bench.engines.fisher_terms import fisher_scores as terms_of
 
     m = _model(model)
     with eval_mode(m):
@@ -260,34 +263,34 @@ def precision_recall(gen_features: torch.Tensor, ref_features: torch.Tensor) -> 
 
 def auroc(scores_in: torch.Tensor, scores_out: torch.Tensor) -> tuple[float, float | None]:
     """(AUROC, DeLong standard error) of in-distribution scores (positive) against OOD scores; ties
-    count 1/2 (the ``ood_auroc_*`` metrics; ``bench.metrics.ood.auroc``).
+    count 1/2 (the ``ood_auroc_*`` metrics; ``bench.core.roc.auroc``).
 
     >>> auroc(torch.tensor([3.0, 2.0, 1.0]), torch.tensor([0.0, 1.0]))[0]   # 5.5 of 6 pairs
     0.9166666666666666
     """
-    from bench.metrics.ood import auroc as auroc_of
+    from bench.core.roc import auroc as auroc_of
 
     return auroc_of(_finite(scores_in, "scores"), _finite(scores_out, "scores"))
 
 
 def ood_measures(scores_in: torch.Tensor, scores_out: torch.Tensor) -> dict[str, tuple[float, float | None]]:
-    """{auroc, aupr_in, aupr_out, fpr95: (value, std)} (``bench.metrics.ood.ood_measures``).
+    """{auroc, aupr_in, aupr_out, fpr95: (value, std)} (``bench.engines.ood_scores.ood_measures``).
 
     >>> m = ood_measures(torch.tensor([3.0, 2.0]), torch.tensor([0.0, 1.0]))
     >>> m["auroc"][0], m["fpr95"][0]
     (1.0, 0.0)
     """
-    from bench.metrics.ood import ood_measures as measures
+    from bench.engines.ood_scores import ood_measures as measures
 
     return measures(_finite(scores_in, "scores"), _finite(scores_out, "scores"))
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Per-image PSNR 10 log10(range^2 / MSE) in dB (the ``denoise_psnr`` metrics; ``denoise.psnr``).
+    """Per-image PSNR 10 log10(range^2 / MSE) in dB (the ``denoise_psnr`` metrics; ``bench.engines.denoising.psnr``).
 
     >>> round(psnr(torch.full((1, 1, 2, 2), 0.1), torch.zeros(1, 1, 2, 2)).item(), 5)   # MSE 0.01
     20.0
     """
-    from bench.metrics.denoise import psnr as psnr_of
+    from bench.engines.denoising import psnr as psnr_of
 
     return psnr_of(x, ref, data_range)

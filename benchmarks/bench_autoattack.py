@@ -60,7 +60,7 @@ def main(argv=None) -> float:
     torch.set_num_threads(args.threads)
     from pyautoattack import AutoAttack
 
-    from bench.metrics.robustness import evaluate_autoattack
+    from bench.engines.aa_eval import evaluate_autoattack
 
     device = torch.device(args.device)
     model, ds = trained_model(args.width, args.epochs, device)

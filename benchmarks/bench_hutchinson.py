@@ -1,4 +1,4 @@
-"""Fisher-score throughput: batched Hutchinson (bench.metrics.fisher.fisher_scores) against a per-sample loop.
+"""Fisher-score throughput: batched Hutchinson (bench.engines.fisher_terms.fisher_scores) against a per-sample loop.
 
 Both arms compute, for the same points and the same Rademacher probes, the per-point terms of the
 joint and the marginal Fisher score (0.5 ||grad E||^2 and Hutchinson's tr Hess E, Eq. 23, 24).
@@ -57,8 +57,8 @@ def main(argv=None) -> float:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from bench.core.energy import EnergyModel
+    from bench.engines.fisher_terms import fisher_scores, rademacher
     from bench.inputs import data, nets
-    from bench.metrics.fisher import fisher_scores, rademacher
     from bench.runtime.execution import Execution
 
     device = torch.device(args.device)

@@ -68,9 +68,9 @@ def build(arch: str, device, fast: bool):
 def operations(model, device, batch: int, small: bool):
     """name -> (suite, callable on a batch, images per call, paper-size count, what it is)."""
     from bench.engines.attacks import fgsm, pgd
+    from bench.engines.fisher_terms import fisher_terms, rademacher
     from bench.engines.sampling import SGLDConfig, sgld
     from bench.engines.ssim import nearest_neighbours
-    from bench.metrics.fisher import fisher_terms, rademacher
 
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.rand(batch, 3, 32, 32, generator=g, device=device)

@@ -23,8 +23,8 @@ import torch
 from bench.core import settings
 from bench.engines.attacks import bpda_eot_pgd, eot_pgd, pgd_restarts
 from bench.engines.defense import RefineConfig, RefinedModel
+from bench.engines.robust_flags import survives
 from bench.inputs import checkpoints, data
-from bench.metrics.adaptive import survives
 from bench.runtime import sanity
 
 

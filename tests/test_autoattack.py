@@ -13,7 +13,7 @@ from torch import nn
 
 from bench.core.energy import EnergyModel
 from bench.core.settings import DEFAULTS
-from bench.engines import aa_adapter
+from bench.engines import aa_adapter, aa_eval, robust_flags
 from bench.metrics import Context, load_all
 from bench.metrics import robustness as rob
 from bench.outputs import table_files
@@ -33,8 +33,8 @@ def make_ctx(model, ds, tmp_path, **settings):
 
 def apgd_ce_only(monkeypatch):
     """The group's pyautoattack call with 'standard' shortened to APGD-CE (speed)."""
-    real = rob.run_autoattack
-    monkeypatch.setattr(rob, "run_autoattack",
+    real = aa_eval.run_autoattack
+    monkeypatch.setattr(aa_eval, "run_autoattack",
                         lambda *a, **kw: real(*a, **{**kw, "version": "custom", "attacks": ["apgd-ce"]}))
 
 
@@ -153,7 +153,7 @@ def test_autoattack_runs_in_float32_under_amp_bf16(digits):
     assert spy.dtypes == [torch.bfloat16]  # the fast path is on: a no-grad forward runs in bf16
     spy.dtypes.clear()
     # Square attacks under no_grad: the forward passes the fast path would autocast
-    res = rob.evaluate_autoattack(m, x, y, eps=EPS, version="custom", attacks=["square"], batch_size=4)
+    res = aa_eval.evaluate_autoattack(m, x, y, eps=EPS, version="custom", attacks=["square"], batch_size=4)
     assert len(spy.dtypes) > 100 and set(spy.dtypes) == {torch.float32}
     assert res.details["precision"].startswith("float32")
     spy.dtypes.clear()
@@ -183,9 +183,9 @@ def test_resume_state_is_keyed_by_the_weights_as_loaded_and_their_normalisation(
     """The same file under another --normalize is another model: its AutoAttack state must not be
     resumed.  The group keys the state by weights_sha256 (not the file's sha256), the key holds the
     normalisation too."""
-    from bench.engines import aa_adapter
+    from bench.engines import aa_adapter, aa_eval
 
-    monkeypatch.setattr(rob, "autoattack_flags", lambda *a, **k: (_ for _ in ()).throw(RuntimeError(k["model_id"])))
+    monkeypatch.setattr(aa_eval, "autoattack_flags", lambda *a, **k: (_ for _ in ()).throw(RuntimeError(k["model_id"])))
     ctx = make_ctx(tiny_model(), digits, tmp_path, model_sha256="the-file", weights_sha256="as-loaded", n_aa=4)
     with pytest.raises(RuntimeError, match="as-loaded"):
         rob.autoattack_group(ctx)
@@ -206,6 +206,6 @@ def test_pgd20_aa_takes_pgd20_s_starts_under_linf_on_the_cpu(digits, tmp_path):
     so its per-point flags are pgd20's on AutoAttack's points."""
     m = trained_model()
     ctx = make_ctx(m, digits, tmp_path, n_eval=40, n_aa=16, batch_size=25)  # AutoAttack's points end mid-batch
-    _, full = rob.pgd_flags(ctx, "ce", "pgd20")
-    _, prefix = rob.pgd_flags(ctx, "ce", "pgd20", points="n_aa")
+    _, full = robust_flags.pgd_flags(ctx, "ce", "pgd20")
+    _, prefix = robust_flags.pgd_flags(ctx, "ce", "pgd20", points="n_aa")
     assert torch.equal(full[:16], prefix)

@@ -10,6 +10,7 @@ import torch
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from bench.cli import main
+from bench.engines import calibration_fit
 from bench.inputs import zoo
 from bench.metrics import calibration as cal
 
@@ -41,9 +42,9 @@ def test_nll_and_brier_by_hand():
     # p = (1/3, 1/3, 1/3): NLL ln 3, Brier (2/3)^2 + 2 (1/3)^2 = 2/3
     # p = (1/2, 1/4, 1/4), y = 1: NLL ln 4, Brier 1/4 + 9/16 + 1/16 = 7/8
     # p = (1/2, 1/4, 1/4), y = 0: NLL ln 2, Brier 1/4 + 1/16 + 1/16 = 3/8
-    torch.testing.assert_close(cal.nll_per_point(z, y), torch.tensor([math.log(3), math.log(4), math.log(2)],
+    torch.testing.assert_close(calibration_fit.nll_per_point(z, y), torch.tensor([math.log(3), math.log(4), math.log(2)],
                                                                      dtype=torch.float64))
-    torch.testing.assert_close(cal.brier_per_point(torch.softmax(z.double(), 1), y),
+    torch.testing.assert_close(calibration_fit.brier_per_point(torch.softmax(z.double(), 1), y),
                                torch.tensor([2 / 3, 7 / 8, 3 / 8], dtype=torch.float64))
 
 
@@ -65,7 +66,7 @@ def test_temperature_against_a_grid_search():
 
     grid = np.exp(np.linspace(np.log(0.05), np.log(20), 20001))
     best = grid[int(np.argmin([nll(t) for t in grid]))]
-    t = cal.fit_temperature(z, y)
+    t = calibration_fit.fit_temperature(z, y)
     assert t == pytest.approx(best, rel=1e-3)
     assert nll(t) <= nll(best) + 1e-12
     assert not math.isclose(t, 1.0, rel_tol=0.05)  # the case is not trivial

@@ -15,12 +15,12 @@ from bench.cli import main
 from bench.core import outcomes
 from bench.core.errors import BenchError
 from bench.core.metric_facts import POINTS, PROPORTION
-from bench.core.results import Results
+from bench.core.results import Result, Results
 from bench.core.settings import DEFAULTS
 from bench.core.stats import proportion_se
+from bench.engines import aa_eval
 from bench.engines.attacks import pgd
 from bench.metrics import Context, _seed_for, curves, load_all, registry
-from bench.metrics import robustness as rob
 from bench.outputs import table_files
 from tests.conftest import tiny_model, trained_model
 
@@ -91,9 +91,9 @@ def test_curve_through_the_run_eps_is_pgd20_and_eps0_is_accuracy(digits, tmp_pat
 
 
 def test_autoattack_points_equal_pyautoattack_direct(digits, tmp_path, monkeypatch):
-    real = rob.run_autoattack
+    real = aa_eval.run_autoattack
     custom = {"version": "custom", "attacks": ["apgd-ce"]}
-    monkeypatch.setattr(rob, "run_autoattack", lambda *a, **kw: real(*a, **{**kw, **custom}))
+    monkeypatch.setattr(aa_eval, "run_autoattack", lambda *a, **kw: real(*a, **{**kw, **custom}))
     m = trained_model()
     out = curves.curve_group(make_ctx(m, digits, tmp_path, n_aa=16, eps_grid=[0.2], curve_attacks="autoattack"))
     x, y = digits.test.x[:16], digits.test.y[:16]
@@ -114,7 +114,7 @@ def test_an_attack_plugs_in_by_registration(digits, tmp_path, monkeypatch):
     def fooled_all(ctx, eps):
         seen.append((eps, ctx.settings["eps"], ctx.settings["ece_bins"]))  # its setting is readable
         flags = torch.zeros(N, dtype=torch.bool)
-        return rob.Result(0.0, 0.0, N, details={}), flags
+        return Result(0.0, 0.0, N, details={}), flags
 
     assert "ece_bins" in group.settings
     s = dict(DEFAULTS, eps=0.1, eps_grid=[0.3, 0.1])

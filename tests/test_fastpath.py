@@ -8,8 +8,8 @@ import torch
 from bench.core.errors import BenchError
 from bench.core.results import read as read_results
 from bench.engines.attacks import pgd
+from bench.engines.fisher_terms import fisher_scores
 from bench.inputs import zoo
-from bench.metrics.fisher import fisher_scores
 from bench.outputs import check
 from bench.pipeline import runner
 from bench.runtime import fastpath
@@ -124,10 +124,10 @@ def test_fast_path_run_passes_check_against_the_plain_run(tmp_path, one_thread, 
     every point still robust: minutes of CPU even on 4 points), so its group runs APGD-CE only here;
     tests/test_autoattack.py::test_autoattack_runs_in_float32_under_amp_bf16 checks that every
     attack of the standard version stays float32 under --amp bf16."""
-    from bench.metrics import robustness as rob
+    from bench.engines import aa_eval
 
-    real = rob.run_autoattack
-    monkeypatch.setattr(rob, "run_autoattack",
+    real = aa_eval.run_autoattack
+    monkeypatch.setattr(aa_eval, "run_autoattack",
                         lambda *a, **kw: real(*a, **{**kw, "version": "custom", "attacks": ["apgd-ce"]}))
     kw = dict(model=str(zoo.released_path()), suite="robust,calibration,landscape", log=lambda m: None,
               settings={"n_eval": 100, "n_aa": 4, "landscape_images": 2, "landscape_resolution": 9})

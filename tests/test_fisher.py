@@ -7,9 +7,10 @@ from torch.autograd.functional import hessian
 from bench.core.energy import EnergyModel
 from bench.core.errors import BenchError
 from bench.core.settings import DEFAULTS, validate
+from bench.engines import fisher_terms as terms_engine
+from bench.engines.fisher_terms import fisher_scores, fisher_terms, rademacher
 from bench.engines.taylor import JetUnsupported, jet
 from bench.metrics import Context, fisher, load_all
-from bench.metrics.fisher import fisher_scores, fisher_terms, rademacher
 from bench.runtime.execution import Execution
 from tests.conftest import tiny_model
 
@@ -103,10 +104,10 @@ def test_methods_agree_and_auto_falls_back(digits, monkeypatch):
     def unsupported(*a, **k):
         raise NotImplementedError("no forward-mode rule")
 
-    monkeypatch.setattr(fisher, "_quad_jet", unsupported)
+    monkeypatch.setattr(terms_engine, "_quad_jet", unsupported)
     fisher_terms(m, x, y, probes, info=info)
     assert info["method"] == "forward"
-    monkeypatch.setattr(fisher, "_quad_forward", unsupported)
+    monkeypatch.setattr(terms_engine, "_quad_forward", unsupported)
     fallback = fisher_terms(m, x, y, probes, info=info)
     assert info["method"] == "reverse"
     torch.testing.assert_close(fallback["joint"]["trace"], rev["joint"]["trace"])

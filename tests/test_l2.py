@@ -15,10 +15,10 @@ from scipy import stats
 from bench.cli import main
 from bench.core.errors import BenchError
 from bench.core.settings import DEFAULTS
+from bench.engines import aa_eval
 from bench.engines.attacks import check_in_ball, fgsm, pgd, uniform_start
 from bench.inputs import checkpoints, zoo
 from bench.metrics import Context, load_all
-from bench.metrics import robustness as rob
 from bench.outputs import paper_layout, table_files
 from bench.pipeline import cache_keys, runner
 from tests.conftest import trained_model
@@ -108,22 +108,22 @@ def test_autoattack_l2_equals_pyautoattack_direct(digits, tmp_path):
     x, y = digits.test.x[:24], digits.test.y[:24]
     kw = {"norm": "L2", "eps": EPS, "seed": 0, "version": "custom", "attacks": ["apgd-ce"]}
     x_ref, y_ref = AutoAttack(m, device="cpu", **kw).run_standard_evaluation(x, y, batch_size=250)
-    out = rob.run_autoattack(m, x, y, batch_size=250, **kw)
+    out = aa_eval.run_autoattack(m, x, y, batch_size=250, **kw)
     assert torch.equal(out.x_adv, x_ref) and torch.equal(out.y_adv, y_ref)
-    res = rob.evaluate_autoattack(m, x, y, batch_size=250, state_dir=tmp_path, model_id="m", **kw)
+    res = aa_eval.evaluate_autoattack(m, x, y, batch_size=250, state_dir=tmp_path, model_id="m", **kw)
     assert res.value == (y_ref == y).double().mean().item() < 1
     assert res.details["threat_model"]["norm"] == "L2" and 0 < res.details["max_l2"] <= EPS * (1 + 1e-5)
 
 
 def test_autoattack_group_passes_the_norm_to_pyautoattack(digits, tmp_path, monkeypatch):
     seen = []
-    real = rob.run_autoattack
+    real = aa_eval.run_autoattack
 
     def spy(*a, **kw):
         seen.append(kw["norm"])
         return real(*a, **{**kw, "version": "custom", "attacks": ["apgd-ce"]})
 
-    monkeypatch.setattr(rob, "run_autoattack", spy)
+    monkeypatch.setattr(aa_eval, "run_autoattack", spy)
     out = load_all()["autoattack"].fn(make_ctx(trained_model(), digits, tmp_path, n_aa=8))
     assert seen == ["L2"] and out["autoattack"].details["threat_model"]["norm"] == "L2"
     assert out["pgd20_aa"].details["threat_model"]["norm"] == "L2"

@@ -7,12 +7,12 @@ from torch import nn
 from bench.core.energy import EnergyModel
 from bench.core.errors import BenchError
 from bench.core.settings import DEFAULTS, validate
+from bench.engines.denoising import add_noise, langevin_denoise, psnr
+from bench.engines.landscape_grid import energy_grid, grid_coords, landscape_summary, random_directions
 from bench.engines.sampling import SGLDConfig, sgld
 from bench.engines.ssim import ssim
 from bench.inputs.data import Dataset, Split
 from bench.metrics import Context, load_all
-from bench.metrics.denoise import add_noise, langevin_denoise, psnr
-from bench.metrics.landscape import energy_grid, grid_coords, landscape_summary, random_directions
 from bench.runtime.execution import Execution
 from tests.conftest import tiny_model
 

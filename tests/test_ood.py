@@ -13,6 +13,8 @@ from torch import nn
 from bench.cli import main
 from bench.core.energy import EnergyModel
 from bench.core.errors import BenchError
+from bench.core.roc import auroc
+from bench.engines import ood_scores
 from bench.inputs import ood_data, zoo
 from bench.metrics import ood
 
@@ -37,7 +39,7 @@ def test_measures_equal_scikit_learn(s_in, s_out):
                 "aupr_in": average_precision_score(is_in, scores),
                 "aupr_out": average_precision_score(~is_in, -scores),
                 "fpr95": fpr[np.argmax(tpr >= 0.95)]}
-    got = ood.ood_measures(torch.tensor(s_in), torch.tensor(s_out))
+    got = ood_scores.ood_measures(torch.tensor(s_in), torch.tensor(s_out))
     for m, v in expected.items():
         assert got[m][0] == pytest.approx(v, abs=1e-9), m
 
@@ -48,7 +50,7 @@ def test_delong_standard_error_by_pairs():
     psi = (a[:, None] > b[None, :]) + 0.5 * (a[:, None] == b[None, :])  # every pair, by hand
     v10, v01 = psi.mean(1), psi.mean(0)
     se = np.sqrt(v10.var(ddof=1) / len(a) + v01.var(ddof=1) / len(b))
-    auc, got = ood.auroc(a, b)
+    auc, got = auroc(a, b)
     assert auc == pytest.approx(psi.mean(), abs=1e-12)
     assert got == pytest.approx(se, abs=1e-12)
 
@@ -62,7 +64,7 @@ def test_scores_of_a_linear_model_by_hand():
     f = x.flatten(1) @ lin.weight.T + lin.bias
     p = torch.softmax(f, 1)
     grad = p @ lin.weight  # (N, 12)
-    got = ood.scores(model, x)
+    got = ood_scores.scores(model, x)
     torch.testing.assert_close(got["px"], torch.logsumexp(f, 1), atol=1e-12, rtol=0)
     torch.testing.assert_close(got["py"], p.max(1).values, atol=1e-12, rtol=0)
     torch.testing.assert_close(got["pxgrad"], -grad.norm(dim=1), atol=1e-12, rtol=0)
@@ -70,7 +72,7 @@ def test_scores_of_a_linear_model_by_hand():
 
 def test_pxgrad_equals_per_image_autograd(model):
     x = torch.rand(5, 1, 8, 8)
-    got = ood.scores(model, x, ["pxgrad"])["pxgrad"]
+    got = ood_scores.scores(model, x, ["pxgrad"])["pxgrad"]
     for i in range(5):  # one image at a time: no batch coupling can hide
         xi = x[i:i + 1].clone().requires_grad_(True)
         (g,) = torch.autograd.grad(torch.logsumexp(model.logits(xi), 1).sum(), xi)
@@ -81,9 +83,9 @@ def test_attack_raises_each_score_inside_the_ball(model):
     x = torch.rand(8, 1, 8, 8)
     g = torch.Generator().manual_seed(0)
     for sc in ood.SCORES:
-        adv = ood.raise_score(model, x, sc, 0.1, 10, 0.025, g)
+        adv = ood_scores.raise_score(model, x, sc, 0.1, 10, 0.025, g)
         assert (adv - x).abs().max() <= 0.1 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
-        before, after = ood.scores(model, x, [sc])[sc], ood.scores(model, adv, [sc])[sc]
+        before, after = ood_scores.scores(model, x, [sc])[sc], ood_scores.scores(model, adv, [sc])[sc]
         assert after.mean() > before.mean(), sc
 
 

@@ -11,10 +11,9 @@ from torch import nn
 
 from bench.core.energy import EnergyModel
 from bench.core.settings import DEFAULTS
-from bench.engines import aa_adapter, defense
+from bench.engines import aa_adapter, aa_eval, defense, robust_flags
 from bench.engines.attacks import check_in_ball, pgd, pgd_restarts
 from bench.metrics import Context, load_all
-from bench.metrics import robustness as rob
 from bench.runtime.execution import Execution
 from tests.conftest import tiny_model, trained_model
 
@@ -124,14 +123,14 @@ def test_attacks_stay_in_the_ball_and_in_range(digits, loss):
 
 def test_check_in_norm_ball_refuses_outside_examples():
     x = torch.full((2, 1, 2, 2), 0.5)
-    rob.check_in_norm_ball(x, x + 0.1, 0.1)
-    with pytest.raises(rob.RobustnessCheckError):
-        rob.check_in_norm_ball(x, x + 0.11, 0.1)
-    with pytest.raises(rob.RobustnessCheckError):
-        rob.check_in_norm_ball(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2) + 0.05, 0.1)  # leaves [0, 1]
-    assert rob.check_in_norm_ball(x, x + 0.05, 0.1, "L2") == pytest.approx(0.1)  # 4 pixels * 0.05 -> 0.1
-    with pytest.raises(rob.RobustnessCheckError):
-        rob.check_in_norm_ball(x, x + 0.06, 0.1, "L2")
+    robust_flags.check_in_norm_ball(x, x + 0.1, 0.1)
+    with pytest.raises(robust_flags.RobustnessCheckError):
+        robust_flags.check_in_norm_ball(x, x + 0.11, 0.1)
+    with pytest.raises(robust_flags.RobustnessCheckError):
+        robust_flags.check_in_norm_ball(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2) + 0.05, 0.1)  # leaves [0, 1]
+    assert robust_flags.check_in_norm_ball(x, x + 0.05, 0.1, "L2") == pytest.approx(0.1)  # 4 pixels * 0.05 -> 0.1
+    with pytest.raises(robust_flags.RobustnessCheckError):
+        robust_flags.check_in_norm_ball(x, x + 0.06, 0.1, "L2")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,13 +193,13 @@ def test_other_norms_are_refused_with_a_reason(digits, tmp_path):
 
 
 def test_robust_le_clean_check_fires_on_a_doctored_case():
-    rob.check_robust_le_clean(torch.tensor([True, True, False]), torch.tensor([True, False, False]))
-    with pytest.raises(rob.RobustnessCheckError, match="exceeds clean accuracy"):
+    robust_flags.check_robust_le_clean(torch.tensor([True, True, False]), torch.tensor([True, False, False]))
+    with pytest.raises(robust_flags.RobustnessCheckError, match="exceeds clean accuracy"):
         # robust accuracy 2/3 > clean accuracy 1/3
-        rob.check_robust_le_clean(torch.tensor([True, False, False]), torch.tensor([True, True, False]))
-    with pytest.raises(rob.RobustnessCheckError):
+        robust_flags.check_robust_le_clean(torch.tensor([True, False, False]), torch.tensor([True, True, False]))
+    with pytest.raises(robust_flags.RobustnessCheckError):
         # same totals, but point 1 is robust while wrong clean
-        rob.check_robust_le_clean(torch.tensor([True, False]), torch.tensor([False, True]))
+        robust_flags.check_robust_le_clean(torch.tensor([True, False]), torch.tensor([False, True]))
 
 
 class _RightAfterFirstCall(nn.Module):
@@ -224,7 +223,7 @@ def test_pgd_group_raises_when_robust_exceeds_clean(digits, tmp_path):
     y = digits.test.y[:120]
     doctored = EnergyModel(_RightAfterFirstCall(real.net, y), 0.5, 0.5, (1, 8, 8), 10).eval()
     ctx = make_ctx(doctored, digits, tmp_path, batch_size=120)
-    with pytest.raises(rob.RobustnessCheckError, match="exceeds clean accuracy"):
+    with pytest.raises(robust_flags.RobustnessCheckError, match="exceeds clean accuracy"):
         load_all()["pgd20"].fn(ctx)
 
 
@@ -245,8 +244,8 @@ def test_autoattack_wrapper_equals_pyautoattack_direct(digits, tmp_path):
     assert 0 < out.robust.sum() < (y_ref == y).numel()  # some points fooled, some not
     assert not list(tmp_path.glob("aa*.json"))  # finished: the state is gone
     aa = aa_adapter.AAConfig(version="custom", attacks=["apgd-ce", "apgd-dlr"], **kw)
-    res, _ = rob.autoattack_flags(m, x, y, aa, Execution("cpu", 250), state_dir=tmp_path, model_id="m")
-    assert res.value == rob.evaluate_autoattack(m, x, y, version="custom", attacks=["apgd-ce", "apgd-dlr"],
+    res, _ = aa_eval.autoattack_flags(m, x, y, aa, Execution("cpu", 250), state_dir=tmp_path, model_id="m")
+    assert res.value == aa_eval.evaluate_autoattack(m, x, y, version="custom", attacks=["apgd-ce", "apgd-dlr"],
                                                 device="cpu", **kw).value
     with torch.no_grad():
         assert res.value == (m.logits(x_ref).argmax(1) == y).double().mean().item()
@@ -272,13 +271,13 @@ def test_autoattack_group_records_threat_model_and_keys_its_state(digits, tmp_pa
     # the state is keyed by the weights as loaded (weights_sha256), not by the file (model_sha256)
     ctx = make_ctx(m, digits, tmp_path, n_eval=40, n_aa=16, seed=1, model_sha256="the-file", weights_sha256="abc")
     seen = []
-    real = rob.run_autoattack
+    real = aa_eval.run_autoattack
 
     def spy(*a, **kw):  # the group's call, with 'standard' shortened to APGD-CE for speed
         seen.append(dict(kw))
         return real(*a, **{**kw, "version": "custom", "attacks": ["apgd-ce"]})
 
-    monkeypatch.setattr(rob, "run_autoattack", spy)
+    monkeypatch.setattr(aa_eval, "run_autoattack", spy)
     r = load_all()["autoattack"].fn(ctx)["autoattack"]
     assert seen[0]["version"] == "standard" and seen[0]["eps"] == EPS and seen[0]["seed"] == 1
     assert r.n == 16 and r.value <= r.details["clean_accuracy"]
@@ -358,8 +357,8 @@ def test_autoattack_warnings_are_recorded_and_randomness_is_an_error(digits, tmp
     x, y = digits.test.x[:40], digits.test.y[:40]
     logger = logging.getLogger(aa_adapter.AA_LOGGER)
     handlers = list(logger.handlers)
-    with pytest.raises(rob.RobustnessCheckError) as err:
-        rob.evaluate_autoattack(noisy, x, y, eps=0.1, version="custom", attacks=["apgd-ce"], batch_size=40,
+    with pytest.raises(robust_flags.RobustnessCheckError) as err:
+        aa_eval.evaluate_autoattack(noisy, x, y, eps=0.1, version="custom", attacks=["apgd-ce"], batch_size=40,
                                 device="cpu")
     assert "not deterministic" in str(err.value)
     assert logger.handlers == handlers  # capture handler removed again
@@ -384,7 +383,7 @@ def test_autoattack_runs_in_blocks_and_an_interrupted_run_keeps_finished_blocks(
     m = trained_model()
     x, y = digits.test.x[:30], digits.test.y[:30]
     kw = {"norm": "Linf", "eps": 0.05, "seed": 0, "version": "custom", "attacks": ["apgd-ce"]}
-    res = rob.evaluate_autoattack(m, x, y, batch_size=12, device="cpu", state_dir=tmp_path, model_id="m", **kw)
+    res = aa_eval.evaluate_autoattack(m, x, y, batch_size=12, device="cpu", state_dir=tmp_path, model_id="m", **kw)
     direct = torch.cat([AutoAttack(m, device="cpu", **kw).run_standard_evaluation(x[i:i + 12], y[i:i + 12],
                                                                                   batch_size=12)[1] == y[i:i + 12]
                         for i in (0, 12, 24)])
@@ -399,10 +398,10 @@ def test_autoattack_runs_in_blocks_and_an_interrupted_run_keeps_finished_blocks(
             yield b
 
     with pytest.raises(KeyboardInterrupt):
-        rob.autoattack_flags(m, x, y, aa_adapter.AAConfig(**kw), Execution("cpu", 12, progress=interrupt_third),
+        aa_eval.autoattack_flags(m, x, y, aa_adapter.AAConfig(**kw), Execution("cpu", 12, progress=interrupt_third),
                              state_dir=tmp_path, model_id="m")
     assert len(list(tmp_path.glob("state-*.json"))) == 2  # the two finished blocks
-    again = rob.evaluate_autoattack(m, x, y, batch_size=12, device="cpu", state_dir=tmp_path, model_id="m", **kw)
+    again = aa_eval.evaluate_autoattack(m, x, y, batch_size=12, device="cpu", state_dir=tmp_path, model_id="m", **kw)
     assert again.value == res.value and len(again.details["resumed"]) == 2
     assert all(r["run_now"] == [] for r in again.details["resumed"])
     assert not list(tmp_path.glob("state-*"))

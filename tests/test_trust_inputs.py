@@ -275,8 +275,8 @@ def _state(m):
 @pytest.mark.parametrize("what", ["pgd", "ece", "fisher"])
 def test_metrics_use_eval_mode_and_restore_it(tmp_path, digits, what, one_thread):
     from bench.engines.attacks import pgd
+    from bench.engines.fisher_terms import fisher_scores
     from bench.metrics.calibration import ece_group
-    from bench.metrics.fisher import fisher_scores
 
     m = _bn_model()
     before = _state(m)

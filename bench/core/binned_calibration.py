@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# the range of a fitted temperature (bench.engines.calibration_fit.fit_temperature), a metric's bounds too
+TEMPERATURE_BOUNDS = (1e-2, 1e2)
+
 
 def expected_calibration_error(probs_or_conf, correct, bins: int = 20) -> tuple[float, dict]:
     """ECE with ``bins`` equal-width (lo, hi] bins on the top-class confidence.

@@ -25,3 +25,9 @@ def short_reason(e: BaseException) -> str:
     ``error:`` line quotes of a library's failure."""
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else ""
+
+
+class CheckFailed(RuntimeError):
+    """A run-time check of a group's own numbers failed (robust accuracy above clean accuracy, an
+    adversarial example outside the threat model): the group's metrics become nulls with this
+    message as their reason (``bench.pipeline.compute``), and the run goes on."""

@@ -366,6 +366,8 @@ def _dataset_defaults(dataset: str) -> dict:
 
 # settings that change the generated images: every group that reads them declares these
 GEN_SETTINGS = ("seed", "n_gen", "gen_energy", "gen_init", "gen_steps", "gen_step_size", "gen_noise", "gen_clamp")
+# the settings of the defended model (bench.engines.defense): every group computed through it declares them
+DEFENSE_SETTINGS = ("defense", "refine_steps", "refine_chains", "refine_step_size", "refine_noise")
 # the fast paths (bench.runtime.fastpath): they key every group, since they may move any number
 FASTPATH_SETTINGS = ("channels_last", "amp", "compile")
 AMP_CHOICES = tuple(a.value for a in Amp)

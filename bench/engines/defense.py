@@ -37,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from bench.core.compat import StrEnum
 from bench.core.energy import EnergyModel
+from bench.core.settings import DEFENSE_SETTINGS as SETTINGS  # noqa: F401  (the defended model's settings)
 from bench.core.settings import DefenseKind as Defense
 from bench.engines.sampling import BlockNoise, SGLDConfig, langevin_step, sgld
 
@@ -44,10 +45,6 @@ from bench.engines.sampling import BlockNoise, SGLDConfig, langevin_step, sgld
 class Backward(StrEnum):
     FULL = "full"
     BPDA = "bpda"
-
-
-# the settings of the defended model: every group computed through it declares them
-SETTINGS = ("defense", "refine_steps", "refine_chains", "refine_step_size", "refine_noise")
 
 
 @dataclass(frozen=True)

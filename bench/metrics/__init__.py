@@ -8,13 +8,14 @@ attacks and nothing else.  Every group runs on CPU and CUDA, batched, through ``
 (an EnergyModel on images in [0, 1]).
 
 The package's ``__init__`` holds no torch: it re-exports the registry's declarations (plain data,
-``bench check`` and ``bench table`` read them) and gives ``Context`` and ``mean_se`` (torch, in
+``bench check`` and ``bench table`` read them) and gives ``Context`` (torch, in
 ``bench.metrics.context``) on first use.
 """
 
 from __future__ import annotations
 
 from bench.core.results import Result  # noqa: F401
+from bench.core.stats import mean_se  # noqa: F401
 from bench.metrics.registry import (  # noqa: F401
     DETERMINISTIC,
     DISPLAYS,
@@ -45,7 +46,7 @@ from bench.metrics.registry import (  # noqa: F401
     standard_error,
 )
 
-_CONTEXT = ("Context", "Figure", "mean_se", "_seed_for")
+_CONTEXT = ("Context", "Figure", "_seed_for")
 
 
 def __getattr__(name: str):

@@ -34,22 +34,23 @@ with its flag in ``details['flags']`` when raised.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from bench.core import outcomes, settings
-from bench.engines import defense
-from bench.engines.aa_adapter import run_autoattack
-from bench.engines.attacks import bpda_eot_pgd, eot_pgd, pgd_restarts
-from bench.metrics import PROPORTION, Context, Metric, Portable, Result, register
-from bench.metrics.robustness import STD_NOTE, _split, check_in_norm_ball, check_robust_le_clean, proportion
-from bench.runtime import sanity
+from bench.core.settings import DEFENSE_SETTINGS, DefenseKind
+from bench.metrics import PROPORTION, Metric, Portable, Result, register
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.metrics.context import Context
 
 DEFAULT_EOT = 8
 RANDOM_POINTS = Portable("points", share=0.05)
 ADAPTIVE = ("defended_accuracy", "pgd20_defended", "eot_pgd", "bpda_eot", "aa_rand", "adaptive_worst")
 SANITY = ("pgd_stronger", "pgd_large_eps")
 ATTACK_SETTINGS = ("n_eval", "n_aa", "norm", "eps", "pgd_steps", "pgd_step_size", "pgd_restarts", "seed",
-                   "batch_size", *defense.SETTINGS)
+                   "batch_size", *DEFENSE_SETTINGS)
 
 
 COLUMNS = {"defended_accuracy": "Defended acc.", "pgd20_defended": "PGD-20 (R draws)", "eot_pgd": "EOT-PGD",
@@ -65,44 +66,15 @@ def _spec(name: str) -> Metric:
 
 
 def adaptive_names(s: dict) -> tuple[str, ...]:
-    defended = s.get("defense") not in (None, defense.Defense.NONE)
+    defended = s.get("defense") not in (None, DefenseKind.NONE)
     if not defended and s.get("eot") is None:
         return ()
     return tuple(m for m in ADAPTIVE if defended or m not in ("bpda_eot", "aa_rand"))
 
 
-def survives(model, x: torch.Tensor, y: torch.Tensor, repeats: int) -> torch.Tensor:
-    """Per point: classified correctly in every one of ``repeats`` fresh forward passes."""
-    ok = torch.ones(len(y), dtype=torch.bool, device=y.device)
-    with torch.no_grad():
-        for _ in range(max(1, repeats)):
-            ok &= model.logits(x).argmax(1) == y
-    return ok
-
-
-def robust_points(ctx: Context, split, attack, tag: str, repeats: int, eps: float) -> dict:
-    """Per-point flags of ``attack(model, x, y, eps, norm, generator=...)`` on ``split``: clean (all
-    ``repeats`` draws correct) and robust (clean, and the adversarial example correct in all draws).
-    Only clean points are attacked; every example is checked to lie in the ball."""
-    norm = ctx.settings.get("norm", "Linf")
-    clean_all, robust_all, dist = [], [], 0.0
-    for i, x, y in ctx.batches(split.x, split.y, desc=tag, indexed=True):
-        gen = ctx.generator(f"{tag}/batch{i}")
-        clean = survives(ctx.model, x, y, repeats)
-        adv = x.clone()
-        idx = clean.nonzero().squeeze(1)
-        if idx.numel():
-            adv[idx] = attack(ctx.model, x[idx], y[idx], eps, norm, generator=gen)
-        dist = max(dist, check_in_norm_ball(x, adv, eps, norm))
-        robust = clean & survives(ctx.model, adv, y, repeats)
-        clean_all.append(clean.cpu())
-        robust_all.append(robust.cpu())
-    clean, robust = ctx.collect(clean_all, torch.bool), ctx.collect(robust_all, torch.bool)
-    check_robust_le_clean(clean, robust, tag)
-    return {"clean": clean, "robust": robust, "max_dist": ctx.gather_max(dist)}
-
-
 def _result(flags: torch.Tensor, meaning: str, details: dict) -> Result:
+    from bench.engines.robust_flags import STD_NOTE, proportion
+
     p, se, n = proportion(flags)
     return Result(p, se, n, details={**details, "n": n, "robust_correct": int(flags.sum()), "std": STD_NOTE,
                                      outcomes.KEY: outcomes.pack(flags, meaning)})
@@ -114,6 +86,8 @@ def _pgd_kwargs(s) -> dict:
 
 
 def _aa(ctx: Context):
+    from bench.engines.aa_adapter import run_autoattack
+
     s = ctx.settings
 
     def attack(model, x, y, eps, norm, generator=None):
@@ -127,12 +101,17 @@ def _aa(ctx: Context):
 @register("adaptive", "robust", metrics=tuple(map(_spec, ADAPTIVE)),
           settings=(*ATTACK_SETTINGS, "eot", "defense_repeats"), sharded=True, names=adaptive_names)
 def adaptive_group(ctx: Context) -> dict[str, Result]:
+    from bench.engines import defense
+    from bench.engines.attacks import bpda_eot_pgd, eot_pgd, pgd_restarts
+    from bench.engines.robust_flags import robust_points, split_points
+    from bench.runtime import sanity
+
     s = ctx.settings
     names = adaptive_names(s)
     eps, norm, repeats = float(s["eps"]), s.get("norm", "Linf"), int(s["defense_repeats"])
     n_eot = int(s.get("eot") or DEFAULT_EOT)
     kw = _pgd_kwargs(s)
-    split = _split(ctx, "n_aa")
+    split = split_points(ctx, "n_aa")
 
     def eot(model, x, y, e, nm, generator=None):
         return eot_pgd(model, x, y, e, nm, eot=n_eot, generator=generator, **kw)
@@ -180,9 +159,13 @@ def sanity_names(s: dict) -> tuple[str, ...]:
 def sanity_group(ctx: Context) -> dict[str, Result]:
     """The opt-in sanity passes on the first ``n_eval`` points: PGD against PGD with twice the steps
     and two restarts (``more_steps_stronger``), and PGD at a large eps (``large_eps_not_zero``)."""
+    from bench.engines.attacks import pgd_restarts
+    from bench.engines.robust_flags import robust_points, split_points
+    from bench.runtime import sanity
+
     s = ctx.settings
     eps, norm, kw = float(s["eps"]), s.get("norm", "Linf"), _pgd_kwargs(s)
-    split = _split(ctx)
+    split = split_points(ctx)
     big = sanity.large_eps(norm, tuple(split.x.shape[1:]))
 
     def attack(steps, restarts, step_size):

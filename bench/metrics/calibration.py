@@ -20,25 +20,35 @@ and records the per-bin counts, accuracies and confidences, and each point's con
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+import math
+from typing import TYPE_CHECKING
 
 from bench.core import cost, outcomes
-from bench.core.binned_calibration import (  # noqa: F401  (re-exported: bench.functional, tests)
+from bench.core.binned_calibration import (
+    TEMPERATURE_BOUNDS,
     adaptive_calibration_error,
     expected_calibration_error,
     max_calibration_error,
 )
-from bench.engines import defense
-from bench.engines.attacks import check_in_ball, fgsm
-from bench.metrics import ECE, MEAN, Context, Metric, Result, mean_se, register, stable
+from bench.core.settings import DEFENSE_SETTINGS
+from bench.core.stats import mean_se
+from bench.metrics import ECE, MEAN, Metric, Result, register, stable
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.metrics.context import Context
 
 STD_NOTE = "null: ECE has no closed-form standard error (not bootstrapped)"
 
 
 def _collect(ctx: Context, adversarial: bool, tag: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Top-class confidence and correctness of the first n_eval test points, clean or after FGSM."""
-    z, y, max_dist = _eval_logits(ctx, adversarial, tag)
+    import torch
+
+    from bench.engines.calibration_fit import eval_logits
+
+    z, y, max_dist = eval_logits(ctx, adversarial, tag)
     conf, pred = torch.softmax(z, dim=1).max(dim=1)
     return conf, pred == y, ({"max_dist": max_dist} if adversarial else {})
 
@@ -93,7 +103,7 @@ def fgsm_cost(s, z: cost.Sizes) -> cost.Work:
 
 @register("ece", "calibration", cost=clean_cost, metrics=(Metric("ece", "ECE", False, "percent", ECE, 1.0, column="ECE (%)",
                                                 portable=stable(2.0), bounds=(0.0, 1.0)),),
-          settings=("n_eval", "ece_bins", *defense.SETTINGS), sharded=True)
+          settings=("n_eval", "ece_bins", *DEFENSE_SETTINGS), sharded=True)
 def ece_group(ctx: Context) -> dict[str, Result]:
     """ECE of the clean evaluation points (20 bins by default) and their reliability diagram."""
     return {"ece": _ece_result(ctx, adversarial=False)}
@@ -101,7 +111,7 @@ def ece_group(ctx: Context) -> dict[str, Result]:
 
 @register("ece_fgsm", "calibration", cost=fgsm_cost, metrics=(Metric("ece_fgsm", "ECE", False, "percent", ECE, 1.0, column="ECE FGSM (%)",
                                                     portable=stable(2.0), bounds=(0.0, 1.0)),),
-          settings=("n_eval", "ece_bins", "norm", "eps", *defense.SETTINGS), sharded=True)
+          settings=("n_eval", "ece_bins", "norm", "eps", *DEFENSE_SETTINGS), sharded=True)
 def ece_fgsm_group(ctx: Context) -> dict[str, Result]:
     """ECE of the evaluation points after FGSM (eps, cross-entropy) and their reliability diagram."""
     return {"ece_fgsm": _ece_result(ctx, adversarial=True)}
@@ -138,7 +148,6 @@ def ece_fgsm_group(ctx: Context) -> dict[str, Result]:
 # binned errors and the temperature.  Reliability diagrams: ``figures/reliability_*_ts.png``.
 
 CALIBRATION_FRACTION = 0.1  # the last 10 % of the training split fits the temperature
-TEMPERATURE_BOUNDS = (1e-2, 1e2)
 EXTRA = ("nll", "brier", "mce", "ece_adaptive", "temperature", "ece_ts", "nll_ts", "brier_ts")
 EXTRA_FGSM = tuple(f"{m}_fgsm" for m in EXTRA if m != "temperature")
 COLUMNS = dict(zip(EXTRA, ("NLL", "Brier", "MCE", "Adaptive ECE", "Temperature", "ECE (TS)", "NLL (TS)", "Brier (TS)"),
@@ -163,82 +172,14 @@ def extra_spec(name: str) -> Metric:
     return Metric(name, "ECE", False, portable=stable(2.0), bounds=(0.0, 1.0), column=col)  # ece_adaptive, ece_ts
 
 
-def nll_per_point(logits, y) -> torch.Tensor:
-    """-log softmax(logits)_y per point, float64."""
-    z = torch.as_tensor(logits).double()
-    return -torch.log_softmax(z, dim=1).gather(1, torch.as_tensor(y).long().view(-1, 1)).squeeze(1)
-
-
-def brier_per_point(probs, y) -> torch.Tensor:
-    """sum_k (p_k - [k = y])^2 per point, float64."""
-    p = torch.as_tensor(probs).double()
-    onehot = torch.nn.functional.one_hot(torch.as_tensor(y).long(), p.shape[1]).double()
-    return ((p - onehot) ** 2).sum(1)
-
-
-def fit_temperature(logits, y, bounds=TEMPERATURE_BOUNDS) -> float:
-    """argmin_T mean NLL(softmax(logits / T), y) over T in ``bounds`` (bounded Brent on log T; the
-    NLL is convex in 1/T, so it has one minimum)."""
-    from scipy.optimize import minimize_scalar
-
-    z = torch.as_tensor(logits).double()
-    y = torch.as_tensor(y).long()
-
-    def loss(log_t: float) -> float:
-        return float(nll_per_point(z / np.exp(log_t), y).mean())
-
-    res = minimize_scalar(loss, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
-                          options={"xatol": 1e-9})
-    return float(np.exp(res.x))
-
-
-def _logits_of(ctx: Context, x_all: torch.Tensor, y_all: torch.Tensor, adversarial: bool, tag: str):
-    """(logits float64, labels, largest perturbation in the run's norm) of the points, clean or after
-    FGSM (the fast gradient method x + eps g / ||g||_2 under ``--norm L2``)."""
-    # the threat model only under attack: the clean groups do not declare it (bench.metrics.registry.SettingsView)
-    eps, norm = (float(ctx.settings["eps"]), ctx.settings.get("norm", "Linf")) if adversarial else (0.0, None)
-    k = ctx.data.num_classes
-    out, labels, max_dist = [], [], 0.0
-    for x, y in ctx.batches(x_all, y_all, desc=tag):
-        if adversarial:
-            adv = fgsm(ctx.model, x, y, eps, loss="ce", norm=norm)
-            max_dist = max(max_dist, check_in_ball(x, adv, eps, norm=norm))  # checked, not assumed
-            x = adv
-        with torch.no_grad():
-            out.append(ctx.model.logits(x).double().cpu())
-        labels.append(y.cpu())
-    return (ctx.collect(out, torch.zeros(0, k, dtype=torch.float64)), ctx.collect(labels, torch.long),
-            ctx.gather_max(max_dist))
-
-
-def _eval_logits(ctx: Context, adversarial: bool, tag: str):
-    """``_logits_of`` the first n_eval test points, clean or after FGSM, made once per run for the groups
-    that use them (ece, calibration_extra and its cross-fit; ece_fgsm, calibration_extra_fgsm), keyed by
-    what they depend on: n_eval, the batch size, and eps and norm under attack.  FGSM is deterministic,
-    so the values are each group's own, whichever makes them.  Not shared under a defence (its noise
-    is per group), nor when non-finite (made again, so the runner's watch on the model sees them)."""
-    s = ctx.settings
-    split = ctx.data.test.subset(s["n_eval"])
-    made = []
-
-    def make():
-        made.append(True)
-        return _logits_of(ctx, split.x, split.y, adversarial, tag)
-
-    if s.get("defense", defense.Defense.NONE) not in (None, defense.Defense.NONE):
-        return make()
-    threat = (float(s["eps"]), s.get("norm", "Linf")) if adversarial else None  # clean groups do not declare it
-    key = ("calibration_eval_logits", s["n_eval"], int(s["batch_size"]), threat)
-    z, y, max_dist = ctx.once(key, make)
-    if not made and not bool(torch.isfinite(z).all()):
-        return make()
-    return z, y, max_dist
-
-
 def _temperature(ctx: Context) -> tuple[torch.Tensor, dict]:
     """Per evaluation point, the temperature that scales it (memoised per run), and the record of
     the fit: from the held-out training tail when the checkpoint left it unseen, else a two-fold
     cross-fit on the clean evaluation points (see above).  Raises ``_NoSplit`` when neither exists."""
+    import torch
+
+    from bench.engines.calibration_fit import eval_logits, fit_temperature, logits_of
+
     def fit() -> tuple[torch.Tensor, dict]:
         if ctx.data.train_is_test:
             from bench.inputs.data import TRAIN_IS_TEST
@@ -249,7 +190,7 @@ def _temperature(ctx: Context) -> tuple[torch.Tensor, dict]:
         n = max(1, int(round(CALIBRATION_FRACTION * len(train))))
         used = ctx.train_used
         if used is not None and used <= len(train) - n:
-            z, y, _ = _logits_of(ctx, train.x[-n:], train.y[-n:], False, "temperature")
+            z, y, _ = logits_of(ctx, train.x[-n:], train.y[-n:], False, "temperature")
             t = fit_temperature(z, y)
             info = {"split": "held-out training tail",
                     "points": f"the last {n} of the {len(train)} training points; the model trained on the "
@@ -258,7 +199,7 @@ def _temperature(ctx: Context) -> tuple[torch.Tensor, dict]:
         if n_eval < 2:
             raise _NoSplit(f"refused: {n_eval} evaluation point(s) leave no second fold for the cross-fit, and the "
                            "checkpoint records no held-out training points (train_n)")
-        z, y, _ = _eval_logits(ctx, False, "temperature")
+        z, y, _ = eval_logits(ctx, False, "temperature")
         half = (n_eval + 1) // 2
         folds = (slice(0, half), slice(half, n_eval))
         ts = [fit_temperature(z[f], y[f]) for f in folds]
@@ -283,25 +224,30 @@ class _NoSplit(Exception):
 
 
 def _fit_record(z: torch.Tensor, y: torch.Tensor, t: float) -> dict:
+    from bench.engines.calibration_fit import nll_per_point
+
     return {"temperature": t, "bounds": list(TEMPERATURE_BOUNDS), "nll_before": float(nll_per_point(z, y).mean()),
             "nll_after": float(nll_per_point(z / t, y).mean()), "accuracy": float((z.argmax(1) == y).double().mean()),
-            "at_bound": bool(min(abs(np.log(t / b)) for b in TEMPERATURE_BOUNDS) < 1e-3)}
+            "at_bound": bool(min(abs(math.log(t / b)) for b in TEMPERATURE_BOUNDS) < 1e-3)}
 
 
 def _temperature_value(t: torch.Tensor, info: dict) -> float:
     """The one number ``temperature`` reports: the held-out fit, or the folds' geometric mean."""
     if "folds" in info:
-        return float(np.sqrt(np.prod([f["temperature"] for f in info["folds"]])))
+        return math.sqrt(math.prod(f["temperature"] for f in info["folds"]))
     return float(t[0]) if len(t) else float("nan")
 
 
 def _extra_results(ctx: Context, adversarial: bool) -> dict[str, Result]:
+    import torch
+
     from bench.engines import plots
+    from bench.engines.calibration_fit import brier_per_point, eval_logits, nll_per_point
 
     s = ctx.settings
     suffix = "_fgsm" if adversarial else ""
     bins = int(s.get("ece_bins") or 20)
-    z, y, max_dist = _eval_logits(ctx, adversarial, "calibration" + suffix)
+    z, y, max_dist = eval_logits(ctx, adversarial, "calibration" + suffix)
     n = len(y)
     try:
         t_points, t_info = _temperature(ctx)
@@ -351,14 +297,14 @@ def _extra_results(ctx: Context, adversarial: bool) -> dict[str, Result]:
     return out
 
 
-@register("calibration_extra", "calibration", cost=clean_cost, metrics=tuple(map(extra_spec, EXTRA)), settings=("n_eval", "ece_bins", *defense.SETTINGS), sharded=True)
+@register("calibration_extra", "calibration", cost=clean_cost, metrics=tuple(map(extra_spec, EXTRA)), settings=("n_eval", "ece_bins", *DEFENSE_SETTINGS), sharded=True)
 def calibration_extra_group(ctx: Context) -> dict[str, Result]:
     """NLL, Brier, MCE, adaptive ECE, the fitted temperature and the scaled ECE, NLL and Brier."""
     return _extra_results(ctx, adversarial=False)
 
 
 @register("calibration_extra_fgsm", "calibration", cost=fgsm_cost, metrics=tuple(map(extra_spec, EXTRA_FGSM)),
-          settings=("n_eval", "ece_bins", "norm", "eps", *defense.SETTINGS), sharded=True)
+          settings=("n_eval", "ece_bins", "norm", "eps", *DEFENSE_SETTINGS), sharded=True)
 def calibration_extra_fgsm_group(ctx: Context) -> dict[str, Result]:
     """The same on the FGSM inputs (temperature from the clean held-out points)."""
     return _extra_results(ctx, adversarial=True)

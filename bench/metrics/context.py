@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bench.core.energy import EnergyModel
+from bench.core.stats import mean_se  # noqa: F401  (bench.metrics.mean_se, moved to core)
 from bench.inputs.data import Dataset
 from bench.runtime.execution import Execution
 
@@ -110,15 +110,6 @@ class Context:
 
     def gather_max(self, value: float) -> float:
         return self.execution.gather_max(value)
-
-
-def mean_se(v: torch.Tensor) -> tuple[float, float | None, float | None]:
-    """(mean, standard error sd / sqrt(n), sample sd) of per-point values; the last two are None
-    for a single point."""
-    v = v.double()
-    n = len(v)
-    sd = v.std().item() if n > 1 else None
-    return v.mean().item(), (sd / math.sqrt(n) if sd is not None else None), sd
 
 
 def _seed_for(seed: int, tag: str) -> int:

@@ -38,15 +38,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-
-import torch
+from typing import TYPE_CHECKING
 
 from bench.core import code_digest, outcomes
 from bench.core.errors import BenchError
-from bench.engines.aa_adapter import AAConfig
-from bench.engines.attacks import NORMS
-from bench.metrics import GROUPS, Context, Metric, Result, register
-from bench.metrics.robustness import STD_NOTE, _split, autoattack_flags, clean_flags, pgd_flags, proportion
+from bench.core.settings import Norm
+from bench.metrics import GROUPS, Metric, Result, register
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.metrics.context import Context
 
 GROUP = "robust_curve"
 PREFIX = "curve_"
@@ -151,6 +153,8 @@ def curve_group(ctx: Context) -> dict[str, Result]:
 
 
 def _clean(ctx: Context, attack: CurveAttack) -> tuple[Result, torch.Tensor]:
+    from bench.engines.robust_flags import STD_NOTE, clean_flags, proportion
+
     flags = clean_flags(ctx, attack.points, desc=f"curve {attack.name} eps 0")
     p, se, n = proportion(flags)
     return Result(p, se, n, details={"eps": 0.0, "clean_correct": int(flags.sum()), "std": STD_NOTE,
@@ -205,6 +209,8 @@ def _draw(out: dict[str, Result], s: Mapping, fig, model: str = "") -> None:
 def _pgd(loss: str, tag: str):
     """PGD on ``loss`` from the random streams of the group ``tag`` (``pgd20``, ``pgd20_energy``)."""
     def run(ctx: Context, eps: float):
+        from bench.engines.robust_flags import pgd_flags
+
         return pgd_flags(ctx, loss, tag, desc=f"curve {tag} eps {eps:.4g}")
     return run
 
@@ -214,14 +220,19 @@ curve_attack("pgd20_energy", ("pgd_steps", "pgd_restarts"), label="PGD-20 (energ
 
 
 def _aa_supports(s: Mapping) -> str | None:
-    return None if s.get("norm", "Linf") in NORMS else f"AutoAttack here supports {', '.join(NORMS)}"
+    norms = tuple(Norm)  # bench.engines.attacks.NORMS
+    return None if s.get("norm", "Linf") in norms else f"AutoAttack here supports {', '.join(norms)}"
 
 
 @curve_attack("autoattack", ("n_aa", "aa_version"), points="n_aa", supports=_aa_supports, label="AutoAttack")
 def autoattack_at(ctx: Context, eps: float) -> tuple[Result, torch.Tensor]:
     """AutoAttack (``aa_version``) at radius ``eps`` on the first ``n_aa`` points."""
+    from bench.engines.aa_adapter import AAConfig
+    from bench.engines.aa_eval import autoattack_flags
+    from bench.engines.robust_flags import split_points
+
     s = ctx.settings
-    split = _split(ctx, "n_aa")
+    split = split_points(ctx, "n_aa")
     res, flags = autoattack_flags(ctx.model, split.x, split.y,
                                   AAConfig(float(eps), s.get("norm", "Linf"), s.get("aa_version", "standard"),
                                            s.get("seed", 0)), ctx.execution,

@@ -36,55 +36,20 @@ original | noisy | denoised after each step count (Fig. 15), for up to 8 images,
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from bench.core import cost, outcomes
-from bench.core.energy import EnergyModel, evaluates
-from bench.engines.sampling import SGLDConfig, sgld
-from bench.engines.ssim import WIN, show_order, ssim
-from bench.metrics import STABLE, Context, Metric, Result, absolute, mean_se, register
+from bench.core.stats import mean_se
+from bench.metrics import STABLE, Metric, Result, absolute, register
+
+if TYPE_CHECKING:
+    from bench.metrics.context import Context
 
 STD_NOTE = "standard error over images, sd / sqrt(n)"
 PSNR_OF = "PSNR (dB) per image in order"
 N_SHOW = 8
 LABELS = {"predicted": "predicted: argmax_y f(x_noisy)[y], the model's label for the noisy image",
           "oracle": "oracle: the image's ground-truth label y"}
-
-
-def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Per-image PSNR in dB, 10 log10(data_range^2 / MSE), images (N, ...) -> (N,) (float64);
-    identical images give inf."""
-    mse = (x.double() - ref.double()).flatten(1).pow(2).mean(1)
-    return 10 * torch.log10(data_range**2 / mse)
-
-
-def add_noise(x: torch.Tensor, var: float, generator: torch.Generator | None = None,
-              clamp: bool = True) -> torch.Tensor:
-    """x + N(0, var I), clamped to [0, 1] unless ``clamp`` is False."""
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    y = x + math.sqrt(var) * noise
-    return y.clamp(0, 1) if clamp else y
-
-
-@evaluates
-def langevin_denoise(model: EnergyModel, x_noisy: torch.Tensor, y: torch.Tensor, steps, step_size: float,
-                     noise: float, generator: torch.Generator | None = None) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """One Langevin chain per image on E(x, y) from ``x_noisy``; -> ({count: images after count
-    steps} for every count in ``steps``, finite mask).  A count of 0 is the noisy image itself."""
-    counts = sorted({int(s) for s in steps})
-    if not counts or counts[0] < 0:
-        raise ValueError(f"denoise step counts must be non-negative integers, got {list(steps)}")
-    snaps = {0: x_noisy.detach().clone()} if 0 in counts else {}
-
-    def keep(t, x, e, g):
-        if t + 1 in counts:
-            snaps[t + 1] = x.detach().clone()
-
-    cfg = SGLDConfig(steps=counts[-1], step_size=step_size, noise=noise, energy="joint", clamp=True)
-    _, finite = sgld(model, x_noisy, y, cfg, generator, callback=keep)
-    return {c: snaps[c] for c in counts}, finite
-
 
 
 def denoise_cost(s, z: cost.Sizes) -> cost.Work:
@@ -112,6 +77,8 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
     y the predicted (or, ``denoise_label`` oracle, the true) label; PSNR and SSIM before and after
     ``denoise_steps`` steps, and the Fig. 15 grid."""
     from bench.engines import plots
+    from bench.engines.denoising import add_noise, langevin_chains
+    from bench.engines.ssim import show_order
 
     s = ctx.settings
     label = s.get("denoise_label") or "predicted"  # bench.core.settings.validate checked it
@@ -122,7 +89,7 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
     # the Langevin settings); the chains draw from another
     g_noise = ctx.generator("denoise/noise")
     noisy = add_noise(split.x.to(g_noise.device), float(s["denoise_var"]), g_noise).cpu()
-    den, finite, used = _chains(ctx, noisy, split.y, counts, label)
+    den, finite, used = langevin_chains(ctx, noisy, split.y, counts, label)
     clean = split.x
     common = {"noise_var": float(s["denoise_var"]), "noise_clamped": True, "label": LABELS[label],
               "label_setting": label, "label_accuracy": (used == split.y).double().mean().item(),
@@ -139,27 +106,11 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
     return _results(clean, noisy, den, counts, common)
 
 
-def _chains(ctx: Context, noisy: torch.Tensor, labels: torch.Tensor, counts: list[int], label: str):
-    """The Langevin chains from the noisy images, batched (sharded under torchrun): the images
-    after each count of steps, which chains stayed finite, and the labels y the energy used."""
-    s = ctx.settings
-    den_all, finite_all, used_all = {c: [] for c in counts}, [], []
-    for i, xn, y in ctx.batches(noisy, labels, desc="denoise", indexed=True):
-        if label == "predicted":
-            with torch.no_grad():
-                y = ctx.model.logits(xn).argmax(1)
-        used_all.append(y.cpu())
-        snaps, finite = langevin_denoise(ctx.model, xn, y, counts, float(s["denoise_step_size"]),
-                                         float(s["denoise_noise"] or 0.0), ctx.generator(f"denoise/langevin{i}"))
-        finite_all.append(finite.cpu())
-        for c in counts:
-            den_all[c].append(snaps[c].cpu())
-    den = {c: ctx.collect(v, noisy[:0]) for c, v in den_all.items()}
-    return den, ctx.collect(finite_all, torch.bool), ctx.collect(used_all, torch.long)
-
-
 def _results(clean, noisy, den: dict, counts: list[int], common: dict) -> dict[str, Result]:
     """PSNR and SSIM of the noisy and the denoised images against the clean ones."""
+    from bench.engines.denoising import psnr
+    from bench.engines.ssim import WIN, ssim
+
     n, last = len(clean), counts[-1]
 
     def mse_psnr(a):

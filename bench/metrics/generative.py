@@ -38,26 +38,19 @@ Results); this module is the registered group and its handling of diverged chain
 from __future__ import annotations
 
 from dataclasses import replace
-
-import torch
+from typing import TYPE_CHECKING
 
 from bench.core import cost
 from bench.core.settings import GEN_SETTINGS
 from bench.core.stats import proportion_se
-from bench.engines import features
-from bench.engines.features import FEATURE_BATCH, ISC_LAYER
-from bench.engines.sample_quality import (
-    DIVERSITY_MAX,
-    FEATURE_METRICS,
-    ISC_SPLITS,
-    NO_LOGITS,
-    diversity_result,
-    fid_is,
-    fid_is_results,
-)
-from bench.inputs.data import TRAIN_IS_TEST
-from bench.metrics import DRIFTING, Context, Metric, Result, register, relative
-from bench.runtime.execution import Execution
+from bench.metrics import DRIFTING, Metric, Result, register, relative
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.engines import features
+    from bench.metrics.context import Context
+    from bench.runtime.execution import Execution
 
 GRID = "samples/grid.png"  # the generated set's grid (bench.engines.generation.generated), relative to the run's folder
 
@@ -93,6 +86,10 @@ def _refuse_train_is_test(x_gen: torch.Tensor, ext: features.Extractor, ctx: Con
     ``Dataset.train_is_test``); the Inception Score, which needs no reference, as usual."""
     from torch_fidelity.metric_isc import isc_features_to_metric
 
+    from bench.engines import features
+    from bench.engines.features import ISC_LAYER
+    from bench.engines.sample_quality import ISC_SPLITS, NO_LOGITS
+    from bench.inputs.data import TRAIN_IS_TEST
     from bench.metrics import GROUPS
 
     n = len(x_gen)
@@ -110,6 +107,8 @@ def _refuse_train_is_test(x_gen: torch.Tensor, ext: features.Extractor, ctx: Con
 
 def resolve(s) -> features.Extractor:
     """The run's feature extractor from its settings (``fid_extractor`` and the weights files)."""
+    from bench.engines import features
+
     return features.resolve_extractor(s.get("fid_extractor") or "auto", s.get("inception_weights"),
                                       s.get("extractor_weights"))
 
@@ -119,7 +118,7 @@ def reference_digests(ctx: Context) -> dict:
     the run resolves to (``auto`` is torch-fidelity's Inception when its weights are at hand, else
     fid-helper's network: the setting alone does not say which) and the sha256 of the files its
     numbers come from: ``--ref-stats``, ``--inception-weights`` and the shipped ``models/refstats/*.npz``."""
-    from bench.engines import refstats
+    from bench.engines import features, refstats
 
     s = ctx.settings
     try:
@@ -136,6 +135,8 @@ def reference_digests(ctx: Context) -> dict:
 def is_fid_cost(s, z: cost.Sizes) -> cost.Work:
     """The generated images through the extractor, the reference too unless its features are at
     hand (shipped, --ref-stats or the disk cache), and diversity_ssim's pairs (both sets, capped)."""
+    from bench.engines.sample_quality import DIVERSITY_MAX
+
     n_gen = int(s.get("n_gen") or 0)
     n_ref = cost.count(s, "n_ref", z.n_train)
     ref = 0 if z.reference_cached or s.get("ref_stats") else n_ref
@@ -161,8 +162,13 @@ def is_fid_cost(s, z: cost.Sizes) -> cost.Work:
 def generative_group(ctx: Context) -> dict[str, Result]:
     """IS and FID of the run's generated images against the training split (Sec. 4.2), and the
     share of diverged chains (IS/FID null above ``max_diverged``)."""
+    import torch
+
     from bench.core import progress
+    from bench.engines import features
+    from bench.engines.features import FEATURE_BATCH
     from bench.engines.generation import generated
+    from bench.engines.sample_quality import FEATURE_METRICS, diversity_result, fid_is, fid_is_results
 
     s = ctx.settings
     names = ("is_mean", "is_std", "fid", "fid_inf", *FEATURE_METRICS, "diversity_ssim")

@@ -26,18 +26,16 @@ Fashion-MNIST's 60,000, five times the Inception reference: a judge pass costs f
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from bench.core import cost
 from bench.core.settings import GEN_SETTINGS
-from bench.engines import judges
-from bench.engines.density_coverage import NEAREST_K, density_coverage
-from bench.engines.frechet import frechet
-from bench.engines.sample_quality import ISC_SPLITS, TF_SEED, fd_infinity_result, fid_bias_note, kid
-from bench.inputs.data import TRAIN_IS_TEST
-from bench.metrics import DRIFTING, Context, Metric, Result, register
+from bench.metrics import DRIFTING, Metric, Result, register
 from bench.metrics.generative import diverged_result, max_diverged
-from bench.runtime.execution import Execution
+
+if TYPE_CHECKING:
+    from bench.engines import judges
+    from bench.metrics.context import Context
 
 COMPARED = ("fd_judge", "fd_judge_inf", "kid_judge", "density", "coverage")  # against the training split
 NAMES = ("is_judge", "fd_judge", "fd_judge_inf", "kid_judge", "class_agreement", "density", "coverage")
@@ -45,7 +43,7 @@ NAMES = ("is_judge", "fd_judge", "fd_judge_inf", "kid_judge", "class_agreement",
 
 def judge_digests(ctx: Context) -> dict:
     """The judge's file and weights digests (its cache key beyond the settings)."""
-    from bench.engines import features
+    from bench.engines import features, judges
 
     path, source = judges.judge_path(ctx.data.name, ctx.settings.get("judge"))
     if path is None:
@@ -54,61 +52,14 @@ def judge_digests(ctx: Context) -> dict:
 
 
 def _judge(ctx: Context) -> judges.Judge | str:
+    from bench.engines import judges
+
     s = ctx.settings
     path, source = judges.judge_path(ctx.data.name, s.get("judge"))
     if path is None:
         return judges.no_judge_reason(ctx.data.name)
     return judges.load_judge(path, source, int(ctx.data.num_classes), tuple(ctx.data.input_shape),
                              s.get("judge_arch"))
-
-
-def judge_scores(logits: torch.Tensor, feats: torch.Tensor, y: torch.Tensor, ref_feats: torch.Tensor,
-                 details: dict, device: torch.device | str = "cpu") -> dict[str, Result]:
-    """The eight metrics from the judge's logits and features of the generated images (labels y:
-    the classes drawn) and its features of the reference images."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics
-    from torch_fidelity.metric_isc import isc_features_to_metric
-
-    n, n_ref = len(feats), len(ref_feats)
-    out = {}
-    if n >= ISC_SPLITS:
-        isc = isc_features_to_metric(logits, ISC_SPLITS, True, TF_SEED)
-        out["is_judge"] = Result(isc["inception_score_mean"], isc["inception_score_std"], n,
-                                 details=dict(details, isc_splits=ISC_SPLITS, std="standard deviation over the splits"))
-    else:
-        out["is_judge"] = Result.missing(f"the score needs {ISC_SPLITS} images (splits); got {n}", n=n, **details)
-    pred = logits.argmax(1)
-    agree = (pred == y).double()
-    p = float(agree.mean())
-    per_class = {str(int(c)): float(agree[y == c].mean()) for c in torch.unique(y)}
-    out["class_agreement"] = Result(p, (p * (1 - p) / n) ** 0.5, n, details=dict(
-        details, per_class=per_class, std="standard error of the proportion, sqrt(p(1-p)/n)"))
-    ref = fid_features_to_statistics(ref_feats.double())
-    fd = frechet(feats, ref["mu"], ref["sigma"])
-    fdd = dict(details, feature_dim=int(feats.shape[1]), distance="torch-fidelity fid_statistics_to_metric")
-    if fid_bias_note(n):
-        fdd["bias"] = fid_bias_note(n)
-    out["fd_judge"] = Result(fd, None, n, details=fdd)
-    out["fd_judge_inf"] = fd_infinity_result(feats, ref, n, dict(details, feature_dim=int(feats.shape[1])), device)
-    k = kid(feats, ref_feats)
-    if k["kid_mean"] is None:
-        out["kid_judge"] = Result.missing(k["reason_kid"], n=n, **details)
-    else:
-        out["kid_judge"] = Result(k["kid_mean"], k["kid_std"], k["kid_subset_size"], details=dict(
-            details, kid_subsets=k["kid_subsets"], kid_subset_size=k["kid_subset_size"],
-            std="standard deviation of the MMD^2 over the subsets"))
-    m = min(n, n_ref)
-    if m <= NEAREST_K:
-        why = f"density/coverage need more than k = {NEAREST_K} images per side; got {n} generated, {n_ref} reference"
-        return out | {k_: Result.missing(why, n=n, **details) for k_ in ("density", "coverage")}
-    idx = torch.linspace(0, n_ref - 1, m).round().long()  # as many reference images, evenly spread
-    dc = density_coverage(ref_feats[idx], feats, device=device)
-    dcd = dict(details, k=dc["k"], n_reference_dc=dc["n_real"],
-               reference_dc=f"{dc['n_real']} of the {n_ref} reference images, evenly spread (equal sizes, as Naeem et al.)")
-    out["density"] = Result(dc["density"], None, n, details=dcd)
-    c = dc["coverage"]
-    out["coverage"] = Result(c, (c * (1 - c) / dc["n_real"]) ** 0.5, dc["n_real"], details=dcd)
-    return out
 
 
 def judged_cost(s, z: cost.Sizes) -> cost.Work:
@@ -132,7 +83,13 @@ def judged_cost(s, z: cost.Sizes) -> cost.Work:
           needs=("generated",), inputs=judge_digests)
 def judged_group(ctx: Context) -> dict[str, Result]:
     """The judge metrics of the run's generated images (module docstring)."""
+    import torch
+
+    from bench.engines import judges
     from bench.engines.generation import generated
+    from bench.engines.judge_scores import judge_scores
+    from bench.inputs.data import TRAIN_IS_TEST
+    from bench.runtime.execution import Execution
 
     s = ctx.settings
     judge = _judge(ctx)

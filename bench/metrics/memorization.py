@@ -10,13 +10,17 @@ taken in turn), the image and its ``ssim_k`` nearest training images with their 
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from bench.core import cost
 from bench.core.settings import GEN_SETTINGS
-from bench.engines.ssim import WIN, nearest_neighbours, show_order
-from bench.inputs.data import TRAIN_IS_TEST
-from bench.metrics import DRIFTING, Context, Metric, Result, absolute, mean_se, register
+from bench.core.stats import mean_se
+from bench.metrics import DRIFTING, Metric, Result, absolute, register
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.metrics.context import Context
 
 STD_NOTE = "standard error of the mean over generated images, sd / sqrt(n)"
 GRID = "samples/grid.png"  # the generated set's grid (bench.engines.generation.generated), relative to the run's folder
@@ -35,8 +39,12 @@ def ssim_cost(s, z: cost.Sizes) -> cost.Work:
 def ssim_group(ctx: Context) -> dict[str, Result]:
     """SSIM of each generated image to its nearest training image (whole training split), and the
     Fig. 7 neighbour grid."""
+    import torch
+
     from bench.engines import plots
     from bench.engines.generation import generated
+    from bench.engines.ssim import show_order
+    from bench.inputs.data import TRAIN_IS_TEST
 
     s = ctx.settings
     if ctx.data.train_is_test:  # the nearest "training" images would be the evaluated images themselves
@@ -74,6 +82,8 @@ def ssim_nn_result(gx: torch.Tensor, train: torch.Tensor, k: int, run) -> tuple[
     ``bench samples``): the Result with its details, and the (n, k) SSIMs and indices of the k
     nearest training images (None, None with a null Result when the images are below the SSIM
     window).  ``run`` is the ``Execution`` (device, batch size, sharding)."""
+    from bench.engines.ssim import WIN, nearest_neighbours
+
     if min(train.shape[-2:]) < WIN:
         return (Result.missing(f"SSIM needs images of at least {WIN}x{WIN} (win_size {WIN}); "
                                f"these are {tuple(train.shape[-2:])}", n=len(gx)), None, None)

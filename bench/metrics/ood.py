@@ -42,16 +42,17 @@ in-distribution points against each set, in the style of JEM's Fig. 5.
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from bench.core import cost, outcomes, settings
-from bench.core.roc import auroc, score_arrays  # auroc re-exported: bench.functional, tests
-from bench.core.stats import proportion_se
-from bench.engines import defense
-from bench.engines.attacks import check_in_ball, pgd
-from bench.inputs import ood_data
-from bench.metrics import PAIRS, POINTS, Context, Metric, Portable, Result, _seed_for, register
+from bench.core.settings import DEFENSE_SETTINGS
+from bench.metrics import PAIRS, POINTS, Metric, Portable, Result, register
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.inputs import ood_data
+    from bench.metrics.context import Context
 
 SCORES = tuple(c.value for c in settings.OodScore)
 MEASURES = ("auroc", "aupr_in", "aupr_out", "fpr95")
@@ -59,103 +60,12 @@ MEASURES = ("auroc", "aupr_in", "aupr_out", "fpr95")
 # OOD points accepted, average precision (no count behind it) at 0.2 points absolute
 PORTABLE = {"auroc": PAIRS, "aupr_in": Portable("absolute", abs=0.002), "aupr_out": Portable("absolute", abs=0.002),
             "fpr95": POINTS}
-TPR_LEVEL = 0.95
 IN_SCORES = "per_point_in"  # details key of an AUROC's in-distribution scores (its OOD ones: outcomes.VALUES_KEY)
 SCORE_MEANING = {"px": "logsumexp f(x) = -E(x) (log p(x) up to a constant)",
                  "py": "max softmax probability",
                  "pxgrad": "-||d log p(x) / dx||_2 (pixel space)"}
-OOD_SETTINGS = ("seed", "n_eval", "ood", "n_ood", "ood_scores", *defense.SETTINGS)
+OOD_SETTINGS = ("seed", "n_eval", "ood", "n_ood", "ood_scores", *DEFENSE_SETTINGS)
 ADV_SETTINGS = OOD_SETTINGS + ("norm", "eps", "pgd_steps", "pgd_step_size", "batch_size")
-
-
-# --------------------------------------------------------------------------------------------
-# the measures
-
-
-def _curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative true and false positives at each distinct threshold, from the highest score down
-    (scikit-learn's ``_binary_clf_curve``: tied scores enter together)."""
-    order = np.argsort(-scores, kind="mergesort")
-    s, pos = scores[order], positive[order].astype(np.float64)
-    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # last index of each tie group
-    tps = np.cumsum(pos)[last]
-    fps = (last + 1) - tps
-    return tps, fps
-
-
-def average_precision(scores, positive) -> float:
-    """scikit-learn's average precision: sum_k (R_k - R_{k-1}) P_k over the distinct thresholds."""
-    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
-    tps, fps = _curve(scores, positive)
-    precision = tps / (tps + fps)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def fpr_at_tpr(s_in, s_out, level: float = TPR_LEVEL) -> float:
-    """The FPR at the first threshold (highest down) whose TPR reaches ``level``."""
-    a, b = score_arrays(s_in, s_out)
-    tps, fps = _curve(np.r_[a, b], np.r_[np.ones(len(a), bool), np.zeros(len(b), bool)])
-    k = int(np.argmax(tps / len(a) >= level))  # the last point has TPR 1, so one exists
-    return float(fps[k] / len(b))
-
-
-def ood_measures(s_in, s_out) -> dict[str, tuple[float, float | None]]:
-    """{measure: (value, std)} for in-distribution scores ``s_in`` (positive) and OOD ``s_out``."""
-    a, b = score_arrays(s_in, s_out)
-    scores = np.r_[a, b]
-    is_in = np.r_[np.ones(len(a), bool), np.zeros(len(b), bool)]
-    fpr = fpr_at_tpr(a, b)
-    return {"auroc": auroc(a, b),
-            "aupr_in": (average_precision(scores, is_in), None),
-            "aupr_out": (average_precision(-scores, ~is_in), None),
-            "fpr95": (fpr, proportion_se(fpr, len(b)))}
-
-
-# --------------------------------------------------------------------------------------------
-# the scores
-
-
-def scores(model, x: torch.Tensor, which=SCORES) -> dict[str, torch.Tensor]:
-    """{score: (N,) float64} of a batch; ``pxgrad`` takes one input gradient of logsumexp f."""
-    out = {}
-    if "pxgrad" in which:
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            f = model.logits(xg)
-            lse = torch.logsumexp(f, dim=1)
-            (g,) = torch.autograd.grad(lse.sum(), xg)
-        out["pxgrad"] = -g.flatten(1).double().norm(dim=1)
-        f = f.detach()
-    else:
-        with torch.no_grad():
-            f = model.logits(x)
-    f = f.double()
-    if "px" in which:
-        out["px"] = torch.logsumexp(f, dim=1)
-    if "py" in which:
-        out["py"] = torch.softmax(f, dim=1).amax(dim=1)
-    return {k: out[k] for k in which}
-
-
-def score_objective(model, x: torch.Tensor, score: str) -> torch.Tensor:
-    """The summed score of a batch as a differentiable function of x (what the OOD attack raises)."""
-    f = model.logits(x)
-    if score == "px":
-        return torch.logsumexp(f, dim=1).sum()
-    if score == "py":
-        return torch.softmax(f, dim=1).amax(dim=1).sum()
-    if score == "pxgrad":
-        (g,) = torch.autograd.grad(torch.logsumexp(f, dim=1).sum(), x, create_graph=True)
-        return -g.flatten(1).norm(dim=1).sum()
-    raise ValueError(f"unknown OOD score {score!r}; expected one of {SCORES}")
-
-
-def raise_score(model, x: torch.Tensor, score: str, eps: float, steps: int, step_size: float,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """L-inf PGD (``bench.engines.attacks.pgd``) that ascends ``score`` from a uniform start in the eps ball."""
-    return pgd(model, x, None, eps, steps, step_size, random_start=True, generator=generator,
-               objective=lambda adv: score_objective(model, adv, score))
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,6 +79,8 @@ def score_list(s: dict) -> list[str]:
 
 
 def ood_sets(s: dict) -> list[ood_data.OODSpec]:
+    from bench.inputs import ood_data
+
     return ood_data.parse(s.get("ood"))
 
 
@@ -196,7 +108,13 @@ def _n_ood(ctx: Context) -> int:
 
 def _sets(ctx: Context) -> list[tuple[ood_data.OODSpec, torch.Tensor, dict]]:
     """The OOD sets of the run (memoised per run: the clean and the adversarial group share them)."""
+    import torch
+
+    from bench.inputs import ood_data
+    from bench.metrics import _seed_for
+
     s = ctx.settings
+
     def load() -> list[tuple[ood_data.OODSpec, torch.Tensor, dict]]:
         out = []
         for spec in ood_sets(s):
@@ -223,6 +141,8 @@ def set_digests(ctx: Context) -> dict:
 
 
 def _score_points(ctx: Context, x: torch.Tensor, which: list[str], desc: str) -> dict[str, torch.Tensor]:
+    from bench.engines.ood_scores import scores
+
     parts = {k: [] for k in which}
     for (xb,) in ctx.batches(x, desc=desc):
         for k, v in scores(ctx.model, xb, which).items():
@@ -231,6 +151,8 @@ def _score_points(ctx: Context, x: torch.Tensor, which: list[str], desc: str) ->
 
 
 def _results(prefix: str, s_in: dict, s_out: dict, specs, infos, extra: dict) -> dict[str, Result]:
+    from bench.engines.ood_scores import ood_measures
+
     out = {}
     for spec, info in zip(specs, infos, strict=True):
         for sc, a in s_in.items():
@@ -307,6 +229,9 @@ def ood_group(ctx: Context) -> dict[str, Result]:
           names=lambda s: metric_names(s, adversarial=True), inputs=set_digests)
 def ood_adv_group(ctx: Context) -> dict[str, Result]:
     """The same measures after PGD has pushed every OOD point to raise the score under test."""
+    from bench.engines.attacks import check_in_ball
+    from bench.engines.ood_scores import raise_score, scores
+
     s = ctx.settings
     names = metric_names(s, adversarial=True)
     if s.get("norm", "Linf") != "Linf":

@@ -3,11 +3,13 @@ its cache, its suite) and the lookups that bench check, bench table and bench.me
 
 It holds declarations, no metric code: ``load_all`` discovers the metric modules (every module of
 the ``bench.metrics`` package, and those that the ``jeat_bench.metrics`` entry points name) and
-imports them so they register themselves.  It also enforces the declarations: a group sees its
-settings through a ``SettingsView`` of what it declared (plus the execution and identity keys), so
-reading an undeclared setting, which would leave its cache stale, is an error at once.
-``bench.outputs.check`` and ``bench.outputs.table_files`` read facts through this module (from the
-catalogue, ``declared_groups``) and never import a metric group's code (docs/ARCHITECTURE.md, "Layers").
+imports them so they register themselves.  A metric module imports no torch at module level (its
+group functions import their engines when called), so reading the facts this way imports no torch:
+``bench.outputs.check`` and ``bench.outputs.table_files`` read them through this module
+(``declared_groups``) and never run a metric group's code (docs/ARCHITECTURE.md, "Layers").
+It also enforces the declarations: a group sees its settings through a ``SettingsView`` of what
+it declared (plus the execution and identity keys), so reading an undeclared setting, which would
+leave its cache stale, is an error at once.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from bench.core.errors import BenchError
+from bench.core.errors import BenchError, CheckFailed  # noqa: F401  (CheckFailed re-exported)
 from bench.core.metric_facts import (  # noqa: F401  (the facts a registration declares, re-exported)
     DETERMINISTIC,
     DISPLAYS,
@@ -58,12 +60,6 @@ IDENTITY_KEYS = ("model_sha256", "weights_sha256", "data_sha256", "generation_co
 
 class UndeclaredSetting(RuntimeError):
     """A metric group read a setting it does not declare (its cache would not change with it)."""
-
-
-class CheckFailed(RuntimeError):
-    """A run-time check of a group's own numbers failed (robust accuracy above clean accuracy, an
-    adversarial example outside the threat model): the group's metrics become nulls with this
-    message as their reason (``bench.pipeline.compute``), and the run goes on."""
 
 
 class SettingsView(Mapping):
@@ -219,14 +215,12 @@ def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings:
         raise ValueError(f"group {name}: setting {undeclared[0]!r} is not declared in bench.core.settings.SETTINGS")
 
     def deco(fn):
-        from bench.core.energy import evaluates  # torch: a registering module has it already
-
-        fn = evaluates(fn)  # ctx.model in eval mode while the group runs, its mode restored after
-
         @functools.wraps(fn)
         def guarded(ctx):  # called alone (a test) or by the runner: through the group's view
-            with group.viewing(ctx):
-                return fn(ctx)
+            from bench.core.energy import evaluates  # torch when the group runs, not when it registers
+
+            with group.viewing(ctx):  # ctx.model in eval mode while the group runs, its mode restored after
+                return evaluates(fn)(ctx)
 
         exact = tuple(sp.name for sp in specs if not sp.is_pattern)
         group = Group(name, suite, exact, tuple(settings), guarded, sharded, names, specs, tuple(needs), inputs,
@@ -282,7 +276,7 @@ def declared() -> list[Metric]:
 # discovered and comes after them (by name), then the modules the entry points name
 ORDER = ("robustness", "calibration", "generative", "fisher", "memorization", "landscape", "denoise", "ood")
 # the package's own modules that hold no groups: the registry, the groups' Context, the suites
-SUPPORT = ("registry", "context", "suites", "catalog")
+SUPPORT = ("registry", "context", "suites")
 ENTRY_POINTS = "jeat_bench.metrics"  # group of entry points naming metric modules outside this package
 _LOADED: list[str] = []  # the metric modules imported, in suite order
 
@@ -322,43 +316,28 @@ def load_all() -> dict[str, Group]:
     return GROUPS
 
 
-_FROM_CATALOGUE: dict = {}  # the catalogue's groups, built once per set of metric modules
+_MODULES: dict = {}  # modules(), kept while what it reads is unchanged (_modules_now)
 
 
 def _modules_now() -> tuple[str, ...]:
     """``modules()``, recomputed only when what it reads may have changed: the package's search path,
     ``sys.path`` or the entry-point lookup (a test replaces them); reading the entry points of every
-    installed distribution on each ``spec()`` made a check of a few thousand metrics take minutes."""
+    installed distribution on each lookup made a check of a few thousand metrics take minutes."""
     import importlib.metadata
     import sys
 
     pkg = importlib.import_module("bench.metrics")
     seen = (tuple(pkg.__path__), tuple(sys.path), id(importlib.metadata.entry_points))
-    if _FROM_CATALOGUE.get("seen") != seen:
-        _FROM_CATALOGUE.update(seen=seen, names=tuple(modules()))
-    return _FROM_CATALOGUE["names"]
+    if _MODULES.get("seen") != seen:
+        _MODULES.update(seen=seen, names=tuple(modules()))
+    return _MODULES["names"]
 
 
 def declared_groups() -> dict[str, Group]:
     """Every group's declaration, by name, for what reads facts only (``bench check``, ``bench
-    table``, the suite order): from ``bench.metrics.catalog`` without importing a metric module
-    (no torch) while the catalogue holds every module as it is on disk, else ``load_all()``."""
-    if _LOADED:
-        return load_all()
-    names = _modules_now()
-    if _FROM_CATALOGUE.get("modules") != names:
-        from bench.metrics import catalog
-
-        found: dict[str, Group] = {}
-        for m in names:
-            held = catalog.held(m)
-            if held is None:  # a module the catalogue does not hold as it is: import them all
-                return load_all()
-            for e in held:  # declarations only: no function, they never run
-                found[e["name"]] = Group(e["name"], e["suite"], tuple(e["metrics"]), tuple(e["settings"]), None,
-                                         e["sharded"], None, e["specs"], tuple(e["needs"]), module=m)
-        _FROM_CATALOGUE.update(modules=names, groups=found)
-    return {**_FROM_CATALOGUE["groups"], **GROUPS}  # and the groups registered directly (a test's)
+    table``, the suite order): ``load_all()``, which imports the metric modules; they hold no torch
+    at module level, so neither does this."""
+    return load_all()
 
 
 def module_rank(g: Group) -> int:

@@ -33,7 +33,7 @@ def resolve(spec: str | list[str]) -> list[str]:
 
 def groups_for(suites: list[str], runnable: bool = True) -> list[registry.Group]:
     """The registered groups of the given suites, in suite order; ``runnable=False``: their
-    declarations only (``registry.declared_groups``: no metric code imported, for tables)."""
+    declarations only (``registry.declared_groups``: no torch imported, for tables)."""
     groups = registry.load_all() if runnable else registry.declared_groups()
     return [g for s in suites for g in groups.values() if g.suite == s]
 
