@@ -326,6 +326,22 @@ def complete(s: dict, linf_eps: float | None = None) -> dict:
     return out
 
 
+def at_radius(s: dict, eps: float) -> dict:
+    """The settings ``s`` (a run's, complete) of an attack at radius ``eps`` instead of ``s["eps"]``:
+    ``eps`` set, and every setting that holds its derivation (``derive``; left None, or equal to what
+    ``complete`` gives at the run's eps) derived again by ``complete`` from ``eps``
+    (``pgd_step_size``: eps / 4); a value the user set to something else is kept at every radius.
+    Under L2 the landscape's radius, derived from the L-inf eps, is not the attack's: it is kept."""
+    linf = s.get("norm", Norm.LINF) == Norm.LINF
+    out = dict(s, eps=eps)
+    for st in SETTINGS:
+        if st.derive is None or (st.derive is _radius and not linf):
+            continue
+        if s.get(st.name) is None or (s.get("eps") is not None and s[st.name] == st.derive(s, s["eps"])):
+            out[st.name] = None
+    return complete(out)
+
+
 def value(s: dict, name: str):
     """One setting of ``s``, derived when it was left None (groups called outside a run)."""
     return complete(s)[name] if s.get(name) is None else s[name]
