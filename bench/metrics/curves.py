@@ -46,8 +46,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from bench.core import code_digest, outcomes, settings
+from bench.core import code_digest, outcomes
 from bench.core.errors import BenchError
+from bench.core.settings import at_radius
 from bench.engines.aa_adapter import AAConfig
 from bench.engines.attacks import NORMS
 from bench.metrics import GROUPS, CheckFailed, Context, Metric, Result, register
@@ -168,7 +169,7 @@ def _clean(ctx: Context, attack: CurveAttack) -> tuple[Result, torch.Tensor]:
 def _at(ctx: Context, eps: float) -> Context:
     """``ctx`` whose settings view is the run's at radius ``eps`` (``settings.at_radius``: what derives
     from eps, such as ``pgd_step_size``, derived again from it unless the user set it)."""
-    full = settings.at_radius(dict(ctx.settings.full), float(eps))
+    full = at_radius(dict(ctx.settings.full), float(eps))
     return replace(ctx, settings=GROUPS[GROUP].view(full))
 
 
