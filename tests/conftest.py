@@ -76,7 +76,9 @@ def fid_cache_one_thread(tmp_path, monkeypatch):
 def fashion_mnist_or_skip() -> None:
     """Debian's dataset-fashion-mnist must be installed for the test that calls this: in CI (``CI``
     set; .ci/run installs it) its absence fails the test, elsewhere it skips it with the reason."""
-    if not all(data._idx_file(data.FASHION_MNIST_DEBIAN, f) for f in data.FASHION_MNIST_FILES):
+    from bench.inputs import fashion_mnist as fm
+
+    if not all(fm.idx_file(fm.FASHION_MNIST_DEBIAN, f) for f in fm.FASHION_MNIST_FILES):
         if os.environ.get("CI"):
             pytest.fail("CI must have Debian's dataset-fashion-mnist (.ci/run installs it)")
         pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")

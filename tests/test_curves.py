@@ -172,3 +172,89 @@ def test_bad_grids_are_one_line_errors(tmp_path, capsys, args, msg):
     rc = main(["run", "--suite", "robust", "--n-eval", "10", "--out", str(tmp_path / "r"), *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and msg in err[0], err
+
+
+def _plug(monkeypatch):
+    """Registrations in this test only: the curve group's settings and the attack table restored after."""
+    group = registry.GROUPS["robust_curve"]
+    monkeypatch.setattr(group, "settings", group.settings)
+    monkeypatch.setattr(curves, "ATTACKS", dict(curves.ATTACKS))
+    return group
+
+
+def test_an_attack_setting_not_declared_is_an_error_at_registration(monkeypatch):
+    """``curve_attack`` checks its settings as ``register`` does: an unknown name is refused, named
+    (it quietly read the setting's default before: the group's view never knew it)."""
+    group = _plug(monkeypatch)
+    with pytest.raises(ValueError, match=r"curve attack typo: setting 'pgd_stepz' is not declared in "
+                                         r"bench.core.settings.SETTINGS"):
+        curves.curve_attack("typo", settings=("pgd_stepz",))(lambda ctx, eps: None)
+    with pytest.raises(ValueError, match=r"curve attack typo: setting 'n_evals' is not declared"):
+        curves.curve_attack("typo", points="n_evals")(lambda ctx, eps: None)
+    assert "typo" not in curves.ATTACKS and "pgd_stepz" not in group.settings
+    with pytest.raises(ValueError, match=r"group g: setting 'pgd_stepz' is not declared"):  # the same check
+        registry.register("g", "s", metrics=("m",), settings=("pgd_stepz",))
+
+
+@pytest.mark.parametrize("norm,given,seen", [
+    # (derived settings left to their derivation follow the radius: pgd_step_size eps / 4 and,
+    # under L-inf, the landscape's 2 * the L-inf eps; under L2 the landscape's radius is not the attack's)
+    ("Linf", {}, {0.1: (0.025, 0.2), 0.3: (0.075, 0.6)}),
+    ("Linf", {"pgd_step_size": 0.025, "landscape_radius": 0.2}, {0.1: (0.025, 0.2), 0.3: (0.075, 0.6)}),
+    # a value the user set (not its derivation) is kept at every radius
+    ("Linf", {"pgd_step_size": 0.01, "landscape_radius": 0.5}, {0.1: (0.01, 0.5), 0.3: (0.01, 0.5)}),
+    ("L2", {"pgd_step_size": 0.025, "landscape_radius": 0.2}, {0.1: (0.025, 0.2), 0.3: (0.075, 0.2)}),
+])
+def test_an_attack_sees_the_settings_derived_at_each_radius(digits, tmp_path, monkeypatch, norm, given, seen):
+    """The settings at radius r are ``settings.complete`` of eps = r (was: eps and pgd_step_size
+    rescaled by name, so ``landscape_radius``, 2 * eps, kept the run's value at every radius, and a
+    step the user set moved with eps)."""
+    _plug(monkeypatch)
+    got = {}
+
+    @curves.curve_attack("probe", settings=("landscape_radius",))
+    def probe(ctx, eps):
+        s = ctx.settings
+        got[eps] = (s["eps"], s["pgd_step_size"], s["landscape_radius"])
+        return Result(0.0, 0.0, N, details={}), torch.zeros(N, dtype=torch.bool)
+
+    s = dict(DEFAULTS, eps=0.1, norm=norm, n_eval=N, batch_size=BATCH, model_sha256=None, weights_sha256=None,
+             eps_grid=[0.1, 0.3], curve_attacks="probe", pgd_step_size=None, landscape_radius=None) | given
+    curves.curve_group(Context(tiny_model(), digits, s, torch.device("cpu"), tmp_path))
+    assert {e: v[0] for e, v in got.items()} == {0.1: 0.1, 0.3: 0.3}
+    assert {e: v[1:] for e, v in got.items()} == {e: pytest.approx(v, rel=1e-12) for e, v in seen.items()}
+
+
+def test_flags_of_another_shape_are_a_failed_check_not_zero_violations(digits, tmp_path, monkeypatch):
+    """The nesting compares each point at two radii: flags of different lengths cannot be compared,
+    and the group fails its check (was: skipped and reported as 0 violations)."""
+    _plug(monkeypatch)
+
+    @curves.curve_attack("short", label="flags for half the points")
+    def short(ctx, eps):
+        return Result(0.0, 0.0, N // 2, details={}), torch.zeros(N // 2, dtype=torch.bool)
+
+    with pytest.raises(registry.CheckFailed, match=r"curve attack short: per-point flags of 30 points at eps "
+                                                   r"0.1 and of 60 at eps 0"):
+        curves.curve_group(make_ctx(tiny_model(), digits, tmp_path, eps_grid=[0.1], curve_attacks="short"))
+
+
+def test_nested_violations_count_points_robust_at_a_larger_radius_only(digits, tmp_path, monkeypatch):
+    """``nested_violations``: points robust at a radius and fooled at a smaller one, counted by hand."""
+    _plug(monkeypatch)
+    flags = {0.1: torch.tensor([1, 0, 1, 0] * (N // 4), dtype=torch.bool),
+             0.2: torch.tensor([0, 1, 1, 0] * (N // 4), dtype=torch.bool)}  # 1 of 4 robust at 0.2 only
+
+    @curves.curve_attack("made_up")
+    def made_up(ctx, eps):
+        f = flags[eps]
+        return Result(f.double().mean().item(), 0.0, N, details={}), f
+
+    out = curves.curve_group(make_ctx(tiny_model(), digits, tmp_path, eps_grid=[0.1, 0.2], curve_attacks="made_up"))
+    clean = out["curve_made_up_0"]
+    robust_not_clean = int(sum(1 for i in range(N) if flags[0.1][i] and not clean_bit(clean, i)))
+    assert out["curve_made_up_0.2"].details["curve"]["nested_violations"] == N // 4 + robust_not_clean
+
+
+def clean_bit(res, i):
+    return bool(outcomes.unpack(res.details[outcomes.KEY])[i])

@@ -10,7 +10,7 @@ import pytest
 
 from bench.cli import main
 from bench.core.errors import BenchError
-from bench.inputs import data
+from bench.inputs import data, fashion_mnist
 from tests.conftest import fashion_mnist_or_skip
 
 
@@ -59,7 +59,7 @@ def test_truncated_idx_is_one_error_line(tmp_path):
 
 
 def test_absent_names_the_package(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN", tmp_path / "none")
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_DEBIAN", tmp_path / "none")
     monkeypatch.chdir(tmp_path)
     code = main(["run", "--dataset", "fashion-mnist", "--data-root", str(tmp_path / "empty"),
                  "--model", "digits-jeat", "--out", str(tmp_path / "o")])

@@ -45,7 +45,8 @@ keyed by the data set's name, split, a sha256 of its uint8 images, the extractor
 sha256 of its weights), the feature layer and torch-fidelity's version: a second run skips the
 training set entirely (``details['reference_cache'] == 'hit'``).  Each cache file holds a sha256
 of its meta and arrays (``digest``): a file whose arrays do not match it (edited by hand, or
-written before the digest was) is recomputed after a warning line, never served.
+written before the digest was) is recomputed after a warning line, never served
+(``bench.engines.reference_cache``).
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 from pathlib import Path
 
@@ -61,7 +61,7 @@ import numpy as np
 import torch
 
 from bench.core.errors import BenchError
-from bench.engines import features
+from bench.engines import features, reference_cache
 from bench.engines.features import FEATURES
 from bench.runtime import distributed
 from bench.runtime.execution import Execution
@@ -216,11 +216,6 @@ def write_file(path: str | Path, key: dict, stats: dict, features: torch.Tensor 
 # the reference of a run: a --ref-stats file, the shipped statistics, the disk cache
 
 
-def cache_dir() -> Path:
-    """``$JEAT_BENCH_CACHE`` or ``~/.cache/jeat-bench``."""
-    return Path(os.environ.get("JEAT_BENCH_CACHE") or Path.home() / ".cache" / "jeat-bench").expanduser()
-
-
 def images_sha256(u8: torch.Tensor) -> str:
     h = hashlib.sha256(str(tuple(u8.shape)).encode())
     h.update(u8.contiguous().numpy().tobytes())
@@ -268,7 +263,7 @@ def reference_features(x: torch.Tensor, ext: features.Extractor, name: str, spli
     if found is not None and found[1] is not None:
         return found[0], found[1], dict(info, cache="shipped", file=str(found[2]))
     writer = cache and (not sharded or distributed.is_main())
-    got = _read_reference(key, path) if writer else None
+    got = reference_cache.read(key, path) if writer else None
     if sharded:
         got = distributed.broadcast(got)
     if got is not None:
@@ -278,7 +273,7 @@ def reference_features(x: torch.Tensor, ext: features.Extractor, name: str, spli
         feats = features.extract_features(u8, ext, run, verbose)[ext.fid_layer]
         feats = feats.to(torch.float32)
         stats = statistics(feats)
-        if writer and _write_reference(key, path, stats, feats):
+        if writer and reference_cache.write(key, path, stats, feats):
             info["cache"] = "miss"
     if found is not None:  # shipped mu/sigma without features: FID from them, the features from above
         stats, info = found[0], dict(info, cache="shipped", file=str(found[2]), features_from=info["cache"])
@@ -291,66 +286,7 @@ def _reference_key(u8: torch.Tensor, ext: features.Extractor, name: str, split: 
     key = {"dataset": name, "split": split, "n": len(u8), "images_sha256": images_sha256(u8),
            "extractor": ext.identity, "layer": ext.fid_layer, "torch_fidelity": tf_version, "pipeline": PIPELINE}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return key, cache_dir() / "fid-ref" / f"{_slug(name)}-{split}-{_slug(ext.name)}-{digest}.npz"
-
-
-CACHED_ARRAYS = ("mu", "sigma", "features")
-
-
-def _arrays_digest(meta: str, arrays: dict) -> str:
-    """sha256 of a cache file's meta and of its arrays (name, dtype, shape and bytes of each)."""
-    h = hashlib.sha256(meta.encode())
-    for name in CACHED_ARRAYS:
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _read_reference(key: dict, path: Path) -> tuple[dict, torch.Tensor] | None:
-    """(stats, features) cached under ``key``, or None (missing, unreadable, another key, an older
-    cache file without features, or arrays that do not match the digest written with them: an
-    edited file is recomputed, after a warning line, never served)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = str(z["meta"])
-            if json.loads(meta) != key:
-                return None
-            arrays = {k: z[k] for k in CACHED_ARRAYS}
-            digest = str(z["digest"]) if "digest" in z.files else None
-    except Exception:
-        return None  # unreadable: recompute and overwrite
-    if digest != _arrays_digest(meta, arrays):
-        from bench.core import progress
-
-        progress.say(f"warning: the FID reference cache {path} does not match the digest written with it "
-                     f"({'none recorded' if digest is None else 'its arrays were edited'}); it is recomputed")
-        return None
-    return {"mu": arrays["mu"], "sigma": arrays["sigma"]}, torch.from_numpy(arrays["features"])
-
-
-def _write_reference(key: dict, path: Path, stats: dict, features: torch.Tensor) -> bool:
-    """Cache the reference with a digest of its arrays; False (after a warning line) when the
-    cache cannot be written."""
-    from bench.core.fileio import atomic_write_bytes
-
-    meta = json.dumps(key, sort_keys=True)
-    arrays = {"mu": np.asarray(stats["mu"]), "sigma": np.asarray(stats["sigma"]),
-              "features": features.detach().cpu().numpy()}
-    buf = io.BytesIO()
-    np.savez(buf, **arrays, meta=np.array(meta), digest=np.array(_arrays_digest(meta, arrays)))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, buf.getvalue())
-    except OSError as e:  # $JEAT_BENCH_CACHE a file, read-only or full: the cache is only a cache
-        from bench.core import progress
-
-        progress.say(f"warning: the reference cache {cache_dir()} is not usable ({e.strerror or e}); "
-                     "going on without it (set JEAT_BENCH_CACHE to a writable folder)")
-        return False
-    return True
+    return key, reference_cache.cache_dir() / "fid-ref" / f"{_slug(name)}-{split}-{_slug(ext.name)}-{digest}.npz"
 
 
 def reference_at_hand(x: torch.Tensor, ext: features.Extractor, name: str, split: str = "train") -> bool:

@@ -84,10 +84,6 @@ class Context:
             self.figures_made.append(f.rel)
         return f
 
-    def figure_path(self, name: str) -> Path:
-        """``figure(name).path`` (kept for groups written before ``figure``)."""
-        return self.figure(name).path
-
     def batches(self, x: torch.Tensor, *others: torch.Tensor, desc: str = "", indexed: bool = False):
         """Yield device batches of (x, *others) of ``settings['batch_size']`` (with ``indexed``:
         ``(i, x, *others)``, i the batch's global index, for per-batch random streams that do not

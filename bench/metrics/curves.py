@@ -14,7 +14,8 @@ of the proportion as ``std`` (the bands of the figure) and the per-point robust 
 check`` compares each point of the curve by the rules of ``pgd20`` (flipped points, 3 standard
 errors).  Each radius is a separate attack on the same points: a point robust at a larger eps and
 fooled at a smaller one is recorded as measured (``details['curve']['monotone']`` and
-``nested_violations`` say whether accuracy fell with eps and how many points broke the nesting),
+``nested_violations`` say whether accuracy fell with eps and how many points broke the nesting;
+None where a radius gave no per-point flags),
 never forced.  The figure ``figures/robustness_curve.png`` (accuracy against eps, one line per
 attack, +-1 standard error bands) is recorded in every curve metric's ``details['figure']``;
 ``bench table`` draws several runs' curves on one plot and writes one table per attack
@@ -26,10 +27,14 @@ The attacks (``ATTACKS``) plug in by registration, the loop never names them:
     def eot_pgd_at(ctx, eps) -> tuple[Result, torch.Tensor | None]:
         ...  # robust accuracy at radius eps on the points, with the per-point robust flags
 
-``ctx.settings`` is then the curve group's view with ``eps`` replaced by the radius and
-``pgd_step_size`` by the run's ratio of step to eps times it (eps / 4 by default), so an engine that
-reads ``eps`` from the settings needs no change.  Registering declares the attack's settings for the
-group (they key its cache), and the source of the attack's module keys it too (``inputs``).
+``ctx.settings`` is then the curve group's view of the run's settings at the radius
+(``bench.core.settings.at_radius``: ``eps`` replaced by it, and every setting derived from eps, such
+as ``pgd_step_size`` (eps / 4), derived again from it unless the user set it), so an engine that
+reads ``eps`` from the settings needs no change.  Registering declares the attack's settings and its
+``points`` setting for the group (they key its cache; a name not declared in
+``bench.core.settings.SETTINGS`` is refused, as ``register`` refuses it), and the source of the
+attack's module keys it too (``inputs``).  An attack's per-point flags cover the same points at every
+radius (flags of another length fail the group's check, ``CheckFailed``).
 PGD at every radius draws its starts from ``pgd20``'s (``pgd20_energy``'s) streams: at the run's eps the
 curve's PGD points are ``pgd20`` and ``pgd20_energy`` themselves.
 """
@@ -41,9 +46,10 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from bench.core import code_digest, outcomes
-from bench.core.errors import BenchError
-from bench.core.settings import Norm
+from bench.core.errors import BenchError, CheckFailed
+from bench.core.settings import Norm, at_radius
 from bench.metrics import GROUPS, Metric, Result, register
+from bench.metrics.registry import check_settings
 
 if TYPE_CHECKING:
     import torch
@@ -79,12 +85,13 @@ def curve_attack(name: str, settings: tuple[str, ...] = (), points: str = "n_eva
     its ``settings`` join the curve group's."""
     if not name or "*" in name or name != name.strip():
         raise ValueError(f"curve attack {name!r}: give a plain name")
+    check_settings(f"curve attack {name}", (*settings, points))
 
     def deco(fn):
         ATTACKS[name] = CurveAttack(name, fn, tuple(settings), points, supports or (lambda s: None), label or name)
         group = GROUPS.get(GROUP)
         if group is not None:  # the group reads (and is keyed by) what its attacks read
-            group.settings = tuple(dict.fromkeys((*group.settings, *settings)))
+            group.settings = tuple(dict.fromkeys((*group.settings, *settings, points)))
         return fn
 
     return deco
@@ -133,7 +140,7 @@ def attack_code(ctx: Context) -> dict:
 def curve_group(ctx: Context) -> dict[str, Result]:
     s = ctx.settings
     out: dict[str, Result] = {}
-    fig = ctx.figure_path(FIGURE)
+    fig = ctx.figure(FIGURE)
     for attack in selected(s):
         why = attack.supports(s)
         points = {}
@@ -144,11 +151,11 @@ def curve_group(ctx: Context) -> dict[str, Result]:
                 res, flags = _clean(ctx, attack)
             else:
                 res, flags = attack.run(_at(ctx, eps), eps)
-            res.details = dict(res.details or {}, figure=fig.relative_to(ctx.out).as_posix())
+            res.details = dict(res.details or {}, figure=fig.rel)
             out[metric_name(attack.name, eps)] = res
             points[eps] = flags
         _record(attack, {e: out[metric_name(attack.name, e)] for e in points}, points)
-    _draw(out, s, fig, ctx.model_name)
+    _draw(out, s, fig.path, fig.model)
     return out
 
 
@@ -163,12 +170,9 @@ def _clean(ctx: Context, attack: CurveAttack) -> tuple[Result, torch.Tensor]:
 
 
 def _at(ctx: Context, eps: float) -> Context:
-    """``ctx`` whose settings view has ``eps`` = the radius and ``pgd_step_size`` the run's step to
-    eps ratio (eps / 4 by default) times it."""
-    view = ctx.settings
-    run_eps, step = float(view["eps"]), view.get("pgd_step_size")
-    ratio = float(step) / run_eps if step is not None and run_eps > 0 else 0.25
-    full = dict(view.full, eps=float(eps), pgd_step_size=ratio * float(eps))
+    """``ctx`` whose settings view is the run's at radius ``eps`` (``settings.at_radius``: what derives
+    from eps, such as ``pgd_step_size``, derived again from it unless the user set it)."""
+    full = at_radius(dict(ctx.settings.full), float(eps))
     return replace(ctx, settings=GROUPS[GROUP].view(full))
 
 
@@ -181,8 +185,14 @@ def _record(attack: CurveAttack, results: dict[float, Result], flags: dict[float
     nested = 0
     for lo, hi in zip(eps, eps[1:], strict=False):
         a, b = flags.get(lo), flags.get(hi)
-        if a is not None and b is not None and a.shape == b.shape:
-            nested += int((b.bool() & ~a.bool()).sum())
+        if a is None or b is None:  # a radius without per-point flags: the nesting is not known
+            nested = None
+            break
+        if a.shape != b.shape:
+            raise CheckFailed(f"curve attack {attack.name}: per-point flags of {b.numel()} points at eps {hi:g} and of "
+                              f"{a.numel()} at eps {lo:g}: the attack must flag the same {attack.points} points "
+                              "at every radius")
+        nested += int((b.bool() & ~a.bool()).sum())
     summary = {"attack": attack.name, "label": attack.label, "points": attack.points,
                "monotone": all(x >= y for x, y in zip(known, known[1:], strict=False)), "nested_violations": nested,
                "eps_grid": eps}

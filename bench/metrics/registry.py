@@ -210,9 +210,7 @@ def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings:
     unknown = [k for k in needs if k not in NEEDS]
     if unknown:
         raise ValueError(f"group {name}: needs {unknown[0]!r}; a group may need {', '.join(NEEDS)}")
-    undeclared = [k for k in settings if k not in SPECS]
-    if undeclared:
-        raise ValueError(f"group {name}: setting {undeclared[0]!r} is not declared in bench.core.settings.SETTINGS")
+    check_settings(f"group {name}", settings)
 
     def deco(fn):
         @functools.wraps(fn)
@@ -229,6 +227,14 @@ def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings:
         return guarded
 
     return deco
+
+
+def check_settings(owner: str, settings: tuple[str, ...]) -> None:
+    """Every name of ``settings`` is declared in ``bench.core.settings.SETTINGS`` (a ValueError naming
+    ``owner`` and the first that is not): ``register``'s check, and ``curves.curve_attack``'s."""
+    undeclared = [k for k in settings if k not in SPECS]
+    if undeclared:
+        raise ValueError(f"{owner}: setting {undeclared[0]!r} is not declared in bench.core.settings.SETTINGS")
 
 
 def _overlap(a: Metric, b: Metric) -> bool:

@@ -17,7 +17,6 @@ Only rank 0 evaluates, writes files and prints; a resume must use the same numbe
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from bench.core import fileio, progress
+from bench.core import progress
 from bench.core.energy import EnergyModel
 from bench.core.errors import BenchError
 from bench.core.settings import SPECS
@@ -36,16 +35,12 @@ from bench.inputs import checkpoints, nets
 from bench.inputs.data import load as load_data
 from bench.runtime import distributed
 from bench.train import parallel
+from bench.train import resume as resume_state
 from bench.train.augment import augment
 from bench.train.methods import METHODS, TrainState
 from bench.train.monitor import energy_changes
 from bench.train.recipe import Recipe, load_recipe
-
-RESUME_FORMAT = 1
-
-
-def resume_path(out: Path) -> Path:
-    return out.with_name(out.name + ".resume.pt")
+from bench.train.resume import resume_path
 
 
 def make_optimizer_factory(r: Recipe):
@@ -104,40 +99,6 @@ def _check_out(out: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise BenchError(f"cannot write to {parent}: {e.strerror}") from None
-
-
-def _save_resume(path: Path, model, opt, g_data, g_train, buffer, epoch, history, seconds, r: Recipe,
-                 extra: dict) -> None:
-    """``extra``: what a torchrun run adds (``parallel.generator_states``); empty in one process."""
-    state = {"format": RESUME_FORMAT, "model": model.net.state_dict(), "optimizer": opt.state_dict(),
-             "g_data": g_data.get_state(), "g_train": g_train.get_state(),
-             "buffer": buffer.data if buffer is not None else None, "epoch": epoch,
-             "history": json.dumps(history), "seconds": seconds, "recipe": json.dumps(_identity(r)), **extra}
-    bio = io.BytesIO()
-    torch.save(state, bio)
-    fileio.atomic_write_bytes(path, bio.getvalue())
-
-
-def _identity(r: Recipe) -> dict:
-    """The recipe fields a resumed run must share with the run it continues (not ``epochs``)."""
-    d = r.to_dict()
-    d.pop("epochs")
-    return d
-
-
-def _load_resume(path: Path, r: Recipe) -> dict:
-    if not path.is_file():
-        raise BenchError(f"--resume: no resume state at {path} (nothing to continue; train without --resume)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise BenchError(f"{path}: unreadable resume state ({type(e).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
-        raise BenchError(f"{path}: not a bench resume state")
-    if json.loads(state["recipe"]) != _identity(r):
-        raise BenchError(f"{path}: was written by another recipe or seed; refusing to mix two runs")
-    parallel.check_processes(state, path)
-    return state
 
 
 def train(recipe: str | Path | Recipe, out: str | Path, epochs: int | None = None, device: str = "cpu",
@@ -215,7 +176,7 @@ def _build(r: Recipe, data, dev, ddp: bool, rank: int) -> _Run:
 def _restore(run: _Run, rpath: Path, dev) -> None:
     """Continue ``run`` from its resume file: weights, optimiser, generators, buffer, history."""
     r = run.r
-    s = _load_resume(rpath, r)
+    s = resume_state.load(rpath, r)
     run.model.net.load_state_dict(s["model"])
     run.opt.load_state_dict(s["optimizer"])
     run.g_data.set_state(s["g_data"])
@@ -301,7 +262,7 @@ def _train(recipe, out, epochs, dev, seed, resume, data_root, download, show_pro
         if main:
             meta = _meta(r, data, epoch + 1, run.history, run.seconds)
             checkpoints.save(out, model, meta, buffer.data if buffer is not None else None)
-            _save_resume(rpath, model, opt, run.g_data, run.g_train, buffer, epoch + 1, run.history, run.seconds,
+            resume_state.save(rpath, model, opt, run.g_data, run.g_train, buffer, epoch + 1, run.history, run.seconds,
                          r, extra)
             if show_progress:
                 progress.say(_line(r, entry))
