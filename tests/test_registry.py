@@ -197,6 +197,7 @@ def test_a_new_metric_module_is_discovered_after_the_known_ones(fresh_modules, t
     known = suites.names()
     (tmp_path / "gadgets.py").write_text(GADGET_MODULE)
     monkeypatch.setattr(metrics, "__path__", [*metrics.__path__, str(tmp_path)])
+    monkeypatch.setattr(fresh_modules, "_LOADED", [])  # names() above imported the known modules only
     found = fresh_modules.modules()
     assert found[:len(fresh_modules.ORDER)] == [f"bench.metrics.{m}" for m in fresh_modules.ORDER]
     assert "bench.metrics.gadgets" in found[len(fresh_modules.ORDER):] and "gadgets" not in fresh_modules.ORDER
@@ -214,6 +215,7 @@ def test_a_metric_module_outside_the_tree_comes_from_an_entry_point(fresh_module
     ep = importlib.metadata.EntryPoint("gadgets", "outside_gadgets", fresh_modules.ENTRY_POINTS)
     monkeypatch.setattr(importlib.metadata, "entry_points",
                         lambda group=None: [ep] if group == fresh_modules.ENTRY_POINTS else [])
+    monkeypatch.setattr(fresh_modules, "_LOADED", [])  # names() above imported the known modules only
     assert fresh_modules.modules()[-1] == "outside_gadgets"
     assert suites.resolve("all") == [*known, "gadgetry"]
 
