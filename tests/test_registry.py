@@ -188,12 +188,12 @@ def gadget(ctx):
 
 def test_a_new_metric_module_is_discovered_after_the_known_ones(fresh_modules, tmp_path, monkeypatch):
     """Dropped into bench/metrics/ (here: a folder added to the package's path), a module needs no
-    list edited: its suite comes after the eight, whose order is kept."""
+    list edited: its suite comes after the nine, whose order is kept."""
     (tmp_path / "gadgets.py").write_text(GADGET_MODULE)
     monkeypatch.setattr(metrics, "__path__", [*metrics.__path__, str(tmp_path)])
-    assert fresh_modules.modules()[:8] == [f"bench.metrics.{m}" for m in fresh_modules.ORDER]
+    assert fresh_modules.modules()[:9] == [f"bench.metrics.{m}" for m in fresh_modules.ORDER]
     assert "bench.metrics.gadgets" in fresh_modules.modules()
-    assert suites.resolve("all") == [*EIGHT, "gadgetry"]
+    assert suites.resolve("all") == [*NINE, "gadgetry"]
     assert main(["run", "--help"]) == 0
 
 
@@ -207,7 +207,7 @@ def test_a_metric_module_outside_the_tree_comes_from_an_entry_point(fresh_module
     monkeypatch.setattr(importlib.metadata, "entry_points",
                         lambda group=None: [ep] if group == fresh_modules.ENTRY_POINTS else [])
     assert fresh_modules.modules()[-1] == "outside_gadgets"
-    assert suites.resolve("all") == [*EIGHT, "gadgetry"]
+    assert suites.resolve("all") == [*NINE, "gadgetry"]
 
 
 def test_a_metric_module_that_fails_to_import_is_an_error_naming_it(fresh_modules, tmp_path, monkeypatch, capsys):
@@ -220,21 +220,21 @@ def test_a_metric_module_that_fails_to_import_is_an_error_naming_it(fresh_module
     assert "error: metric module bench.metrics.broken_gadgets failed to import" in capsys.readouterr().err
 
 
-EIGHT = ["robust", "calibration", "generative", "score", "memorization", "landscape", "denoise", "ood"]
+NINE = ["robust", "calibration", "generative", "score", "memorization", "landscape", "denoise", "ood", "shift"]
 
 
 def test_the_suite_lists_of_the_cli_and_the_readme_are_the_registry_s(registry, capsys):
     import re
     from pathlib import Path
 
-    assert suites.names() == EIGHT
+    assert suites.names() == NINE
     register("widgets", "gadgetry", metrics=(Metric("widget_count"),), settings=())(_const)
     assert main(["run", "--help"]) == 0
     helptext = " ".join(capsys.readouterr().out.split())
-    assert "all, or a comma list of: " + ", ".join([*EIGHT, "gadgetry"]) + " [default: all]" in helptext
+    assert "all, or a comma list of: " + ", ".join([*NINE, "gadgetry"]) + " [default: all]" in helptext
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     listed = re.search(r"bench run +\[--model PATH\] \[--suite all\|([a-z|]+)\[,\.\.\]\]", readme)
-    assert listed and listed[1].split("|") == EIGHT
+    assert listed and listed[1].split("|") == NINE
 
 
 def test_the_architecture_map_names_what_exists():
