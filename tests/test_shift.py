@@ -95,6 +95,11 @@ def test_accuracies_equal_a_hand_loop_of_corrupt_and_argmax(run, logits):
         assert m[f"shift_acc_s{k}"]["value"] == pytest.approx(np.mean([ok[(c, k)].mean() for c in cs]))
     assert m["shift_acc_mean"]["value"] == pytest.approx(np.mean([ok[(c, k)].mean() for c in cs for k in SEV]))
     assert m["shift_acc_mean"]["n"] == N * 14 * 5
+    # std: over the 40 test points, each the mean of its 70 corrupted versions (not 2,800 independent images)
+    per_point = np.mean([ok[(c, k)] for c in cs for k in SEV], axis=0)
+    assert m["shift_acc_mean"]["std"] == pytest.approx(per_point.std(ddof=1) / np.sqrt(N), rel=1e-9)
+    p = m["shift_acc_fog_3"]["value"]
+    assert m["shift_acc_fog_3"]["std"] == pytest.approx(np.sqrt(p * (1 - p) / N), rel=1e-9)
 
 
 def _hand_ece(conf, ok, bins=20):
@@ -121,7 +126,10 @@ def test_ece_nll_and_auroc_equal_independent_computations(run, logits):
         conf, ok = p.max(1), p.argmax(1) == yk
         eces.append(_hand_ece(conf, ok))
         assert m[f"shift_ece_s{k}"]["value"] == pytest.approx(eces[-1], abs=1e-9)
-        assert m[f"shift_nll_s{k}"]["value"] == pytest.approx(np.mean(lse - zk[np.arange(len(yk)), yk]), rel=1e-9)
+        nll = lse - zk[np.arange(len(yk)), yk]
+        assert m[f"shift_nll_s{k}"]["value"] == pytest.approx(np.mean(nll), rel=1e-9)
+        per_point = nll.reshape(len(cs), N).mean(0)
+        assert m[f"shift_nll_s{k}"]["std"] == pytest.approx(per_point.std(ddof=1) / np.sqrt(N), rel=1e-6)
         clean = z["clean"]
         clean_lse = logsumexp(clean, axis=1)
         labels = np.r_[np.zeros(N), np.ones(len(zk))]  # corrupted positive, ranked by the energy E(x)

@@ -141,10 +141,25 @@ def reference_digest(ctx) -> dict:
 # the groups
 
 
-def _share(bits, of: str, **details) -> Result:
-    """A share of images with its per-image bits (``value`` = their mean: the POINTS rule pairs them)."""
-    p, n = float(bits.double().mean()), len(bits)
-    return Result(p, proportion_se(p, n), n, details={outcomes.KEY: outcomes.pack(bits, of), **details})
+def _per_point_mean(v, points: int):
+    """(mean, standard error) of values laid out image set by image set, ``points`` test points
+    each: the standard error is over the test points (each the mean of its corrupted versions), not
+    over the images, which are not independent (the same point under several corruptions)."""
+    from bench.metrics import mean_se
+
+    _, se, _ = mean_se(v.double().view(-1, points).mean(0))
+    return float(v.double().mean()), se
+
+
+def _share(bits, of: str, points: int) -> Result:
+    """A share of images with its per-image bits (``value`` = their mean: the POINTS rule pairs them);
+    ``std``: that of a proportion for one image set, else over the test points (``_per_point_mean``)."""
+    if len(bits) == points:
+        p = float(bits.double().mean())
+        se = proportion_se(p, points)
+    else:
+        p, se = _per_point_mean(bits, points)
+    return Result(p, se, len(bits), details={outcomes.KEY: outcomes.pack(bits, of)})
 
 
 def _cat(stats, keys, what: str):
@@ -233,19 +248,18 @@ def shift_group(ctx) -> dict[str, Result]:
     from bench.core.binned_calibration import expected_calibration_error
     from bench.core.roc import auroc
     from bench.engines import shift_plot, shift_stats
-    from bench.metrics import mean_se
-
     logits, y = _logits(ctx)
     cs, ks, bins = _here(ctx), shift_stats.SEVERITIES, int(ctx.settings.get("ece_bins") or 20)
     stats = {key: shift_stats.point_stats(z, y) for key, z in logits.items()}
     at = {k: [(c, k) for c in cs] for k in ks}
     order = "per (corruption, severity, test point), corruption by corruption, severity by severity"
-    out = {f"shift_acc_{c}_{k}": _share(stats[(c, k)]["correct"], "correct per test point in order")
+    n = len(y)
+    out = {f"shift_acc_{c}_{k}": _share(stats[(c, k)]["correct"], "correct per test point in order", n)
            for c in cs for k in ks}
-    out.update({f"shift_acc_{c}": _share(_cat(stats, [(c, k) for k in ks], "correct"), f"correct {order}")
+    out.update({f"shift_acc_{c}": _share(_cat(stats, [(c, k) for k in ks], "correct"), f"correct {order}", n)
                 for c in cs})
-    out.update({f"shift_acc_s{k}": _share(_cat(stats, at[k], "correct"), f"correct {order}") for k in ks})
-    out["shift_acc_mean"] = _share(_cat(stats, [(c, k) for c in cs for k in ks], "correct"), f"correct {order}")
+    out.update({f"shift_acc_s{k}": _share(_cat(stats, at[k], "correct"), f"correct {order}", n) for k in ks})
+    out["shift_acc_mean"] = _share(_cat(stats, [(c, k) for c in cs for k in ks], "correct"), f"correct {order}", n)
     eces, bin_stats = [], []
     for k in ks:
         ok, conf, nll = (_cat(stats, at[k], w) for w in ("correct", "conf", "nll"))
@@ -256,7 +270,7 @@ def shift_group(ctx) -> dict[str, Result]:
         out[f"shift_ece_s{k}"] = Result(e, None, len(ok), details={
             "bins": b, "n_bins": bins, "std": ECE_STD, outcomes.KEY: bits,
             outcomes.VALUES_KEY: outcomes.pack_values(conf, f"top-class confidence {order}")})
-        mean, se, _ = mean_se(nll)
+        mean, se = _per_point_mean(nll, n)
         out[f"shift_nll_s{k}"] = Result(mean, se, len(nll), details={
             outcomes.KEY: bits, outcomes.VALUES_KEY: outcomes.pack_values(nll, f"NLL {order}")})
     every = [(c, k) for c in cs for k in ks]
@@ -267,7 +281,7 @@ def shift_group(ctx) -> dict[str, Result]:
                  "accuracy": [a for b in bin_stats for a in b["accuracy"]],
                  "layout": "the five severities' bins one after another (the standard error of their mean ECE)"},
         outcomes.KEY: outcomes.pack(ok_all, f"correct {order}")})
-    mean, se, _ = mean_se(_cat(stats, every, "nll"))
+    mean, se = _per_point_mean(_cat(stats, every, "nll"), n)
     out["shift_nll_mean"] = Result(mean, se, len(ok_all), details={
         "of": "mean over every corrupted point (= the mean of shift_nll_s1..s5)",
         outcomes.KEY: outcomes.pack(ok_all, f"correct {order}")})
