@@ -92,27 +92,33 @@ def _here(ctx) -> tuple[str, ...]:
     return corruption_list(ctx.settings, ctx.data.input_shape)
 
 
-def _logits(ctx):
-    """({clean or (c, k): logits} of the model on the first n_eval test points, their labels),
-    made once per run for both groups; made again when non-finite, so the runner's watch on the
-    model sees them."""
+def _logits(ctx, reference=None):
+    """({clean or (c, k): logits} of the model on the first n_eval test points, their labels, and
+    the same of ``reference`` or None), the model's made once per run for both groups; made again
+    when non-finite, so the runner's watch on the model sees them.  A ``reference`` model is given
+    the same corrupted batches as the model when both are made here (each image corrupted once)."""
     import torch
 
     from bench.engines import shift_stats
 
     s = ctx.settings
     split = ctx.data.test.subset(s["n_eval"])
-    made = []
+    made = {}
 
-    def make():
-        made.append(True)
-        return shift_stats.shifted_logits([ctx.model], split.x, _here(ctx), int(s["seed"]), ctx.execution,
-                                          ctx.data.num_classes)[0]
+    def make(models):
+        made["all"] = shift_stats.shifted_logits(models, split.x, _here(ctx), int(s["seed"]), ctx.execution,
+                                                 ctx.data.num_classes)
+        return made["all"][0]
 
-    z = ctx.once(("shift_logits", s["n_eval"], int(s["seed"]), int(s["batch_size"]), _here(ctx)), make)
+    both = [ctx.model] + ([reference] if reference is not None else [])
+    z = ctx.once(("shift_logits", s["n_eval"], int(s["seed"]), int(s["batch_size"]), _here(ctx)),
+                 lambda: make(both))
     if not made and not all(bool(torch.isfinite(v).all()) for v in z.values()):
-        z = make()
-    return z, split.y
+        z = make(both)
+    if reference is None:
+        return z, split.y, None
+    z_ref = made["all"][1] if made else make([reference])
+    return z, split.y, z_ref
 
 
 def _reference(ctx):
@@ -199,15 +205,12 @@ def shift_ce_group(ctx) -> dict[str, Result]:
     ref = _reference(ctx)
     if ref is None:
         return {m: Result.missing(shift_reference.NO_REFERENCE) for m in names}
-    logits, y = _logits(ctx)
+    logits, y, z_ref = _logits(ctx, ref.model)
     ok = {key: shift_stats.point_stats(z, y)["correct"] for key, z in logits.items()}
     err = {key: 1.0 - float(v.double().mean()) for key, v in ok.items()}
     ref_ok = {key: torch.zeros(0, dtype=torch.bool) for key in ok}  # a reference run records no points here
     if ref.kind == "released":
-        z = shift_stats.shifted_logits([ref.model], ctx.data.test.subset(ctx.settings["n_eval"]).x, cs,
-                                       int(ctx.settings["seed"]), ctx.execution, ctx.data.num_classes,
-                                       desc="shift reference")[0]
-        ref_ok = {key: shift_stats.point_stats(v, y)["correct"] for key, v in z.items()}
+        ref_ok = {key: shift_stats.point_stats(v, y)["correct"] for key, v in z_ref.items()}
         ref_err = {key: 1.0 - float(v.double().mean()) for key, v in ref_ok.items()}
         ref_clean = ref_err[shift_stats.CLEAN]
     else:
@@ -248,7 +251,7 @@ def shift_group(ctx) -> dict[str, Result]:
     from bench.core.binned_calibration import expected_calibration_error
     from bench.core.roc import auroc
     from bench.engines import shift_plot, shift_stats
-    logits, y = _logits(ctx)
+    logits, y, _ = _logits(ctx)
     cs, ks, bins = _here(ctx), shift_stats.SEVERITIES, int(ctx.settings.get("ece_bins") or 20)
     stats = {key: shift_stats.point_stats(z, y) for key, z in logits.items()}
     at = {k: [(c, k) for c in cs] for k in ks}
