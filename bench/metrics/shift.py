@@ -216,8 +216,9 @@ def shift_ce_group(ctx) -> dict[str, Result]:
     else:
         ref_err, ref_clean = ref.err, ref.clean_err
     found = shift_stats.corruption_errors(err, err[shift_stats.CLEAN], ref_err, ref_clean, cs)
-    of = ("correct per (corruption, severity, test point) of the model, then of the reference where it is "
-          "evaluated here" + ("" if ref.kind == "released" else " (a reference run: the model's alone)"))
+    of = ("correct per (corruption, severity, test point) (shift_rmce: the clean points first) of the model, "
+          "then of the reference where it is evaluated here" +
+          ("" if ref.kind == "released" else " (a reference run: the model's alone)"))
 
     def bits(keys):
         return torch.cat([ok[k] for k in keys] + [ref_ok[k] for k in keys])
@@ -251,6 +252,7 @@ def shift_group(ctx) -> dict[str, Result]:
     from bench.core.binned_calibration import expected_calibration_error
     from bench.core.roc import auroc
     from bench.engines import shift_plot, shift_stats
+
     logits, y, _ = _logits(ctx)
     cs, ks, bins = _here(ctx), shift_stats.SEVERITIES, int(ctx.settings.get("ece_bins") or 20)
     stats = {key: shift_stats.point_stats(z, y) for key, z in logits.items()}
