@@ -307,3 +307,19 @@ def test_the_module_imports_no_torch_at_module_level():
                        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     assert "shift_ce_group" in r.stdout and "shift_group" in r.stdout
+
+
+def test_compare_bootstraps_a_shift_ece_as_it_does_ece(run):
+    """bench compare resamples the points of a per-severity ECE (its confidences and outcomes are
+    recorded), as for ``ece``; before, it took the mean of the confidences as the statistic."""
+    from bench.core.results import Result
+    from bench.outputs import compare
+
+    _, doc = run
+    a = Result.from_json(doc["metrics"]["shift_ece_s2"])
+    conf = outcomes.values_of(a.details) * 0.9
+    ok = outcomes.of(a.details)
+    b = Result(_hand_ece(conf, ok), None, a.n, details={**a.details, outcomes.VALUES_KEY: outcomes.pack_values(
+        conf, "shrunk")})
+    t = compare.paired_test("shift_ece_s2", a, b, n_boot=50)
+    assert t.test == compare.BOOTSTRAP and t.diff == pytest.approx(b.value - a.value)
