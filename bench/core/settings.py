@@ -124,6 +124,13 @@ SETTINGS: tuple[Setting, ...] = (
             "of two test images)"),
     Setting("n_ood", "count", None, "points per OOD set (default: n-eval)", derived_from="n_eval"),
     Setting("ood_scores", "choices", "px,py,pxgrad", "OOD scores, comma list of px, py, pxgrad", OodScore),
+    # distribution shift (shift; bench.metrics.shift, docs/CORRUPTIONS.md "The shift suite")
+    Setting("shift_corruptions", "text", None, "corruptions of --suite shift, comma list of the CIFAR-10-C names "
+            "(default: all those defined at the data's image size; glass_blur needs a side of 16 px or more)",
+            derived_from="the data's image size"),
+    Setting("shift_reference", "text", None, "an earlier run's folder whose accuracy and shift_acc_* (same data, "
+            "n-eval, seed) are the reference of shift_ce_*, shift_mce, shift_rmce (default: for a released "
+            "checkpoint, the released normal model of its data set and activation; otherwise none)"),
     # generation (generative, memorization)
     Setting("n_gen", "count", 500, "generated images, balanced over classes"),
     Setting("gen_energy", "choice", GenEnergy.JOINT, "joint: Eq. 17; ce: Eq. 16", GenEnergy),

@@ -278,9 +278,9 @@ def declared() -> list[Metric]:
 
 
 # the metric modules of this package in suite order (--suite all runs robust, calibration,
-# generative, score, memorization, landscape, denoise, ood); any other module of bench.metrics is
+# generative, score, memorization, landscape, denoise, ood, shift); any other module of bench.metrics is
 # discovered and comes after them (by name), then the modules the entry points name
-ORDER = ("robustness", "calibration", "generative", "fisher", "memorization", "landscape", "denoise", "ood")
+ORDER = ("robustness", "calibration", "generative", "fisher", "memorization", "landscape", "denoise", "ood", "shift")
 # the package's own modules that hold no groups: the registry, the groups' Context, the suites
 SUPPORT = ("registry", "context", "suites")
 ENTRY_POINTS = "jeat_bench.metrics"  # group of entry points naming metric modules outside this package

@@ -10,7 +10,7 @@ from bench.metrics import registry
 
 def names() -> list[str]:
     """Every suite, in order: robust, calibration, generative, score, memorization, landscape,
-    denoise, ood, then any suite a group registered elsewhere names."""
+    denoise, ood, shift, then any suite a group registered elsewhere names."""
     groups = {**registry.declared_groups()}  # the groups the runner may run (a test may narrow them) ...
     groups.update({k: g for k, g in registry.GROUPS.items() if k not in groups})  # ... and the registry
     ordered = sorted(groups.values(), key=registry.module_rank)  # stable: registration order within

@@ -74,7 +74,8 @@ def _shares(name: str) -> bool:
 
 
 def _binned(name: str):
-    return BINNED.get(name.removesuffix("_fgsm"))
+    base = name.removesuffix("_fgsm")
+    return BINNED.get("ece" if base.startswith("shift_ece_s") else base)  # the shift suite's ECE per severity
 
 
 def paired_test(name: str, ra: Result, rb: Result, seed: int = 0, n_boot: int = N_BOOT) -> Test:

@@ -21,6 +21,7 @@ from bench.core.errors import BenchError
 from bench.core.fileio import check_out
 from bench.core.results import Results, platform_record
 from bench.core.settings import DEFAULTS, Norm, complete, dataset_defaults, validate
+from bench.engines import shift_stats
 from bench.inputs import checkpoints, data, zoo
 from bench.metrics import Context, Result, registry, suites
 from bench.outputs import report, table_files
@@ -115,6 +116,8 @@ def resolve_settings(overrides: dict, loaded: checkpoints.Loaded, ds: data.Datas
             s["eps"] = float(tm["eps"])
     s.update({k: v for k, v in overrides.items() if v is not None})
     validate_settings(s, ds.input_shape)
+    # the shift suite's corruptions depend on the image size (its metric names follow them)
+    s["shift_corruptions"] = ",".join(shift_stats.chosen(s.get("shift_corruptions"), ds.input_shape))
     return complete(s, linf_eps=s["eps"] if s["norm"] == Norm.LINF else linf_eps)
 
 
