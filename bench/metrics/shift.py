@@ -43,9 +43,9 @@ SHIFT_SPECS = (
     Metric("shift_auroc_*", "proportion", True, portable=PAIRS, bounds=(0.0, 1.0)),
 )
 CE_SPECS = (
-    Metric("shift_ce_*", "ratio", False, portable=stable(None), bounds=(0.0, None)),
-    Metric("shift_mce*", "ratio", False, portable=stable(None), bounds=(0.0, None)),
-    Metric("shift_rmce*", "ratio", False, portable=stable(None)),
+    Metric("shift_ce_*", "ratio", False, "percent", portable=stable(None), bounds=(0.0, None)),
+    Metric("shift_mce*", "ratio", False, "percent", portable=stable(None), bounds=(0.0, None)),
+    Metric("shift_rmce*", "ratio", False, "percent", portable=stable(None)),
 )
 
 
