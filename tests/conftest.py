@@ -22,6 +22,15 @@ def tiny_model(num_classes=10, in_channels=1, shape=(1, 8, 8), act="silu", seed=
     return EnergyModel(net, 0.5, 0.5, shape, num_classes).eval()
 
 
+@pytest.fixture(autouse=True)
+def _no_probe_cache(monkeypatch):
+    """Each test times its own plan probe (or mocks it): no entry of another test, another xdist
+    worker or the user's own runs serves it (tests/test_plan.py switches the cache on for its test)."""
+    from bench.pipeline import probe_cache
+
+    monkeypatch.setattr(probe_cache, "ENABLED", False)
+
+
 @pytest.fixture
 def model():
     return tiny_model()
