@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from bench.core.energy import EnergyModel
 from bench.inputs import data, nets
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one thread per pytest-xdist worker (tox runs two): two workers of two threads would each wait on the other
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
