@@ -51,8 +51,8 @@ def test_autoattack_work_counts_the_surviving_points():
 
 
 def test_fisher_landscape_ssim_and_extractor_work():
-    assert _cost("fisher", n_score=30, probes=4, batch_size=250).forward == 30 * 4
-    assert _cost("fisher", n_score=30, probes=4, exact_trace=True, batch_size=250).forward == 30 * 64
+    assert _cost("fisher", n_score=30, probes=4, batch_size=250).backward == 30 * 2 + 30 * 4  # grads, jets
+    assert _cost("fisher", n_score=30, probes=4, exact_trace=True, batch_size=250).backward == 30 * 2 + 30 * 64
     assert _cost("landscape", landscape_images=3, landscape_resolution=11, batch_size=250).forward == 3 * 121
     assert _cost("ssim_nn", n_gen=20, ssim_k=2, ssim_n_show=0).ssim == 20 * 1347
     w = _cost("is_fid", n_gen=100, n_ref=None)

@@ -191,24 +191,28 @@ def _extractor_unit(x: torch.Tensor, ext, device: torch.device) -> tuple[float, 
 
 
 def _figure_unit(x: torch.Tensor) -> tuple[float, float]:
-    """(0, seconds per figure): a figure of 4 image panels drawn and saved (``bench.engines.plots``,
-    as the groups draw theirs), after one untimed.  Per figure, not per panel: on a loaded digits
-    run ssim_nn (an 88-panel figure) took 2.7 s in all, ece (a 2-panel one) 2.0 s."""
+    """(seconds per panel, per figure): figures of 1 and of 4 image panels drawn and saved
+    (``bench.engines.plots``, as the groups draw theirs), after one untimed, each the best of two.
+    Panels count: on a loaded 2-core CPU one panel took about 0.13 s more, so ssim_nn's 88-panel
+    neighbour grid took 12 s where the 4-panel probe figure took 1.1 s."""
     import tempfile
 
     from bench.engines import plots
 
     img = x[0].permute(1, 2, 0).squeeze(-1).numpy()
 
-    def draw(path) -> None:
-        fig, axes = plots.panel_grid(4, 4, 1.5, 1.5, "probe")
+    def draw(path, n: int) -> None:
+        fig, axes = plots.panel_grid(n, 4, 1.5, 1.5, "probe")
         for ax in axes:
             ax.imshow(img, cmap="gray")
         plots.save(fig, path)
 
     with tempfile.TemporaryDirectory() as d:
-        draw(f"{d}/w.png")
-        return 0.0, min(_timed(lambda k=k: draw(f"{d}/{k}.png"), torch.device("cpu")) for k in range(2))
+        draw(f"{d}/w.png", 4)
+        t = {n: min(_timed(lambda k=k, n=n: draw(f"{d}/{n}-{k}.png", n), torch.device("cpu")) for k in range(2))
+             for n in (1, 4)}
+    unit = max(0.0, (t[4] - t[1]) / 3)
+    return unit, max(0.0, t[1] - unit)
 
 
 @dataclass
