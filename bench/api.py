@@ -169,6 +169,9 @@ def evaluate(model, data=None, suites: str | list[str] = "all", out: str | Path 
         raise BenchError(f"bench.evaluate takes an nn.Module (or an EnergyModel), not a {type(model).__name__}; "
                          "for a released name or a checkpoint file use bench.load(NAME_OR_PATH) first")
     _check_names(settings)
+    if isinstance(out, str) and not out.strip():  # as bench run --out '' (cli_options.NonEmptyPath)
+        raise BenchError("out is an empty path, which would mean the working folder; give a path "
+                         "(or None for a temporary folder)")
     if mean is not None or std is not None:
         if settings.get("normalize") is not None:
             raise BenchError("give normalize= or mean=/std=, not both")

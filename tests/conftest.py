@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from bench.core.energy import EnergyModel
 from bench.inputs import data, nets
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one thread per pytest-xdist worker (tox runs two): two workers of two threads would each wait on the other
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +21,15 @@ def tiny_model(num_classes=10, in_channels=1, shape=(1, 8, 8), act="silu", seed=
     torch.manual_seed(seed)
     net = nets.build("digits-cnn", num_classes, in_channels, width=width, act=act)
     return EnergyModel(net, 0.5, 0.5, shape, num_classes).eval()
+
+
+@pytest.fixture(autouse=True)
+def _no_probe_cache(monkeypatch):
+    """Each test times its own plan probe (or mocks it): no entry of another test, another xdist
+    worker or the user's own runs serves it (tests/test_plan.py switches the cache on for its test)."""
+    from bench.pipeline import probe_cache
+
+    monkeypatch.setattr(probe_cache, "ENABLED", False)
 
 
 @pytest.fixture

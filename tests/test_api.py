@@ -113,3 +113,15 @@ def test_bad_arguments_are_one_line_errors(released, call, message):
     with pytest.raises(BenchError) as e:
         call(net)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_empty_out_is_refused_as_bench_run_refuses_it(released, tmp_path, monkeypatch):
+    """``out=""`` would be the working folder (results.json, tables/, figures/, cache/ written
+    there): one error, as ``bench run --out ''`` gives, and nothing written."""
+    _, net, _ = released
+    monkeypatch.chdir(tmp_path)
+    for out in ("", "  "):
+        with pytest.raises(BenchError) as e:
+            bench.evaluate(net, "digits", "calibration", out=out, device="cpu", log=lambda m: None, n_eval=8)
+        assert "empty path" in str(e.value) and "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []

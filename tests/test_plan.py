@@ -51,8 +51,8 @@ def test_autoattack_work_counts_the_surviving_points():
 
 
 def test_fisher_landscape_ssim_and_extractor_work():
-    assert _cost("fisher", n_score=30, probes=4, batch_size=250).forward == 30 * 4
-    assert _cost("fisher", n_score=30, probes=4, exact_trace=True, batch_size=250).forward == 30 * 64
+    assert _cost("fisher", n_score=30, probes=4, batch_size=250).backward == 30 * 2 + 30 * 4  # grads, jets
+    assert _cost("fisher", n_score=30, probes=4, exact_trace=True, batch_size=250).backward == 30 * 2 + 30 * 64
     assert _cost("landscape", landscape_images=3, landscape_resolution=11, batch_size=250).forward == 3 * 121
     assert _cost("ssim_nn", n_gen=20, ssim_k=2, ssim_n_show=0).ssim == 20 * 1347
     w = _cost("is_fid", n_gen=100, n_ref=None)
@@ -126,3 +126,37 @@ def test_save_samples_holds_no_second_copy(tmp_path):
     assert peak < x.numel() * 4 / 2  # numpy writes in 16 MiB chunks; a buffer of the whole file exceeds it
     with np.load(tmp_path / "s.npz") as z:
         assert np.array_equal(z["x"], x.numpy()) and np.array_equal(z["y"], y.numpy())
+
+
+def test_calibration_work_counts_the_shared_logits_once():
+    """ece makes the clean logits, ece_fgsm the FGSM inputs and theirs (once per run, ctx.once);
+    calibration_extra adds the temperature's held-out tail (10 % of the training split, 135 of
+    1347), calibration_extra_fgsm only its diagram."""
+    s = dict(n_eval=100, batch_size=250, eps=0.1)
+    assert (_cost("ece", **s).forward, _cost("ece", **s).backward) == (100, 0)
+    assert (_cost("ece_fgsm", **s).forward, _cost("ece_fgsm", **s).backward) == (100, 100)
+    extra = _cost("calibration_extra", **s)
+    assert (extra.forward, extra.backward, extra.calls["figure"]) == (135, 0, 1)
+    fgsm = _cost("calibration_extra_fgsm", **s)
+    assert fgsm.forward_equivalents() == 0 and fgsm.calls["figure"] == 1
+
+
+def test_a_second_run_reads_the_probe_of_the_first(tmp_path, ckpt, monkeypatch):
+    """The model's timing probe is kept under $JEAT_BENCH_CACHE/plan-probe, keyed by the weights,
+    device and batch size: the same run again does not time the passes; another batch size does."""
+    from bench.pipeline import probe_cache
+
+    monkeypatch.setattr(probe_cache, "ENABLED", True)
+    monkeypatch.setenv("JEAT_BENCH_CACHE", str(tmp_path / "cache"))
+    timed = []
+    real = plan.probe
+    monkeypatch.setattr(plan, "probe", lambda *a: timed.append(a[2]["batch_size"]) or real(*a))
+    said = []
+    for batch in (50, 50, 40):
+        runner.run(ckpt, "calibration", tmp_path / "out", settings={"n_eval": 20, "batch_size": batch},
+                   log=said.append, plan_only=True)
+    assert timed == [50, 40]
+    heads = [m for m in said if m.startswith("plan on cpu")]
+    assert "(probe of an earlier run: " in heads[1] and "(probe " in heads[0] and "earlier" not in heads[0]
+    assert heads[1].split(": ", 1)[1] == heads[0].split(": ", 1)[1]  # the same units, read back
+    assert len(list((tmp_path / "cache" / "plan-probe").glob("*.json"))) == 2

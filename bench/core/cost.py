@@ -12,7 +12,7 @@ The kinds of work (``KINDS``), each counted in images (one image through one pas
 - ``extractor``: an image through the FID feature extractor (Inception at 299 x 299);
 - ``ssim``: one SSIM comparison of two images (counted as images, no calls);
 - ``figure``: a panel (axes) of a figure drawn and saved, its calls the figures (the probe
-  times a figure: its panels do not change its time much).
+  times figures of 1 and 4 panels: a cost per figure and per panel).
 """
 
 from __future__ import annotations

@@ -95,10 +95,25 @@ def clean_cost(s, z: cost.Sizes) -> cost.Work:
 
 
 def fgsm_cost(s, z: cost.Sizes) -> cost.Work:
-    """FGSM: one forward+backward per point, then the clean and the attacked forward."""
+    """FGSM: one forward+backward per point, then the attacked forward (``_logits_of``)."""
     n = cost.count(s, "n_eval", z.n_test)
-    return (cost.passes("backward", n, cost.batch(s)) + cost.passes("forward", n, cost.batch(s), 2)
+    return (cost.passes("backward", n, cost.batch(s)) + cost.passes("forward", n, cost.batch(s))
             + cost.figures(1, 2))
+
+
+def extra_cost(s, z: cost.Sizes) -> cost.Work:
+    """The clean logits are ece's (``_eval_logits``, made once per run); the temperature's held-out
+    training tail (``CALIBRATION_FRACTION`` of the training split) through the forward, counted
+    whether or not the checkpoint leaves it unseen (else the cross-fit reuses the clean logits);
+    the scaled reliability diagram."""
+    n = max(1, int(round(CALIBRATION_FRACTION * z.n_train)))
+    return (cost.passes("forward", n, cost.batch(s), note="temperature: upper bound, the held-out training tail")
+            + cost.figures(1, 2))
+
+
+def extra_fgsm_cost(s, z: cost.Sizes) -> cost.Work:
+    """The FGSM inputs and their logits are ece_fgsm's (made once per run); the scaled diagram."""
+    return cost.figures(1, 2)
 
 
 @register("ece", "calibration", cost=clean_cost, metrics=(Metric("ece", "ECE", False, "percent", ECE, 1.0, column="ECE (%)",
@@ -297,13 +312,13 @@ def _extra_results(ctx: Context, adversarial: bool) -> dict[str, Result]:
     return out
 
 
-@register("calibration_extra", "calibration", cost=clean_cost, metrics=tuple(map(extra_spec, EXTRA)), settings=("n_eval", "ece_bins", *DEFENSE_SETTINGS), sharded=True)
+@register("calibration_extra", "calibration", cost=extra_cost, metrics=tuple(map(extra_spec, EXTRA)), settings=("n_eval", "ece_bins", *DEFENSE_SETTINGS), sharded=True)
 def calibration_extra_group(ctx: Context) -> dict[str, Result]:
     """NLL, Brier, MCE, adaptive ECE, the fitted temperature and the scaled ECE, NLL and Brier."""
     return _extra_results(ctx, adversarial=False)
 
 
-@register("calibration_extra_fgsm", "calibration", cost=fgsm_cost, metrics=tuple(map(extra_spec, EXTRA_FGSM)),
+@register("calibration_extra_fgsm", "calibration", cost=extra_fgsm_cost, metrics=tuple(map(extra_spec, EXTRA_FGSM)),
           settings=("n_eval", "ece_bins", "norm", "eps", *DEFENSE_SETTINGS), sharded=True)
 def calibration_extra_fgsm_group(ctx: Context) -> dict[str, Result]:
     """The same on the FGSM inputs (temperature from the clean held-out points)."""

@@ -43,6 +43,8 @@ class Probe:
     peak_per_image: float | None = None
     peak_source: str = ""
     seconds: float = 0.0
+    cached: bool = False  # read from an earlier run (bench.pipeline.probe_cache), not timed now
+    key: str | None = None  # its probe_cache entry
 
     def seconds_for(self, w: Work) -> float:
         return sum(w.images(k) * self.unit.get(k, 0.0) + w.calls.get(k, 0) * self.call.get(k, 0.0)
@@ -189,24 +191,28 @@ def _extractor_unit(x: torch.Tensor, ext, device: torch.device) -> tuple[float, 
 
 
 def _figure_unit(x: torch.Tensor) -> tuple[float, float]:
-    """(0, seconds per figure): a figure of 4 image panels drawn and saved (``bench.engines.plots``,
-    as the groups draw theirs), after one untimed.  Per figure, not per panel: on a loaded digits
-    run ssim_nn (an 88-panel figure) took 2.7 s in all, ece (a 2-panel one) 2.0 s."""
+    """(seconds per panel, per figure): figures of 1 and of 4 image panels drawn and saved
+    (``bench.engines.plots``, as the groups draw theirs), after one untimed, each the best of two.
+    Panels count: on a loaded 2-core CPU one panel took about 0.13 s more, so ssim_nn's 88-panel
+    neighbour grid took 12 s where the 4-panel probe figure took 1.1 s."""
     import tempfile
 
     from bench.engines import plots
 
     img = x[0].permute(1, 2, 0).squeeze(-1).numpy()
 
-    def draw(path) -> None:
-        fig, axes = plots.panel_grid(4, 4, 1.5, 1.5, "probe")
+    def draw(path, n: int) -> None:
+        fig, axes = plots.panel_grid(n, 4, 1.5, 1.5, "probe")
         for ax in axes:
             ax.imshow(img, cmap="gray")
         plots.save(fig, path)
 
     with tempfile.TemporaryDirectory() as d:
-        draw(f"{d}/w.png")
-        return 0.0, min(_timed(lambda k=k: draw(f"{d}/{k}.png"), torch.device("cpu")) for k in range(2))
+        draw(f"{d}/w.png", 4)
+        t = {n: min(_timed(lambda k=k, n=n: draw(f"{d}/{n}-{k}.png", n), torch.device("cpu")) for k in range(2))
+             for n in (1, 4)}
+    unit = max(0.0, (t[4] - t[1]) / 3)
+    return unit, max(0.0, t[1] - unit)
 
 
 @dataclass
@@ -255,7 +261,8 @@ def cuts(groups, s: dict, sizes: Sizes, p: Probe, cached: set, generation, gen_c
 def format_lines(lines: list[Line], p: Probe, device, batch: int) -> list[str]:
     units = ", ".join(f"{k} {1e3 * p.unit[k]:.3g} ms/image" for k in ("forward", "backward", "second", "extractor")
                       if k in p.unit)
-    out = [f"plan on {device}, batch {batch} (probe {p.seconds:.1f} s: {units})"]
+    timed = "probe of an earlier run" if p.cached else f"probe {p.seconds:.1f} s"
+    out = [f"plan on {device}, batch {batch} ({timed}: {units})"]
     width = max((len(f"[{li.suite}] {li.group}") for li in lines), default=0)
     for li in lines:
         head = f"  {f'[{li.suite}] {li.group}':<{width}}"
@@ -284,14 +291,24 @@ def needed_kinds(lines_work: list[Work | None]) -> set:
 
 
 
-def model_probe(model, ds, s: dict, device: torch.device, groups, log) -> Probe:
-    """Before the cache keys are made: time the model's passes the groups need and lower
-    ``s['batch_size']`` (in place) to what the free memory holds, saying so in one line."""
+def model_probe(model, ds, s: dict, device: torch.device, groups, log, weights: str | None = None) -> Probe:
+    """Before the cache keys are made: time the model's passes the groups need (or read them from
+    an earlier run's probe of the same ``weights`` digest here: ``bench.pipeline.probe_cache``) and
+    lower ``s['batch_size']`` (in place) to what the free memory holds, saying so in one line."""
+    from bench.pipeline import probe_cache
     from bench.runtime import distributed
 
     sizes = sizes_of(ds, s, None, None)
     kinds = needed_kinds([g.cost(s, sizes) if g.cost is not None else None for g in groups])
-    p = probe(model, ds, s, device, kinds & set(cost.MODEL_KINDS))
+    model_kinds = (kinds & set(cost.MODEL_KINDS)) | {"forward", "backward"}
+    k = probe_cache.key(device, weights, s, ds)
+    earlier = probe_cache.load(k)
+    if earlier is not None and model_kinds <= set(earlier["unit"]):
+        p = Probe(**earlier, cached=True)
+    else:
+        p = probe(model, ds, s, device, model_kinds)
+        probe_cache.store(k, p)
+    p.key = k
     free, where = free_memory(device)
     batch = distributed.broadcast(fit_batch(cost.batch(s), p.peak_per_image, free))
     if batch < cost.batch(s):
@@ -315,12 +332,17 @@ def show(groups, ctx, s: dict, p: Probe, cached: set, log) -> list[Line]:
     ext, ref_cached = _reference(todo, ctx, s)
     sizes = sizes_of(ctx.data, s, p.accuracy, ref_cached)
     kinds = needed_kinds([g.cost(s, sizes) if g.cost is not None else None for g in todo])
+    unit_before = set(p.unit)
     if "figure" in kinds and "figure" not in p.unit:
         p.unit["figure"], p.call["figure"] = _figure_unit(ctx.data.train.x)
     if "ssim" in kinds and "ssim" not in p.unit:
         p.unit["ssim"] = _ssim_unit(ctx.data.train.x, ctx.device)
     if "extractor" in kinds and ext is not None and "extractor" not in p.unit:
         p.unit["extractor"], p.call["extractor"] = _extractor_unit(ctx.data.train.x, ext, ctx.device)
+    if set(p.unit) != unit_before:
+        from bench.pipeline import probe_cache
+
+        probe_cache.store(p.key, p)  # the figure, SSIM and extractor timings join the entry
 
     def gen_cost(st):
         return generation.generation_cost(st, ctx.data.num_classes)

@@ -226,7 +226,7 @@ def _prepare(model, suite, out: Path, dataset, data_root, arch, device, download
         log = _quiet
         out = Path(tempfile.mkdtemp(prefix=f"bench-rank{distributed.rank()}-"))
     net = fastpath.apply(loaded.model.to(dev).eval(), fastpath.FastPath.from_settings(s))
-    probe = runplan.model_probe(net, ds, s, dev, groups, log)  # may lower s["batch_size"] to the free memory
+    probe = runplan.model_probe(net, ds, s, dev, groups, log, loaded.weights_sha256)  # may lower s["batch_size"] to the free memory
     torch.manual_seed(s["seed"])  # after the probe: whatever random numbers it drew move no metric
 
     data_rec = data_record(ds)
