@@ -28,16 +28,7 @@ from bench.pipeline import cache_keys, compute, kept_groups, outlock
 from bench.pipeline import plan as runplan
 from bench.pipeline.identity import data_record, versions  # noqa: F401  (re-exported: tests, samples_command)
 from bench.runtime import distributed, fastpath, sanity
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BenchError("--device cuda asked for, but no CUDA device is available")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise BenchError(f"unknown device {device!r}; expected auto, cpu or cuda")
-    return torch.device(device)
+from bench.runtime.execution import resolve_device
 
 
 def resolve_model(spec: str | None, dataset: str | None, data_root, arch, download=False, normalize=None,

@@ -14,6 +14,7 @@ from bench.core.errors import BenchError
 from bench.core.fileio import check_out
 from bench.pipeline import runner
 from bench.runtime import distributed
+from bench.runtime.execution import resolve_device
 
 TABLES = "tables"  # OUT/tables: the combined tables and report.html
 RESERVED = (TABLES,)  # the names under OUT the combined outputs use: no model's folder
@@ -45,7 +46,7 @@ def resolve_all(models: list[str], suite="all", dataset=None, data_root=None, ar
                 download=False, settings=None, rb_model_dir=None, **_) -> None:
     """Resolve every model as its run will (``runner.resolve``: file, data set, normalisation,
     settings, suites) and drop it; the first failure is the error, naming its model."""
-    runner.resolve_device(device)
+    resolve_device(device)
     for m in models:
         try:
             runner.resolve(m, suite, dataset, data_root, arch, download, settings, rb_model_dir)
