@@ -162,12 +162,11 @@ def generative_group(ctx: Context) -> dict[str, Result]:
     """IS and FID of the run's generated images against the training split (Sec. 4.2), and the
     share of diverged chains (IS/FID null above ``max_diverged``)."""
     from bench.core import progress
-    from bench.engines.generation import generated
 
     s = ctx.settings
     names = ("is_mean", "is_std", "fid", "fid_inf", *FEATURE_METRICS, "diversity_ssim")
     limit = max_diverged(s)
-    gen = generated(ctx)
+    gen = ctx.generation
     gx, gy = gen.x, gen.y
     finite = torch.isfinite(gx.flatten(1)).all(1)
     n_gen, n_ok = len(gx), int(finite.sum())

@@ -132,13 +132,12 @@ def judged_cost(s, z: cost.Sizes) -> cost.Work:
           needs=("generated",), inputs=judge_digests)
 def judged_group(ctx: Context) -> dict[str, Result]:
     """The judge metrics of the run's generated images (module docstring)."""
-    from bench.engines.generation import generated
 
     s = ctx.settings
     judge = _judge(ctx)
     if isinstance(judge, str):
         return {m: Result.missing(judge) for m in NAMES}
-    gen = generated(ctx)
+    gen = ctx.generation
     finite = torch.isfinite(gen.x.flatten(1)).all(1)
     n_gen, n_ok = len(gen.x), int(finite.sum())
     _, too_many = diverged_result(n_gen, gen.n_diverged, max_diverged(s))

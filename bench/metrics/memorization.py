@@ -36,12 +36,11 @@ def ssim_group(ctx: Context) -> dict[str, Result]:
     """SSIM of each generated image to its nearest training image (whole training split), and the
     Fig. 7 neighbour grid."""
     from bench.engines import plots
-    from bench.engines.generation import generated
 
     s = ctx.settings
     if ctx.data.train_is_test:  # the nearest "training" images would be the evaluated images themselves
         return {"ssim_nn": Result.missing(f"refused: {TRAIN_IS_TEST}")}
-    gen = generated(ctx)
+    gen = ctx.generation
     gx, gy = gen.x, gen.y
     gx = gx.detach().cpu()
     finite = torch.isfinite(gx.flatten(1)).all(1)
