@@ -23,7 +23,7 @@ FID, KID and precision/recall share one reference (``bench.engines.refstats.refe
 split when they match the images and the extractor, else the disk cache, else computed.  Below
 10,000 generated images the FID's details note its upward small-sample bias.
 
-The generated set is ``bench.engines.generation.generated(ctx)`` (balanced over classes, SGLD by the run's
+The generated set is ``ctx.generation`` (balanced over classes, SGLD by the run's
 ``gen_*`` settings); diverged chains (NaN images) are left out and counted in ``details``.  IS and
 FID of the surviving chains alone flatter a sampler that loses many chains (the hardest classes,
 the wildest chains go first), so above ``max_diverged`` (default 0.1) diverged chains IS and FID
@@ -172,7 +172,7 @@ def generative_group(ctx: Context) -> dict[str, Result]:
     n_gen, n_ok = len(gx), int(finite.sum())
     n_div = gen.n_diverged
     div, too_many = diverged_result(n_gen, n_div, limit)
-    div.details["grid"] = GRID  # generated(ctx) wrote it: the report finds it here
+    div.details["grid"] = GRID  # the generated set's grid: the report finds it here
     div = {"diverged_fraction": div}
     if ctx.data.input_shape[0] not in (1, 3):
         return {m: Result.missing(f"IS/FID need grey or RGB images; {ctx.data.name} has "
