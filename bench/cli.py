@@ -109,10 +109,10 @@ def train(recipe, out, epochs, device, seed, resume, data_root, download):
     """Train a model from a recipe (normal, noise, at, prejeat, jeat, jem).  Under torchrun
     (``torchrun --nproc_per_node=N -m bench train ...``) it trains data-parallel on N processes."""
     from bench import train as training
-    from bench.pipeline import runner
+    from bench.runtime.execution import resolve_device
 
     try:
-        summary = training.train(recipe, out, epochs=epochs, device=str(runner.resolve_device(device)),
+        summary = training.train(recipe, out, epochs=epochs, device=str(resolve_device(device)),
                                  seed=seed, resume=resume, data_root=data_root, download=download)
     except KeyboardInterrupt as e:  # train's own hint: its work is kept per epoch, not per metric
         raise _Stopped(_train_hint(out, e)) from None
@@ -182,8 +182,7 @@ def ref_stats(dataset, out, split, data_root, fid_extractor, extractor_weights, 
     from bench.engines import refstats
     from bench.engines.features import FEATURE_BATCH, ExtractorUnavailable, resolve_extractor
     from bench.inputs import data
-    from bench.pipeline import runner
-    from bench.runtime.execution import Execution
+    from bench.runtime.execution import Execution, resolve_device
 
     fileio.check_writable(out)  # before minutes of features, not after them
     ds = data.load(dataset, data_root)
@@ -194,7 +193,7 @@ def ref_stats(dataset, out, split, data_root, fid_extractor, extractor_weights, 
     x = (ds.train if split == "train" else ds.test).subset(reference_size(ds.name, n_ref)).x
     if x.shape[1] not in (1, 3):
         raise BenchError(f"FID features need grey or RGB images; {ds.name} has {x.shape[1]} channels")
-    run = Execution(runner.resolve_device(device), FEATURE_BATCH)
+    run = Execution(resolve_device(device), FEATURE_BATCH)
     stats, feats, info = refstats.reference_features(x, ext, ds.name, split, run)
     path = refstats.write_file(out, info["key"], stats, feats if features else None, mu_sigma, precision,
                                source=info["cache"])

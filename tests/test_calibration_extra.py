@@ -168,11 +168,12 @@ _GROUPS = ("ece", "ece_fgsm", "calibration_extra", "calibration_extra_fgsm")
 
 def _calibration_suite(model, digits, tmp_path, one_ctx: bool, **settings) -> tuple[dict, int]:
     """The four calibration groups on one Context (one run) or each on its own (as separate runs),
-    through the runner's defended-model swap; -> (every metric's value and details, rows the network saw)."""
+    each on its group's context as the pipeline makes it (the defended model for a group that
+    declares the defence); -> (every metric's value and details, rows the network saw)."""
     from bench.core.settings import DEFAULTS
-    from bench.engines import defense
     from bench.metrics import Context
     from bench.metrics.registry import load_all
+    from bench.pipeline.compute import group_context
 
     s = dict(DEFAULTS, n_eval=90, ece_bins=20, batch_size=40, eps=0.1, norm="Linf", seed=0, **settings)
     rows = []
@@ -182,8 +183,7 @@ def _calibration_suite(model, digits, tmp_path, one_ctx: bool, **settings) -> tu
         for name in _GROUPS:
             ctx = ctx if (one_ctx and ctx) else Context(model, digits, s, torch.device("cpu"), tmp_path / name)
             g = load_all()[name]
-            with defense.applied(g, ctx):
-                out.update({k: (r.value, r.details) for k, r in g.fn(ctx).items()})
+            out.update({k: (r.value, r.details) for k, r in g.fn(group_context(g, ctx)).items()})
     finally:
         hook.remove()
     return out, sum(rows)

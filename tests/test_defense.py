@@ -189,7 +189,7 @@ def test_adaptive_group_through_compute_on_the_defended_model(digits, tmp_path, 
     plain = tiny_model()
     ctx = Context(plain, digits, s, torch.device("cpu"), tmp_path)
     out, ok = compute.compute(g, ctx)
-    assert ok and ctx.model is plain  # swapped back after the group
+    assert ok and ctx.model is plain  # the group computed on a context of its own: the run's is unchanged
     worst = out["adaptive_worst"].value
     for m in ("pgd20_defended", "eot_pgd", "bpda_eot", "aa_rand"):
         assert worst <= out[m].value <= out["defended_accuracy"].value

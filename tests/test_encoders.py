@@ -190,8 +190,8 @@ def test_inception_score_offline_from_a_local_weights_file(tmp_path):
     splits of its seed-2020 permutation) on the same network's logits."""
     import torch_fidelity.feature_extractor_inceptionv3 as tfi
 
-    from bench.engines import generation
     from bench.inputs import data
+    from bench.metrics.context import with_generated
     from tests.conftest import tiny_model
     from tests.test_generative import ctx_for
 
@@ -212,7 +212,7 @@ def test_inception_score_offline_from_a_local_weights_file(tmp_path):
                   inception_weights=str(weights))
     res = G.generative_group(ctx)
     assert res["is_mean"].value is not None and res["is_mean"].details["extractor"] == F.FE_INCEPTION
-    gx = generation.generated(ctx).x
+    gx = with_generated(ctx).generation.x  # the set the group scored (made once per run)
     with torch.no_grad():
         logits = inc(F.to_uint8_rgb(gx))[0].double()
     logits = logits[np.random.RandomState(2020).permutation(len(logits))]

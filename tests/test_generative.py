@@ -16,12 +16,13 @@ from bench.core.energy import EnergyModel
 from bench.core.errors import BenchError
 from bench.core.settings import DEFAULTS, validate
 from bench.engines import features as F
-from bench.engines import generation, refstats
+from bench.engines import refstats
 from bench.engines import sample_quality as Q
 from bench.engines.sampling import BlockNoise, ReplayBuffer, SGLDConfig, generate, sgld
 from bench.inputs import checkpoints, data
 from bench.metrics import Context
 from bench.metrics import generative as G
+from bench.metrics.context import with_generated
 from bench.pipeline import runner
 from bench.runtime.execution import Execution
 from tests.conftest import tiny_model
@@ -271,10 +272,10 @@ def test_diverging_chains_are_counted_and_never_written(net_cls, tmp_path):
     assert (res2.diverged | ~bad).all()  # every chain that started bad diverged
     assert torch.equal(torch.isnan(res2.x.flatten(1)).all(1), res2.diverged)
     assert torch.isfinite(res2.x[~res2.diverged]).all()
-    # generated(ctx): NaN rows in samples.npz, the count in ctx.generation and the file's meta
-    ctx = ctx_for(model, ds, tmp_path, n_gen=n, gen_steps=4, gen_step_size=0.1, gen_noise=0.0, gen_init="uniform")
-    gen = generation.generated(ctx)
-    gx = gen.x
+    # with_generated(ctx): NaN rows in samples.npz, the count in ctx.generation and the file's meta
+    ctx = with_generated(ctx_for(model, ds, tmp_path, n_gen=n, gen_steps=4, gen_step_size=0.1, gen_noise=0.0,
+                                 gen_init="uniform"))
+    gx = ctx.generation.x
     assert ctx.generation.n_diverged == int(torch.isnan(gx.flatten(1)).all(1).sum()) > 0
     with np.load(tmp_path / "samples" / "samples.npz") as z:
         xs = z["x"]
@@ -364,24 +365,23 @@ def test_inits(digits):
 
 def test_generated_is_saved_and_reused(digits, tmp_path):
     model = tiny_model()
-    ctx = ctx_for(model, digits, tmp_path, n_gen=20, gen_steps=2)
-    gen = generation.generated(ctx)
-    x, y = gen.x, gen.y
-    assert ctx.generation.info["reused"] is False
+    run = ctx_for(model, digits, tmp_path, n_gen=20, gen_steps=2)
+    ctx = with_generated(run)
+    x, y = ctx.generation.x, ctx.generation.y
+    assert ctx.generation.info["reused"] is False and run.generation is None  # the run's context unchanged
     npz, grid = tmp_path / "samples" / "samples.npz", tmp_path / "samples" / "grid.png"
     assert npz.is_file() and grid.is_file()
-    assert generation.generated(ctx).x is x  # memoised within a run
-    ctx2 = ctx_for(model, digits, tmp_path, n_gen=20, gen_steps=2)
-    gen2 = generation.generated(ctx2)
-    x2, y2 = gen2.x, gen2.y
+    assert with_generated(run).generation.x is x  # made once per run: another group's context gets the same
+    ctx2 = with_generated(ctx_for(model, digits, tmp_path, n_gen=20, gen_steps=2))
+    x2, y2 = ctx2.generation.x, ctx2.generation.y
     assert ctx2.generation.info["reused"] is True
     assert torch.equal(x, x2) and torch.equal(y, y2)
-    ctx3 = ctx_for(model, digits, tmp_path, n_gen=20, gen_steps=3)  # other settings: made again
-    x3 = generation.generated(ctx3).x
+    ctx3 = with_generated(ctx_for(model, digits, tmp_path, n_gen=20, gen_steps=3))  # other settings: made again
+    x3 = ctx3.generation.x
     assert ctx3.generation.info["reused"] is False and not torch.equal(x, x3)
     npz.write_bytes(b"garbage")  # unreadable: regenerated, never trusted
-    ctx4 = ctx_for(model, digits, tmp_path, n_gen=20, gen_steps=3)
-    assert torch.equal(generation.generated(ctx4).x, x3) and ctx4.generation.info["reused"] is False
+    ctx4 = with_generated(ctx_for(model, digits, tmp_path, n_gen=20, gen_steps=3))
+    assert torch.equal(ctx4.generation.x, x3) and ctx4.generation.info["reused"] is False
 
 
 # --------------------------------------------------------------------------------------------

@@ -128,16 +128,15 @@ def test_show_order_takes_classes_in_turn():
     assert show_order(y, 10) == [0, 3, 5, 1, 4, 2]
 
 
-def test_ssim_group_through_context(digits, tmp_path, monkeypatch):
+def test_ssim_group_through_context(digits, tmp_path):
     g = load_all()["ssim_nn"]
     assert g.suite == "memorization" and g.metrics == ("ssim_nn",)
     assert {"n_gen", "gen_steps", "seed", "ssim_k", "ssim_n_show"} <= set(g.settings)
     gen = torch.cat([digits.test.x[:20], digits.train.x[40:41]])
     gy = torch.cat([digits.test.y[:20], digits.train.y[40:41]])
-    monkeypatch.setattr(generation, "generated",
-                        lambda ctx: generation.Generated(key={}, x=gen, y=gy, n_diverged=0))
+    given = generation.Generated(key={}, x=gen, y=gy, n_diverged=0)  # the run's set, given to the context
     s = dict(DEFAULTS, eps=0.1, ssim_k=3, ssim_n_show=4)
-    r = g.fn(Context(tiny_model(), digits, s, torch.device("cpu"), tmp_path))["ssim_nn"]
+    r = g.fn(Context(tiny_model(), digits, s, torch.device("cpu"), tmp_path, generation=given))["ssim_nn"]
     vals, idx = nearest_neighbours(gen, digits.train.x, 3)
     nn = vals[:, 0].double()
     assert r.n == 21 and r.value == pytest.approx(nn.mean().item(), abs=1e-9)

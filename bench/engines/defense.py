@@ -4,7 +4,8 @@ EBM defence of Hill et al. (2021) practise.
 
 ``RefinedModel`` wraps an ``EnergyModel`` and presents the same interface (``logits``, the energies,
 ``grad_energy``), so every metric group that declares the defence settings computes through it
-unchanged: the runner swaps it in for exactly those groups (``applied``).  Its logits of x are
+unchanged: the pipeline makes the context of exactly those groups with it
+(``bench.pipeline.compute.group_context``: ``defended``).  Its logits of x are
 
     f_def(x) = (1 / C) sum_c f(x_K^c),   x_K^c = K SGLD steps on E(x) from x_0^c = x
 
@@ -13,7 +14,7 @@ with C chains (``refine_chains``), K steps (``refine_steps``) of the chain of ``
 noise ``refine_noise``) on the marginal energy E(x) = -logsumexp f(x), clamped to [0, 1].
 
 Randomness: the chain noise is drawn from the wrapper's own generator (seeded per group by the
-runner, so a group's numbers are reproducible and independent of other groups), in the order the
+pipeline, so a group's numbers are reproducible and independent of other groups), in the order the
 model is called; each call draws fresh noise, so two calls on the same x differ: the defence is
 random, as deployed.
 
@@ -154,19 +155,3 @@ def defended(model: EnergyModel, settings, generator: torch.Generator | None = N
     if settings.get("defense", Defense.NONE) in (None, Defense.NONE):
         return model
     return RefinedModel(model, RefineConfig.from_settings(settings), generator)
-
-
-@contextmanager
-def applied(group, ctx):
-    """``ctx.model`` defended inside the block, for a group that declares the defence settings
-    (others see the plain model, so their numbers and caches ignore the defence).  The noise
-    generator is seeded by (seed, ``defense/<group>``)."""
-    if "defense" not in group.settings or ctx.settings.get("defense", Defense.NONE) in (None, Defense.NONE):
-        yield ctx
-        return
-    plain = ctx.model
-    ctx.model = defended(plain, ctx.settings, ctx.generator(f"defense/{group.name}"))
-    try:
-        yield ctx
-    finally:
-        ctx.model = plain

@@ -1,7 +1,8 @@
-"""The run's generated set: ``generated(ctx)`` makes it once per run with the SGLD sampler
-(``bench.engines.sampling.generate``, the run's generation settings), memoises it in ``ctx.generation``, saves
-it to ``OUT/samples/samples.npz`` with a grid PNG, and reuses that file when it records the same
-generation key (``generation_key``: settings, model, data, code)."""
+"""The run's generated set: ``generated(model, data, settings, run, out, generator)`` makes it with
+the SGLD sampler (``bench.engines.sampling.generate``, the run's generation settings), saves it to
+``OUT/samples/samples.npz`` with a grid PNG, and reuses that file when it records the same
+generation key (``generation_key``: settings, model, data, code).  The pipeline makes it once per
+run and gives it to the contexts of the groups that need it (``bench.metrics.context.with_generated``)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from bench.core.fileio import atomic_write_with
 from bench.core.settings import DEFAULTS, GEN_SETTINGS
 from bench.engines.sampling import CHAIN_BLOCK, SGLDConfig, generate
 from bench.runtime import distributed
+from bench.runtime.execution import Execution
 
 SAMPLES_FORMAT = 1
 
@@ -36,13 +38,13 @@ class Generated:
     info: dict = field(default_factory=dict)
 
 
-def generation_key(ctx) -> dict:
+def generation_key(settings, data) -> dict:
     """What the generated images depend on: the generation settings, the model's sha256 and
     weights digest, the data set's identity (name, classes, image shape, images) and the code."""
-    s = ctx.settings
+    s = settings
     key = {k: s.get(k, DEFAULTS.get(k)) for k in GEN_SETTINGS}
-    key.update(model_sha256=s.get("model_sha256"), dataset=ctx.data.name,
-               num_classes=int(ctx.data.num_classes), input_shape=list(ctx.data.input_shape),
+    key.update(model_sha256=s.get("model_sha256"), dataset=data.name,
+               num_classes=int(data.num_classes), input_shape=list(data.input_shape),
                # set by the runner: the weights as loaded, both splits' images, this module's code
                # (with the sampler's: bench.pipeline.cache_keys.code_sha256 follows the imports)
                weights_sha256=s.get("weights_sha256"), data_sha256=s.get("data_sha256"),
@@ -57,8 +59,9 @@ def generation_cost(s, n_classes: int) -> cost.Work:
     return cost.passes("backward", n, cost.batch(s), int(s.get("gen_steps") or DEFAULTS["gen_steps"])) + cost.figures(1)
 
 
-def samples_dir(ctx) -> Path:
-    return Path(ctx.out) / "samples"
+def samples_dir(out: Path) -> Path:
+    """Where a run into ``out`` keeps its generated set (``samples.npz``, ``grid.png``)."""
+    return Path(out) / "samples"
 
 
 def load_samples(path: Path, key: dict | None = None):
@@ -92,17 +95,17 @@ def save_samples(path: Path, x: torch.Tensor, y: torch.Tensor, meta: dict) -> Pa
     return path
 
 
-def generated(ctx) -> Generated:
-    """The run's generated set: made once per run (memoised in ``ctx.generation``), saved to
-    ``OUT/samples/samples.npz`` with a grid PNG (``OUT/samples/grid.png``, one row per class as in
-    Fig. 6), and reused from that file when it records the same generation key.  SGLD chains that
-    start from the replay buffer take ``ctx.replay_buffer`` (in [0, 1], as the checkpoint loader
-    hands it over)."""
-    key = generation_key(ctx)
-    if ctx.generation is not None and ctx.generation.key == key:
-        return ctx.generation
-    s = ctx.settings
-    folder = samples_dir(ctx)
+def generated(model, data, settings, run: Execution, out: Path, generator: torch.Generator | None = None,
+              replay_buffer: torch.Tensor | None = None, model_name: str = "") -> Generated:
+    """The run's generated set under ``settings`` (the generation settings and the identity keys
+    of ``generation_key``), saved to ``samples_dir(out)/samples.npz`` with a grid PNG
+    (``grid.png``, one row per class as in Fig. 6, naming ``model_name``), and reused from that
+    file when it records the same generation key.  ``run``: the device, batch size and progress
+    (under torchrun every rank makes the set together).  SGLD chains that start from the replay
+    buffer take ``replay_buffer`` (in [0, 1], as the checkpoint loader hands it over)."""
+    key = generation_key(settings, data)
+    s = settings
+    folder = samples_dir(out)
     npz, grid = folder / "samples.npz", folder / "grid.png"
     got = load_samples(npz, key) if key.get("model_sha256") and distributed.is_main() else None
     got = distributed.broadcast(got)  # under torchrun every rank reuses, or every rank generates
@@ -114,29 +117,26 @@ def generated(ctx) -> Generated:
         t0 = time.time()
         cfg = SGLDConfig.from_settings(s)
         # under torchrun every rank makes the set together, whichever group asked for it
-        run = replace(ctx.execution, sharded=distributed.active())
-        res = generate(ctx.model, ctx.data, cfg, n=int(s.get("n_gen", DEFAULTS["n_gen"])),
-                       init=str(s.get("gen_init", DEFAULTS["gen_init"])), generator=ctx.generator("generate"),
-                       replay_buffer=ctx.replay_buffer, run=run)
+        res = generate(model, data, cfg, n=int(s.get("n_gen", DEFAULTS["n_gen"])),
+                       init=str(s.get("gen_init", DEFAULTS["gen_init"])), generator=generator,
+                       replay_buffer=replay_buffer, run=replace(run, sharded=distributed.active()))
         x, y, n_div = res.x, res.y, res.n_diverged
         seconds = round(time.time() - t0, 3)
         meta = {"format": SAMPLES_FORMAT, "key": key, "n_diverged": n_div, "seconds": seconds,
-                "device": str(ctx.device), "bench_version": __version__, "chain_block": CHAIN_BLOCK}
+                "device": str(run.device), "bench_version": __version__, "chain_block": CHAIN_BLOCK}
         save_samples(npz, x, y, meta)
-        info = {"reused": False, "file": str(npz), "seconds": seconds, "device": str(ctx.device)}
+        info = {"reused": False, "file": str(npz), "seconds": seconds, "device": str(run.device)}
     if not grid.is_file() or not info["reused"]:
-        _grid(ctx, x, y, grid, n_div)
+        _grid(s, data, model_name, x, y, grid, n_div)
     info.update(n=len(x), n_diverged=n_div, grid=str(grid))
-    ctx.generation = Generated(key, x, y, n_div, info)
-    return ctx.generation
+    return Generated(key, x, y, n_div, info)
 
 
-def _grid(ctx, x, y, path: Path, n_div: int) -> None:
+def _grid(s, data, model_name: str, x, y, path: Path, n_div: int) -> None:
     from bench.engines import sample_figures
 
-    s = ctx.settings
     eq = "Eq. 17, E(x,y)" if s.get("gen_energy", "joint") == "joint" else "Eq. 16, E(x,y) - E(x)"
-    title = (f"{ctx.data.name}: SGLD samples ({eq}; {s.get('gen_init', 'gaussian')} start, "
+    title = (f"{data.name}: SGLD samples ({eq}; {s.get('gen_init', 'gaussian')} start, "
              f"{s.get('gen_steps')} steps)" + (f"; {n_div} diverged" if n_div else ""))
-    sample_figures.sample_grid(x, y, path, class_names=list(ctx.data.classes) or None, title=title,
-                               model=ctx.model_name)
+    sample_figures.sample_grid(x, y, path, class_names=list(data.classes) or None, title=title,
+                               model=model_name)

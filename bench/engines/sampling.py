@@ -11,7 +11,7 @@ E(x) (the JEM/JEAT training term).  A chain that turns NaN or inf (its energy, o
 update, so an infinite gradient is caught before ``clamp`` would hide it) is frozen at its last
 finite state and reported in the returned mask, never silently written as an image.
 
-Generation (``generate``; the run's generated set, ``bench.engines.generation.generated(ctx)``, is made by it):
+Generation (``generate``; the run's generated set, ``bench.engines.generation.generated``, is made by it):
 
 - Labels are balanced over classes: ``y = 0, 1, ..., K-1, 0, 1, ...`` (``n`` images; with ``n``
   not a multiple of K the first ``n mod K`` classes have one image more).

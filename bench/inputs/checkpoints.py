@@ -23,8 +23,9 @@ state dict is a guess and says so (``meta['normalization']['warning']``).
 from __future__ import annotations
 
 import hashlib
+import io
+import itertools
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,22 +39,16 @@ from bench.core.errors import BenchError
 from bench.core.errors import short_reason as _short
 from bench.core.fileio import atomic_write_bytes, sha256
 from bench.inputs import nets, rb_zoo, state_dicts
+from bench.inputs.checkpoint_file import CheckpointFile, read
+from bench.inputs.normalization import (  # noqa: F401  (NORMALIZE_PRESETS, parse_normalize: re-exported)
+    NORMALIZE_PRESETS,
+    PLAIN_STATE_DICT_WARNING,
+    floats,
+    parse_normalize,
+    record,
+)
 
 FORMAT = 1
-
-# --normalize presets: (mean, std) per channel.  CIFAR-10/100: the per-channel mean and standard
-# deviation of the training images' pixels in [0, 1]; imagenet: torchvision's ImageNet constants.
-NORMALIZE_PRESETS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "none": ((0.0,), (1.0,)),
-    "half": ((0.5,), (0.5,)),
-}
-PLAIN_STATE_DICT_WARNING = ("a plain state dict records no normalisation: using mean 0, std 1 (the network sees "
-                            "[0, 1] pixels); if it was trained on normalised inputs pass --normalize "
-                            "(e.g. cifar10, imagenet or M1,M2,M3/S1,S2,S3)")
-
 
 @dataclass
 class Loaded:
@@ -66,8 +61,8 @@ class Loaded:
     replay_buffer: torch.Tensor | None = None  # SGLD replay buffer, images in [0, 1] whatever the file format
     extra: dict = field(default_factory=dict)
 
-    weights_sha256: str | None = None  # weights_sha256(model), set by ``load`` (and by the runner after
-    # the first forward pass, which initialises lazy modules)
+    weights_sha256: str | None = None  # weights_sha256(model), set by ``load`` (and, for a lazy module,
+    # by the runner after the first forward pass, which initialises it: ``is_lazy``)
 
     @property
     def label(self) -> str:
@@ -102,27 +97,10 @@ def weights_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def parse_normalize(spec: str) -> tuple[list[float], list[float]]:
-    """``--normalize``: a preset name (``NORMALIZE_PRESETS``) or ``M1,M2,M3/S1,S2,S3`` (one value or
-    one per channel each) -> (mean, std).  Bad input is a one-line BenchError."""
-    text = str(spec).strip()
-    if text.lower() in NORMALIZE_PRESETS:
-        mean, std = NORMALIZE_PRESETS[text.lower()]
-        return list(mean), list(std)
-    hint = f"expected one of {', '.join(NORMALIZE_PRESETS)} or MEAN/STD such as 0.4914,0.4822,0.4465/0.2470,0.2435,0.2616"
-    if text.count("/") != 1:
-        raise BenchError(f"--normalize {spec!r}: {hint}")
-    try:
-        mean, std = ([float(v) for v in part.split(",")] for part in text.split("/"))
-    except ValueError:
-        raise BenchError(f"--normalize {spec!r}: not numbers; {hint}") from None
-    if not all(math.isfinite(v) for v in mean + std):
-        raise BenchError(f"--normalize {spec!r}: values must be finite")
-    if any(v <= 0 for v in std):
-        raise BenchError(f"--normalize {spec!r}: std must be positive")
-    if len(mean) != len(std) and 1 not in (len(mean), len(std)):
-        raise BenchError(f"--normalize {spec!r}: {len(mean)} means but {len(std)} stds")
-    return mean, std
+def is_lazy(model: nn.Module) -> bool:
+    """Whether some of ``model``'s weights exist only after its first forward pass (``nn.LazyLinear``)."""
+    return any(isinstance(t, nn.parameter.UninitializedTensorMixin)
+               for t in itertools.chain(model.parameters(), model.buffers()))
 
 
 def save(path: str | Path, model: EnergyModel, meta: dict, replay_buffer: torch.Tensor | None = None) -> str:
@@ -143,14 +121,16 @@ def build_model(meta: dict) -> EnergyModel:
     return EnergyModel(net, meta.get("mean", 0.0), meta.get("std", 1.0), meta["input_shape"], meta["num_classes"])
 
 
-def load(spec: str | nn.Module, arch: str | None = None, num_classes: int | None = None,
+def load(spec: str | nn.Module | CheckpointFile, arch: str | None = None, num_classes: int | None = None,
          input_shape: tuple | None = None, arch_kwargs: dict | None = None,
          mean=None, std=None, normalize: str | None = None, rb_model_dir: str | Path | None = None) -> Loaded:
     """Load any accepted ``--model`` form (see module docstring), or an nn.Module in memory.  ``num_classes`` and
     ``input_shape`` come from the data set for foreign files that do not record them.
     ``normalize`` (``--normalize``, see ``parse_normalize``) or ``mean``/``std`` set the
     normalisation of a foreign model; ``meta['normalization']`` records what was used and why.
-    ``rb_model_dir`` (``--rb-model-dir``): where ``rb:NAME`` files are, in RobustBench's layout."""
+    ``rb_model_dir`` (``--rb-model-dir``): where ``rb:NAME`` files are, in RobustBench's layout.
+    A file is read once (``bench.inputs.checkpoint_file.read``; or give the ``CheckpointFile``
+    read already) and its weights hashed once (``weights_sha256``)."""
     given = None
     if normalize is not None:
         mean, std = parse_normalize(normalize)
@@ -159,55 +139,37 @@ def load(spec: str | nn.Module, arch: str | None = None, num_classes: int | None
         mean, std = 0.0 if mean is None else mean, 1.0 if std is None else std
         given = "given mean/std"
     if given and input_shape:
-        n = max(len(_floats(mean)), len(_floats(std)))
+        n = max(len(floats(mean)), len(floats(std)))
         if n not in (1, input_shape[0]):
             raise BenchError(f"{given}: {n} channel values but the images have {input_shape[0]} channels")
     if isinstance(spec, nn.Module):  # a model in memory (bench.evaluate)
         loaded = _load_module(spec, num_classes, input_shape, mean, std, given)
-    elif spec.startswith("py:"):
+    elif isinstance(spec, str) and spec.startswith("py:"):
         loaded = _load_factory(spec, num_classes, input_shape, mean, std, given)
-    elif spec.startswith("rb:"):
+    elif isinstance(spec, str) and spec.startswith("rb:"):
         loaded = _load_robustbench(spec, num_classes, input_shape, mean, std, given, rb_model_dir)
     else:
-        path = Path(spec)
-        if not path.exists():
-            raise BenchError(f"model file not found: {spec}")
-        if path.is_dir():
-            raise BenchError(f"model path is a directory, not a checkpoint: {spec}")
-        if path.suffix == ".safetensors" or _is_safetensors(path):
+        file = spec if isinstance(spec, CheckpointFile) else read(spec)
+        if file.is_safetensors:
             if given:
-                raise BenchError(f"{given}: {spec} records its own normalisation; --normalize is for plain "
+                raise BenchError(f"{given}: {file.path} records its own normalisation; --normalize is for plain "
                                  "state dicts, JEM checkpoints and py:/rb: models")
-            loaded = _load_own(path)
-            loaded.meta["normalization"] = _normalization(loaded.model, "checkpoint metadata")
+            loaded = _load_own(file)
+            loaded.meta["normalization"] = record(loaded.model, "checkpoint metadata")
         else:
-            loaded = _load_torch(path, arch, num_classes, input_shape, arch_kwargs or {}, mean, std, given)
-    loaded.weights_sha256 = weights_sha256(loaded.model)
+            loaded = _load_torch(file, arch, num_classes, input_shape, arch_kwargs or {}, mean, std, given)
+    if loaded.weights_sha256 is None:
+        loaded.weights_sha256 = weights_sha256(loaded.model)
     return loaded
 
 
-def _floats(v) -> list[float]:
-    return torch.as_tensor(v, dtype=torch.float32).flatten().tolist()
+def _load_own(file: CheckpointFile) -> Loaded:
+    from safetensors.torch import load as tensors_of
 
-
-def _normalization(model: EnergyModel, source: str, warning: str | None = None) -> dict:
-    """The ``model.normalization`` record of results.json: the mean and std used, and where from."""
-    return {"mean": _floats(model.mean), "std": _floats(model.std), "source": source, "warning": warning}
-
-
-def _is_safetensors(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
-
-
-def _load_own(path: Path) -> Loaded:
-    from safetensors import safe_open
-
+    path = file.path
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("bench")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        raw = file.metadata().get("bench")
+        tensors = tensors_of(file.data)
     except Exception as e:
         raise BenchError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {_short(e)})") from None
     if raw is None:
@@ -225,7 +187,7 @@ def _load_own(path: Path) -> Loaded:
         raise BenchError(f"{path}: bench metadata does not build a model ({type(e).__name__}: {_short(e)})") from None
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     state_dicts.load_state(model.net, state, str(path), meta["arch"])
-    return Loaded(model.eval(), meta, str(path), sha256(path), tensors.get("replay_buffer"))
+    return Loaded(model.eval(), meta, str(path), file.sha256, tensors.get("replay_buffer"))
 
 
 def _check_meta(meta, path: Path) -> None:
@@ -246,9 +208,10 @@ def _check_meta(meta, path: Path) -> None:
         raise BenchError(f"{path}: bench metadata has a bad {bad[0]}: {meta.get(bad[0])!r}")
 
 
-def _load_torch(path: Path, arch, num_classes, input_shape, arch_kwargs, mean, std, given=None) -> Loaded:
+def _load_torch(file: CheckpointFile, arch, num_classes, input_shape, arch_kwargs, mean, std, given=None) -> Loaded:
+    path = file.path
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = torch.load(io.BytesIO(file.data), map_location="cpu", weights_only=True)
     except Exception as e:
         raise BenchError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {_short(e)})") from None
     if not isinstance(obj, dict):
@@ -280,14 +243,14 @@ def _load_torch(path: Path, arch, num_classes, input_shape, arch_kwargs, mean, s
     model = build_model(meta)
     state_dicts.load_state(model.net, state, str(path), arch)
     if given:
-        meta["normalization"] = _normalization(model, given)
+        meta["normalization"] = record(model, given)
     elif is_jem:
-        meta["normalization"] = _normalization(model, "JEM checkpoint: JEM's (x - 0.5) / 0.5 input scaling")
+        meta["normalization"] = record(model, "JEM checkpoint: JEM's (x - 0.5) / 0.5 input scaling")
         if replay is not None:  # JEM stores its buffer in its normalised space: handed over in [0, 1]
             replay = replay.float() * model.std + model.mean
     else:
-        meta["normalization"] = _normalization(model, "default (mean 0, std 1)", PLAIN_STATE_DICT_WARNING)
-    return Loaded(model.eval(), meta, str(path), sha256(path), replay)
+        meta["normalization"] = record(model, "default (mean 0, std 1)", PLAIN_STATE_DICT_WARNING)
+    return Loaded(model.eval(), meta, str(path), file.sha256, replay)
 
 
 def _load_factory(spec: str, num_classes, input_shape, mean, std, given=None) -> Loaded:
@@ -315,7 +278,7 @@ def _wrap_module(obj: nn.Module, what: str, kind: str, num_classes, input_shape,
         model = EnergyModel(obj, 0.0 if mean is None else mean, 1.0 if std is None else std, input_shape, num_classes)
         source = given or f"default (mean 0, std 1: the {kind}'s module takes [0, 1] images)"
     meta = {"num_classes": model.num_classes or num_classes, "input_shape": list(model.input_shape or input_shape or []),
-            "method": None, "normalization": _normalization(model, source)}
+            "method": None, "normalization": record(model, source)}
     return model, meta
 
 
@@ -334,14 +297,15 @@ def _load_module(obj: nn.Module, num_classes, input_shape, mean, std, given=None
     model ``bench.load`` returned (``remember_source``) whose weights and normalisation are still
     the file's is that file: its path, sha256 and metadata (method, data set, threat model)."""
     source = getattr(obj, "bench_source", None)
-    if isinstance(obj, EnergyModel) and isinstance(source, dict) and not given \
-            and weights_sha256(obj) == source.get("weights_sha256"):
-        return Loaded(obj.eval(), dict(source["meta"]), source["path"], source["sha256"], source.get("replay_buffer"))
+    digest = weights_sha256(obj) if isinstance(obj, EnergyModel) else None  # an EnergyModel runs as it is
+    if digest is not None and isinstance(source, dict) and not given and digest == source.get("weights_sha256"):
+        return Loaded(obj.eval(), dict(source["meta"]), source["path"], source["sha256"], source.get("replay_buffer"),
+                      weights_sha256=digest)
     what = f"{type(obj).__module__}.{type(obj).__qualname__}"
     model, meta = _wrap_module(obj, f"module {what}", "given", num_classes, input_shape, mean, std, given)
     inner = model.net if isinstance(obj, EnergyModel) else obj
     meta = dict(meta, arch=f"{type(inner).__module__}.{type(inner).__qualname__}", source_format="module")
-    return Loaded(model.eval(), meta, f"<in memory: {what}>", module_sha256(obj))
+    return Loaded(model.eval(), meta, f"<in memory: {what}>", digest or module_sha256(obj), weights_sha256=digest)
 
 
 def module_sha256(module: nn.Module) -> str:
@@ -356,5 +320,5 @@ def _load_robustbench(spec: str, num_classes, input_shape, mean, std, given, mod
     model = EnergyModel(net, 0.0 if mean is None else mean, 1.0 if std is None else std, input_shape, num_classes)
     meta = {"arch": spec, "num_classes": num_classes, "input_shape": list(input_shape or []),
             "method": None, "source_format": "robustbench",
-            "normalization": _normalization(model, given or "default (mean 0, std 1: RobustBench models take [0, 1])")}
+            "normalization": record(model, given or "default (mean 0, std 1: RobustBench models take [0, 1])")}
     return Loaded(model.eval(), meta, spec, file_sha256)

@@ -1,15 +1,18 @@
-"""What a metric group sees (``Context``) and the mean/standard-error helper the groups share."""
+"""What a metric group sees (``Context``, frozen: each layer makes the context it needs with
+``dataclasses.replace``, never assigns to one it was given), the run's generated set given to a
+group's context (``with_generated``) and the mean/standard-error helper the groups share."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bench.core.energy import EnergyModel
+from bench.core.energy import EnergyModel, eval_mode
 from bench.core.stats import mean_se  # noqa: F401  (bench.metrics.mean_se, moved to core)
 from bench.inputs.data import Dataset
 from bench.runtime.execution import Execution
@@ -28,11 +31,14 @@ class Figure:
     model: str = ""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Context:
     """What a metric group sees: the model, the data, where to write figures, and the settings
     (while the group runs, its read-only ``bench.metrics.registry.SettingsView``: what it declares, plus the
-    fast paths, ``EXECUTION_KEYS`` and ``IDENTITY_KEYS``)."""
+    fast paths, ``EXECUTION_KEYS`` and ``IDENTITY_KEYS``).  Frozen: the runner makes the run's
+    context once; ``bench.pipeline.compute`` makes each group's (and each out-of-memory retry's)
+    from it with the group's settings view, the defended model, the batch size and the generated
+    set (``dataclasses.replace``: the per-run memo and the figures made stay shared)."""
 
     model: EnergyModel
     data: Dataset
@@ -44,9 +50,9 @@ class Context:
     # the checkpoint trained on the first ``train_used`` training points only (its recipe's
     # train_n); None: on all of them, or unknown.  The rest of the split was never seen.
     train_used: int | None = None
-    generation: Generated | None = None  # the run's generated set, once made (bench.engines.generation.generated)
+    generation: Generated | None = None  # the run's generated set, for a group that needs it (with_generated)
     progress: Callable | None = None  # progress(iterable, desc=..., total=...) -> iterable
-    sharded: bool = False  # set by the runner while a sharded group runs under torchrun
+    sharded: bool = False  # a sharded group's context under torchrun (bench.pipeline.compute)
     figures_made: list[str] = field(default_factory=list)  # ``figure``'s relative paths, in order
     model_name: str = ""  # the run's name, else the model's file stem or class: named in every figure
     _memo: dict = field(default_factory=dict, repr=False)
@@ -106,6 +112,24 @@ class Context:
 
     def gather_max(self, value: float) -> float:
         return self.execution.gather_max(value)
+
+
+def with_generated(ctx: Context) -> Context:
+    """``ctx`` with the run's generated set (``ctx.generation``; ``ctx`` itself when it has one):
+    made once per run (``ctx.once``, keyed by ``generation_key``) through the context's model (in
+    eval mode), on its execution, into ``OUT/samples`` (``bench.engines.generation.generated``)."""
+    if ctx.generation is not None:
+        return ctx
+    from bench.engines import generation
+
+    key = generation.generation_key(ctx.settings, ctx.data)
+
+    def make():
+        with eval_mode(ctx.model):  # as the group computes (bench.core.energy.evaluates)
+            return generation.generated(ctx.model, ctx.data, ctx.settings, ctx.execution, ctx.out,
+                                        ctx.generator("generate"), ctx.replay_buffer, ctx.model_name)
+
+    return replace(ctx, generation=ctx.once(("generated", json.dumps(key, sort_keys=True)), make))
 
 
 def _seed_for(seed: int, tag: str) -> int:

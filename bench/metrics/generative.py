@@ -23,7 +23,7 @@ FID, KID and precision/recall share one reference (``bench.engines.refstats.refe
 split when they match the images and the extractor, else the disk cache, else computed.  Below
 10,000 generated images the FID's details note its upward small-sample bias.
 
-The generated set is ``bench.engines.generation.generated(ctx)`` (balanced over classes, SGLD by the run's
+The generated set is ``ctx.generation`` (balanced over classes, SGLD by the run's
 ``gen_*`` settings); diverged chains (NaN images) are left out and counted in ``details``.  IS and
 FID of the surviving chains alone flatter a sampler that loses many chains (the hardest classes,
 the wildest chains go first), so above ``max_diverged`` (default 0.1) diverged chains IS and FID
@@ -167,19 +167,18 @@ def generative_group(ctx: Context) -> dict[str, Result]:
     from bench.core import progress
     from bench.engines import features
     from bench.engines.features import FEATURE_BATCH
-    from bench.engines.generation import generated
     from bench.engines.sample_quality import FEATURE_METRICS, diversity_result, fid_is, fid_is_results
 
     s = ctx.settings
     names = ("is_mean", "is_std", "fid", "fid_inf", *FEATURE_METRICS, "diversity_ssim")
     limit = max_diverged(s)
-    gen = generated(ctx)
+    gen = ctx.generation
     gx, gy = gen.x, gen.y
     finite = torch.isfinite(gx.flatten(1)).all(1)
     n_gen, n_ok = len(gx), int(finite.sum())
     n_div = gen.n_diverged
     div, too_many = diverged_result(n_gen, n_div, limit)
-    div.details["grid"] = GRID  # generated(ctx) wrote it: the report finds it here
+    div.details["grid"] = GRID  # the generated set's grid: the report finds it here
     div = {"diverged_fraction": div}
     if ctx.data.input_shape[0] not in (1, 3):
         return {m: Result.missing(f"IS/FID need grey or RGB images; {ctx.data.name} has "

@@ -86,7 +86,6 @@ def judged_group(ctx: Context) -> dict[str, Result]:
     import torch
 
     from bench.engines import judges
-    from bench.engines.generation import generated
     from bench.engines.judge_scores import judge_scores
     from bench.inputs.data import TRAIN_IS_TEST
     from bench.runtime.execution import Execution
@@ -95,7 +94,7 @@ def judged_group(ctx: Context) -> dict[str, Result]:
     judge = _judge(ctx)
     if isinstance(judge, str):
         return {m: Result.missing(judge) for m in NAMES}
-    gen = generated(ctx)
+    gen = ctx.generation
     finite = torch.isfinite(gen.x.flatten(1)).all(1)
     n_gen, n_ok = len(gen.x), int(finite.sum())
     _, too_many = diverged_result(n_gen, gen.n_diverged, max_diverged(s))

@@ -42,14 +42,13 @@ def ssim_group(ctx: Context) -> dict[str, Result]:
     import torch
 
     from bench.engines import plots
-    from bench.engines.generation import generated
     from bench.engines.ssim import show_order
     from bench.inputs.data import TRAIN_IS_TEST
 
     s = ctx.settings
     if ctx.data.train_is_test:  # the nearest "training" images would be the evaluated images themselves
         return {"ssim_nn": Result.missing(f"refused: {TRAIN_IS_TEST}")}
-    gen = generated(ctx)
+    gen = ctx.generation
     gx, gy = gen.x, gen.y
     gx = gx.detach().cpu()
     finite = torch.isfinite(gx.flatten(1)).all(1)

@@ -18,7 +18,6 @@ import functools
 import importlib
 import pkgutil
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from bench.core.errors import BenchError, CheckFailed  # noqa: F401  (CheckFailed re-exported)
@@ -141,22 +140,16 @@ class Group:
         full = settings.full if isinstance(settings, SettingsView) else settings
         return SettingsView(full, self.readable, self.name)
 
-    @contextmanager
-    def viewing(self, ctx) -> Iterator:
-        """``ctx.settings`` is this group's ``SettingsView`` inside the block (restored after)."""
-        full = ctx.settings
-        ctx.settings = self.view(full)
-        try:
-            yield ctx
-        finally:
-            ctx.settings = full
+    def viewed(self, ctx):
+        """``ctx`` as this group sees it: a new Context whose ``settings`` are this group's
+        ``SettingsView`` (``ctx`` itself is not changed)."""
+        return replace(ctx, settings=self.view(ctx.settings))
 
     def input_digests(self, ctx) -> dict | None:
         """``inputs(ctx)`` (None without one), computed through the group's view of the settings."""
         if self.inputs is None:
             return None
-        with self.viewing(ctx):
-            return self.inputs(ctx)
+        return self.inputs(self.viewed(ctx))
 
     def for_settings(self, settings: dict) -> Group:
         """This group with its metric names for a run's settings: itself unless it declares
@@ -215,10 +208,14 @@ def register(name: str, suite: str, metrics: tuple[Metric | str, ...], settings:
     def deco(fn):
         @functools.wraps(fn)
         def guarded(ctx):  # called alone (a test) or by the runner: through the group's view
+            ctx = group.viewed(ctx)
+            if "generated" in group.needs:  # called alone: the run's generated set made here
+                from bench.metrics.context import with_generated
+
+                ctx = with_generated(ctx)
             from bench.core.energy import evaluates  # torch when the group runs, not when it registers
 
-            with group.viewing(ctx):  # ctx.model in eval mode while the group runs, its mode restored after
-                return evaluates(fn)(ctx)
+            return evaluates(fn)(ctx)  # ctx.model in eval mode while the group runs, its mode restored after
 
         exact = tuple(sp.name for sp in specs if not sp.is_pattern)
         group = Group(name, suite, exact, tuple(settings), guarded, sharded, names, specs, tuple(needs), inputs,

@@ -6,6 +6,8 @@ robust accuracy above clean accuracy) as nulls with its message; and with a grou
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from bench.core import progress
@@ -13,6 +15,7 @@ from bench.core.errors import BenchError
 from bench.core.results import Result
 from bench.engines import defense
 from bench.metrics import Context, Group
+from bench.metrics.context import with_generated
 from bench.metrics.registry import CheckFailed, UndeclaredSetting
 from bench.runtime import distributed
 
@@ -20,51 +23,49 @@ from bench.runtime import distributed
 def compute(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
     """``_compute`` in one process; under torchrun a sharded group runs on every rank (each on its
     share, results gathered), any other group on rank 0 with its results broadcast.  Groups on
-    generated images first make the generated set together (sharded over chain blocks).  The group
-    sees ``ctx.settings`` through its ``SettingsView`` (``bench.metrics.registry``): reading a setting it
-    does not declare is an error, not a stale cache."""
-    with g.viewing(ctx), defense.applied(g, ctx):  # the defended model for groups that declare it
-        return _compute_anywhere(g, ctx)
-
-
-def _compute_anywhere(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
+    generated images first make the generated set together (sharded over chain blocks).  ``ctx``
+    is the run's context, never changed: the group computes on its own (``group_context``), whose
+    ``settings`` are its ``SettingsView`` (``bench.metrics.registry``): reading a setting it does
+    not declare is an error, not a stale cache."""
+    ctx = group_context(g, ctx)
     if not distributed.active():
         return _compute_halving(g, ctx)
-    if "generated" in g.needs:
-        from bench.engines.generation import generated
-
-        generated(ctx)
+    if "generated" in g.needs:  # every rank makes the set together, before the group runs anywhere
+        ctx = with_generated(ctx)
     if g.sharded:
-        ctx.sharded = True
-        try:
-            return _compute(g, ctx)
-        finally:
-            ctx.sharded = False
+        return _compute(g, ctx)
     got = _compute(g, ctx) if distributed.is_main() else None
     return distributed.broadcast(got)
 
 
+def group_context(g: Group, run: Context) -> Context:
+    """The group's context, made from the run's: its settings view, the defended model for a group
+    that declares the defence settings (``bench.engines.defense.defended``, its noise seeded by
+    (seed, ``defense/<group>``); the others see the plain model, so their numbers and caches ignore
+    the defence), and ``sharded`` for a sharded group under torchrun."""
+    ctx = g.viewed(run)
+    if "defense" in g.settings:
+        ctx = replace(ctx, model=defense.defended(ctx.model, ctx.settings, ctx.generator(f"defense/{g.name}")))
+    return replace(ctx, sharded=g.sharded and distributed.active())
+
+
 def _compute_halving(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
-    """``_compute``, retried with half the batch size after an out-of-memory error, down to 1.
-    The batch sizes that ran out of memory, and the one that worked, go into every metric's
-    ``details`` in results.json (a smaller batch changes no metric beyond its per-batch random
-    streams: PGD starts and denoising noise are drawn per batch)."""
-    run = ctx.settings.full  # the run's settings under the group's read-only view
-    original = run["batch_size"]
+    """``_compute``, retried with half the batch size after an out-of-memory error, down to 1,
+    each attempt on a context of its own batch size (``ctx`` is not changed).  The batch sizes
+    that ran out of memory, and the one that worked, go into every metric's ``details`` in
+    results.json (a smaller batch changes no metric beyond its per-batch random streams: PGD
+    starts and denoising noise are drawn per batch)."""
+    used = ctx.settings["batch_size"]
     failed = []
-    try:
-        while True:
-            results, cacheable = _compute(g, ctx)
-            if cacheable or run["batch_size"] <= 1:
-                break
-            failed.append(run["batch_size"])
-            run["batch_size"] = max(1, run["batch_size"] // 2)
-            if ctx.progress is not None:
-                progress.say(f"[{g.suite}] {g.name}: out of memory at batch size {failed[-1]}; "
-                             f"retrying with {run['batch_size']}")
-    finally:
-        used = run["batch_size"]
-        run["batch_size"] = original
+    while True:
+        attempt = ctx if not failed else replace(ctx, settings=g.view({**ctx.settings.full, "batch_size": used}))
+        results, cacheable = _compute(g, attempt)
+        if cacheable or used <= 1:
+            break
+        failed.append(used)
+        used = max(1, used // 2)
+        if ctx.progress is not None:
+            progress.say(f"[{g.suite}] {g.name}: out of memory at batch size {failed[-1]}; retrying with {used}")
     if failed:
         for r in results.values():
             r.details["out_of_memory_at_batch_sizes"] = failed + ([] if cacheable else [used])
@@ -85,7 +86,7 @@ def _compute(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
     watch = None if "generated" in g.needs else _NonFiniteLogits(ctx.model)
     error = None
     try:
-        out = g.fn(ctx)
+        out = g.fn(with_generated(ctx) if "generated" in g.needs else ctx)  # the set: made once per run
     except (BenchError, UndeclaredSetting):
         raise
     except torch.cuda.OutOfMemoryError as e:  # torch.OutOfMemoryError (CUDA, MPS)

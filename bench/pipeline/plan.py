@@ -347,9 +347,9 @@ def show(groups, ctx, s: dict, p: Probe, cached: set, log) -> list[Line]:
     def gen_cost(st):
         return generation.generation_cost(st, ctx.data.num_classes)
 
-    npz = generation.samples_dir(ctx) / "samples.npz"
+    npz = generation.samples_dir(ctx.out) / "samples.npz"
     needs_gen = any("generated" in g.needs for g in todo)
-    gen = gen_cost(s) if needs_gen and generation.load_samples(npz, generation.generation_key(ctx)) is None else None
+    gen = gen_cost(s) if needs_gen and generation.load_samples(npz, generation.generation_key(ctx.settings, ctx.data)) is None else None
     lines = estimate(groups, s, sizes, p, cached, gen)
     for line in format_lines(lines, p, ctx.device, cost.batch(s)):
         log(line)

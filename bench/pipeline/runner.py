@@ -7,124 +7,33 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 
 from bench.core import progress
-from bench.core.errors import BenchError
 from bench.core.fileio import check_out
 from bench.core.results import Results, platform_record
-from bench.core.settings import DEFAULTS, Norm, complete, dataset_defaults, validate
-from bench.engines import shift_stats
-from bench.inputs import checkpoints, data, zoo
-from bench.metrics import Context, Result, registry, suites
+from bench.inputs import checkpoints, data
+from bench.metrics import Context, Result, registry
 from bench.outputs import report, table_files
 from bench.pipeline import cache_keys, compute, kept_groups, outlock
 from bench.pipeline import plan as runplan
 from bench.pipeline.identity import data_record, versions  # noqa: F401  (re-exported: tests, samples_command)
+from bench.pipeline.request import (  # noqa: F401  (resolve_settings, validate_settings: re-exported for tests)
+    RunRequest,
+    resolve,
+    resolve_settings,
+    train_used,
+    validate_settings,
+)
 from bench.runtime import distributed, fastpath, sanity
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BenchError("--device cuda asked for, but no CUDA device is available")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise BenchError(f"unknown device {device!r}; expected auto, cpu or cuda")
-    return torch.device(device)
-
-
-def resolve_model(spec: str | None, dataset: str | None, data_root, arch, download=False, normalize=None,
-                  rb_model_dir=None):
-    """-> (Loaded, Dataset).  Own files name their data set; foreign ones and a model in memory
-    (an nn.Module, ``bench.evaluate``) need --dataset.  ``dataset``: a name, or a ``Dataset``
-    already in memory (``bench.evaluate(data=(x, y))``).  ``rb_model_dir``: where ``rb:NAME`` files are."""
-    in_memory = isinstance(spec, torch.nn.Module)
-    if not in_memory:
-        spec = zoo.resolve_spec(spec) if spec else str(zoo.released_path())
-    meta = None if in_memory else _peek_meta(spec)
-    given = dataset if isinstance(dataset, data.Dataset) else None  # data in memory (bench.evaluate)
-    name = (given.name if given else dataset) or (meta or {}).get("dataset")
-    if name is None:
-        if in_memory:
-            raise BenchError("a model in memory records no data set; pass dataset=")
-        if not spec.startswith(("py:", "rb:")):
-            checkpoints.load(spec, arch=arch)  # a missing or unreadable file says so first
-        raise BenchError(f"{spec}: the checkpoint does not record its data set; pass --dataset")
-    ds = given or data.load(name, data_root, download)
-    if len(ds.test) == 0 or len(ds.train) == 0:
-        raise BenchError(f"data set {name} is empty")
-    loaded = checkpoints.load(spec, arch=arch, num_classes=ds.num_classes, input_shape=ds.input_shape,
-                              normalize=normalize, rb_model_dir=rb_model_dir)
-    check_compatible(loaded, ds)
-    loaded.weights_sha256 = checkpoints.weights_sha256(loaded.model)  # lazy modules are initialised now
-    return loaded, ds
-
-
-def _peek_meta(spec: str) -> dict | None:
-    p = Path(spec)
-    if spec.startswith(("py:", "rb:")) or not p.is_file() or p.suffix != ".safetensors":
-        return None
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(p), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("bench", "null"))
-        return meta if isinstance(meta, dict) else None  # a list or a string: checkpoints.load says so
-    except Exception:
-        return None  # checkpoints.load gives the precise error
-
-
-def check_compatible(loaded: checkpoints.Loaded, ds: data.Dataset) -> None:
-    m = loaded.meta
-    if m.get("num_classes") not in (None, ds.num_classes):
-        raise BenchError(f"model has {m['num_classes']} classes but data set {ds.name} has {ds.num_classes}")
-    shape = tuple(m.get("input_shape") or ())
-    if shape and shape[0] != ds.input_shape[0]:
-        raise BenchError(f"model takes {shape[0]}-channel images but {ds.name} has {ds.input_shape[0]} channels")
-    if shape and m.get("source_format") is None and shape != ds.input_shape:
-        raise BenchError(f"model was trained on {shape} images but {ds.name} has {ds.input_shape}")
-    try:
-        with torch.no_grad():
-            out = loaded.model.logits(ds.test.x[:2])
-    except RuntimeError as e:
-        raise BenchError(f"model does not accept {ds.name} images of shape {ds.input_shape}: {str(e)[:150]}") from None
-    if not isinstance(out, torch.Tensor):
-        raise BenchError(f"model's forward returned a {type(out).__name__}, expected a tensor of logits "
-                         f"(N, {ds.num_classes}); wrap the network so that it returns the logits alone")
-    if out.ndim != 2 or out.shape[1] != ds.num_classes:
-        raise BenchError(f"model outputs shape {tuple(out.shape)}, expected (N, {ds.num_classes})")
-
-
-def resolve_settings(overrides: dict, loaded: checkpoints.Loaded, ds: data.Dataset) -> dict:
-    s = dict(DEFAULTS)
-    s.update(dataset_defaults(ds.name))
-    tm = loaded.meta.get("threat_model") or {}
-    if tm.get("eps") is not None and loaded.meta.get("dataset") == ds.name and tm.get("norm", "Linf") == "Linf":
-        s["eps"] = float(tm["eps"])
-    linf_eps = s["eps"]  # the landscape's default radius stays L-inf sized under --norm L2
-    if overrides.get("norm") not in (None, "Linf"):  # the eps default follows the norm
-        s["eps"] = dataset_defaults(ds.name, overrides["norm"]).get("eps", s["eps"])
-        if tm.get("eps") is not None and loaded.meta.get("dataset") == ds.name and tm.get("norm") == overrides["norm"]:
-            s["eps"] = float(tm["eps"])
-    s.update({k: v for k, v in overrides.items() if v is not None})
-    validate_settings(s, ds.input_shape)
-    # the shift suite's corruptions depend on the image size (its metric names follow them)
-    s["shift_corruptions"] = ",".join(shift_stats.chosen(s.get("shift_corruptions"), ds.input_shape))
-    return complete(s, linf_eps=s["eps"] if s["norm"] == Norm.LINF else linf_eps)
-
-
-def validate_settings(s: dict, input_shape=None) -> None:
-    """Every setting against its declaration (``settings.validate``) and the fast paths."""
-    validate(s, input_shape)
-    fastpath.FastPath.from_settings(s)  # an unknown amp mode is an error
+from bench.runtime.execution import resolve_device
 
 
 def _announce(loaded: checkpoints.Loaded, ds: data.Dataset, record: dict, log) -> None:
@@ -150,16 +59,31 @@ def run(model: str | None = None, suite: str = "all", out: str | Path = "runs/de
         device: str = "auto", resume: bool = True, download: bool = False,
         settings: dict | None = None, log=progress.say, name: str | None = None,
         rb_model_dir: str | Path | None = None, plan_only: bool = False) -> Results | None:
-    """Run the suites on the model into ``out``, holding ``out/.bench.lock`` from the check of
-    --out to the end (``bench.pipeline.outlock``: a second run into the same folder stops at once).
-    ``name``: the run's row label in tables (``run.name``), no setting: it keys no cache.
-    ``rb_model_dir`` (``--rb-model-dir``): the folder of ``rb:NAME`` files in RobustBench's layout
-    (``bench.inputs.rb_zoo``), no setting either: the weights' digest identifies the model.
-    Before the first group it prints the run's plan (``bench.pipeline.plan``); ``plan_only``
-    (``--plan``): that alone, touching nothing under ``out`` (-> None)."""
+    """Run the suites on the model into ``out`` (``run_request`` of these arguments as one
+    ``RunRequest``).  ``name``: the run's row label in tables (``run.name``), no setting: it keys
+    no cache.  ``rb_model_dir`` (``--rb-model-dir``): the folder of ``rb:NAME`` files in
+    RobustBench's layout (``bench.inputs.rb_zoo``), no setting either: the weights' digest
+    identifies the model.  ``plan_only`` (``--plan``): the run's plan alone, touching nothing
+    under ``out`` (-> None)."""
+    return run_request(RunRequest(model, suite, Path(out), dataset, data_root, arch, device, resume, download,
+                                  settings or {}, log, name, rb_model_dir, plan_only))
+
+
+def run_request(request: RunRequest) -> Results | None:
+    """Carry out one run: resolve it and take ``out/.bench.lock`` (``_prepare``; held to the end:
+    a second run into the same folder stops at once, ``bench.pipeline.outlock``), print the run's
+    plan (``bench.pipeline.plan``) before the first group, then compute or reuse every group and
+    write the tables, results.json and report.html (None with ``plan_only``)."""
     with contextlib.ExitStack() as lock:
-        return _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log, lock, name,
-                    rb_model_dir, plan_only)
+        plan = _prepare(request, lock)
+        if plan.main:
+            cached = {g.name for g in plan.groups
+                      if _cache_entry(plan, g, *_cache_path(plan, g), request.resume) is not None}
+            runplan.show(plan.groups, plan.ctx, plan.s, plan.probe, cached, plan.log)
+        if request.plan_only:
+            return None
+        _run_groups(plan, request.resume)
+        return _finish(plan)
 
 
 @dataclass
@@ -182,44 +106,16 @@ class _Plan:
     probe: runplan.Probe | None = None
 
 
-def _run(model, suite, out, dataset, data_root, arch, device, resume, download, settings, log,
-         lock: contextlib.ExitStack, name: str | None = None, rb_model_dir=None, plan_only=False) -> Results | None:
-    plan = _prepare(model, suite, Path(out), dataset, data_root, arch, device, download, settings, log, lock, name,
-                    rb_model_dir, plan_only)
-    if plan.main:
-        cached = {g.name for g in plan.groups if _cache_entry(plan, g, *_cache_path(plan, g), resume) is not None}
-        runplan.show(plan.groups, plan.ctx, plan.s, plan.probe, cached, plan.log)
-    if plan_only:
-        return None
-    _run_groups(plan, resume)
-    return _finish(plan)
-
-
-def resolve(model, suite, dataset, data_root, arch, download, settings, rb_model_dir=None) -> tuple:
-    """-> (suite names, groups, Loaded, Dataset, settings): everything a bad argument fails in,
-    before --out is touched (``bench.pipeline.several`` resolves every model of a run first)."""
-    suite_names = suites.resolve(suite)
-    groups = suites.groups_for(suite_names)
-    loaded, ds = resolve_model(model, dataset, data_root, arch, download, (settings or {}).get("normalize"),
-                               rb_model_dir)
-    s = resolve_settings(settings or {}, loaded, ds)
-    # metric names that depend on the settings (the OOD group: one per --ood set) are fixed here,
-    # before any cache is read (bench.metrics.Group.for_settings); a bad --ood fails here, early;
-    # a group with no metrics under these settings (the robustness curve without --eps-grid, the
-    # adaptive attacks without a defence) does not run
-    return suite_names, [g for g in (g.for_settings(s) for g in groups) if g.metrics], loaded, ds, s
-
-
-def _prepare(model, suite, out: Path, dataset, data_root, arch, device, download, settings, log,
-             lock: contextlib.ExitStack, name: str | None, rb_model_dir=None, plan_only: bool = False) -> _Plan:
-    """Resolve the model, data, settings and groups; take the --out lock; check the model; start
-    the results record with what an earlier run in --out adds to it (``bench.pipeline.kept_groups``)."""
-    started = time.time()
-    dev = distributed.init(resolve_device(device))
-    suite_names, groups, loaded, ds, s = resolve(model, suite, dataset, data_root, arch, download, settings,
-                                                 rb_model_dir)
+def _prepare(request: RunRequest, lock: contextlib.ExitStack) -> _Plan:
+    """Resolve the request (``bench.pipeline.request.resolve``); take the --out lock; check the
+    model; start the results record with what an earlier run in --out adds to it
+    (``bench.pipeline.kept_groups``); make the run's Context (read-only settings)."""
+    started, out, log, name = time.time(), request.out, request.log, request.name
+    dev = distributed.init(resolve_device(request.device))
+    r = resolve(request)
+    suite_names, groups, loaded, ds, s = r.suite_names, list(r.groups), r.loaded, r.data, r.settings
     main = distributed.is_main()
-    if main and not plan_only:
+    if main and not request.plan_only:
         check_out(out)
         lock.enter_context(outlock.held(out, log=log))  # rank 0 only: the other ranks write nothing there
     elif not main:  # other torchrun ranks write nothing under --out: their figures go to a scratch folder
@@ -251,9 +147,9 @@ def _prepare(model, suite, out: Path, dataset, data_root, arch, device, download
                  data_sha256=identity["data"],
                  generation_code_sha256=cache_keys.code_sha256("bench.engines.generation", memo))  # keys samples.npz
     checks = sanity.check_model(net, ds.test.x[:sanity.N_IMAGES].to(dev), log)  # RNG state kept
-    ctx = Context(net, ds, s_run, dev, out, progress=progress.bar, replay_buffer=loaded.replay_buffer,
-                  data_root=data_root, train_used=train_used(loaded), model_name=str(name or loaded.label))
-    if not plan_only:
+    ctx = Context(net, ds, MappingProxyType(s_run), dev, out, progress=progress.bar, replay_buffer=loaded.replay_buffer,
+                  data_root=request.data_root, train_used=train_used(loaded), model_name=str(name or loaded.label))
+    if not request.plan_only:
         (out / "cache").mkdir(exist_ok=True)
     plat = platform_record(dev)
     res = Results(loaded.describe() | {"dataset": ds.name, "num_classes": ds.num_classes}, {
@@ -358,13 +254,6 @@ def _group_record(g, computed_on: dict, cached: bool, run_platform: dict, metric
     if computed_on != run_platform:
         rec["platform"] = computed_on
     return rec
-
-
-def train_used(loaded: checkpoints.Loaded) -> int | None:
-    """How many training points (the first ones) the checkpoint trained on, where it records it
-    (its recipe's ``train_n``); None: all of them, or nothing recorded."""
-    n = (loaded.meta.get("recipe_config") or {}).get("train_n")
-    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
 
 
 def _quiet(message: str) -> None:

@@ -34,7 +34,7 @@ import torch
 
 from bench.core import fileio
 from bench.core.errors import BenchError
-from bench.runtime.execution import Execution
+from bench.runtime.execution import Execution, resolve_device
 
 IMAGE_SUFFIXES = (".png",)
 
@@ -174,7 +174,7 @@ def evaluate(path: str | Path, dataset: str, out: str | Path, data_root: str | N
     log = log or progress.say
     started = time.time()
     out = Path(out)
-    dev = runner.resolve_device(device)
+    dev = resolve_device(device)
     ds = data.load(dataset, data_root)
     samples = read_samples(path, ds.input_shape, ds.num_classes)
     fileio.check_out(out)

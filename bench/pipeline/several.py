@@ -13,7 +13,9 @@ from pathlib import Path
 from bench.core.errors import BenchError
 from bench.core.fileio import check_out
 from bench.pipeline import runner
+from bench.pipeline.request import RunRequest, resolve
 from bench.runtime import distributed
+from bench.runtime.execution import resolve_device
 
 TABLES = "tables"  # OUT/tables: the combined tables and report.html
 RESERVED = (TABLES,)  # the names under OUT the combined outputs use: no model's folder
@@ -43,12 +45,13 @@ def check_stems(models: list[str], out: str | Path) -> list[str]:
 
 def resolve_all(models: list[str], suite="all", dataset=None, data_root=None, arch=None, device="auto",
                 download=False, settings=None, rb_model_dir=None, **_) -> None:
-    """Resolve every model as its run will (``runner.resolve``: file, data set, normalisation,
-    settings, suites) and drop it; the first failure is the error, naming its model."""
-    runner.resolve_device(device)
+    """Resolve every model as its run will (``bench.pipeline.request.resolve``: file, data set,
+    normalisation, settings, suites) and drop it; the first failure is the error, naming its model."""
+    resolve_device(device)
     for m in models:
         try:
-            runner.resolve(m, suite, dataset, data_root, arch, download, settings, rb_model_dir)
+            resolve(RunRequest(m, suite, dataset=dataset, data_root=data_root, arch=arch, download=download,
+                               settings=settings or {}, rb_model_dir=rb_model_dir))
         except BenchError as e:
             if m in str(e):
                 raise

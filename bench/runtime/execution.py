@@ -10,7 +10,21 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.core.errors import BenchError
 from bench.runtime import distributed
+
+
+def resolve_device(device: str) -> torch.device:
+    """``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``) as a torch device, for ``bench run``,
+    ``bench train``, ``bench samples`` and ``bench reference``: ``auto`` is CUDA where there is one;
+    CUDA asked for without one, or another name, is a one-line error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError("--device cuda asked for, but no CUDA device is available")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise BenchError(f"unknown device {device!r}; expected auto, cpu or cuda")
+    return torch.device(device)
 
 
 @dataclass(frozen=True)
