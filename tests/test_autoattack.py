@@ -13,8 +13,8 @@ from torch import nn
 
 from bench.core.energy import EnergyModel
 from bench.core.settings import DEFAULTS
-from bench.engines import aa_adapter, aa_eval, robust_flags
-from bench.metrics import Context, load_all
+from bench.engines import aa_adapter, aa_eval
+from bench.metrics import Context, group_points, load_all
 from bench.metrics import robustness as rob
 from bench.outputs import table_files
 from bench.runtime import fastpath
@@ -206,6 +206,6 @@ def test_pgd20_aa_takes_pgd20_s_starts_under_linf_on_the_cpu(digits, tmp_path):
     so its per-point flags are pgd20's on AutoAttack's points."""
     m = trained_model()
     ctx = make_ctx(m, digits, tmp_path, n_eval=40, n_aa=16, batch_size=25)  # AutoAttack's points end mid-batch
-    _, full = robust_flags.pgd_flags(ctx, "ce", "pgd20")
-    _, prefix = robust_flags.pgd_flags(ctx, "ce", "pgd20", points="n_aa")
+    _, full = group_points.pgd_flags(ctx, "ce", "pgd20")
+    _, prefix = group_points.pgd_flags(ctx, "ce", "pgd20", points="n_aa")
     assert torch.equal(full[:16], prefix)

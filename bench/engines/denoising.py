@@ -1,7 +1,7 @@
 """Denoising on tensors: Gaussian noise on images, Langevin chains on E(x, y) from the noisy images
 (``bench.engines.sampling``) and the PSNR of images against references.  ``bench.metrics.denoise``
-(the Fig. 15 group, which documents them) and ``bench.functional.psnr`` call them; ``ctx`` is a
-group's ``bench.metrics.Context``."""
+(the Fig. 15 group, which documents them; its chains over the points are
+``bench.metrics.group_points.langevin_chains``) and ``bench.functional.psnr`` call them."""
 
 from __future__ import annotations
 
@@ -45,22 +45,3 @@ def langevin_denoise(model: EnergyModel, x_noisy: torch.Tensor, y: torch.Tensor,
     cfg = SGLDConfig(steps=counts[-1], step_size=step_size, noise=noise, energy="joint", clamp=True)
     _, finite = sgld(model, x_noisy, y, cfg, generator, callback=keep)
     return {c: snaps[c] for c in counts}, finite
-
-
-def langevin_chains(ctx, noisy: torch.Tensor, labels: torch.Tensor, counts: list[int], label: str):
-    """The Langevin chains from the noisy images, batched (sharded under torchrun): the images
-    after each count of steps, which chains stayed finite, and the labels y the energy used."""
-    s = ctx.settings
-    den_all, finite_all, used_all = {c: [] for c in counts}, [], []
-    for i, xn, y in ctx.batches(noisy, labels, desc="denoise", indexed=True):
-        if label == "predicted":
-            with torch.no_grad():
-                y = ctx.model.logits(xn).argmax(1)
-        used_all.append(y.cpu())
-        snaps, finite = langevin_denoise(ctx.model, xn, y, counts, float(s["denoise_step_size"]),
-                                         float(s["denoise_noise"] or 0.0), ctx.generator(f"denoise/langevin{i}"))
-        finite_all.append(finite.cpu())
-        for c in counts:
-            den_all[c].append(snaps[c].cpu())
-    den = {c: ctx.collect(v, noisy[:0]) for c, v in den_all.items()}
-    return den, ctx.collect(finite_all, torch.bool), ctx.collect(used_all, torch.long)

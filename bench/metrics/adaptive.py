@@ -103,7 +103,7 @@ def _aa(ctx: Context):
 def adaptive_group(ctx: Context) -> dict[str, Result]:
     from bench.engines import defense
     from bench.engines.attacks import bpda_eot_pgd, eot_pgd, pgd_restarts
-    from bench.engines.robust_flags import robust_points, split_points
+    from bench.metrics.group_points import robust_points, split_points
     from bench.runtime import sanity
 
     s = ctx.settings
@@ -160,7 +160,7 @@ def sanity_group(ctx: Context) -> dict[str, Result]:
     """The opt-in sanity passes on the first ``n_eval`` points: PGD against PGD with twice the steps
     and two restarts (``more_steps_stronger``), and PGD at a large eps (``large_eps_not_zero``)."""
     from bench.engines.attacks import pgd_restarts
-    from bench.engines.robust_flags import robust_points, split_points
+    from bench.metrics.group_points import robust_points, split_points
     from bench.runtime import sanity
 
     s = ctx.settings

@@ -46,7 +46,7 @@ def _collect(ctx: Context, adversarial: bool, tag: str) -> tuple[torch.Tensor, t
     """Top-class confidence and correctness of the first n_eval test points, clean or after FGSM."""
     import torch
 
-    from bench.engines.calibration_fit import eval_logits
+    from bench.metrics.group_points import eval_logits
 
     z, y, max_dist = eval_logits(ctx, adversarial, tag)
     conf, pred = torch.softmax(z, dim=1).max(dim=1)
@@ -193,7 +193,8 @@ def _temperature(ctx: Context) -> tuple[torch.Tensor, dict]:
     cross-fit on the clean evaluation points (see above).  Raises ``_NoSplit`` when neither exists."""
     import torch
 
-    from bench.engines.calibration_fit import eval_logits, fit_temperature, logits_of
+    from bench.engines.calibration_fit import fit_temperature
+    from bench.metrics.group_points import eval_logits, logits_of
 
     def fit() -> tuple[torch.Tensor, dict]:
         if ctx.data.train_is_test:
@@ -257,7 +258,8 @@ def _extra_results(ctx: Context, adversarial: bool) -> dict[str, Result]:
     import torch
 
     from bench.engines import plots
-    from bench.engines.calibration_fit import brier_per_point, eval_logits, nll_per_point
+    from bench.engines.calibration_fit import brier_per_point, nll_per_point
+    from bench.metrics.group_points import eval_logits
 
     s = ctx.settings
     suffix = "_fgsm" if adversarial else ""

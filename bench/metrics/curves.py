@@ -160,7 +160,8 @@ def curve_group(ctx: Context) -> dict[str, Result]:
 
 
 def _clean(ctx: Context, attack: CurveAttack) -> tuple[Result, torch.Tensor]:
-    from bench.engines.robust_flags import STD_NOTE, clean_flags, proportion
+    from bench.engines.robust_flags import STD_NOTE, proportion
+    from bench.metrics.group_points import clean_flags
 
     flags = clean_flags(ctx, attack.points, desc=f"curve {attack.name} eps 0")
     p, se, n = proportion(flags)
@@ -219,7 +220,7 @@ def _draw(out: dict[str, Result], s: Mapping, fig, model: str = "") -> None:
 def _pgd(loss: str, tag: str):
     """PGD on ``loss`` from the random streams of the group ``tag`` (``pgd20``, ``pgd20_energy``)."""
     def run(ctx: Context, eps: float):
-        from bench.engines.robust_flags import pgd_flags
+        from bench.metrics.group_points import pgd_flags
 
         return pgd_flags(ctx, loss, tag, desc=f"curve {tag} eps {eps:.4g}")
     return run
@@ -239,7 +240,7 @@ def autoattack_at(ctx: Context, eps: float) -> tuple[Result, torch.Tensor]:
     """AutoAttack (``aa_version``) at radius ``eps`` on the first ``n_aa`` points."""
     from bench.engines.aa_adapter import AAConfig
     from bench.engines.aa_eval import autoattack_flags
-    from bench.engines.robust_flags import split_points
+    from bench.metrics.group_points import split_points
 
     s = ctx.settings
     split = split_points(ctx, "n_aa")

@@ -77,8 +77,9 @@ def denoise_group(ctx: Context) -> dict[str, Result]:
     y the predicted (or, ``denoise_label`` oracle, the true) label; PSNR and SSIM before and after
     ``denoise_steps`` steps, and the Fig. 15 grid."""
     from bench.engines import plots
-    from bench.engines.denoising import add_noise, langevin_chains
+    from bench.engines.denoising import add_noise
     from bench.engines.ssim import show_order
+    from bench.metrics.group_points import langevin_chains
 
     s = ctx.settings
     label = s.get("denoise_label") or "predicted"  # bench.core.settings.validate checked it

@@ -279,7 +279,7 @@ def declared() -> list[Metric]:
 # discovered and comes after them (by name), then the modules the entry points name
 ORDER = ("robustness", "calibration", "generative", "fisher", "memorization", "landscape", "denoise", "ood", "shift")
 # the package's own modules that hold no groups: the registry, the groups' Context, the suites
-SUPPORT = ("registry", "context", "suites")
+SUPPORT = ("registry", "context", "suites", "group_points")
 ENTRY_POINTS = "jeat_bench.metrics"  # group of entry points naming metric modules outside this package
 _LOADED: list[str] = []  # the metric modules imported, in suite order
 

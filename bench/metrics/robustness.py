@@ -57,7 +57,8 @@ if TYPE_CHECKING:
 @register("accuracy", "robust", metrics=(Metric.proportion("accuracy"),), settings=("n_eval", *DEFENSE_SETTINGS),
           sharded=True, cost=lambda s, z: cost.passes("forward", cost.count(s, "n_eval", z.n_test), cost.batch(s)))
 def accuracy_group(ctx: Context) -> dict[str, Result]:
-    from bench.engines.robust_flags import STD_NOTE, clean_flags, proportion
+    from bench.engines.robust_flags import STD_NOTE, proportion
+    from bench.metrics.group_points import clean_flags
 
     flags = clean_flags(ctx)
     p, se, n = proportion(flags)
@@ -79,7 +80,7 @@ def pgd_cost(s, z: cost.Sizes, n: int | None = None) -> cost.Work:
 
 @register("pgd20", "robust", metrics=(Metric.proportion("pgd20"),), settings=PGD_SETTINGS, sharded=True, cost=pgd_cost)
 def pgd20_group(ctx: Context) -> dict[str, Result]:
-    from bench.engines.robust_flags import pgd_robustness
+    from bench.metrics.group_points import pgd_robustness
 
     return {"pgd20": pgd_robustness(ctx, "ce", "pgd20")}
 
@@ -87,7 +88,7 @@ def pgd20_group(ctx: Context) -> dict[str, Result]:
 @register("pgd20_energy", "robust", metrics=(Metric.proportion("pgd20_energy"),), settings=PGD_SETTINGS, sharded=True,
           cost=pgd_cost)
 def pgd20_energy_group(ctx: Context) -> dict[str, Result]:
-    from bench.engines.robust_flags import pgd_robustness
+    from bench.metrics.group_points import pgd_robustness
 
     return {"pgd20_energy": pgd_robustness(ctx, "energy", "pgd20_energy")}
 
@@ -116,7 +117,8 @@ def autoattack_group(ctx: Context) -> dict[str, Result]:
     least as strong as PGD-20 there (it should be: it is the stronger attack)."""
     from bench.engines import aa_eval
     from bench.engines.aa_adapter import AAConfig
-    from bench.engines.robust_flags import STD_NOTE, pgd_flags, proportion, split_points
+    from bench.engines.robust_flags import STD_NOTE, proportion
+    from bench.metrics.group_points import pgd_flags, split_points
 
     s = ctx.settings
     norm, version = s.get("norm", "Linf"), s.get("aa_version", "standard")

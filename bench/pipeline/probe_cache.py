@@ -3,7 +3,7 @@ device and batch size reads the probe's seconds per image and per call (and the 
 image, the clean accuracy on the probe's points) instead of timing the passes again.
 
 An entry is a small JSON file under ``$JEAT_BENCH_CACHE/plan-probe/`` (beside the FID reference
-cache, ``bench.engines.refstats.cache_dir``), named by the sha256 of what the timings depend on:
+cache, ``bench.engines.reference_cache.cache_dir``), named by the sha256 of what the timings depend on:
 the device (and its name), the machine and thread count, torch's version, the model's weights
 digest, the batch size, the fast-path settings, the data's name and image shape, and the FID
 extractor settings (its probe is kept in the same entry).  The probe draws no random number a
@@ -40,7 +40,7 @@ def key(device: torch.device, weights: str | None, s: dict, ds) -> str | None:
 
 
 def _path(k: str) -> Path:
-    from bench.engines.refstats import cache_dir
+    from bench.engines.reference_cache import cache_dir
 
     return cache_dir() / "plan-probe" / f"{k}.json"
 
