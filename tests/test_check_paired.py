@@ -279,7 +279,7 @@ def test_every_metric_of_every_baseline_catches_a_bug_sized_change(tmp_path, cap
     cur.write_text(json.dumps(other))
     code = main(["check", str(cur), "--baseline", str(base), "--exact", "--strict"])
     out, err = capsys.readouterr()
-    assert code == 0 and "(portable mode, strict)" in out, out + err
+    assert code == 0 and "portable mode, strict)" in out, out + err  # exact/portable: groups added on another machine
     for name, r in doc["metrics"].items():
         if r["value"] is None:
             continue

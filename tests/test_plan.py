@@ -13,7 +13,7 @@ from bench.core import cost
 from bench.engines import generation
 from bench.inputs import checkpoints
 from bench.metrics import registry
-from bench.pipeline import plan, runner
+from bench.pipeline import plan, runner, timing_probe
 from tests.conftest import tiny_model
 
 META = {"arch": "digits-cnn", "arch_kwargs": {"width": 4, "act": "silu"}, "num_classes": 10,
@@ -85,7 +85,7 @@ def test_batch_size_fits_the_free_memory():
 
 
 def test_a_short_memory_lowers_the_batch_size_with_a_note(tmp_path, ckpt, monkeypatch):
-    monkeypatch.setattr(plan, "peak_per_image", lambda *a: (2**20, "mocked"))  # 1 MiB per image
+    monkeypatch.setattr(timing_probe, "peak_per_image", lambda *a: (2**20, "mocked"))  # 1 MiB per image
     monkeypatch.setattr(plan, "free_memory", lambda device: (37.5 * 2**20, "available RAM less a margin"))
     said = []
     runner.run(ckpt, "calibration", tmp_path / "out", settings={"n_eval": 20}, log=said.append, plan_only=True)
