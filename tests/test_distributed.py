@@ -34,7 +34,7 @@ def _run(cmd, out, tmp_path, data):
     # eps 0.3 on a trained model: APGD-CE breaks every AutoAttack point, so APGD-T, FAB-T and Square's
     # 5,000 queries have none left (an untrained model's flat points survived them all: 17 s a run)
     args = ["--suite", "all", "--dataset", f"npz:{data}", "--n-aa", "12", "--eps", "0.3",
-            "--n-gen", "10", "--gen-steps", "5",
+            "--n-gen", "10", "--gen-steps", "5", "--shift-corruptions", "gaussian_noise,contrast",
             "--probes", "4", "--batch-size", "8", "--out", str(out)]
     p = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
@@ -59,7 +59,8 @@ def test_two_gloo_processes_equal_one_on_every_suite(tmp_path, digits):
     assert two["metrics"]["fid"]["details"]["reference_cache"] == "miss"
     assert one["metrics"]["fid"]["details"]["reference_cache"] == "hit"
     assert set(one["metrics"]) == set(two["metrics"]) >= {"accuracy", "pgd20", "ece", "autoattack", "ssim_nn",
-                                                          "fid", "jfs", "mfs", "landscape_flatness", "denoise_psnr"}
+                                                          "fid", "jfs", "mfs", "landscape_flatness", "denoise_psnr",
+                                                          "shift_acc_mean", "shift_mce", "shift_auroc_energy_s5"}
     for name, a in one["metrics"].items():
         b = two["metrics"][name]
         assert (a["value"], a["std"], a["n"]) == (b["value"], b["std"], b["n"]), name
