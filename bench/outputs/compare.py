@@ -162,7 +162,10 @@ def per_point_test(name: str, ra: Result, rb: Result, t: Test, points: int, seed
         t.diff, t.se = paired.mean_difference(a.mean(1), b.mean(1))
         t.test = POINT_MEAN
     else:
-        return _independent(name, ra, rb, t)
+        t = _independent(name, ra, rb, t)
+        if t.test:
+            t.note = "no per-image record: independent standard errors, each over the test points"
+        return t
     t.p = paired.z_test(t.diff, t.se)
     images = rows[next(iter(rows))][0].shape[1] if rows else 0
     t.note = f"{points} test points, {images} images each" + (
