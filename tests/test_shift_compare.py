@@ -171,3 +171,12 @@ def test_compare_of_a_run_with_itself_tests_per_point(tiny_run, capsys):
                        ("shift_ece_s1", compare.POINT_BOOTSTRAP), ("shift_nll_s1", compare.POINT_MEAN),
                        ("shift_auroc_energy_s2", compare.POINT_BOOTSTRAP)):
         assert test in next(line for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_a_run_written_before_the_key_is_paired_with_one_that_records_it(concentrated):
+    """The same evaluation lays its images out alike: one run's per_point_of serves both."""
+    a, b = concentrated
+    t = compare.paired_test("shift_acc_mean", _pooled(a, points=None), _pooled(b))
+    assert t.test == compare.POINT_MEAN and t.n == N
+    old = compare.paired_test("shift_acc_mean", _pooled(a, points=None), _pooled(b, points=None))
+    assert old.test == compare.MCNEMAR  # neither records it: over images, as before
