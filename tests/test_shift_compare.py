@@ -180,3 +180,17 @@ def test_a_run_written_before_the_key_is_paired_with_one_that_records_it(concent
     assert t.test == compare.POINT_MEAN and t.n == N
     old = compare.paired_test("shift_acc_mean", _pooled(a, points=None), _pooled(b, points=None))
     assert old.test == compare.MCNEMAR  # neither records it: over images, as before
+
+
+def test_the_weighted_auroc_bootstrap_equals_resampling_the_points_by_index():
+    """roc.point_bootstrap_difference (the points' counts as weights, sorted once) against the plain
+    bootstrap that indexes the resampled points and recomputes DeLong's AUROC, on scores with ties."""
+    from bench.core import paired, roc
+
+    rng = np.random.default_rng(0)
+    ia, ib = np.round(rng.normal(size=N), 1), np.round(rng.normal(size=N), 1)
+    ra = np.round(rng.normal(0.3, 1, (N, SETS)), 1)
+    rb = ra + np.round(rng.normal(0, 0.5, (N, SETS)), 1)
+    fast = roc.point_bootstrap_difference(ia, ra, ib, rb, 300, 4)
+    plain = paired.bootstrap_difference(lambda i, o: roc.auroc(i, o.ravel())[0], (ia, ra), (ib, rb), 300, 4)
+    assert fast == pytest.approx(plain, rel=1e-12)

@@ -147,9 +147,8 @@ def per_point_test(name: str, ra: Result, rb: Result, t: Test, points: int, seed
     t.n = points
     ins = [outcomes.unpack_values((r.details or {}).get(IN_SCORES)) for r in (ra, rb)]
     if "values" in rows and all(x is not None and x.shape == (points,) for x in ins):
-        out_a, out_b = rows["values"]
-        t.diff, t.se = paired.bootstrap_difference(lambda i, o: roc.auroc(i, o.ravel())[0], (ins[0], out_a),
-                                                   (ins[1], out_b), n_boot, seed)
+        t.diff, t.se = roc.point_bootstrap_difference(ins[0], rows["values"][0], ins[1], rows["values"][1],
+                                                      n_boot, seed)
         t.test = POINT_BOOTSTRAP
     elif (stat := _binned(name)) and "values" in rows and "bits" in rows:
         bins = int((rb.details or {}).get("n_bins") or 20)
