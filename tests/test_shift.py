@@ -311,7 +311,8 @@ def test_the_module_imports_no_torch_at_module_level():
 
 def test_compare_bootstraps_a_shift_ece_as_it_does_ece(run):
     """bench compare resamples the points of a per-severity ECE (its confidences and outcomes are
-    recorded), as for ``ece``; before, it took the mean of the confidences as the statistic."""
+    recorded), as for ``ece``, each test point with all its images (``details.per_point_of``);
+    before, it took the mean of the confidences as the statistic."""
     from bench.core.results import Result
     from bench.outputs import compare
 
@@ -322,4 +323,4 @@ def test_compare_bootstraps_a_shift_ece_as_it_does_ece(run):
     b = Result(_hand_ece(conf, ok), None, a.n, details={**a.details, outcomes.VALUES_KEY: outcomes.pack_values(
         conf, "shrunk")})
     t = compare.paired_test("shift_ece_s2", a, b, n_boot=50)
-    assert t.test == compare.BOOTSTRAP and t.diff == pytest.approx(b.value - a.value)
+    assert t.test == compare.POINT_BOOTSTRAP and t.n == N and t.diff == pytest.approx(b.value - a.value)

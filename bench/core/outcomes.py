@@ -18,6 +18,12 @@ top-class confidence under ECE) record their per-point floats in ``details["per_
 
 float32, little-endian, base64: 2,400 characters for 450 points.  ``bench compare`` pairs two
 models' records point by point (a paired standard error, a paired bootstrap).
+
+A record may hold several images per test point (the shift suite's pooled metrics: each point
+under every corruption and severity).  Such a metric names its test points in
+``details["per_point_of"]``: the number of points n, the record laid out image set by image set,
+n images each in the points' order, so image i is of point i % n (``by_point``).  Its images are
+not independent, and ``bench compare`` tests it with the point as the unit.
 Nothing here imports torch: ``bench check`` reads these records.
 """
 
@@ -30,6 +36,7 @@ import numpy as np
 
 KEY = "outcomes"
 VALUES_KEY = "per_point"
+CLUSTER_KEY = "per_point_of"  # the number of test points of a record of several images per point
 
 
 def pack(flags, of: str) -> dict:
@@ -90,6 +97,21 @@ def unpack_values(record) -> np.ndarray | None:
 def values_of(details) -> np.ndarray | None:
     """The per-point floats a metric's ``details`` record, if any."""
     return unpack_values(details.get(VALUES_KEY)) if isinstance(details, dict) else None
+
+
+def points_of(details) -> int | None:
+    """The number of test points a metric's records are laid out over (``CLUSTER_KEY``); None where
+    the metric records one value per point (or nothing) or the count is malformed."""
+    n = details.get(CLUSTER_KEY) if isinstance(details, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
+def by_point(record: np.ndarray, points: int) -> np.ndarray:
+    """A record of image sets of ``points`` images each as one row per test point (points x sets):
+    row j holds point j's images.  A record whose length is no multiple of ``points``: ValueError."""
+    if record.ndim != 1 or record.size == 0 or record.size % points:
+        raise ValueError(f"a record of {record.size} values is not image sets of {points} test points")
+    return record.reshape(-1, points).T
 
 
 def _text_and_count(record, key: str) -> tuple[str | None, int]:

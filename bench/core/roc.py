@@ -1,7 +1,9 @@
 """The AUROC of in-distribution against OOD scores with DeLong's standard error, in numpy (no
 torch): the ``ood_auroc_*`` metrics report it (``bench.metrics.ood``); ``bench compare`` tests the
 difference of two models' AUROCs on the same points by DeLong's paired test (DeLong, DeLong and
-Clarke-Pearson 1988) from the scores the metrics record.
+Clarke-Pearson 1988) from the scores the metrics record; an AUROC pooled over several corrupted
+images of each test point (the shift suite's) by the paired bootstrap of the points
+(``point_bootstrap_difference``).
 """
 
 from __future__ import annotations
@@ -53,3 +55,42 @@ def paired_difference(in_a, out_a, in_b, out_b) -> tuple[float, float]:
     if len(a1) < 2 or len(b1) < 2:
         return diff, 0.0
     return diff, math.sqrt(max(d10.var(ddof=1) / len(a1) + d01.var(ddof=1) / len(b1), 0.0))
+
+
+def _weighted(s_in: np.ndarray, rows: np.ndarray):
+    """The AUROC of clean scores ``s_in`` (one per test point) against ``rows`` (the point's corrupted
+    scores, one row per point) as a function of the points' weights w (how often a resample drew each
+    point): sum over pairs of w_in w_out [in above out, ties 1/2] / (sum of in weights x of out weights).
+    The scores are sorted once; each weighting costs a cumulative sum."""
+    owner = np.repeat(np.arange(len(s_in)), rows.shape[1])
+    order = np.argsort(rows.ravel(), kind="stable")
+    b_sorted, owner_sorted = rows.ravel()[order], owner[order]
+    lo, hi = np.searchsorted(b_sorted, s_in, "left"), np.searchsorted(b_sorted, s_in, "right")
+
+    def auc(w: np.ndarray) -> float:
+        c = np.concatenate(([0.0], np.cumsum(w[owner_sorted])))
+        return float(np.dot(w, c[lo] + (c[hi] - c[lo]) / 2.0) / (w.sum() * w.sum() * rows.shape[1]))
+
+    return auc
+
+
+def point_bootstrap_difference(in_a, rows_a, in_b, rows_b, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """(AUROC_B - AUROC_A, the standard deviation of that difference over ``n_boot`` resamples of the
+    test points): ``in_*`` the points' clean scores (n,), ``rows_*`` their corrupted scores (n, images
+    per point); a resampled point brings its clean score and all its corrupted ones, the same points
+    for both models.  The resamples are ``bench.core.paired.bootstrap_difference``'s (the same seed
+    draws the same points), the AUROC of each computed from the points' counts."""
+    (a1, b1), (a2, b2) = score_arrays(in_a, rows_a), score_arrays(in_b, rows_b)
+    rows_a, rows_b = b1.reshape(len(a1), -1), b2.reshape(len(a2), -1)
+    if a1.shape != a2.shape or rows_a.shape != rows_b.shape:
+        raise ValueError("the two models' scores are not of the same points")
+    auc_a, auc_b = _weighted(a1, rows_a), _weighted(a2, rows_b)
+    n = len(a1)
+    ones = np.ones(n)
+    observed = auc_b(ones) - auc_a(ones)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    for i in range(n_boot):
+        w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+        diffs[i] = auc_b(w) - auc_a(w)
+    return observed, float(diffs.std(ddof=1))

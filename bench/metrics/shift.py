@@ -308,6 +308,8 @@ def shift_group(ctx) -> dict[str, Result]:
         title=f"{len(cs)} corruptions, n = {len(y)} points each", model=fig.model)
     for name, r in out.items():
         r.details["corruptions"] = list(cs)
+        if r.n > n or name.startswith("shift_auroc_"):  # several images per point, or clean and corrupted paired
+            r.details[outcomes.CLUSTER_KEY] = n  # image i is of test point i % n (bench compare tests per point)
         if not name.startswith("shift_acc_") or name[len("shift_acc_"):] in {f"s{k}" for k in ks} | {"mean"}:
             r.details["figure"] = fig.rel
     return out

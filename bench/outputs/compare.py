@@ -15,6 +15,12 @@ How each metric is tested, in this order (``paired_test``):
   resampled points for both models), its standard deviation as the standard error, a normal p;
 - a mean over points (NLL, Brier, PSNR, Fisher scores and terms) whose per-point values both record
   (``details.per_point``): the paired standard error of the per-point differences, a normal p;
+- a metric pooled over several images of each test point (the shift suite's accuracies, ECE, NLL
+  and AUROCs over corruptions and severities; ``details.per_point_of``: the number of test points,
+  ``bench.core.outcomes``) is tested with the test point as the unit, its images together
+  (``per_point_test``): a share or a mean by the paired standard error of the per-point means, a
+  binned calibration error or an AUROC by the paired bootstrap of the test points (a resampled point
+  brings all its images, and for an AUROC its clean score); a normal p;
 - anything else (FID, KID, AUPR, FPR95, a run without per-point records): independent standard errors
   sqrt(se_A^2 + se_B^2) from the recorded ``std`` (or the binomial error of a share), a normal p,
   and the output says so; no recorded error, no test.
@@ -38,6 +44,7 @@ from bench.outputs import check
 
 MCNEMAR, BOOTSTRAP, PAIRED_MEAN, INDEPENDENT = "McNemar exact", "paired bootstrap", "paired mean", "independent"
 DELONG = "paired DeLong"
+POINT_MEAN, POINT_BOOTSTRAP = "paired mean per point", "paired bootstrap of points"  # pooled images (per_point_of)
 IN_SCORES = "per_point_in"  # an AUROC's in-distribution scores (bench.metrics.ood.IN_SCORES)
 N_BOOT = 2000
 
@@ -85,6 +92,12 @@ def paired_test(name: str, ra: Result, rb: Result, seed: int = 0, n_boot: int = 
         t.note = "null in " + ("both" if ra.value is None and rb.value is None else "A" if ra.value is None else "B")
         return t
     t.diff = rb.value - ra.value
+    points = {p for p in (outcomes.points_of(ra.details), outcomes.points_of(rb.details)) if p is not None}
+    if len(points) > 1:
+        raise BenchError(f"{name}: the two runs pool their images over {' and '.join(map(str, sorted(points)))} "
+                         f"test points (details.{outcomes.CLUSTER_KEY})")
+    if points:  # one run written before the key was recorded has the same layout (the same evaluation)
+        return per_point_test(name, ra, rb, t, points.pop(), seed, n_boot)
     bits_a, bits_b = outcomes.of(ra.details), outcomes.of(rb.details)
     vals_a, vals_b = outcomes.values_of(ra.details), outcomes.values_of(rb.details)
     same_bits = bits_a is not None and bits_b is not None and bits_a.shape == bits_b.shape
@@ -111,6 +124,55 @@ def paired_test(name: str, ra: Result, rb: Result, seed: int = 0, n_boot: int = 
         _, t.se = paired.mean_difference(vals_a, vals_b)
         t.test, t.p = PAIRED_MEAN, paired.z_test(t.diff, t.se)
         return t
+    return _independent(name, ra, rb, t)
+
+
+def per_point_test(name: str, ra: Result, rb: Result, t: Test, points: int, seed: int, n_boot: int) -> Test:
+    """The test of a metric pooled over several images of each of ``points`` test points (image i of
+    point i % points, ``outcomes.by_point``), the point as the unit: a share of images or a mean (NLL)
+    by the paired standard error of the points' means over their images; a binned calibration error
+    by the paired bootstrap of the points, all images of a resampled point together; an AUROC by the
+    same bootstrap, a resampled point bringing its clean score (``per_point_in``) and its corrupted
+    images' scores.  Without the records: the standard errors the metrics recorded (over the points)."""
+    rows = {}
+    for key, read in (("bits", outcomes.of), ("values", outcomes.values_of)):
+        a, b = read(ra.details), read(rb.details)
+        if a is not None and b is not None:
+            try:
+                rows[key] = outcomes.by_point(a, points), outcomes.by_point(b, points)
+            except ValueError as e:
+                raise BenchError(f"{name}: {e} (details.{outcomes.CLUSTER_KEY})") from None
+            if rows[key][0].shape != rows[key][1].shape:
+                raise BenchError(f"{name}: the two runs record {a.size} and {b.size} images")
+    t.n = points
+    ins = [outcomes.unpack_values((r.details or {}).get(IN_SCORES)) for r in (ra, rb)]
+    if "values" in rows and all(x is not None and x.shape == (points,) for x in ins):
+        t.diff, t.se = roc.point_bootstrap_difference(ins[0], rows["values"][0], ins[1], rows["values"][1],
+                                                      n_boot, seed)
+        t.test = POINT_BOOTSTRAP
+    elif (stat := _binned(name)) and "values" in rows and "bits" in rows:
+        bins = int((rb.details or {}).get("n_bins") or 20)
+        t.diff, t.se = paired.bootstrap_difference(lambda c, ok: stat(c.ravel(), ok.ravel(), bins),
+                                                   (rows["values"][0], rows["bits"][0]),
+                                                   (rows["values"][1], rows["bits"][1]), n_boot, seed)
+        t.test = POINT_BOOTSTRAP
+    elif not _binned(name) and (key := "bits" if _shares(name) else "values") in rows:
+        a, b = rows[key]
+        t.diff, t.se = paired.mean_difference(a.mean(1), b.mean(1))
+        t.test = POINT_MEAN
+    else:
+        t = _independent(name, ra, rb, t)
+        if t.test:
+            t.note = "no per-image record: independent standard errors, each over the test points"
+        return t
+    t.p = paired.z_test(t.diff, t.se)
+    images = rows[next(iter(rows))][0].shape[1] if rows else 0
+    t.note = f"{points} test points, {images} images each" + (
+        f"; {n_boot} resamples of the points, seed {seed}" if t.test == POINT_BOOTSTRAP else "")
+    return t
+
+
+def _independent(name: str, ra: Result, rb: Result, t: Test) -> Test:
     se_a, se_b = _se(name, ra), _se(name, rb)
     if se_a is None or se_b is None:
         t.note = "no per-point record and no standard error recorded: not tested"
