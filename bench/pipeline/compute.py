@@ -86,7 +86,7 @@ def _compute(g: Group, ctx: Context) -> tuple[dict[str, Result], bool]:
     watch = None if "generated" in g.needs else _NonFiniteLogits(ctx.model)
     error = None
     try:
-        out = g.fn(with_generated(ctx) if "generated" in g.needs else ctx)  # the set: made once per run
+        out = g.fn(ctx)  # a group on generated images gets the run's set there (registry: made once per run)
     except (BenchError, UndeclaredSetting):
         raise
     except torch.cuda.OutOfMemoryError as e:  # torch.OutOfMemoryError (CUDA, MPS)
