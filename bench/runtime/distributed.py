@@ -32,6 +32,12 @@ def init(device: torch.device) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    # torch._dynamo, imported lazily by the first optimizer, keeps references to the default group
+    # when a group exists at its import: destroy_process_group then cannot free it, the group's
+    # worker threads outlive the interpreter, and a rank aborted at exit ("terminate called
+    # without an active exception", 1 torchrun training in about 10 under load). Imported first,
+    # it holds none.
+    import torch._dynamo  # noqa: F401
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device
 
