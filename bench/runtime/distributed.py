@@ -10,6 +10,7 @@ are not sharded run on rank 0 and their results are broadcast.  Only rank 0 writ
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
@@ -37,7 +38,7 @@ def init(device: torch.device) -> torch.device:
     # worker threads outlive the interpreter, and a rank aborted at exit ("terminate called
     # without an active exception", 1 torchrun training in about 10 under load). Imported first,
     # it holds none.
-    import torch._dynamo  # noqa: F401
+    importlib.import_module("torch._dynamo")
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device
 
