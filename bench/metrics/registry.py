@@ -262,11 +262,37 @@ def spec(name: str) -> Metric:
     """The declared facts of metric ``name``: its exact declaration, else the longest pattern that
     matches it; a name no registered group declares (an old results file's) gets ``Metric(name)``:
     plain float, no direction, not checkable."""
-    found = [sp for g in declared_groups().values() for sp in g.specs if sp.matches(name)]
-    exact = [sp for sp in found if not sp.is_pattern]
-    if exact:
-        return exact[0]
-    return max(found, key=lambda sp: len(sp.name)) if found else Metric(name)
+    known, patterns = _spec_index()[:2]
+    if name not in known:  # the longest pattern that matches, remembered
+        known[name] = next((sp for sp in patterns if sp.matches(name)), None) or Metric(name)
+    return known[name]
+
+
+_SPEC_INDEX: dict = {}  # spec's answers by name, the patterns (longest first) and each one's group, of "of"
+
+
+def group_of(name: str) -> Group | None:
+    """The registered group that declares metric ``name`` (declarations do not overlap across
+    groups: ``_refuse_duplicates``), or None."""
+    return _spec_index()[2].get(id(spec(name)))
+
+
+def _spec_index() -> tuple[dict[str, Metric], list[Metric], dict[int, Group]]:
+    """``spec``'s tables: its answers so far by name (seeded with the exact declarations) and the
+    patterns, longest first; rebuilt when the registered groups change.  A check of a results file
+    asks for each metric's facts several times: scanning every declaration on each call made
+    ``bench check`` of one --suite all run take a second."""
+    groups = tuple(declared_groups().values())
+    if _SPEC_INDEX.get("of") != groups:  # compared by identity first (tuple equality)
+        specs = [sp for g in groups for sp in g.specs]
+        known: dict[str, Metric] = {}
+        for sp in specs:
+            if not sp.is_pattern:
+                known.setdefault(sp.name, sp)
+        patterns = sorted((sp for sp in specs if sp.is_pattern), key=lambda sp: -len(sp.name))
+        owner = {id(sp): g for g in groups for sp in g.specs}
+        _SPEC_INDEX.update(of=groups, known=known, patterns=patterns, owner=owner)
+    return _SPEC_INDEX["known"], _SPEC_INDEX["patterns"], _SPEC_INDEX["owner"]
 
 
 def declared() -> list[Metric]:

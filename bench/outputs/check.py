@@ -150,7 +150,7 @@ def run_label(run_dir, res: Results | None = None) -> str:
 def _ran(res: Results, name: str) -> bool:
     """Whether ``res``'s own suites include the group that declares ``name``."""
     suites = res.run.get("suites") or ()
-    g = next((g for g in registry.declared_groups().values() if any(sp.matches(name) for sp in g.specs)), None)
+    g = registry.group_of(name)
     return g is not None and g.suite in suites
 
 
@@ -223,11 +223,11 @@ def compare(base: Results, cur: Results, tolerances: dict[str, float] | None = N
 
 
 def check(run_dir, baseline, tolerance_items=(), exact: bool = False, strict: bool = False,
-          statistical: bool = False, one_sided: bool = False) -> Report:
-    """``bench check``: read both (a bad baseline is refused), parse --tolerance, refuse runs that
-    are not the same evaluation, compare."""
+          statistical: bool = False, one_sided: bool = False, cur: Results | None = None) -> Report:
+    """``bench check``: read both (a bad baseline is refused; ``cur``: the run, read already),
+    parse --tolerance, refuse runs that are not the same evaluation, compare."""
     base = _read(baseline, "baseline")
-    cur = _read(run_dir, "run")
+    cur = _read(run_dir, "run") if cur is None else cur
     tolerances = parse_tolerances(tolerance_items, known() | set(base.metrics) | set(cur.metrics))
     diffs = setting_differences(base, cur)
     if diffs:

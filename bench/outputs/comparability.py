@@ -30,7 +30,7 @@ def compared_settings(base: Results, cur: Results) -> set[str] | None:
     groups = list(registry.declared_groups().values())
     keys = {"seed"} | (set(DEFAULTS) - {k for g in groups for k in g.settings})
     for name in set(base.metrics) & set(cur.metrics):
-        g = next((g for g in groups if any(sp.matches(name) for sp in g.specs)), None)
+        g = registry.group_of(name)
         if g is None:
             return None
         keys |= set(g.settings)

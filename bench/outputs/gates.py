@@ -143,6 +143,6 @@ def run_check(run_dir, baseline=None, tolerance_items=(), exact=False, strict=Fa
                              "evaluation, not only another model: " + "; ".join(diffs))
         report = another_model(base, cur, margins, alpha, strict, label)
     else:
-        report = check.check(run_dir, baseline, tolerance_items, exact, strict, statistical, one_sided)
+        report = check.check(run_dir, baseline, tolerance_items, exact, strict, statistical, one_sided, cur)
     report.rows += requirement_rows(cur, reqs)
     return report

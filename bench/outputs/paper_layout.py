@@ -88,9 +88,7 @@ def eps_text(eps: float) -> str:
 
 def _uses_threat(metrics) -> bool:
     """Whether a metric's numbers depend on the attack radius: its group declares ``eps``."""
-    groups = registry.declared_groups().values()
-    return any("eps" in g.settings and (m in g.metrics or any(sp.matches(m) for sp in g.specs))
-               for g in groups for m in metrics)
+    return any((g := registry.group_of(m)) is not None and "eps" in g.settings for m in metrics)
 
 
 def _dataset(r: Results) -> str:
