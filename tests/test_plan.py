@@ -160,3 +160,15 @@ def test_a_second_run_reads_the_probe_of_the_first(tmp_path, ckpt, monkeypatch):
     assert "(probe of an earlier run: " in heads[1] and "(probe " in heads[0] and "earlier" not in heads[0]
     assert heads[1].split(": ", 1)[1] == heads[0].split(": ", 1)[1]  # the same units, read back
     assert len(list((tmp_path / "cache" / "plan-probe").glob("*.json"))) == 2
+
+
+def test_a_note_said_by_both_parts_of_a_work_is_said_once():
+    """shift_ce's work is the clean+corrupted passes twice (its own and the reference's): the plan
+    line said "corrupting the images is not counted" twice."""
+    from bench.core import cost
+
+    a = cost.passes("forward", 10, 5, note="corrupting the images is not counted")
+    b = cost.passes("forward", 4, 5, note="an upper bound")
+    assert (a + a).note == "corrupting the images is not counted"
+    assert (a + b + a).note == "corrupting the images is not counted; an upper bound"
+    assert (a + a).forward == 20

@@ -39,7 +39,7 @@ class Work:
 
     def __add__(self, other: Work) -> Work:
         calls = {k: self.calls.get(k, 0) + other.calls.get(k, 0) for k in {*self.calls, *other.calls}}
-        note = "; ".join(n for n in (self.note, other.note) if n)
+        note = "; ".join(dict.fromkeys(part for n in (self.note, other.note) if n for part in n.split("; ")))
         return Work(**{k: getattr(self, k) + getattr(other, k) for k in KINDS}, calls=calls, note=note)
 
     def images(self, kind: str) -> float:
