@@ -1,7 +1,6 @@
 """Fast paths (channels_last, bf16 autocast, torch.compile), each checked against the plain path."""
 
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -118,7 +117,7 @@ def test_unknown_amp_mode_is_refused():
         fastpath.FastPath.from_settings({"amp": "fp16"})
 
 
-def test_fast_path_run_passes_check_against_the_plain_run(tmp_path, one_thread, monkeypatch):
+def test_fast_path_run_passes_check_against_the_plain_run(tmp_path, one_thread, monkeypatch, figures_not_rendered):
     """End to end on the released JEAT checkpoint: bf16 + channels_last moves no metric beyond
     bench check's tolerance, and bench check accepts the comparison (noting the fast paths).
     AutoAttack's standard version is iteration-bound (APGD-T, FAB-T and Square's 5,000 queries on
@@ -126,14 +125,11 @@ def test_fast_path_run_passes_check_against_the_plain_run(tmp_path, one_thread, 
     (and the figures are not written as PNG);
     tests/test_autoattack.py::test_autoattack_runs_in_float32_under_amp_bf16 checks that every
     attack of the standard version stays float32 under --amp bf16."""
-    from bench.engines import aa_eval, plots
+    from bench.engines import aa_eval
 
     real = aa_eval.run_autoattack
     monkeypatch.setattr(aa_eval, "run_autoattack",
                         lambda *a, **kw: real(*a, **{**kw, "version": "custom", "attacks": ["apgd-ce"]}))
-    # the figures are drawn but not rendered to PNG (matplotlib's rendering is a third of each run
-    # here; nothing below reads a figure, and the groups compute their figures' data as ever)
-    monkeypatch.setattr(plots, "save", lambda fig, path, model="": Path(path))
     kw = dict(model=str(zoo.released_path()), suite="robust,calibration,landscape", log=lambda m: None,
               settings={"n_eval": 100, "n_aa": 4, "landscape_images": 2, "landscape_resolution": 9})
     plain = runner.run(out=tmp_path / "plain", **kw)
