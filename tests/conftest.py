@@ -102,3 +102,15 @@ def use_groups(monkeypatch):
         return groups
 
     return use
+
+
+@pytest.fixture
+def figures_not_rendered(monkeypatch):
+    """bench.engines.plots.save writes no PNG (returns the path it would write): for end-to-end tests
+    that read no figure, where matplotlib's rendering is a good part of a tiny run.  The groups
+    still compute and draw their figures' data."""
+    from pathlib import Path
+
+    from bench.engines import plots
+
+    monkeypatch.setattr(plots, "save", lambda fig, path, model="": Path(path))

@@ -187,7 +187,9 @@ def test_check_refuses_features_of_another_extractor():
 def test_inception_score_offline_from_a_local_weights_file(tmp_path):
     """``is_mean`` from a local torch-fidelity InceptionV3 state dict (random weights, torch.save):
     the group's IS equals the textbook exp(E_x KL(p(y|x) || p(y))) per split (torch-fidelity's 10
-    splits of its seed-2020 permutation) on the same network's logits."""
+    splits of its seed-2020 permutation) on the same network's logits.  The logits the group
+    scored are checked against the network itself on two of the images (InceptionV3 at 299 x 299
+    is the test's cost), and the FID reference is two training images (the IS needs none)."""
     import torch_fidelity.feature_extractor_inceptionv3 as tfi
 
     from bench.inputs import data
@@ -207,14 +209,26 @@ def test_inception_score_offline_from_a_local_weights_file(tmp_path):
     weights = tmp_path / F.INCEPTION_FILE
     torch.save(inc.state_dict(), weights)
     ds = data.load("digits")
-    small = data.Dataset("digits-small", data.Split(ds.train.x[:12], ds.train.y[:12]), ds.test, 10)
+    small = data.Dataset("digits-small", data.Split(ds.train.x[:2], ds.train.y[:2]), ds.test, 10)
     ctx = ctx_for(tiny_model(), small, tmp_path / "run", n_gen=20, gen_steps=2, gen_init="uniform",
                   inception_weights=str(weights))
-    res = G.generative_group(ctx)
+    seen = []  # (images, features) of each extraction the group makes: the reference's, then the generated set's
+    extract = F.extract_features
+
+    def spy(u8, *a, **k):
+        seen.append((u8, extract(u8, *a, **k)))
+        return seen[-1][1]
+
+    with mock.patch.object(F, "extract_features", spy):
+        res = G.generative_group(ctx)
     assert res["is_mean"].value is not None and res["is_mean"].details["extractor"] == F.FE_INCEPTION
     gx = with_generated(ctx).generation.x  # the set the group scored (made once per run)
-    with torch.no_grad():
-        logits = inc(F.to_uint8_rgb(gx))[0].double()
+    u8, feats = seen[-1]
+    assert torch.equal(u8, F.to_uint8_rgb(gx))
+    logits = feats[F.ISC_LAYER].double()
+    assert logits.shape == (20, 1008)
+    with torch.no_grad():  # the group's logits are the network's (that of the weights file)
+        torch.testing.assert_close(inc(u8[[0, 13]])[0].double(), logits[[0, 13]], rtol=1e-4, atol=1e-4)
     logits = logits[np.random.RandomState(2020).permutation(len(logits))]
     scores = []
     for part in logits.chunk(10):

@@ -117,11 +117,12 @@ def test_unknown_amp_mode_is_refused():
         fastpath.FastPath.from_settings({"amp": "fp16"})
 
 
-def test_fast_path_run_passes_check_against_the_plain_run(tmp_path, one_thread, monkeypatch):
+def test_fast_path_run_passes_check_against_the_plain_run(tmp_path, one_thread, monkeypatch, figures_not_rendered):
     """End to end on the released JEAT checkpoint: bf16 + channels_last moves no metric beyond
     bench check's tolerance, and bench check accepts the comparison (noting the fast paths).
     AutoAttack's standard version is iteration-bound (APGD-T, FAB-T and Square's 5,000 queries on
-    every point still robust: minutes of CPU even on 4 points), so its group runs APGD-CE only here;
+    every point still robust: minutes of CPU even on 4 points), so its group runs APGD-CE only here
+    (and the figures are not written as PNG);
     tests/test_autoattack.py::test_autoattack_runs_in_float32_under_amp_bf16 checks that every
     attack of the standard version stays float32 under --amp bf16."""
     from bench.engines import aa_eval

@@ -585,17 +585,18 @@ def test_is_null_offline_and_nothing_downloaded(fid_helper, monkeypatch, tmp_pat
     monkeypatch.setattr(socket.socket, "connect", no_network)
     ext = F.resolve_extractor("auto")
     assert ext.name == F.FE_FID_HELPER and not ext.has_logits
-    # the group end to end on a small training split (features of 12 + 10 grey 8x8 images)
+    # the group end to end on a small training split (features of 2 + 3 grey 8x8 images: each is
+    # one pass of a 299 x 299 Inception)
     ds = data.load("digits")
-    small = data.Dataset("digits-small", data.Split(ds.train.x[:12], ds.train.y[:12]), ds.test, 10)
-    ctx = ctx_for(tiny_model(), small, tmp_path / "run", n_gen=10, gen_steps=2, gen_init="uniform")
+    small = data.Dataset("digits-small", data.Split(ds.train.x[:2], ds.train.y[:2]), ds.test, 10)
+    ctx = ctx_for(tiny_model(), small, tmp_path / "run", n_gen=3, gen_steps=2, gen_init="uniform")
     res = G.generative_group(ctx)
     assert res["fid"].value is not None and res["fid"].value > 0
     for m in ("is_mean", "is_std"):
         assert res[m].value is None
         assert "no Inception logits offline" in res[m].reason and "--inception-weights" in res[m].reason
     d = res["fid"].details
-    assert d["extractor"] == F.FE_FID_HELPER and d["feature_layer"] == "2048" and d["n_finite"] == 10
+    assert d["extractor"] == F.FE_FID_HELPER and d["feature_layer"] == "2048" and d["n_finite"] == 3
     assert d["reference_cache"] == "miss"
     assert calls == []
     # asking for torch-fidelity's Inception by name is the one place that downloads

@@ -3,12 +3,14 @@ on digits, then `--add score` (the fisher group): every old key, value and line 
 metrics equal to a run of the case with both suites, and `bench check --exact --strict` failing
 on the old baseline (a metric it lacks) and passing on the merged one."""
 
+import contextlib
 import difflib
+import io
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,7 +19,6 @@ from bench.cli import main
 from bench.core.results import json_text
 from tools.baseline_add import AddError, cases_with, merged, only_added, resolve
 
-ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--n-eval", "20", "--n-score", "8"]
 CASES = {"tiny": {"model": "digits-normal", "suites": "calibration,score", "args": ARGS},
          "other": {"model": "digits-normal", "suites": "calibration", "args": ARGS}}
@@ -28,6 +29,18 @@ def _run(suites: str, out: Path) -> dict:
     assert main(["run", "--model", "digits-normal", "--suite", suites, *ARGS, "--seed", "0", "--device", "cpu",
                  "--out", str(out), "--no-resume"]) == 0
     return json.loads((out / "results.json").read_text())
+
+
+def _tool(mp: pytest.MonkeyPatch, args: list[str]) -> SimpleNamespace:
+    """tools/make_baselines.py with these arguments, its main() in this process (its runs are its
+    own subprocesses, as ever): -> SimpleNamespace(returncode, stdout, stderr)."""
+    from tools import make_baselines
+
+    mp.setattr(sys, "argv", ["make_baselines.py", *args])
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = make_baselines.main()
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +65,7 @@ def made(tmp_path_factory):
         for case in CASES:
             (folder / f"{case}.json").write_text(json_text(base))
         full = _run("calibration,score", tmp / "full")
-        proc = subprocess.run([sys.executable, str(ROOT / "tools" / "make_baselines.py"), "--add", "score",
-                               "--baselines", str(folder), "--out", str(tmp / "out"), "--jobs", "1"],
-                              cwd=ROOT, capture_output=True, text=True)
+        proc = _tool(mp, ["--add", "score", "--baselines", str(folder), "--out", str(tmp / "out"), "--jobs", "1"])
     finally:
         mp.undo()
         blas.restore_original_limits()

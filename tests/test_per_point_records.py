@@ -47,7 +47,7 @@ def test_fisher_and_psnr_records(digits, tmp_path):
         assert len(v) == 12 and v.mean() == pytest.approx(res[name].value, rel=1e-6), name
 
 
-def test_auroc_records_and_the_paired_delong_test(tmp_path):
+def test_auroc_records_and_the_paired_delong_test(tmp_path, figures_not_rendered):
     """Two released digits models on the same OOD points: the recorded scores give the recorded
     AUROC (scikit-learn), and bench compare tests the difference by DeLong's paired test."""
     from sklearn.metrics import roc_auc_score

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from bench import metrics
 
@@ -82,9 +83,29 @@ def margin_group(ctx: Context) -> dict[str, Result]:
 '''
 
 
-def _bench(args, env, cwd):
-    return subprocess.run([sys.executable, "-m", "bench", *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+# `bench.cli.main` (what `python -m bench` calls) on several command lines in one fresh process: each
+# line's exit code, stdout and stderr, written as JSON to the file named last
+SESSION = """
+import contextlib, io, json, sys
+from bench.cli import main
+done = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        done.append([main(argv), out.getvalue(), err.getvalue()])
+open(sys.argv[2], "w").write(json.dumps(done))
+"""
+
+
+def _bench(commands, env, cwd):
+    """The commands, one process for all (a process with the environment ``env``, as an installed
+    package sees it: two processes instead of five keep the test to seconds); -> one
+    SimpleNamespace(returncode, stdout, stderr) per command."""
+    answers = cwd / "answers.json"
+    r = subprocess.run([sys.executable, "-c", SESSION, json.dumps(commands), str(answers)], env=env, cwd=cwd,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return [SimpleNamespace(returncode=rc, stdout=out, stderr=err) for rc, out, err in json.loads(answers.read_text())]
 
 
 def test_an_outside_metric_module_is_picked_up_by_run_check_and_table(tmp_path):
@@ -99,19 +120,19 @@ def test_an_outside_metric_module_is_picked_up_by_run_check_and_table(tmp_path):
     repo = ROOT
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), str(site)]), OMP_NUM_THREADS="1")
     out = tmp_path / "run"
-    r = _bench(["run", "--suite", "margins", "--n-eval", "30", "--device", "cpu", "--out", str(out)], env, tmp_path)
-    assert r.returncode == 0, r.stderr
+    run, chk, table = _bench([["run", "--suite", "margins", "--n-eval", "30", "--device", "cpu", "--out", str(out)],
+                              ["check", str(out), "--baseline", str(out / "results.json"), "--strict"],
+                              ["table", str(out), "--out", str(tmp_path / "t")]], env, tmp_path)
+    assert run.returncode == 0, run.stderr
     res = json.loads((out / "results.json").read_text())
     assert list(res["metrics"]) == ["logit_margin"] and res["run"]["suites"] == ["margins"]
     assert res["metrics"]["logit_margin"]["value"] > 0 and res["metrics"]["logit_margin"]["n"] == 30
-    r = _bench(["check", str(out), "--baseline", str(out / "results.json"), "--strict"], env, tmp_path)
-    assert r.returncode == 0 and "1 ok, 0 regression(s), 0 not checkable" in r.stdout, r.stdout + r.stderr
-    r = _bench(["table", str(out), "--out", str(tmp_path / "t")], env, tmp_path)
-    assert r.returncode == 0, r.stderr
+    assert chk.returncode == 0 and "1 ok, 0 regression(s), 0 not checkable" in chk.stdout, chk.stdout + chk.stderr
+    assert table.returncode == 0, table.stderr
     assert "Margin" in (tmp_path / "t" / "margins.md").read_text()
     # without the package the suite does not exist, and the check cannot read the metric's rule
     bare = dict(env, PYTHONPATH=str(repo))
-    assert "unknown suite 'margins'" in _bench(["run", "--suite", "margins", "--out", str(tmp_path / "x")],
-                                               bare, tmp_path).stderr
-    r = _bench(["check", str(out), "--baseline", str(out / "results.json"), "--strict"], bare, tmp_path)
-    assert r.returncode == 1 and "not checkable" in r.stdout
+    run, chk = _bench([["run", "--suite", "margins", "--out", str(tmp_path / "x")],
+                       ["check", str(out), "--baseline", str(out / "results.json"), "--strict"]], bare, tmp_path)
+    assert "unknown suite 'margins'" in run.stderr
+    assert chk.returncode == 1 and "not checkable" in chk.stdout
