@@ -2,14 +2,20 @@
 replay buffer, bit-identical weights on every rank, exact resume, and a refused resume across
 process counts.
 
-Two launchers: ``torch.multiprocessing.spawn`` calls ``train`` in each process (so a test can kill
-a run after an epoch and look at what every rank holds), and ``torchrun`` runs the command line.
+Two launchers: ``torch.multiprocessing.spawn`` calls ``train`` (or ``main``) in each process, so a
+test can kill a run after an epoch and look at what every rank holds; one spawn (the module fixture
+``spawned``) runs every such job in turn, as its two fresh interpreters cost more than all the
+trainings.  ``torchrun`` runs the command line.
 """
 
+import contextlib
+import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -20,6 +26,7 @@ from bench.cli import main
 from bench.inputs import checkpoints
 from bench.train import load_recipe, parallel, train
 from bench.train.loop import resume_path
+from bench.train.recipe import Recipe
 
 from .test_train import Killed, kill_after, small
 
@@ -38,34 +45,61 @@ class KillAfter:
             raise Killed
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(k: int) -> list[int]:
+    """``k`` distinct free ports (every socket held until all are chosen)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(k)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
-def _rank(rank, world, port, recipe, out, held, kwargs):
-    """One spawned rank: joins the group through torchrun's variables and trains; it saves the
-    state dict it holds after every epoch (spying on the loop's own sync check) to ``held``."""
+@dataclass
+class Job:
+    """What every spawned rank runs in turn: ``train(recipe, out, **kwargs)``, saving the state dict
+    it holds after each epoch to ``held``; or, with ``cli``, the command line ``main(cli)``, whose
+    exit code and standard error go to ``held/cli-rank<r>.txt``."""
+
+    held: Path
+    recipe: Recipe | None = None
+    out: Path | None = None
+    kwargs: dict = field(default_factory=dict)
+    cli: list[str] | None = None
+
+
+def _rank(rank, world, ports, jobs):
+    """One spawned rank: for each job in turn, joins a fresh group through torchrun's variables and
+    trains (or runs the command line); it saves the state dict it holds after every epoch (spying on
+    the loop's own sync check) to the job's ``held``, and rank 0 keeps what a killed job left for
+    its resume (``held/resume.pt``)."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), CI="true")
+                      CI="true")
     torch.set_num_threads(1)
     check = parallel.check_in_sync
+    for port, job in zip(ports, jobs, strict=True):
+        os.environ["MASTER_PORT"] = str(port)
 
-    def spy(model, epoch):
-        torch.save(model.state_dict(), held / f"epoch{epoch}-rank{rank}.pt")
-        check(model, epoch)
+        def spy(model, epoch, held=job.held):
+            torch.save(model.state_dict(), held / f"epoch{epoch}-rank{rank}.pt")
+            check(model, epoch)
 
-    parallel.check_in_sync = spy
-    threads = _threads()
-    try:
-        train(recipe, out, show_progress=False, **kwargs)
-    except Killed:
-        pass
-    # the group is destroyed and freed (distributed.close/abandon): its worker threads are gone, so
-    # none can outlive the interpreter (where one aborted a finished rank at exit: "terminate called
-    # without an active exception", SIGABRT, while torch._dynamo held the group)
-    assert _threads() == threads, f"rank {rank}: {_threads() - threads} threads of the process group left"
+        parallel.check_in_sync = spy
+        threads = _threads()
+        try:
+            if job.cli is None:
+                train(job.recipe, job.out, show_progress=False, **job.kwargs)
+            else:
+                err = io.StringIO()
+                with contextlib.redirect_stderr(err):
+                    code = main(job.cli)
+                (job.held / f"cli-rank{rank}.txt").write_text(f"{code}\n{err.getvalue()}")
+        except Killed:
+            if rank == 0:
+                shutil.copy(resume_path(job.out), job.held / "resume.pt")
+        # the group is destroyed and freed (distributed.close/abandon): its worker threads are gone, so
+        # none can outlive the interpreter (where one aborted a finished rank at exit: "terminate called
+        # without an active exception", SIGABRT, while torch._dynamo held the group)
+        assert _threads() == threads, f"rank {rank}: {_threads() - threads} threads of the process group left"
 
 
 def _threads() -> int:
@@ -73,9 +107,40 @@ def _threads() -> int:
     return len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 0
 
 
-def spawn_train(recipe, out: Path, held: Path, **kwargs) -> None:
-    held.mkdir(exist_ok=True)
-    mp.spawn(_rank, args=(2, _free_port(), recipe, out, held, kwargs), nprocs=2, join=True)
+NORMAL = small("normal", epochs=2, batch_size=45, train_n=181)
+JEAT = small("jeat", epochs=2, batch_size=64, train_n=200, arch_kwargs={"width": 4, "norm": "batch"})
+TINY_NORMAL = 'method = "normal"\narch_kwargs = {width = 4}\nepochs = 2\ntrain_n = 100\nfinal_eval_n = 20\n'
+
+
+def refused_resume(d: Path) -> list[str]:
+    return ["train", "--recipe", str(d / "tiny-normal.toml"), "--out", str(d / "m.safetensors"), "--device", "cpu",
+            "--resume"]
+
+
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory) -> Path:
+    """The two-rank work the tests below check, in one ``torch.multiprocessing.spawn`` (its two fresh
+    interpreters cost more than all of it): ``bench train --resume`` of a run one process started
+    and was killed in (refused/); ``normal`` into two.safetensors; ``jeat`` killed after epoch 1
+    into part.safetensors, uninterrupted into full.safetensors, then ``part`` resumed.  The resume
+    runs in the processes the killed run left, after the whole uninterrupted run: the resume file
+    must restore what that run moved (``train`` reseeds only a fresh run's streams)."""
+    d = tmp_path_factory.mktemp("ranks")
+    refused = d / "refused"
+    refused.mkdir()
+    (refused / "tiny-normal.toml").write_text(TINY_NORMAL)
+    with pytest.raises(Killed):  # one process
+        train(load_recipe(refused / "tiny-normal.toml"), refused / "m.safetensors", show_progress=False,
+              on_epoch=kill_after(1))
+    jobs = [Job(refused, cli=refused_resume(refused)),
+            Job(d / "normal", NORMAL, d / "two.safetensors"),
+            Job(d / "part", JEAT, d / "part.safetensors", {"on_epoch": KillAfter(1)}),
+            Job(d / "full", JEAT, d / "full.safetensors"),
+            Job(d / "part", JEAT, d / "part.safetensors", {"resume": True})]
+    for job in jobs:
+        job.held.mkdir(exist_ok=True)
+    mp.spawn(_rank, args=(2, _free_ports(len(jobs)), jobs), nprocs=2, join=True)
+    return d
 
 
 def assert_ranks_identical(held: Path, epoch: int) -> None:
@@ -89,16 +154,14 @@ def weights(path: Path) -> dict:
     return checkpoints.load(str(path)).model.state_dict()
 
 
-def test_two_processes_train_like_one(tmp_path):
+def test_two_processes_train_like_one(spawned, tmp_path):
     """``normal`` has no randomness but the shuffle, so two processes must reach one process's weights
     up to the summation order of the gradient all-reduce.  181 points in batches of 45: shares of
     22 and 23 (the loss weighting matters), and a last batch of 1 (rank 0's share is empty)."""
-    r = small("normal", epochs=2, batch_size=45, train_n=181)
-    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    train(r, one, show_progress=False)
-    spawn_train(r, two, tmp_path / "held")
+    one, two = tmp_path / "one.safetensors", spawned / "two.safetensors"
+    train(NORMAL, one, show_progress=False)
     for epoch in (1, 2):
-        assert_ranks_identical(tmp_path / "held", epoch)
+        assert_ranks_identical(spawned / "normal", epoch)
     a, b = weights(one), weights(two)
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     print(f"max |w_1proc - w_2proc| = {diff:.3g}")
@@ -112,21 +175,17 @@ def test_two_processes_train_like_one(tmp_path):
     assert not resume_path(two).exists()
 
 
-def test_two_process_resume_continues_exactly(tmp_path):
+def test_two_process_resume_continues_exactly(spawned):
     """jeat (attack, SGLD, replay buffer) under two processes: killed after epoch 1 and resumed, it
     reaches the uninterrupted run's weights and buffer bit for bit (every rank's random stream and
     the shared buffer stream are in the resume file); both ranks hold the same weights throughout,
     batch-norm running statistics included (per rank on CPU, averaged after every epoch)."""
-    r = small("jeat", epochs=2, batch_size=64, train_n=200, arch_kwargs={"width": 4, "norm": "batch"})
-    full, part = tmp_path / "full.safetensors", tmp_path / "part.safetensors"
-    spawn_train(r, full, tmp_path / "full")
-    spawn_train(r, part, tmp_path / "part", on_epoch=KillAfter(1))
-    state = torch.load(resume_path(part), weights_only=True)
-    assert state["processes"] == 2 and state["g_train_ranks"].shape[0] == 2
-    spawn_train(r, part, tmp_path / "part", resume=True)
+    full, part = spawned / "full.safetensors", spawned / "part.safetensors"
+    state = torch.load(spawned / "part" / "resume.pt", weights_only=True)  # what the killed run left
+    assert state["processes"] == 2 and state["g_train_ranks"].shape[0] == 2 and state["epoch"] == 1
     for epoch in (1, 2):
-        assert_ranks_identical(tmp_path / "full", epoch)
-    assert_ranks_identical(tmp_path / "part", 2)
+        assert_ranks_identical(spawned / "full", epoch)
+    assert_ranks_identical(spawned / "part", 2)
     a, b = checkpoints.load(str(full)), checkpoints.load(str(part))
     for k, v in a.model.state_dict().items():
         assert torch.equal(v, b.model.state_dict()[k]), k
@@ -170,21 +229,19 @@ def test_jeat_trains_under_torchrun(tmp_path):
         assert e["sgld_diverged"] == 0 and set(e["energy_changes"]) >= {"dx_joint", "dtheta_joint"}
 
 
-def test_resume_with_another_number_of_processes_is_refused(tmp_path, capsys):
-    recipe = tmp_path / "tiny-normal.toml"
-    recipe.write_text('method = "normal"\narch_kwargs = {width = 4}\nepochs = 2\ntrain_n = 100\nfinal_eval_n = 20\n')
-    out = tmp_path / "m.safetensors"
-    with pytest.raises(Killed):
-        train(load_recipe(recipe), out, show_progress=False, on_epoch=kill_after(1))
-    args = ["train", "--recipe", str(recipe), "--out", str(out), "--device", "cpu", "--resume"]
-    p = subprocess.run([*TORCHRUN, *args], env=ENV, capture_output=True, text=True, timeout=300)
-    assert p.returncode != 0 and "exitcode  : 2" in p.stderr  # each rank exits 2; torchrun itself 1
-    assert "error: --resume: " in p.stderr and "written by 1 process(es), this run has 2; resume in one " \
-        "process (no torchrun)" in p.stderr
+def test_resume_with_another_number_of_processes_is_refused(spawned, capsys):
+    """A resume file one process wrote is refused by two (each rank: exit 2, one error line), and
+    one two processes wrote is refused by one."""
+    d = spawned / "refused"
+    for rank in (0, 1):
+        code, err = (d / f"cli-rank{rank}.txt").read_text().split("\n", 1)
+        assert code == "2" and err.count("\n") == 1 and err.startswith("error: --resume: ")
+        assert "written by 1 process(es), this run has 2; resume in one process (no torchrun)" in err
+    out = d / "m.safetensors"
     state = torch.load(resume_path(out), weights_only=True)  # the same file, as if two processes wrote it
     torch.save({**state, "processes": 2}, resume_path(out))
     capsys.readouterr()
-    assert main(args) == 2
+    assert main(refused_resume(d)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "written by 2 process(es), this run has 1; resume with torchrun " \
         "--nproc_per_node=2" in err
