@@ -32,6 +32,21 @@ def _no_probe_cache(monkeypatch):
     monkeypatch.setattr(probe_cache, "ENABLED", False)
 
 
+@pytest.fixture(autouse=True)
+def _untimed_plan(request, monkeypatch):
+    """The plan's timing probe (the model's passes at growing batches, the FID extractor with its
+    network's load, a figure, SSIM: 1-3 s of a tiny in-process run) is timed only in tests marked
+    ``timed_plan``; elsewhere every unit time is 0 and the plan prints estimates of 0 s."""
+    if request.node.get_closest_marker("timed_plan"):
+        return
+    from bench.pipeline import plan
+
+    monkeypatch.setattr(plan, "probe", lambda model, ds, s, device, kinds: plan.Probe())
+    monkeypatch.setattr(plan, "_figure_unit", lambda x: (0.0, 0.0))
+    monkeypatch.setattr(plan, "_ssim_unit", lambda x, device: 0.0)
+    monkeypatch.setattr(plan, "_extractor_unit", lambda x, ext, device: (0.0, 0.0))
+
+
 @pytest.fixture
 def model():
     return tiny_model()

@@ -16,6 +16,8 @@ from bench.metrics import registry
 from bench.pipeline import plan, runner, timing_probe
 from tests.conftest import tiny_model
 
+pytestmark = pytest.mark.timed_plan  # the plan's probe is what these tests time
+
 META = {"arch": "digits-cnn", "arch_kwargs": {"width": 4, "act": "silu"}, "num_classes": 10,
         "input_shape": [1, 8, 8], "dataset": "digits", "method": "normal",
         "threat_model": {"norm": "Linf", "eps": 0.1}}
