@@ -64,3 +64,17 @@ def test_bench_run_names_its_model_in_the_figures(tmp_path, monkeypatch, one_thr
     assert main([*args, "--name", "my run", "--out", str(tmp_path / "b")]) == 0
     figures[:] = [(f, p) for f, p in figures if tmp_path in Path(p).parents]
     assert figures and all(f.get_suptitle().startswith("model: my run") for f, _ in figures)
+
+
+def test_only_rank_0_renders_a_figure(tmp_path, monkeypatch):
+    """Under torchrun the other ranks of a sharded group draw into a scratch folder nobody reads:
+    plots.save renders on rank 0 only (it returns the path either way)."""
+    from bench.runtime import distributed
+
+    bins = {"count": [3, 1], "accuracy": [0.5, 1.0], "confidence": [0.4, 0.9]}
+    monkeypatch.setattr(distributed, "is_main", lambda: False)
+    assert plots.reliability_diagram(bins, tmp_path / "rank1.png") == tmp_path / "rank1.png"
+    assert not (tmp_path / "rank1.png").exists()
+    monkeypatch.setattr(distributed, "is_main", lambda: True)
+    plots.reliability_diagram(bins, tmp_path / "rank0.png")
+    assert (tmp_path / "rank0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

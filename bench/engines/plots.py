@@ -40,9 +40,13 @@ def save(fig: Figure, path: str | Path, model: str = "") -> Path:
     """Write ``fig`` as PNG to ``path`` (parent folders created) and return the path; a failed
     write is ``CannotWrite`` (``cannot write PATH: reason``).  ``model``: the evaluated model's name
     (``Context.figure(...).model``), put first in the figure's title, so that a figure copied out
-    of its run still says whose it is."""
+    of its run still says whose it is.  Under torchrun only rank 0 renders: the other ranks of a
+    sharded group draw into a scratch folder nobody reads, so their figures are not rendered."""
     from bench.core.errors import CannotWrite
+    from bench.runtime import distributed
 
+    if not distributed.is_main():
+        return Path(path)
     if model:
         fig.suptitle("\n".join(t for t in (f"model: {model}", fig.get_suptitle()) if t), fontsize=9)
     path = Path(path)
