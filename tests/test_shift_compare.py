@@ -194,3 +194,25 @@ def test_the_weighted_auroc_bootstrap_equals_resampling_the_points_by_index():
     fast = roc.point_bootstrap_difference(ia, ra, ib, rb, 300, 4)
     plain = paired.bootstrap_difference(lambda i, o: roc.auroc(i, o.ravel())[0], (ia, ra), (ib, rb), 300, 4)
     assert fast == pytest.approx(plain, rel=1e-12)
+
+
+def test_the_run_and_compare_read_a_pooled_record_in_the_same_layout():
+    """A pooled record is image set by image set, the test points in order in each: the run's
+    standard error (``shift._per_point_mean``, torch) and ``bench compare``'s rows
+    (``outcomes.by_point``, numpy) must both read it so; the standard error over the points, by hand."""
+    import torch
+
+    from bench.metrics import shift
+
+    points, sets = 7, 5
+    rng = np.random.default_rng(3)
+    per_point = rng.normal(size=points)  # each point its own level, so a wrong layout shows
+    v = np.concatenate([per_point + 0.1 * rng.normal(size=points) for _ in range(sets)])
+    rows = outcomes.by_point(v, points)
+    assert rows.shape == (points, sets) and np.allclose(rows[:, 2], v[2 * points:3 * points])
+    means = v.reshape(sets, points).mean(0)
+    np.testing.assert_allclose(rows.mean(1), means)
+    mean, se = shift._per_point_mean(torch.tensor(v), points)
+    assert mean == pytest.approx(v.mean())
+    assert se == pytest.approx(np.std(means, ddof=1) / math.sqrt(points))
+    assert se == pytest.approx(np.std(rows.mean(1), ddof=1) / math.sqrt(points))
