@@ -12,7 +12,6 @@ from threadpoolctl import threadpool_limits
 
 from bench.cli import main
 from bench.inputs import checkpoints
-from bench.pipeline import probe_cache
 from bench.runtime import distributed
 from tests.conftest import trained_model
 from tests.test_runner import META
@@ -58,9 +57,6 @@ def test_two_gloo_processes_equal_one_on_every_suite(tmp_path, digits, monkeypat
              x_test=digits.test.x[:40, 0].numpy(), y_test=digits.test.y[:40].numpy())
     monkeypatch.setenv("CI", "true")
     monkeypatch.setenv("JEAT_BENCH_CACHE", str(tmp_path / "cache"))
-    # the cache is this test's own: the one process reads the plan probe torchrun's rank 0 timed
-    # (it moves no metric), as a second `bench run` does
-    monkeypatch.setattr(probe_cache, "ENABLED", True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 "-m", "bench", "run", "--model", str(model)]
     p = subprocess.run([*torchrun, *_settings(data, tmp_path / "two")], env={**os.environ, "OMP_NUM_THREADS": "1"},

@@ -131,16 +131,14 @@ def test_rb_standard_from_the_folder_equals_robustbench_with_no_network(rb_dir, 
 
 @needs_rb
 @pytest.mark.slow  # WRN-28-10 on CPU: about 10 s of one core for the whole calibration suite on 2 images
-def test_bench_run_rb_standard_with_rb_model_dir_offline(rb_dir, no_network, tmp_path, capsys, use_groups,
-                                                         monkeypatch):
+def test_bench_run_rb_standard_with_rb_model_dir_offline(rb_dir, no_network, tmp_path, capsys, use_groups):
     import json
 
     from bench.metrics import load_all
-    from bench.pipeline import plan
 
-    use_groups({"ece": load_all()["ece"]})  # the calibration suite's clean group alone: WRN-28-10 on the CPU
-    # the plan's timing probe (16 WRN passes, most of the run) is not this test's: an untimed probe
-    monkeypatch.setattr(plan, "probe", lambda model, ds, s, device, kinds: plan.Probe())
+    # the calibration suite's clean group alone: WRN-28-10 on the CPU (the plan's probe, 16 WRN
+    # passes, is untimed here as in every test not marked timed_plan: tests/conftest.py)
+    use_groups({"ece": load_all()["ece"]})
     root, path, _ = rb_dir
     rng = np.random.RandomState(0)
     data = tmp_path / "cifar-shaped.npz"  # CIFAR-shaped images, 10 classes: the cifar10 zoo
