@@ -33,6 +33,8 @@ BENCHMARKS = [
     ("bench_hutchinson", "batched Hutchinson vs per-sample loop (points/s)", ">= 5", []),
     ("bench_sgld", "SGLD vs raw forward+backward (throughput)", ">= 0.9", []),
     ("bench_fid_cache", "IS/FID first run vs second (reference cache)", ">= 2", []),
+    ("bench_calibration_once", "calibration suite in one run vs its four groups run apart (time; values equal)",
+     "<= 0.6", []),
     ("bench_fastpaths", "best fast path vs plain path, PGD-20 throughput (GPU paths; no target on a CPU)",
      "report", []),
 ]
