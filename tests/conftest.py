@@ -43,7 +43,9 @@ def _untimed_plan(request, monkeypatch):
 
     monkeypatch.setattr(plan, "probe", lambda model, ds, s, device, kinds: plan.Probe())
     monkeypatch.setattr(plan, "_figure_unit", lambda x: (0.0, 0.0))
+    monkeypatch.setattr(plan, "_chart_unit", lambda: (0.0, 0.0))
     monkeypatch.setattr(plan, "_ssim_unit", lambda x, device: 0.0)
+    monkeypatch.setattr(plan, "_stats_unit", lambda: 0.0)
     monkeypatch.setattr(plan, "_extractor_unit", lambda x, ext, device: (0.0, 0.0))
 
 

@@ -138,9 +138,9 @@ def test_calibration_work_counts_the_shared_logits_once():
     assert (_cost("ece", **s).forward, _cost("ece", **s).backward) == (100, 0)
     assert (_cost("ece_fgsm", **s).forward, _cost("ece_fgsm", **s).backward) == (100, 100)
     extra = _cost("calibration_extra", **s)
-    assert (extra.forward, extra.backward, extra.calls["figure"]) == (135, 0, 1)
+    assert (extra.forward, extra.backward, extra.calls["chart"]) == (135, 0, 1)
     fgsm = _cost("calibration_extra_fgsm", **s)
-    assert fgsm.forward_equivalents() == 0 and fgsm.calls["figure"] == 1
+    assert fgsm.forward_equivalents() == 0 and fgsm.calls["chart"] == 1
 
 
 def test_a_second_run_reads_the_probe_of_the_first(tmp_path, ckpt, monkeypatch):
@@ -174,3 +174,52 @@ def test_a_note_said_by_both_parts_of_a_work_is_said_once():
     assert (a + a).note == "corrupting the images is not counted"
     assert (a + b + a).note == "corrupting the images is not counted; an upper bound"
     assert (a + a).forward == 20
+
+
+def test_statistics_work_follows_the_kernels_and_distances_the_metrics_compute(monkeypatch):
+    """The plan's statistics multiply-adds are those the computations make: KID's kernel products
+    (torch-fidelity's kernel_poly, each call recorded: rows x rows x dims) and FD-infinity's
+    distances (each frechet call's subset size, with the cost's per-distance count)."""
+    import torch_fidelity.metric_kid as tf_kid
+
+    from bench.engines import frechet
+    from bench.engines.sample_quality import kid, kid_cost
+
+    g = torch.Generator().manual_seed(0)
+    gen, ref = torch.randn(60, 16, generator=g), torch.randn(90, 16, generator=g)
+    kernel_macs, sizes = [], []
+    real_kernel, real_frechet = tf_kid.kernel_poly, frechet.frechet
+
+    def kernel(x, y, **kw):
+        kernel_macs.append(x.shape[0] * y.shape[0] * x.shape[1])
+        return real_kernel(x, y, **kw)
+
+    def distance(x, mu, sigma):
+        sizes.append(len(x))
+        return real_frechet(x, mu, sigma)
+
+    monkeypatch.setattr(tf_kid, "kernel_poly", kernel)
+    monkeypatch.setattr(frechet, "frechet", distance)
+    kid(gen, ref)
+    assert kid_cost(60, 90, 16).stats == sum(kernel_macs) == 100 * 3 * 60 * 60 * 16
+    mu, sigma = ref.double().mean(0).numpy(), np.cov(ref.double().numpy(), rowvar=False)
+    frechet.fd_infinity(gen, mu, sigma, seed=0)
+    assert len(sizes) == 37 and max(sizes) == 60
+    per = [m * 16 * 16 + min(m, 16) ** 2 * max(m, 16) + 10 * min(m, 16) ** 3 for m in sizes]
+    assert frechet.fd_infinity_cost(60, 16).stats == 2 * sum(per)
+
+
+def test_judged_counts_its_statistics_at_the_shipped_judges_width():
+    """The judge's KID at the shipped judge's penultimate width (the manifest's: digits 128,
+    Fashion-MNIST 64): 100 subsets of three m x m kernels, m = min(1000, n_gen, n_ref)."""
+    from bench.engines.frechet import fd_infinity_cost
+    from bench.metrics.judged import judged_cost
+
+    base = dict(n_gen=100, n_judge_ref=None, batch_size=250, judge=None)
+    digits = cost.Sizes(450, 1347, 10, (1, 8, 8), dataset="digits")
+    fmnist = cost.Sizes(10000, 60000, 10, (1, 28, 28), dataset="fashion-mnist")
+    kid_digits, kid_fmnist = 100 * 3 * 100 ** 2 * 128, 100 * 3 * 100 ** 2 * 64
+    fd = {d: fd_infinity_cost(100, d).stats for d in (128, 64)}
+    assert judged_cost(base, digits).stats == kid_digits + fd[128]
+    assert judged_cost(base, fmnist).stats == kid_fmnist + fd[64]
+    assert "taken as 128-d" in judged_cost(dict(base, judge="mine.pt"), fmnist).note

@@ -11,8 +11,15 @@ The kinds of work (``KINDS``), each counted in images (one image through one pas
 - ``second``: a forward and a double backward (one Hutchinson probe of a Hessian's trace);
 - ``extractor``: an image through the FID feature extractor (Inception at 299 x 299);
 - ``ssim``: one SSIM comparison of two images (counted as images, no calls);
-- ``figure``: a panel (axes) of a figure drawn and saved, its calls the figures (the probe
-  times figures of 1 and 4 panels: a cost per figure and per panel).
+- ``stats``: the multiply-adds of the statistics computed on features after the passes (KID's
+  kernel matrices, FD-infinity's Frechet distances), in float32 units (a float64 multiply-add
+  counts 2); the probe times a float32 matrix product;
+- ``figure``: an image panel of a figure drawn and saved (an image without ticks: the sample,
+  neighbour and denoising grids), its calls the figures;
+- ``chart``: a chart panel (axes with ticks, labels, bars or lines, a legend: reliability
+  diagrams, histograms, contours, curves), its calls the figures.  A chart panel costs several
+  image panels (measured 0.06-0.3 s against 0.02 s), so the probe times each kind apart, each as
+  figures of 1 and of several panels (a cost per figure and per panel).
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import math
 from dataclasses import dataclass, field
 
 MODEL_KINDS = ("forward", "backward", "second")
-KINDS = (*MODEL_KINDS, "extractor", "ssim", "figure")
+FIGURE_KINDS = ("figure", "chart")
+KINDS = (*MODEL_KINDS, "extractor", "ssim", "stats", *FIGURE_KINDS)
 
 
 @dataclass(frozen=True)
@@ -33,7 +41,9 @@ class Work:
     second: float = 0.0
     extractor: float = 0.0
     ssim: float = 0.0
+    stats: float = 0.0
     figure: float = 0.0
+    chart: float = 0.0
     calls: dict = field(default_factory=dict)  # kind -> model calls (batches)
     note: str = ""
 
@@ -53,11 +63,13 @@ class Work:
     def summary(self) -> str:
         parts = []
         for k, label in (("forward", "fwd"), ("backward", "fwd+bwd"), ("second", "2nd-order"),
-                         ("extractor", "extractor images"), ("ssim", "SSIM pairs")):
+                         ("extractor", "extractor images"), ("ssim", "SSIM pairs"),
+                         ("stats", "statistics multiply-adds")):
             if getattr(self, k):
                 parts.append(f"{_count(getattr(self, k))} {label}")
-        if self.calls.get("figure"):
-            parts.append(f"{self.calls['figure']:.0f} figure(s)")
+        n_figures = sum(self.calls.get(k, 0) for k in FIGURE_KINDS)
+        if n_figures:
+            parts.append(f"{n_figures:.0f} figure(s)")
         return ", ".join(parts) or "nothing"
 
 
@@ -69,12 +81,17 @@ def passes(kind: str, n: float, batch: int, steps: float = 1, note: str = "") ->
 
 
 def figures(n: int, panels: int = 1) -> Work:
-    """``n`` figures of ``panels`` panels each."""
+    """``n`` figures of ``panels`` image panels each."""
     return Work(figure=n * panels, calls={"figure": n}) if n > 0 else Work()
 
 
+def charts(n: int, panels: int = 1) -> Work:
+    """``n`` figures of ``panels`` chart panels each."""
+    return Work(chart=n * panels, calls={"chart": n}) if n > 0 else Work()
+
+
 def images(kind: str, n: float) -> Work:
-    """``n`` images of a kind without model calls (``extractor``, ``ssim``)."""
+    """``n`` images of a kind without model calls (``extractor``, ``ssim``; ``stats``: multiply-adds)."""
     return Work(**{kind: max(0.0, n)})
 
 
@@ -83,7 +100,7 @@ class Sizes:
     """The data's sizes a cost reads: the test and training splits, the classes, the image shape;
     ``reference_cached``: whether FID's reference features are at hand (shipped or on disk; None
     unknown); ``accuracy``: the model's clean accuracy on the first batch of test points (the
-    probe's), which bounds the share of points an attack must keep attacking."""
+    probe's), which bounds the share of points an attack must keep attacking; ``dataset``: its name."""
 
     n_test: int
     n_train: int
@@ -91,6 +108,7 @@ class Sizes:
     image_shape: tuple
     reference_cached: bool | None = None
     accuracy: float | None = None
+    dataset: str | None = None  # the data set's name (its shipped judge)
 
 
 def _count(v: float) -> str:

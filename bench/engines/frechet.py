@@ -74,6 +74,22 @@ FD_INF_DRAWS = 4  # independent random subsets averaged at each size below the w
 FD_INF_MIN_N = 20  # below this many points there is no fit to make
 
 
+def fd_infinity_cost(n: int, dims: int):
+    """``fd_infinity``'s work as ``bench.core.cost`` counts it: the float64 multiply-adds of its
+    distances (``draws`` subsets at each size below n, the whole set once), each a covariance or
+    its n x n form (m d^2 + m^2 d) and a decomposition of the smaller side (taken as 10 m^3), a
+    float64 multiply-add counted as two float32 ones."""
+    from bench.core import cost
+
+    if n < FD_INF_MIN_N:
+        return cost.Work()
+    macs = 0.0
+    for m in subset_sizes(n):
+        k = min(m, dims)
+        macs += (1 if m == n else FD_INF_DRAWS) * (m * dims * dims + k * k * max(m, dims) + 10 * k ** 3)
+    return cost.images("stats", 2 * macs)
+
+
 def subset_sizes(n: int, points: int = FD_INF_POINTS, smallest: float = FD_INF_SMALLEST) -> list[int]:
     """``points`` distinct sizes evenly spaced from ``smallest`` x n (at least 2) to n."""
     return sorted({int(round(v)) for v in np.linspace(max(2, round(smallest * n)), n, points)})

@@ -107,6 +107,15 @@ def fid_bias_note(n: int) -> str | None:
             f"the usual n is {FID_UNBIASED_N}+): compare FIDs only at equal n")
 
 
+def kid_cost(n: int, n_ref: int, dims: int):
+    """``kid``'s work as ``bench.core.cost`` counts it: three m x m kernel matrices of d-dimensional
+    features per subset (float32 multiply-adds), m = min(1000, n, n_ref)."""
+    from bench.core import cost
+
+    m = min(KID_SUBSET_SIZE, n, n_ref)
+    return cost.images("stats", KID_SUBSETS * 3 * m * m * dims) if m >= 2 else cost.Work()
+
+
 def kid(gen: torch.Tensor, ref: torch.Tensor) -> dict:
     """KID of the features gen against ref (torch-fidelity's ``kid_features_to_metric``, see
     ``kid_prc``) -> {'kid_mean', 'kid_std' (None with 'reason_kid' below 2 per side),

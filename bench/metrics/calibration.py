@@ -91,14 +91,14 @@ def _ece_result(ctx: Context, adversarial: bool) -> Result:
 
 def clean_cost(s, z: cost.Sizes) -> cost.Work:
     """The clean forward, and a reliability diagram (two panels)."""
-    return cost.passes("forward", cost.count(s, "n_eval", z.n_test), cost.batch(s)) + cost.figures(1, 2)
+    return cost.passes("forward", cost.count(s, "n_eval", z.n_test), cost.batch(s)) + cost.charts(1, 2)
 
 
 def fgsm_cost(s, z: cost.Sizes) -> cost.Work:
     """FGSM: one forward+backward per point, then the attacked forward (``_logits_of``)."""
     n = cost.count(s, "n_eval", z.n_test)
     return (cost.passes("backward", n, cost.batch(s)) + cost.passes("forward", n, cost.batch(s))
-            + cost.figures(1, 2))
+            + cost.charts(1, 2))
 
 
 def extra_cost(s, z: cost.Sizes) -> cost.Work:
@@ -108,12 +108,12 @@ def extra_cost(s, z: cost.Sizes) -> cost.Work:
     the scaled reliability diagram."""
     n = max(1, int(round(CALIBRATION_FRACTION * z.n_train)))
     return (cost.passes("forward", n, cost.batch(s), note="temperature: upper bound, the held-out training tail")
-            + cost.figures(1, 2))
+            + cost.charts(1, 2))
 
 
 def extra_fgsm_cost(s, z: cost.Sizes) -> cost.Work:
     """The FGSM inputs and their logits are ece_fgsm's (made once per run); the scaled diagram."""
-    return cost.figures(1, 2)
+    return cost.charts(1, 2)
 
 
 @register("ece", "calibration", cost=clean_cost, metrics=(Metric("ece", "ECE", False, "percent", ECE, 1.0, column="ECE (%)",

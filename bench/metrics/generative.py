@@ -134,15 +134,20 @@ def reference_digests(ctx: Context) -> dict:
 
 def is_fid_cost(s, z: cost.Sizes) -> cost.Work:
     """The generated images through the extractor, the reference too unless its features are at
-    hand (shipped, --ref-stats or the disk cache), and diversity_ssim's pairs (both sets, capped)."""
-    from bench.engines.sample_quality import DIVERSITY_MAX
+    hand (shipped, --ref-stats or the disk cache), diversity_ssim's pairs (both sets, capped), and
+    the statistics on the 2048-d features: FD-infinity's distances and KID's kernels."""
+    from bench.engines.frechet import fd_infinity_cost
+    from bench.engines.inception_nets import FID_LAYER
+    from bench.engines.sample_quality import DIVERSITY_MAX, kid_cost
 
     n_gen = int(s.get("n_gen") or 0)
     n_ref = cost.count(s, "n_ref", z.n_train)
     ref = 0 if z.reference_cached or s.get("ref_stats") else n_ref
     pairs = min(n_gen, DIVERSITY_MAX) ** 2 + min(n_ref, DIVERSITY_MAX) ** 2
     note = f"FID reference: {ref} training images through the extractor, once (then cached)" if ref else ""
-    return cost.Work(extractor=n_gen + ref, ssim=pairs, calls={"extractor": 1 + (ref > 0)}, note=note)
+    dims = int(FID_LAYER)
+    return (cost.Work(extractor=n_gen + ref, ssim=pairs, calls={"extractor": 1 + (ref > 0)}, note=note)
+            + fd_infinity_cost(n_gen, dims) + kid_cost(n_gen, n_ref, dims))
 
 
 @register("is_fid", "generative", cost=is_fid_cost,

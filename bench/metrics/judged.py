@@ -62,11 +62,25 @@ def _judge(ctx: Context) -> judges.Judge | str:
                              s.get("judge_arch"))
 
 
+ASSUMED_JUDGE_FEATURES = 128  # a --judge's penultimate width, unknown before it is loaded
+
+
 def judged_cost(s, z: cost.Sizes) -> cost.Work:
     """The generated images and the judge's reference through the judge network, counted as
-    forwards of the evaluated model (the released judges share its architecture)."""
-    n = int(s.get("n_gen") or 0) + cost.count(s, "n_judge_ref", z.n_train)
-    return cost.passes("forward", n, cost.batch(s), note="judge timed as the evaluated model")
+    forwards of the evaluated model (the released judges share its architecture), and the
+    statistics on the judge's features: FD-infinity's distances and KID's kernels (the shipped
+    judge's feature width from its manifest; a --judge's taken as ``ASSUMED_JUDGE_FEATURES``)."""
+    from bench.engines import judges
+    from bench.engines.frechet import fd_infinity_cost
+    from bench.engines.sample_quality import kid_cost
+
+    n_gen, n_ref = int(s.get("n_gen") or 0), cost.count(s, "n_judge_ref", z.n_train)
+    shipped = judges.shipped_name(z.dataset or "") if not s.get("judge") else None
+    entry = (judges.manifest().get("judges") or {}).get((shipped or "").removesuffix(".safetensors"), {})
+    dims = int(entry.get("penultimate_features") or ASSUMED_JUDGE_FEATURES)
+    note = "judge timed as the evaluated model" + ("" if entry else f"; its features taken as {dims}-d")
+    return (cost.passes("forward", n_gen + n_ref, cost.batch(s), note=note)
+            + fd_infinity_cost(n_gen, dims) + kid_cost(n_gen, n_ref, dims))
 
 
 @register("judged", "generative", cost=judged_cost,

@@ -51,7 +51,7 @@ def landscape_cost(s, z: cost.Sizes) -> cost.Work:
     """One forward per grid point per image; a contour figure per image and one of them all."""
     n = cost.count(s, "landscape_images", z.n_test)
     return (cost.passes("forward", n * int(s["landscape_resolution"]) ** 2, cost.batch(s))
-            + cost.figures(n) + cost.figures(1, n))
+            + cost.charts(n) + cost.charts(1, n))
 
 
 @register("landscape", "landscape", cost=landscape_cost,

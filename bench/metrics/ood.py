@@ -195,7 +195,7 @@ def ood_cost(s, z: cost.Sizes) -> cost.Work:
     """Every point scored once: one forward for px and py, a forward+backward for pxgrad."""
     n_in, n_out, which = _ood_sizes(s, z)
     w = cost.passes("forward", n_in + n_out, cost.batch(s)) if {"px", "py"} & set(which) else cost.Work()
-    w += cost.figures(len(which), len(ood_sets(s)))  # a histogram figure per score, a panel per set
+    w += cost.charts(len(which), len(ood_sets(s)))  # a histogram figure per score, a panel per set
     return w + (cost.passes("backward", n_in + n_out, cost.batch(s)) if "pxgrad" in which else cost.Work())
 
 
@@ -203,7 +203,7 @@ def ood_adv_cost(s, z: cost.Sizes) -> cost.Work:
     """Per score: the test points scored, and PGD (pgd_steps) on the OOD points raising it: a
     forward+backward per step for px and py, a second-order pass per step for pxgrad."""
     n_in, n_out, which = _ood_sizes(s, z)
-    b, steps, w = cost.batch(s), int(s["pgd_steps"]), cost.figures(len(which), len(ood_sets(s)))
+    b, steps, w = cost.batch(s), int(s["pgd_steps"]), cost.charts(len(which), len(ood_sets(s)))
     for sc in which:
         kind = "backward" if sc == "pxgrad" else "forward"
         w += cost.passes(kind, n_in + n_out, b) + cost.passes("second" if sc == "pxgrad" else "backward", n_out, b, steps)

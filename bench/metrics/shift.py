@@ -177,7 +177,7 @@ def _cat(stats, keys, what: str):
 def shift_cost(s, z: cost.Sizes) -> cost.Work:
     """The figure: the model's logits of the clean and corrupted points are made once per run by
     group ``shift_ce``, which runs first (``ce_cost``)."""
-    return cost.figures(1, 3)
+    return cost.charts(1, 3)
 
 
 def _passes(s, z: cost.Sizes) -> cost.Work:

@@ -22,9 +22,11 @@ from bench.core.cost import Sizes, Work
 from bench.pipeline.timing_probe import (  # noqa: F401  (re-exported: the plan's probe, tests)
     ACCURACY_POINTS,
     Probe,
+    _chart_unit,
     _extractor_unit,
     _figure_unit,
     _ssim_unit,
+    _stats_unit,
     fit_batch,
     free_memory,
     peak_per_image,
@@ -139,7 +141,8 @@ def model_probe(model, ds, s: dict, device: torch.device, groups, log, weights: 
 
 
 def sizes_of(ds, s: dict, accuracy: float | None, reference_cached: bool | None) -> Sizes:
-    return Sizes(len(ds.test), len(ds.train), ds.num_classes, tuple(ds.input_shape), reference_cached, accuracy)
+    return Sizes(len(ds.test), len(ds.train), ds.num_classes, tuple(ds.input_shape), reference_cached, accuracy,
+                 getattr(ds, "name", None))
 
 
 def show(groups, ctx, s: dict, p: Probe, cached: set, log) -> list[Line]:
@@ -155,6 +158,10 @@ def show(groups, ctx, s: dict, p: Probe, cached: set, log) -> list[Line]:
     unit_before = set(p.unit)
     if "figure" in kinds and "figure" not in p.unit:
         p.unit["figure"], p.call["figure"] = _figure_unit(ctx.data.train.x)
+    if "chart" in kinds and "chart" not in p.unit:
+        p.unit["chart"], p.call["chart"] = _chart_unit()
+    if "stats" in kinds and "stats" not in p.unit:
+        p.unit["stats"] = _stats_unit()
     if "ssim" in kinds and "ssim" not in p.unit:
         p.unit["ssim"] = _ssim_unit(ctx.data.train.x, ctx.device)
     if "extractor" in kinds and ext is not None and "extractor" not in p.unit:
@@ -162,7 +169,7 @@ def show(groups, ctx, s: dict, p: Probe, cached: set, log) -> list[Line]:
     if set(p.unit) != unit_before:
         from bench.pipeline import probe_cache
 
-        probe_cache.store(p.key, p)  # the figure, SSIM and extractor timings join the entry
+        probe_cache.store(p.key, p)  # the figure, statistics, SSIM and extractor timings join the entry
 
     def gen_cost(st):
         return generation.generation_cost(st, ctx.data.num_classes)

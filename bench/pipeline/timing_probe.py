@@ -2,8 +2,8 @@
 (when a group needs them) second-order passes of the model at growing batch sizes up to the run's,
 fitted as a call's fixed cost plus a per-image cost (``time_kind``); the peak memory of a
 forward+backward pass per image and the batch size the free memory holds (``peak_per_image``,
-``free_memory``, ``fit_batch``); the unit costs of SSIM pairs, of the feature extractor and of a
-figure panel.  The probe only times: it never moves a metric."""
+``free_memory``, ``fit_batch``); the unit costs of SSIM pairs, of the feature extractor, of the
+statistics' multiply-adds and of a figure panel (an image and a chart panel).  The probe only times: it never moves a metric."""
 
 from __future__ import annotations
 
@@ -170,6 +170,16 @@ def _ssim_unit(x: torch.Tensor, device: torch.device) -> float:
     return _timed(lambda: ssim_matrix(x[:m], x[:m], device=device), device) / (m * m)
 
 
+def _stats_unit() -> float:
+    """Seconds per float32 multiply-add of a matrix product the size of KID's kernels (512 x 128
+    by 128 x 512, through numpy as torch-fidelity's KID; the best of five after one)."""
+    import numpy as np
+
+    a = np.random.default_rng(0).random((512, 128), dtype=np.float32)
+    a @ a.T
+    return min(_timed(lambda: a @ a.T, torch.device("cpu")) for _ in range(5)) / (512 * 512 * 128)
+
+
 def _extractor_unit(x: torch.Tensor, ext, device: torch.device) -> tuple[float, float]:
     """(seconds per image, per call) of the extractor: calls of 2 and of 8 (CPU) or 64 images."""
     from bench.engines import features
@@ -184,25 +194,58 @@ def _extractor_unit(x: torch.Tensor, ext, device: torch.device) -> tuple[float, 
 
 
 def _figure_unit(x: torch.Tensor) -> tuple[float, float]:
-    """(seconds per panel, per figure): figures of 1 and of 4 image panels drawn and saved
-    (``bench.engines.plots``, as the groups draw theirs), after one untimed, each the best of two.
-    Panels count: on a loaded 2-core CPU one panel took about 0.13 s more, so ssim_nn's 88-panel
-    neighbour grid took 12 s where the 4-panel probe figure took 1.1 s."""
-    import tempfile
+    """(seconds per image panel, per figure): figures of 1 and of 4 image panels (no ticks, as the
+    sample, neighbour and denoising grids draw theirs: ``plots._image``) drawn and saved."""
+    from bench.engines import plots
+
+    img = x[0]
+
+    def draw(path, n: int) -> None:
+        fig, axes = plots.panel_grid(n, 4, 1.0, 1.1, "probe")
+        for ax in axes:
+            plots._image(ax, img, "SSIM 0.50")
+        plots.save(fig, path)
+
+    return _per_panel(draw, 4)
+
+
+def _chart_unit() -> tuple[float, float]:
+    """(seconds per chart panel, per figure): figures of 1 and of 3 chart panels drawn and saved,
+    each panel as the histograms and reliability diagrams draw theirs (two 40-bin histograms, a
+    line, axis labels, ticks, a title and a legend).  A chart panel costs several image panels
+    (0.06-0.3 s against 0.02 s measured on this project's CPU), so ``_figure_unit``'s image panels
+    underestimated the calibration, OOD and landscape groups' figures by 2-5x."""
+    import numpy as np
 
     from bench.engines import plots
 
-    img = x[0].permute(1, 2, 0).squeeze(-1).numpy()
+    a, b = np.random.default_rng(0).normal(size=(2, 500))
+    edges = np.linspace(-4, 4, 41)
 
     def draw(path, n: int) -> None:
-        fig, axes = plots.panel_grid(n, 4, 1.5, 1.5, "probe")
+        fig, axes = plots.panel_grid(n, 3, 3.4, 2.6, "probe")
         for ax in axes:
-            ax.imshow(img, cmap="gray")
+            ax.hist(a, bins=edges, density=True, alpha=0.55, label="in-distribution")
+            ax.hist(b + 1, bins=edges, density=True, alpha=0.55, label="out")
+            ax.plot([-4, 4], [0, 0.4], ls="--", lw=1, label="line")
+            ax.set_xlabel("score", fontsize=7)
+            ax.set_ylabel("density", fontsize=7)
+            ax.set_title("probe: AUROC 0.500", fontsize=8)
+            ax.tick_params(labelsize=6)
+            ax.legend(fontsize=7, loc="upper right")
         plots.save(fig, path)
 
+    return _per_panel(draw, 3)
+
+
+def _per_panel(draw, many: int) -> tuple[float, float]:
+    """(seconds per panel, per figure) of ``draw(path, n)``: figures of 1 and of ``many`` panels,
+    after one untimed, each the best of two."""
+    import tempfile
+
     with tempfile.TemporaryDirectory() as d:
-        draw(f"{d}/w.png", 4)
+        draw(f"{d}/w.png", many)
         t = {n: min(_timed(lambda k=k, n=n: draw(f"{d}/{n}-{k}.png", n), torch.device("cpu")) for k in range(2))
-             for n in (1, 4)}
-    unit = max(0.0, (t[4] - t[1]) / 3)
+             for n in (1, many)}
+    unit = max(0.0, (t[many] - t[1]) / (many - 1))
     return unit, max(0.0, t[1] - unit)
