@@ -48,10 +48,11 @@ if TYPE_CHECKING:
 
 
 def landscape_cost(s, z: cost.Sizes) -> cost.Work:
-    """One forward per grid point per image; a contour figure per image and one of them all."""
+    """One forward per grid point per image; a contour figure per image and one of them all, each
+    contour with its colour bar (an axes with ticks and a label: two chart panels)."""
     n = cost.count(s, "landscape_images", z.n_test)
     return (cost.passes("forward", n * int(s["landscape_resolution"]) ** 2, cost.batch(s))
-            + cost.charts(n) + cost.charts(1, n))
+            + cost.charts(n, 2) + cost.charts(1, 2 * n))
 
 
 @register("landscape", "landscape", cost=landscape_cost,
